@@ -1,0 +1,31 @@
+# A batch of packets: the one structure that sources, the datapath and sinks share.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+
+# What the datapath did with a packet (Batch.verdict); Batch.detail says more.
+cdef enum Verdict:
+    V_UNSEEN = 0    # not processed yet
+    V_PASS = 1      # untouched, written byte for byte; detail: a pass reason
+    V_NEW = 2       # first packet of a new flow, DNAT to a real; detail: real index
+    V_FORWARD = 3   # client -> real on a known flow (DNAT); detail: real index
+    V_REPLY = 4     # real -> client on a known flow (SNAT back to the VIP); detail: real index
+    V_DROP = 5      # dropped by the switch; detail: a drop reason
+    V_LAST = 6
+
+
+cdef class Batch:
+    cdef readonly Py_ssize_t n            # packets in the batch
+    cdef readonly Py_ssize_t capacity
+    cdef uint8_t* data                    # base of the packet bytes (writable: NAT rewrites in place)
+    cdef Py_ssize_t data_len
+    cdef object _owner                    # keeps the buffer behind `data` alive
+    cdef uint64_t* offset                 # packet i starts at data + offset[i]
+    cdef uint32_t* caplen                 # bytes captured
+    cdef uint32_t* origlen                # bytes on the wire
+    cdef uint64_t* ts_ns                  # timestamp, nanoseconds since the epoch
+    cdef uint16_t* iface                  # capture interface index
+    cdef uint16_t* linktype               # DLT_* of the packet's interface
+    cdef uint8_t* verdict                 # Verdict, set by the datapath
+    cdef int32_t* detail
+
+    cdef int attach(self, object buffer) except -1
+    cdef void clear(self) noexcept nogil
