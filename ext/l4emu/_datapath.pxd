@@ -1,0 +1,37 @@
+# The batch loop: parse -> classify -> conntrack -> schedule -> NAT rewrite.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from l4emu._types cimport *
+from l4emu._flowtable cimport FlowTable
+from l4emu._sched cimport SchedulerHook
+from l4emu._headers cimport PacketInfo
+
+# What the flow-removal callback needs, reachable without the GIL.
+ctypedef struct Tables:
+    Service* services
+    SchedulerHook* hooks                  # one per service
+    Real* reals
+
+
+cdef class Datapath:
+    cdef readonly FlowTable table
+    cdef Tables t
+    cdef uint32_t n_services
+    cdef uint32_t n_reals
+    cdef list schedulers                  # keeps the hooks' owners alive
+    cdef uint64_t timeout_ns[N_STATES]
+    cdef readonly bint conn_reuse_mode
+    cdef readonly bint sloppy_tcp
+    cdef readonly uint64_t clock_ns       # the packet clock: the newest timestamp seen
+    cdef bint started
+    cdef readonly uint64_t packets, bytes
+    cdef uint64_t verdicts[8]
+    cdef uint64_t drops[N_DROP_REASONS]
+    cdef uint64_t passes[N_PASS_REASONS]
+
+    cdef void process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                          uint64_t ts, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint32_t origlen, uint8_t* verdict,
+                       int32_t* detail) noexcept nogil
+    cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil
+    cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil
+    cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil

@@ -1,0 +1,372 @@
+"""The packet path: one batch at a time, without the GIL and without a Python object per packet.
+
+Classification follows IPVS in NAT ("Masq") mode: a packet whose tuple is a flow's forward key is
+DNATed to its real, one whose tuple is a reply key is SNATed back to the VIP, a TCP SYN (or any UDP
+datagram) to a service with no flow is scheduled, everything else passes untouched. TCP states
+move by IPVS's table; timeouts run on the packet clock.
+"""
+from libc.stdlib cimport calloc, realloc, free
+from libc.string cimport memcmp, memcpy
+from l4emu._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP
+from l4emu._checksum cimport diff_words, apply_diff, load16
+from l4emu._flowtable cimport FlowTable, R_EXPIRED, R_REUSED
+from l4emu._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
+from l4emu._sched cimport Scheduler
+
+STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
+               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK", "UDP")
+DROP_REASONS = ("truncated_l2", "truncated_ip", "bad_ip_header", "truncated_ipv6_ext",
+                "truncated_tcp", "bad_tcp_offset", "truncated_udp", "bad_udp_length", "fragment",
+                "tcp_not_syn", "no_real", "table_full", "reply_clash")
+PASS_REASONS = ("not_ip", "other_protocol", "no_service", "fragment")
+
+cdef enum:
+    EV_SYN = 0
+    EV_FIN = 1
+    EV_ACK = 2
+    EV_RST = 3
+    DIR_INPUT = 0           # client -> real (IPVS's INPUT rows)
+    DIR_OUTPUT = 4          # real -> client (OUTPUT rows)
+
+# IPVS's tcp_states (current kernels), rows [direction + event], columns: the current state.
+cdef uint8_t NEXT_STATE[8][11]
+NEXT_STATE[:] = [
+    # NO  ES  SS  SR  FW  TW  CL  CW  LA  LI  SA                         INPUT
+    [3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3],    # syn
+    [6, 7, 2, 5, 5, 5, 6, 7, 8, 9, 5],    # fin
+    [6, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],    # ack
+    [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 3],    # rst
+    #                                                                    OUTPUT
+    [2, 1, 2, 3, 2, 2, 2, 2, 2, 9, 3],    # syn
+    [5, 4, 2, 5, 4, 5, 6, 5, 8, 9, 5],    # fin
+    [1, 1, 2, 1, 4, 5, 6, 7, 8, 1, 1],    # ack
+    [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6],    # rst
+]
+
+
+cdef inline int tcp_event(uint8_t flags) noexcept nogil:
+    if flags & 0x04:
+        return EV_RST
+    if flags & 0x02:
+        return EV_SYN
+    if flags & 0x01:
+        return EV_FIN
+    if flags & 0x10:
+        return EV_ACK
+    return -1
+
+
+cdef inline bint is_active(uint8_t state) noexcept nogil:
+    return state == S_ESTABLISHED or state == S_SYN_SENT or state == S_SYN_RECV or state == S_SYNACK
+
+
+cdef void on_flow_removed(void* ctx, Flow* f, int why) noexcept nogil:
+    """Keep the real's connection counts right and tell its scheduler."""
+    cdef Tables* t = <Tables*>ctx
+    cdef Real* r = &t.reals[f.real]
+    cdef Service* s = &t.services[r.service]
+    cdef SchedulerHook* hook = &t.hooks[r.service]
+    if is_active(f.state):
+        r.active -= 1
+    else:
+        r.inactive -= 1
+    if hook.ended != NULL:
+        hook.ended(hook.state, &t.reals[s.first_real], s.n_reals, f.real - s.first_real)
+
+
+cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, const uint8_t* addr,
+                         uint16_t port) noexcept nogil:
+    """Replace the destination (DNAT) or source (SNAT) address and port, checksums by RFC 1624."""
+    cdef uint32_t alen = 4 if info.key.family == 4 else 16
+    cdef uint8_t* a
+    cdef uint8_t* pt = p + info.l4 + (2 if dst_side else 0)
+    cdef uint8_t newport[2]
+    cdef uint32_t d
+    cdef uint8_t* csum
+    if info.key.family == 4:
+        a = p + info.l3 + (16 if dst_side else 12)
+    else:
+        a = p + info.l3 + (24 if dst_side else 8)
+    newport[0] = <uint8_t>(port >> 8)
+    newport[1] = <uint8_t>port
+    d = diff_words(0, a, addr, alen)
+    if info.key.family == 4:
+        apply_diff(p + info.l3 + 10, d)
+    d = diff_words(d, pt, newport, 2)
+    csum = p + info.l4 + (16 if info.key.proto == 6 else 6)
+    if info.key.proto == 6:
+        apply_diff(csum, d)
+    elif load16(csum) != 0:                         # UDP: zero means "no checksum" and stays so
+        apply_diff(csum, d)
+        if load16(csum) == 0:
+            csum[0] = csum[1] = 0xFF
+    memcpy(a, addr, alen)
+    memcpy(pt, newport, 2)
+
+
+cdef class Datapath:
+    def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
+                  bint sloppy_tcp=False):
+        cdef int i
+        self.table = FlowTable(max_connections, secret)
+        if len(timeouts) != N_STATES:
+            raise ValueError(f"timeouts: {N_STATES} values expected, in STATE_NAMES order")
+        for i in range(N_STATES):
+            self.timeout_ns[i] = <uint64_t>(timeouts[i] * 1_000_000_000)
+        self.conn_reuse_mode = conn_reuse_mode
+        self.sloppy_tcp = sloppy_tcp
+        self.schedulers = []
+
+    def __dealloc__(self):
+        free(self.t.services)
+        free(self.t.hooks)
+        free(self.t.reals)
+
+    def add_service(self, bytes vip, int family, int port, int proto, Scheduler scheduler, reals):
+        """Add a service and its reals [(address bytes, port, weight)]; returns its index."""
+        cdef uint32_t k, n = len(reals)
+        cdef Service* s
+        cdef Real* r
+        if self.started:
+            raise RuntimeError("services are fixed once packets have been processed")
+        self.t.services = <Service*>realloc(self.t.services, (self.n_services + 1) * sizeof(Service))
+        self.t.hooks = <SchedulerHook*>realloc(self.t.hooks, (self.n_services + 1) * sizeof(SchedulerHook))
+        self.t.reals = <Real*>realloc(self.t.reals, (self.n_reals + n) * sizeof(Real))
+        if self.t.services == NULL or self.t.hooks == NULL or self.t.reals == NULL:
+            raise MemoryError()
+        s = &self.t.services[self.n_services]
+        s.vip = _addr16(vip)
+        s.vport = port
+        s.proto = proto
+        s.family = family
+        s.first_real = self.n_reals
+        s.n_reals = n
+        self.t.hooks[self.n_services] = scheduler.hook()
+        self.schedulers.append(scheduler)
+        for k in range(n):
+            address, rport, weight = reals[k]
+            r = &self.t.reals[self.n_reals + k]
+            memcpy(r, &EMPTY_REAL, sizeof(Real))
+            r.addr = _addr16(address)
+            r.port = rport
+            r.family = family
+            r.service = self.n_services
+            r.weight = weight
+        self.n_reals += n
+        self.n_services += 1
+        self.table.bind(self.t.reals, self.t.services, on_flow_removed, &self.t)
+        return self.n_services - 1
+
+    def process(self, Batch batch):
+        """Run every packet of the batch through the switch, rewriting in place."""
+        cdef Py_ssize_t i
+        self.started = True
+        with nogil:
+            for i in range(batch.n):
+                self.process_one(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i],
+                                 batch.linktype[i], batch.ts_ns[i], &batch.verdict[i], &batch.detail[i])
+
+    cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil:
+        cdef uint32_t k
+        cdef size_t alen = 4 if key.family == 4 else 16
+        for k in range(self.n_services):
+            if (self.t.services[k].family == key.family and memcmp(self.t.services[k].vip, key.dst, alen) == 0
+                    and (any_port or (self.t.services[k].vport == key.dport and self.t.services[k].proto == key.proto))):
+                return k
+        return -1
+
+    cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil:
+        cdef Real* r = &self.t.reals[f.real]
+        if is_active(f.state) != is_active(state):
+            if is_active(state):
+                r.active += 1
+                r.inactive -= 1
+            else:
+                r.active -= 1
+                r.inactive += 1
+        f.state = state
+
+    cdef void process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                          uint64_t ts, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        cdef PacketInfo info
+        cdef int r, ev
+        cdef uint32_t ref, idx
+        cdef int64_t fresh
+        cdef Flow* f
+        cdef Real* real
+        cdef uint8_t old
+        if ts > self.clock_ns:
+            self.clock_ns = ts
+            self.table.advance(ts)
+        self.packets += 1
+        self.bytes += origlen
+        r = parse_packet(p, caplen, origlen, linktype, &info)
+        if r == PARSE_FRAGMENT:
+            if self.find_service(&info.key, True) >= 0:
+                r = PARSE_DROP
+                info.reason = D_FRAGMENT
+            else:
+                r = PARSE_PASS
+                info.reason = P_FRAGMENT
+        if r != PARSED:
+            self.finish(verdict, detail, V_DROP if r == PARSE_DROP else V_PASS, info.reason)
+            return
+        ev = tcp_event(info.tcp_flags) if info.key.proto == 6 else -1
+        ref = self.table.lookup(&info.key, self.table.hash(&info.key))
+        if ref:
+            idx = (ref >> 1) - 1
+            f = &self.table.flows[idx]
+            if f.expires_ns <= self.clock_ns:
+                self.table.remove(idx, R_EXPIRED)
+                ref = 0
+            elif (self.conn_reuse_mode and (ref & 1) == 0 and ev == EV_SYN and not (info.tcp_flags & 0x10)
+                    and (f.state == S_TIME_WAIT or f.state == S_CLOSE)):
+                self.table.remove(idx, R_REUSED)
+                ref = 0
+        if ref == 0:
+            self.new_flow(p, &info, ev, origlen, verdict, detail)
+            return
+        real = &self.t.reals[f.real]
+        old = f.state
+        if info.key.proto == 6:
+            if ev >= 0:
+                self.set_state(f, NEXT_STATE[(DIR_OUTPUT if ref & 1 else DIR_INPUT) + ev][f.state])
+            if f.state == S_ESTABLISHED:
+                self.table.assure(idx)
+        elif ref & 1:
+            self.table.assure(idx)                  # UDP: a reply makes the flow assured
+        f.expires_ns = self.clock_ns + self.timeout_ns[<int>f.state]
+        if f.state != old:
+            self.table.reschedule(idx)
+        if ref & 1:
+            rewrite(p, &info, False, self.t.services[real.service].vip, self.t.services[real.service].vport)
+            real.out_pkts += 1
+            real.out_bytes += origlen
+            self.finish(verdict, detail, V_REPLY, f.real)
+        else:
+            rewrite(p, &info, True, real.addr, real.port)
+            real.in_pkts += 1
+            real.in_bytes += origlen
+            self.finish(verdict, detail, V_FORWARD, f.real)
+
+    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint32_t origlen, uint8_t* verdict,
+                       int32_t* detail) noexcept nogil:
+        cdef int32_t svc = self.find_service(&info.key, False), pick
+        cdef Service* s
+        cdef SchedulerHook* hook
+        cdef Real* real
+        cdef PacketKey reply
+        cdef int64_t idx
+        cdef Flow* f
+        if svc < 0:
+            self.finish(verdict, detail, V_PASS, P_NO_SERVICE)
+            return
+        if info.key.proto == 6 and not self.sloppy_tcp and (ev != EV_SYN or (info.tcp_flags & 0x10)):
+            self.finish(verdict, detail, V_DROP, D_TCP_NOT_SYN)
+            return
+        s = &self.t.services[svc]
+        hook = &self.t.hooks[svc]
+        pick = hook.pick(hook.state, &self.t.reals[s.first_real], s.n_reals, &info.key, self.clock_ns)
+        if pick < 0 or <uint32_t>pick >= s.n_reals:
+            self.finish(verdict, detail, V_DROP, D_NO_REAL)
+            return
+        real = &self.t.reals[s.first_real + pick]
+        reply = info.key                            # the reply key this flow would own
+        memcpy(reply.src, real.addr, 16)
+        memcpy(reply.dst, info.key.src, 16)
+        reply.sport = real.port
+        reply.dport = info.key.sport
+        if self.table.lookup(&reply, self.table.hash(&reply)):
+            self.finish(verdict, detail, V_DROP, D_REPLY_CLASH)
+            return
+        idx = self.table.alloc(self.clock_ns)
+        if idx < 0:
+            self.finish(verdict, detail, V_DROP, D_TABLE_FULL)
+            return
+        f = &self.table.flows[idx]
+        memcpy(f.client, info.key.src, 16)
+        f.cport = info.key.sport
+        f.proto = info.key.proto
+        f.family = info.key.family
+        f.real = s.first_real + pick
+        if info.key.proto == 17:
+            f.state = S_UDP
+        elif ev >= 0:
+            f.state = NEXT_STATE[DIR_INPUT + ev][<int>S_NONE]
+        else:
+            f.state = S_NONE
+        f.expires_ns = self.clock_ns + self.timeout_ns[<int>f.state]
+        if self.table.insert(<uint32_t>idx) < 0:
+            self.finish(verdict, detail, V_DROP, D_TABLE_FULL)
+            return
+        if is_active(f.state):
+            real.active += 1
+        else:
+            real.inactive += 1
+        real.conns += 1
+        real.in_pkts += 1
+        real.in_bytes += origlen
+        rewrite(p, info, True, real.addr, real.port)
+        self.finish(verdict, detail, V_NEW, f.real)
+
+    cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil:
+        verdict[0] = v
+        detail[0] = d
+        self.verdicts[v] += 1
+        if v == V_DROP:
+            self.drops[d] += 1
+        elif v == V_PASS:
+            self.passes[d] += 1
+
+    # ---- snapshots (plain Python data; inspection never borrows internals) --------------------
+    def expire_due(self):
+        """Reap every flow already expired on the packet clock (before a snapshot)."""
+        with nogil:
+            self.table.expire_due(self.clock_ns)
+
+    def counters(self):
+        cdef int k
+        return {
+            "packets": self.packets, "bytes": self.bytes,
+            "new": self.verdicts[<int>V_NEW], "forward": self.verdicts[<int>V_FORWARD],
+            "reply": self.verdicts[<int>V_REPLY], "passed": self.verdicts[<int>V_PASS],
+            "dropped_total": self.verdicts[<int>V_DROP],
+            "dropped": {DROP_REASONS[k]: self.drops[k] for k in range(N_DROP_REASONS) if self.drops[k]},
+            "passed_by_reason": {PASS_REASONS[k]: self.passes[k] for k in range(N_PASS_REASONS) if self.passes[k]},
+            "connections": self.table.used, "peak_connections": self.table.peak,
+            "expired": self.table.expired, "evicted": self.table.evicted,
+            "reused": self.table.reused, "insert_failed": self.table.insert_failed,
+            "clock_ns": self.clock_ns,
+        }
+
+    def real_counters(self):
+        """Per real, in config order: the counters IPVS shows (ActiveConn, InActConn, --stats)."""
+        cdef uint32_t k
+        return [{
+            "active": self.t.reals[k].active, "inactive": self.t.reals[k].inactive,
+            "conns": self.t.reals[k].conns, "in_pkts": self.t.reals[k].in_pkts,
+            "out_pkts": self.t.reals[k].out_pkts, "in_bytes": self.t.reals[k].in_bytes,
+            "out_bytes": self.t.reals[k].out_bytes,
+        } for k in range(self.n_reals)]
+
+    def flows(self):
+        """Every tracked flow: (real index, client address bytes, client port, state name, expires_ns)."""
+        cdef uint32_t k
+        cdef Flow* f
+        out = []
+        for k in range(self.table.next_unused):
+            f = &self.table.flows[k]
+            if f.flags & F_IN_USE:
+                out.append((f.real, bytes(f.client[:4] if f.family == 4 else f.client[:16]),
+                            f.cport, STATE_NAMES[<int>f.state], f.expires_ns))
+        return out
+
+
+cdef Real EMPTY_REAL
+
+
+cdef inline object _addr16(bytes packed):
+    """An address as the 16-byte array the C structs hold (IPv4 in the first four bytes)."""
+    if len(packed) not in (4, 16):
+        raise ValueError("an address is 4 or 16 bytes")
+    return packed + bytes(16 - len(packed))

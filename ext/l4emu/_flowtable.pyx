@@ -1,0 +1,297 @@
+"""Connection-table storage: flow records, a two-key open-addressing index, timers, eviction order.
+
+Each flow is findable by its forward key (client -> VIP) and its reply key (real -> client): two
+index slots point at one record, so a reply is translated with one lookup (Click's IPRewriter).
+The index uses linear probing at load <= 0.5 with backward-shift deletion (no tombstones) and a
+bounded probe length; the hash is SipHash-1-3 keyed with a per-process secret. Timers are a wheel of
+one-second buckets on the packet clock; a refreshed flow stays in its old bucket and is moved when
+that bucket comes due (lookups compare the exact expiry, so only reaping is lazy). Flows that never
+became assured sit on a FIFO, oldest first: the first to go when the table is full.
+"""
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcmp, memcpy, memset
+from l4emu._siphash cimport siphash13
+
+cdef uint64_t NS = 1000000000ULL
+
+
+cdef inline uint64_t load_be32(const uint8_t* p) noexcept nogil:
+    return (<uint64_t>p[0] << 24) | (<uint64_t>p[1] << 16) | (<uint64_t>p[2] << 8) | p[3]
+
+
+cdef class FlowTable:
+    def __cinit__(self, uint32_t capacity, bytes secret):
+        cdef uint64_t slots = 1024
+        if capacity < 1 or capacity > 0x3FFFFFFF:
+            raise ValueError(f"max_connections must be between 1 and {0x3FFFFFFF}, not {capacity}")
+        if len(secret) != 16:
+            raise ValueError("the hash secret is 16 bytes")
+        while slots < <uint64_t>capacity * 4:      # two keys per flow, load factor at most 0.5
+            slots <<= 1
+        self.flows = <Flow*>calloc(capacity, sizeof(Flow))
+        self.slots = <Slot*>calloc(slots, sizeof(Slot))
+        if self.flows == NULL or self.slots == NULL:
+            raise MemoryError(f"cannot allocate a table for {capacity} connections")
+        self.mask = slots - 1
+        self.capacity = capacity
+        self.k0 = int.from_bytes(secret[:8], "little")
+        self.k1 = int.from_bytes(secret[8:], "little")
+        memset(self.wheel, 0, sizeof(self.wheel))
+
+    def __dealloc__(self):
+        free(self.flows)
+        free(self.slots)
+
+    def memory_bytes(self):
+        """Bytes the table allocated: flow records plus index (the wheel is a fixed 4 KiB)."""
+        return self.capacity * sizeof(Flow) + (self.mask + 1) * sizeof(Slot) + sizeof(self.wheel)
+
+    cdef void bind(self, const Real* reals, const Service* services, removed_fn cb, void* ctx) noexcept nogil:
+        self.reals = reals
+        self.services = services
+        self.on_removed = cb
+        self.removed_ctx = ctx
+
+    # ---- keys and the index ------------------------------------------------------------------
+    cdef uint64_t hash(self, const PacketKey* key) noexcept nogil:
+        cdef uint64_t w[5]
+        cdef uint64_t ports = (<uint64_t>key.sport << 48) | (<uint64_t>key.dport << 32) | (<uint64_t>key.proto << 8) | key.family
+        if key.family == 4:
+            w[0] = (load_be32(key.src) << 32) | load_be32(key.dst)
+            w[1] = ports
+            return siphash13(self.k0, self.k1, w, 2)
+        memcpy(w, key.src, 16)
+        memcpy(&w[2], key.dst, 16)
+        w[4] = ports
+        return siphash13(self.k0, self.k1, w, 5)
+
+    cdef void keys_of(self, const Flow* f, PacketKey* fwd, PacketKey* rep) noexcept nogil:
+        cdef const Real* r = &self.reals[f.real]
+        cdef const Service* s = &self.services[r.service]
+        memcpy(fwd.src, f.client, 16)
+        memcpy(fwd.dst, s.vip, 16)
+        fwd.sport = f.cport
+        fwd.dport = s.vport
+        memcpy(rep.src, r.addr, 16)
+        memcpy(rep.dst, f.client, 16)
+        rep.sport = r.port
+        rep.dport = f.cport
+        fwd.proto = rep.proto = f.proto
+        fwd.family = rep.family = f.family
+
+    cdef bint matches(self, uint32_t ref, const PacketKey* key) noexcept nogil:
+        cdef const Flow* f = &self.flows[(ref >> 1) - 1]
+        cdef const Real* r = &self.reals[f.real]
+        cdef const Service* s
+        cdef size_t alen = 4 if key.family == 4 else 16
+        if f.proto != key.proto or f.family != key.family:
+            return False
+        if ref & 1:
+            return (r.port == key.sport and f.cport == key.dport
+                    and memcmp(r.addr, key.src, alen) == 0 and memcmp(f.client, key.dst, alen) == 0)
+        s = &self.services[r.service]
+        return (f.cport == key.sport and s.vport == key.dport
+                and memcmp(f.client, key.src, alen) == 0 and memcmp(s.vip, key.dst, alen) == 0)
+
+    cdef uint32_t lookup(self, const PacketKey* key, uint64_t h) noexcept nogil:
+        """The ref ((flow + 1) << 1 | direction) whose key equals the packet's tuple, or 0."""
+        cdef uint64_t i = h & self.mask
+        cdef uint32_t h32 = <uint32_t>h
+        cdef int probe
+        for probe in range(MAX_PROBE):
+            if self.slots[i].ref == 0:
+                return 0
+            if self.slots[i].hash32 == h32 and self.matches(self.slots[i].ref, key):
+                return self.slots[i].ref
+            i = (i + 1) & self.mask
+        return 0
+
+    cdef int slot_put(self, uint64_t h, uint32_t ref) noexcept nogil:
+        cdef uint64_t i = h & self.mask
+        cdef int probe
+        for probe in range(MAX_PROBE):
+            if self.slots[i].ref == 0:
+                self.slots[i].hash32 = <uint32_t>h
+                self.slots[i].ref = ref
+                return 0
+            i = (i + 1) & self.mask
+        return -1
+
+    cdef void slot_delete(self, uint64_t h, uint32_t ref) noexcept nogil:
+        """Remove ref, then shift later entries of the probe run back (no tombstones)."""
+        cdef uint64_t i = h & self.mask, j, home
+        cdef int probe
+        for probe in range(MAX_PROBE):
+            if self.slots[i].ref == ref:
+                break
+            i = (i + 1) & self.mask
+        else:
+            return
+        j = i
+        while True:
+            j = (j + 1) & self.mask
+            if self.slots[j].ref == 0:
+                break
+            home = self.slots[j].hash32 & self.mask
+            if ((j - home) & self.mask) >= ((j - i) & self.mask):    # j may move back to i
+                self.slots[i] = self.slots[j]
+                i = j
+        self.slots[i].ref = 0
+
+    # ---- lists: timer buckets and the embryonic FIFO ----------------------------------------
+    cdef void timer_link(self, uint32_t idx) noexcept nogil:
+        cdef Flow* f = &self.flows[idx]
+        cdef uint16_t b = <uint16_t>((f.expires_ns // NS) & (WHEEL_SLOTS - 1))
+        f.bucket = b
+        f.tprev = 0
+        f.tnext = self.wheel[b]
+        if f.tnext:
+            self.flows[f.tnext - 1].tprev = idx + 1
+        self.wheel[b] = idx + 1
+
+    cdef void timer_unlink(self, uint32_t idx) noexcept nogil:
+        cdef Flow* f = &self.flows[idx]
+        if f.tprev:
+            self.flows[f.tprev - 1].tnext = f.tnext
+        else:
+            self.wheel[f.bucket] = f.tnext
+        if f.tnext:
+            self.flows[f.tnext - 1].tprev = f.tprev
+
+    cdef void embryo_unlink(self, uint32_t idx) noexcept nogil:
+        cdef Flow* f = &self.flows[idx]
+        if f.eprev:
+            self.flows[f.eprev - 1].enext = f.enext
+        else:
+            self.ehead = f.enext
+        if f.enext:
+            self.flows[f.enext - 1].eprev = f.eprev
+        else:
+            self.etail = f.eprev
+        f.eprev = f.enext = 0
+
+    # ---- flow life cycle ----------------------------------------------------------------------
+    cdef int64_t alloc(self, uint64_t now) noexcept nogil:
+        """A zeroed record marked in use, making room if needed; -1 when the table is full."""
+        cdef uint32_t idx
+        if self.free_head == 0 and self.next_unused == self.capacity:
+            self.reap_bucket(<uint32_t>((now // NS) & (WHEEL_SLOTS - 1)), now)
+            if self.free_head == 0 and self.ehead:
+                self.remove(self.ehead - 1, R_EVICTED)
+        if self.free_head:
+            idx = self.free_head - 1
+            self.free_head = self.flows[idx].tnext
+        elif self.next_unused < self.capacity:
+            idx = self.next_unused
+            self.next_unused += 1
+        else:
+            return -1
+        memset(&self.flows[idx], 0, sizeof(Flow))
+        self.flows[idx].flags = F_IN_USE
+        self.used += 1
+        if self.used > self.peak:
+            self.peak = self.used
+        return idx
+
+    cdef void release(self, uint32_t idx) noexcept nogil:
+        self.flows[idx].flags = 0
+        self.flows[idx].tnext = self.free_head
+        self.free_head = idx + 1
+        self.used -= 1
+
+    cdef int insert(self, uint32_t idx) noexcept nogil:
+        """Index a filled-in record under both keys and start its timer; on failure free it, -1."""
+        cdef PacketKey fwd, rep
+        cdef uint64_t hf, hr
+        cdef uint32_t ref = (idx + 1) << 1
+        cdef Flow* f = &self.flows[idx]
+        memset(&fwd, 0, sizeof(fwd))
+        memset(&rep, 0, sizeof(rep))
+        self.keys_of(f, &fwd, &rep)
+        hf = self.hash(&fwd)
+        hr = self.hash(&rep)
+        if self.slot_put(hf, ref) < 0:
+            self.insert_failed += 1
+            self.release(idx)
+            return -1
+        if self.slot_put(hr, ref | 1) < 0:
+            self.slot_delete(hf, ref)
+            self.insert_failed += 1
+            self.release(idx)
+            return -1
+        self.timer_link(idx)
+        if not (f.flags & F_ASSURED):
+            f.eprev = self.etail
+            f.enext = 0
+            if self.etail:
+                self.flows[self.etail - 1].enext = idx + 1
+            else:
+                self.ehead = idx + 1
+            self.etail = idx + 1
+        return 0
+
+    cdef void remove(self, uint32_t idx, int why) noexcept nogil:
+        cdef PacketKey fwd, rep
+        cdef Flow* f = &self.flows[idx]
+        memset(&fwd, 0, sizeof(fwd))
+        memset(&rep, 0, sizeof(rep))
+        self.keys_of(f, &fwd, &rep)
+        self.slot_delete(self.hash(&fwd), (idx + 1) << 1)
+        self.slot_delete(self.hash(&rep), ((idx + 1) << 1) | 1)
+        self.timer_unlink(idx)
+        if not (f.flags & F_ASSURED):
+            self.embryo_unlink(idx)
+        if self.on_removed != NULL:
+            self.on_removed(self.removed_ctx, f, why)
+        if why == R_EXPIRED:
+            self.expired += 1
+        elif why == R_EVICTED:
+            self.evicted += 1
+        else:
+            self.reused += 1
+        self.release(idx)
+
+    cdef void reschedule(self, uint32_t idx) noexcept nogil:
+        """Move the flow to the bucket of its current expiry (after a timeout got shorter)."""
+        self.timer_unlink(idx)
+        self.timer_link(idx)
+
+    cdef void assure(self, uint32_t idx) noexcept nogil:
+        if not (self.flows[idx].flags & F_ASSURED):
+            self.embryo_unlink(idx)
+            self.flows[idx].flags |= F_ASSURED
+
+    # ---- time ---------------------------------------------------------------------------------
+    cdef void reap_bucket(self, uint32_t b, uint64_t now) noexcept nogil:
+        """Expire what is due in bucket b; move the rest to the bucket of their expiry."""
+        cdef uint32_t ref = self.wheel[b], idx
+        self.wheel[b] = 0
+        while ref:
+            idx = ref - 1
+            ref = self.flows[idx].tnext
+            self.timer_link(idx)
+            if self.flows[idx].expires_ns <= now:
+                self.remove(idx, R_EXPIRED)
+
+    cdef void advance(self, uint64_t now) noexcept nogil:
+        """Reap every bucket whose second has fully passed (at most one turn of the wheel)."""
+        cdef uint64_t now_sec = now // NS
+        cdef int steps = 0
+        if not self.wheel_started:
+            self.wheel_sec = now_sec
+            self.wheel_started = True
+            return
+        while self.wheel_sec < now_sec and steps < WHEEL_SLOTS:
+            self.reap_bucket(<uint32_t>(self.wheel_sec & (WHEEL_SLOTS - 1)), now)
+            self.wheel_sec += 1
+            steps += 1
+        if self.wheel_sec < now_sec:
+            self.wheel_sec = now_sec
+
+    cdef void expire_due(self, uint64_t now) noexcept nogil:
+        """Expire every flow due at `now` (a full scan: for snapshots, not the hot path)."""
+        cdef uint32_t idx
+        for idx in range(self.next_unused):
+            if (self.flows[idx].flags & F_IN_USE) and self.flows[idx].expires_ns <= now:
+                self.remove(idx, R_EXPIRED)

@@ -1,0 +1,193 @@
+# Header parsing: link layer, IPv4/IPv6 (options, extension chain), TCP/UDP. Every length is
+# checked against what was captured before it is read (bounds checks are off in this build).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memset, memcpy
+from l4emu._types cimport *
+from l4emu._checksum cimport load16
+
+cdef enum:
+    PARSED = 0            # a TCP or UDP packet, not a fragment: key and offsets are valid
+    PARSE_PASS = 1        # nothing for an L4 switch (pass reason in info.reason)
+    PARSE_DROP = 2        # malformed (drop reason in info.reason)
+    PARSE_FRAGMENT = 3    # an IP fragment: addresses valid, ports never read
+    MAX_VLAN_TAGS = 4
+    MAX_IPV6_EXT = 16
+
+ctypedef struct PacketInfo:
+    PacketKey key
+    uint32_t l3             # offset of the IP header
+    uint32_t l4             # offset of the TCP/UDP header
+    uint8_t tcp_flags
+    int reason
+
+
+cdef inline int _drop(PacketInfo* info, int reason) noexcept nogil:
+    info.reason = reason
+    return PARSE_DROP
+
+
+cdef inline int _pass(PacketInfo* info, int reason) noexcept nogil:
+    info.reason = reason
+    return PARSE_PASS
+
+
+cdef inline int link_layer(const uint8_t* p, uint32_t caplen, uint16_t linktype, uint32_t* l3,
+                           uint32_t* ethertype) noexcept nogil:
+    """Find the network header; 0 ok, -1 truncated, 1 unknown link type or not IP."""
+    cdef uint32_t off, fam, tags = 0
+    if linktype == 1:                                   # Ethernet, 802.1Q / QinQ tags kept
+        if caplen < 14:
+            return -1
+        off = 12
+        ethertype[0] = load16(p + 12)
+        while ethertype[0] == 0x8100 or ethertype[0] == 0x88A8 or ethertype[0] == 0x9100:
+            tags += 1
+            if tags > MAX_VLAN_TAGS:
+                return 1
+            off += 4
+            if caplen < off + 2:
+                return -1
+            ethertype[0] = load16(p + off)
+        l3[0] = off + 2
+        return 0
+    if linktype == 101 or linktype == 12 or linktype == 14:   # raw IP
+        if caplen < 1:
+            return -1
+        ethertype[0] = 0x86DD if (p[0] >> 4) == 6 else 0x0800   # any other version: bad IPv4 header
+        l3[0] = 0
+        return 0
+    if linktype == 113:                                 # Linux cooked SLL
+        if caplen < 16:
+            return -1
+        ethertype[0] = load16(p + 14)
+        l3[0] = 16
+        return 0
+    if linktype == 276:                                 # Linux cooked SLL2
+        if caplen < 20:
+            return -1
+        ethertype[0] = load16(p)
+        l3[0] = 20
+        return 0
+    if linktype == 0 or linktype == 108:                # BSD NULL (host order) / LOOP (network order)
+        if caplen < 4:
+            return -1
+        fam = (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+        if fam == 2 or fam == 0x02000000:
+            ethertype[0] = 0x0800
+        elif fam in (24, 28, 30, 0x18000000, 0x1C000000, 0x1E000000):
+            ethertype[0] = 0x86DD
+        else:
+            ethertype[0] = 0
+        l3[0] = 4
+        return 0
+    return 1
+
+
+cdef inline int parse_ipv4(const uint8_t* p, uint32_t caplen, uint32_t wire_end, PacketInfo* info,
+                           uint32_t* end) noexcept nogil:
+    cdef uint32_t l3 = info.l3, ihl, total
+    if caplen < l3 + 20:
+        return _drop(info, D_TRUNCATED_IP)
+    if (p[l3] >> 4) != 4:
+        return _drop(info, D_BAD_IP_HEADER)
+    ihl = (p[l3] & 0x0F) * 4
+    total = load16(p + l3 + 2)
+    if ihl < 20 or caplen < l3 + ihl or total < ihl:
+        return _drop(info, D_BAD_IP_HEADER)
+    if l3 + total > wire_end:
+        return _drop(info, D_TRUNCATED_IP)
+    info.key.family = 4
+    info.key.proto = p[l3 + 9]
+    memcpy(info.key.src, p + l3 + 12, 4)
+    memcpy(info.key.dst, p + l3 + 16, 4)
+    info.l4 = l3 + ihl
+    end[0] = l3 + total
+    if load16(p + l3 + 6) & 0x3FFF:                     # MF set or a fragment offset
+        return PARSE_FRAGMENT
+    return PARSED
+
+
+cdef inline int parse_ipv6(const uint8_t* p, uint32_t caplen, uint32_t wire_end, PacketInfo* info,
+                           uint32_t* end) noexcept nogil:
+    cdef uint32_t l3 = info.l3, off, hlen
+    cdef uint8_t nh
+    cdef int k
+    if caplen < l3 + 40:
+        return _drop(info, D_TRUNCATED_IP)
+    if (p[l3] >> 4) != 6:
+        return _drop(info, D_BAD_IP_HEADER)
+    end[0] = l3 + 40 + load16(p + l3 + 4)
+    if end[0] > wire_end:
+        return _drop(info, D_TRUNCATED_IP)
+    info.key.family = 6
+    memcpy(info.key.src, p + l3 + 8, 16)
+    memcpy(info.key.dst, p + l3 + 24, 16)
+    nh = p[l3 + 6]
+    off = l3 + 40
+    for k in range(MAX_IPV6_EXT):
+        if nh == 0 or nh == 43 or nh == 60 or nh == 51:     # hop-by-hop, routing, dest opts, AH
+            if off + 2 > end[0] or off + 2 > caplen:
+                return _drop(info, D_TRUNCATED_IPV6_EXT)
+            hlen = (p[off + 1] + 2) * 4 if nh == 51 else (p[off + 1] + 1) * 8
+            if off + hlen > end[0] or off + hlen > caplen:
+                return _drop(info, D_TRUNCATED_IPV6_EXT)
+            nh = p[off]
+            off += hlen
+        elif nh == 44:                                      # fragment header
+            if off + 8 > end[0] or off + 8 > caplen:
+                return _drop(info, D_TRUNCATED_IPV6_EXT)
+            info.key.proto = p[off]
+            info.l4 = off + 8
+            return PARSE_FRAGMENT
+        else:
+            break
+    info.key.proto = nh
+    info.l4 = off
+    return PARSED
+
+
+cdef inline int parse_l4(const uint8_t* p, uint32_t caplen, uint32_t end, PacketInfo* info) noexcept nogil:
+    cdef uint32_t l4 = info.l4, length
+    if info.key.proto == 6:
+        if l4 + 20 > end or l4 + 20 > caplen:
+            return _drop(info, D_TRUNCATED_TCP)
+        length = (p[l4 + 12] >> 4) * 4
+        if length < 20 or l4 + length > end:
+            return _drop(info, D_BAD_TCP_OFFSET)
+        info.tcp_flags = p[l4 + 13]
+    elif info.key.proto == 17:
+        if l4 + 8 > end or l4 + 8 > caplen:
+            return _drop(info, D_TRUNCATED_UDP)
+        length = load16(p + l4 + 4)
+        if length < 8 or l4 + length > end:
+            return _drop(info, D_BAD_UDP_LENGTH)
+    else:
+        return _pass(info, P_OTHER_PROTOCOL)
+    info.key.sport = load16(p + l4)
+    info.key.dport = load16(p + l4 + 2)
+    return PARSED
+
+
+cdef inline int parse_packet(const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                             PacketInfo* info) noexcept nogil:
+    """Fill info from one captured frame; origlen tells a snapped frame from a lying length."""
+    cdef uint32_t ethertype = 0, end = 0, wire_end
+    cdef int r
+    memset(&info.key, 0, sizeof(PacketKey))
+    info.tcp_flags = 0
+    info.reason = 0
+    r = link_layer(p, caplen, linktype, &info.l3, &ethertype)
+    if r < 0:
+        return _drop(info, D_TRUNCATED_L2)
+    if r > 0:
+        return _pass(info, P_NOT_IP)
+    wire_end = origlen if origlen > caplen else caplen
+    if ethertype == 0x0800:
+        r = parse_ipv4(p, caplen, wire_end, info, &end)
+    elif ethertype == 0x86DD:
+        r = parse_ipv6(p, caplen, wire_end, info, &end)
+    else:
+        return _pass(info, P_NOT_IP)
+    if r != PARSED:
+        return r
+    return parse_l4(p, caplen, end, info)

@@ -1,0 +1,88 @@
+# C types shared by the datapath rooms: packet keys, flows, services, reals, reasons.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+
+# IPVS TCP state numbers (ip_vs_proto_tcp.c order) plus UDP; the index of STATE_NAMES.
+cdef enum ConnState:
+    S_NONE = 0
+    S_ESTABLISHED = 1
+    S_SYN_SENT = 2
+    S_SYN_RECV = 3
+    S_FIN_WAIT = 4
+    S_TIME_WAIT = 5
+    S_CLOSE = 6
+    S_CLOSE_WAIT = 7
+    S_LAST_ACK = 8
+    S_LISTEN = 9
+    S_SYNACK = 10
+    S_UDP = 11
+    N_STATES = 12
+
+# Why a packet was dropped (Batch.detail when verdict is V_DROP); the index of DROP_REASONS.
+cdef enum DropReason:
+    D_TRUNCATED_L2 = 0
+    D_TRUNCATED_IP = 1
+    D_BAD_IP_HEADER = 2
+    D_TRUNCATED_IPV6_EXT = 3
+    D_TRUNCATED_TCP = 4
+    D_BAD_TCP_OFFSET = 5
+    D_TRUNCATED_UDP = 6
+    D_BAD_UDP_LENGTH = 7
+    D_FRAGMENT = 8
+    D_TCP_NOT_SYN = 9
+    D_NO_REAL = 10
+    D_TABLE_FULL = 11
+    D_REPLY_CLASH = 12
+    N_DROP_REASONS = 13
+
+# Why a packet passed untouched (Batch.detail when verdict is V_PASS); the index of PASS_REASONS.
+cdef enum PassReason:
+    P_NOT_IP = 0
+    P_OTHER_PROTOCOL = 1
+    P_NO_SERVICE = 2
+    P_FRAGMENT = 3
+    N_PASS_REASONS = 4
+
+# Flow.flags
+cdef enum FlowFlag:
+    F_IN_USE = 1
+    F_ASSURED = 2       # saw a completed handshake (TCP) or a reply (UDP): never evicted for room
+
+ctypedef struct PacketKey:
+    uint8_t src[16]         # IPv4 addresses use the first 4 bytes, the rest stay zero
+    uint8_t dst[16]
+    uint16_t sport
+    uint16_t dport
+    uint8_t proto
+    uint8_t family          # 4 or 6
+
+ctypedef struct Flow:
+    uint8_t client[16]
+    uint64_t expires_ns
+    uint32_t real           # index into the datapath's reals
+    uint32_t tprev, tnext   # timer-wheel bucket list (flow index + 1; 0 ends); tnext links the free list too
+    uint32_t eprev, enext   # embryonic (not yet assured) FIFO, oldest first
+    uint16_t cport
+    uint16_t bucket         # timer-wheel bucket the flow is linked in
+    uint8_t proto
+    uint8_t family
+    uint8_t state           # ConnState
+    uint8_t flags           # FlowFlag
+
+ctypedef struct Service:
+    uint8_t vip[16]
+    uint16_t vport
+    uint8_t proto
+    uint8_t family
+    uint32_t first_real     # its reals are reals[first_real : first_real + n_reals]
+    uint32_t n_reals
+
+ctypedef struct Real:
+    uint8_t addr[16]
+    uint16_t port
+    uint8_t family
+    uint32_t service
+    int32_t weight
+    uint32_t active         # connections in ESTABLISHED, SYN_SENT, SYN_RECV, SYNACK (IPVS's ActiveConn)
+    uint32_t inactive       # every other state, and every UDP entry (IPVS's InActConn)
+    uint64_t conns          # new connections scheduled to it
+    uint64_t in_pkts, out_pkts, in_bytes, out_bytes
