@@ -1,0 +1,206 @@
+"""Parse and validate the TOML configuration into plain dataclasses, with errors that name the key."""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import netaddr
+
+# IPVS default timeouts in seconds (net/netfilter/ipvs/ip_vs_proto_tcp.c, _udp.c), by state.
+DEFAULT_TIMEOUTS = {
+    "none": 2, "established": 900, "syn_sent": 120, "syn_recv": 60, "fin_wait": 120,
+    "time_wait": 120, "close": 10, "close_wait": 60, "last_ack": 30, "listen": 120,
+    "synack": 120, "udp": 300,
+}
+PROTOCOLS = ("tcp", "udp")
+MAX_WEIGHT = 65535
+ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>\d+)$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem: `key` says where, the message says what."""
+
+    def __init__(self, key: str, problem: str, source: str = ""):
+        where = ": ".join(part for part in (source, key) if part)
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.key, self.problem = key, problem
+
+
+@dataclass(frozen=True)
+class Real:
+    address: netaddr.IPAddress
+    port: int
+    weight: int = 1
+
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class Service:
+    vip: netaddr.IPAddress
+    port: int
+    protocol: str
+    scheduler: str
+    reals: tuple[Real, ...]
+
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.vip, self.port)
+
+
+@dataclass(frozen=True)
+class Config:
+    services: tuple[Service, ...]
+    max_connections: int = 1 << 20
+    timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    conn_reuse_mode: bool = True
+    sloppy_tcp: bool = False
+
+
+def format_endpoint(address: netaddr.IPAddress, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def parse_endpoint(text, key: str) -> tuple[netaddr.IPAddress, int]:
+    """'10.0.0.1:80' or '[2001:db8::1]:80' -> (address, port)."""
+    if not isinstance(text, str):
+        raise ConfigError(key, f"expected a string like \"10.0.0.1:80\", got {text!r}")
+    match = ENDPOINT.match(text.strip())
+    if not match:
+        raise ConfigError(key, f"{text!r} is not address:port (IPv6 as [address]:port)")
+    host = match["v6"] or match["v4"]
+    try:
+        address = netaddr.IPAddress(host, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError(key, f"{host!r} is not an IP address") from None
+    if match["v4"] and address.version != 4:
+        raise ConfigError(key, f"IPv6 address {host!r} must be written in brackets: [{host}]:port")
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ConfigError(key, f"port {port} is out of range 1-65535")
+    return address, port
+
+
+def _take(table: dict, key: str, allowed: set[str]) -> dict:
+    if not isinstance(table, dict):
+        raise ConfigError(key, f"expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        prefix = f"{key}." if key else ""
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
+    return table
+
+
+def _typed(value, kind, key: str):
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(key, f"expected a number of seconds, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    return value
+
+
+def _real(raw, key: str, family: int) -> Real:
+    raw = _take(raw, key, {"address", "weight"})
+    if "address" not in raw:
+        raise ConfigError(f"{key}.address", "missing")
+    address, port = parse_endpoint(raw["address"], f"{key}.address")
+    if address.version != family:
+        raise ConfigError(f"{key}.address", f"IPv{address.version} real for an IPv{family} VIP (NAT keeps the family)")
+    weight = _typed(raw.get("weight", 1), int, f"{key}.weight")
+    if not 0 <= weight <= MAX_WEIGHT:
+        raise ConfigError(f"{key}.weight", f"{weight} is out of range 0-{MAX_WEIGHT}")
+    return Real(address, port, weight)
+
+
+def _service(raw, key: str, schedulers: set[str]) -> Service:
+    raw = _take(raw, key, {"vip", "protocol", "scheduler", "real"})
+    if "vip" not in raw:
+        raise ConfigError(f"{key}.vip", "missing")
+    vip, port = parse_endpoint(raw["vip"], f"{key}.vip")
+    protocol = _typed(raw.get("protocol", "tcp"), str, f"{key}.protocol").lower()
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{key}.protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    scheduler = _typed(raw.get("scheduler", "rr"), str, f"{key}.scheduler")
+    if scheduler not in schedulers:
+        raise ConfigError(f"{key}.scheduler", f"unknown scheduler {scheduler!r} (known: {', '.join(sorted(schedulers))})")
+    reals_raw = raw.get("real", [])
+    if not isinstance(reals_raw, list) or not reals_raw:
+        raise ConfigError(f"{key}.real", "a service needs at least one [[service.real]]")
+    reals = tuple(_real(r, f"{key}.real[{i}]", vip.version) for i, r in enumerate(reals_raw))
+    seen = set()
+    for i, real in enumerate(reals):
+        if real.endpoint in seen:
+            raise ConfigError(f"{key}.real[{i}].address", f"{real.endpoint} is listed twice")
+        seen.add(real.endpoint)
+    return Service(vip, port, protocol, scheduler, reals)
+
+
+def from_dict(raw: dict, schedulers: set[str]) -> Config:
+    """Validate a parsed TOML document; `schedulers` are the names that exist."""
+    raw = _take(raw, "", {"service", "table", "timeouts"})
+    table = _take(raw.get("table", {}), "table", {"max_connections", "conn_reuse_mode", "sloppy_tcp"})
+    max_conns = _typed(table.get("max_connections", Config.max_connections), int, "table.max_connections")
+    if not 1 <= max_conns <= 1 << 30:
+        raise ConfigError("table.max_connections", f"{max_conns} is out of range 1-{1 << 30}")
+    timeouts = dict(DEFAULT_TIMEOUTS)
+    for name, value in _take(raw.get("timeouts", {}), "timeouts", set(DEFAULT_TIMEOUTS)).items():
+        if _typed(value, float, f"timeouts.{name}") <= 0 or value > 86400 * 365:
+            raise ConfigError(f"timeouts.{name}", f"{value} is not a timeout between 0 and one year")
+        timeouts[name] = value
+    services_raw = raw.get("service", [])
+    if not isinstance(services_raw, list) or not services_raw:
+        raise ConfigError("service", "at least one [[service]] is needed")
+    services = tuple(_service(s, f"service[{i}]", schedulers) for i, s in enumerate(services_raw))
+    seen = set()
+    for i, svc in enumerate(services):
+        ident = (svc.protocol, svc.endpoint)
+        if ident in seen:
+            raise ConfigError(f"service[{i}].vip", f"{svc.protocol.upper()} {svc.endpoint} is defined twice")
+        seen.add(ident)
+    return Config(
+        services=services,
+        max_connections=max_conns,
+        timeouts=timeouts,
+        conn_reuse_mode=_typed(table.get("conn_reuse_mode", True), bool, "table.conn_reuse_mode"),
+        sloppy_tcp=_typed(table.get("sloppy_tcp", False), bool, "table.sloppy_tcp"),
+    )
+
+
+def load(path: str | Path | None, schedulers: set[str]) -> Config:
+    """Read a TOML file (None: the embedded default the bundled samples were made for)."""
+    if path is None:
+        text = resources.files("l4emu").joinpath("data/default.toml").read_text()
+        source = "default config"
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError("", exc.strerror or str(exc), source) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}", source) from None
+    try:
+        return from_dict(raw, schedulers)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.problem, source) from None
+
+
+def from_flags(vips: list[str], reals: list[str], scheduler: str, schedulers: set[str]) -> dict:
+    """Turn --vip 10.0.0.100:80/tcp --real 10.1.0.1:8080 ... into a config document."""
+    services = []
+    for vip in vips:
+        endpoint, _, protocol = vip.partition("/")
+        services.append({"vip": endpoint, "protocol": protocol or "tcp", "scheduler": scheduler,
+                         "real": [{"address": r} for r in reals]})
+    return {"service": services}

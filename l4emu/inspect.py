@@ -1,0 +1,58 @@
+"""Render snapshots the way users already read them: `ipvsadm -L -n -c`, `ipvsadm -L -n`, summaries."""
+from __future__ import annotations
+
+import json
+
+
+def _expire(seconds: float) -> str:
+    """ipvsadm's mm:ss (minutes keep counting past 59, as ipvsadm prints them)."""
+    whole = max(0, int(seconds))
+    return f"{whole // 60:02d}:{whole % 60:02d}"
+
+
+def conntrack_text(snapshot: dict) -> str:
+    """`ipvsadm -L -n -c`: pro expire state source virtual destination."""
+    lines = ["IPVS connection entries",
+             "pro expire state       source             virtual            destination"]
+    for row in snapshot["connections"]:
+        lines.append("%-3s %-6s %-11s %-18s %-18s %s" % (
+            row["protocol"], _expire(row["expires_in_s"]), row["state"],
+            row["source"], row["virtual"], row["destination"]))
+    return "\n".join(lines)
+
+
+def services_text(snapshot: dict, size: int) -> str:
+    """`ipvsadm -L -n`: services and their reals with Forward, Weight, ActiveConn, InActConn."""
+    lines = [f"IP Virtual Server version 1.2.1 (size={size})",
+             "Prot LocalAddress:Port Scheduler Flags",
+             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
+    for svc in snapshot["services"]:
+        lines.append(f"{svc['protocol']:<4} {svc['vip']} {svc['scheduler']}")
+        for real in svc["reals"]:
+            lines.append("  -> %-28s %-7s %-6d %-10u %-10u" % (
+                real["address"], real["forward"], real["weight"], real["active"], real["inactive"]))
+    return "\n".join(lines)
+
+
+def summary_text(summary: dict) -> str:
+    """The replay summary for people: what went in, what came out, where flows went, how fast."""
+    dropped = summary["dropped"]
+    lines = [
+        f"capture      {summary['capture']}" + (f" -> {summary['output']}" if summary["output"] else ""),
+        f"packets      {summary['packets']:,} read, {summary['written']:,} written",
+        f"             {summary['translated']:,} translated ({summary['new']:,} new flows, "
+        f"{summary['forward']:,} to reals, {summary['reply']:,} replies), {summary['passed']:,} passed untouched",
+        f"dropped      {sum(dropped.values()):,}" + (
+            " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
+        "new conns    " + ("  ".join(f"{real} {n:,}" for real, n in summary["new_connections"].items()) or "none"),
+        f"table        peak {summary['peak_connections']:,}, final {summary['final_connections']:,} "
+        f"of {summary['max_connections']:,}",
+        f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s",
+    ]
+    if summary.get("error"):
+        lines.append(f"stopped      {summary['error']}")
+    return "\n".join(lines)
+
+
+def to_json(data) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)

@@ -1,0 +1,121 @@
+"""The Switch: wires a Config to the datapath and its schedulers, and hands out plain-data snapshots."""
+from __future__ import annotations
+
+import os
+import random
+
+import netaddr
+
+from l4emu import config as configmod
+from l4emu import schedulers
+from l4emu._batch import Batch
+from l4emu._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
+
+PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+DROP_TEXT = {
+    "truncated_l2": "truncated link-layer header", "truncated_ip": "truncated IP packet",
+    "bad_ip_header": "bad IP header", "truncated_ipv6_ext": "truncated IPv6 extension header",
+    "truncated_tcp": "truncated TCP header", "bad_tcp_offset": "bad TCP data offset",
+    "truncated_udp": "truncated UDP header", "bad_udp_length": "bad UDP length",
+    "fragment": "IP fragment for a VIP (no reassembly)", "tcp_not_syn": "TCP packet without SYN and no connection",
+    "no_real": "no real server available", "table_full": "connection table full",
+    "reply_clash": "the real's reply tuple is taken by another connection",
+}
+PASS_TEXT = {
+    "not_ip": "not IP", "other_protocol": "not TCP or UDP", "no_service": "not for a virtual service",
+    "fragment": "IP fragment, not for a VIP",
+}
+
+
+class Switch:
+    """One emulated L4 switch: config in, packets through, snapshots out."""
+
+    def __init__(self, config: configmod.Config, seed: int | None = None):
+        self.config = config
+        self.seed = seed
+        # The seeded generator is the only source of randomness, so a seeded replay repeats exactly.
+        self.random = random.Random(seed)
+        secret = self.random.randbytes(16) if seed is not None else os.urandom(16)
+        self.datapath = Datapath(
+            config.max_connections, secret,
+            [config.timeouts[name.lower()] for name in STATE_NAMES],
+            config.conn_reuse_mode, config.sloppy_tcp,
+        )
+        self.reals: list[tuple[configmod.Service, configmod.Real]] = []
+        for svc in config.services:
+            self.datapath.add_service(
+                svc.vip.packed, svc.vip.version, svc.port, PROTO_NUMBERS[svc.protocol],
+                schedulers.create(svc.scheduler),
+                [(r.address.packed, r.port, r.weight) for r in svc.reals],
+            )
+            self.reals.extend((svc, r) for r in svc.reals)
+
+    @classmethod
+    def from_config(cls, path=None, seed: int | None = None) -> "Switch":
+        """From a TOML file (None: the embedded default config)."""
+        return cls(configmod.load(path, set(schedulers.available())), seed)
+
+    def process(self, batch: Batch) -> None:
+        self.datapath.process(batch)
+
+    @property
+    def clock_ns(self) -> int:
+        return self.datapath.clock_ns
+
+    def stats(self) -> dict:
+        """Counters: packets by verdict, drops and passes by reason, table sizes, per real."""
+        counters = self.datapath.counters()
+        per_real = self.datapath.real_counters()
+        counters["new_connections"] = {
+            r.endpoint: per_real[i]["conns"] for i, (_, r) in enumerate(self.reals)}
+        return counters
+
+    def conntrack(self) -> list[dict]:
+        """The connection table as rows of plain data, in table order (expired entries reaped first)."""
+        self.datapath.expire_due()
+        now = self.datapath.clock_ns
+        rows = []
+        for real_index, client, cport, state, expires_ns in self.datapath.flows():
+            svc, real = self.reals[real_index]
+            client_ip = netaddr.IPAddress(int.from_bytes(client, "big"), version=svc.vip.version)
+            rows.append({
+                "protocol": svc.protocol.upper(), "state": state,
+                "expires_in_s": round((expires_ns - now) / 1e9, 3),
+                "source": configmod.format_endpoint(client_ip, cport),
+                "virtual": svc.endpoint, "destination": real.endpoint,
+            })
+        return rows
+
+    def services(self) -> list[dict]:
+        """Services and reals with IPVS's per-real figures (Forward, Weight, ActiveConn, InActConn, --stats)."""
+        per_real = self.datapath.real_counters()
+        out, k = [], 0
+        for svc in self.config.services:
+            reals = []
+            for real in svc.reals:
+                reals.append({"address": real.endpoint, "forward": "Masq", "weight": real.weight, **per_real[k]})
+                k += 1
+            out.append({"protocol": svc.protocol.upper(), "vip": svc.endpoint,
+                        "scheduler": svc.scheduler, "reals": reals})
+        return out
+
+    def snapshot(self) -> dict:
+        """Everything inspection needs, as JSON-ready data; the same for a replay or a live switch."""
+        connections = self.conntrack()
+        return {
+            "l4emu_state": 1,
+            "clock_ns": self.datapath.clock_ns,
+            "services": self.services(),
+            "connections": connections,
+            "stats": self.stats(),
+        }
+
+    def comment_table(self) -> list[list[bytes]]:
+        """Per verdict and detail, the text --annotate writes into each packet's pcapng comment."""
+        new = [f"new flow, {svc.scheduler} -> {r.endpoint}" for svc, r in self.reals]
+        forward = [f"forward, DNAT to {r.endpoint}" for _, r in self.reals]
+        reply = [f"reply from {r.endpoint}, SNAT to VIP {svc.endpoint}" for svc, r in self.reals]
+        passed = [f"passed untouched: {PASS_TEXT[name]}" for name in PASS_REASONS]
+        dropped = [f"dropped: {DROP_TEXT[name]}" for name in DROP_REASONS]
+        table = [[], passed, new, forward, reply, dropped]
+        return [[text.encode() for text in row] for row in table]
