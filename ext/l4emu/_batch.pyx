@@ -87,5 +87,13 @@ cdef class Batch:
         self._check(i)
         return VERDICT_NAMES[self.verdict[i]], self.detail[i]
 
+    def set_result(self, Py_ssize_t i, int verdict, int detail):
+        """Set packet i's verdict and detail (tests, Python-side filters)."""
+        self._check(i)
+        if not 0 <= verdict < V_LAST:
+            raise ValueError(f"verdict {verdict} out of range")
+        self.verdict[i] = verdict
+        self.detail[i] = detail
+
     def results(self):
         return [self.result(i) for i in range(self.n)]

@@ -1,3 +1,4 @@
+cimport cython
 # The batch loop: parse -> classify -> conntrack -> schedule -> NAT rewrite.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from l4emu._types cimport *
@@ -12,6 +13,7 @@ ctypedef struct Tables:
     Real* reals
 
 
+@cython.final
 cdef class Datapath:
     cdef readonly FlowTable table
     cdef Tables t
@@ -28,8 +30,10 @@ cdef class Datapath:
     cdef uint64_t drops[N_DROP_REASONS]
     cdef uint64_t passes[N_PASS_REASONS]
 
-    cdef void process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
-                          uint64_t ts, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef int classify(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                      PacketInfo* info) noexcept nogil
+    cdef void handle(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
+                     uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint32_t origlen, uint8_t* verdict,
                        int32_t* detail) noexcept nogil
     cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil

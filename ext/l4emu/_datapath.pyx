@@ -27,6 +27,7 @@ cdef enum:
     EV_RST = 3
     DIR_INPUT = 0           # client -> real (IPVS's INPUT rows)
     DIR_OUTPUT = 4          # real -> client (OUTPUT rows)
+    WINDOW = 16             # packets parsed and prefetched ahead of their handling
 
 # IPVS's tcp_states (current kernels), rows [direction + event], columns: the current state.
 cdef uint8_t NEXT_STATE[8][11]
@@ -158,13 +159,36 @@ cdef class Datapath:
         return self.n_services - 1
 
     def process(self, Batch batch):
-        """Run every packet of the batch through the switch, rewriting in place."""
-        cdef Py_ssize_t i
+        """Run every packet of the batch through the switch, rewriting in place.
+
+        Packets go in windows: parse and hash a window and prefetch its index slots, then prefetch
+        the flow records those slots name, then handle each packet in order. The table is only
+        read ahead, never changed ahead, so the result is that of one packet at a time.
+        """
+        cdef PacketInfo info[WINDOW]
+        cdef int parsed[WINDOW]
+        cdef uint64_t h[WINDOW]
+        cdef Py_ssize_t base = 0, i
+        cdef int j, m
         self.started = True
         with nogil:
-            for i in range(batch.n):
-                self.process_one(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i],
-                                 batch.linktype[i], batch.ts_ns[i], &batch.verdict[i], &batch.detail[i])
+            while base < batch.n:
+                m = <int>min(<Py_ssize_t>WINDOW, batch.n - base)
+                for j in range(m):
+                    i = base + j
+                    parsed[j] = self.classify(batch.data + batch.offset[i], batch.caplen[i],
+                                              batch.origlen[i], batch.linktype[i], &info[j])
+                    if parsed[j] == PARSED:
+                        h[j] = self.table.hash(&info[j].key)
+                        self.table.prefetch_slot(h[j])
+                for j in range(m):
+                    if parsed[j] == PARSED:
+                        self.table.prefetch_flow(h[j])
+                for j in range(m):
+                    i = base + j
+                    self.handle(batch.data + batch.offset[i], &info[j], parsed[j], h[j], batch.ts_ns[i],
+                                batch.origlen[i], &batch.verdict[i], &batch.detail[i])
+                base += m
 
     cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil:
         cdef uint32_t k
@@ -186,33 +210,36 @@ cdef class Datapath:
                 r.inactive += 1
         f.state = state
 
-    cdef void process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
-                          uint64_t ts, uint8_t* verdict, int32_t* detail) noexcept nogil:
-        cdef PacketInfo info
-        cdef int r, ev
+    cdef int classify(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                      PacketInfo* info) noexcept nogil:
+        """Parse; a fragment is dropped if it is for a VIP (no reassembly yet), else passed."""
+        cdef int r = parse_packet(p, caplen, origlen, linktype, info)
+        if r == PARSE_FRAGMENT:
+            if self.find_service(&info.key, True) >= 0:
+                info.reason = D_FRAGMENT
+                return PARSE_DROP
+            info.reason = P_FRAGMENT
+            return PARSE_PASS
+        return r
+
+    cdef void handle(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
+                     uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """Conntrack, schedule and rewrite one parsed packet, on the packet clock."""
+        cdef int ev
         cdef uint32_t ref, idx
-        cdef int64_t fresh
         cdef Flow* f
         cdef Real* real
         cdef uint8_t old
-        if ts > self.clock_ns:
+        if ts > self.clock_ns:                      # the clock never runs backwards
             self.clock_ns = ts
             self.table.advance(ts)
         self.packets += 1
         self.bytes += origlen
-        r = parse_packet(p, caplen, origlen, linktype, &info)
-        if r == PARSE_FRAGMENT:
-            if self.find_service(&info.key, True) >= 0:
-                r = PARSE_DROP
-                info.reason = D_FRAGMENT
-            else:
-                r = PARSE_PASS
-                info.reason = P_FRAGMENT
-        if r != PARSED:
-            self.finish(verdict, detail, V_DROP if r == PARSE_DROP else V_PASS, info.reason)
+        if parsed != PARSED:
+            self.finish(verdict, detail, V_DROP if parsed == PARSE_DROP else V_PASS, info.reason)
             return
         ev = tcp_event(info.tcp_flags) if info.key.proto == 6 else -1
-        ref = self.table.lookup(&info.key, self.table.hash(&info.key))
+        ref = self.table.lookup(&info.key, h)
         if ref:
             idx = (ref >> 1) - 1
             f = &self.table.flows[idx]
@@ -224,7 +251,7 @@ cdef class Datapath:
                 self.table.remove(idx, R_REUSED)
                 ref = 0
         if ref == 0:
-            self.new_flow(p, &info, ev, origlen, verdict, detail)
+            self.new_flow(p, info, ev, origlen, verdict, detail)
             return
         real = &self.t.reals[f.real]
         old = f.state
@@ -239,12 +266,12 @@ cdef class Datapath:
         if f.state != old:
             self.table.reschedule(idx)
         if ref & 1:
-            rewrite(p, &info, False, self.t.services[real.service].vip, self.t.services[real.service].vport)
+            rewrite(p, info, False, self.t.services[real.service].vip, self.t.services[real.service].vport)
             real.out_pkts += 1
             real.out_bytes += origlen
             self.finish(verdict, detail, V_REPLY, f.real)
         else:
-            rewrite(p, &info, True, real.addr, real.port)
+            rewrite(p, info, True, real.addr, real.port)
             real.in_pkts += 1
             real.in_bytes += origlen
             self.finish(verdict, detail, V_FORWARD, f.real)

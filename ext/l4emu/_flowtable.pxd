@@ -1,3 +1,7 @@
+cimport cython
+
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) noexcept nogil
 # The connection table's storage: flow records, the two-key hash index, timers and eviction order.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from l4emu._types cimport *
@@ -18,6 +22,7 @@ ctypedef struct Slot:
 ctypedef void (*removed_fn)(void* ctx, Flow* flow, int why) noexcept nogil
 
 
+@cython.final
 cdef class FlowTable:
     cdef Flow* flows
     cdef Slot* slots
@@ -40,6 +45,8 @@ cdef class FlowTable:
 
     cdef void bind(self, const Real* reals, const Service* services, removed_fn cb, void* ctx) noexcept nogil
     cdef uint64_t hash(self, const PacketKey* key) noexcept nogil
+    cdef void prefetch_slot(self, uint64_t h) noexcept nogil
+    cdef void prefetch_flow(self, uint64_t h) noexcept nogil
     cdef uint32_t lookup(self, const PacketKey* key, uint64_t h) noexcept nogil
     cdef int64_t alloc(self, uint64_t now) noexcept nogil
     cdef int insert(self, uint32_t idx) noexcept nogil

@@ -94,6 +94,15 @@ cdef class FlowTable:
         return (f.cport == key.sport and s.vport == key.dport
                 and memcmp(f.client, key.src, alen) == 0 and memcmp(s.vip, key.dst, alen) == 0)
 
+    cdef void prefetch_slot(self, uint64_t h) noexcept nogil:
+        __builtin_prefetch(&self.slots[h & self.mask])
+
+    cdef void prefetch_flow(self, uint64_t h) noexcept nogil:
+        """Read ahead the record the key's home slot names (a guess: the key may sit further on)."""
+        cdef uint32_t ref = self.slots[h & self.mask].ref
+        if ref:
+            __builtin_prefetch(&self.flows[(ref >> 1) - 1])
+
     cdef uint32_t lookup(self, const PacketKey* key, uint64_t h) noexcept nogil:
         """The ref ((flow + 1) << 1 | direction) whose key equals the packet's tuple, or 0."""
         cdef uint64_t i = h & self.mask

@@ -1,0 +1,557 @@
+"""C loops that index pcap/pcapng records into a Batch and encode a Batch into file bytes."""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memset
+
+from l4emu._batch cimport Batch, V_UNSEEN, V_DROP, V_LAST
+
+cdef extern from *:
+    uint16_t bswap16 "__builtin_bswap16"(uint16_t) noexcept nogil
+    uint32_t bswap32 "__builtin_bswap32"(uint32_t) noexcept nogil
+    uint64_t bswap64 "__builtin_bswap64"(uint64_t) noexcept nogil
+
+cdef enum:
+    MAX_RECORD = 262144      # largest record accepted, as in libpcap
+    MAX_IFACES = 65536       # Batch.iface is 16 bits
+    NG_SHB = 0x0A0D0D0A
+    NG_BOM = 0x1A2B3C4D
+    NG_IDB = 1
+    NG_PB = 2
+    NG_SPB = 3
+    NG_EPB = 6
+cdef uint32_t PCAP_US = 0xa1b2c3d4
+cdef uint32_t PCAP_NS = 0xa1b23c4d
+cdef uint64_t NS = 1000000000
+
+# Faults are codes plus two numbers in the loop (no GIL, no objects); text is made only once, at the edge.
+cdef enum Fault:
+    F_NONE, F_MAGIC, F_GLOBAL_CUT, F_RECORD_HEADER_CUT, F_TOO_BIG, F_OVER_SNAPLEN, F_RECORD_CUT,
+    F_BLOCK_CUT, F_BOM, F_BLOCK_SHORT, F_BLOCK_ALIGN, F_BLOCK_PAST_END, F_TRAILER, F_BLOCK_MIN,
+    F_VERSION, F_NO_IFACE, F_PACKET_PAST_BLOCK, F_TOO_MANY_IFACES
+
+cdef struct Iface:
+    uint16_t linktype
+    uint32_t snaplen
+    bint binary          # if_tsresol 2^-exp instead of 10^-exp
+    uint8_t exp
+    uint64_t mul         # decimal resolution: ns = units * mul / div
+    uint64_t div
+    int64_t offset_s     # if_tsoffset, seconds
+    bint nanosecond      # finer than a microsecond
+
+cdef uint64_t POW10[20]
+POW10[0] = 1
+for _k in range(1, 20):
+    POW10[_k] = POW10[_k - 1] * 10
+
+
+cdef inline uint16_t rd16(const uint8_t* p, bint swap) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return bswap16(v) if swap else v
+
+cdef inline uint32_t rd32(const uint8_t* p, bint swap) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return bswap32(v) if swap else v
+
+cdef inline uint64_t rd64(const uint8_t* p, bint swap) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return bswap64(v) if swap else v
+
+
+cdef void set_resolution(Iface* f, uint8_t tsresol) noexcept nogil:
+    f.binary = tsresol >> 7
+    f.exp = tsresol & 0x7f
+    f.mul, f.div = 1, 1
+    if f.binary:
+        f.nanosecond = f.exp >= 20          # 2^-20 s is just under a microsecond
+    else:
+        f.nanosecond = f.exp > 6
+        if f.exp <= 9:
+            f.mul = POW10[9 - f.exp]
+        elif f.exp - 9 < 20:
+            f.div = POW10[f.exp - 9]
+        else:
+            f.mul = 0                        # finer than 10^-28 s: below a nanosecond for 2^64 units
+
+cdef uint64_t units_to_ns(const Iface* f, uint64_t t) noexcept nogil:
+    cdef uint64_t sec, frac, ns
+    cdef unsigned k = f.exp
+    if f.binary:
+        sec = t >> k if k < 64 else 0
+        frac = t & ((<uint64_t>1 << k) - 1) if k < 64 else t
+        if k > 34:                           # keep frac * 10^9 inside 64 bits; loses only sub-ns bits
+            frac = frac >> (k - 34) if k - 34 < 64 else 0
+            k = 34
+        ns = sec * NS + ((frac * NS) >> k)
+    else:
+        ns = t * f.mul / f.div
+    return ns + <uint64_t>f.offset_s * NS
+
+
+cdef void parse_idb_options(Iface* f, const uint8_t* p, uint64_t left, bint swap) noexcept nogil:
+    # A malformed option list ends the options, not the capture: tshark reads such files too.
+    cdef uint16_t code, olen
+    cdef uint64_t room
+    while left >= 4:
+        code = rd16(p, swap)
+        olen = rd16(p + 2, swap)
+        room = (<uint64_t>olen + 3) & ~(<uint64_t>3)
+        if code == 0 or room > left - 4:
+            return
+        if code == 9 and olen >= 1:
+            set_resolution(f, p[4])
+        elif code == 14 and olen >= 8:
+            f.offset_s = <int64_t>rd64(p + 4, swap)
+        p += 4 + room
+        left -= 4 + room
+
+
+cdef class Scanner:
+    """Walks a mapped capture one record or block at a time; state lives in C fields so `fill` runs without the GIL."""
+    cdef object _view
+    cdef uint8_t* base
+    cdef uint64_t size
+    cdef uint64_t pos
+    cdef readonly bint pcapng
+    cdef readonly bint done
+    cdef bint swap
+    cdef Iface* ifaces
+    cdef Py_ssize_t n_ifaces
+    cdef Py_ssize_t cap_ifaces
+    cdef Py_ssize_t section_base
+    cdef Py_ssize_t section_count
+    cdef uint64_t last_ts
+    cdef int fault
+    cdef readonly uint64_t fault_offset
+    cdef uint64_t fa, fb
+    # the packet found by the last _next() == 1
+    cdef uint64_t cur_off, cur_ts
+    cdef uint32_t cur_incl, cur_orig
+    cdef uint16_t cur_iface
+
+    def __init__(self, buffer):
+        cdef uint8_t[::1] view = buffer
+        cdef uint32_t magic
+        self._view = view
+        self.base = &view[0]
+        self.size = view.shape[0]
+        if self.size < 4:
+            self._fail(F_MAGIC, 0, 0, 0)
+            return
+        memcpy(&magic, self.base, 4)
+        if magic == NG_SHB:
+            self.pcapng = True
+            self._next()                     # the first SHB: a fault here makes the file unreadable
+        elif magic in (PCAP_US, PCAP_NS, bswap32(PCAP_US), bswap32(PCAP_NS)):
+            self._pcap_header(magic)
+        else:
+            self._fail(F_MAGIC, 0, magic, 0)
+
+    def __dealloc__(self):
+        free(self.ifaces)
+
+    cdef void _fail(self, int fault, uint64_t offset, uint64_t a, uint64_t b) noexcept nogil:
+        self.fault, self.fault_offset, self.fa, self.fb = fault, offset, a, b
+        self.done = True
+
+    cdef Iface* _add_iface(self) noexcept nogil:
+        cdef Iface* grown
+        if self.n_ifaces == self.cap_ifaces:
+            grown = <Iface*>realloc(self.ifaces, (self.cap_ifaces * 2 + 4) * sizeof(Iface))
+            if grown == NULL:
+                return NULL
+            self.ifaces = grown
+            self.cap_ifaces = self.cap_ifaces * 2 + 4
+        memset(&self.ifaces[self.n_ifaces], 0, sizeof(Iface))
+        set_resolution(&self.ifaces[self.n_ifaces], 6)
+        self.n_ifaces += 1
+        return &self.ifaces[self.n_ifaces - 1]
+
+    cdef void _pcap_header(self, uint32_t magic):
+        cdef Iface* f
+        self.swap = magic == bswap32(PCAP_US) or magic == bswap32(PCAP_NS)
+        if self.size < 24:
+            self._fail(F_GLOBAL_CUT, 0, self.size, 0)
+            return
+        f = self._add_iface()
+        if f == NULL:
+            raise MemoryError()
+        set_resolution(f, 9 if magic in (PCAP_NS, bswap32(PCAP_NS)) else 6)
+        f.snaplen = rd32(self.base + 16, self.swap)
+        f.linktype = rd32(self.base + 20, self.swap) & 0xFFFF   # upper bits carry FCS length, not the type
+        self.section_count = 1
+        self.pos = 24
+
+    cdef int _next(self) noexcept nogil:
+        """Step over one record/block: 1 = a packet is in cur_*, 0 = no packet, -1 = end or fault."""
+        if self.done:
+            return -1
+        if self.pos == self.size:
+            self.done = True
+            return -1
+        return self._next_block() if self.pcapng else self._next_record()
+
+    cdef int _check_length(self, uint64_t at, uint32_t incl, const Iface* f, uint64_t room) noexcept nogil:
+        if incl > MAX_RECORD:
+            self._fail(F_TOO_BIG, at, incl, MAX_RECORD)
+        elif f.snaplen and incl > f.snaplen:
+            self._fail(F_OVER_SNAPLEN, at, incl, f.snaplen)
+        elif incl > room:
+            self._fail(F_RECORD_CUT if not self.pcapng else F_PACKET_PAST_BLOCK, at, incl, room)
+        else:
+            return 0
+        return -1
+
+    cdef int _next_record(self) noexcept nogil:
+        cdef uint64_t left = self.size - self.pos
+        cdef const uint8_t* p = self.base + self.pos
+        cdef const Iface* f = &self.ifaces[0]
+        cdef uint32_t incl
+        if left < 16:
+            self._fail(F_RECORD_HEADER_CUT, self.pos, left, 0)
+            return -1
+        incl = rd32(p + 8, self.swap)
+        if self._check_length(self.pos, incl, f, left - 16):
+            return -1
+        self.cur_off = self.pos + 16
+        self.cur_incl = incl
+        self.cur_orig = rd32(p + 12, self.swap)
+        self.cur_ts = <uint64_t>rd32(p, self.swap) * NS + <uint64_t>rd32(p + 4, self.swap) * f.mul
+        self.cur_iface = 0
+        self.pos += 16 + <uint64_t>incl
+        return 1
+
+    cdef int _next_block(self) noexcept nogil:
+        cdef uint64_t at = self.pos, left = self.size - self.pos, room
+        cdef const uint8_t* p = self.base + at
+        cdef uint32_t btype, blen, bom, local, incl, orig
+        cdef Iface* f
+        if left < 12:
+            self._fail(F_BLOCK_CUT, at, left, 0)
+            return -1
+        btype = rd32(p, self.swap)               # the SHB type reads the same in either byte order
+        if btype == NG_SHB:
+            memcpy(&bom, p + 8, 4)
+            if bom != NG_BOM and bom != bswap32(NG_BOM):
+                self._fail(F_BOM, at, bom, 0)
+                return -1
+            self.swap = bom != NG_BOM
+        blen = rd32(p + 4, self.swap)
+        if blen < 12:
+            self._fail(F_BLOCK_SHORT, at, blen, 0)
+            return -1
+        if blen % 4:
+            self._fail(F_BLOCK_ALIGN, at, blen, 0)
+            return -1
+        if blen > left:
+            self._fail(F_BLOCK_PAST_END, at, blen, left)
+            return -1
+        if rd32(p + blen - 4, self.swap) != blen:
+            self._fail(F_TRAILER, at, rd32(p + blen - 4, self.swap), blen)
+            return -1
+        self.pos += blen
+        room = blen - 12                          # body bytes between the length fields
+        p += 8
+        if btype == NG_SHB:
+            if room < 16:
+                self._fail(F_BLOCK_MIN, at, blen, 28)
+                return -1
+            if rd16(p + 4, self.swap) != 1:
+                self._fail(F_VERSION, at, rd16(p + 4, self.swap), rd16(p + 6, self.swap))
+                return -1
+            self.section_base = self.n_ifaces     # interface ids restart at 0 in each section
+            self.section_count = 0
+            return 0
+        if btype == NG_IDB:
+            if room < 8:
+                self._fail(F_BLOCK_MIN, at, blen, 20)
+                return -1
+            if self.n_ifaces >= MAX_IFACES:        # Batch.iface is 16 bits
+                self._fail(F_TOO_MANY_IFACES, at, MAX_IFACES, 0)
+                return -1
+            f = self._add_iface()
+            if f == NULL:
+                self._fail(F_TOO_MANY_IFACES, at, self.n_ifaces, 0)
+                return -1
+            f.linktype = rd16(p, self.swap)
+            f.snaplen = rd32(p + 4, self.swap)
+            parse_idb_options(f, p + 8, room - 8, self.swap)
+            self.section_count += 1
+            return 0
+        if btype == NG_EPB or btype == NG_PB:
+            if room < 20:
+                self._fail(F_BLOCK_MIN, at, blen, 32)
+                return -1
+            local = rd32(p, self.swap) if btype == NG_EPB else rd16(p, self.swap)
+            if local >= self.section_count:
+                self._fail(F_NO_IFACE, at, local, self.section_count)
+                return -1
+            f = &self.ifaces[self.section_base + local]
+            incl = rd32(p + 12, self.swap)
+            if self._check_length(at, incl, f, room - 20):
+                return -1
+            self.cur_ts = units_to_ns(f, (<uint64_t>rd32(p + 4, self.swap) << 32) | rd32(p + 8, self.swap))
+            self.cur_orig = rd32(p + 16, self.swap)
+            self.cur_off = at + 28
+        elif btype == NG_SPB:
+            if room < 4:
+                self._fail(F_BLOCK_MIN, at, blen, 16)
+                return -1
+            if self.section_count == 0:
+                self._fail(F_NO_IFACE, at, 0, 0)
+                return -1
+            local = 0
+            f = &self.ifaces[self.section_base]
+            orig = rd32(p, self.swap)
+            incl = <uint32_t>min(<uint64_t>orig, room - 4)
+            if f.snaplen and incl > f.snaplen:
+                incl = f.snaplen
+            if self._check_length(at, incl, f, room - 4):
+                return -1
+            self.cur_ts = self.last_ts               # an SPB carries no timestamp
+            self.cur_orig = orig
+            self.cur_off = at + 12
+        else:
+            return 0
+        self.cur_incl = incl
+        self.cur_iface = <uint16_t>(self.section_base + local)
+        self.last_ts = self.cur_ts
+        return 1
+
+    def fill(self, Batch batch):
+        """Index the next packets into `batch` (attached to this mapping); returns how many."""
+        cdef Py_ssize_t n = 0
+        cdef int r
+        batch.clear()
+        if self.done:
+            return 0
+        if batch.data != self.base:
+            batch.attach(self._view)
+        with nogil:
+            while n < batch.capacity:
+                r = self._next()
+                if r < 0:
+                    break
+                if r:
+                    batch.offset[n] = self.cur_off
+                    batch.caplen[n] = self.cur_incl
+                    batch.origlen[n] = self.cur_orig
+                    batch.ts_ns[n] = self.cur_ts
+                    batch.iface[n] = self.cur_iface
+                    batch.linktype[n] = self.ifaces[self.cur_iface].linktype
+                    batch.verdict[n] = V_UNSEEN
+                    batch.detail[n] = 0
+                    n += 1
+            batch.n = n
+        return n
+
+    def release(self, batches):
+        """Detach the batches and drop every view of the mapping, so the mapping can be closed."""
+        cdef Batch batch
+        for batch in batches:
+            batch.clear()
+            batch.attach(b"")
+        self._view = None
+        self.base = NULL
+        self.size = self.pos = 0
+        self.done = True
+
+    @property
+    def interface_count(self):
+        return self.n_ifaces
+
+    def interface(self, Py_ssize_t i):
+        """(linktype, snaplen, nanosecond) of interface i."""
+        if not 0 <= i < self.n_ifaces:
+            raise IndexError(i)
+        return self.ifaces[i].linktype, self.ifaces[i].snaplen, bool(self.ifaces[i].nanosecond)
+
+    @property
+    def failed(self):
+        return self.fault != F_NONE
+
+    @property
+    def problem(self):
+        a, b = self.fa, self.fb
+        return {
+            F_NONE: None,
+            F_MAGIC: f"unknown magic number 0x{a:08x}: not a pcap or pcapng file",
+            F_GLOBAL_CUT: f"global header cut short: {a} of 24 bytes",
+            F_RECORD_HEADER_CUT: f"record header cut short: {a} of 16 bytes",
+            F_TOO_BIG: f"record length {a} exceeds {b} bytes",
+            F_OVER_SNAPLEN: f"record length {a} exceeds snaplen {b}",
+            F_RECORD_CUT: f"record cut short: length {a} but {b} bytes left",
+            F_BLOCK_CUT: f"block cut short: {a} bytes left, a block needs 12",
+            F_BOM: f"bad byte-order magic 0x{a:08x}",
+            F_BLOCK_SHORT: f"block length {a} is less than 12",
+            F_BLOCK_ALIGN: f"block length {a} is not a multiple of 4",
+            F_BLOCK_PAST_END: f"block length {a} runs past the end of file ({b} bytes left)",
+            F_TRAILER: f"trailing block length {a} differs from leading {b}",
+            F_BLOCK_MIN: f"block length {a} is below the {b} its type needs",
+            F_VERSION: f"unsupported pcapng version {a}.{b}",
+            F_NO_IFACE: f"packet references interface {a} but its section declares {b}",
+            F_PACKET_PAST_BLOCK: f"record length {a} exceeds the {b} bytes of its block",
+            F_TOO_MANY_IFACES: f"more than {a} interfaces",
+        }[self.fault]
+
+
+cdef inline uint64_t pad4(uint64_t n) noexcept nogil:
+    return (n + 3) & ~(<uint64_t>3)
+
+
+cdef class Encoder:
+    """Turns a Batch into pcap records or pcapng EPBs in one reusable buffer: one file write per batch."""
+    cdef bint pcapng
+    cdef public bint nanosecond          # pcap: the resolution of the whole file
+    cdef bytearray _ns_ifaces            # pcapng: per written IDB, 1 if it declares if_tsresol=9
+    cdef bytearray _buf
+    cdef object _comments_key
+    cdef bytes _blob
+    cdef Py_ssize_t row_start[V_LAST]
+    cdef Py_ssize_t row_len[V_LAST]
+    cdef uint64_t* ent_off
+    cdef uint32_t* ent_len
+
+    def __init__(self, bint pcapng):
+        self.pcapng = pcapng
+        self._ns_ifaces = bytearray()
+        self._buf = bytearray()
+
+    def __dealloc__(self):
+        free(self.ent_off)
+        free(self.ent_len)
+
+    def add_interface(self, bint nanosecond):
+        """Note an IDB just written, in order: its index is the EPB interface id."""
+        self._ns_ifaces.append(nanosecond)
+
+    cdef _build_comments(self, comments):
+        # Flattened once per `comments` object: the packet loop then looks up (verdict, detail) in C.
+        cdef Py_ssize_t v, count = 0
+        texts = []
+        for v in range(V_LAST):
+            row = comments[v] if comments is not None and v < len(comments) and comments[v] is not None else ()
+            self.row_start[v] = count
+            self.row_len[v] = len(row)
+            count += len(row)
+            for d, text in enumerate(row):
+                text = bytes(text) if text is not None else b""
+                if len(text) > 65535:
+                    raise ValueError(f"comment for verdict {v} detail {d} is longer than 65535 bytes")
+                texts.append(text)
+        free(self.ent_off)
+        free(self.ent_len)
+        self.ent_off = <uint64_t*>malloc(max(count, 1) * sizeof(uint64_t))
+        self.ent_len = <uint32_t*>malloc(max(count, 1) * sizeof(uint32_t))
+        if not (self.ent_off and self.ent_len):
+            raise MemoryError()
+        pos = 0
+        for v, text in enumerate(texts):
+            self.ent_off[v] = pos
+            self.ent_len[v] = len(text)
+            pos += len(text)
+        self._blob = b"".join(texts)
+        self._comments_key = comments
+
+    cdef inline uint32_t _comment(self, uint8_t verdict, int32_t detail) noexcept nogil:
+        """Index+1 of the comment entry for (verdict, detail), 0 when there is none."""
+        cdef Py_ssize_t e
+        if verdict >= V_LAST or detail < 0 or detail >= self.row_len[verdict]:
+            return 0
+        e = self.row_start[verdict] + detail
+        return e + 1 if self.ent_len[e] else 0
+
+    def first_written(self, Batch batch, bint include_dropped):
+        """(linktype, iface) of the first packet `encode` would write, or None."""
+        cdef Py_ssize_t i
+        for i in range(batch.n):
+            if include_dropped or batch.verdict[i] != V_DROP:
+                return batch.linktype[i], batch.iface[i]
+        return None
+
+    def encode(self, Batch batch, bint include_dropped, comments, uint32_t linktype):
+        """Bytes of the packets to write and their count; ValueError if one cannot go into this file."""
+        cdef Py_ssize_t i, count = 0
+        cdef uint64_t size = 0, units
+        cdef uint32_t incl, e
+        cdef uint8_t* out
+        cdef const uint8_t* blob
+        cdef const uint8_t* ns_ifaces = <const uint8_t*>(<char*>self._ns_ifaces)
+        cdef Py_ssize_t n_ifaces = len(self._ns_ifaces)
+        cdef uint32_t head[4]
+        cdef uint8_t[::1] view
+        cdef bint comment_on = self.pcapng and comments is not None
+        if comment_on and comments is not self._comments_key:
+            self._build_comments(comments)
+        for i in range(batch.n):
+            if not include_dropped and batch.verdict[i] == V_DROP:
+                continue
+            incl = batch.caplen[i]
+            if batch.offset[i] > <uint64_t>batch.data_len or incl > <uint64_t>batch.data_len - batch.offset[i]:
+                raise ValueError(f"packet {i} lies outside its batch buffer")
+            if self.pcapng:
+                if batch.iface[i] >= n_ifaces:
+                    raise ValueError(f"packet {i} uses interface {batch.iface[i]} but only {n_ifaces} are known")
+                size += 32 + pad4(incl)
+                e = self._comment(batch.verdict[i], batch.detail[i]) if comment_on else 0
+                if e:
+                    size += 8 + pad4(self.ent_len[e - 1])
+            else:
+                if batch.linktype[i] != linktype:
+                    raise ValueError(f"packet {i} has link type {batch.linktype[i]}, the file has {linktype}:"
+                                     " several link types: write .pcapng")
+                size += 16 + incl
+            count += 1
+        if size == 0:
+            return b"", 0
+        if <uint64_t>len(self._buf) < size:
+            self._buf = bytearray(size + size // 4)
+        view = self._buf
+        out = &view[0]
+        blob = <const uint8_t*>(<char*>self._blob) if comment_on else NULL
+        with nogil:
+            for i in range(batch.n):
+                if not include_dropped and batch.verdict[i] == V_DROP:
+                    continue
+                incl = batch.caplen[i]
+                if self.pcapng:
+                    out = self._epb(out, batch, i, ns_ifaces[batch.iface[i]], blob if comment_on else NULL)
+                else:
+                    units = batch.ts_ns[i] % NS
+                    head[0] = <uint32_t>(batch.ts_ns[i] // NS)
+                    head[1] = <uint32_t>(units if self.nanosecond else units // 1000)
+                    head[2], head[3] = incl, batch.origlen[i]
+                    memcpy(out, head, 16)               # records are not 4-aligned: no typed stores
+                    memcpy(out + 16, batch.data + batch.offset[i], incl)
+                    out += 16 + incl
+        return memoryview(self._buf)[:size], count
+
+    cdef uint8_t* _epb(self, uint8_t* out, Batch batch, Py_ssize_t i, bint ns, const uint8_t* blob) noexcept nogil:
+        cdef uint32_t incl = batch.caplen[i], e = 0, clen = 0, blen
+        cdef uint64_t units = batch.ts_ns[i] if ns else batch.ts_ns[i] // 1000
+        cdef uint32_t head[7]
+        if blob != NULL:
+            e = self._comment(batch.verdict[i], batch.detail[i])
+        blen = 32 + <uint32_t>pad4(incl)
+        if e:
+            clen = self.ent_len[e - 1]
+            blen += 8 + <uint32_t>pad4(clen)
+        head[0], head[1], head[2] = NG_EPB, blen, batch.iface[i]
+        head[3], head[4] = <uint32_t>(units >> 32), <uint32_t>units
+        head[5], head[6] = incl, batch.origlen[i]
+        memcpy(out, head, 28)
+        memcpy(out + 28, batch.data + batch.offset[i], incl)
+        out += 28 + incl
+        memset(out, 0, pad4(incl) - incl)
+        out += pad4(incl) - incl
+        if e:
+            (<uint16_t*>out)[0] = 1                  # opt_comment
+            (<uint16_t*>out)[1] = <uint16_t>clen
+            memcpy(out + 4, blob + self.ent_off[e - 1], clen)
+            memset(out + 4 + clen, 0, pad4(clen) - clen + 4)   # padding, then opt_endofopt
+            out += 8 + pad4(clen)
+        memcpy(out, &blen, 4)
+        return out + 4
