@@ -39,12 +39,13 @@ def summary_text(summary: dict) -> str:
     dropped = summary["dropped"]
     lines = [
         f"capture      {summary['capture']}" + (f" -> {summary['output']}" if summary["output"] else ""),
-        f"packets      {summary['packets']:,} read, {summary['written']:,} written",
+        f"packets      {summary['packets']:,} read, "
+        + (f"{summary['written']:,} written" if summary["output"] else "no output file (-o)"),
         f"             {summary['translated']:,} translated ({summary['new']:,} new flows, "
         f"{summary['forward']:,} to reals, {summary['reply']:,} replies), {summary['passed']:,} passed untouched",
         f"dropped      {sum(dropped.values()):,}" + (
             " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
-        "new conns    " + ("  ".join(f"{real} {n:,}" for real, n in summary["new_connections"].items()) or "none"),
+        *_columns("new conns", [f"{real:<24} {n:>9,}" for real, n in summary["new_connections"].items()]),
         f"table        peak {summary['peak_connections']:,}, final {summary['final_connections']:,} "
         f"of {summary['max_connections']:,}",
         f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s",
@@ -52,6 +53,11 @@ def summary_text(summary: dict) -> str:
     if summary.get("error"):
         lines.append(f"stopped      {summary['error']}")
     return "\n".join(lines)
+
+
+def _columns(title: str, rows: list[str]) -> list[str]:
+    """The first row beside the title, the rest aligned under it."""
+    return [f"{title if k == 0 else '':<12} {row}" for k, row in enumerate(rows or ["none"])]
 
 
 def to_json(data) -> str:

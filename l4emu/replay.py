@@ -41,7 +41,7 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
 
 def summarize(switch: Switch, capture, output, written: int, elapsed: float, error: CaptureError | None) -> dict:
     stats = switch.stats()
-    final = len(switch.conntrack())
+    final = switch.connection_count()
     return {
         "capture": str(capture), "output": str(output) if output else None, "seed": switch.seed,
         "packets": stats["packets"], "written": written,

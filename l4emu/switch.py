@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import os
 import random
-
-import netaddr
+import socket
 
 from l4emu import config as configmod
 from l4emu import schedulers
@@ -70,19 +69,24 @@ class Switch:
             r.endpoint: per_real[i]["conns"] for i, (_, r) in enumerate(self.reals)}
         return counters
 
+    def connection_count(self) -> int:
+        """Entries in the table now (expired ones reaped first)."""
+        self.datapath.expire_due()
+        return self.datapath.table.used
+
     def conntrack(self) -> list[dict]:
         """The connection table as rows of plain data, in table order (expired entries reaped first)."""
         self.datapath.expire_due()
         now = self.datapath.clock_ns
+        labels = [(svc.protocol.upper(), svc.endpoint, real.endpoint) for svc, real in self.reals]
         rows = []
         for real_index, client, cport, state, expires_ns in self.datapath.flows():
-            svc, real = self.reals[real_index]
-            client_ip = netaddr.IPAddress(int.from_bytes(client, "big"), version=svc.vip.version)
+            protocol, virtual, destination = labels[real_index]
+            source = (f"{socket.inet_ntop(socket.AF_INET, client)}:{cport}" if len(client) == 4
+                      else f"[{socket.inet_ntop(socket.AF_INET6, client)}]:{cport}")
             rows.append({
-                "protocol": svc.protocol.upper(), "state": state,
-                "expires_in_s": round((expires_ns - now) / 1e9, 3),
-                "source": configmod.format_endpoint(client_ip, cport),
-                "virtual": svc.endpoint, "destination": real.endpoint,
+                "protocol": protocol, "state": state, "expires_in_s": round((expires_ns - now) / 1e9, 3),
+                "source": source, "virtual": virtual, "destination": destination,
             })
         return rows
 

@@ -1,4 +1,5 @@
 # A batch of packets: the one structure that sources, the datapath and sinks share.
+# Packets are copied in, so a source's buffer (a read-only file map) is never written.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
 # What the datapath did with a packet (Batch.verdict); Batch.detail says more.
@@ -15,9 +16,9 @@ cdef enum Verdict:
 cdef class Batch:
     cdef readonly Py_ssize_t n            # packets in the batch
     cdef readonly Py_ssize_t capacity
-    cdef uint8_t* data                    # base of the packet bytes (writable: NAT rewrites in place)
-    cdef Py_ssize_t data_len
-    cdef object _owner                    # keeps the buffer behind `data` alive
+    cdef uint8_t* data                    # the batch's own copy of its packets' bytes (NAT rewrites in place)
+    cdef Py_ssize_t data_len              # bytes in use
+    cdef Py_ssize_t data_cap
     cdef uint64_t* offset                 # packet i starts at data + offset[i]
     cdef uint32_t* caplen                 # bytes captured
     cdef uint32_t* origlen                # bytes on the wire
@@ -27,5 +28,6 @@ cdef class Batch:
     cdef uint8_t* verdict                 # Verdict, set by the datapath
     cdef int32_t* detail
 
-    cdef int attach(self, object buffer) except -1
     cdef void clear(self) noexcept nogil
+    cdef int push(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
+                  uint16_t iface, uint16_t linktype) noexcept nogil

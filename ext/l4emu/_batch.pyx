@@ -1,8 +1,11 @@
-"""Batch: packets as flat C arrays over one writable buffer, so no Python object exists per packet."""
-from libc.stdlib cimport calloc, free
+"""Batch: packets as flat C arrays over one owned buffer, so no Python object exists per packet."""
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy
 
 VERDICT_NAMES = ("unseen", "pass", "new", "forward", "reply", "drop")
+# Room for a full batch of typical packets; one packet larger than what is left waits for the next
+# batch, and a packet larger than the whole buffer grows it (records are at most 256 KiB).
+DEFAULT_DATA_BYTES = 1 << 20
 
 
 cdef class Batch:
@@ -19,51 +22,69 @@ cdef class Batch:
         self.linktype = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.verdict = <uint8_t*>calloc(capacity, sizeof(uint8_t))
         self.detail = <int32_t*>calloc(capacity, sizeof(int32_t))
+        self.data_cap = DEFAULT_DATA_BYTES
+        self.data = <uint8_t*>calloc(self.data_cap, 1)
         if not (self.offset and self.caplen and self.origlen and self.ts_ns and self.iface
-                and self.linktype and self.verdict and self.detail):
+                and self.linktype and self.verdict and self.detail and self.data):
             raise MemoryError()
 
     def __dealloc__(self):
         free(self.offset); free(self.caplen); free(self.origlen); free(self.ts_ns)
-        free(self.iface); free(self.linktype); free(self.verdict); free(self.detail)
-
-    cdef int attach(self, object buffer) except -1:
-        """Point `data` at a writable buffer (bytearray, mmap ACCESS_COPY, ...)."""
-        cdef uint8_t[::1] view
-        if len(buffer) == 0:
-            self.data = NULL
-            self.data_len = 0
-            self._owner = buffer
-            return 0
-        view = buffer
-        self.data = &view[0]
-        self.data_len = view.shape[0]
-        self._owner = view
-        return 0
+        free(self.iface); free(self.linktype); free(self.verdict); free(self.detail); free(self.data)
 
     cdef void clear(self) noexcept nogil:
         self.n = 0
+        self.data_len = 0
+
+    cdef int push(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
+                  uint16_t iface, uint16_t linktype) noexcept nogil:
+        """Copy one packet in: 0 done, 1 the batch is full (try again after clear), -1 out of memory."""
+        cdef Py_ssize_t i = self.n
+        cdef uint8_t* grown
+        if i == self.capacity:
+            return 1
+        if self.data_len + caplen > self.data_cap:
+            if i > 0:
+                return 1
+            grown = <uint8_t*>realloc(self.data, caplen)
+            if grown == NULL:
+                return -1
+            self.data = grown
+            self.data_cap = caplen
+        memcpy(self.data + self.data_len, frame, caplen)
+        self.offset[i] = self.data_len
+        self.caplen[i] = caplen
+        self.origlen[i] = origlen
+        self.ts_ns[i] = ts_ns
+        self.iface[i] = iface
+        self.linktype[i] = linktype
+        self.verdict[i] = V_UNSEEN
+        self.detail[i] = 0
+        self.data_len += caplen
+        self.n = i + 1
+        return 0
 
     @staticmethod
-    def from_frames(frames, int linktype, timestamps_ns=None, Py_ssize_t capacity=0):
-        """Build a batch from Python bytes (tests, live mode): the frames are copied into one buffer."""
-        cdef Py_ssize_t i, pos = 0, count = len(frames)
-        cdef bytes frame
-        cdef Batch batch = Batch(max(capacity, count, 1))
-        buf = bytearray(b"".join(frames))
-        batch.attach(buf)
+    def from_frames(frames, int linktype, timestamps_ns=None, wire_lengths=None):
+        """Build a batch from Python bytes (tests, live mode).
+
+        wire_lengths gives each frame's length on the wire when the capture snapped it shorter.
+        """
+        cdef Py_ssize_t i, count = len(frames)
+        cdef const uint8_t[::1] view
+        cdef uint8_t* grown
+        cdef Batch batch = Batch(max(count, 1))
         for i in range(count):
             frame = bytes(frames[i])
-            batch.offset[i] = pos
-            batch.caplen[i] = len(frame)
-            batch.origlen[i] = len(frame)
-            batch.ts_ns[i] = timestamps_ns[i] if timestamps_ns is not None else i * 1000
-            batch.iface[i] = 0
-            batch.linktype[i] = linktype
-            batch.verdict[i] = V_UNSEEN
-            batch.detail[i] = 0
-            pos += len(frame)
-        batch.n = count
+            if len(frame) > batch.data_cap - batch.data_len:
+                grown = <uint8_t*>realloc(batch.data, batch.data_len + len(frame) + DEFAULT_DATA_BYTES)
+                if grown == NULL:
+                    raise MemoryError()
+                batch.data = grown
+                batch.data_cap = batch.data_len + len(frame) + DEFAULT_DATA_BYTES
+            view = frame if frame else b"\0"
+            batch.push(&view[0], len(frame), wire_lengths[i] if wire_lengths is not None else len(frame),
+                       timestamps_ns[i] if timestamps_ns is not None else i * 1000, 0, linktype)
         return batch
 
     def __len__(self):

@@ -9,11 +9,30 @@ that bucket comes due (lookups compare the exact expiry, so only reaping is lazy
 became assured sit on a FIFO, oldest first: the first to go when the table is full.
 """
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy, memset
 from l4emu._siphash cimport siphash13
 
+cdef extern from "<sys/mman.h>" nogil:
+    void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void* addr, size_t length)
+    int madvise(void* addr, size_t length, int advice)
+    void* MAP_FAILED
+    int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MADV_HUGEPAGE
+
 cdef uint64_t NS = 1000000000ULL
+cdef size_t HUGE_PAGE = 2 << 20
+
+
+cdef void* table_alloc(size_t size) noexcept nogil:
+    """Zeroed memory on huge pages where the kernel allows: lookups land anywhere in tables of
+    tens of MB, and 4 KiB pages would cost a TLB miss on nearly every packet. Pages are mapped on
+    first touch, so an oversized max_connections costs address space, not memory."""
+    cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    if size >= HUGE_PAGE:
+        madvise(p, size, MADV_HUGEPAGE)
+    return p
 
 
 cdef inline uint64_t load_be32(const uint8_t* p) noexcept nogil:
@@ -29,19 +48,21 @@ cdef class FlowTable:
             raise ValueError("the hash secret is 16 bytes")
         while slots < <uint64_t>capacity * 4:      # two keys per flow, load factor at most 0.5
             slots <<= 1
-        self.flows = <Flow*>calloc(capacity, sizeof(Flow))
-        self.slots = <Slot*>calloc(slots, sizeof(Slot))
-        if self.flows == NULL or self.slots == NULL:
-            raise MemoryError(f"cannot allocate a table for {capacity} connections")
         self.mask = slots - 1
         self.capacity = capacity
+        self.flows = <Flow*>table_alloc(capacity * sizeof(Flow))
+        self.slots = <Slot*>table_alloc(slots * sizeof(Slot))
+        if self.flows == NULL or self.slots == NULL:
+            raise MemoryError(f"cannot allocate a table for {capacity} connections")
         self.k0 = int.from_bytes(secret[:8], "little")
         self.k1 = int.from_bytes(secret[8:], "little")
         memset(self.wheel, 0, sizeof(self.wheel))
 
     def __dealloc__(self):
-        free(self.flows)
-        free(self.slots)
+        if self.flows != NULL:
+            munmap(self.flows, self.capacity * sizeof(Flow))
+        if self.slots != NULL:
+            munmap(self.slots, (self.mask + 1) * sizeof(Slot))
 
     def memory_bytes(self):
         """Bytes the table allocated: flow records plus index (the wheel is a fixed 4 KiB)."""

@@ -25,9 +25,9 @@ cdef uint64_t NS = 1000000000
 
 # Faults are codes plus two numbers in the loop (no GIL, no objects); text is made only once, at the edge.
 cdef enum Fault:
-    F_NONE, F_MAGIC, F_GLOBAL_CUT, F_RECORD_HEADER_CUT, F_TOO_BIG, F_OVER_SNAPLEN, F_RECORD_CUT,
+    F_NONE, F_TOO_SHORT, F_MAGIC, F_GLOBAL_CUT, F_RECORD_HEADER_CUT, F_TOO_BIG, F_OVER_SNAPLEN, F_RECORD_CUT,
     F_BLOCK_CUT, F_BOM, F_BLOCK_SHORT, F_BLOCK_ALIGN, F_BLOCK_PAST_END, F_TRAILER, F_BLOCK_MIN,
-    F_VERSION, F_NO_IFACE, F_PACKET_PAST_BLOCK, F_TOO_MANY_IFACES
+    F_VERSION, F_NO_IFACE, F_PACKET_PAST_BLOCK, F_TOO_MANY_IFACES, F_NO_MEMORY
 
 cdef struct Iface:
     uint16_t linktype
@@ -87,7 +87,7 @@ cdef uint64_t units_to_ns(const Iface* f, uint64_t t) noexcept nogil:
             k = 34
         ns = sec * NS + ((frac * NS) >> k)
     else:
-        ns = t * f.mul / f.div
+        ns = t * f.mul // f.div
     return ns + <uint64_t>f.offset_s * NS
 
 
@@ -112,9 +112,9 @@ cdef void parse_idb_options(Iface* f, const uint8_t* p, uint64_t left, bint swap
 cdef class Scanner:
     """Walks a mapped capture one record or block at a time; state lives in C fields so `fill` runs without the GIL."""
     cdef object _view
-    cdef uint8_t* base
-    cdef uint64_t size
-    cdef uint64_t pos
+    cdef const uint8_t* base
+    cdef readonly uint64_t size
+    cdef readonly uint64_t pos
     cdef readonly bint pcapng
     cdef readonly bint done
     cdef bint swap
@@ -131,15 +131,16 @@ cdef class Scanner:
     cdef uint64_t cur_off, cur_ts
     cdef uint32_t cur_incl, cur_orig
     cdef uint16_t cur_iface
+    cdef bint pending                # cur_* holds a packet the last batch had no room for
 
     def __init__(self, buffer):
-        cdef uint8_t[::1] view = buffer
+        cdef const uint8_t[::1] view = buffer
         cdef uint32_t magic
         self._view = view
         self.base = &view[0]
         self.size = view.shape[0]
         if self.size < 4:
-            self._fail(F_MAGIC, 0, 0, 0)
+            self._fail(F_TOO_SHORT, 0, self.size, 0)
             return
         memcpy(&magic, self.base, 4)
         if magic == NG_SHB:
@@ -274,7 +275,7 @@ cdef class Scanner:
                 return -1
             f = self._add_iface()
             if f == NULL:
-                self._fail(F_TOO_MANY_IFACES, at, self.n_ifaces, 0)
+                self._fail(F_NO_MEMORY, at, self.n_ifaces, 0)
                 return -1
             f.linktype = rd16(p, self.swap)
             f.snaplen = rd32(p + 4, self.swap)
@@ -322,42 +323,33 @@ cdef class Scanner:
         return 1
 
     def fill(self, Batch batch):
-        """Index the next packets into `batch` (attached to this mapping); returns how many."""
-        cdef Py_ssize_t n = 0
+        """Copy the next packets into `batch`; returns how many (0 at the end or after a fault)."""
         cdef int r
         batch.clear()
-        if self.done:
-            return 0
-        if batch.data != self.base:
-            batch.attach(self._view)
         with nogil:
-            while n < batch.capacity:
-                r = self._next()
-                if r < 0:
-                    break
+            while True:
+                if not self.pending:
+                    r = self._next()
+                    if r < 0:
+                        break
+                    if r == 0:
+                        continue
+                r = batch.push(self.base + self.cur_off, self.cur_incl, self.cur_orig, self.cur_ts,
+                               self.cur_iface, self.ifaces[self.cur_iface].linktype)
+                self.pending = r != 0
                 if r:
-                    batch.offset[n] = self.cur_off
-                    batch.caplen[n] = self.cur_incl
-                    batch.origlen[n] = self.cur_orig
-                    batch.ts_ns[n] = self.cur_ts
-                    batch.iface[n] = self.cur_iface
-                    batch.linktype[n] = self.ifaces[self.cur_iface].linktype
-                    batch.verdict[n] = V_UNSEEN
-                    batch.detail[n] = 0
-                    n += 1
-            batch.n = n
-        return n
+                    break
+        if r < 0 and self.pending:
+            raise MemoryError("no memory for a packet of the capture")
+        return batch.n
 
-    def release(self, batches):
-        """Detach the batches and drop every view of the mapping, so the mapping can be closed."""
-        cdef Batch batch
-        for batch in batches:
-            batch.clear()
-            batch.attach(b"")
+    def release(self):
+        """Drop the view of the mapping, so the mapping can be closed."""
         self._view = None
         self.base = NULL
         self.size = self.pos = 0
         self.done = True
+        self.pending = False
 
     @property
     def interface_count(self):
@@ -378,6 +370,7 @@ cdef class Scanner:
         a, b = self.fa, self.fb
         return {
             F_NONE: None,
+            F_TOO_SHORT: f"{a} bytes are too few for a capture file",
             F_MAGIC: f"unknown magic number 0x{a:08x}: not a pcap or pcapng file",
             F_GLOBAL_CUT: f"global header cut short: {a} of 24 bytes",
             F_RECORD_HEADER_CUT: f"record header cut short: {a} of 16 bytes",
@@ -395,6 +388,7 @@ cdef class Scanner:
             F_NO_IFACE: f"packet references interface {a} but its section declares {b}",
             F_PACKET_PAST_BLOCK: f"record length {a} exceeds the {b} bytes of its block",
             F_TOO_MANY_IFACES: f"more than {a} interfaces",
+            F_NO_MEMORY: f"out of memory for interface {a}",
         }[self.fault]
 
 
@@ -518,14 +512,15 @@ cdef class Encoder:
                     continue
                 incl = batch.caplen[i]
                 if self.pcapng:
-                    out = self._epb(out, batch, i, ns_ifaces[batch.iface[i]], blob if comment_on else NULL)
+                    out = self._epb(out, batch, i, ns_ifaces[batch.iface[i]], blob)
                 else:
                     units = batch.ts_ns[i] % NS
                     head[0] = <uint32_t>(batch.ts_ns[i] // NS)
                     head[1] = <uint32_t>(units if self.nanosecond else units // 1000)
                     head[2], head[3] = incl, batch.origlen[i]
                     memcpy(out, head, 16)               # records are not 4-aligned: no typed stores
-                    memcpy(out + 16, batch.data + batch.offset[i], incl)
+                    if incl:                            # an empty batch buffer has data == NULL
+                        memcpy(out + 16, batch.data + batch.offset[i], incl)
                     out += 16 + incl
         return memoryview(self._buf)[:size], count
 
@@ -543,7 +538,8 @@ cdef class Encoder:
         head[3], head[4] = <uint32_t>(units >> 32), <uint32_t>units
         head[5], head[6] = incl, batch.origlen[i]
         memcpy(out, head, 28)
-        memcpy(out + 28, batch.data + batch.offset[i], incl)
+        if incl:
+            memcpy(out + 28, batch.data + batch.offset[i], incl)
         out += 28 + incl
         memset(out, 0, pad4(incl) - incl)
         out += pad4(incl) - incl

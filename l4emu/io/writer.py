@@ -1,0 +1,149 @@
+"""Write pcap/pcapng to "<path>.part", renamed on close, so a failed run never leaves a file that looks complete."""
+import os
+import struct
+
+from l4emu._pcapio import Encoder
+
+FORMATS = {".pcap": "pcap", ".pcapng": "pcapng"}
+PCAP_US, PCAP_NS = 0xA1B2C3D4, 0xA1B23C4D
+LINKTYPE_ETHERNET = 1
+
+
+class WriteError(Exception):
+    """A capture that cannot be written: names the path and the problem."""
+
+    def __init__(self, path, problem):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem)
+
+
+def open_writer(path, interfaces, *, nanosecond=False, fmt=None):
+    """Open a pcap/pcapng writer; `interfaces` may be a reader's list that grows while reading."""
+    return CaptureWriter(path, interfaces, nanosecond=nanosecond, fmt=fmt)
+
+
+def _block(btype, body):
+    length = 12 + len(body)
+    return struct.pack("=II", btype, length) + body + struct.pack("=I", length)
+
+
+class CaptureWriter:
+    """Appends Batches, one file write each; pcapng IDBs are added as new interfaces appear."""
+
+    def __init__(self, path, interfaces, *, nanosecond=False, fmt=None):
+        self.path = os.fspath(path)
+        if fmt is None:
+            ext = os.path.splitext(self.path)[1].lower()
+            fmt = FORMATS.get(ext)
+            if fmt is None:
+                raise WriteError(self.path, f"cannot tell the format from extension {ext!r}: use .pcap or .pcapng")
+        elif fmt not in FORMATS.values():
+            raise WriteError(self.path, f"unknown format {fmt!r}: use 'pcap' or 'pcapng'")
+        self.format = fmt
+        self.interfaces = interfaces
+        self.nanosecond = nanosecond
+        self.packets_written = 0
+        self._encoder = Encoder(fmt == "pcapng")
+        self._linktype = None  # pcap: fixed by the first packet written
+        self._idbs = 0
+        self._failed = False
+        self._part = self.path + ".part"
+        try:
+            self._file = open(self._part, "wb")
+        except OSError as e:
+            raise WriteError(self.path, f"cannot create {self._part}: {e.strerror or e}") from None
+        if fmt == "pcapng":
+            self._put(_block(0x0A0D0D0A, struct.pack("=IHHq", 0x1A2B3C4D, 1, 0, -1)))
+
+    def _put(self, data):
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self._failed = True
+            raise WriteError(self.path, f"cannot write: {e.strerror or e}") from None
+
+    def _pcap_header(self, linktype, iface):
+        snaplen = self.interfaces[iface].snaplen if iface < len(self.interfaces) else 0
+        self._linktype = linktype
+        self._encoder.nanosecond = self._nanosecond(self.interfaces)
+        magic = PCAP_NS if self._encoder.nanosecond else PCAP_US
+        self._put(struct.pack("=IHHiIII", magic, 2, 4, 0, 0, snaplen or 65535, linktype))
+
+    def _new_idbs(self):
+        blocks = []
+        for iface in self.interfaces[self._idbs:]:
+            nanosecond = self._nanosecond([iface])
+            # if_tsresol=9 (nanoseconds), padded to 4, then opt_endofopt
+            options = struct.pack("=HHB3xHH", 9, 1, 9, 0, 0) if nanosecond else b""
+            blocks.append(_block(1, struct.pack("=HHI", iface.linktype, 0, iface.snaplen) + options))
+            self._encoder.add_interface(nanosecond)
+        self._idbs += len(blocks)
+        return b"".join(blocks)
+
+    def _nanosecond(self, interfaces):
+        # Asked for, or needed to keep an interface's timestamps whole (a reader's list may grow after open).
+        return self.nanosecond or any(iface.nanosecond for iface in interfaces)
+
+    def write(self, batch, include_dropped=False, comments=None):
+        """Append the batch's packets in order (drops only if asked); `comments[verdict][detail]` (pcapng) annotates them."""
+        if self._file is None or self._failed:
+            raise WriteError(self.path, "writer is closed" if self._file is None else "an earlier write failed")
+        try:
+            if self.format == "pcapng":
+                self._put(self._new_idbs())
+                data, count = self._encoder.encode(batch, include_dropped, comments, 0)
+            else:
+                if self._linktype is None:
+                    first = self._encoder.first_written(batch, include_dropped)
+                    if first is None:
+                        return
+                    self._pcap_header(*first)
+                data, count = self._encoder.encode(batch, include_dropped, None, self._linktype)
+        except ValueError as e:
+            self._failed = True
+            raise WriteError(self.path, str(e)) from None
+        if count:
+            self._put(data)
+            self.packets_written += count
+
+    def close(self):
+        """Finish the file under its real name; a writer that failed (or is left by an exception) leaves nothing."""
+        if self._file is None:
+            return
+        try:
+            if not self._failed:
+                if self.format == "pcap" and self._linktype is None:
+                    first = self.interfaces[0].linktype if self.interfaces else LINKTYPE_ETHERNET
+                    self._pcap_header(first, 0)
+                elif self.format == "pcapng":
+                    self._put(self._new_idbs())
+                self._file.close()
+                os.replace(self._part, self.path)
+        except OSError as e:
+            self._failed = True
+            raise WriteError(self.path, f"cannot finish: {e.strerror or e}") from None
+        finally:
+            if self._failed:
+                self._discard()
+            self._file = None
+
+    def _discard(self):
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self._part)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._failed = True
+        self.close()

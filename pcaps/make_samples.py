@@ -1,0 +1,290 @@
+"""Regenerate the sample captures byte for byte, so tests and docs can rely on their exact content.
+
+The captures hold the traffic as it arrives at a switch running the embedded default config
+(l4emu/data/default.toml, read here, never restated): clients address a VIP, and the reals' replies
+come back addressed to the client from the real's own address and port (IPVS "Masq"), ready to be
+SNATed back to the VIP. Which real answers is decided the way the rr scheduler decides it: within
+each service, the k-th new connection by arrival order (timestamp of its first packet) goes to real
+k mod N, reals in the order the config lists them. Every conversation with a VIP uses a fresh client
+port, so each one is exactly one new connection. Times are fixed offsets from EPOCH_NS and every
+random choice comes from a seeded generator: two runs give identical files (compare sha256 sums).
+
+Usage: python pcaps/make_samples.py
+"""
+import ipaddress
+import random
+import struct
+import tomllib
+from pathlib import Path
+
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE.parent / "l4emu" / "data" / "default.toml"
+EPOCH_NS = 1_700_000_000 * 10**9      # 2023-11-14 22:13:20 UTC: a fixed start, never the wall clock
+SWITCH_MAC = "02:00:00:00:00:fe"
+ROUTER_MAC = "02:00:00:00:00:01"      # every client arrives through one upstream router
+OTHER_HOST = "10.0.0.200"             # behind the switch but no VIP: its traffic must pass untouched
+CLIENTS = ["172.16.0.1", "172.16.0.2", "172.16.1.7", "172.16.2.9", "172.16.3.1", "192.168.50.10"]
+CLIENTS6 = ["2001:db8:ff::10", "2001:db8:ff::11"]
+DOT1Q = ((0x8100, 10),)
+QINQ = ((0x88A8, 100), (0x8100, 10))
+
+
+def split_endpoint(text):
+    """Config endpoints are 'a.b.c.d:port' or '[v6]:port'; the generator needs both parts apart."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def load_services(path=CONFIG):
+    """Services keyed by (protocol, IP family), since that is how each conversation picks its VIP."""
+    with open(path, "rb") as f:
+        config = tomllib.load(f)
+    services = {}
+    for svc in config["service"]:
+        vip, vport = split_endpoint(svc["vip"])
+        reals = [split_endpoint(r["address"]) for r in svc["real"]]
+        services[(svc["protocol"], ipaddress.ip_address(vip).version)] = (vip, vport, reals)
+    return services
+
+
+def mac_of(host):
+    """A host's MAC derived from its address, so frames tell which real or host sent them."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(host).packed[-4:])
+
+
+def ethernet(tags=()):
+    """A link that frames packets in Ethernet to the switch, with VLAN tags outermost first."""
+    def head(src_host, src, dst):
+        frame = Ether(src=ROUTER_MAC if src_host is None else mac_of(src_host), dst=SWITCH_MAC)
+        for tpid, vlan in tags:
+            frame = frame / (Dot1AD(vlan=vlan) if tpid == 0x88A8 else Dot1Q(vlan=vlan))
+        return frame / (IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst))
+    return head
+
+
+def raw_ip(src_host, src, dst):
+    """A link without a link header (linktype 101), as a TUN device captures."""
+    return IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+
+
+class Timing:
+    """Seeded delays rounded to the capture's resolution, so that writing can never reorder packets."""
+
+    def __init__(self, seed, tick):
+        self.rng, self.tick = random.Random(seed), tick
+
+    def us(self, lo, hi):
+        return self.rng.randrange(lo * 1000, hi * 1000) // self.tick * self.tick
+
+
+def tcp_exchange(tm, t, fwd, rev, request, response):
+    """A whole short TCP connection: handshake, request, response, FIN/ACK from both sides."""
+    ci, si = tm.rng.getrandbits(32), tm.rng.getrandbits(32)
+    mss = [("MSS", 1460)]
+
+    def seg(way, flags, seq, ack, data=b"", options=()):
+        head, sport, dport = way
+        tcp = TCP(sport=sport, dport=dport, flags=flags, seq=seq & 0xFFFFFFFF,
+                  ack=ack & 0xFFFFFFFF, window=64240, options=list(options))
+        return head / tcp / data if data else head / tcp
+    hop = lambda: tm.us(80, 600)          # switch <-> real round trip: same rack
+    wan = lambda: tm.us(2000, 40000)      # switch <-> client round trip: across the internet
+    q, r = len(request), len(response)
+    out = [(t, seg(fwd, "S", ci, 0, options=mss))]
+    t += hop(); out.append((t, seg(rev, "SA", si, ci + 1, options=mss)))
+    t += wan(); out.append((t, seg(fwd, "A", ci + 1, si + 1)))
+    t += tm.us(50, 20000); out.append((t, seg(fwd, "PA", ci + 1, si + 1, request)))
+    t += hop() + tm.us(500, 20000); out.append((t, seg(rev, "PA", si + 1, ci + 1 + q, response)))
+    t += wan(); out.append((t, seg(fwd, "A", ci + 1 + q, si + 1 + r)))
+    t += tm.us(200_000, 3_000_000); out.append((t, seg(fwd, "FA", ci + 1 + q, si + 1 + r)))
+    t += hop(); out.append((t, seg(rev, "FA", si + 1 + r, ci + 2 + q)))
+    t += wan(); out.append((t, seg(fwd, "A", ci + 2 + q, si + 2 + r)))
+    return out
+
+
+def udp_exchange(tm, t, fwd, rev, request, response):
+    """One datagram and its answer, as DNS or NTP do."""
+    out = [(t, fwd[0] / UDP(sport=fwd[1], dport=fwd[2]) / request)]
+    t += tm.us(80, 600) + tm.us(200, 5000)
+    return out + [(t, rev[0] / UDP(sport=rev[1], dport=rev[2]) / response)]
+
+
+def http(vip, real):
+    """A GET and its answer; the body names the real so a reader can see where the flow went."""
+    host = f"[{vip}]" if ":" in vip else vip
+    request = f"GET /index.html HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"
+    body = f"hello from {real}\n"
+    response = (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: keep-alive\r\n\r\n{body}")
+    return request.encode(), response.encode()
+
+
+def dns(qid, name, answer):
+    """A recursive A query and the real's authoritative answer."""
+    query = DNS(id=qid, rd=1, qd=DNSQR(qname=name))
+    reply = DNS(id=qid, qr=1, aa=1, rd=1, ra=1, qd=DNSQR(qname=name),
+                an=DNSRR(rrname=name, ttl=300, rdata=answer))
+    return bytes(query), bytes(reply)
+
+
+class Plan:
+    """Conversations waiting for their real: rr can only pick once every arrival time is known."""
+
+    def __init__(self, services, seed, tick):
+        self.services, self.rng, self.tick = services, random.Random(seed), tick
+        self.items, self.ports = [], {}
+
+    def start(self, lo_s, hi_s):
+        return self.rng.randrange(lo_s * 10**9, hi_s * 10**9) // self.tick * self.tick
+
+    def timing(self):
+        return Timing(self.rng.getrandbits(64), self.tick)
+
+    def port(self, client):
+        # A fresh ephemeral port per connection, so no conversation reuses another's flow.
+        self.ports[client] = self.ports.get(client, 32768 + self.rng.randrange(20000)) + 1
+        return self.ports[client]
+
+    def to_vip(self, proto, client, start, link, iface=0):
+        """A conversation with the VIP serving proto for client's IP family."""
+        key = (proto, ipaddress.ip_address(client).version)
+        vip, vport, _ = self.services[key]
+        tm, cport, qid = self.timing(), self.port(client), self.rng.randrange(65536)
+
+        def build(real):
+            rip, rport = real
+            fwd = (link(None, client, vip), cport, vport)
+            rev = (link(rip, rip, client), rport, cport)
+            if proto == "tcp":
+                return tcp_exchange(tm, start, fwd, rev, *http(vip, f"{rip}:{rport}"))
+            name = f"host{qid % 50}.example.com"
+            return udp_exchange(tm, start, fwd, rev, *dns(qid, name, f"192.0.2.{qid % 250 + 1}"))
+        self.items.append((start, key, build, iface))
+
+    def fixed(self, start, packets, iface=0):
+        """Traffic no service owns: it must leave the switch exactly as it came."""
+        self.items.append((start, None, lambda _real: packets, iface))
+
+    def packets(self):
+        """(time, rank, index, iface, bytes) sorted by arrival, reals assigned round-robin."""
+        order = sorted(range(len(self.items)), key=lambda i: (self.items[i][0], i))
+        served, out = {}, []
+        for rank, i in enumerate(order):
+            _, key, build, iface = self.items[i]
+            real = None
+            if key is not None:
+                reals = self.services[key][2]
+                real = reals[served.get(key, 0) % len(reals)]
+                served[key] = served.get(key, 0) + 1
+            for k, (t, pkt) in enumerate(build(real)):
+                out.append((t, rank, k, iface, wire_bytes(pkt)))
+        return sorted(out)
+
+
+def wire_bytes(pkt):
+    """Frame bytes as a receiving NIC captures them: Ethernet padded to its 60-byte minimum."""
+    data = bytes(pkt)
+    return data.ljust(60, b"\0") if isinstance(pkt, Ether) else data
+
+
+def plan_sample(services):
+    """sample.pcap: HTTP, DNS and IPv6 to the VIPs, tagged flows, and traffic that must pass."""
+    plan = Plan(services, seed=20231114, tick=1000)
+    for tags in [()] * 26 + [DOT1Q] * 3 + [QINQ]:
+        plan.to_vip("tcp", plan.rng.choice(CLIENTS), plan.start(0, 19), ethernet(tags))
+    for _ in range(5):
+        plan.to_vip("udp", plan.rng.choice(CLIENTS), plan.start(0, 19), ethernet())
+    for k in range(4):
+        plan.to_vip("tcp", CLIENTS6[k % 2], plan.start(1, 18), ethernet())
+    vip, _, reals = services[("tcp", 4)]
+    add_passing(plan, vip, reals[0][0])
+    return plan
+
+
+def add_passing(plan, vip, real):
+    """ARP, pings to the VIP, TCP/UDP to a host that is no VIP, and a fragmented datagram."""
+    router, host = ethernet(), OTHER_HOST
+    plan.fixed(0, [
+        (0, Ether(src=ROUTER_MAC, dst="ff:ff:ff:ff:ff:ff") /
+         ARP(op=1, hwsrc=ROUTER_MAC, psrc="10.0.0.1", hwdst="00:00:00:00:00:00", pdst=vip)),
+        (1_000_000, Ether(src=mac_of(real), dst=SWITCH_MAC) /
+         ARP(op=2, hwsrc=mac_of(real), psrc=real, hwdst=SWITCH_MAC, pdst="10.1.0.254"))])
+    start, client = plan.start(2, 15), CLIENTS[2]
+    plan.fixed(start, [(start + s * 10**9, router(None, client, vip) /
+                        ICMP(type=8, id=0x1234, seq=s + 1) / bytes(range(32))) for s in range(3)])
+    start, client = plan.start(3, 15), CLIENTS[0]
+    cport = plan.port(client)
+    plan.fixed(start, tcp_exchange(plan.timing(), start, (router(None, client, host), cport, 22),
+                                   (router(host, host, client), 22, cport),
+                                   b"SSH-2.0-OpenSSH_9.6\r\n", b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3\r\n"))
+    start, client = plan.start(4, 16), CLIENTS[1]
+    plan.fixed(start, udp_exchange(plan.timing(), start, (router(None, client, host), 123, 123),
+                                   (router(host, host, client), 123, 123),
+                                   b"\x23" + bytes(47), b"\x24\x02" + bytes(46)))
+    start = plan.start(5, 15)
+    big = IP(id=0x4242, src=CLIENTS[3], dst=host) / UDP(sport=40000, dport=5001) / bytes(2000)
+    plan.fixed(start, [(start + k * 20_000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / frag)
+                       for k, frag in enumerate(fragment(big, fragsize=1480))])
+
+
+def plan_sample_ns(services):
+    """sample-ns.pcapng: a few conversations over Ethernet (iface 0) and raw IP (iface 1), ns times."""
+    plan = Plan(services, seed=1114, tick=1)
+    plan.to_vip("tcp", CLIENTS[0], plan.start(0, 3), ethernet(), iface=0)
+    plan.to_vip("tcp", CLIENTS[1], plan.start(0, 3), ethernet(), iface=0)
+    plan.to_vip("udp", CLIENTS[2], plan.start(0, 3), ethernet(), iface=0)
+    plan.to_vip("tcp", CLIENTS[3], plan.start(0, 3), raw_ip, iface=1)
+    plan.to_vip("udp", CLIENTS[4], plan.start(0, 3), raw_ip, iface=1)
+    plan.to_vip("tcp", CLIENTS6[0], plan.start(0, 3), raw_ip, iface=1)
+    return plan
+
+
+def write_pcap(path, packets):
+    """Classic pcap, microsecond, Ethernet: the format most tools read."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for t, _rank, _k, _iface, data in packets:
+            sec, usec = divmod((EPOCH_NS + t) // 1000, 10**6)
+            f.write(struct.pack("<IIII", sec, usec, len(data), len(data)) + data)
+
+
+def option(code, value):
+    """One pcapng option, padded to 32 bits as the format requires."""
+    return struct.pack("<HH", code, len(value)) + value + bytes(-len(value) % 4)
+
+
+def block(kind, body):
+    """One pcapng block: its length both before and after the body lets readers walk both ways."""
+    return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+
+def write_pcapng(path, packets, interfaces):
+    """pcapng with nanosecond timestamps (if_tsresol=9) on each (name, linktype) interface."""
+    end = option(0, b"")
+    out = [block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+                 + option(4, b"l4emu pcaps/make_samples.py") + end)]
+    for name, linktype in interfaces:
+        out.append(block(1, struct.pack("<HHI", linktype, 0, 65535)
+                         + option(2, name.encode()) + option(9, b"\x09") + end))
+    for t, _rank, _k, iface, data in packets:
+        ts = EPOCH_NS + t
+        out.append(block(6, struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data))
+                         + data + bytes(-len(data) % 4)))
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def main():
+    services = load_services()
+    write_pcap(HERE / "sample.pcap", plan_sample(services).packets())
+    write_pcapng(HERE / "sample-ns.pcapng", plan_sample_ns(services).packets(),
+                 [("eth0", 1), ("tun0", 101)])
+
+
+if __name__ == "__main__":
+    main()

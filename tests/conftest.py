@@ -1,0 +1,61 @@
+"""Shared fixtures: a switch on the embedded default config and a way to push scapy frames through it."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scapy.all import raw
+
+from l4emu._batch import Batch
+from l4emu.switch import Switch
+
+ROOT = Path(__file__).resolve().parent.parent
+PCAPS = ROOT / "pcaps"
+NS = 1_000_000_000
+
+
+class Harness:
+    """Runs frames through a Switch one batch at a time and hands back (verdict, detail, bytes)."""
+
+    def __init__(self, switch: Switch):
+        self.switch = switch
+
+    def run(self, frames, linktype=1, times_s=None):
+        frames = [f if isinstance(f, bytes) else raw(f) for f in frames]
+        stamps = [int(t * NS) for t in times_s] if times_s is not None else [NS * (1 + i) for i in range(len(frames))]
+        batch = Batch.from_frames(frames, linktype, stamps)
+        self.switch.process(batch)
+        return [(*batch.result(i), batch.packet(i)) for i in range(len(frames))]
+
+    def one(self, frame, linktype=1, t=1.0):
+        return self.run([frame], linktype, [t])[0]
+
+
+@pytest.fixture
+def switch():
+    return Switch.from_config(None, seed=1)
+
+
+@pytest.fixture
+def harness(switch):
+    return Harness(switch)
+
+
+def make_switch(toml_text: str, tmp_path: Path, seed: int = 1) -> Switch:
+    path = tmp_path / "lb.toml"
+    path.write_text(toml_text)
+    return Switch.from_config(path, seed=seed)
+
+
+def run_cli(*args, check=True):
+    """The installed command, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "l4emu.cli", *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"l4emu {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stderr}")
+    return proc
+
+
+needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
