@@ -11,6 +11,7 @@ from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from conftest import NS, Harness, make_switch
 from l4emu._batch import Batch
 from l4emu._datapath import DROP_REASONS
+from l4emu._sched import PythonScheduler
 
 VIP, CLIENT = "10.0.0.100", "192.0.2.7"
 REALS = [("10.1.0.1", 8080), ("10.1.0.2", 8080), ("10.1.0.3", 8080)]
@@ -249,3 +250,32 @@ def test_total_length_longer_than_the_wire_is_a_drop(switch):
     batch = Batch.from_frames([full[:60]], 1, [NS], wire_lengths=[80])
     switch.process(batch)
     assert batch.result(0) == ("drop", DROP_REASONS.index("truncated_ip"))
+
+
+class LastReal(PythonScheduler):
+    """A plugin in plain Python: always the last real, and it hears flows end."""
+    name = "last"
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.ended = [], []
+
+    def pick(self, flow, reals):
+        self.seen.append((flow["client"], flow["client_port"], flow["vip"], flow["protocol"], len(reals)))
+        return len(reals) - 1
+
+    def flow_ended(self, index):
+        self.ended.append(index)
+
+
+def test_a_python_scheduler_plugin_runs_through_the_datapath(tmp_path, monkeypatch):
+    from l4emu import schedulers
+    monkeypatch.setitem(schedulers.BUILTINS, "last", LastReal)
+    sw = make_switch(_config("").replace('vip = "10.0.0.100:80"', 'vip = "10.0.0.100:80"\nscheduler = "last"'), tmp_path)
+    h = Harness(sw)
+    verdict, _, out = h.one(syn(), t=1)
+    assert verdict == "new" and Ether(out)[IP].dst == "10.1.0.3"
+    plugin = sw.datapath.schedulers[0]
+    assert plugin.seen == [(CLIENT, 40000, VIP, "tcp", 3)]
+    h.one(E / IP(src="192.0.2.99", dst="198.51.100.1") / TCP(), t=100)      # SYN_RECV (60 s) expires
+    assert plugin.ended == [2] and plugin.errors == []

@@ -4,7 +4,7 @@ import importlib.machinery
 
 import pytest
 
-MODULES = ["l4emu._batch", "l4emu._datapath", "l4emu._flowtable", "l4emu._pcapio", "l4emu._sched"]
+MODULES = ["l4emu._batch", "l4emu._datapath", "l4emu._flowtable", "l4emu._pcapread", "l4emu._pcapwrite", "l4emu._sched"]
 
 
 @pytest.mark.parametrize("name", MODULES)

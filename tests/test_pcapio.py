@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from scapy.all import IP, TCP, UDP, Ether, PcapWriter, rdpcap, wrpcap
 
 import l4emu._batch
-import l4emu._pcapio
+import l4emu._pcapread
+import l4emu._pcapwrite
 from l4emu._batch import Batch
 from l4emu.io import CaptureError, Interface, WriteError, open_capture, open_writer
 from pcapio_build import epb, idb, pb, pcap, pcap_header, pcap_record, shb, spb, block
@@ -53,7 +54,7 @@ def copy(src, dst, **kw):
 
 
 def test_the_compiled_extensions_are_loaded():
-    assert l4emu._pcapio.__file__.endswith(".so") and l4emu._batch.__file__.endswith(".so")
+    assert all(m.__file__.endswith(".so") for m in (l4emu._pcapread, l4emu._pcapwrite, l4emu._batch))
 
 
 @pytest.mark.parametrize("nano", [False, True])

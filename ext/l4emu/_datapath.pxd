@@ -19,7 +19,7 @@ cdef class Datapath:
     cdef Tables t
     cdef uint32_t n_services
     cdef uint32_t n_reals
-    cdef list schedulers                  # keeps the hooks' owners alive
+    cdef readonly list schedulers         # one per service; also keeps the hooks alive
     cdef uint64_t timeout_ns[N_STATES]
     cdef readonly bint conn_reuse_mode
     cdef readonly bint sloppy_tcp

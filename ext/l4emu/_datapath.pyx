@@ -9,7 +9,8 @@ from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcmp, memcpy
 from l4emu._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP
 from l4emu._checksum cimport diff_words, apply_diff, load16
-from l4emu._flowtable cimport FlowTable, R_EXPIRED, R_REUSED
+from l4emu._flowtable cimport (FlowTable, R_EXPIRED, R_REUSED, key_hash, key_lookup, prefetch_flow,
+                               prefetch_slot)
 from l4emu._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
 from l4emu._sched cimport Scheduler
 
@@ -179,11 +180,11 @@ cdef class Datapath:
                     parsed[j] = self.classify(batch.data + batch.offset[i], batch.caplen[i],
                                               batch.origlen[i], batch.linktype[i], &info[j])
                     if parsed[j] == PARSED:
-                        h[j] = self.table.hash(&info[j].key)
-                        self.table.prefetch_slot(h[j])
+                        h[j] = key_hash(self.table, &info[j].key)
+                        prefetch_slot(self.table, h[j])
                 for j in range(m):
                     if parsed[j] == PARSED:
-                        self.table.prefetch_flow(h[j])
+                        prefetch_flow(self.table, h[j])
                 for j in range(m):
                     i = base + j
                     self.handle(batch.data + batch.offset[i], &info[j], parsed[j], h[j], batch.ts_ns[i],
@@ -239,7 +240,7 @@ cdef class Datapath:
             self.finish(verdict, detail, V_DROP if parsed == PARSE_DROP else V_PASS, info.reason)
             return
         ev = tcp_event(info.tcp_flags) if info.key.proto == 6 else -1
-        ref = self.table.lookup(&info.key, h)
+        ref = key_lookup(self.table, &info.key, h)
         if ref:
             idx = (ref >> 1) - 1
             f = &self.table.flows[idx]
@@ -303,7 +304,7 @@ cdef class Datapath:
         memcpy(reply.dst, info.key.src, 16)
         reply.sport = real.port
         reply.dport = info.key.sport
-        if self.table.lookup(&reply, self.table.hash(&reply)):
+        if key_lookup(self.table, &reply, key_hash(self.table, &reply)):
             self.finish(verdict, detail, V_DROP, D_REPLY_CLASH)
             return
         idx = self.table.alloc(self.clock_ns)

@@ -4,6 +4,8 @@ cdef extern from *:
     void __builtin_prefetch(const void* addr) noexcept nogil
 # The connection table's storage: flow records, the two-key hash index, timers and eviction order.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcmp, memcpy
+from l4emu._siphash cimport siphash13
 from l4emu._types cimport *
 
 cdef enum:
@@ -44,10 +46,6 @@ cdef class FlowTable:
     cdef readonly uint64_t expired, evicted, reused, insert_failed
 
     cdef void bind(self, const Real* reals, const Service* services, removed_fn cb, void* ctx) noexcept nogil
-    cdef uint64_t hash(self, const PacketKey* key) noexcept nogil
-    cdef void prefetch_slot(self, uint64_t h) noexcept nogil
-    cdef void prefetch_flow(self, uint64_t h) noexcept nogil
-    cdef uint32_t lookup(self, const PacketKey* key, uint64_t h) noexcept nogil
     cdef int64_t alloc(self, uint64_t now) noexcept nogil
     cdef int insert(self, uint32_t idx) noexcept nogil
     cdef void remove(self, uint32_t idx, int why) noexcept nogil
@@ -56,7 +54,6 @@ cdef class FlowTable:
     cdef void advance(self, uint64_t now) noexcept nogil
     cdef void expire_due(self, uint64_t now) noexcept nogil
     cdef void keys_of(self, const Flow* f, PacketKey* fwd, PacketKey* rep) noexcept nogil
-    cdef bint matches(self, uint32_t ref, const PacketKey* key) noexcept nogil
     cdef int slot_put(self, uint64_t h, uint32_t ref) noexcept nogil
     cdef void slot_delete(self, uint64_t h, uint32_t ref) noexcept nogil
     cdef void timer_link(self, uint32_t idx) noexcept nogil
@@ -64,3 +61,64 @@ cdef class FlowTable:
     cdef void embryo_unlink(self, uint32_t idx) noexcept nogil
     cdef void release(self, uint32_t idx) noexcept nogil
     cdef void reap_bucket(self, uint32_t b, uint64_t now) noexcept nogil
+
+
+# The read-only hot path, inline so the datapath compiles it into its own loop (a call across
+# extension modules cannot be inlined, and these run for every packet).
+
+cdef inline uint64_t load_be32(const uint8_t* p) noexcept nogil:
+    return (<uint64_t>p[0] << 24) | (<uint64_t>p[1] << 16) | (<uint64_t>p[2] << 8) | p[3]
+
+
+cdef inline uint64_t key_hash(FlowTable t, const PacketKey* key) noexcept nogil:
+    cdef uint64_t w[5]
+    cdef uint64_t ports = ((<uint64_t>key.sport << 48) | (<uint64_t>key.dport << 32)
+                           | (<uint64_t>key.proto << 8) | key.family)
+    if key.family == 4:
+        w[0] = (load_be32(key.src) << 32) | load_be32(key.dst)
+        w[1] = ports
+        return siphash13(t.k0, t.k1, w, 2)
+    memcpy(w, key.src, 16)
+    memcpy(&w[2], key.dst, 16)
+    w[4] = ports
+    return siphash13(t.k0, t.k1, w, 5)
+
+
+cdef inline void prefetch_slot(FlowTable t, uint64_t h) noexcept nogil:
+    __builtin_prefetch(&t.slots[h & t.mask])
+
+
+cdef inline void prefetch_flow(FlowTable t, uint64_t h) noexcept nogil:
+    """Read ahead the record the key's home slot names (a guess: the key may sit further on)."""
+    cdef uint32_t ref = t.slots[h & t.mask].ref
+    if ref:
+        __builtin_prefetch(&t.flows[(ref >> 1) - 1])
+
+
+cdef inline bint key_matches(FlowTable t, uint32_t ref, const PacketKey* key) noexcept nogil:
+    cdef const Flow* f = &t.flows[(ref >> 1) - 1]
+    cdef const Real* r = &t.reals[f.real]
+    cdef const Service* s
+    cdef size_t alen = 4 if key.family == 4 else 16
+    if f.proto != key.proto or f.family != key.family:
+        return False
+    if ref & 1:
+        return (r.port == key.sport and f.cport == key.dport
+                and memcmp(r.addr, key.src, alen) == 0 and memcmp(f.client, key.dst, alen) == 0)
+    s = &t.services[r.service]
+    return (f.cport == key.sport and s.vport == key.dport
+            and memcmp(f.client, key.src, alen) == 0 and memcmp(s.vip, key.dst, alen) == 0)
+
+
+cdef inline uint32_t key_lookup(FlowTable t, const PacketKey* key, uint64_t h) noexcept nogil:
+    """The ref ((flow + 1) << 1 | direction) whose key equals the packet's tuple, or 0."""
+    cdef uint64_t i = h & t.mask
+    cdef uint32_t h32 = <uint32_t>h
+    cdef int probe
+    for probe in range(MAX_PROBE):
+        if t.slots[i].ref == 0:
+            return 0
+        if t.slots[i].hash32 == h32 and key_matches(t, t.slots[i].ref, key):
+            return t.slots[i].ref
+        i = (i + 1) & t.mask
+    return 0

@@ -10,7 +10,6 @@ became assured sit on a FIFO, oldest first: the first to go when the table is fu
 """
 from libc.stdint cimport uint64_t
 from libc.string cimport memcmp, memcpy, memset
-from l4emu._siphash cimport siphash13
 
 cdef extern from "<sys/mman.h>" nogil:
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
@@ -33,10 +32,6 @@ cdef void* table_alloc(size_t size) noexcept nogil:
     if size >= HUGE_PAGE:
         madvise(p, size, MADV_HUGEPAGE)
     return p
-
-
-cdef inline uint64_t load_be32(const uint8_t* p) noexcept nogil:
-    return (<uint64_t>p[0] << 24) | (<uint64_t>p[1] << 16) | (<uint64_t>p[2] << 8) | p[3]
 
 
 cdef class FlowTable:
@@ -75,18 +70,6 @@ cdef class FlowTable:
         self.removed_ctx = ctx
 
     # ---- keys and the index ------------------------------------------------------------------
-    cdef uint64_t hash(self, const PacketKey* key) noexcept nogil:
-        cdef uint64_t w[5]
-        cdef uint64_t ports = (<uint64_t>key.sport << 48) | (<uint64_t>key.dport << 32) | (<uint64_t>key.proto << 8) | key.family
-        if key.family == 4:
-            w[0] = (load_be32(key.src) << 32) | load_be32(key.dst)
-            w[1] = ports
-            return siphash13(self.k0, self.k1, w, 2)
-        memcpy(w, key.src, 16)
-        memcpy(&w[2], key.dst, 16)
-        w[4] = ports
-        return siphash13(self.k0, self.k1, w, 5)
-
     cdef void keys_of(self, const Flow* f, PacketKey* fwd, PacketKey* rep) noexcept nogil:
         cdef const Real* r = &self.reals[f.real]
         cdef const Service* s = &self.services[r.service]
@@ -100,42 +83,6 @@ cdef class FlowTable:
         rep.dport = f.cport
         fwd.proto = rep.proto = f.proto
         fwd.family = rep.family = f.family
-
-    cdef bint matches(self, uint32_t ref, const PacketKey* key) noexcept nogil:
-        cdef const Flow* f = &self.flows[(ref >> 1) - 1]
-        cdef const Real* r = &self.reals[f.real]
-        cdef const Service* s
-        cdef size_t alen = 4 if key.family == 4 else 16
-        if f.proto != key.proto or f.family != key.family:
-            return False
-        if ref & 1:
-            return (r.port == key.sport and f.cport == key.dport
-                    and memcmp(r.addr, key.src, alen) == 0 and memcmp(f.client, key.dst, alen) == 0)
-        s = &self.services[r.service]
-        return (f.cport == key.sport and s.vport == key.dport
-                and memcmp(f.client, key.src, alen) == 0 and memcmp(s.vip, key.dst, alen) == 0)
-
-    cdef void prefetch_slot(self, uint64_t h) noexcept nogil:
-        __builtin_prefetch(&self.slots[h & self.mask])
-
-    cdef void prefetch_flow(self, uint64_t h) noexcept nogil:
-        """Read ahead the record the key's home slot names (a guess: the key may sit further on)."""
-        cdef uint32_t ref = self.slots[h & self.mask].ref
-        if ref:
-            __builtin_prefetch(&self.flows[(ref >> 1) - 1])
-
-    cdef uint32_t lookup(self, const PacketKey* key, uint64_t h) noexcept nogil:
-        """The ref ((flow + 1) << 1 | direction) whose key equals the packet's tuple, or 0."""
-        cdef uint64_t i = h & self.mask
-        cdef uint32_t h32 = <uint32_t>h
-        cdef int probe
-        for probe in range(MAX_PROBE):
-            if self.slots[i].ref == 0:
-                return 0
-            if self.slots[i].hash32 == h32 and self.matches(self.slots[i].ref, key):
-                return self.slots[i].ref
-            i = (i + 1) & self.mask
-        return 0
 
     cdef int slot_put(self, uint64_t h, uint32_t ref) noexcept nogil:
         cdef uint64_t i = h & self.mask
@@ -239,8 +186,8 @@ cdef class FlowTable:
         memset(&fwd, 0, sizeof(fwd))
         memset(&rep, 0, sizeof(rep))
         self.keys_of(f, &fwd, &rep)
-        hf = self.hash(&fwd)
-        hr = self.hash(&rep)
+        hf = key_hash(self, &fwd)
+        hr = key_hash(self, &rep)
         if self.slot_put(hf, ref) < 0:
             self.insert_failed += 1
             self.release(idx)
@@ -267,8 +214,8 @@ cdef class FlowTable:
         memset(&fwd, 0, sizeof(fwd))
         memset(&rep, 0, sizeof(rep))
         self.keys_of(f, &fwd, &rep)
-        self.slot_delete(self.hash(&fwd), (idx + 1) << 1)
-        self.slot_delete(self.hash(&rep), ((idx + 1) << 1) | 1)
+        self.slot_delete(key_hash(self, &fwd), (idx + 1) << 1)
+        self.slot_delete(key_hash(self, &rep), ((idx + 1) << 1) | 1)
         self.timer_unlink(idx)
         if not (f.flags & F_ASSURED):
             self.embryo_unlink(idx)

@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass
 
 from l4emu._batch import Batch
-from l4emu._pcapio import Scanner
+from l4emu._pcapread import Scanner
 
 
 class CaptureError(Exception):

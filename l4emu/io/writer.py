@@ -2,7 +2,7 @@
 import os
 import struct
 
-from l4emu._pcapio import Encoder
+from l4emu._pcapwrite import Encoder
 
 FORMATS = {".pcap": "pcap", ".pcapng": "pcapng"}
 PCAP_US, PCAP_NS = 0xA1B2C3D4, 0xA1B23C4D
