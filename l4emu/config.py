@@ -34,6 +34,8 @@ class Real:
     address: netaddr.IPAddress
     port: int
     weight: int = 1
+    upper_threshold: int = 0      # IPVS -x: no new flows at this many connections (0 = no limit)
+    lower_threshold: int = 0      # IPVS -y: new flows again under this many (0 = 3/4 of the upper)
 
     @property
     def endpoint(self) -> str:
@@ -109,7 +111,7 @@ def _typed(value, kind, key: str):
 
 
 def _real(raw, key: str, family: int) -> Real:
-    raw = _take(raw, key, {"address", "weight"})
+    raw = _take(raw, key, {"address", "weight", "upper_threshold", "lower_threshold"})
     if "address" not in raw:
         raise ConfigError(f"{key}.address", "missing")
     address, port = parse_endpoint(raw["address"], f"{key}.address")
@@ -118,7 +120,15 @@ def _real(raw, key: str, family: int) -> Real:
     weight = _typed(raw.get("weight", 1), int, f"{key}.weight")
     if not 0 <= weight <= MAX_WEIGHT:
         raise ConfigError(f"{key}.weight", f"{weight} is out of range 0-{MAX_WEIGHT}")
-    return Real(address, port, weight)
+    thresholds = []
+    for name in ("upper_threshold", "lower_threshold"):
+        value = _typed(raw.get(name, 0), int, f"{key}.{name}")
+        if not 0 <= value <= 1 << 30:
+            raise ConfigError(f"{key}.{name}", f"{value} is out of range 0-{1 << 30}")
+        thresholds.append(value)
+    if thresholds[1] and thresholds[1] > thresholds[0]:
+        raise ConfigError(f"{key}.lower_threshold", f"{thresholds[1]} is above upper_threshold {thresholds[0]}")
+    return Real(address, port, weight, *thresholds)
 
 
 def _service(raw, key: str, schedulers: set[str]) -> Service:

@@ -45,7 +45,7 @@ class Switch:
             self.datapath.add_service(
                 svc.vip.packed, svc.vip.version, svc.port, PROTO_NUMBERS[svc.protocol],
                 schedulers.create(svc.scheduler),
-                [(r.address.packed, r.port, r.weight) for r in svc.reals],
+                [(r.address.packed, r.port, r.weight, r.upper_threshold, r.lower_threshold) for r in svc.reals],
             )
             self.reals.extend((svc, r) for r in svc.reals)
 
@@ -56,6 +56,18 @@ class Switch:
 
     def process(self, batch: Batch) -> None:
         self.datapath.process(batch)
+
+    def set_real(self, endpoint: str, weight: int | None = None, down: bool | None = None) -> list[int]:
+        """Set the weight or down mark of every real with this "ip:port" (it may serve several
+        services); returns their indexes. Existing flows go on; new flows follow the change."""
+        matches = [i for i, (_, real) in enumerate(self.reals) if real.endpoint == endpoint]
+        if not matches:
+            raise KeyError(f"no real server {endpoint}")
+        if weight is not None and not 0 <= weight <= configmod.MAX_WEIGHT:
+            raise ValueError(f"weight {weight} is out of range 0-{configmod.MAX_WEIGHT}")
+        for index in matches:
+            self.datapath.set_real(index, weight=weight, down=down)
+        return matches
 
     @property
     def clock_ns(self) -> int:
@@ -97,7 +109,7 @@ class Switch:
         for svc in self.config.services:
             reals = []
             for real in svc.reals:
-                reals.append({"address": real.endpoint, "forward": "Masq", "weight": real.weight, **per_real[k]})
+                reals.append({"address": real.endpoint, "forward": "Masq", **per_real[k]})
                 k += 1
             out.append({"protocol": svc.protocol.upper(), "vip": svc.endpoint,
                         "scheduler": svc.scheduler, "reals": reals})

@@ -279,3 +279,35 @@ def test_a_python_scheduler_plugin_runs_through_the_datapath(tmp_path, monkeypat
     assert plugin.seen == [(CLIENT, 40000, VIP, "tcp", 3)]
     h.one(E / IP(src="192.0.2.99", dst="198.51.100.1") / TCP(), t=100)      # SYN_RECV (60 s) expires
     assert plugin.ended == [2] and plugin.errors == []
+
+
+def test_weight_zero_and_down_take_no_new_flows_but_existing_ones_go_on(harness, switch):
+    harness.one(syn(sport=1), t=1)                                         # flow on 10.1.0.1
+    switch.set_real("10.1.0.1:8080", weight=0)
+    switch.set_real("10.1.0.2:8080", down=True)
+    dests = [Ether(out)[IP].dst for _, _, out in harness.run([syn(sport=10 + k) for k in range(3)], times_s=[2] * 3)]
+    assert dests == ["10.1.0.3"] * 3
+    verdict, _, out = harness.one(syn(sport=1, flags="A"), t=3)
+    assert verdict == "forward" and Ether(out)[IP].dst == "10.1.0.1"
+    reals = switch.services()[0]["reals"]
+    assert [(r["weight"], r["down"]) for r in reals] == [(0, False), (1, True), (1, False)]
+
+
+def test_upper_threshold_stops_new_flows_until_under_the_lower_one(tmp_path):
+    sw = make_switch("""
+[[service]]
+vip = "10.0.0.100:80"
+  [[service.real]]
+  address = "10.1.0.1:8080"
+  upper_threshold = 2
+  lower_threshold = 1
+  [[service.real]]
+  address = "10.1.0.2:8080"
+""", tmp_path)
+    h = Harness(sw)
+    dests = [Ether(out)[IP].dst for _, _, out in h.run([syn(sport=k) for k in range(6)], times_s=[1] * 6)]
+    assert dests == ["10.1.0.1", "10.1.0.2", "10.1.0.1", "10.1.0.2", "10.1.0.2", "10.1.0.2"]
+    assert sw.services()[0]["reals"][0]["overloaded"]
+    h.one(syn(sport=0, flags="R"), t=1.5)                 # RST on SYN_RECV stays SYN_RECV in IPVS
+    h.one(E / IP(src="192.0.2.99", dst="198.51.100.1") / TCP(), t=62)     # both of its flows expire
+    assert not sw.services()[0]["reals"][0]["overloaded"]

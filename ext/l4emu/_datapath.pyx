@@ -62,6 +62,18 @@ cdef inline bint is_active(uint8_t state) noexcept nogil:
     return state == S_ESTABLISHED or state == S_SYN_SENT or state == S_SYN_RECV or state == S_SYNACK
 
 
+cdef inline void check_threshold(Real* r) noexcept nogil:
+    """IPVS's -x/-y: overloaded at the upper threshold, available again under the lower one."""
+    cdef uint32_t conns = r.active + r.inactive
+    cdef uint32_t lower = r.lower_threshold if r.lower_threshold else r.upper_threshold * 3 // 4
+    if r.upper_threshold == 0:
+        return
+    if conns >= r.upper_threshold:
+        r.flags |= RF_OVERLOADED
+    elif conns < lower or lower == 0:
+        r.flags &= ~RF_OVERLOADED
+
+
 cdef void on_flow_removed(void* ctx, Flow* f, int why) noexcept nogil:
     """Keep the real's connection counts right and tell its scheduler."""
     cdef Tables* t = <Tables*>ctx
@@ -72,6 +84,7 @@ cdef void on_flow_removed(void* ctx, Flow* f, int why) noexcept nogil:
         r.active -= 1
     else:
         r.inactive -= 1
+    check_threshold(r)
     if hook.ended != NULL:
         hook.ended(hook.state, &t.reals[s.first_real], s.n_reals, f.real - s.first_real)
 
@@ -125,7 +138,7 @@ cdef class Datapath:
         free(self.t.reals)
 
     def add_service(self, bytes vip, int family, int port, int proto, Scheduler scheduler, reals):
-        """Add a service and its reals [(address bytes, port, weight)]; returns its index."""
+        """Add a service and its reals [(address bytes, port, weight, upper, lower threshold)]; returns its index."""
         cdef uint32_t k, n = len(reals)
         cdef Service* s
         cdef Real* r
@@ -146,7 +159,7 @@ cdef class Datapath:
         self.t.hooks[self.n_services] = scheduler.hook()
         self.schedulers.append(scheduler)
         for k in range(n):
-            address, rport, weight = reals[k]
+            address, rport, weight, upper, lower = reals[k]
             r = &self.t.reals[self.n_reals + k]
             memcpy(r, &EMPTY_REAL, sizeof(Real))
             r.addr = _addr16(address)
@@ -154,10 +167,32 @@ cdef class Datapath:
             r.family = family
             r.service = self.n_services
             r.weight = weight
+            r.upper_threshold = upper
+            r.lower_threshold = lower
         self.n_reals += n
         self.n_services += 1
         self.table.bind(self.t.reals, self.t.services, on_flow_removed, &self.t)
         return self.n_services - 1
+
+    def set_real(self, uint32_t index, weight=None, down=None):
+        """Change a real's weight or down mark (the control plane's admin knob); flows go on."""
+        cdef Real* r
+        cdef Service* s
+        cdef SchedulerHook* hook
+        if index >= self.n_reals:
+            raise IndexError(f"no real {index}")
+        r = &self.t.reals[index]
+        s = &self.t.services[r.service]
+        hook = &self.t.hooks[r.service]
+        if weight is not None:
+            self.t.reals[index].weight = weight
+        if down is not None:
+            if down:
+                self.t.reals[index].flags |= RF_DOWN
+            else:
+                self.t.reals[index].flags &= ~RF_DOWN
+        if hook.changed != NULL:
+            hook.changed(hook.state, &self.t.reals[s.first_real], s.n_reals)
 
     def process(self, Batch batch):
         """Run every packet of the batch through the switch, rewriting in place.
@@ -331,6 +366,7 @@ cdef class Datapath:
             real.active += 1
         else:
             real.inactive += 1
+        check_threshold(real)
         real.conns += 1
         real.in_pkts += 1
         real.in_bytes += origlen
@@ -371,6 +407,8 @@ cdef class Datapath:
         """Per real, in config order: the counters IPVS shows (ActiveConn, InActConn, --stats)."""
         cdef uint32_t k
         return [{
+            "weight": self.t.reals[k].weight, "down": bool(self.t.reals[k].flags & RF_DOWN),
+            "overloaded": bool(self.t.reals[k].flags & RF_OVERLOADED),
             "active": self.t.reals[k].active, "inactive": self.t.reals[k].inactive,
             "conns": self.t.reals[k].conns, "in_pkts": self.t.reals[k].in_pkts,
             "out_pkts": self.t.reals[k].out_pkts, "in_bytes": self.t.reals[k].in_bytes,

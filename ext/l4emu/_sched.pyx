@@ -24,19 +24,19 @@ ctypedef struct RoundRobinState:
 
 cdef int32_t rr_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
                      uint64_t now_ns) noexcept nogil:
-    """Next real with a positive weight after the last one picked (IPVS rr)."""
+    """The next available real after the last one picked (IPVS rr)."""
     cdef RoundRobinState* s = <RoundRobinState*>state
     cdef uint32_t k, i
     for k in range(n):
         i = (s.next + k) % n
-        if reals[i].weight > 0:
+        if available(&reals[i]):
             s.next = (i + 1) % n
             return i
     return -1
 
 
 cdef class RoundRobin(Scheduler):
-    """rr: every real with a positive weight in turn."""
+    """rr: every available real in turn."""
     name = "rr"
     cdef RoundRobinState state
 
@@ -44,6 +44,7 @@ cdef class RoundRobin(Scheduler):
         cdef SchedulerHook h
         h.pick = rr_pick
         h.ended = NULL
+        h.changed = NULL
         h.state = &self.state
         return h
 
@@ -66,6 +67,14 @@ cdef void python_ended(void* state, const Real* reals, uint32_t n, uint32_t inde
             (<PythonScheduler><PyObject*>state).errors.append(exc)
 
 
+cdef void python_changed(void* state, const Real* reals, uint32_t n) noexcept nogil:
+    with gil:
+        try:
+            (<PythonScheduler><PyObject*>state).reals_changed()
+        except BaseException as exc:
+            (<PythonScheduler><PyObject*>state).errors.append(exc)
+
+
 cdef object address_text(const uint8_t* a, uint8_t family):
     return str(ipaddress.ip_address(bytes(a[:4] if family == 4 else a[:16])))
 
@@ -74,7 +83,7 @@ cdef class PythonScheduler(Scheduler):
     """Base for schedulers written in Python: implement pick(flow, reals) -> index or None.
 
     `flow` is a dict with client, client_port, vip, vip_port, protocol and time_ns; `reals` is a
-    list of dicts with address, port, weight, active, inactive and conns, in config order.
+    list of dicts with address, port, weight, available, active, inactive and conns, in config order.
     """
     cdef readonly list errors
 
@@ -85,6 +94,7 @@ cdef class PythonScheduler(Scheduler):
         cdef SchedulerHook h
         h.pick = python_pick
         h.ended = python_ended
+        h.changed = python_changed
         h.state = <void*>self
         return h
 
@@ -96,7 +106,8 @@ cdef class PythonScheduler(Scheduler):
         }
         views = [{
             "address": address_text(reals[i].addr, reals[i].family), "port": reals[i].port,
-            "weight": reals[i].weight, "active": reals[i].active, "inactive": reals[i].inactive,
+            "weight": reals[i].weight, "available": available(&reals[i]),
+            "active": reals[i].active, "inactive": reals[i].inactive,
             "conns": reals[i].conns,
         } for i in range(n)]
         choice = self.pick(flow, views)
@@ -111,3 +122,6 @@ cdef class PythonScheduler(Scheduler):
 
     def flow_ended(self, index):
         """Called when a flow of reals[index] leaves the table; override if the policy cares."""
+
+    def reals_changed(self):
+        """Called when a real's weight or state changed; the next pick() sees the new values."""

@@ -47,6 +47,11 @@ cdef enum FlowFlag:
     F_IN_USE = 1
     F_ASSURED = 2       # saw a completed handshake (TCP) or a reply (UDP): never evicted for room
 
+# Real.flags
+cdef enum RealFlag:
+    RF_DOWN = 1             # marked down by an admin or a health check: no new flows
+    RF_OVERLOADED = 2       # over its upper connection threshold until it falls under the lower one
+
 ctypedef struct PacketKey:
     uint8_t src[16]         # IPv4 addresses use the first 4 bytes, the rest stay zero
     uint8_t dst[16]
@@ -81,7 +86,10 @@ ctypedef struct Real:
     uint16_t port
     uint8_t family
     uint32_t service
-    int32_t weight
+    int32_t weight          # 0 = quiescent: no new flows, existing ones go on
+    uint8_t flags           # RealFlag
+    uint32_t upper_threshold    # IPVS -x: 0 = none
+    uint32_t lower_threshold    # IPVS -y: 0 = three quarters of the upper one
     uint32_t active         # connections in ESTABLISHED, SYN_SENT, SYN_RECV, SYNACK (IPVS's ActiveConn)
     uint32_t inactive       # every other state, and every UDP entry (IPVS's InActConn)
     uint64_t conns          # new connections scheduled to it
