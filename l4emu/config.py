@@ -16,6 +16,7 @@ DEFAULT_TIMEOUTS = {
     "synack": 120, "udp": 300,
 }
 PROTOCOLS = ("tcp", "udp")
+DEFAULT_PERSISTENCE = 300             # ipvsadm -p without a value
 MAX_WEIGHT = 65535
 ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>\d+)$")
 
@@ -49,6 +50,8 @@ class Service:
     protocol: str
     scheduler: str
     reals: tuple[Real, ...]
+    persistence: float = 0            # IPVS -p: seconds a client (network) sticks to its real; 0 = off
+    persistence_netmask: int = 32     # IPVS -M as a prefix length: which client bits make "a client"
 
     @property
     def endpoint(self) -> str:
@@ -62,6 +65,7 @@ class Config:
     timeouts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     conn_reuse_mode: bool = True
     sloppy_tcp: bool = False
+    expire_nodest_conn: bool = False
 
 
 def format_endpoint(address: netaddr.IPAddress, port: int) -> str:
@@ -132,7 +136,7 @@ def _real(raw, key: str, family: int) -> Real:
 
 
 def _service(raw, key: str, schedulers: set[str]) -> Service:
-    raw = _take(raw, key, {"vip", "protocol", "scheduler", "real"})
+    raw = _take(raw, key, {"vip", "protocol", "scheduler", "real", "persistence", "persistence_netmask"})
     if "vip" not in raw:
         raise ConfigError(f"{key}.vip", "missing")
     vip, port = parse_endpoint(raw["vip"], f"{key}.vip")
@@ -151,13 +155,46 @@ def _service(raw, key: str, schedulers: set[str]) -> Service:
         if real.endpoint in seen:
             raise ConfigError(f"{key}.real[{i}].address", f"{real.endpoint} is listed twice")
         seen.add(real.endpoint)
-    return Service(vip, port, protocol, scheduler, reals)
+    persistence = raw.get("persistence", 0)
+    if persistence is True:
+        persistence = DEFAULT_PERSISTENCE
+    if _typed(persistence, float, f"{key}.persistence") < 0 or persistence > 86400 * 365:
+        raise ConfigError(f"{key}.persistence", f"{persistence} is not a number of seconds from 0 to one year")
+    netmask = _netmask(raw.get("persistence_netmask", None), vip.version,
+                       f"{key}.persistence_netmask")
+    return Service(vip, port, protocol, scheduler, reals, persistence, netmask)
+
+
+def _netmask(value, family: int, key: str) -> int:
+    """A prefix length from 24, "/24" or "255.255.255.0" (IPv6: a prefix length); None = whole address."""
+    bits = 32 if family == 4 else 128
+    if value is None:
+        return bits
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            prefix = value
+        elif isinstance(value, str) and value.lstrip("/").isdigit():
+            prefix = int(value.lstrip("/"))
+        elif isinstance(value, str) and family == 4:
+            prefix = netaddr.IPAddress(value).netmask_bits()
+            if str(netaddr.IPAddress(value)) != str(netaddr.IPNetwork(f"0.0.0.0/{prefix}").netmask):
+                raise ValueError
+        else:
+            raise ValueError
+    except (ValueError, netaddr.AddrFormatError):
+        raise ConfigError(key, f"{value!r} is not a netmask (a prefix length, or a dotted IPv4 mask)") from None
+    if not 0 <= prefix <= bits:
+        raise ConfigError(key, f"prefix length {prefix} is out of range 0-{bits}")
+    return prefix
 
 
 def from_dict(raw: dict, schedulers: set[str]) -> Config:
     """Validate a parsed TOML document; `schedulers` are the names that exist."""
     raw = _take(raw, "", {"service", "table", "timeouts"})
-    table = _take(raw.get("table", {}), "table", {"max_connections", "conn_reuse_mode", "sloppy_tcp"})
+    table = _take(raw.get("table", {}), "table",
+                  {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"})
     max_conns = _typed(table.get("max_connections", Config.max_connections), int, "table.max_connections")
     if not 1 <= max_conns <= 1 << 30:
         raise ConfigError("table.max_connections", f"{max_conns} is out of range 1-{1 << 30}")
@@ -182,6 +219,7 @@ def from_dict(raw: dict, schedulers: set[str]) -> Config:
         timeouts=timeouts,
         conn_reuse_mode=_typed(table.get("conn_reuse_mode", True), bool, "table.conn_reuse_mode"),
         sloppy_tcp=_typed(table.get("sloppy_tcp", False), bool, "table.sloppy_tcp"),
+        expire_nodest_conn=_typed(table.get("expire_nodest_conn", False), bool, "table.expire_nodest_conn"),
     )
 
 

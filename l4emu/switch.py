@@ -26,6 +26,11 @@ PASS_TEXT = {
 }
 
 
+def _mask_bytes(prefix: int, family: int) -> bytes:
+    bits = 32 if family == 4 else 128
+    return (((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)).to_bytes(bits // 8, "big")
+
+
 class Switch:
     """One emulated L4 switch: config in, packets through, snapshots out."""
 
@@ -38,7 +43,7 @@ class Switch:
         self.datapath = Datapath(
             config.max_connections, secret,
             [config.timeouts[name.lower()] for name in STATE_NAMES],
-            config.conn_reuse_mode, config.sloppy_tcp,
+            config.conn_reuse_mode, config.sloppy_tcp, config.expire_nodest_conn,
         )
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:
@@ -46,6 +51,7 @@ class Switch:
                 svc.vip.packed, svc.vip.version, svc.port, PROTO_NUMBERS[svc.protocol],
                 schedulers.create(svc.scheduler),
                 [(r.address.packed, r.port, r.weight, r.upper_threshold, r.lower_threshold) for r in svc.reals],
+                svc.persistence, _mask_bytes(svc.persistence_netmask, svc.vip.version),
             )
             self.reals.extend((svc, r) for r in svc.reals)
 

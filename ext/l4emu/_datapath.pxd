@@ -23,6 +23,10 @@ cdef class Datapath:
     cdef uint64_t timeout_ns[N_STATES]
     cdef readonly bint conn_reuse_mode
     cdef readonly bint sloppy_tcp
+    cdef readonly bint expire_nodest_conn
+    cdef readonly uint64_t rescheduled    # flows of a down real whose next packet got a new real
+    cdef readonly uint64_t broken         # flows of a down real whose next packet could not be rescheduled
+    cdef readonly uint64_t blackholed     # flows that kept going to a down real
     cdef readonly uint64_t clock_ns       # the packet clock: the newest timestamp seen
     cdef bint started
     cdef readonly uint64_t packets, bytes

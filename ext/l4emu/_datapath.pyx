@@ -9,10 +9,11 @@ from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcmp, memcpy
 from l4emu._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP
 from l4emu._checksum cimport diff_words, apply_diff, load16
-from l4emu._flowtable cimport (FlowTable, R_EXPIRED, R_REUSED, key_hash, key_lookup, prefetch_flow,
+from l4emu._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup, prefetch_flow,
                                prefetch_slot)
 from l4emu._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
 from l4emu._sched cimport Scheduler
+from l4emu._persist cimport find_template, note_template
 
 STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
                "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK", "UDP")
@@ -80,6 +81,8 @@ cdef void on_flow_removed(void* ctx, Flow* f, int why) noexcept nogil:
     cdef Real* r = &t.reals[f.real]
     cdef Service* s = &t.services[r.service]
     cdef SchedulerHook* hook = &t.hooks[r.service]
+    if f.flags & F_TEMPLATE:
+        return
     if is_active(f.state):
         r.active -= 1
     else:
@@ -121,7 +124,7 @@ cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, cons
 
 cdef class Datapath:
     def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
-                  bint sloppy_tcp=False):
+                  bint sloppy_tcp=False, bint expire_nodest_conn=False):
         cdef int i
         self.table = FlowTable(max_connections, secret)
         if len(timeouts) != N_STATES:
@@ -130,6 +133,7 @@ cdef class Datapath:
             self.timeout_ns[i] = <uint64_t>(timeouts[i] * 1_000_000_000)
         self.conn_reuse_mode = conn_reuse_mode
         self.sloppy_tcp = sloppy_tcp
+        self.expire_nodest_conn = expire_nodest_conn
         self.schedulers = []
 
     def __dealloc__(self):
@@ -137,7 +141,8 @@ cdef class Datapath:
         free(self.t.hooks)
         free(self.t.reals)
 
-    def add_service(self, bytes vip, int family, int port, int proto, Scheduler scheduler, reals):
+    def add_service(self, bytes vip, int family, int port, int proto, Scheduler scheduler, reals,
+                    double persistence_s=0, bytes persistence_mask=b""):
         """Add a service and its reals [(address bytes, port, weight, upper, lower threshold)]; returns its index."""
         cdef uint32_t k, n = len(reals)
         cdef Service* s
@@ -156,6 +161,8 @@ cdef class Datapath:
         s.family = family
         s.first_real = self.n_reals
         s.n_reals = n
+        s.persist_ns = <uint64_t>(persistence_s * 1_000_000_000)
+        s.persist_mask = _addr16(persistence_mask or b"\xff" * 16)
         self.t.hooks[self.n_services] = scheduler.hook()
         self.schedulers.append(scheduler)
         for k in range(n):
@@ -194,9 +201,11 @@ cdef class Datapath:
         if hook.changed != NULL:
             hook.changed(hook.state, &self.t.reals[s.first_real], s.n_reals)
 
-    def process(self, Batch batch):
-        """Run every packet of the batch through the switch, rewriting in place.
+    def process(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0):
+        """Run packets start.. of the batch through the switch, rewriting in place; returns where it stopped.
 
+        With until_ns, stop before the first packet at or past that time on the packet clock (so a
+        caller can change the switch at an exact moment, then go on from the returned index).
         Packets go in windows: parse and hash a window and prefetch its index slots, then prefetch
         the flow records those slots name, then handle each packet in order. The table is only
         read ahead, never changed ahead, so the result is that of one packet at a time.
@@ -204,12 +213,14 @@ cdef class Datapath:
         cdef PacketInfo info[WINDOW]
         cdef int parsed[WINDOW]
         cdef uint64_t h[WINDOW]
-        cdef Py_ssize_t base = 0, i
+        cdef Py_ssize_t base = start, i, stop = batch.n
         cdef int j, m
+        if start < 0 or start > batch.n:
+            raise IndexError(f"start {start} is outside the batch of {batch.n}")
         self.started = True
         with nogil:
-            while base < batch.n:
-                m = <int>min(<Py_ssize_t>WINDOW, batch.n - base)
+            while base < stop:
+                m = <int>min(<Py_ssize_t>WINDOW, stop - base)
                 for j in range(m):
                     i = base + j
                     parsed[j] = self.classify(batch.data + batch.offset[i], batch.caplen[i],
@@ -222,9 +233,19 @@ cdef class Datapath:
                         prefetch_flow(self.table, h[j])
                 for j in range(m):
                     i = base + j
+                    if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
+                        stop = i
+                        break
                     self.handle(batch.data + batch.offset[i], &info[j], parsed[j], h[j], batch.ts_ns[i],
                                 batch.origlen[i], &batch.verdict[i], &batch.detail[i])
                 base += m
+        return stop
+
+    def advance_clock(self, uint64_t now_ns):
+        """Move the packet clock forward without a packet (events and samples between packets)."""
+        if now_ns > self.clock_ns:
+            self.clock_ns = now_ns
+            self.table.advance(now_ns)
 
     cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil:
         cdef uint32_t k
@@ -286,6 +307,18 @@ cdef class Datapath:
                     and (f.state == S_TIME_WAIT or f.state == S_CLOSE)):
                 self.table.remove(idx, R_REUSED)
                 ref = 0
+            elif self.t.reals[f.real].flags & RF_DOWN:
+                if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
+                    self.table.remove(idx, R_NODEST)
+                    self.new_flow(p, info, ev, origlen, verdict, detail)
+                    if verdict[0] == V_NEW:
+                        self.rescheduled += 1
+                    else:
+                        self.broken += 1
+                    return
+                if not (f.flags & F_BLACKHOLED):
+                    f.flags |= F_BLACKHOLED
+                    self.blackholed += 1
         if ref == 0:
             self.new_flow(p, info, ev, origlen, verdict, detail)
             return
@@ -319,7 +352,7 @@ cdef class Datapath:
         cdef SchedulerHook* hook
         cdef Real* real
         cdef PacketKey reply
-        cdef int64_t idx
+        cdef int64_t idx, template = -1
         cdef Flow* f
         if svc < 0:
             self.finish(verdict, detail, V_PASS, P_NO_SERVICE)
@@ -329,7 +362,12 @@ cdef class Datapath:
             return
         s = &self.t.services[svc]
         hook = &self.t.hooks[svc]
-        pick = hook.pick(hook.state, &self.t.reals[s.first_real], s.n_reals, &info.key, self.clock_ns)
+        if s.persist_ns:
+            template = find_template(self.table, s, &info.key, self.clock_ns)
+        if template >= 0:
+            pick = self.table.flows[template].real - s.first_real
+        else:
+            pick = hook.pick(hook.state, &self.t.reals[s.first_real], s.n_reals, &info.key, self.clock_ns)
         if pick < 0 or <uint32_t>pick >= s.n_reals:
             self.finish(verdict, detail, V_DROP, D_NO_REAL)
             return
@@ -367,6 +405,8 @@ cdef class Datapath:
         else:
             real.inactive += 1
         check_threshold(real)
+        if s.persist_ns:
+            note_template(self.table, s, &info.key, f.real, template, self.clock_ns)
         real.conns += 1
         real.in_pkts += 1
         real.in_bytes += origlen
@@ -398,8 +438,8 @@ cdef class Datapath:
             "dropped": {DROP_REASONS[k]: self.drops[k] for k in range(N_DROP_REASONS) if self.drops[k]},
             "passed_by_reason": {PASS_REASONS[k]: self.passes[k] for k in range(N_PASS_REASONS) if self.passes[k]},
             "connections": self.table.used, "peak_connections": self.table.peak,
-            "expired": self.table.expired, "evicted": self.table.evicted,
-            "reused": self.table.reused, "insert_failed": self.table.insert_failed,
+            **self.table.removed_by_reason(), "insert_failed": self.table.insert_failed,
+            "rescheduled": self.rescheduled, "broken": self.broken, "blackholed": self.blackholed,
             "clock_ns": self.clock_ns,
         }
 
@@ -408,6 +448,7 @@ cdef class Datapath:
         cdef uint32_t k
         return [{
             "weight": self.t.reals[k].weight, "down": bool(self.t.reals[k].flags & RF_DOWN),
+            "persistent": self.t.reals[k].persistent,
             "overloaded": bool(self.t.reals[k].flags & RF_OVERLOADED),
             "active": self.t.reals[k].active, "inactive": self.t.reals[k].inactive,
             "conns": self.t.reals[k].conns, "in_pkts": self.t.reals[k].in_pkts,
@@ -416,7 +457,9 @@ cdef class Datapath:
         } for k in range(self.n_reals)]
 
     def flows(self):
-        """Every tracked flow: (real index, client address bytes, client port, state name, expires_ns)."""
+        """Every tracked flow: (real index, client address bytes, client port, state name, expires_ns).
+
+        A persistence template shows as IPVS shows it: state NONE, client port 0, the client's network."""
         cdef uint32_t k
         cdef Flow* f
         out = []

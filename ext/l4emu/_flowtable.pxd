@@ -4,7 +4,7 @@ cdef extern from *:
     void __builtin_prefetch(const void* addr) noexcept nogil
 # The connection table's storage: flow records, the two-key hash index, timers and eviction order.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from l4emu._siphash cimport siphash13
 from l4emu._types cimport *
 
@@ -16,6 +16,8 @@ cdef enum RemoveWhy:
     R_EXPIRED = 0
     R_EVICTED = 1
     R_REUSED = 2
+    R_NODEST = 3            # its real went down and expire_nodest_conn is on
+    N_REMOVE_WHY = 4
 
 ctypedef struct Slot:
     uint32_t hash32         # low half of the key's hash: home slot and a cheap pre-compare
@@ -43,7 +45,8 @@ cdef class FlowTable:
     cdef const Service* services
     cdef removed_fn on_removed
     cdef void* removed_ctx
-    cdef readonly uint64_t expired, evicted, reused, insert_failed
+    cdef uint64_t removed[N_REMOVE_WHY]   # flows removed, by RemoveWhy
+    cdef readonly uint64_t insert_failed
 
     cdef void bind(self, const Real* reals, const Service* services, removed_fn cb, void* ctx) noexcept nogil
     cdef int64_t alloc(self, uint64_t now) noexcept nogil
@@ -53,6 +56,8 @@ cdef class FlowTable:
     cdef void assure(self, uint32_t idx) noexcept nogil
     cdef void advance(self, uint64_t now) noexcept nogil
     cdef void expire_due(self, uint64_t now) noexcept nogil
+    cdef bint due(self, Flow* f, uint64_t now) noexcept nogil
+    cdef void release_template(self, const Flow* conn) noexcept nogil
     cdef void keys_of(self, const Flow* f, PacketKey* fwd, PacketKey* rep) noexcept nogil
     cdef int slot_put(self, uint64_t h, uint32_t ref) noexcept nogil
     cdef void slot_delete(self, uint64_t h, uint32_t ref) noexcept nogil
@@ -122,3 +127,15 @@ cdef inline uint32_t key_lookup(FlowTable t, const PacketKey* key, uint64_t h) n
             return t.slots[i].ref
         i = (i + 1) & t.mask
     return 0
+
+
+cdef inline void template_key(const Service* s, const PacketKey* key, PacketKey* out) noexcept nogil:
+    """The key of the persistence template for this client's network (see _persist.pxd)."""
+    cdef int k
+    memset(out, 0, sizeof(PacketKey))
+    for k in range(16):
+        out.src[k] = key.src[k] & s.persist_mask[k]
+    memcpy(out.dst, s.vip, 16)
+    out.dport = s.vport
+    out.proto = s.proto | TEMPLATE_PROTO
+    out.family = s.family

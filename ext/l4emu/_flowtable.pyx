@@ -59,6 +59,10 @@ cdef class FlowTable:
         if self.slots != NULL:
             munmap(self.slots, (self.mask + 1) * sizeof(Slot))
 
+    def removed_by_reason(self):
+        return {"expired": self.removed[<int>R_EXPIRED], "evicted": self.removed[<int>R_EVICTED],
+                "reused": self.removed[<int>R_REUSED], "nodest": self.removed[<int>R_NODEST]}
+
     def memory_bytes(self):
         """Bytes the table allocated: flow records plus index (the wheel is a fixed 4 KiB)."""
         return self.capacity * sizeof(Flow) + (self.mask + 1) * sizeof(Slot) + sizeof(self.wheel)
@@ -219,15 +223,25 @@ cdef class FlowTable:
         self.timer_unlink(idx)
         if not (f.flags & F_ASSURED):
             self.embryo_unlink(idx)
+        if f.flags & F_TEMPLATE:
+            (<Real*>&self.reals[f.real]).persistent -= 1
+        elif self.services[self.reals[f.real].service].persist_ns:
+            self.release_template(f)
         if self.on_removed != NULL:
             self.on_removed(self.removed_ctx, f, why)
-        if why == R_EXPIRED:
-            self.expired += 1
-        elif why == R_EVICTED:
-            self.evicted += 1
-        else:
-            self.reused += 1
+        self.removed[why] += 1
         self.release(idx)
+
+    cdef void release_template(self, const Flow* conn) noexcept nogil:
+        """A connection of a persistent service left: its template controls one fewer."""
+        cdef PacketKey key, tk
+        cdef uint32_t ref
+        memset(&key, 0, sizeof(PacketKey))
+        memcpy(key.src, conn.client, 16)
+        template_key(&self.services[self.reals[conn.real].service], &key, &tk)
+        ref = key_lookup(self, &tk, key_hash(self, &tk))
+        if ref and self.flows[(ref >> 1) - 1].controlled:
+            self.flows[(ref >> 1) - 1].controlled -= 1
 
     cdef void reschedule(self, uint32_t idx) noexcept nogil:
         """Move the flow to the bucket of its current expiry (after a timeout got shorter)."""
@@ -243,12 +257,14 @@ cdef class FlowTable:
     cdef void reap_bucket(self, uint32_t b, uint64_t now) noexcept nogil:
         """Expire what is due in bucket b; move the rest to the bucket of their expiry."""
         cdef uint32_t ref = self.wheel[b], idx
+        cdef bint expired
         self.wheel[b] = 0
         while ref:
             idx = ref - 1
             ref = self.flows[idx].tnext
+            expired = self.due(&self.flows[idx], now)   # first: it may re-arm a template
             self.timer_link(idx)
-            if self.flows[idx].expires_ns <= now:
+            if expired:
                 self.remove(idx, R_EXPIRED)
 
     cdef void advance(self, uint64_t now) noexcept nogil:
@@ -270,5 +286,14 @@ cdef class FlowTable:
         """Expire every flow due at `now` (a full scan: for snapshots, not the hot path)."""
         cdef uint32_t idx
         for idx in range(self.next_unused):
-            if (self.flows[idx].flags & F_IN_USE) and self.flows[idx].expires_ns <= now:
+            if (self.flows[idx].flags & F_IN_USE) and self.due(&self.flows[idx], now):
                 self.remove(idx, R_EXPIRED)
+
+    cdef bint due(self, Flow* f, uint64_t now) noexcept nogil:
+        """Expired at `now`? A template that still controls connections is not: it is re-armed."""
+        if f.expires_ns > now:
+            return False
+        if (f.flags & F_TEMPLATE) and f.controlled:
+            f.expires_ns = now + self.services[self.reals[f.real].service].persist_ns
+            return False
+        return True

@@ -46,6 +46,11 @@ cdef enum PassReason:
 cdef enum FlowFlag:
     F_IN_USE = 1
     F_ASSURED = 2       # saw a completed handshake (TCP) or a reply (UDP): never evicted for room
+    F_BLACKHOLED = 4    # sent to its real after the real went down (counted once)
+    F_TEMPLATE = 8      # a persistence template (client net -> real), not a connection
+
+cdef enum:
+    TEMPLATE_PROTO = 0x80   # or-ed into a template's protocol: no packet's key can ever match it
 
 # Real.flags
 cdef enum RealFlag:
@@ -72,6 +77,7 @@ ctypedef struct Flow:
     uint8_t family
     uint8_t state           # ConnState
     uint8_t flags           # FlowFlag
+    uint32_t controlled     # templates: connections it placed that are still in the table
 
 ctypedef struct Service:
     uint8_t vip[16]
@@ -80,6 +86,8 @@ ctypedef struct Service:
     uint8_t family
     uint32_t first_real     # its reals are reals[first_real : first_real + n_reals]
     uint32_t n_reals
+    uint64_t persist_ns     # IPVS -p: 0 = no persistence
+    uint8_t persist_mask[16]    # IPVS -M: the client address bits a template keeps
 
 ctypedef struct Real:
     uint8_t addr[16]
@@ -93,4 +101,5 @@ ctypedef struct Real:
     uint32_t active         # connections in ESTABLISHED, SYN_SENT, SYN_RECV, SYNACK (IPVS's ActiveConn)
     uint32_t inactive       # every other state, and every UDP entry (IPVS's InActConn)
     uint64_t conns          # new connections scheduled to it
+    uint32_t persistent     # persistence templates pointing at it (IPVS's PersistConn)
     uint64_t in_pkts, out_pkts, in_bytes, out_bytes
