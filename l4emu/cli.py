@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from l4emu import config as configmod
-from l4emu import inspect, schedulers
+from l4emu import inspect, report, schedulers
+from l4emu.compare import compare as run_compare
+from l4emu.events import parse_event
 from l4emu.io import CaptureError, WriteError
 from l4emu.replay import replay as run_replay
 from l4emu.switch import Switch
@@ -43,15 +45,20 @@ def main():
               help="Write the final state (connection table, services, counters) as JSON.")
 @click.option("--annotate", is_flag=True,
               help="Comment every packet with the switch's decision (pcapng output; dropped packets kept).")
-def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate):
+@click.option("--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]",
+              help="Change a real at T seconds after the first packet: T:down:IP:PORT, T:up:IP:PORT, "
+                   "T:weight:IP:PORT:W.")
+def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate, events):
     """Replay CAPTURE through the switch and summarize what it did."""
     try:
+        events = [parse_event(e) for e in events]
         switch = _build_switch(config_path, vips, reals, scheduler, seed)
         show_bar = not as_json and capture.exists() and capture.stat().st_size >= PROGRESS_MIN_BYTES
         with click.progressbar(length=capture.stat().st_size if show_bar else 0, label="replaying",
                                file=sys.stderr, hidden=not show_bar) as bar:
             summary = run_replay(capture, switch, output, annotate,
-                                 progress=(lambda done, total: bar.update(done - bar.pos)) if show_bar else None)
+                                 progress=(lambda done, total: bar.update(done - bar.pos)) if show_bar else None,
+                                 events=events)
     except (configmod.ConfigError, CaptureError, WriteError, ValueError, OSError) as exc:
         fail(str(exc))
     if state_out:
@@ -95,6 +102,51 @@ def conntrack(state, as_json):
     """Show the connection table of a state file, like `ipvsadm -L -n -c`."""
     snapshot = _load_state(state)
     click.echo(inspect.to_json(snapshot["connections"]) if as_json else inspect.conntrack_text(snapshot))
+
+
+@main.command()
+@click.argument("state", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--exact", is_flag=True, help="Exact numbers instead of K/M/G suffixes.")
+@click.option("--json", "as_json", is_flag=True, help="Print services and reals as JSON.")
+def stats(state, exact, as_json):
+    """Show services and reals of a state file, like `ipvsadm -L -n` and `ipvsadm -L -n --stats`."""
+    snapshot = _load_state(state)
+    if as_json:
+        click.echo(inspect.to_json(snapshot["services"]))
+        return
+    size = snapshot["stats"].get("max_connections", 0)
+    click.echo(inspect.services_text(snapshot, size) + "\n\n" + report.stats_text(snapshot, exact))
+
+
+@main.command()
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config (default: the embedded one).")
+@click.option("--schedulers", "names", default="rr", show_default=True,
+              help="Comma-separated schedulers to compare, e.g. rr,wlc,sh,mh,p2c.")
+@click.option("--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]",
+              help="As for replay; applied in every run.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed in every run.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw active connections per real over time, a panel per scheduler (PNG; needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (with the time series).")
+def compare(capture, config_path, names, events, seed, plot, as_json):
+    """Replay CAPTURE once per scheduler and compare how each spreads the load."""
+    try:
+        events = [parse_event(e) for e in events]
+        known = set(schedulers.available())
+        chosen = [n.strip() for n in names.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in known]
+        if not chosen or unknown:
+            raise configmod.ConfigError("--schedulers", f"unknown scheduler(s) {', '.join(unknown) or '(none given)'}"
+                                                        f" (known: {', '.join(sorted(known))})")
+        config = configmod.load(config_path, known)
+        result = run_compare(capture, config, chosen, events, seed)
+        if plot:
+            report.compare_plot(result, plot)
+    except (configmod.ConfigError, CaptureError, ValueError, OSError, RuntimeError) as exc:
+        fail(str(exc))
+    click.echo(inspect.to_json(result) if as_json else report.compare_text(result))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def summary_text(summary: dict) -> str:
         f"of {summary['max_connections']:,}",
         f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s",
     ]
+    for effect in summary.get("events", []):
+        lines.append(f"event        {effect['event']}: {effect['connections_on_real']:,} connections on the real; then "
+                     f"{effect['rescheduled']:,} moved, {effect['broken']:,} broken, "
+                     f"{effect['blackholed']:,} black-holed")
     if summary.get("error"):
         lines.append(f"stopped      {summary['error']}")
     return "\n".join(lines)

@@ -83,8 +83,11 @@ class Switch:
         """Counters: packets by verdict, drops and passes by reason, table sizes, per real."""
         counters = self.datapath.counters()
         per_real = self.datapath.real_counters()
-        counters["new_connections"] = {
-            r.endpoint: per_real[i]["conns"] for i, (_, r) in enumerate(self.reals)}
+        new: dict[str, int] = {}
+        for i, (_, real) in enumerate(self.reals):      # a real serving several services: summed
+            new[real.endpoint] = new.get(real.endpoint, 0) + per_real[i]["conns"]
+        counters["new_connections"] = new
+        counters["max_connections"] = self.config.max_connections
         return counters
 
     def connection_count(self) -> int:

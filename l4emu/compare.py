@@ -1,0 +1,81 @@
+"""What-if: replay one capture once per scheduler and measure how each spreads the load."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from l4emu import config as configmod
+from l4emu.io import open_capture
+from l4emu.replay import replay
+from l4emu.switch import Switch
+
+SAMPLES = 200           # active-connection samples over the capture's duration
+
+
+def capture_span_s(capture) -> float:
+    """Seconds from the first to the last packet (a quick pass over the file)."""
+    first = last = None
+    with open_capture(capture) as reader:
+        for batch in reader.batches():
+            if first is None:
+                first = batch.timestamp_ns(0)
+            last = batch.timestamp_ns(len(batch) - 1)
+    return 0.0 if first is None else max(0.0, (last - first) / 1e9)
+
+
+def with_scheduler(config: configmod.Config, name: str) -> configmod.Config:
+    """The same config with every service on scheduler `name` (and that scheduler's defaults)."""
+    services = []
+    for svc in config.services:
+        changes = {"scheduler": name}
+        if hasattr(svc, "scheduler_flags"):
+            changes["scheduler_flags"] = ()
+        services.append(dataclasses.replace(svc, **changes))
+    return dataclasses.replace(config, services=tuple(services))
+
+
+def imbalance(active: list[int]) -> float:
+    """max / mean of active connections over one service's reals (1.0 = perfectly even)."""
+    mean = sum(active) / len(active) if active else 0
+    return max(active) / mean if mean else 1.0
+
+
+def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
+    switch = Switch(with_scheduler(config, name), seed)
+    samples: list[tuple[float, list[int]]] = []
+    start = []
+
+    def on_sample(clock_ns: int) -> None:
+        start[:] = start or [clock_ns]
+        samples.append(((clock_ns - start[0]) / 1e9, [r["active"] for r in switch.datapath.real_counters()]))
+
+    started = time.perf_counter()
+    summary = replay(capture, switch, events=events, sample_every_s=max(span_s / SAMPLES, 1e-3), on_sample=on_sample)
+    elapsed = time.perf_counter() - started
+    per_real = switch.datapath.real_counters()
+    services, k = [], 0
+    for svc in config.services:
+        n = len(svc.reals)
+        series = [(t, active[k:k + n]) for t, active in samples]
+        ratios = [imbalance(a) for _, a in series if sum(a)]
+        services.append({
+            "service": f"{svc.protocol.upper()} {svc.endpoint}",
+            "reals": [r.endpoint for r in svc.reals],
+            "new_connections": [per_real[k + i]["conns"] for i in range(n)],
+            "peak_active": [max((a[i] for _, a in series), default=0) for i in range(n)],
+            "imbalance_mean": round(sum(ratios) / len(ratios), 3) if ratios else 1.0,
+            "overprovisioning": round(max(ratios), 3) if ratios else 1.0,
+            "active_over_time": [[round(t, 6), a] for t, a in series],
+        })
+        k += n
+    return {"scheduler": name, "services": services, "events": summary["events"],
+            "new_flows_per_s": round(summary["new"] / elapsed) if elapsed > 0 else 0,
+            "dropped": summary["dropped"]}
+
+
+def compare(capture, config: configmod.Config, names: list[str], events=(), seed: int | None = None) -> dict:
+    """One replay per scheduler, same capture, config, events and seed."""
+    span = capture_span_s(capture)
+    return {"capture": str(capture), "span_s": round(span, 6), "events": [str(e) for e in events],
+            "event_times_s": [e.at_s for e in events],
+            "runs": [run_one(capture, config, name, events, seed, span) for name in names]}

@@ -1,0 +1,68 @@
+"""Changes to real servers scheduled on the packet clock during a replay: `--event 5.0:down:10.1.0.2:8080`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ACTIONS = ("down", "up", "weight")
+NS = 1_000_000_000
+
+
+class EventError(ValueError):
+    """An --event that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class Event:
+    at_s: float             # seconds after the capture's first packet
+    action: str             # down | up | weight
+    endpoint: str           # "ip:port" (IPv6 as "[ip]:port") of the real
+    weight: int | None = None
+
+    def __str__(self) -> str:
+        tail = f":{self.weight}" if self.action == "weight" else ""
+        return f"{self.at_s:g}:{self.action}:{self.endpoint}{tail}"
+
+    def apply(self, switch) -> int:
+        """Change the switch; returns the connections the real held at that moment."""
+        indexes = switch.set_real(self.endpoint, weight=self.weight,
+                                  down={"down": True, "up": False}.get(self.action))
+        counters = switch.datapath.real_counters()
+        return sum(counters[i]["active"] + counters[i]["inactive"] for i in indexes)
+
+
+def parse_event(text: str) -> Event:
+    """T:down:IP:PORT, T:up:IP:PORT or T:weight:IP:PORT:W (T in seconds after the first packet)."""
+    when, _, rest = text.partition(":")
+    action, _, target = rest.partition(":")
+    try:
+        at_s = float(when)
+    except ValueError:
+        raise EventError(f"--event {text!r}: {when!r} is not a time in seconds") from None
+    if at_s < 0:
+        raise EventError(f"--event {text!r}: the time must not be negative")
+    if action not in ACTIONS:
+        raise EventError(f"--event {text!r}: the action is one of {', '.join(ACTIONS)}, not {action!r}")
+    weight = None
+    if action == "weight":
+        target, _, value = target.rpartition(":")
+        if not value.isdigit():
+            raise EventError(f"--event {text!r}: weight events end with :WEIGHT (a whole number)")
+        weight = int(value)
+    if not target or ":" not in target:
+        raise EventError(f"--event {text!r}: name the real as ip:port ([ip]:port for IPv6)")
+    return Event(at_s, action, target, weight)
+
+
+@dataclass
+class EventLog:
+    """What each applied event found and what followed it, for summaries."""
+    event: Event
+    applied_ns: int
+    connections_on_real: int
+    counters_before: dict
+
+    def effects(self, counters_after: dict) -> dict:
+        """Flows rescheduled, broken or black-holed between this event and the next (or the end)."""
+        keys = ("rescheduled", "broken", "blackholed")
+        return {"event": str(self.event), "connections_on_real": self.connections_on_real,
+                **{k: counters_after[k] - self.counters_before[k] for k in keys}}
