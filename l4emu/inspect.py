@@ -27,11 +27,25 @@ def services_text(snapshot: dict, size: int) -> str:
              "Prot LocalAddress:Port Scheduler Flags",
              "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
     for svc in snapshot["services"]:
-        lines.append(f"{svc['protocol']:<4} {svc['vip']} {svc['scheduler']}")
+        lines.append(f"{svc['protocol']:<4} {svc['vip']} {svc['scheduler']}{_service_flags(svc)}")
         for real in svc["reals"]:
             lines.append("  -> %-28s %-7s %-6d %-10u %-10u" % (
                 real["address"], real["forward"], real["weight"], real["active"], real["inactive"]))
     return "\n".join(lines)
+
+
+def _service_flags(svc: dict) -> str:
+    """ipvsadm's tail of a service line: ` (flag-1,flag-2) persistent 300 mask 255.255.255.0`."""
+    text = f" ({','.join(svc['flags'])})" if svc.get("flags") else ""
+    if svc.get("persistence"):
+        text += f" persistent {svc['persistence']:g}"
+        bits = 32 if svc.get("family", 4) == 4 else 128
+        prefix = svc.get("persistence_netmask", bits)
+        if prefix != bits:
+            mask = ".".join(str(((0xFFFFFFFF << (32 - prefix)) >> s) & 0xFF) for s in (24, 16, 8, 0)) if bits == 32 \
+                else str(prefix)
+            text += f" mask {mask}"
+    return text
 
 
 def summary_text(summary: dict) -> str:

@@ -120,8 +120,10 @@ class Switch:
             for real in svc.reals:
                 reals.append({"address": real.endpoint, "forward": "Masq", **per_real[k]})
                 k += 1
-            out.append({"protocol": svc.protocol.upper(), "vip": svc.endpoint,
-                        "scheduler": svc.scheduler, "reals": reals})
+            out.append({"protocol": svc.protocol.upper(), "vip": svc.endpoint, "scheduler": svc.scheduler,
+                        "flags": list(getattr(svc, "scheduler_flags", ())),
+                        "persistence": svc.persistence, "persistence_netmask": svc.persistence_netmask,
+                        "family": svc.vip.version, "reals": reals})
         return out
 
     def snapshot(self) -> dict:
