@@ -44,6 +44,14 @@ def harness(switch):
     return Harness(switch)
 
 
+def service_toml(vip="10.0.0.100:80", reals=("10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"), extra="") -> str:
+    """One [[service]] block of a config; `extra` lines go into the service table."""
+    lines = ["[[service]]", f'vip = "{vip}"', *filter(None, extra.splitlines())]
+    for real in reals:
+        lines += ["  [[service.real]]", f'  address = "{real}"']
+    return "\n".join(lines) + "\n"
+
+
 def make_switch(toml_text: str, tmp_path: Path, seed: int = 1) -> Switch:
     path = tmp_path / "lb.toml"
     path.write_text(toml_text)

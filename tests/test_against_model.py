@@ -5,24 +5,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, Ether, raw
 
-from conftest import Harness, make_switch
+from conftest import Harness, make_switch, service_toml
 from model import ModelSwitch
 
 REALS = [("10.1.0.1", 8080), ("10.1.0.2", 8080)]
 UDP_REALS = [("10.1.0.11", 53)]
-CONFIG = """
-[[service]]
-vip = "10.0.0.100:80"
-  [[service.real]]
-  address = "10.1.0.1:8080"
-  [[service.real]]
-  address = "10.1.0.2:8080"
-[[service]]
-vip = "10.0.0.100:53"
-protocol = "udp"
-  [[service.real]]
-  address = "10.1.0.11:53"
-"""
+CONFIG = (service_toml(reals=[f"{ip}:{port}" for ip, port in REALS])
+          + service_toml("10.0.0.100:53", [f"{ip}:{port}" for ip, port in UDP_REALS], 'protocol = "udp"'))
 CLIENTS = ["192.0.2.1", "192.0.2.2"]
 E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 

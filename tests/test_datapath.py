@@ -8,7 +8,7 @@ from scapy.all import (CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, IP, IPv
                        raw)
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 
-from conftest import NS, Harness, make_switch
+from conftest import NS, Harness, make_switch, service_toml
 from l4emu._batch import Batch
 from l4emu._datapath import DROP_REASONS
 from l4emu._sched import PythonScheduler
@@ -224,17 +224,8 @@ def test_connection_counts_follow_states(harness, switch):
     assert (real["active"], real["inactive"], real["conns"]) == (0, 1, 1)
 
 
-def _config(extra: str) -> str:
-    return extra + """
-[[service]]
-vip = "10.0.0.100:80"
-  [[service.real]]
-  address = "10.1.0.1:8080"
-  [[service.real]]
-  address = "10.1.0.2:8080"
-  [[service.real]]
-  address = "10.1.0.3:8080"
-"""
+def _config(table: str) -> str:
+    return table + service_toml()
 
 
 def test_snapped_frame_is_translated_from_its_headers(switch):
@@ -271,7 +262,7 @@ class LastReal(PythonScheduler):
 def test_a_python_scheduler_plugin_runs_through_the_datapath(tmp_path, monkeypatch):
     from l4emu import schedulers
     monkeypatch.setitem(schedulers.BUILTINS, "last", LastReal)
-    sw = make_switch(_config("").replace('vip = "10.0.0.100:80"', 'vip = "10.0.0.100:80"\nscheduler = "last"'), tmp_path)
+    sw = make_switch(service_toml(extra='scheduler = "last"'), tmp_path)
     h = Harness(sw)
     verdict, _, out = h.one(syn(), t=1)
     assert verdict == "new" and Ether(out)[IP].dst == "10.1.0.3"

@@ -3,18 +3,11 @@ from __future__ import annotations
 
 from scapy.all import IP, TCP, UDP, Ether
 
-from conftest import Harness, make_switch
+from conftest import Harness, make_switch, service_toml
 from l4emu import config as configmod
 
 E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
-REALS = """
-  [[service.real]]
-  address = "10.1.0.1:8080"
-  [[service.real]]
-  address = "10.1.0.2:8080"
-  [[service.real]]
-  address = "10.1.0.3:8080"
-"""
+UDP_REALS = ("10.1.0.1:53", "10.1.0.2:53", "10.1.0.3:53")
 
 
 def syn(client, sport, flags="S"):
@@ -26,8 +19,7 @@ def dest(result):
 
 
 def test_persistence_keeps_a_client_network_on_one_real_until_the_timeout(tmp_path):
-    sw = make_switch('[[service]]\nvip = "10.0.0.100:80"\npersistence = 300\npersistence_netmask = 24\n' + REALS,
-                     tmp_path)
+    sw = make_switch(service_toml(extra="persistence = 300\npersistence_netmask = 24"), tmp_path)
     h = Harness(sw)
     first = [dest(r) for r in h.run([syn("192.0.2.1", 1000 + k) for k in range(4)], times_s=[1, 2, 3, 4])]
     assert first == ["10.1.0.1"] * 4                                  # one client: one real
@@ -47,7 +39,7 @@ def test_persistence_keeps_a_client_network_on_one_real_until_the_timeout(tmp_pa
 
 
 def test_a_template_outlives_its_timeout_while_it_controls_a_connection(tmp_path):
-    sw = make_switch('[[service]]\nvip = "10.0.0.100:80"\npersistence = 10\n' + REALS, tmp_path)
+    sw = make_switch(service_toml(extra="persistence = 10"), tmp_path)
     h = Harness(sw)
     h.run([syn("192.0.2.1", 1000), E / IP(src="10.1.0.1", dst="192.0.2.1") / TCP(sport=8080, dport=1000, flags="SA"),
            syn("192.0.2.1", 1000, flags="A")], times_s=[1, 1, 1])      # ESTABLISHED: 900 s
@@ -57,7 +49,7 @@ def test_a_template_outlives_its_timeout_while_it_controls_a_connection(tmp_path
 
 
 def test_a_down_real_keeps_its_flows_by_default_and_they_are_counted_blackholed(tmp_path):
-    sw = make_switch('[[service]]\nvip = "10.0.0.100:53"\nprotocol = "udp"\n' + REALS.replace("8080", "53"), tmp_path)
+    sw = make_switch(service_toml("10.0.0.100:53", UDP_REALS, 'protocol = "udp"'), tmp_path)
     h = Harness(sw)
     query = E / IP(src="192.0.2.1", dst="10.0.0.100") / UDP(sport=4000, dport=53) / b"q"
     assert dest(h.one(query, t=1)) == "10.1.0.1"
@@ -69,8 +61,7 @@ def test_a_down_real_keeps_its_flows_by_default_and_they_are_counted_blackholed(
 
 def test_expire_nodest_conn_moves_udp_and_breaks_tcp(tmp_path):
     text = "[table]\nexpire_nodest_conn = true\n"
-    sw = make_switch(text + '[[service]]\nvip = "10.0.0.100:53"\nprotocol = "udp"\n' + REALS.replace("8080", "53")
-                     + '[[service]]\nvip = "10.0.0.100:80"\n' + REALS, tmp_path)
+    sw = make_switch(text + service_toml("10.0.0.100:53", UDP_REALS, 'protocol = "udp"') + service_toml(), tmp_path)
     h = Harness(sw)
     query = E / IP(src="192.0.2.1", dst="10.0.0.100") / UDP(sport=4000, dport=53) / b"q"
     assert dest(h.one(query, t=1)) == "10.1.0.1"
@@ -85,7 +76,7 @@ def test_expire_nodest_conn_moves_udp_and_breaks_tcp(tmp_path):
 
 
 def test_process_stops_at_a_moment_of_the_packet_clock(tmp_path):
-    sw = make_switch('[[service]]\nvip = "10.0.0.100:80"\n' + REALS, tmp_path)
+    sw = make_switch(service_toml(), tmp_path)
     from l4emu._batch import Batch
     from scapy.all import raw
     batch = Batch.from_frames([raw(syn("192.0.2.1", k)) for k in range(6)], 1, [k * 10**9 for k in range(1, 7)])
@@ -103,7 +94,7 @@ def test_persistence_config_errors(tmp_path):
                       ('persistence_netmask = "255.0.255.0"', "service[0].persistence_netmask"),
                       ("persistence_netmask = 33", "service[0].persistence_netmask")]:
         path = tmp_path / "lb.toml"
-        path.write_text(f'[[service]]\nvip = "10.0.0.100:80"\n{text}\n' + REALS)
+        path.write_text(service_toml(extra=text))
         with pytest.raises(configmod.ConfigError) as info:
             configmod.load(path, {"rr"})
         assert info.value.key == key
