@@ -16,7 +16,7 @@ DROP_TEXT = {
     "bad_ip_header": "bad IP header", "truncated_ipv6_ext": "truncated IPv6 extension header",
     "truncated_tcp": "truncated TCP header", "bad_tcp_offset": "bad TCP data offset",
     "truncated_udp": "truncated UDP header", "bad_udp_length": "bad UDP length",
-    "fragment": "IP fragment for a VIP (no reassembly)", "tcp_not_syn": "TCP packet without SYN and no connection",
+    "fragment": "IP fragment for a VIP (no reassembly)", "tcp_not_syn": "no connection, and not a SYN that could open one",
     "no_real": "no real server available", "table_full": "connection table full",
     "reply_clash": "the real's reply tuple is taken by another connection",
 }

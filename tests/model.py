@@ -55,7 +55,7 @@ class ModelSwitch:
             reals = self.services.get((pkt[IP].dst, l4.dport, proto))
             if reals is None:
                 return "pass", frame
-            if proto == "tcp" and (event != "syn" or "A" in str(l4.flags)):
+            if proto == "tcp" and set(str(l4.flags)) & set("SAFR") != {"S"}:    # only a bare SYN opens
                 return "drop", frame
             service = (pkt[IP].dst, l4.dport, proto)
             real = reals[self.turn[service] % len(reals)]

@@ -302,3 +302,9 @@ vip = "10.0.0.100:80"
     h.one(syn(sport=0, flags="R"), t=1.5)                 # RST on SYN_RECV stays SYN_RECV in IPVS
     h.one(E / IP(src="192.0.2.99", dst="198.51.100.1") / TCP(), t=62)     # both of its flows expire
     assert not sw.services()[0]["reals"][0]["overloaded"]
+
+
+@pytest.mark.parametrize("flags", ["SF", "SR", "SA", "R", "F"])
+def test_only_a_bare_syn_opens_a_tcp_flow(harness, switch, flags):
+    assert harness.one(syn(flags=flags))[0] == "drop"
+    assert switch.stats()["dropped"] == {"tcp_not_syn": 1}

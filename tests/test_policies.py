@@ -98,3 +98,12 @@ def test_persistence_config_errors(tmp_path):
         with pytest.raises(configmod.ConfigError) as info:
             configmod.load(path, {"rr"})
         assert info.value.key == key
+
+
+def test_replies_from_a_down_real_are_still_translated(tmp_path):
+    sw = make_switch("[table]\nexpire_nodest_conn = true\n" + service_toml(), tmp_path)
+    h = Harness(sw)
+    h.one(syn("192.0.2.1", 7), t=1)
+    sw.set_real("10.1.0.1:8080", down=True)
+    verdict, _, out = h.one(E / IP(src="10.1.0.1", dst="192.0.2.1") / TCP(sport=8080, dport=7, flags="SA"), t=2)
+    assert verdict == "reply" and Ether(out)[IP].src == "10.0.0.100"

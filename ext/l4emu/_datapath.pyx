@@ -307,7 +307,7 @@ cdef class Datapath:
                     and (f.state == S_TIME_WAIT or f.state == S_CLOSE)):
                 self.table.remove(idx, R_REUSED)
                 ref = 0
-            elif self.t.reals[f.real].flags & RF_DOWN:
+            elif (ref & 1) == 0 and self.t.reals[f.real].flags & RF_DOWN:
                 if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
                     self.table.remove(idx, R_NODEST)
                     self.new_flow(p, info, ev, origlen, verdict, detail)
@@ -357,7 +357,8 @@ cdef class Datapath:
         if svc < 0:
             self.finish(verdict, detail, V_PASS, P_NO_SERVICE)
             return
-        if info.key.proto == 6 and not self.sloppy_tcp and (ev != EV_SYN or (info.tcp_flags & 0x10)):
+        if info.key.proto == 6 and ((info.tcp_flags & 0x04) or not (
+                self.sloppy_tcp or (info.tcp_flags & 0x17) == 0x02)):     # IPVS: a bare SYN, or sloppy and no RST
             self.finish(verdict, detail, V_DROP, D_TCP_NOT_SYN)
             return
         s = &self.t.services[svc]
