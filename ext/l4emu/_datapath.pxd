@@ -4,7 +4,6 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from l4emu._types cimport *
 from l4emu._flowtable cimport FlowTable
 from l4emu._sched cimport SchedulerHook
-from l4emu._headers cimport PacketInfo
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:
@@ -40,6 +39,8 @@ cdef class Datapath:
                      uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint32_t origlen, uint8_t* verdict,
                        int32_t* detail) noexcept nogil
+    cdef void icmp_error(self, uint8_t* p, PacketInfo* info, uint32_t ref, uint32_t origlen, uint8_t* verdict,
+                         int32_t* detail) noexcept nogil
     cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil
     cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil
     cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil

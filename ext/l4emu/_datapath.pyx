@@ -14,6 +14,7 @@ from l4emu._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_has
 from l4emu._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
 from l4emu._sched cimport Scheduler
 from l4emu._persist cimport find_template, note_template
+from l4emu._icmp cimport rewrite_icmp_error
 
 STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
                "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK", "UDP")
@@ -297,6 +298,9 @@ cdef class Datapath:
             return
         ev = tcp_event(info.tcp_flags) if info.key.proto == 6 else -1
         ref = key_lookup(self.table, &info.key, h)
+        if info.icmp_error:
+            self.icmp_error(p, info, ref, origlen, verdict, detail)
+            return
         if ref:
             idx = (ref >> 1) - 1
             f = &self.table.flows[idx]
@@ -341,6 +345,28 @@ cdef class Datapath:
             self.finish(verdict, detail, V_REPLY, f.real)
         else:
             rewrite(p, info, True, real.addr, real.port)
+            real.in_pkts += 1
+            real.in_bytes += origlen
+            self.finish(verdict, detail, V_FORWARD, f.real)
+
+    cdef void icmp_error(self, uint8_t* p, PacketInfo* info, uint32_t ref, uint32_t origlen, uint8_t* verdict,
+                         int32_t* detail) noexcept nogil:
+        """Translate an ICMP error with the flow it quotes; it never opens or refreshes a flow."""
+        cdef Flow* f
+        cdef Real* real
+        if ref == 0 or self.table.flows[(ref >> 1) - 1].expires_ns <= self.clock_ns:
+            self.finish(verdict, detail, V_PASS, P_OTHER_PROTOCOL)
+            return
+        f = &self.table.flows[(ref >> 1) - 1]
+        real = &self.t.reals[f.real]
+        if ref & 1:
+            rewrite_icmp_error(p, info.caplen, info, True, self.t.services[real.service].vip,
+                               self.t.services[real.service].vport)
+            real.out_pkts += 1
+            real.out_bytes += origlen
+            self.finish(verdict, detail, V_REPLY, f.real)
+        else:
+            rewrite_icmp_error(p, info.caplen, info, False, real.addr, real.port)
             real.in_pkts += 1
             real.in_bytes += origlen
             self.finish(verdict, detail, V_FORWARD, f.real)

@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memset, memcpy
 from l4emu._types cimport *
 from l4emu._checksum cimport load16
+from l4emu._icmp cimport parse_icmp_error
 
 cdef enum:
     PARSED = 0            # a TCP or UDP packet, not a fragment: key and offsets are valid
@@ -12,14 +13,6 @@ cdef enum:
     PARSE_FRAGMENT = 3    # an IP fragment: addresses valid, ports never read
     MAX_VLAN_TAGS = 4
     MAX_IPV6_EXT = 16
-
-ctypedef struct PacketInfo:
-    PacketKey key
-    uint32_t l3             # offset of the IP header
-    uint32_t l4             # offset of the TCP/UDP header
-    uint8_t tcp_flags
-    int reason
-
 
 cdef inline int _drop(PacketInfo* info, int reason) noexcept nogil:
     info.reason = reason
@@ -161,6 +154,8 @@ cdef inline int parse_l4(const uint8_t* p, uint32_t caplen, uint32_t end, Packet
         length = load16(p + l4 + 4)
         if length < 8 or l4 + length > end:
             return _drop(info, D_BAD_UDP_LENGTH)
+    elif parse_icmp_error(p, caplen, end, info):
+        return PARSED
     else:
         return _pass(info, P_OTHER_PROTOCOL)
     info.key.sport = load16(p + l4)
@@ -176,6 +171,8 @@ cdef inline int parse_packet(const uint8_t* p, uint32_t caplen, uint32_t origlen
     memset(&info.key, 0, sizeof(PacketKey))
     info.tcp_flags = 0
     info.reason = 0
+    info.icmp_error = 0
+    info.caplen = caplen
     r = link_layer(p, caplen, linktype, &info.l3, &ethertype)
     if r < 0:
         return _drop(info, D_TRUNCATED_L2)

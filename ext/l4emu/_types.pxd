@@ -65,6 +65,18 @@ ctypedef struct PacketKey:
     uint8_t proto
     uint8_t family          # 4 or 6
 
+# What parsing found in one packet.
+ctypedef struct PacketInfo:
+    PacketKey key           # the tuple to look up (for an ICMP error: its quoted packet's, reversed)
+    uint32_t l3             # offset of the IP header
+    uint32_t l4             # offset of the TCP/UDP (or ICMP) header
+    uint32_t inner_l3       # ICMP errors: offsets of the quoted packet's IP and TCP/UDP headers
+    uint32_t inner_l4
+    uint32_t caplen         # bytes captured: a rewrite never writes past them
+    uint8_t icmp_error      # 1: an ICMP error about a TCP/UDP packet (translated with its flow)
+    uint8_t tcp_flags
+    int reason
+
 ctypedef struct Flow:
     uint8_t client[16]
     uint64_t expires_ns
