@@ -147,3 +147,19 @@ def test_capture_cut_short_keeps_everything_before_the_fault(tmp_path):
     assert proc.returncode == 2 and "cut.pcap" in proc.stderr and "offset" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(rdpcap(str(out))) == len(rdpcap(str(PCAPS / "sample.pcap"))) - 1
+
+
+@pytest.mark.parametrize("capacity", [1, 7, 16, 17, 100_000])
+def test_batch_boundaries_do_not_change_the_result(tmp_path, capacity):
+    """The datapath reads ahead in windows; where a batch ends must not matter."""
+    from l4emu.switch import Switch
+    results = []
+    for cap in (4096, capacity):
+        switch = Switch.from_config(None, seed=5)
+        out = []
+        with open_capture(PCAPS / "sample.pcap") as reader:
+            for batch in reader.batches(capacity=cap):
+                switch.process(batch)
+                out += [(batch.packet(i), batch.result(i)) for i in range(len(batch))]
+        results.append((out, switch.stats(), switch.conntrack()))
+    assert results[0] == results[1]
