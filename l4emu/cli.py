@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from l4emu import config as configmod
-from l4emu import inspect, report, schedulers
+from l4emu import inspect, live_cli, report, schedulers
 from l4emu.compare import compare as run_compare
 from l4emu.events import parse_event
 from l4emu.io import CaptureError, WriteError
@@ -95,22 +95,41 @@ def _load_state(path: Path) -> dict:
     return state
 
 
+def _source(state, control_path, op) -> dict:
+    """A state file, or (--control) a running `l4emu live`: the same snapshot shape either way."""
+    if (state is None) == (control_path is None):
+        fail("give a STATE file or --control PATH (one of them)")
+    if state is None:
+        return live_cli.ask(control_path, op)
+    return _load_state(state)
+
+
 @main.command()
-@click.argument("state", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--control", "control_path", type=click.Path(dir_okay=False),
+              help="Ask a running `l4emu live` instead of reading a state file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
-def conntrack(state, as_json):
-    """Show the connection table of a state file, like `ipvsadm -L -n -c`."""
-    snapshot = _load_state(state)
+def conntrack(state, control_path, as_json):
+    """Show the connection table of a state file or a live switch, like `ipvsadm -L -n -c`."""
+    snapshot = _source(state, control_path, "snapshot")
     click.echo(inspect.to_json(snapshot["connections"]) if as_json else inspect.conntrack_text(snapshot))
 
 
 @main.command()
-@click.argument("state", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--control", "control_path", type=click.Path(dir_okay=False),
+              help="Ask a running `l4emu live` instead of reading a state file.")
+@click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="With --control: print again every SECONDS, with rates (ipvsadm --rate columns).")
 @click.option("--exact", is_flag=True, help="Exact numbers instead of K/M/G suffixes.")
 @click.option("--json", "as_json", is_flag=True, help="Print services and reals as JSON.")
-def stats(state, exact, as_json):
-    """Show services and reals of a state file, like `ipvsadm -L -n` and `ipvsadm -L -n --stats`."""
-    snapshot = _load_state(state)
+def stats(state, control_path, watch, exact, as_json):
+    """Show services and reals of a state file or a live switch, like `ipvsadm -L -n` and `ipvsadm -L -n --stats`."""
+    if watch and not as_json:
+        if control_path is None:
+            fail("--watch needs --control")
+        return live_cli.watch_stats(control_path, watch, exact)
+    snapshot = _source(state, control_path, "stats")
     if as_json:
         click.echo(inspect.to_json(snapshot["services"]))
         return
@@ -148,6 +167,9 @@ def compare(capture, config_path, names, events, seed, plot, as_json):
         fail(str(exc))
     click.echo(inspect.to_json(result) if as_json else report.compare_text(result))
 
+
+for _command in (live_cli.live, live_cli.real, live_cli.lab):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

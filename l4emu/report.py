@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def _human(value: int, exact: bool) -> str:
+def human(value: int, exact: bool) -> str:
     """ipvsadm's K/M/G suffixes (powers of 1000) unless --exact."""
     if exact:
         return str(value)
@@ -12,17 +12,26 @@ def _human(value: int, exact: bool) -> str:
     return str(value)
 
 
+def per_real_table(snapshot: dict, columns: str, values, exact: bool = False) -> str:
+    """ipvsadm's per-service/per-real number tables (--stats, --rate): `values(real)` gives a row;
+    the service's row is the sum of its reals'."""
+    lines = [f"Prot LocalAddress:Port          {columns}", "  -> RemoteAddress:Port"]
+    for svc in snapshot["services"]:
+        rows = [values(real) for real in svc["reals"]]
+        totals = [sum(col) for col in zip(*rows)] if rows else []
+        lines.append(f"{svc['protocol']:<4} {svc['vip']:<28}" + "".join(f" {human(int(v), exact):>8}" for v in totals))
+        for real, row in zip(svc["reals"], rows):
+            lines.append(f"  -> {real['address']:<28}" + "".join(f" {human(int(v), exact):>8}" for v in row))
+    return "\n".join(lines)
+
+
+STATS_KEYS = ("conns", "in_pkts", "out_pkts", "in_bytes", "out_bytes")
+
+
 def stats_text(snapshot: dict, exact: bool = False) -> str:
     """`ipvsadm -L -n --stats`: Conns InPkts OutPkts InBytes OutBytes per service and real."""
-    lines = ["Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes",
-             "  -> RemoteAddress:Port"]
-    keys = ("conns", "in_pkts", "out_pkts", "in_bytes", "out_bytes")
-    for svc in snapshot["services"]:
-        totals = [sum(r[k] for r in svc["reals"]) for k in keys]
-        lines.append(f"{svc['protocol']:<4} {svc['vip']:<28}" + "".join(f" {_human(v, exact):>8}" for v in totals))
-        for real in svc["reals"]:
-            lines.append(f"  -> {real['address']:<28}" + "".join(f" {_human(real[k], exact):>8}" for k in keys))
-    return "\n".join(lines)
+    return per_real_table(snapshot, "     Conns   InPkts  OutPkts  InBytes OutBytes",
+                          lambda real: [real[k] for k in STATS_KEYS], exact)
 
 
 def compare_text(result: dict) -> str:

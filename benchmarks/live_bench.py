@@ -1,0 +1,104 @@
+"""iperf3 through `l4emu live` and through the kernel's own NAT (nftables numgen) in the same lab, side by side."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from l4emu.lab import Lab
+
+VIP, REAL, PORT = "10.0.0.100", "10.1.0.1", 5201
+# One real: iperf3's control connection and its data stream must reach the same server.
+CONFIG = f"""
+[[service]]
+vip = "{VIP}:{PORT}"
+protocol = "tcp"
+  [[service.real]]
+  address = "{REAL}:{PORT}"
+[[service]]
+vip = "{VIP}:{PORT}"
+protocol = "udp"
+  [[service.real]]
+  address = "{REAL}:{PORT}"
+"""
+NFT = f"""
+table ip l4bench {{
+  chain pre {{
+    type nat hook prerouting priority dstnat;
+    ip daddr {VIP} tcp dport {PORT} dnat to numgen inc mod 1 map {{ 0 : {REAL} }}
+    ip daddr {VIP} udp dport {PORT} dnat to numgen inc mod 1 map {{ 0 : {REAL} }}
+  }}
+}}
+"""
+
+
+def run(*cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def iperf(lab: Lab, seconds: int, udp: bool) -> dict:
+    """TCP: Gbit/s received; UDP with 64-byte datagrams, unlimited rate: datagrams/s received."""
+    args = ["-u", "-l", "64", "-b", "0"] if udp else []
+    out = run("ip", "netns", "exec", lab.client, "iperf3", "-c", VIP, "-p", str(PORT), "-t", str(seconds),
+              "-J", *args, timeout=seconds + 30).stdout
+    end = json.loads(out)["end"]
+    if udp:
+        s = end["sum"]
+        return {"pps": (s["packets"] - s["lost_packets"]) / s["seconds"], "lost": s["lost_percent"]}
+    return {"gbps": end["sum_received"]["bits_per_second"] / 1e9}
+
+
+def measure(lab: Lab, seconds: int) -> dict:
+    return {"tcp": iperf(lab, seconds, False), "udp": iperf(lab, seconds, True)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5, help="Length of each iperf3 run.")
+    parser.add_argument("--no-offload", action="store_true", help="Run l4emu live without TUN offloads.")
+    opts = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("live_bench: needs root (network namespaces, TUN, nftables)")
+    workdir = Path(tempfile.mkdtemp(prefix="l4emu-bench-"))
+    config = workdir / "bench.toml"
+    config.write_text(CONFIG)
+    lab = Lab.from_config(config, prefix=f"l4b{os.getpid() % 100000}", tun="l4b0")
+    server = live = None
+    try:
+        lab.up()
+        server = subprocess.Popen(["ip", "netns", "exec", lab.servers, "iperf3", "-s", "-B", REAL, "-p", str(PORT)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        live = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "live", "--netns", lab.lb, "--tun", lab.tun,
+                                 "-c", str(config)] + (["--no-offload"] if opts.no_offload else []),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        ours = measure(lab, opts.seconds)
+        live.send_signal(signal.SIGINT)
+        summary, _ = live.communicate(timeout=10)
+        # The kernel's turn: replies no longer detour through the TUN, nftables does the NAT.
+        run("ip", "-n", lab.lb, "rule", "del", "iif", "s1", "lookup", "100")
+        run("ip", "netns", "exec", lab.lb, "nft", "-f", "-", input=NFT)
+        kernel = measure(lab, opts.seconds)
+    finally:
+        for proc in (live, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        lab.down()
+    print(summary.rstrip().splitlines()[-1])
+    print(f"{'':<34}{'l4emu live':>14}{'kernel NAT':>14}{'ratio':>8}{'target':>8}")
+    t, k = ours["tcp"]["gbps"], kernel["tcp"]["gbps"]
+    print(f"{'TCP, Gbit/s':<34}{t:>14.2f}{k:>14.2f}{t / k:>8.2f}{0.5:>8.2f}")
+    u, v = ours["udp"]["pps"], kernel["udp"]["pps"]
+    print(f"{'UDP 64-byte datagrams, received/s':<34}{u:>14,.0f}{v:>14,.0f}{u / v:>8.2f}{0.8:>8.2f}")
+    print(f"{'UDP loss %':<34}{ours['udp']['lost']:>14.1f}{kernel['udp']['lost']:>14.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""TUN reads into a Batch and writes from it in C, GIL released, so live mode costs no Python object per packet."""
+from libc.errno cimport errno, EAGAIN, EINTR
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
+
+from l4emu._batch cimport Batch, V_DROP, V_UNSEEN
+from l4emu._checksum cimport fold, load16, store16
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void* buf, size_t count)
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t writev(int fd, const iovec* iov, int iovcnt)
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_MONOTONIC
+
+# struct virtio_net_hdr (10 bytes, host byte order): flags, gso_type, hdr_len, gso_size, csum_start,
+# csum_offset; what IFF_VNET_HDR puts before each packet.
+DEF VNET_HDR_LEN = 10
+DEF NEEDS_CSUM = 1
+# A GSO super-packet is at most 64 KiB of IP (GRO and TSO limits); room for the header too.
+DEF MAX_FRAME = 65536 + VNET_HDR_LEN
+DEF RAW_IP = 101
+LINKTYPE_RAW = RAW_IP
+
+
+cdef inline uint64_t monotonic_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+
+
+cdef inline uint16_t le16(const uint8_t* p) noexcept nogil:
+    return <uint16_t>(p[0] | (p[1] << 8))
+
+
+cdef class TunIO:
+    """One TUN fd: read() packets into a Batch (with their virtio headers kept aside), writev() them back.
+
+    With offloads the kernel hands over packets whose TCP/UDP checksum field holds only the
+    pseudo-header sum P (VIRTIO_NET_HDR_F_NEEDS_CSUM). The datapath updates a *complete* checksum
+    by RFC 1624, which would get P wrong, so the field is given to it as ~P (what a complete
+    checksum over a zero payload would hold), and turned back on write: the datapath's update then
+    added the address and port changes to P, and the ports, which the pseudo-header does not cover,
+    are taken out again. O(1) per packet: the payload of a 64 KiB super-packet is never summed.
+    """
+    cdef int fd
+    cdef readonly bint vnet
+    cdef uint8_t* frame
+    cdef uint8_t* hdrs              # per batch index: the packet's virtio header
+    cdef uint8_t* partial           # per batch index: 1 if its checksum field was turned to ~P
+    cdef uint8_t* ports             # per batch index: source and destination port as read
+    cdef Py_ssize_t capacity
+    cdef uint64_t epoch_ns          # added to the monotonic clock so capture files show wall-clock time
+    cdef readonly uint64_t packets_in, packets_out, bytes_in, bytes_out, write_errors, gso_in
+
+    def __cinit__(self, int fd, bint vnet, Py_ssize_t capacity, uint64_t epoch_ns=0):
+        self.fd = fd
+        self.epoch_ns = epoch_ns
+        self.vnet = vnet
+        self.capacity = capacity
+        self.frame = <uint8_t*>calloc(MAX_FRAME, 1)
+        self.hdrs = <uint8_t*>calloc(capacity, VNET_HDR_LEN)
+        self.partial = <uint8_t*>calloc(capacity, 1)
+        self.ports = <uint8_t*>calloc(capacity, 4)
+        if not (self.frame and self.hdrs and self.partial and self.ports):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.frame); free(self.hdrs); free(self.partial); free(self.ports)
+
+    def read_into(self, Batch batch):
+        """Read until the fd is empty or the batch is full; returns packets added, or -errno on an error."""
+        cdef ssize_t got
+        cdef Py_ssize_t i
+        cdef int added = 0, err = 0
+        cdef uint32_t skip = VNET_HDR_LEN if self.vnet else 0
+        if batch.capacity > self.capacity:
+            raise ValueError("batch larger than the TunIO was made for")
+        with nogil:
+            while batch.n < batch.capacity and batch.data_len + MAX_FRAME <= batch.data_cap:
+                got = read(self.fd, self.frame, MAX_FRAME)
+                if got < 0:
+                    if errno == EINTR:
+                        continue
+                    if errno != EAGAIN:              # EWOULDBLOCK is EAGAIN on Linux
+                        err = errno
+                    break
+                if got <= <ssize_t>skip:
+                    continue
+                i = batch.n
+                if self.vnet:
+                    memcpy(self.hdrs + i * VNET_HDR_LEN, self.frame, VNET_HDR_LEN)
+                    self.partial[i] = self.to_complete_form(self.frame + skip, <uint32_t>(got - skip), i)
+                    if self.frame[1] != 0:
+                        self.gso_in += 1
+                if batch.push(self.frame + skip, <uint32_t>(got - skip), <uint32_t>(got - skip),
+                              monotonic_ns() + self.epoch_ns, 0, RAW_IP) != 0:
+                    err = 12    # ENOMEM: push only fails here when memory runs out
+                    break
+                self.packets_in += 1
+                self.bytes_in += got - skip
+                added += 1
+        return -err if err else added
+
+    cdef bint to_complete_form(self, uint8_t* pkt, uint32_t length, Py_ssize_t i) noexcept nogil:
+        cdef const uint8_t* h = self.frame
+        cdef uint32_t start = le16(h + 6), field = start + le16(h + 8)
+        cdef uint32_t flipped
+        # Only TCP (offset 16) and UDP (offset 6) fields are rewritten by the datapath.
+        if not (h[0] & NEEDS_CSUM) or field + 2 > length or (le16(h + 8) != 16 and le16(h + 8) != 6):
+            return False
+        memcpy(self.ports + i * 4, pkt + start, 4)
+        flipped = ~load16(pkt + field) & 0xFFFF
+        # P = 0xFFFF is one's-complement zero like 0: give ~0 = 0xFFFF, since a UDP 0 means "no checksum".
+        store16(pkt + field, flipped if flipped else 0xFFFF)
+        return True
+
+    cdef void to_partial_form(self, uint8_t* pkt, uint32_t length, Py_ssize_t i) noexcept nogil:
+        cdef const uint8_t* h = self.hdrs + i * VNET_HDR_LEN
+        cdef uint32_t start = le16(h + 6), field = start + le16(h + 8), k
+        cdef const uint8_t* old = self.ports + i * 4
+        cdef uint32_t acc = ~load16(pkt + field) & 0xFFFF
+        for k in range(0, 4, 2):      # take out the port change: + old - new
+            acc += load16(old + k) + (~load16(pkt + start + k) & 0xFFFF)
+        store16(pkt + field, fold(acc))
+
+    def write_from(self, Batch batch):
+        """Write every packet the switch did not drop, in order, and empty the batch; returns how many were written."""
+        cdef Py_ssize_t i
+        cdef int done = 0
+        cdef uint8_t* pkt
+        cdef iovec iov[2]
+        cdef ssize_t put
+        cdef bint vnet = self.vnet
+        cdef uint8_t plain[VNET_HDR_LEN]
+        for i in range(VNET_HDR_LEN):
+            plain[i] = 0
+        with nogil:
+            for i in range(batch.n):
+                if batch.verdict[i] == V_DROP or batch.verdict[i] == V_UNSEEN:
+                    continue
+                pkt = batch.data + batch.offset[i]
+                if vnet and self.partial[i]:
+                    self.to_partial_form(pkt, batch.caplen[i], i)
+                iov[0].iov_base = (self.hdrs + i * VNET_HDR_LEN) if (vnet and i < self.capacity) else plain
+                iov[0].iov_len = VNET_HDR_LEN
+                iov[1].iov_base = pkt
+                iov[1].iov_len = batch.caplen[i]
+                while True:
+                    put = writev(self.fd, &iov[1 - vnet], 1 + vnet)
+                    if not (put < 0 and errno == EINTR):
+                        break
+                if put < 0:
+                    self.write_errors += 1
+                    continue
+                self.packets_out += 1
+                self.bytes_out += batch.caplen[i]
+                done += 1
+            batch.clear()
+        return done
+
+
+def complete_form(bytes header, bytes packet, Py_ssize_t capacity=1):
+    """Test hook: the packet as the datapath sees it after read_into (the checksum field as ~P)."""
+    cdef TunIO io = TunIO(-1, True, capacity)
+    cdef bytearray buf = bytearray(packet)
+    cdef uint8_t[::1] view = buf
+    cdef const uint8_t* h = header
+    if len(header) != VNET_HDR_LEN or not len(buf):
+        raise ValueError("a 10-byte virtio header and a packet, please")
+    memcpy(io.frame, h, VNET_HDR_LEN)
+    memcpy(io.hdrs, h, VNET_HDR_LEN)
+    io.partial[0] = io.to_complete_form(&view[0], len(buf), 0)
+    return io, bytes(buf)
+
+
+def partial_form(TunIO io, bytes packet):
+    """Test hook: what write_from sends for a packet read by complete_form and rewritten since."""
+    cdef bytearray buf = bytearray(packet)
+    cdef uint8_t[::1] view = buf
+    if io.partial[0] and len(buf):
+        io.to_partial_form(&view[0], len(buf), 0)
+    return bytes(buf)

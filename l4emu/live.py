@@ -1,0 +1,147 @@
+"""Live mode: one epoll loop moves TUN packets through the same datapath as replay and serves the control socket."""
+from __future__ import annotations
+
+import os
+import pwd
+import select
+import signal
+import socket
+import time
+
+from l4emu._batch import Batch
+from l4emu._tun import TunIO
+from l4emu.control import ControlServer
+from l4emu.io import Interface, open_writer
+from l4emu.io.tun import Tun
+from l4emu.replay import summarize
+from l4emu.switch import Switch
+
+BATCH = 256             # packets per read round; the datapath's windows prefetch within it
+ROUNDS_PER_WAKE = 64    # then the control socket and signals get a turn (epoll is level-triggered)
+LINKTYPE_RAW = 101
+
+
+class Live:
+    """Owns the switch while it runs: packets and control requests take turns in one thread."""
+
+    def __init__(self, switch: Switch, tun: Tun, control_path: str | None = None, control_group: str | None = None,
+                 pcap_out: str | None = None, user: str | None = None):
+        self.switch, self.tun = switch, tun
+        self.batch = Batch(BATCH)
+        # A monotonic clock (as the datapath needs) that starts at wall-clock time, for --pcap-out.
+        self.epoch_ns = time.time_ns() - time.monotonic_ns()
+        self.io = TunIO(tun.fd, tun.vnet, BATCH, self.epoch_ns)
+        self.pcap_out = pcap_out
+        owner = pwd.getpwnam(user).pw_uid if user else None
+        self.control = ControlServer(control_path, self._request, control_group, owner) if control_path else None
+        self.writer = open_writer(pcap_out, [Interface(LINKTYPE_RAW, 65535, True)], nanosecond=True) \
+            if pcap_out else None
+        if user:
+            drop_privileges(user)
+        self.stopping = False
+        self.error: str | None = None
+
+    def _now(self) -> None:
+        """Bring the packet clock to now, so expiry and `expire` columns are right between packets."""
+        self.switch.datapath.advance_clock(time.monotonic_ns() + self.epoch_ns)
+
+    def _request(self, request: dict):
+        op = request["op"]
+        self._now()
+        if op == "set_real":
+            down = {"down": True, "up": False}.get(request.get("state")) if request.get("state") else None
+            weight = request.get("weight")
+            if weight is not None and not isinstance(weight, int):
+                raise ValueError("weight must be an integer")
+            self.switch.set_real(str(request["endpoint"]), weight=weight, down=down)
+            return {"endpoint": request["endpoint"], "weight": weight, "down": down}
+        if op == "conntrack":
+            return self.switch.conntrack()
+        if op == "services":
+            return self.switch.services()
+        if op == "stats":
+            return {"clock_ns": self.switch.clock_ns, "services": self.switch.services(),
+                    "stats": self.switch.stats(), "tun": self.tun_counters()}
+        return {**self.switch.snapshot(), "tun": self.tun_counters()}
+
+    def tun_counters(self) -> dict:
+        io = self.io
+        return {"name": self.tun.name, "packets_in": io.packets_in, "packets_out": io.packets_out,
+                "bytes_in": io.bytes_in, "bytes_out": io.bytes_out, "gso_in": io.gso_in,
+                "write_errors": io.write_errors, "offloads": list(self.tun.offloads)}
+
+    def _pump(self) -> None:
+        for _ in range(ROUNDS_PER_WAKE):
+            got = self.io.read_into(self.batch)
+            if got < 0:
+                self.error = f"{self.tun.name}: read failed: {os.strerror(-got)}"
+                self.stopping = True
+            if len(self.batch) == 0:
+                return
+            self.switch.process(self.batch)
+            if self.writer is not None:
+                self.writer.write(self.batch)
+            self.io.write_from(self.batch)      # empties the batch
+            if got <= 0:
+                return
+
+    def run(self) -> dict:
+        """Run until SIGINT/SIGTERM (or a TUN error); returns the summary."""
+        started = time.perf_counter()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        epoll = select.epoll()
+        try:
+            epoll.register(self.tun.fd, select.EPOLLIN)
+            epoll.register(wake_r.fileno(), select.EPOLLIN)
+            if self.control:
+                self.control.register(epoll)
+            while not self.stopping:
+                for fd, events in epoll.poll(1.0):
+                    if fd == self.tun.fd:
+                        self._pump()
+                    elif fd == wake_r.fileno():
+                        wake_r.recv(256)
+                    elif self.control and self.control.owns(fd):
+                        self.control.on_event(fd, events)
+                if self.control:
+                    self.control.expire()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            epoll.close()
+            wake_r.close()
+            wake_w.close()
+            self.close()
+        return self.summary(time.perf_counter() - started)
+
+    def _stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def close(self) -> None:
+        if self.control:
+            self.control.close()
+            self.control = None
+        if self.writer is not None:
+            self.writer.close()
+        self.tun.close()
+
+    def summary(self, elapsed: float) -> dict:
+        self._now()
+        written = self.writer.packets_written if self.writer is not None else 0
+        summary = summarize(self.switch, f"tun {self.tun.name}", self.pcap_out, written, elapsed, None)
+        summary["tun"] = self.tun_counters()
+        summary["error"] = self.error
+        return summary
+
+
+def drop_privileges(user: str) -> None:
+    """Become `user` for good (the TUN fd, the control socket and the capture file stay open)."""
+    entry = pwd.getpwnam(user)
+    os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)

@@ -1,0 +1,239 @@
+"""Live mode end to end: real curl, real servers and the control socket, in namespaces this module makes and removes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from l4emu.lab import Lab
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="live mode tests need root (network namespaces, TUN)"),
+    pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun"),
+    pytest.mark.skipif(shutil.which("curl") is None or shutil.which("ip") is None, reason="needs curl and iproute2"),
+]
+REALS = ("10.1.0.1", "10.1.0.2", "10.1.0.3")
+VIP = "10.0.0.100"
+# http.server without the reverse-DNS lookup in server_bind (which would wait on a resolver the lab cannot
+# reach), and with /slow: 20 chunks of 1000 bytes, 0.1 s apart, so a transfer is open for 2 s.
+SERVER = """
+import http.server, socketserver, sys, time
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.path != "/slow":
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("Content-Length", "20000")
+        self.end_headers()
+        for _ in range(20):
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            time.sleep(0.1)
+handler = lambda *a: Handler(*a, directory=sys.argv[2])
+server = Server((sys.argv[1], 8080), handler)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
+
+def l4emu(*args, check=True):
+    done = subprocess.run([sys.executable, "-m", "l4emu.cli", *args], capture_output=True, text=True, timeout=30)
+    if check and done.returncode:
+        raise AssertionError(f"{' '.join(args)} -> {done.returncode}: {done.stderr}")
+    return done
+
+
+def as_nobody(path: str, op: str, **args) -> subprocess.CompletedProcess:
+    """The control client (the one the CLI uses) run as uid/gid 65534 with no other groups."""
+    code = ("import json, sys; from l4emu import control\n"
+            "try: print(json.dumps(control.request(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))))\n"
+            "except control.ControlError as exc: sys.exit(f'refused: {exc}')")
+    # The system Python: a per-user interpreter (pyenv under /root) is out of nobody's reach; stdlib is enough.
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 for the unprivileged client")
+    return subprocess.run([python, "-c", code, path, op, json.dumps(args)], capture_output=True, text=True,
+                          timeout=30, user=65534, group=65534, extra_groups=[], cwd="/",
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Running:
+    """A lab with backends and `l4emu live` in it; everything stops and goes in stop(), whatever happened."""
+
+    def __init__(self, prefix: str, tun: str, workdir: Path):
+        self.lab = Lab.from_config(None, prefix, tun)
+        self.workdir = workdir
+        self.control = str(workdir / "l4emu.sock")
+        self.live = None
+        self.servers = []
+
+    def start(self):
+        self.lab.up()
+        (self.workdir / "www").mkdir()
+        (self.workdir / "www" / "index.html").write_text("hello\n")
+        (self.workdir / "www" / "big").write_bytes(os.urandom(1 << 20))
+        script = self.workdir / "server.py"
+        script.write_text(SERVER)
+        for real in REALS:
+            log = open(self.workdir / f"{real}.log", "w")
+            proc = subprocess.Popen(["ip", "netns", "exec", self.lab.servers, sys.executable, str(script), real,
+                                     str(self.workdir / "www")], stdout=subprocess.PIPE, stderr=log, text=True)
+            assert proc.stdout.readline().strip() == "ready"
+            self.servers.append(proc)
+        self.live = subprocess.Popen(
+            [sys.executable, "-m", "l4emu.cli", "live", "--netns", self.lab.lb, "--tun", self.lab.tun,
+             "--control", self.control, "--control-group", "nogroup"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: os.path.exists(self.control) or self.live.poll() is not None, what="the control socket")
+        assert self.live.poll() is None, self.live.communicate()
+        return self
+
+    def curl(self, path="/", *extra, background=False):
+        cmd = ["ip", "netns", "exec", self.lab.client, "curl", "-sS", "-m", "20", *extra, f"http://{VIP}{path}"]
+        if background:
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return subprocess.run(cmd, capture_output=True, timeout=30, check=True).stdout
+
+    def log(self, real) -> list[str]:
+        return [line for line in (self.workdir / f"{real}.log").read_text().splitlines() if '"GET ' in line]
+
+    def stop(self):
+        if self.live and self.live.poll() is None:
+            self.live.kill()
+            self.live.wait()
+        self.lab.down()
+        for proc in self.servers:
+            proc.kill()
+            proc.wait()
+
+
+def _workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="l4emu-live-"))
+    path.chmod(0o755)       # `nobody` must reach the control socket (the socket's own mode still applies)
+    return path
+
+
+@pytest.fixture(scope="module")
+def running():
+    workdir = _workdir()
+    lab = Running(f"l4t{os.getpid() % 100000}", "l4t0", workdir)
+    try:
+        yield lab.start()
+    finally:
+        lab.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_curl_through_the_vip_spreads_requests_round_robin(running):
+    before = {real: len(running.log(real)) for real in REALS}
+    for _ in range(6):
+        assert running.curl() == b"hello\n"
+    got = {real: len(running.log(real)) - before[real] for real in REALS}
+    assert got == {real: 2 for real in REALS}
+    # Full NAT toward the reals keeps the client's address: the servers see the client, not the switch.
+    assert all(line.startswith("172.16.0.2 ") for real in REALS for line in running.log(real))
+    # The offloads are in use: the 1 MiB reply arrives intact through 64 KiB super-packets.
+    body = running.curl("/big")
+    assert body == (running.workdir / "www" / "big").read_bytes()
+    stats = l4emu("stats", "--control", running.control, "--json").stdout
+    assert '"address": "10.1.0.1:8080"' in stats
+
+
+def test_control_lists_established_flows_and_refuses_admin_from_nobody(running):
+    transfer = running.curl("/slow", "-o", "/dev/null", background=True)
+    try:
+        wait_for(lambda: "ESTABLISHED" in l4emu("conntrack", "--control", running.control).stdout,
+                 what="an established flow")
+        assert re.search(r"TCP \d\d:\d\d  ESTABLISHED 172\.16\.0\.2:\d+ +10\.0\.0\.100:80 +10\.1\.0\.\d:8080",
+                         l4emu("conntrack", "--control", running.control).stdout)
+        # Read-only requests are open to the socket's group (nogroup here); admin ones are not.
+        rows = json.loads(as_nobody(running.control, "conntrack").stdout)
+        assert any(r["state"] == "ESTABLISHED" and r["virtual"] == "10.0.0.100:80" for r in rows)
+        denied = as_nobody(running.control, "set_real", endpoint="10.1.0.1:8080", weight=0)
+        assert denied.returncode == 1 and "admin request" in denied.stderr and "uid 65534" in denied.stderr
+        assert "Masq    1 " in l4emu("stats", "--control", running.control).stdout
+    finally:
+        transfer.kill()
+        transfer.wait()
+
+
+def test_drained_real_takes_no_new_connections_and_finishes_open_ones(running):
+    transfer = running.curl("/slow", background=True)
+    try:
+        wait_for(lambda: "ESTABLISHED" in l4emu("conntrack", "--control", running.control).stdout,
+                 what="the slow transfer")
+        line = next(r for r in l4emu("conntrack", "--control", running.control).stdout.splitlines()
+                    if "ESTABLISHED" in r)
+        drained = line.split()[-1]
+        l4emu("real", "set", drained, "--weight", "0", "--control", running.control)
+        before = {real: len(running.log(real)) for real in REALS}
+        for _ in range(4):
+            assert running.curl() == b"hello\n"
+        after = {real: len(running.log(real)) for real in REALS}
+        assert after[drained.split(":")[0]] == before[drained.split(":")[0]]
+        assert sum(after.values()) - sum(before.values()) == 4
+        out, _ = transfer.communicate(timeout=20)
+        assert transfer.returncode == 0 and out == b"x" * 20000
+    finally:
+        if transfer.poll() is None:
+            transfer.kill()
+        l4emu("real", "set", drained, "--weight", "1", "--control", running.control, check=False)
+
+
+def test_sigterm_stops_cleanly_and_lab_down_leaves_nothing():
+    workdir = _workdir()
+    lab = Running(f"l4s{os.getpid() % 100000}", "l4s0", workdir)
+    try:
+        lab.start()
+        assert lab.curl() == b"hello\n"
+        made = subprocess.Popen(["ip", "netns", "exec", lab.lab.lb, sys.executable, "-m", "l4emu.cli", "live",
+                                 "--tun", "l4made0", "--create"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: "l4made0" in subprocess.run(["ip", "-n", lab.lab.lb, "link"], capture_output=True,
+                                                      text=True).stdout, what="the --create device")
+        outputs = {}
+        for name, proc in (("live", lab.live), ("made", made)):
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=10)
+            assert proc.returncode == 0, err
+            outputs[name] = out if isinstance(out, str) else out.decode()
+        assert "new conns    10.1.0.1:8080                    1" in outputs["live"]
+        assert "tun          l4s0:" in outputs["live"]
+        assert "l4made0" not in subprocess.run(["ip", "-n", lab.lab.lb, "link"], capture_output=True, text=True).stdout
+        assert not os.path.exists(lab.control)
+        server_pids = [proc.pid for proc in lab.servers]
+        assert set(lab.lab.down()) == {lab.lab.client, lab.lab.lb, lab.lab.servers}
+        assert not lab.lab.exists()
+        for pid in server_pids:
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), what=f"process {pid} to end")
+        assert "l4s0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    finally:
+        lab.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
