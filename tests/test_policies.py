@@ -107,3 +107,12 @@ def test_replies_from_a_down_real_are_still_translated(tmp_path):
     sw.set_real("10.1.0.1:8080", down=True)
     verdict, _, out = h.one(E / IP(src="10.1.0.1", dst="192.0.2.1") / TCP(sport=8080, dport=7, flags="SA"), t=2)
     assert verdict == "reply" and Ether(out)[IP].src == "10.0.0.100"
+
+
+def test_process_can_stop_at_an_index(tmp_path):
+    from scapy.all import raw
+    from l4emu._batch import Batch
+    sw = make_switch(service_toml(), tmp_path)
+    batch = Batch.from_frames([raw(syn("192.0.2.1", k)) for k in range(5)], 1, [10**9] * 5)
+    assert sw.datapath.process(batch, 1, 0, 3) == 3
+    assert [batch.result(i)[0] for i in range(5)] == ["unseen", "new", "new", "unseen", "unseen"]

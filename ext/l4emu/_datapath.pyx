@@ -202,8 +202,9 @@ cdef class Datapath:
         if hook.changed != NULL:
             hook.changed(hook.state, &self.t.reals[s.first_real], s.n_reals)
 
-    def process(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0):
-        """Run packets start.. of the batch through the switch, rewriting in place; returns where it stopped.
+    def process(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0, Py_ssize_t end=-1):
+        """Run packets start..end (default: to the last) through the switch, rewriting in place;
+        returns where it stopped.
 
         With until_ns, stop before the first packet at or past that time on the packet clock (so a
         caller can change the switch at an exact moment, then go on from the returned index).
@@ -214,10 +215,10 @@ cdef class Datapath:
         cdef PacketInfo info[WINDOW]
         cdef int parsed[WINDOW]
         cdef uint64_t h[WINDOW]
-        cdef Py_ssize_t base = start, i, stop = batch.n
+        cdef Py_ssize_t base = start, i, stop = batch.n if end < 0 else end
         cdef int j, m
-        if start < 0 or start > batch.n:
-            raise IndexError(f"start {start} is outside the batch of {batch.n}")
+        if start < 0 or start > stop or stop > batch.n:
+            raise IndexError(f"packets {start}..{stop} are outside the batch of {batch.n}")
         self.started = True
         with nogil:
             while base < stop:
