@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import BENCH_REALS, BENCH_VIP, BENCH_VPORT, dpkt_nat, make_bench_capture, scapy_nat, tcprewrite_cmd  # noqa: E402
 
 from l4emu import config as configmod  # noqa: E402
+from l4emu import schedulers  # noqa: E402
 from l4emu._batch import Batch  # noqa: E402
 from l4emu.replay import replay  # noqa: E402
 from l4emu.switch import Switch  # noqa: E402
@@ -104,6 +105,33 @@ def datapath_figures(table_flows: int) -> None:
               f"  (median of {len(rounds)} batches; best {len(order) / min(rounds):,.0f})")
 
 
+def scheduler_figures(flows: int) -> None:
+    """New connections per second with each built-in scheduler and the plain-Python plugin example."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from least_recent import LeastRecent
+    schedulers.BUILTINS.setdefault(LeastRecent.name, LeastRecent)    # as its entry point would register it
+    print(f"new connections/s by scheduler ({flows:,} SYNs into an empty table, {len(BENCH_REALS)} reals "
+          "of weight 1, best of 3)")
+    syns = flow_frames(flows, 0x02)
+    known = schedulers.catalog()
+    document = configmod.from_flags([f"{BENCH_VIP}:{BENCH_VPORT}/tcp"], [f"{ip}:{port}" for ip, port in BENCH_REALS],
+                                    "rr", known)
+
+    def run(name):
+        document["service"][0]["scheduler"] = name
+        switch = Switch(configmod.from_dict(document, known), seed=1)
+        batch = Batch.from_frames(syns, 1, [NS] * flows)
+        started = time.perf_counter()
+        switch.process(batch)
+        return time.perf_counter() - started, switch.stats()["connections"]
+
+    for name in sorted(set(schedulers.BUILTINS) - {"p2c"}):
+        seconds, made = min(run(name) for _ in range(3))
+        label = f"{name} (Python plugin)" if name == LeastRecent.name else name
+        note = "" if made == flows else f"  (SYNs decided/s: only {made:,} found a real, {name} refuses the rest)"
+        print(f"  {label:28} {flows / seconds:>12,.0f}{note}")
+
+
 def resident_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -134,6 +162,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="l4emu-bench-") as tmp:
         replay_figures(Path(tmp), args.flows, args.scapy_packets)
     datapath_figures(args.table_flows)
+    scheduler_figures(args.flows)
     memory_figure(args.table_flows)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,6 +19,8 @@ DEFAULT_TIMEOUTS = {
 PROTOCOLS = ("tcp", "udp")
 DEFAULT_PERSISTENCE = 300             # ipvsadm -p without a value
 MAX_WEIGHT = 65535
+MH_TABLE_SIZE = 65537           # Katran's default; IPVS mh allows primes from 251 to 131071
+MH_TABLE_RANGE = (251, 131071)
 ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>\d+)$")
 
 
@@ -52,6 +55,8 @@ class Service:
     reals: tuple[Real, ...]
     persistence: float = 0            # IPVS -p: seconds a client (network) sticks to its real; 0 = off
     persistence_netmask: int = 32     # IPVS -M as a prefix length: which client bits make "a client"
+    scheduler_flags: tuple[str, ...] = ()   # e.g. ("sh-port", "sh-fallback"), as ipvsadm -b takes them
+    mh_table_size: int = MH_TABLE_SIZE      # Maglev lookup table slots (a prime)
 
     @property
     def endpoint(self) -> str:
@@ -135,8 +140,9 @@ def _real(raw, key: str, family: int) -> Real:
     return Real(address, port, weight, *thresholds)
 
 
-def _service(raw, key: str, schedulers: set[str]) -> Service:
-    raw = _take(raw, key, {"vip", "protocol", "scheduler", "real", "persistence", "persistence_netmask"})
+def _service(raw, key: str, schedulers) -> Service:
+    raw = _take(raw, key, {"vip", "protocol", "scheduler", "real", "persistence", "persistence_netmask",
+                           "scheduler_flags", "mh_table_size"})
     if "vip" not in raw:
         raise ConfigError(f"{key}.vip", "missing")
     vip, port = parse_endpoint(raw["vip"], f"{key}.vip")
@@ -162,7 +168,32 @@ def _service(raw, key: str, schedulers: set[str]) -> Service:
         raise ConfigError(f"{key}.persistence", f"{persistence} is not a number of seconds from 0 to one year")
     netmask = _netmask(raw.get("persistence_netmask", None), vip.version,
                        f"{key}.persistence_netmask")
-    return Service(vip, port, protocol, scheduler, reals, persistence, netmask)
+    flags = _scheduler_flags(raw.get("scheduler_flags", []), scheduler, schedulers, f"{key}.scheduler_flags")
+    table_size = _typed(raw.get("mh_table_size", MH_TABLE_SIZE), int, f"{key}.mh_table_size")
+    if "mh_table_size" in raw and scheduler != "mh":
+        raise ConfigError(f"{key}.mh_table_size", f"only scheduler \"mh\" has a table size, not {scheduler!r}")
+    if not (MH_TABLE_RANGE[0] <= table_size <= MH_TABLE_RANGE[1] and _is_prime(table_size)):
+        raise ConfigError(f"{key}.mh_table_size", f"{table_size} is not a prime from {MH_TABLE_RANGE[0]} to "
+                                                 f"{MH_TABLE_RANGE[1]} (65537 is a good one)")
+    return Service(vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size)
+
+
+def _scheduler_flags(value, scheduler: str, schedulers, key: str) -> tuple[str, ...]:
+    """A list of flag names; checked per scheduler when `schedulers` maps names to their flags."""
+    if not isinstance(value, list) or not all(isinstance(flag, str) for flag in value):
+        raise ConfigError(key, f"expected a list of strings like [\"sh-port\"], got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(key, f"a flag is listed twice in {value!r}")
+    accepted = schedulers.get(scheduler) if isinstance(schedulers, Mapping) else None
+    for flag in value if accepted is not None else ():
+        if flag not in accepted:
+            raise ConfigError(key, f"scheduler {scheduler!r} has no flag {flag!r} "
+                                   f"(its flags: {', '.join(accepted) or 'none'})")
+    return tuple(value)
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
 def _netmask(value, family: int, key: str) -> int:
@@ -190,8 +221,9 @@ def _netmask(value, family: int, key: str) -> int:
     return prefix
 
 
-def from_dict(raw: dict, schedulers: set[str]) -> Config:
-    """Validate a parsed TOML document; `schedulers` are the names that exist."""
+def from_dict(raw: dict, schedulers) -> Config:
+    """Validate a parsed TOML document; `schedulers` are the names that exist (a mapping of names
+    to the flags each accepts also checks scheduler_flags; schedulers.catalog() gives one)."""
     raw = _take(raw, "", {"service", "table", "timeouts"})
     table = _take(raw.get("table", {}), "table",
                   {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"})

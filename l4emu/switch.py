@@ -49,7 +49,7 @@ class Switch:
         for svc in config.services:
             self.datapath.add_service(
                 svc.vip.packed, svc.vip.version, svc.port, PROTO_NUMBERS[svc.protocol],
-                schedulers.create(svc.scheduler),
+                schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, self.random.getrandbits(64)),
                 [(r.address.packed, r.port, r.weight, r.upper_threshold, r.lower_threshold) for r in svc.reals],
                 svc.persistence, _mask_bytes(svc.persistence_netmask, svc.vip.version),
             )
@@ -58,7 +58,7 @@ class Switch:
     @classmethod
     def from_config(cls, path=None, seed: int | None = None) -> "Switch":
         """From a TOML file (None: the embedded default config)."""
-        return cls(configmod.load(path, set(schedulers.available())), seed)
+        return cls(configmod.load(path, schedulers.catalog()), seed)
 
     def process(self, batch: Batch) -> None:
         self.datapath.process(batch)

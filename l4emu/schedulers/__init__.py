@@ -1,11 +1,23 @@
-"""Scheduler registry: built-ins by name, third-party plugins from the `l4emu.schedulers` entry points."""
+"""Scheduler registry: built-ins by name, third-party plugins from the `l4emu.schedulers` entry points.
+
+A scheduler class may declare `flags` (the flag names it accepts) and `options` (which of
+flags, table_size and seed its constructor takes); create() passes only those.
+"""
 from __future__ import annotations
 
 from importlib.metadata import entry_points
 
 from l4emu._sched import PythonScheduler, RoundRobin, Scheduler
+from l4emu._sched_hash import DestinationHash, Maglev, Rendezvous, SourceHash
+from l4emu._sched_load import (LeastConnection, NeverQueue, Random, ShortestExpectedDelay, TwoChoices,
+                               WeightedFailover, WeightedLeastConnection, WeightedOverflow, WeightedRoundRobin)
+from l4emu._sched_locality import LocalityLeastConnection, LocalityLeastConnectionReplicated
 
-BUILTINS: dict[str, type[Scheduler]] = {"rr": RoundRobin}
+BUILTINS: dict[str, type[Scheduler]] = {cls.name: cls for cls in (
+    RoundRobin, WeightedRoundRobin, LeastConnection, WeightedLeastConnection, ShortestExpectedDelay,
+    NeverQueue, SourceHash, DestinationHash, Random, TwoChoices, Maglev, Rendezvous, WeightedFailover,
+    WeightedOverflow, LocalityLeastConnection, LocalityLeastConnectionReplicated)}
+BUILTINS["p2c"] = TwoChoices            # "power of two choices", as proxies call it
 
 
 def available() -> dict[str, object]:
@@ -17,15 +29,37 @@ def available() -> dict[str, object]:
     return found
 
 
-def create(name: str) -> Scheduler:
-    """A fresh scheduler instance for one service."""
-    entry = available().get(name)
-    if entry is None:
-        raise KeyError(f"unknown scheduler {name!r}")
+def catalog() -> dict[str, tuple[str, ...]]:
+    """Every scheduler name with the flags it accepts, for the config to check (plugins load here;
+    one that fails to load is listed without flags and reports its error when created)."""
+    found = {}
+    for name, entry in available().items():
+        try:
+            found[name] = tuple(getattr(_resolve(name, entry), "flags", ()))
+        except Exception:
+            found[name] = ()
+    return found
+
+
+def _resolve(name: str, entry) -> type[Scheduler]:
     cls = entry if isinstance(entry, type) else entry.load()
     if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
         raise TypeError(f"scheduler plugin {name!r} is not a subclass of l4emu.schedulers.Scheduler")
-    return cls()
+    return cls
 
 
-__all__ = ["BUILTINS", "PythonScheduler", "RoundRobin", "Scheduler", "available", "create"]
+def create(name: str, flags=(), table_size: int | None = None, seed: int = 0) -> Scheduler:
+    """A fresh scheduler instance for one service; flags it does not know are a ValueError."""
+    entry = BUILTINS.get(name) or available().get(name)      # entry points are slow to scan
+    if entry is None:
+        raise KeyError(f"unknown scheduler {name!r}")
+    cls = _resolve(name, entry)
+    accepted = tuple(getattr(cls, "flags", ()))
+    for flag in flags:
+        if flag not in accepted:
+            raise ValueError(f"scheduler {name!r} has no flag {flag!r} (its flags: {', '.join(accepted) or 'none'})")
+    given = {"flags": tuple(flags), "table_size": table_size, "seed": seed}
+    return cls(**{k: given[k] for k in getattr(cls, "options", ()) if given[k] is not None})
+
+
+__all__ = ["BUILTINS", "PythonScheduler", "RoundRobin", "Scheduler", "available", "catalog", "create"]

@@ -1,0 +1,301 @@
+"""Load- and weight-based built-in schedulers (IPVS's wrr lc wlc sed nq fo ovf twos, and random), in C."""
+import ipaddress
+
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+from libc.stdlib cimport calloc, free
+from l4emu._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
+from l4emu._sched cimport Scheduler, SchedulerHook, available
+from l4emu._sched_util cimport conn_overhead, gcd32, least_weighted, lighter, make_hook, below
+
+
+ctypedef struct WrrState:
+    int32_t cl              # the real last looked at
+    int32_t cw              # the current weight: reals weighing at least this much are picked
+    int32_t mw              # the largest weight of a real that is not down
+    int32_t di              # the gcd of those weights: the step cw goes down by
+    uint32_t n              # reals the figures above were computed for (0: not yet)
+
+
+cdef void wrr_changed(void* state, const Real* reals, uint32_t n) noexcept nogil:
+    """Recompute the max and gcd weight (IPVS ip_vs_wrr_dest_changed); the position is kept."""
+    cdef WrrState* s = <WrrState*>state
+    cdef uint32_t i
+    s.mw = s.di = 0
+    for i in range(n):
+        if reals[i].weight > 0 and not (reals[i].flags & RF_DOWN):
+            s.mw = max(s.mw, reals[i].weight)
+            s.di = gcd32(s.di, reals[i].weight)
+    if s.cw > s.mw:
+        s.cw = s.mw
+    if s.cl >= <int32_t>n:
+        s.cl = -1
+    s.n = n
+
+
+cdef int32_t wrr_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                      uint64_t now_ns) noexcept nogil:
+    """IPVS's interleaved order: each pass over the reals takes those weighing at least cw,
+    and cw steps down by the gcd from the max weight, so weights 4,3,2 give A AB ABC ABC."""
+    cdef WrrState* s = <WrrState*>state
+    cdef uint32_t i
+    cdef uint64_t step, bound
+    if s.n != n:
+        wrr_changed(state, reals, n)
+    for i in range(n):
+        if available(&reals[i]):
+            break
+    else:
+        return -1
+    bound = <uint64_t>n * (<uint64_t>(s.mw // s.di) + 1)    # one whole cycle reaches every weight
+    for step in range(bound):
+        s.cl += 1
+        if s.cl >= <int32_t>n:
+            s.cl = 0
+        if s.cl == 0:
+            s.cw -= s.di
+            if s.cw <= 0:
+                s.cw = s.mw
+        if available(&reals[s.cl]) and reals[s.cl].weight >= s.cw:
+            return s.cl
+    return -1
+
+
+cdef class WeightedRoundRobin(Scheduler):
+    """wrr: round robin in proportion to weight, interleaved as IPVS does it (not in bursts)."""
+    name = "wrr"
+    cdef WrrState state
+
+    def __cinit__(self):
+        self.state.cl = -1
+
+    cdef SchedulerHook hook(self):
+        return make_hook(wrr_pick, wrr_changed, &self.state)
+
+
+cdef int32_t lc_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                     uint64_t now_ns) noexcept nogil:
+    """IPVS lc: the least active*256 + inactive, weight ignored (except 0 = no new flows)."""
+    cdef int32_t best = -1
+    cdef uint32_t i
+    for i in range(n):
+        if available(&reals[i]) and (best < 0 or conn_overhead(&reals[i]) < conn_overhead(&reals[best])):
+            best = i
+    return best
+
+
+cdef int32_t wlc_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                      uint64_t now_ns) noexcept nogil:
+    """IPVS wlc: the least (active*256 + inactive) / weight."""
+    return least_weighted(reals, n, 256)
+
+
+cdef int32_t sed_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                      uint64_t now_ns) noexcept nogil:
+    """IPVS sed: the least (active + 1) / weight, the delay a new flow would expect."""
+    cdef int32_t best = -1
+    cdef uint32_t i
+    for i in range(n):
+        if available(&reals[i]) and (best < 0 or lighter(reals[i].active + 1, reals[i].weight,
+                                                         reals[best].active + 1, reals[best].weight)):
+            best = i
+    return best
+
+
+cdef int32_t nq_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                     uint64_t now_ns) noexcept nogil:
+    """IPVS nq: the first idle real (no active connection), else as sed."""
+    cdef uint32_t i
+    for i in range(n):
+        if available(&reals[i]) and reals[i].active == 0:
+            return i
+    return sed_pick(state, reals, n, key, now_ns)
+
+
+cdef int32_t fo_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                     uint64_t now_ns) noexcept nogil:
+    """IPVS fo: the available real with the highest weight, the first on a tie."""
+    cdef int32_t best = -1
+    cdef uint32_t i
+    for i in range(n):
+        if available(&reals[i]) and (best < 0 or reals[i].weight > reals[best].weight):
+            best = i
+    return best
+
+
+cdef int32_t ovf_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                      uint64_t now_ns) noexcept nogil:
+    """IPVS ovf: the highest weight among reals whose active connections do not exceed their weight."""
+    cdef int32_t best = -1
+    cdef uint32_t i
+    for i in range(n):
+        if available(&reals[i]) and reals[i].active <= <uint32_t>reals[i].weight and \
+                (best < 0 or reals[i].weight > reals[best].weight):
+            best = i
+    return best
+
+
+cdef class LeastConnection(Scheduler):
+    """lc: fewest connections, an active one counting as 256 inactive ones (IPVS)."""
+    name = "lc"
+
+    cdef SchedulerHook hook(self):
+        return make_hook(lc_pick, NULL, NULL)
+
+
+cdef class WeightedLeastConnection(Scheduler):
+    """wlc: fewest connections per unit of weight (IPVS's default scheduler)."""
+    name = "wlc"
+
+    cdef SchedulerHook hook(self):
+        return make_hook(wlc_pick, NULL, NULL)
+
+
+cdef class ShortestExpectedDelay(Scheduler):
+    """sed: least (active + 1) / weight, so a heavy real takes a flow before a light idle one."""
+    name = "sed"
+
+    cdef SchedulerHook hook(self):
+        return make_hook(sed_pick, NULL, NULL)
+
+
+cdef class NeverQueue(Scheduler):
+    """nq: an idle real at once, otherwise shortest expected delay."""
+    name = "nq"
+
+    cdef SchedulerHook hook(self):
+        return make_hook(nq_pick, NULL, NULL)
+
+
+cdef class WeightedFailover(Scheduler):
+    """fo: everything to the heaviest available real; the next heaviest takes over when it fails."""
+    name = "fo"
+
+    cdef SchedulerHook hook(self):
+        return make_hook(fo_pick, NULL, NULL)
+
+
+cdef class WeightedOverflow(Scheduler):
+    """ovf: the heaviest real until its active connections exceed its weight, then the next."""
+    name = "ovf"
+
+    cdef SchedulerHook hook(self):
+        return make_hook(ovf_pick, NULL, NULL)
+
+
+cdef int32_t weighted_draw(uint64_t* rng, const Real* reals, uint32_t n, uint64_t total) noexcept nogil:
+    """An available real drawn with probability weight / total (total: the available weights)."""
+    cdef uint64_t r = below(rng, total)
+    cdef uint32_t i
+    for i in range(n):
+        if available(&reals[i]):
+            if r < <uint64_t>reals[i].weight:
+                return i
+            r -= reals[i].weight
+    return -1
+
+
+cdef inline uint64_t available_weight(const Real* reals, uint32_t n) noexcept nogil:
+    cdef uint64_t total = 0
+    cdef uint32_t i
+    for i in range(n):
+        if available(&reals[i]):
+            total += reals[i].weight
+    return total
+
+
+cdef int32_t random_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                         uint64_t now_ns) noexcept nogil:
+    cdef uint64_t total = available_weight(reals, n)
+    return weighted_draw(<uint64_t*>state, reals, n, total) if total else -1
+
+
+cdef int32_t twos_pick(void* state, const Real* reals, uint32_t n, const PacketKey* key,
+                       uint64_t now_ns) noexcept nogil:
+    """IPVS twos: two weighted random draws, the one with less load per weight wins (the first on a tie)."""
+    cdef uint64_t total = available_weight(reals, n)
+    cdef int32_t a, b
+    if total == 0:
+        return -1
+    a = weighted_draw(<uint64_t*>state, reals, n, total)
+    b = weighted_draw(<uint64_t*>state, reals, n, total)
+    if lighter(conn_overhead(&reals[b]), reals[b].weight, conn_overhead(&reals[a]), reals[a].weight):
+        return b
+    return a
+
+
+cdef class Random(Scheduler):
+    """random: a real drawn in proportion to weight from a per-scheduler stream seeded by the Switch."""
+    name = "random"
+    options = ("seed",)
+    cdef uint64_t rng
+
+    def __init__(self, seed=0):
+        self.rng = seed & 0xFFFFFFFFFFFFFFFF
+
+    cdef SchedulerHook hook(self):
+        return make_hook(random_pick, NULL, &self.rng)
+
+
+cdef class TwoChoices(Scheduler):
+    """twos (p2c): the less loaded of two weighted random draws; near least-connection balance, no herding."""
+    name = "twos"
+    options = ("seed",)
+    cdef uint64_t rng
+
+    def __init__(self, seed=0):
+        self.rng = seed & 0xFFFFFFFFFFFFFFFF
+
+    cdef SchedulerHook hook(self):
+        return make_hook(twos_pick, NULL, &self.rng)
+
+
+def pick_many(Scheduler scheduler, list reals, keys, bint connect=False, uint64_t now_ns=0):
+    """Drive a scheduler's own C pick without a datapath (tests, benchmarks): returns the picks.
+
+    reals: dicts with address ("10.1.0.1"), port, weight, down, overloaded, active, inactive;
+    keys: (client, client_port, vip, vip_port) tuples; connect: each pick adds an active
+    connection to its real, as a new flow would. The scheduler hears `changed` first.
+    """
+    cdef uint32_t i, n = len(reals)
+    cdef Real* table = <Real*>calloc(max(n, 1), sizeof(Real))
+    cdef PacketKey key
+    cdef SchedulerHook h = scheduler.hook()
+    cdef int32_t pick
+    cdef bytes packed
+    if table == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            spec = reals[i]
+            packed = ipaddress.ip_address(spec.get("address", f"10.1.{i >> 8}.{i & 255}")).packed
+            memcpy(table[i].addr, <const uint8_t*>packed, len(packed))
+            table[i].family = 4 if len(packed) == 4 else 6
+            table[i].port = spec.get("port", 8080)
+            table[i].weight = spec.get("weight", 1)
+            table[i].flags = (RF_DOWN if spec.get("down") else 0) | (RF_OVERLOADED if spec.get("overloaded") else 0)
+            table[i].active = spec.get("active", 0)
+            table[i].inactive = spec.get("inactive", 0)
+        if h.changed != NULL:
+            h.changed(h.state, table, n)
+        picks = []
+        for client, cport, vip, vport in keys:
+            key = _key(client, cport, vip, vport)
+            pick = h.pick(h.state, table, n, &key, now_ns)
+            if connect and pick >= 0:
+                table[pick].active += 1
+            picks.append(pick)
+        return picks
+    finally:
+        free(table)
+
+
+cdef PacketKey _key(client, int cport, vip, int vport) except *:
+    cdef PacketKey key
+    cdef bytes src = ipaddress.ip_address(client).packed if isinstance(client, str) else client
+    cdef bytes dst = ipaddress.ip_address(vip).packed if isinstance(vip, str) else vip
+    memset(&key, 0, sizeof(key))
+    key.sport, key.dport, key.proto, key.family = cport, vport, 6, (4 if len(src) == 4 else 6)
+    memcpy(key.src, <const uint8_t*>src, len(src))
+    memcpy(key.dst, <const uint8_t*>dst, len(dst))
+    return key
