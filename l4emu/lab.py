@@ -17,6 +17,8 @@ CLIENT6, LB_CLIENT6 = "fd00:c::2", "fd00:c::1"
 SERVERS4, LB_SERVERS4 = "192.0.2.2", "192.0.2.1"
 SERVERS6, LB_SERVERS6 = "fd00:5::2", "fd00:5::1"
 REPLY_TABLE = "100"     # the reals' replies are routed into the TUN by this table
+# Fixed MACs, so neighbours can be pinned: no ARP/NDP wait, whose queue would drop the head of a burst.
+MAC = {"c0": "02:00:00:00:0c:00", "c1": "02:00:00:00:0c:01", "s0": "02:00:00:00:05:00", "s1": "02:00:00:00:05:01"}
 
 
 class LabError(Exception):
@@ -54,8 +56,9 @@ class Lab:
         """Every `ip` command that builds the lab, in order."""
         c, lb, s, tun = self.client, self.lb, self.servers, self.tun
         cmds = [["ip", "netns", "add", ns] for ns in (c, lb, s)]
-        cmds += [["ip", "-n", c, "link", "add", "c0", "type", "veth", "peer", "name", "c1", "netns", lb],
-                 ["ip", "-n", s, "link", "add", "s0", "type", "veth", "peer", "name", "s1", "netns", lb]]
+        cmds += [["ip", "-n", ns, "link", "add", end, "address", MAC[end], "type", "veth",
+                  "peer", "name", peer, "address", MAC[peer], "netns", lb]
+                 for ns, end, peer in ((c, "c0", "c1"), (s, "s0", "s1"))]
         sysctls = ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
                    # Packets come back out of the TUN with the client's or the VIP's source address.
                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]
@@ -70,6 +73,12 @@ class Lab:
         cmds += [["ip", "-n", ns, "link", "set", dev, "up"]
                  for ns, dev in ((c, "lo"), (c, "c0"), (lb, "lo"), (lb, "c1"), (lb, "s1"), (lb, tun),
                                  (s, "lo"), (s, "s0"))]
+        cmds += [["ip", "-n", ns, "neigh", "replace", addr, "lladdr", MAC[peer], "dev", dev, "nud", "permanent"]
+                 for ns, dev, peer, addrs in ((c, "c0", "c1", (LB_CLIENT4, LB_CLIENT6)),
+                                              (lb, "c1", "c0", (CLIENT4, CLIENT6)),
+                                              (lb, "s1", "s0", (SERVERS4, SERVERS6)),
+                                              (s, "s0", "s1", (LB_SERVERS4, LB_SERVERS6)))
+                 for addr in addrs]
         cmds += [["ip", "-n", c, "route", "add", "default", "via", LB_CLIENT4],
                  ["ip", "-n", c, "-6", "route", "add", "default", "via", LB_CLIENT6],
                  ["ip", "-n", s, "route", "add", "default", "via", LB_SERVERS4],

@@ -67,7 +67,7 @@ class Live:
     def tun_counters(self) -> dict:
         io = self.io
         return {"name": self.tun.name, "packets_in": io.packets_in, "packets_out": io.packets_out,
-                "bytes_in": io.bytes_in, "bytes_out": io.bytes_out, "gso_in": io.gso_in,
+                "bytes_in": io.bytes_in, "bytes_out": io.bytes_out, "gso_in": io.gso_in, "gso_out": io.gso_out,
                 "write_errors": io.write_errors, "offloads": list(self.tun.offloads)}
 
     def _pump(self) -> None:

@@ -61,7 +61,8 @@ def live_summary_text(summary: dict) -> str:
     t = summary["tun"]
     return inspect.summary_text(summary) + (
         f"\ntun          {t['name']}: {t['packets_in']:,} packets in ({t['gso_in']:,} GSO super-packets), "
-        f"{t['packets_out']:,} out, {t['write_errors']:,} write errors; offloads {','.join(t['offloads']) or 'off'}")
+        f"{t['packets_out']:,} out ({t['gso_out']:,} GSO UDP writes), {t['write_errors']:,} write errors; "
+        f"offloads {','.join(t['offloads']) or 'off'}")
 
 
 def ask(path, op: str, **args):

@@ -5,7 +5,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 from l4emu._batch cimport Batch, V_DROP, V_UNSEEN
-from l4emu._checksum cimport fold, load16, store16
+from l4emu._checksum cimport fold, load16, store16, sum_bytes
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void* buf, size_t count)
@@ -27,6 +27,9 @@ cdef extern from "<time.h>" nogil:
 # csum_offset; what IFF_VNET_HDR puts before each packet.
 DEF VNET_HDR_LEN = 10
 DEF NEEDS_CSUM = 1
+DEF GSO_UDP_L4 = 5             # VIRTIO_NET_HDR_GSO_UDP_L4: the kernel cuts it into datagrams of gso_size
+DEF MAX_SEGMENTS = 64           # the kernel's UDP_MAX_SEGMENTS on older kernels; newer take 128
+DEF MAX_L4_OFFSET = 60          # an IPv4 header with options; IPv6 runs have no extension headers
 # A GSO super-packet is at most 64 KiB of IP (GRO and TSO limits); room for the header too.
 DEF MAX_FRAME = 65536 + VNET_HDR_LEN
 DEF RAW_IP = 101
@@ -61,7 +64,7 @@ cdef class TunIO:
     cdef uint8_t* ports             # per batch index: source and destination port as read
     cdef Py_ssize_t capacity
     cdef uint64_t epoch_ns          # added to the monotonic clock so capture files show wall-clock time
-    cdef readonly uint64_t packets_in, packets_out, bytes_in, bytes_out, write_errors, gso_in
+    cdef readonly uint64_t packets_in, packets_out, bytes_in, bytes_out, write_errors, gso_in, gso_out
 
     def __cinit__(self, int fd, bint vnet, Py_ssize_t capacity, uint64_t epoch_ns=0):
         self.fd = fd
@@ -134,20 +137,134 @@ cdef class TunIO:
             acc += load16(old + k) + (~load16(pkt + start + k) & 0xFFFF)
         store16(pkt + field, fold(acc))
 
+    cdef uint32_t udp_payload(self, Batch batch, Py_ssize_t i) noexcept nogil:
+        """The UDP payload length of packet i if it may join a GSO run, else 0: a plain datagram
+        (no GSO, not a fragment, no IPv6 extension headers) whose checksum the kernel left to us
+        (NEEDS_CSUM), so that the kernel computing it per segment loses nothing."""
+        cdef const uint8_t* h = self.hdrs + i * VNET_HDR_LEN
+        cdef const uint8_t* pkt = batch.data + batch.offset[i]
+        cdef uint32_t start = le16(h + 6), length = batch.caplen[i]
+        if i >= self.capacity or not self.partial[i] or h[1] != 0 or le16(h + 8) != 6:
+            return 0
+        if start + 8 >= length or start > MAX_L4_OFFSET or load16(pkt + start + 4) != length - start:
+            return 0
+        if pkt[0] >> 4 == 4:
+            if start < 20 or start != (pkt[0] & 15) * 4u or load16(pkt + 2) != length or load16(pkt + 6) & 0x3FFF:
+                return 0
+        elif pkt[0] >> 4 != 6 or start != 40 or pkt[6] != 17 or load16(pkt + 4) != length - 40:
+            return 0
+        return length - start - 8
+
+    cdef bint same_flow(self, const uint8_t* a, const uint8_t* b, uint32_t start) noexcept nogil:
+        """b's headers equal a's except lengths, IPv4 id and checksums: one flow, one GSO run."""
+        cdef uint32_t k
+        if a[0] >> 4 == 4:
+            if a[0] != b[0] or a[1] != b[1] or a[6] != b[6] or a[8] != b[8] or a[9] != b[9]:
+                return False
+            k = 12
+        else:
+            if a[0] != b[0] or a[1] != b[1] or a[2] != b[2] or a[3] != b[3] or a[6] != b[6] or a[7] != b[7]:
+                return False
+            k = 8
+        while k < start + 4:            # addresses, IPv4 options, ports
+            if a[k] != b[k]:
+                return False
+            k += 1
+        return True
+
+    cdef Py_ssize_t udp_run(self, Batch batch, Py_ssize_t i) noexcept nogil:
+        """How many packets from i on one GSO UDP write can carry: consecutive datagrams of one flow
+        with equal payloads (the last may be shorter), as GRO would merge them."""
+        cdef uint32_t size = self.udp_payload(batch, i), more
+        cdef uint32_t start = le16(self.hdrs + i * VNET_HDR_LEN + 6), total
+        cdef const uint8_t* first = batch.data + batch.offset[i]
+        cdef Py_ssize_t j = i + 1
+        if size == 0:
+            return 1
+        total = start + 8 + size
+        while j < batch.n and j - i < MAX_SEGMENTS:
+            if batch.verdict[j] == V_DROP or batch.verdict[j] == V_UNSEEN:
+                break
+            more = self.udp_payload(batch, j)
+            if more == 0 or more > size or total + more > 65535 or le16(self.hdrs + j * VNET_HDR_LEN + 6) != start \
+                    or not self.same_flow(first, batch.data + batch.offset[j], start):
+                break
+            total += more
+            j += 1
+            if more < size:
+                break
+        return j - i
+
+    cdef ssize_t write_udp_run(self, Batch batch, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+        """One write for n datagrams: their shared headers with the run's lengths, then each payload.
+        The checksum field holds the pseudo-header sum (NEEDS_CSUM); the kernel sums each segment."""
+        cdef uint8_t hdr[VNET_HDR_LEN]
+        cdef uint8_t head[MAX_L4_OFFSET + 8]
+        cdef iovec iov[MAX_SEGMENTS + 2]
+        cdef const uint8_t* first = batch.data + batch.offset[i]
+        cdef uint32_t start = le16(self.hdrs + i * VNET_HDR_LEN + 6), total = start + 8
+        cdef uint32_t size = batch.caplen[i] - start - 8, pseudo
+        cdef Py_ssize_t j
+        cdef ssize_t put
+        for j in range(n):
+            iov[2 + j].iov_base = batch.data + batch.offset[i + j] + start + 8
+            iov[2 + j].iov_len = batch.caplen[i + j] - start - 8
+            total += <uint32_t>iov[2 + j].iov_len
+        memcpy(head, first, start + 8)
+        if head[0] >> 4 == 4:
+            store16(head + 2, total)
+            store16(head + 10, 0)
+            store16(head + 10, ~fold(sum_bytes(0, head, start)) & 0xFFFF)
+            pseudo = sum_bytes(0, head + 12, 8)
+        else:
+            store16(head + 4, total - 40)
+            pseudo = sum_bytes(0, head + 8, 32)
+        store16(head + start + 4, total - start)
+        pseudo += 17 + total - start
+        store16(head + start + 6, fold(pseudo))
+        hdr[0], hdr[1] = NEEDS_CSUM, GSO_UDP_L4
+        hdr[2], hdr[3] = <uint8_t>(start + 8), 0
+        hdr[4], hdr[5] = <uint8_t>size, <uint8_t>(size >> 8)
+        hdr[6], hdr[7] = <uint8_t>start, 0
+        hdr[8], hdr[9] = 6, 0
+        iov[0].iov_base, iov[0].iov_len = hdr, VNET_HDR_LEN
+        iov[1].iov_base, iov[1].iov_len = head, start + 8
+        while True:
+            put = writev(self.fd, iov, <int>n + 2)
+            if not (put < 0 and errno == EINTR):
+                return put
+
     def write_from(self, Batch batch):
-        """Write every packet the switch did not drop, in order, and empty the batch; returns how many were written."""
-        cdef Py_ssize_t i
+        """Write every packet the switch did not drop, in order, and empty the batch; returns how many were written.
+
+        With offloads, consecutive datagrams of one UDP flow go in one GSO write (as GRO would merge
+        them), so a burst of small datagrams costs one system call, not one each.
+        """
+        cdef Py_ssize_t i = 0, run, k
         cdef int done = 0
         cdef uint8_t* pkt
         cdef iovec iov[2]
         cdef ssize_t put
         cdef bint vnet = self.vnet
         cdef uint8_t plain[VNET_HDR_LEN]
-        for i in range(VNET_HDR_LEN):
-            plain[i] = 0
+        for k in range(VNET_HDR_LEN):
+            plain[k] = 0
         with nogil:
-            for i in range(batch.n):
+            while i < batch.n:
                 if batch.verdict[i] == V_DROP or batch.verdict[i] == V_UNSEEN:
+                    i += 1
+                    continue
+                run = self.udp_run(batch, i) if vnet else 1
+                if run > 1:
+                    if self.write_udp_run(batch, i, run) < 0:
+                        self.write_errors += run
+                    else:
+                        self.gso_out += 1
+                        self.packets_out += run
+                        for k in range(i, i + run):
+                            self.bytes_out += batch.caplen[k]
+                        done += run
+                    i += run
                     continue
                 pkt = batch.data + batch.offset[i]
                 if vnet and self.partial[i]:
@@ -156,6 +273,7 @@ cdef class TunIO:
                 iov[0].iov_len = VNET_HDR_LEN
                 iov[1].iov_base = pkt
                 iov[1].iov_len = batch.caplen[i]
+                i += 1
                 while True:
                     put = writev(self.fd, &iov[1 - vnet], 1 + vnet)
                     if not (put < 0 and errno == EINTR):
@@ -164,7 +282,7 @@ cdef class TunIO:
                     self.write_errors += 1
                     continue
                 self.packets_out += 1
-                self.bytes_out += batch.caplen[i]
+                self.bytes_out += batch.caplen[i - 1]
                 done += 1
             batch.clear()
         return done
