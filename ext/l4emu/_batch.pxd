@@ -29,5 +29,6 @@ cdef class Batch:
     cdef int32_t* detail
 
     cdef void clear(self) noexcept nogil
+    # frame may be data + data_len itself (read into place, not copied)
     cdef int push(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
                   uint16_t iface, uint16_t linktype) noexcept nogil

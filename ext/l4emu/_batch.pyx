@@ -51,7 +51,8 @@ cdef class Batch:
                 return -1
             self.data = grown
             self.data_cap = caplen
-        memcpy(self.data + self.data_len, frame, caplen)
+        if frame != self.data + self.data_len:       # a source may have read it into place (TUN)
+            memcpy(self.data + self.data_len, frame, caplen)
         self.offset[i] = self.data_len
         self.caplen[i] = caplen
         self.origlen[i] = origlen

@@ -14,6 +14,7 @@ cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void* iov_base
         size_t iov_len
+    ssize_t readv(int fd, const iovec* iov, int iovcnt)
     ssize_t writev(int fd, const iovec* iov, int iovcnt)
 
 cdef extern from "<time.h>" nogil:
@@ -58,7 +59,6 @@ cdef class TunIO:
     """
     cdef int fd
     cdef readonly bint vnet
-    cdef uint8_t* frame
     cdef uint8_t* hdrs              # per batch index: the packet's virtio header
     cdef uint8_t* partial           # per batch index: 1 if its checksum field was turned to ~P
     cdef uint8_t* ports             # per batch index: source and destination port as read
@@ -71,27 +71,34 @@ cdef class TunIO:
         self.epoch_ns = epoch_ns
         self.vnet = vnet
         self.capacity = capacity
-        self.frame = <uint8_t*>calloc(MAX_FRAME, 1)
         self.hdrs = <uint8_t*>calloc(capacity, VNET_HDR_LEN)
         self.partial = <uint8_t*>calloc(capacity, 1)
         self.ports = <uint8_t*>calloc(capacity, 4)
-        if not (self.frame and self.hdrs and self.partial and self.ports):
+        if not (self.hdrs and self.partial and self.ports):
             raise MemoryError()
 
     def __dealloc__(self):
-        free(self.frame); free(self.hdrs); free(self.partial); free(self.ports)
+        free(self.hdrs); free(self.partial); free(self.ports)
 
     def read_into(self, Batch batch):
-        """Read until the fd is empty or the batch is full; returns packets added, or -errno on an error."""
+        """Read until the fd is empty or the batch is full; returns packets added, or -errno on an error.
+        Each packet is read straight into the batch's buffer (its virtio header aside): no copy."""
         cdef ssize_t got
         cdef Py_ssize_t i
         cdef int added = 0, err = 0
-        cdef uint32_t skip = VNET_HDR_LEN if self.vnet else 0
+        cdef bint vnet = self.vnet
+        cdef uint32_t skip = VNET_HDR_LEN if vnet else 0
+        cdef iovec iov[2]
+        cdef uint8_t* pkt
         if batch.capacity > self.capacity:
             raise ValueError("batch larger than the TunIO was made for")
         with nogil:
             while batch.n < batch.capacity and batch.data_len + MAX_FRAME <= batch.data_cap:
-                got = read(self.fd, self.frame, MAX_FRAME)
+                i = batch.n
+                pkt = batch.data + batch.data_len
+                iov[0].iov_base, iov[0].iov_len = self.hdrs + i * VNET_HDR_LEN, VNET_HDR_LEN
+                iov[1].iov_base, iov[1].iov_len = pkt, MAX_FRAME - VNET_HDR_LEN
+                got = readv(self.fd, &iov[1 - vnet], 1 + vnet)
                 if got < 0:
                     if errno == EINTR:
                         continue
@@ -100,13 +107,11 @@ cdef class TunIO:
                     break
                 if got <= <ssize_t>skip:
                     continue
-                i = batch.n
-                if self.vnet:
-                    memcpy(self.hdrs + i * VNET_HDR_LEN, self.frame, VNET_HDR_LEN)
-                    self.partial[i] = self.to_complete_form(self.frame + skip, <uint32_t>(got - skip), i)
-                    if self.frame[1] != 0:
+                if vnet:
+                    self.partial[i] = self.to_complete_form(pkt, <uint32_t>(got - skip), i)
+                    if self.hdrs[i * VNET_HDR_LEN + 1] != 0:
                         self.gso_in += 1
-                if batch.push(self.frame + skip, <uint32_t>(got - skip), <uint32_t>(got - skip),
+                if batch.push(pkt, <uint32_t>(got - skip), <uint32_t>(got - skip),
                               monotonic_ns() + self.epoch_ns, 0, RAW_IP) != 0:
                     err = 12    # ENOMEM: push only fails here when memory runs out
                     break
@@ -116,7 +121,7 @@ cdef class TunIO:
         return -err if err else added
 
     cdef bint to_complete_form(self, uint8_t* pkt, uint32_t length, Py_ssize_t i) noexcept nogil:
-        cdef const uint8_t* h = self.frame
+        cdef const uint8_t* h = self.hdrs + i * VNET_HDR_LEN
         cdef uint32_t start = le16(h + 6), field = start + le16(h + 8)
         cdef uint32_t flipped
         # Only TCP (offset 16) and UDP (offset 6) fields are rewritten by the datapath.
@@ -296,7 +301,6 @@ def complete_form(bytes header, bytes packet, Py_ssize_t capacity=1):
     cdef const uint8_t* h = header
     if len(header) != VNET_HDR_LEN or not len(buf):
         raise ValueError("a 10-byte virtio header and a packet, please")
-    memcpy(io.frame, h, VNET_HDR_LEN)
     memcpy(io.hdrs, h, VNET_HDR_LEN)
     io.partial[0] = io.to_complete_form(&view[0], len(buf), 0)
     return io, bytes(buf)
