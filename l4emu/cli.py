@@ -12,6 +12,7 @@ from l4emu import inspect, live_cli, report, schedulers
 from l4emu.compare import compare as run_compare
 from l4emu.events import parse_event
 from l4emu.io import CaptureError, WriteError
+from l4emu.io.writer import write_text_atomic
 from l4emu.replay import replay as run_replay
 from l4emu.switch import Switch
 
@@ -48,8 +49,19 @@ def main():
 @click.option("--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]",
               help="Change a real at T seconds after the first packet: T:down:IP:PORT, T:up:IP:PORT, "
                    "T:weight:IP:PORT:W.")
-def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate, events):
-    """Replay CAPTURE through the switch and summarize what it did."""
+@click.option("--inside", type=click.Path(dir_okay=False, path_type=Path),
+              help="With emulated reals: also write what the reals see (after DNAT, answers before SNAT).")
+@click.option("--at", "at_times", multiple=True, type=click.FloatRange(min=0), metavar="T",
+              help="Also write the state at T seconds after the first packet, beside --state-out as "
+                   "NAME@T.json (repeatable).")
+def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate, events,
+           inside, at_times):
+    """Replay CAPTURE through the switch and summarize what it did.
+
+    With emulated reals (emulated = true in the config), their hosts answer: -o then holds the whole
+    conversation as the clients see it."""
+    if at_times and not state_out:
+        fail("--at writes its states beside --state-out: give --state-out too")
     try:
         events = [parse_event(e) for e in events]
         switch = _build_switch(config_path, vips, reals, scheduler, seed)
@@ -58,17 +70,29 @@ def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, 
                                file=sys.stderr, hidden=not show_bar) as bar:
             summary = run_replay(capture, switch, output, annotate,
                                  progress=(lambda done, total: bar.update(done - bar.pos)) if show_bar else None,
-                                 events=events)
+                                 events=events, inside=inside, at=at_times,
+                                 on_at=lambda t, snap: _write_state(at_path(state_out, t), snap))
     except (configmod.ConfigError, CaptureError, WriteError, ValueError, OSError) as exc:
         fail(str(exc))
     if state_out:
-        try:
-            state_out.write_text(inspect.to_json(switch.snapshot()) + "\n")
-        except OSError as exc:
-            fail(f"{state_out}: {exc.strerror or exc}")
+        _write_state(state_out, switch.snapshot())
     click.echo(inspect.to_json(summary) if as_json else inspect.summary_text(summary))
+    for warning in summary["warnings"]:
+        click.echo(f"l4emu: warning: {warning}", err=True)
     if summary["error"]:
         fail(summary["error"])
+
+
+def at_path(state_out: Path, t: float) -> Path:
+    """Where --at T goes: state.json -> state@T.json (T as given, in seconds after the first packet)."""
+    return state_out.with_name(f"{state_out.stem}@{t:g}{state_out.suffix or '.json'}")
+
+
+def _write_state(path: Path, snapshot: dict) -> None:
+    try:
+        write_text_atomic(path, inspect.to_json(snapshot) + "\n")    # a failed write leaves no half file
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}")
 
 
 def _build_switch(config_path, vips, reals, scheduler, seed) -> Switch:
@@ -113,6 +137,23 @@ def conntrack(state, control_path, as_json):
     """Show the connection table of a state file or a live switch, like `ipvsadm -L -n -c`."""
     snapshot = _source(state, control_path, "snapshot")
     click.echo(inspect.to_json(snapshot["connections"]) if as_json else inspect.conntrack_text(snapshot))
+
+
+@main.command()
+@click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--control", "control_path", type=click.Path(dir_okay=False),
+              help="Ask a running `l4emu live` instead of reading a state file.")
+@click.option("--host", "host", metavar="IP", help="Only this emulated host.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts, their sockets and counters as JSON.")
+def sockets(state, control_path, host, as_json):
+    """Show the sockets of the emulated real servers, like `ss -tuan` (plus each socket's handle)."""
+    snapshot = _source(state, control_path, "sockets")
+    hosts = snapshot.get("sockets", [])
+    if host is not None:
+        hosts = [h for h in hosts if h["host"] == host.strip("[]")]
+        if not hosts:
+            fail(f"no emulated host {host} (emulated: {', '.join(h['host'] for h in snapshot.get('sockets', [])) or 'none'})")
+    click.echo(inspect.to_json(hosts) if as_json else inspect.sockets_text(hosts))
 
 
 @main.command()

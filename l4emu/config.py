@@ -19,8 +19,13 @@ DEFAULT_TIMEOUTS = {
 PROTOCOLS = ("tcp", "udp")
 DEFAULT_PERSISTENCE = 300             # ipvsadm -p without a value
 MAX_WEIGHT = 65535
+MAX_CONNECTIONS = (1 << 30) - 1       # the flow table's limit (flow indexes and refs are 32-bit)
 MH_TABLE_SIZE = 65537           # Katran's default; IPVS mh allows primes from 251 to 131071
 MH_TABLE_RANGE = (251, 131071)
+APPS = ("http", "echo", "discard")      # an emulated real's application (l4emu/hosts/apps.py)
+SYN_OVERFLOW = ("drop", "reset")
+MAX_BACKLOG = 65535                     # net.core.somaxconn's ceiling
+EMULATION_KEYS = ("app", "backlog", "accept_rate", "syn_overflow")
 ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>\d+)$")
 
 
@@ -40,10 +45,20 @@ class Real:
     weight: int = 1
     upper_threshold: int = 0      # IPVS -x: no new flows at this many connections (0 = no limit)
     lower_threshold: int = 0      # IPVS -y: new flows again under this many (0 = 3/4 of the upper)
+    emulated: bool = False        # answered by an emulated host (l4emu/hosts/) instead of written out or sent on
+    app: str = "http"             # emulated: what answers (APPS)
+    backlog: int = 128            # emulated TCP: listen() backlog, Linux semantics
+    accept_rate: float = 0        # emulated TCP: accepts per second on the packet clock (0: at once)
+    syn_overflow: str = "drop"    # emulated TCP: "reset" is Linux's tcp_abort_on_overflow = 1
 
     @property
     def endpoint(self) -> str:
         return format_endpoint(self.address, self.port)
+
+    @property
+    def host_settings(self) -> tuple:
+        """What one listening socket is made of: two services sharing it must agree on these."""
+        return (self.app, self.backlog, self.accept_rate, self.syn_overflow)
 
 
 @dataclass(frozen=True)
@@ -119,8 +134,9 @@ def _typed(value, kind, key: str):
     return value
 
 
-def _real(raw, key: str, family: int) -> Real:
-    raw = _take(raw, key, {"address", "weight", "upper_threshold", "lower_threshold"})
+def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
+    raw = _take(raw, key, {"address", "weight", "upper_threshold", "lower_threshold", "emulated",
+                           *EMULATION_KEYS})
     if "address" not in raw:
         raise ConfigError(f"{key}.address", "missing")
     address, port = parse_endpoint(raw["address"], f"{key}.address")
@@ -137,7 +153,49 @@ def _real(raw, key: str, family: int) -> Real:
         thresholds.append(value)
     if thresholds[1] and thresholds[1] > thresholds[0]:
         raise ConfigError(f"{key}.lower_threshold", f"{thresholds[1]} is above upper_threshold {thresholds[0]}")
-    return Real(address, port, weight, *thresholds)
+    return Real(address, port, weight, *thresholds, **_emulation(raw, key, protocol))
+
+
+def _emulation(raw: dict, key: str, protocol: str) -> dict:
+    """emulated, app, backlog, accept_rate, syn_overflow: checked one by one, each error naming its key."""
+    emulated = _typed(raw.get("emulated", False), bool, f"{key}.emulated")
+    given = [name for name in EMULATION_KEYS if name in raw]
+    if given and not emulated:
+        raise ConfigError(f"{key}.{given[0]}", "only an emulated real has this (add emulated = true)")
+    if protocol == "udp" and set(given) - {"app"}:
+        name = sorted(set(given) - {"app"})[0]
+        raise ConfigError(f"{key}.{name}", "a UDP real has no listen queue; only app applies")
+    app = _typed(raw.get("app", "http"), str, f"{key}.app")
+    if app not in APPS:
+        raise ConfigError(f"{key}.app", f"{app!r} is not one of {', '.join(APPS)}")
+    backlog = _typed(raw.get("backlog", 128), int, f"{key}.backlog")
+    if not 1 <= backlog <= MAX_BACKLOG:
+        raise ConfigError(f"{key}.backlog", f"{backlog} is out of range 1-{MAX_BACKLOG}")
+    rate = raw.get("accept_rate", 0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1e9:
+        raise ConfigError(f"{key}.accept_rate", f"{rate!r} is not a number of accepts per second from 0 to 1e9")
+    overflow = _typed(raw.get("syn_overflow", "drop"), str, f"{key}.syn_overflow")
+    if overflow not in SYN_OVERFLOW:
+        raise ConfigError(f"{key}.syn_overflow", f"{overflow!r} is not one of {', '.join(SYN_OVERFLOW)}")
+    return {"emulated": emulated, "app": app, "backlog": backlog, "accept_rate": float(rate),
+            "syn_overflow": overflow}
+
+
+def _check_hosts(services: tuple) -> None:
+    """One address is one emulated host: emulated everywhere or nowhere; a shared socket has one setting."""
+    emulated: dict[str, str] = {}
+    sockets: dict[tuple, tuple] = {}
+    for i, svc in enumerate(services):
+        for j, real in enumerate(svc.reals):
+            key, address = f"service[{i}].real[{j}]", str(real.address)
+            first = emulated.setdefault(address, (real.emulated, key))
+            if first[0] != real.emulated:
+                raise ConfigError(f"{key}.emulated", f"{address} is {'' if first[0] else 'not '}emulated in "
+                                                     f"{first[1]}: one address is one host, emulated or not")
+            ident = (svc.protocol, real.endpoint)
+            if real.emulated and sockets.setdefault(ident, (real.host_settings, key))[0] != real.host_settings:
+                raise ConfigError(f"{key}.app", f"{svc.protocol.upper()} {real.endpoint} is one socket: its app, "
+                                               f"backlog, accept_rate and syn_overflow must match {sockets[ident][1]}")
 
 
 def _service(raw, key: str, schedulers) -> Service:
@@ -155,7 +213,7 @@ def _service(raw, key: str, schedulers) -> Service:
     reals_raw = raw.get("real", [])
     if not isinstance(reals_raw, list) or not reals_raw:
         raise ConfigError(f"{key}.real", "a service needs at least one [[service.real]]")
-    reals = tuple(_real(r, f"{key}.real[{i}]", vip.version) for i, r in enumerate(reals_raw))
+    reals = tuple(_real(r, f"{key}.real[{i}]", vip.version, protocol) for i, r in enumerate(reals_raw))
     seen = set()
     for i, real in enumerate(reals):
         if real.endpoint in seen:
@@ -228,8 +286,8 @@ def from_dict(raw: dict, schedulers) -> Config:
     table = _take(raw.get("table", {}), "table",
                   {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"})
     max_conns = _typed(table.get("max_connections", Config.max_connections), int, "table.max_connections")
-    if not 1 <= max_conns <= 1 << 30:
-        raise ConfigError("table.max_connections", f"{max_conns} is out of range 1-{1 << 30}")
+    if not 1 <= max_conns <= MAX_CONNECTIONS:
+        raise ConfigError("table.max_connections", f"{max_conns} is out of range 1-{MAX_CONNECTIONS}")
     timeouts = dict(DEFAULT_TIMEOUTS)
     for name, value in _take(raw.get("timeouts", {}), "timeouts", set(DEFAULT_TIMEOUTS)).items():
         if _typed(value, float, f"timeouts.{name}") <= 0 or value > 86400 * 365:
@@ -245,6 +303,7 @@ def from_dict(raw: dict, schedulers) -> Config:
         if ident in seen:
             raise ConfigError(f"service[{i}].vip", f"{svc.protocol.upper()} {svc.endpoint} is defined twice")
         seen.add(ident)
+    _check_hosts(services)
     return Config(
         services=services,
         max_connections=max_conns,

@@ -14,7 +14,7 @@ import time
 MAX_REQUEST = 4096          # bytes in one request line; longer is refused
 MAX_REPLY = 256 << 20       # a client stops reading a reply past this
 REQUEST_TIMEOUT_S = 2.0     # a peer must send its whole line this soon after connecting
-READ_OPS = ("conntrack", "services", "stats", "snapshot")
+READ_OPS = ("conntrack", "services", "stats", "snapshot", "sockets")
 ADMIN_OPS = ("set_real",)
 
 

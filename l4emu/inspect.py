@@ -12,12 +12,42 @@ def _expire(seconds: float) -> str:
 
 def conntrack_text(snapshot: dict) -> str:
     """`ipvsadm -L -n -c`: pro expire state source virtual destination."""
+    if snapshot.get("sockets"):         # emulated reals: the socket handle of each flow, one more column
+        return _conntrack_with_handles(snapshot)
     lines = ["IPVS connection entries",
              "pro expire state       source             virtual            destination"]
     for row in snapshot["connections"]:
         lines.append("%-3s %-6s %-11s %-18s %-18s %s" % (
             row["protocol"], _expire(row["expires_in_s"]), row["state"],
             row["source"], row["virtual"], row["destination"]))
+    return "\n".join(lines)
+
+
+def _conntrack_with_handles(snapshot: dict) -> str:
+    """The ipvsadm columns as they are, then `handle`: blank for a real that is not emulated, or a
+    connection the host's application no longer holds (closed, or still waiting to be accepted)."""
+    width = max([18] + [len(row["destination"]) for row in snapshot["connections"]])
+    lines = ["IPVS connection entries",
+             f"pro expire state       source             virtual            {'destination':<{width}} handle"]
+    for row in snapshot["connections"]:
+        handle = row.get("handle")
+        lines.append(("%-3s %-6s %-11s %-18s %-18s %-*s %s" % (
+            row["protocol"], _expire(row["expires_in_s"]), row["state"], row["source"], row["virtual"],
+            width, row["destination"], "" if handle is None else handle)).rstrip())
+    return "\n".join(lines)
+
+
+def sockets_text(hosts: list[dict]) -> str:
+    """`ss -tuan`: Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port, then the handle.
+    A listener's Recv-Q is its accept queue and Send-Q its backlog, as ss shows them."""
+    rows = [row for host in hosts for row in host["sockets"]]
+    local = max([20] + [len(r["local"]) for r in rows])
+    peer = max([20] + [len(r["peer"]) for r in rows])
+    lines = [f"Netid State      Recv-Q Send-Q {'Local Address:Port':<{local}} {'Peer Address:Port':<{peer}} Handle"]
+    for r in rows:
+        handle = "" if r["handle"] is None else str(r["handle"])
+        lines.append(f"{r['netid']:<5} {r['state']:<10} {r['recv_q']:<6} {r['send_q']:<6} {r['local']:<{local}} "
+                     f"{r['peer']:<{peer}} {handle}".rstrip())
     return "\n".join(lines)
 
 
@@ -53,7 +83,9 @@ def summary_text(summary: dict) -> str:
     dropped = summary["dropped"]
     lines = [
         f"capture      {summary['capture']}" + (f" -> {summary['output']}" if summary["output"] else ""),
-        f"packets      {summary['packets']:,} read, "
+        f"packets      {summary['packets'] - summary.get('emulated', {}).get('answers', 0):,} read"
+        + (f" (+{summary['emulated']['answers']:,} answers from emulated reals)" if summary.get("emulated") else "")
+        + ", "
         + (f"{summary['written']:,} written" if summary["output"] else "no output file (-o)"),
         f"             {summary['translated']:,} translated ({summary['new']:,} new flows, "
         f"{summary['forward']:,} to reals, {summary['reply']:,} replies), {summary['passed']:,} passed untouched",
@@ -64,6 +96,15 @@ def summary_text(summary: dict) -> str:
         f"of {summary['max_connections']:,}",
         f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s",
     ]
+    emulated = summary.get("emulated")
+    if emulated:
+        lines.append(f"emulated     {emulated['hosts']} hosts: {emulated['accepted']:,} accepted of "
+                     f"{emulated['syns']:,} SYNs, {emulated['listen_drops']:,} SYNs dropped (listen queues full), "
+                     f"{emulated['resets_sent']:,} resets sent, {emulated['segments_out']:,} segments and "
+                     f"{emulated['datagrams_out']:,} datagrams answered")
+        if emulated.get("superseded"):
+            lines.append(f"             {emulated['superseded']:,} captured packets from emulated reals' addresses "
+                         f"skipped (their hosts answer instead)")
     for effect in summary.get("events", []):
         lines.append(f"event        {effect['event']}: {effect['connections_on_real']:,} connections on the real; then "
                      f"{effect['rescheduled']:,} moved, {effect['broken']:,} broken, "

@@ -11,11 +11,13 @@ import time
 from l4emu._batch import Batch
 from l4emu._tun import TunIO
 from l4emu.control import ControlServer
+from l4emu.emulate import VERDICT, Emulator, Out
 from l4emu.io import Interface, open_writer
 from l4emu.io.tun import Tun
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 
+VNET_HDR_LEN = 10      # a zeroed virtio-net header: no offload asked for the answers we write
 BATCH = 256             # packets per read round; the datapath's windows prefetch within it
 ROUNDS_PER_WAKE = 64    # then the control socket and signals get a turn (epoll is level-triggered)
 LINKTYPE_RAW = 101
@@ -36,6 +38,10 @@ class Live:
         self.control = ControlServer(control_path, self._request, control_group, owner) if control_path else None
         self.writer = open_writer(pcap_out, [Interface(LINKTYPE_RAW, 65535, True)], nanosecond=True) \
             if pcap_out else None
+        # Emulated reals answer here: what the switch sends them never reaches the TUN, their answers do.
+        self.emulator = Emulator(switch, outside=self._answer, restamp=False) if switch.hosts is not None else None
+        self.answers = Batch(1)
+        self.answer_errors = 0
         if user:
             drop_privileges(user)
         self.stopping = False
@@ -59,6 +65,9 @@ class Live:
             return self.switch.conntrack()
         if op == "services":
             return self.switch.services()
+        if op == "sockets":
+            self._emulate_until_now()
+            return {"clock_ns": self.switch.clock_ns, "sockets": self.switch.sockets()}
         if op == "stats":
             return {"clock_ns": self.switch.clock_ns, "services": self.switch.services(),
                     "stats": self.switch.stats(), "tun": self.tun_counters()}
@@ -81,6 +90,8 @@ class Live:
             self.switch.process(self.batch)
             if self.writer is not None:
                 self.writer.write(self.batch)
+            if self.emulator is not None:
+                self.emulator.intercept(self.batch)
             self.io.write_from(self.batch)      # empties the batch
             if got <= 0:
                 return
@@ -100,7 +111,7 @@ class Live:
             if self.control:
                 self.control.register(epoll)
             while not self.stopping:
-                for fd, events in epoll.poll(1.0):
+                for fd, events in epoll.poll(self._poll_timeout()):
                     if fd == self.tun.fd:
                         self._pump()
                     elif fd == wake_r.fileno():
@@ -109,6 +120,7 @@ class Live:
                         self.control.on_event(fd, events)
                 if self.control:
                     self.control.expire()
+                self._emulate_until_now()
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
@@ -118,6 +130,32 @@ class Live:
             wake_w.close()
             self.close()
         return self.summary(time.perf_counter() - started)
+
+    def _answer(self, out: Out) -> None:
+        """An emulated host's packet, through the switch already: to the TUN (and --pcap-out)."""
+        if out.verdict == VERDICT["drop"]:
+            return
+        if self.writer is not None:
+            self.answers.reset()
+            self.answers.append(out.frame, out.ts_ns, out.iface, out.linktype)
+            self.answers.set_result(0, out.verdict, out.detail)
+            self.writer.write(self.answers)
+        try:
+            os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)
+        except OSError:
+            self.answer_errors += 1
+
+    def _emulate_until_now(self) -> None:
+        """The hosts' clocks (accept pace, TIME-WAIT) follow the live packet clock between packets too."""
+        if self.emulator is not None:
+            self._now()
+            self.emulator.advance(self.switch.clock_ns)
+
+    def _poll_timeout(self) -> float:
+        deadline = self.emulator.hosts.next_deadline() if self.emulator is not None else None
+        if deadline is None:
+            return 1.0
+        return min(1.0, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))
 
     def _stop(self, signum, frame) -> None:
         self.stopping = True
@@ -135,6 +173,9 @@ class Live:
         written = self.writer.packets_written if self.writer is not None else 0
         summary = summarize(self.switch, f"tun {self.tun.name}", self.pcap_out, written, elapsed, None)
         summary["tun"] = self.tun_counters()
+        if self.emulator is not None:
+            from l4emu.replay import emulated_summary
+            summary["emulated"] = emulated_summary(self.switch, None)
         summary["error"] = self.error
         return summary
 

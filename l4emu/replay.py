@@ -5,18 +5,26 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from l4emu.emulate import BatchSink, Emulator
 from l4emu.events import NS, Event, EventError, EventLog
-from l4emu.io import CaptureError, open_capture, open_writer
+from l4emu._datapath import PARSED_LINKTYPES
+from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
 from l4emu.switch import Switch
 
 
 def replay(capture: str | Path, switch: Switch, output: str | Path | None = None, annotate: bool = False,
            progress: Callable[[int, int], None] | None = None, events: Sequence[Event] = (),
-           sample_every_s: float | None = None, on_sample: Callable[[int], None] | None = None) -> dict:
+           sample_every_s: float | None = None, on_sample: Callable[[int], None] | None = None,
+           inside: str | Path | None = None, at: Sequence[float] = (),
+           on_at: Callable[[float, dict], None] | None = None) -> dict:
     """Run every packet of `capture` through `switch`; returns the summary (see summary_text).
 
     `events` change reals at their moment on the packet clock (seconds after the first packet);
-    `on_sample(clock_ns)` is called every `sample_every_s` of packet time. A capture fault stops
+    `on_sample(clock_ns)` is called every `sample_every_s` of packet time; `on_at(t, snapshot)`
+    gets the switch's state at each time in `at` (seconds after the first packet: everything before
+    that moment processed; a time past the last packet is taken at the end, the clock moved on to it).
+    With emulated reals the replay goes packet by packet through emulate.Emulator: `output` is the
+    clients' view of the whole conversation and `inside` the reals' view. A capture fault stops
     reading after everything good before it was processed and written; the summary then carries
     the fault under "error".
     """
@@ -26,34 +34,83 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     for event in events:
         if event.endpoint not in known:
             raise EventError(f"--event {event}: no real server {event.endpoint} in the config")
+    if inside is not None and switch.hosts is None:
+        raise ValueError("--inside is what emulated reals see: no real in the config is emulated")
+    if any(t < 0 for t in at):
+        raise ValueError("--at takes seconds after the first packet, from 0")
     started = time.perf_counter()
     written = 0
+    writers = []
     with open_capture(capture) as reader:
         writer = open_writer(output, reader.interfaces, nanosecond=reader.nanosecond) if output else None
+        writers.append(writer)
         comments = switch.comment_table() if annotate else None
-        clock = _Moments(events, sample_every_s, on_sample, switch)
+        clock = _Moments(events, sample_every_s, on_sample, switch, at, on_at)
         try:
-            for batch in reader.batches():
-                clock.run(batch)
-                if writer is not None:
-                    writer.write(batch, include_dropped=annotate, comments=comments)
-                if progress is not None:
-                    progress(reader.position, reader.size)
+            if switch.hosts is None:
+                for batch in reader.batches():
+                    clock.run(batch)
+                    if writer is not None:
+                        writer.write(batch, include_dropped=annotate, comments=comments)
+                    if progress is not None:
+                        progress(reader.position, reader.size)
+            else:
+                inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond) if inside else None
+                writers.append(inner)
+                _emulated(reader, switch, clock, writer and BatchSink(writer, annotate, comments),
+                          inner and BatchSink(inner), progress)
+            clock.finish()
         finally:
-            if writer is not None:
-                writer.close()
-                written = writer.packets_written
+            for each in filter(None, writers):
+                each.close()
+            written = writer.packets_written if writer is not None else 0
         error = reader.error
     elapsed = time.perf_counter() - started
     summary = summarize(switch, capture, output, written, elapsed, error)
     summary["events"] = clock.event_effects()
+    summary["warnings"] = unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES)
+    if switch.hosts is not None:
+        summary["emulated"] = emulated_summary(switch, writers[1] if len(writers) > 1 else None)
+        summary["emulated"]["superseded"] = getattr(clock, "superseded", 0)
+        summary["emulated"]["answers"] = getattr(clock, "answers", 0)     # they went through the switch too
     return summary
+
+
+def _emulated(reader, switch: Switch, clock: "_Moments", outside, inside, progress) -> None:
+    """Packet by packet: the moments before each packet, then the packet and the hosts' answers."""
+    emulator = Emulator(switch, outside, inside)
+    clock.on_moment = emulator.advance
+    for batch in reader.batches():
+        for i in range(len(batch)):
+            ts, origlen, iface, linktype = batch.meta(i)
+            clock.reach(ts)
+            emulator.client(batch.packet(i), ts, origlen, iface, linktype)
+        if progress is not None:
+            progress(reader.position, reader.size)
+    for sink in (outside, inside):
+        if sink is not None:
+            sink.flush()
+    clock.finish_sink = (outside, inside)
+    clock.superseded = emulator.superseded
+    clock.answers = emulator.answers
+
+
+def emulated_summary(switch: Switch, inside_writer) -> dict:
+    """Totals over the emulated hosts, for the summary line."""
+    total: dict[str, int] = {}
+    for host in switch.sockets():
+        for name, value in host["counters"].items():
+            total[name] = total.get(name, 0) + value
+    return {"hosts": len(switch.sockets()), "inside_written": inside_writer.packets_written if inside_writer else 0,
+            **{name: total.get(name, 0) for name in ("syns", "accepted", "listen_drops", "listen_overflows",
+                                                     "closed_port", "resets_sent", "segments_out",
+                                                     "datagrams_out")}}
 
 
 class _Moments:
     """Runs batches through the switch, stopping at each event and sample time on the packet clock."""
 
-    def __init__(self, events, sample_every_s, on_sample, switch: Switch):
+    def __init__(self, events, sample_every_s, on_sample, switch: Switch, at=(), on_at=None):
         self.switch = switch
         self.events = sorted(events, key=lambda e: e.at_s)
         self.sample_ns = int(sample_every_s * NS) if sample_every_s else 0
@@ -61,12 +118,40 @@ class _Moments:
         self.start_ns: int | None = None
         self.next_sample_ns = 0
         self.log: list[EventLog] = []
+        self.at = sorted(set(at)) if on_at is not None else []
+        self.at_done = 0
+        self.on_at = on_at
+        self.on_moment: Callable[[int], None] | None = None     # emulated hosts' clocks follow the switch's
+        self.finish_sink = None
 
     def _next_moment(self) -> int:
         moments = [self.start_ns + int(e.at_s * NS) for e in self.events[len(self.log):len(self.log) + 1]]
         if self.sample_ns:
             moments.append(self.next_sample_ns)
+        if self.at_done < len(self.at):
+            moments.append(self.start_ns + int(self.at[self.at_done] * NS))
         return max(1, min(moments)) if moments else 0
+
+    def reach(self, ts: int) -> None:
+        """Packet-at-a-time callers: arrive at every moment up to and including `ts` before its packet."""
+        if self.start_ns is None:
+            self.start_ns = self.next_sample_ns = ts
+        moment = self._next_moment()
+        while moment and moment <= ts:
+            self._arrive(moment)
+            moment = self._next_moment()
+
+    def finish(self) -> None:
+        """After the last packet: the --at times still ahead, the clock moved on to each."""
+        while self.start_ns is not None and self.at_done < len(self.at):
+            moment = self.start_ns + int(self.at[self.at_done] * NS)
+            if self.on_moment is not None:
+                self.on_moment(moment)
+                for sink in filter(None, self.finish_sink or ()):
+                    sink.flush()
+            self.switch.datapath.advance_clock(moment)
+            self.on_at(self.at[self.at_done], self.switch.snapshot())
+            self.at_done += 1
 
     def run(self, batch) -> None:
         if self.start_ns is None and len(batch):
@@ -80,7 +165,9 @@ class _Moments:
                 self._arrive(moment)
 
     def _arrive(self, moment: int) -> None:
-        """The packet clock reached `moment`: apply the events and take the samples due."""
+        """The packet clock reached `moment`: apply the events and take the samples and snapshots due."""
+        if self.on_moment is not None:
+            self.on_moment(moment)
         self.switch.datapath.advance_clock(moment)
         while len(self.log) < len(self.events) and self.start_ns + int(self.events[len(self.log)].at_s * NS) <= moment:
             event = self.events[len(self.log)]
@@ -89,6 +176,9 @@ class _Moments:
         if self.sample_ns and self.next_sample_ns <= moment:
             self.on_sample(moment)
             self.next_sample_ns = moment + self.sample_ns
+        while self.at_done < len(self.at) and self.start_ns + int(self.at[self.at_done] * NS) <= moment:
+            self.on_at(self.at[self.at_done], self.switch.snapshot())
+            self.at_done += 1
 
     def event_effects(self) -> list[dict]:
         """Each applied event with what followed it until the next one (or the end)."""

@@ -7,6 +7,7 @@ import socket
 
 from l4emu import config as configmod
 from l4emu import schedulers
+from l4emu.hosts import Hosts
 from l4emu._batch import Batch
 from l4emu._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
 
@@ -19,6 +20,7 @@ DROP_TEXT = {
     "fragment": "IP fragment for a VIP (no reassembly)", "tcp_not_syn": "no connection, and not a SYN that could open one",
     "no_real": "no real server available", "table_full": "connection table full",
     "reply_clash": "the real's reply tuple is taken by another connection",
+    "probe_limit": "no free index slot within the probe bound (colliding keys)",
 }
 PASS_TEXT = {
     "not_ip": "not IP", "other_protocol": "not TCP or UDP", "no_service": "not for a virtual service",
@@ -40,11 +42,14 @@ class Switch:
         # The seeded generator is the only source of randomness, so a seeded replay repeats exactly.
         self.random = random.Random(seed)
         secret = self.random.randbytes(16) if seed is not None else os.urandom(16)
-        self.datapath = Datapath(
-            config.max_connections, secret,
-            [config.timeouts[name.lower()] for name in STATE_NAMES],
-            config.conn_reuse_mode, config.sloppy_tcp, config.expire_nodest_conn,
-        )
+        try:
+            self.datapath = Datapath(
+                config.max_connections, secret,
+                [config.timeouts[name.lower()] for name in STATE_NAMES],
+                config.conn_reuse_mode, config.sloppy_tcp, config.expire_nodest_conn,
+            )
+        except MemoryError as exc:      # the table is allocated whole, at its maximum
+            raise configmod.ConfigError("table.max_connections", str(exc)) from None
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:
             self.datapath.add_service(
@@ -54,6 +59,10 @@ class Switch:
                 svc.persistence, _mask_bytes(svc.persistence_netmask, svc.vip.version),
             )
             self.reals.extend((svc, r) for r in svc.reals)
+        # Emulated reals answer for themselves (l4emu/hosts/); their generator is drawn last, and only
+        # when there are some, so configs without them keep every seeded result they had.
+        self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64))) \
+            if any(real.emulated for _, real in self.reals) else None
 
     @classmethod
     def from_config(cls, path=None, seed: int | None = None) -> "Switch":
@@ -109,7 +118,13 @@ class Switch:
                 "protocol": protocol, "state": state, "expires_in_s": round((expires_ns - now) / 1e9, 3),
                 "source": source, "virtual": virtual, "destination": destination,
             })
+            if self.hosts is not None:      # the flow names its socket by number, as the host numbers it
+                rows[-1]["handle"] = self.hosts.handle_of(real_index, self.reals[real_index][1].port, client, cport)
         return rows
+
+    def sockets(self) -> list[dict]:
+        """Per emulated host: its sockets as `ss -tuan` rows, handles and counters (plain data)."""
+        return self.hosts.snapshot() if self.hosts is not None else []
 
     def services(self) -> list[dict]:
         """Services and reals with IPVS's per-real figures (Forward, Weight, ActiveConn, InActConn, --stats)."""
@@ -134,6 +149,7 @@ class Switch:
             "clock_ns": self.datapath.clock_ns,
             "services": self.services(),
             "connections": connections,
+            "sockets": self.sockets(),
             "stats": self.stats(),
         }
 

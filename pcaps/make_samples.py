@@ -244,6 +244,63 @@ def plan_sample_ns(services):
     return plan
 
 
+def client_exchange(tm, t, fwd, request, response_len, server_closes=False):
+    """The client's half of one HTTP conversation, acknowledging a server that is not in the file.
+
+    The ACK numbers name an imagined original server (its own ISN, a response of response_len
+    bytes); replaying through emulated hosts re-stamps them to the emulated server's. When the
+    server closes (Connection: close) its FIN comes with the response, and the client's FIN follows.
+    """
+    ci, si = tm.rng.getrandbits(32), tm.rng.getrandbits(32)
+    head, sport, dport = fwd
+
+    def seg(flags, seq, ack, data=b"", options=()):
+        tcp = TCP(sport=sport, dport=dport, flags=flags, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF,
+                  window=502 if flags != "S" else 64240, options=list(options))
+        return head / tcp / data if data else head / tcp
+    wan = lambda: tm.us(2000, 40000)
+    q, r = len(request), response_len + (1 if server_closes else 0)
+    out = [(t, seg("S", ci, 0, options=[("MSS", 1460), ("SAckOK", b""), ("NOP", None), ("WScale", 7)]))]
+    t += wan(); out.append((t, seg("A", ci + 1, si + 1)))
+    t += tm.us(50, 2000); out.append((t, seg("PA", ci + 1, si + 1, request)))
+    t += wan() + tm.us(500, 20000); out.append((t, seg("A", ci + 1 + q, si + 1 + r)))
+    t += tm.us(200_000, 3_000_000); out.append((t, seg("FA", ci + 1 + q, si + 1 + r)))
+    t += wan(); out.append((t, seg("A", ci + 2 + q, si + 2 + r)))
+    return out if not server_closes else out[:-1]
+
+
+def plan_clients(services):
+    """clients.pcap: only what clients send (HTTP over IPv4 and IPv6, a DNS query, a probe at a
+    real's closed port), for replay through emulated servers (pcaps/emulated.toml)."""
+    plan = Plan(services, seed=4, tick=1000)
+    for k in range(5):
+        client, close = CLIENTS[k], k == 4
+        vip, vport, _ = services[("tcp", 4)]
+        request, response = http(vip, "10.1.0.9:8080")
+        if close:
+            request = request.replace(b"Accept: */*\r\n", b"Accept: */*\r\nConnection: close\r\n")
+        start = plan.start(0, 4) if k < 4 else plan.start(4, 5)
+        plan.fixed(start, client_exchange(plan.timing(), start, (ethernet()(None, client, vip), plan.port(client),
+                                                                 vport), request, len(response), close))
+    for client in CLIENTS6:
+        vip, vport, _ = services[("tcp", 6)]
+        request, response = http(vip, "[2001:db8:1::9]:8080")
+        start = plan.start(1, 4)
+        plan.fixed(start, client_exchange(plan.timing(), start, (ethernet()(None, client, vip), plan.port(client),
+                                                                 vport), request, len(response)))
+    vip, vport, reals = services[("udp", 4)]
+    query, _ = dns(0x4C34, "www.example.com", "192.0.2.80")
+    start = plan.start(2, 3)
+    plan.fixed(start, [(start, ethernet()(None, CLIENTS[5], vip) / UDP(sport=plan.port(CLIENTS[5]), dport=vport)
+                        / query)])
+    real = services[("tcp", 4)][2][0][0]
+    start = plan.start(3, 4)
+    plan.fixed(start, [(start, ethernet()(None, CLIENTS[0], real) / TCP(sport=plan.port(CLIENTS[0]), dport=22,
+                                                                        flags="S", seq=plan.rng.getrandbits(32),
+                                                                        window=64240, options=[("MSS", 1460)]))])
+    return plan
+
+
 def write_pcap(path, packets):
     """Classic pcap, microsecond, Ethernet: the format most tools read."""
     with open(path, "wb") as f:
@@ -284,6 +341,7 @@ def main():
     write_pcap(HERE / "sample.pcap", plan_sample(services).packets())
     write_pcapng(HERE / "sample-ns.pcapng", plan_sample_ns(services).packets(),
                  [("eth0", 1), ("tun0", 101)])
+    write_pcap(HERE / "clients.pcap", plan_clients(load_services(HERE / "emulated.toml")).packets())
 
 
 if __name__ == "__main__":

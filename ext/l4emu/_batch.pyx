@@ -9,9 +9,9 @@ DEFAULT_DATA_BYTES = 1 << 20
 
 
 cdef class Batch:
-    def __cinit__(self, Py_ssize_t capacity=4096):
-        if capacity < 1:
-            raise ValueError("batch capacity must be at least 1")
+    def __cinit__(self, Py_ssize_t capacity=4096, Py_ssize_t data_bytes=DEFAULT_DATA_BYTES):
+        if capacity < 1 or data_bytes < 1:
+            raise ValueError("batch capacity and data bytes must be at least 1")
         self.capacity = capacity
         self.n = 0
         self.offset = <uint64_t*>calloc(capacity, sizeof(uint64_t))
@@ -22,7 +22,7 @@ cdef class Batch:
         self.linktype = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.verdict = <uint8_t*>calloc(capacity, sizeof(uint8_t))
         self.detail = <int32_t*>calloc(capacity, sizeof(int32_t))
-        self.data_cap = DEFAULT_DATA_BYTES
+        self.data_cap = data_bytes
         self.data = <uint8_t*>calloc(self.data_cap, 1)
         if not (self.offset and self.caplen and self.origlen and self.ts_ns and self.iface
                 and self.linktype and self.verdict and self.detail and self.data):
@@ -70,13 +70,16 @@ cdef class Batch:
         """Build a batch from Python bytes (tests, live mode).
 
         wire_lengths gives each frame's length on the wire when the capture snapped it shorter.
+        The buffer is sized exactly, so the last frame ends where the allocation ends: a sanitizer
+        build then sees any read past it (the fuzzers and hostile-input tests rely on that).
         """
         cdef Py_ssize_t i, count = len(frames)
         cdef const uint8_t[::1] view
         cdef uint8_t* grown
-        cdef Batch batch = Batch(max(count, 1))
+        frames = [bytes(f) for f in frames]
+        cdef Batch batch = Batch(max(count, 1), max(sum(len(f) for f in frames), 1))
         for i in range(count):
-            frame = bytes(frames[i])
+            frame = frames[i]
             if len(frame) > batch.data_cap - batch.data_len:
                 grown = <uint8_t*>realloc(batch.data, batch.data_len + len(frame) + DEFAULT_DATA_BYTES)
                 if grown == NULL:
@@ -119,3 +122,24 @@ cdef class Batch:
 
     def results(self):
         return [self.result(i) for i in range(self.n)]
+
+    def meta(self, Py_ssize_t i):
+        """(timestamp ns, bytes on the wire, interface, link type) of packet i."""
+        self._check(i)
+        return self.ts_ns[i], self.origlen[i], self.iface[i], self.linktype[i]
+
+    def append(self, frame, uint64_t ts_ns, uint16_t iface=0, uint16_t linktype=1, origlen=None):
+        """Copy one packet in from Python (packet-at-a-time callers: emulated hosts); False if the
+        batch is full (write it out, reset, append again)."""
+        cdef const uint8_t[::1] view
+        cdef bytes data = bytes(frame)
+        cdef uint32_t wire = len(data) if origlen is None else max(<uint32_t>origlen, <uint32_t>len(data))
+        view = data if data else b"\0"
+        r = self.push(&view[0], len(data), wire, ts_ns, iface, linktype)
+        if r < 0:
+            raise MemoryError()
+        return r == 0
+
+    def reset(self):
+        """Empty the batch, keeping its buffers."""
+        self.clear()

@@ -37,7 +37,7 @@ cdef class Datapath:
                       PacketInfo* info) noexcept nogil
     cdef void handle(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
                      uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil
-    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint32_t origlen, uint8_t* verdict,
+    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint64_t h, uint32_t origlen, uint8_t* verdict,
                        int32_t* detail) noexcept nogil
     cdef void icmp_error(self, uint8_t* p, PacketInfo* info, uint32_t ref, uint32_t origlen, uint8_t* verdict,
                          int32_t* detail) noexcept nogil

@@ -10,7 +10,7 @@ from libc.string cimport memcmp, memcpy
 from l4emu._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP
 from l4emu._checksum cimport diff_words, apply_diff, load16
 from l4emu._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup, prefetch_flow,
-                               prefetch_slot)
+                               prefetch_slot, slot_room)
 from l4emu._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
 from l4emu._sched cimport Scheduler
 from l4emu._persist cimport find_template, note_template
@@ -20,8 +20,11 @@ STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_
                "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK", "UDP")
 DROP_REASONS = ("truncated_l2", "truncated_ip", "bad_ip_header", "truncated_ipv6_ext",
                 "truncated_tcp", "bad_tcp_offset", "truncated_udp", "bad_udp_length", "fragment",
-                "tcp_not_syn", "no_real", "table_full", "reply_clash")
+                "tcp_not_syn", "no_real", "table_full", "reply_clash", "probe_limit")
 PASS_REASONS = ("not_ip", "other_protocol", "no_service", "fragment")
+# The link types _headers.pxd's link_layer parses; a frame of any other passes untouched as not_ip.
+PARSED_LINKTYPES = {0: "BSD null", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "BSD loop",
+                    113: "Linux cooked (SLL)", 276: "Linux cooked (SLL2)"}
 
 cdef enum:
     EV_SYN = 0
@@ -315,7 +318,7 @@ cdef class Datapath:
             elif (ref & 1) == 0 and self.t.reals[f.real].flags & RF_DOWN:
                 if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
                     self.table.remove(idx, R_NODEST)
-                    self.new_flow(p, info, ev, origlen, verdict, detail)
+                    self.new_flow(p, info, ev, h, origlen, verdict, detail)
                     if verdict[0] == V_NEW:
                         self.rescheduled += 1
                     else:
@@ -325,7 +328,7 @@ cdef class Datapath:
                     f.flags |= F_BLACKHOLED
                     self.blackholed += 1
         if ref == 0:
-            self.new_flow(p, info, ev, origlen, verdict, detail)
+            self.new_flow(p, info, ev, h, origlen, verdict, detail)
             return
         real = &self.t.reals[f.real]
         old = f.state
@@ -372,9 +375,11 @@ cdef class Datapath:
             real.in_bytes += origlen
             self.finish(verdict, detail, V_FORWARD, f.real)
 
-    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint32_t origlen, uint8_t* verdict,
+    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint64_t h, uint32_t origlen, uint8_t* verdict,
                        int32_t* detail) noexcept nogil:
+        """Schedule a flow for the packet's key (hash h); refused flows are counted drops, never evictions."""
         cdef int32_t svc = self.find_service(&info.key, False), pick
+        cdef uint64_t hr
         cdef Service* s
         cdef SchedulerHook* hook
         cdef Real* real
@@ -405,8 +410,14 @@ cdef class Datapath:
         memcpy(reply.dst, info.key.src, 16)
         reply.sport = real.port
         reply.dport = info.key.sport
-        if key_lookup(self.table, &reply, key_hash(self.table, &reply)):
+        hr = key_hash(self.table, &reply)
+        if key_lookup(self.table, &reply, hr):
             self.finish(verdict, detail, V_DROP, D_REPLY_CLASH)
+            return
+        # Colliding keys (a hash flood) fill a probe run: refuse before alloc, which could evict.
+        if not (slot_room(self.table, h) and slot_room(self.table, hr)):
+            self.table.insert_failed += 1
+            self.finish(verdict, detail, V_DROP, D_PROBE_LIMIT)
             return
         idx = self.table.alloc(self.clock_ns)
         if idx < 0:
@@ -425,8 +436,8 @@ cdef class Datapath:
         else:
             f.state = S_NONE
         f.expires_ns = self.clock_ns + self.timeout_ns[<int>f.state]
-        if self.table.insert(<uint32_t>idx) < 0:
-            self.finish(verdict, detail, V_DROP, D_TABLE_FULL)
+        if self.table.insert(<uint32_t>idx) < 0:          # both keys' last free slot was the same one
+            self.finish(verdict, detail, V_DROP, D_PROBE_LIMIT)
             return
         if is_active(f.state):
             real.active += 1

@@ -129,6 +129,17 @@ cdef inline uint32_t key_lookup(FlowTable t, const PacketKey* key, uint64_t h) n
     return 0
 
 
+cdef inline bint slot_room(FlowTable t, uint64_t h) noexcept nogil:
+    """Is there a free index slot within MAX_PROBE of the hash's home (so an insert can succeed)?"""
+    cdef uint64_t i = h & t.mask
+    cdef int probe
+    for probe in range(MAX_PROBE):
+        if t.slots[i].ref == 0:
+            return True
+        i = (i + 1) & t.mask
+    return False
+
+
 cdef inline void template_key(const Service* s, const PacketKey* key, PacketKey* out) noexcept nogil:
     """The key of the persistence template for this client's network (see _persist.pxd)."""
     cdef int k

@@ -19,6 +19,7 @@ cdef extern from "<sys/mman.h>" nogil:
     int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MADV_HUGEPAGE
 
 cdef uint64_t NS = 1000000000ULL
+PROBE_LIMIT = MAX_PROBE     # index slots a lookup or insert looks at, at most
 cdef size_t HUGE_PAGE = 2 << 20
 
 
@@ -48,7 +49,8 @@ cdef class FlowTable:
         self.flows = <Flow*>table_alloc(capacity * sizeof(Flow))
         self.slots = <Slot*>table_alloc(slots * sizeof(Slot))
         if self.flows == NULL or self.slots == NULL:
-            raise MemoryError(f"cannot allocate a table for {capacity} connections")
+            size = capacity * sizeof(Flow) + slots * sizeof(Slot)
+            raise MemoryError(f"cannot allocate a table for {capacity} connections ({size / 2**30:.1f} GiB)")
         self.k0 = int.from_bytes(secret[:8], "little")
         self.k1 = int.from_bytes(secret[8:], "little")
         memset(self.wheel, 0, sizeof(self.wheel))
@@ -62,6 +64,34 @@ cdef class FlowTable:
     def removed_by_reason(self):
         return {"expired": self.removed[<int>R_EXPIRED], "evicted": self.removed[<int>R_EVICTED],
                 "reused": self.removed[<int>R_REUSED], "nodest": self.removed[<int>R_NODEST]}
+
+    @property
+    def slot_count(self):
+        """Index slots (a power of two, at least four per flow: two keys each, load at most 0.5)."""
+        return self.mask + 1
+
+    def hash_key(self, bytes src, bytes dst, uint16_t sport, uint16_t dport, uint8_t proto):
+        """The keyed hash of a tuple (addresses: 4 or 16 bytes), as a lookup computes it; home slot = hash % slot_count.
+        For tests and the hash-flooding benchmark, which plays an attacker who knows the secret."""
+        cdef PacketKey key
+        if len(src) not in (4, 16) or len(dst) != len(src):
+            raise ValueError("addresses are 4 or 16 bytes, both of one family")
+        memset(&key, 0, sizeof(key))
+        memcpy(key.src, <const char*>src, len(src))
+        memcpy(key.dst, <const char*>dst, len(dst))
+        key.sport, key.dport, key.proto = sport, dport, proto
+        key.family = 4 if len(src) == 4 else 6
+        return key_hash(self, &key)
+
+    def probe_lengths(self):
+        """{probes a lookup of the key needs: index entries}, over every entry (its distance from home + 1)."""
+        cdef uint64_t i
+        cdef dict counts = {}
+        for i in range(self.mask + 1):
+            if self.slots[i].ref:
+                n = <int>((i - (self.slots[i].hash32 & self.mask)) & self.mask) + 1
+                counts[n] = counts.get(n, 0) + 1
+        return dict(sorted(counts.items()))
 
     def memory_bytes(self):
         """Bytes the table allocated: flow records plus index (the wheel is a fixed 4 KiB)."""

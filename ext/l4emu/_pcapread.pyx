@@ -32,6 +32,7 @@ cdef struct Iface:
     uint64_t div
     int64_t offset_s     # if_tsoffset, seconds
     bint nanosecond      # finer than a microsecond
+    uint64_t offset      # where the file declares it: the pcap global header (0) or the IDB
 
 cdef uint64_t POW10[20]
 POW10[0] = 1
@@ -131,11 +132,11 @@ cdef class Scanner:
         cdef const uint8_t[::1] view = buffer
         cdef uint32_t magic
         self._view = view
-        self.base = &view[0]
         self.size = view.shape[0]
-        if self.size < 4:
+        if self.size < 4:                    # an empty buffer has no view[0] to point at
             self._fail(F_TOO_SHORT, 0, self.size, 0)
             return
+        self.base = &view[0]
         memcpy(&magic, self.base, 4)
         if magic == NG_SHB:
             self.pcapng = True
@@ -175,6 +176,7 @@ cdef class Scanner:
         if f == NULL:
             raise MemoryError()
         set_resolution(f, 9 if magic in (PCAP_NS, bswap32(PCAP_NS)) else 6)
+        f.offset = 0
         f.snaplen = rd32(self.base + 16, self.swap)
         f.linktype = rd32(self.base + 20, self.swap) & 0xFFFF   # upper bits carry FCS length, not the type
         self.section_count = 1
@@ -273,6 +275,7 @@ cdef class Scanner:
                 return -1
             f.linktype = rd16(p, self.swap)
             f.snaplen = rd32(p + 4, self.swap)
+            f.offset = at
             parse_idb_options(f, p + 8, room - 8, self.swap)
             self.section_count += 1
             return 0
@@ -350,10 +353,11 @@ cdef class Scanner:
         return self.n_ifaces
 
     def interface(self, Py_ssize_t i):
-        """(linktype, snaplen, nanosecond) of interface i."""
+        """(linktype, snaplen, nanosecond, offset of its declaration) of interface i."""
         if not 0 <= i < self.n_ifaces:
             raise IndexError(i)
-        return self.ifaces[i].linktype, self.ifaces[i].snaplen, bool(self.ifaces[i].nanosecond)
+        return (self.ifaces[i].linktype, self.ifaces[i].snaplen, bool(self.ifaces[i].nanosecond),
+                self.ifaces[i].offset)
 
     @property
     def failed(self):

@@ -32,7 +32,8 @@ cdef enum DropReason:
     D_NO_REAL = 10
     D_TABLE_FULL = 11
     D_REPLY_CLASH = 12
-    N_DROP_REASONS = 13
+    D_PROBE_LIMIT = 13      # no free index slot within MAX_PROBE of the key's home (colliding keys)
+    N_DROP_REASONS = 14
 
 # Why a packet passed untouched (Batch.detail when verdict is V_PASS); the index of PASS_REASONS.
 cdef enum PassReason:

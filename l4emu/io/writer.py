@@ -1,4 +1,8 @@
-"""Write pcap/pcapng to "<path>.part", renamed on close, so a failed run never leaves a file that looks complete."""
+"""Write pcap/pcapng to "<path>.part", renamed on close, so a failed run never leaves a file that looks complete.
+
+A target that exists and is not a regular file (a device such as /dev/full, a FIFO, a link to one) is
+written in place: there is nothing to rename over, and no file is left behind to look complete.
+"""
 import os
 import struct
 
@@ -23,6 +27,31 @@ class WriteError(Exception):
 def open_writer(path, interfaces, *, nanosecond=False, fmt=None):
     """Open a pcap/pcapng writer; `interfaces` may be a reader's list that grows while reading."""
     return CaptureWriter(path, interfaces, nanosecond=nanosecond, fmt=fmt)
+
+
+def _in_place(path: str) -> bool:
+    """Write straight to path? Only a target that exists and is not a regular file (a device, a FIFO)."""
+    return os.path.exists(path) and not os.path.isfile(path)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write a text file under a temporary name and rename it on success (OSError on failure, nothing left)."""
+    path = os.fspath(path)
+    if _in_place(path):
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    part = path + ".part"
+    try:
+        with open(part, "w") as f:
+            f.write(text)
+        os.replace(part, path)
+    except BaseException:
+        try:
+            os.unlink(part)
+        except OSError:
+            pass
+        raise
 
 
 def _block(btype, body):
@@ -50,7 +79,7 @@ class CaptureWriter:
         self._linktype = None  # pcap: fixed by the first packet written
         self._idbs = 0
         self._failed = False
-        self._part = self.path + ".part"
+        self._part = self.path if _in_place(self.path) else self.path + ".part"
         try:
             self._file = open(self._part, "wb")
         except OSError as e:
@@ -121,7 +150,8 @@ class CaptureWriter:
                 elif self.format == "pcapng":
                     self._put(self._new_idbs())
                 self._file.close()
-                os.replace(self._part, self.path)
+                if self._part != self.path:
+                    os.replace(self._part, self.path)
         except OSError as e:
             self._failed = True
             raise WriteError(self.path, f"cannot finish: {e.strerror or e}") from None
@@ -135,6 +165,8 @@ class CaptureWriter:
             self._file.close()
         except OSError:
             pass
+        if self._part == self.path:         # written in place: a device or FIFO, not ours to delete
+            return
         try:
             os.unlink(self._part)
         except FileNotFoundError:

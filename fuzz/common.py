@@ -1,0 +1,164 @@
+"""The fuzz harnesses' bodies (plain Python, so tests replay crash inputs without atheris): a small
+switch, the input format of the datapath harness, and the invariants checked after every input.
+
+fuzz_datapath input: byte 0 picks the link type (LINKTYPES[b % len]); then frames, each as
+[gap][len_hi][len_lo][bytes...]: `gap` is tenths of a second since the previous frame (so timers,
+expiry and eviction run), the length is cut to what is left. make_corpus.py writes seeds this way.
+"""
+from __future__ import annotations
+
+import tomllib
+
+from l4emu import config as configmod
+from l4emu import schedulers
+from l4emu._batch import Batch
+from l4emu._pcapread import Scanner
+from l4emu._pcapwrite import Encoder
+from l4emu.switch import Switch
+
+# Every link type the parser knows (Ethernet, raw IP x3, SLL, SLL2, NULL, LOOP) and one it does not.
+LINKTYPES = (1, 101, 12, 14, 113, 276, 0, 108, 147)
+MAX_FRAMES = 32
+NS = 1_000_000_000
+
+# A tiny table (4 entries) so that eviction and table_full happen within a few frames; short
+# timeouts so that expiry does too; persistence (templates), a hashing scheduler, IPv6, UDP.
+CONFIG = """
+[table]
+max_connections = 4
+[timeouts]
+established = 3
+syn_recv = 1
+fin_wait = 1
+time_wait = 1
+udp = 2
+[[service]]
+vip = "10.0.0.100:80"
+scheduler = "wlc"
+persistence = 2
+persistence_netmask = 24
+  [[service.real]]
+  address = "10.1.0.1:8080"
+  [[service.real]]
+  address = "10.1.0.2:8080"
+  weight = 3
+[[service]]
+vip = "10.0.0.100:53"
+protocol = "udp"
+scheduler = "sh"
+  [[service.real]]
+  address = "10.1.0.11:53"
+  [[service.real]]
+  address = "10.1.0.12:53"
+[[service]]
+vip = "[2001:db8::100]:80"
+scheduler = "mh"
+  [[service.real]]
+  address = "[2001:db8:1::1]:8080"
+  [[service.real]]
+  address = "[2001:db8:1::2]:8080"
+"""
+_CONFIG = configmod.from_dict(tomllib.loads(CONFIG), schedulers.catalog())
+
+
+def small_switch(seed: int = 1) -> Switch:
+    """A fresh switch per input, so that every crash reproduces from its input alone."""
+    return Switch(_CONFIG, seed=seed)
+
+
+def encode(linktype: int, frames, gaps=None) -> bytes:
+    """A fuzz_datapath input from frames (the seed corpus and regression tests use it)."""
+    out = bytearray([LINKTYPES.index(linktype)])
+    for k, frame in enumerate(frames[:MAX_FRAMES]):
+        frame = bytes(frame)[:0xFFFF]
+        out += bytes([gaps[k] if gaps else 1]) + len(frame).to_bytes(2, "big") + frame
+    return bytes(out)
+
+
+def decode(data: bytes):
+    """(linktype, [frames], [timestamps_ns]) from a fuzz_datapath input; never fails."""
+    if not data:
+        return LINKTYPES[0], [], []
+    linktype = LINKTYPES[data[0] % len(LINKTYPES)]
+    frames, stamps, pos, now = [], [], 1, NS
+    while pos < len(data) and len(frames) < MAX_FRAMES:
+        gap = data[pos]
+        size = int.from_bytes(data[pos + 1:pos + 3], "big")
+        pos += 3
+        frames.append(data[pos:pos + size])
+        pos += size
+        now += gap * NS // 10
+        stamps.append(now)
+    return linktype, frames, stamps
+
+
+def check_invariants(switch: Switch) -> None:
+    """What must hold after any input: every packet has one verdict, the table stays in its bounds."""
+    s = switch.stats()
+    verdicts = s["new"] + s["forward"] + s["reply"] + s["passed"] + s["dropped_total"]
+    if s["packets"] != verdicts:
+        raise AssertionError(f"{s['packets']} packets but {verdicts} verdicts: {s}")
+    if s["dropped_total"] != sum(s["dropped"].values()) or s["passed"] != sum(s["passed_by_reason"].values()):
+        raise AssertionError(f"reasons do not add up: {s}")
+    table = switch.datapath.table
+    if not table.used <= table.peak <= table.capacity:
+        raise AssertionError(f"table used {table.used}, peak {table.peak}, capacity {table.capacity}")
+    real_conns = sum(r["active"] + r["inactive"] for r in switch.datapath.real_counters())
+    if real_conns > table.used:
+        raise AssertionError(f"reals count {real_conns} connections, the table holds {table.used}")
+
+
+def run_frames(data: bytes) -> Switch:
+    """fuzz_datapath's body: each frame in its own exactly-sized Batch, so that a read past a frame's
+    end leaves the allocation and AddressSanitizer reports it. Dropped and passed frames must come
+    out byte for byte; no frame may change length; then check_invariants."""
+    linktype, frames, stamps = decode(data)
+    switch = small_switch()
+    for frame, stamp in zip(frames, stamps):
+        batch = Batch.from_frames([frame], linktype, [stamp])
+        switch.process(batch)
+        verdict, detail = batch.result(0)
+        out = batch.packet(0)
+        if verdict in ("pass", "drop") and out != frame:
+            raise AssertionError(f"{verdict} ({detail}) but the frame changed: {frame.hex()} -> {out.hex()}")
+        if len(out) != len(frame):
+            raise AssertionError(f"{verdict} changed the frame's length")
+    check_invariants(switch)
+    return switch
+
+
+COMMENTS = small_switch().comment_table()
+
+
+def run_capture(data: bytes) -> Switch:
+    """fuzz_pcap's body: the reader's Scanner over the bytes in place (a malloc'd bytes object under
+    PYTHONMALLOC=malloc, so ASan sees a read past the end), every batch through a small switch, then
+    encoded as pcapng (with --annotate's comments, drops kept) and as pcap, in memory. A fault must
+    stop reading with a message and an offset inside the file."""
+    scanner = Scanner(data)
+    switch = small_switch()
+    batch = Batch(4)
+    pcapng, pcap = Encoder(True), Encoder(False)
+    idbs = delivered = 0
+    while scanner.fill(batch):
+        delivered += batch.n
+        while idbs < scanner.interface_count:       # as CaptureWriter: an IDB per interface seen
+            pcapng.add_interface(scanner.interface(idbs)[2])
+            idbs += 1
+        switch.process(batch)
+        pcapng.encode(batch, True, COMMENTS, 0)
+        first = pcap.first_written(batch, False)
+        if first is not None:
+            try:
+                pcap.encode(batch, False, None, first[0])
+            except ValueError as e:                 # several link types cannot share a pcap file
+                if "several link types" not in str(e):
+                    raise
+        if scanner.pos > len(data):
+            raise AssertionError(f"reader position {scanner.pos} is past the end ({len(data)})")
+    if scanner.failed and (not scanner.problem or scanner.fault_offset > len(data)):
+        raise AssertionError(f"fault at {scanner.fault_offset} of {len(data)}: {scanner.problem!r}")
+    check_invariants(switch)
+    if switch.stats()["packets"] != delivered:
+        raise AssertionError("not every delivered packet was processed")
+    return switch

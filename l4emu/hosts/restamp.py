@@ -1,0 +1,47 @@
+"""Re-stamp a recorded client's acknowledgements to the emulated server's sequence space.
+
+A client-only capture acknowledges the bytes of the server it once talked to: another initial
+sequence number, other response lengths. Like tcpliveplay, the replay rewrites each client ACK to
+what the emulated server has sent it so far (a lossless path delivers everything sent before the
+client's next packet), so tshark follows every stream without "ACKed unseen segment". Timestamps and
+SACK blocks count in the old server's space too; they become NOPs (the emulated server never
+agrees to either option, so a client that did not send them is what the conversation implies).
+"""
+from __future__ import annotations
+
+from l4emu.hosts.packets import ACK, FIN, RST, SYN, TCP, Segment, link_offset, parse, rewrite_ack
+
+M = 0xFFFFFFFF
+
+
+class Restamper:
+    def __init__(self):
+        # (client address, client port, server address, server port), as the client sees them ->
+        # the sequence number after the last byte (or SYN/FIN) the emulated server sent.
+        self.sent: dict[tuple, int] = {}
+
+    def server(self, frame: bytes, linktype: int) -> None:
+        """Learn from an emulated server's packet, taken as the client receives it (after SNAT)."""
+        l3 = link_offset(frame, linktype)
+        seg = parse(frame, l3) if l3 is not None else None
+        if seg is None or seg.proto != TCP or seg.flags & RST:
+            return
+        end = (seg.seq + len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)) & M
+        key = (seg.dst, seg.dport, seg.src, seg.sport)
+        known = self.sent.get(key)
+        if known is None or seg.flags & SYN or ((end - known) & M) <= 0x7FFFFFFF:
+            self.sent[key] = end
+
+    def client(self, frame: bytes, seg: Segment) -> bytes:
+        """The client's packet with its ACK number in the emulated server's space (others unchanged)."""
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        if seg.flags & SYN and not seg.flags & ACK:
+            self.sent.pop(key, None)            # a new connection on this pair: forget the old one
+            return frame
+        if seg.flags & RST:
+            nxt = self.sent.pop(key, None)
+        else:
+            nxt = self.sent.get(key)
+        if nxt is None or not seg.flags & ACK:
+            return frame
+        return rewrite_ack(frame, seg, nxt)
