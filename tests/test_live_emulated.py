@@ -11,7 +11,7 @@ import pytest
 
 from conftest import PCAPS
 from l4emu.lab import Lab
-from test_live_lab import _workdir, l4emu, wait_for
+from test_live_lab import _workdir, l4emu, live_in_lab
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="live mode tests need root (network namespaces, TUN)"),
@@ -25,22 +25,10 @@ HOLD = "import socket, sys, time; s = socket.create_connection((sys.argv[1], 80)
 @pytest.fixture(scope="module")
 def emulated():
     workdir = _workdir()
-    lab = Lab.from_config(CONFIG, f"l4e{os.getpid() % 100000}", "l4e0")
-    control = str(workdir / "l4emu.sock")
-    live = None
     try:
-        lab.up()
-        live = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "live", "--netns", lab.lb, "--tun", lab.tun,
-                                 "-c", str(CONFIG), "--control", control, "--seed", "1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: os.path.exists(control) or live.poll() is not None, what="the control socket")
-        assert live.poll() is None, live.communicate()
-        yield lab, control
+        with live_in_lab(CONFIG, f"l4e{os.getpid() % 100000}", "l4e0", workdir, "--seed", "1") as running:
+            yield running
     finally:
-        if live is not None and live.poll() is None:
-            live.kill()
-            live.wait()
-        lab.down()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,6 +1,7 @@
 """Live mode end to end: real curl, real servers and the control socket, in namespaces this module makes and removes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -78,6 +79,28 @@ def wait_for(predicate, timeout=10.0, what="condition"):
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def live_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *extra: str):
+    """A lab for `config` with `l4emu live` running in it; yields (lab, control socket path).
+    Everything goes afterwards, whatever happened."""
+    lab = Lab.from_config(config, prefix, tun)
+    sock = str(workdir / "l4emu.sock")
+    live = None
+    try:
+        lab.up()
+        live = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "live", "--netns", lab.lb, "--tun", lab.tun,
+                                 "-c", str(config), "--control", sock, *extra],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: os.path.exists(sock) or live.poll() is not None, what="the control socket")
+        assert live.poll() is None, live.communicate()
+        yield lab, sock
+    finally:
+        if live is not None and live.poll() is None:
+            live.kill()
+            live.wait()
+        lab.down()
 
 
 class Running:
@@ -224,21 +247,9 @@ def test_udp_bursts_over_ipv6_arrive_whole_through_gso_writes(tmp_path):
     config = tmp_path / "v6.toml"
     config.write_text('[[service]]\nvip = "[2001:db8::100]:53"\nprotocol = "udp"\n'
                       '  [[service.real]]\n  address = "[2001:db8:1::1]:53"\n')
-    lab = Lab.from_config(config, f"l4u{os.getpid() % 100000}", "l4u0")
-    sock = str(tmp_path / "l4emu.sock")
-    live = None
-    try:
-        lab.up()
-        live = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "live", "--netns", lab.lb, "--tun", lab.tun,
-                                 "-c", str(config), "--control", sock], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_for(lambda: os.path.exists(sock) or live.poll() is not None, what="the control socket")
+    with live_in_lab(config, f"l4u{os.getpid() % 100000}", "l4u0", tmp_path) as (lab, sock):
         assert udp_through(lab, "2001:db8::100", ["2001:db8:1::1"]) == udp_bursts()
         assert control.request(sock, "stats")["tun"]["gso_out"] > 0
-    finally:
-        if live is not None:
-            live.kill()
-            live.wait()
-        lab.down()
 
 
 def test_control_lists_established_flows_and_refuses_admin_from_nobody(running):
