@@ -104,7 +104,10 @@ class Lab:
             raise LabError(f"a lab named {self.prefix} is already up (`l4emu lab down --prefix {self.prefix}`)")
         try:
             for cmd in self.commands():
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                try:
+                    done = subprocess.run(cmd, capture_output=True, text=True)
+                except FileNotFoundError:
+                    raise LabError(f"{cmd[0]} not found (apt-get install iproute2)") from None
                 if done.returncode != 0:
                     raise LabError(f"{' '.join(cmd)}: {done.stderr.strip() or done.returncode}")
         except BaseException:
