@@ -12,6 +12,9 @@ from scapy.all import IP, TCP, UDP, IPv6, rdpcap, raw
 
 from conftest import PCAPS, needs_tshark, run_cli
 from l4emu import config as configmod
+from l4emu.emulate import Emulator
+from l4emu.io import open_capture
+from l4emu.switch import Switch
 
 CLIENTS = PCAPS / "clients.pcap"
 CONFIG = PCAPS / "emulated.toml"
@@ -203,3 +206,15 @@ def test_a_capture_with_recorded_servers_and_two_link_types(tmp_path):
                             check=True).stdout
     tcp_lines = "\n".join(line for line in expert.splitlines() if " TCP " in line).lower()
     assert "Errors" not in expert and not [w for w in BAD_WARNINGS if w.lower() in tcp_lines]
+
+
+def test_the_restamper_forgets_each_connection_once_both_sides_closed():
+    """A long capture must not pile up per-connection state: every conversation of the sample closes."""
+    emulator = Emulator(Switch.from_config(PCAPS / "emulated.toml", seed=1))
+    with open_capture(PCAPS / "clients.pcap") as reader:
+        for batch in reader.batches():
+            for i in range(len(batch)):
+                ts, origlen, iface, linktype = batch.meta(i)
+                emulator.client(batch.packet(i), ts, origlen, iface, linktype)
+    assert emulator.answers > 0
+    assert emulator.restamper.sent == {} and emulator.restamper.fins == {}
