@@ -32,6 +32,8 @@ from l4emu._batch import Batch
 from l4emu._flowtable import PROBE_LIMIT
 from l4emu.switch import Switch
 
+from bench import resident_bytes  # a sibling script: benchmarks/ is on sys.path when run
+
 NS = 1_000_000_000
 BATCH = 65_536
 VIP, VPORT = "10.0.0.100", 80
@@ -71,11 +73,6 @@ def real_frame(real: int, addr: int, port: int, flags: int) -> bytes:
     frame[34:38] = struct.pack("!HH", rport, port)
     frame[47] = flags
     return bytes(frame)
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def run(switch: Switch, frames, t_ns: int, step_ns: int = 0):
