@@ -105,21 +105,26 @@ def parse(frame: bytes, l3: int) -> Segment | None:
     return None
 
 
-def tcp_options(options: bytes) -> dict[int, bytes]:
-    """Option kind -> value; stops at End of Options or at an option that does not fit."""
-    found, i = {}, 0
+def option_spans(options: bytes):
+    """(offset, kind, length) of each TCP option with a length byte; stops at End of Options or at an
+    option that does not fit (NOPs are stepped over)."""
+    i = 0
     while i < len(options):
         kind = options[i]
         if kind == 0:
-            break
+            return
         if kind == 1:
             i += 1
             continue
         if i + 1 >= len(options) or options[i + 1] < 2 or i + options[i + 1] > len(options):
-            break
-        found[kind] = options[i + 2:i + options[i + 1]]
+            return
+        yield i, kind, options[i + 1]
         i += options[i + 1]
-    return found
+
+
+def tcp_options(options: bytes) -> dict[int, bytes]:
+    """Option kind -> value."""
+    return {kind: options[i + 2:i + length] for i, kind, length in option_spans(options)}
 
 
 def checksum(data: bytes) -> int:
@@ -178,20 +183,10 @@ def rewrite_ack(frame: bytes, seg: Segment, ack: int) -> bytes:
     (they count in the other side's sequence space, which we do not map), and the TCP checksum redone."""
     out = bytearray(frame)
     struct.pack_into("!I", out, seg.l4 + 8, ack & 0xFFFFFFFF)
-    i, opts_end = seg.l4 + 20, seg.l4 + 20 + len(seg.options)
-    while i < opts_end:
-        kind = out[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        length = out[i + 1] if i + 1 < opts_end else 0
-        if length < 2 or i + length > opts_end:
-            break
+    for i, kind, length in option_spans(seg.options):
         if kind in (5, 8):
-            out[i:i + length] = b"\x01" * length
-        i += length
+            start = seg.l4 + 20 + i
+            out[start:start + length] = b"\x01" * length
     struct.pack_into("!H", out, seg.l4 + 16, 0)
     body = bytes(out[seg.l4:seg.end])
     struct.pack_into("!H", out, seg.l4 + 16, checksum(_pseudo(seg.family, seg.src, seg.dst, TCP, len(body)) + body))
