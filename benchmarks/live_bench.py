@@ -44,19 +44,36 @@ def run(*cmd, **kw):
 
 
 def iperf(lab: Lab, seconds: int, udp: bool) -> dict:
-    """TCP: Gbit/s received; UDP with 64-byte datagrams, unlimited rate: datagrams/s received."""
+    """TCP: Gbit/s received. UDP with 64-byte datagrams at an unlimited rate: datagrams/s sent by the
+    client, forwarded by the load balancer toward the real, and received by the server; and the
+    losses on the way (the TUN's queue, the server's socket buffer)."""
     args = ["-u", "-l", "64", "-b", "0"] if udp else []
+    before = udp_counters(lab)
     out = run("ip", "netns", "exec", lab.client, "iperf3", "-c", VIP, "-p", str(PORT), "-t", str(seconds),
               "-J", *args, timeout=seconds + 30).stdout
     end = json.loads(out)["end"]
     if udp:
         s = end["sum"]
-        return {"pps": (s["packets"] - s["lost_packets"]) / s["seconds"], "lost": s["lost_percent"]}
+        after = udp_counters(lab)
+        return {"received": (s["packets"] - s["lost_packets"]) / s["seconds"], "sent": s["packets"] / s["seconds"],
+                **{name: (after[name] - before[name]) / s["seconds"] for name in before}}
     return {"gbps": end["sum_received"]["bits_per_second"] / 1e9}
 
 
+def udp_counters(lab: Lab) -> dict:
+    """From the servers' UDP counters: datagrams that reached them (read by iperf3, or dropped because
+    its socket buffer was full), and those dropped; and the datagrams the TUN's queue dropped
+    (l4emu too slow to read). Counted after GSO segmentation, so one per datagram."""
+    snmp = run("ip", "netns", "exec", lab.servers, "cat", "/proc/net/snmp").stdout.splitlines()
+    names, values = [line.split()[1:] for line in snmp if line.startswith("Udp:")][:2]
+    udp = dict(zip(names, map(int, values)))
+    tun = run("ip", "netns", "exec", lab.lb, "cat", f"/sys/class/net/{lab.tun}/statistics/tx_dropped").stdout
+    return {"forwarded": udp["InDatagrams"] + udp["InErrors"], "tun_drops": int(tun),
+            "socket_drops": udp["RcvbufErrors"]}
+
+
 def measure(lab: Lab, seconds: int) -> dict:
-    return {"tcp": iperf(lab, seconds, False)["gbps"], "udp": iperf(lab, seconds, True)["pps"]}
+    return {"tcp": iperf(lab, seconds, False)["gbps"], "udp": iperf(lab, seconds, True)}
 
 
 def use_kernel_nat(lab: Lab, on: bool) -> None:
@@ -110,15 +127,22 @@ def main() -> None:
                 proc.wait()
         lab.down()
     print(summary.rstrip().splitlines()[-1])
-    print(f"{'':<38}{'l4emu live':>14}{'kernel NAT':>14}{'ratio':>8}{'target':>8}")
-    for kind, label, unit, target in (("tcp", "TCP, Gbit/s", "{:>14.2f}", 0.5),
-                                      ("udp", "UDP 64-byte datagrams/s", "{:>14,.0f}", 0.8)):
+    print(f"{'':<56}{'l4emu live':>14}{'kernel NAT':>14}{'ratio':>8}{'target':>8}")
+    for label, value, unit, target in (
+            ("TCP, Gbit/s received", lambda m: m["tcp"], "{:>14.2f}", 0.5),
+            ("UDP 64 B, datagrams/s reaching the real", lambda m: m["udp"]["forwarded"], "{:>14,.0f}", 0.8),
+            ("UDP 64 B, datagrams/s received by iperf3", lambda m: m["udp"]["received"], "{:>14,.0f}", 0.8)):
         ratios = []
         for k, (ours, kernel) in enumerate(rounds, 1):
-            ratios.append(ours[kind] / kernel[kind])
-            print(f"{label + f', round {k}':<38}" + unit.format(ours[kind]) + unit.format(kernel[kind])
+            ratios.append(value(ours) / value(kernel))
+            print(f"{label + f', round {k}':<56}" + unit.format(value(ours)) + unit.format(value(kernel))
                   + f"{ratios[-1]:>8.2f}")
-        print(f"{label + ', median of the rounds':<38}{'':>28}{statistics.median(ratios):>8.2f}{target:>8.2f}")
+        print(f"{label + ', median':<56}{'':>28}{statistics.median(ratios):>8.2f}{target:>8.2f}")
+    print("UDP datagrams/s sent by the iperf3 client; lost in the TUN queue / at the server's socket:")
+    for k, (ours, kernel) in enumerate(rounds, 1):
+        print(f"  round {k}:" + "".join(f"  {name} {m['udp']['sent']:,.0f} sent, {m['udp']['tun_drops']:,.0f} / "
+                                         f"{m['udp']['socket_drops']:,.0f} lost"
+                                         for name, m in (("l4emu", ours), ("kernel", kernel))))
 
 
 if __name__ == "__main__":
