@@ -1,12 +1,13 @@
 """The fuzz harnesses' bodies (plain Python, so tests replay crash inputs without atheris): a small
 switch, the input format of the datapath harness, and the invariants checked after every input.
 
-fuzz_datapath input: byte 0 picks the link type (LINKTYPES[b % len]); then frames, each as
+The datapath harness's input: byte 0 picks the link type (LINKTYPES[b % len]); then frames, each as
 [gap][len_hi][len_lo][bytes...]: `gap` is tenths of a second since the previous frame (so timers,
 expiry and eviction run), the length is cut to what is left. make_corpus.py writes seeds this way.
 """
 from __future__ import annotations
 
+import socket
 import tomllib
 
 from l4emu import config as configmod
@@ -14,6 +15,7 @@ from l4emu import schedulers
 from l4emu._batch import Batch
 from l4emu._pcapread import Scanner
 from l4emu._pcapwrite import Encoder
+from l4emu._tun import TunIO
 from l4emu.switch import Switch
 
 # Every link type the parser knows (Ethernet, raw IP x3, SLL, SLL2, NULL, LOOP) and one it does not.
@@ -67,7 +69,7 @@ def small_switch(seed: int = 1) -> Switch:
 
 
 def encode(linktype: int, frames, gaps=None) -> bytes:
-    """A fuzz_datapath input from frames (the seed corpus and regression tests use it)."""
+    """A datapath harness input from frames (the seed corpus and regression tests use it)."""
     out = bytearray([LINKTYPES.index(linktype)])
     for k, frame in enumerate(frames[:MAX_FRAMES]):
         frame = bytes(frame)[:0xFFFF]
@@ -76,7 +78,7 @@ def encode(linktype: int, frames, gaps=None) -> bytes:
 
 
 def decode(data: bytes):
-    """(linktype, [frames], [timestamps_ns]) from a fuzz_datapath input; never fails."""
+    """(linktype, [frames], [timestamps_ns]) from a datapath harness input; never fails."""
     if not data:
         return LINKTYPES[0], [], []
     linktype = LINKTYPES[data[0] % len(LINKTYPES)]
@@ -109,7 +111,7 @@ def check_invariants(switch: Switch) -> None:
 
 
 def run_frames(data: bytes) -> Switch:
-    """fuzz_datapath's body: each frame in its own exactly-sized Batch, so that a read past a frame's
+    """The datapath harness's body: each frame in its own exactly-sized Batch, so that a read past a frame's
     end leaves the allocation and AddressSanitizer reports it. Dropped and passed frames must come
     out byte for byte; no frame may change length; then check_invariants."""
     linktype, frames, stamps = decode(data)
@@ -131,7 +133,7 @@ COMMENTS = small_switch().comment_table()
 
 
 def run_capture(data: bytes) -> Switch:
-    """fuzz_pcap's body: the reader's Scanner over the bytes in place (a malloc'd bytes object under
+    """The pcap harness's body: the reader's Scanner over the bytes in place (a malloc'd bytes object under
     PYTHONMALLOC=malloc, so ASan sees a read past the end), every batch through a small switch, then
     encoded as pcapng (with --annotate's comments, drops kept) and as pcap, in memory. A fault must
     stop reading with a message and an offset inside the file."""
@@ -162,3 +164,102 @@ def run_capture(data: bytes) -> Switch:
     if switch.stats()["packets"] != delivered:
         raise AssertionError("not every delivered packet was processed")
     return switch
+
+
+# The tun harness's input: records [len_hi][len_lo][bytes...], each a virtio-net header (10 bytes) and the
+# packet after it, as a TUN with IFF_VNET_HDR hands them over; the length is cut to what is left.
+VNET_HDR_LEN = 10
+MAX_RECORDS = 48
+GSO_UDP_L4 = 5
+
+
+def encode_records(records) -> bytes:
+    out = bytearray()
+    for record in records[:MAX_RECORDS]:
+        record = bytes(record)[:0xFFFF]
+        out += len(record).to_bytes(2, "big") + record
+    return bytes(out)
+
+
+def decode_records(data: bytes) -> list[bytes]:
+    records, pos = [], 0
+    while pos < len(data) and len(records) < MAX_RECORDS:
+        size = int.from_bytes(data[pos:pos + 2], "big")
+        records.append(data[pos + 2:pos + 2 + size])
+        pos += 2 + size
+    return records
+
+
+def run_tun(data: bytes, tun_counters: dict | None = None) -> Switch:
+    """The tun harness's body: the records through live mode's own TUN I/O (TunIO.read_into, the switch,
+    TunIO.write_from) over a SOCK_SEQPACKET pair, which keeps record boundaries as a TUN does.
+    Every record longer than its header is read, each packet is written or dropped, and every
+    GSO UDP write is a well-formed datagram whose lengths add up. tun_counters, if given, gets the
+    TunIO's counters (tests check that runs were coalesced)."""
+    records = decode_records(data)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        for sock in (ours, theirs):
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sent = []
+        for record in records:
+            try:
+                theirs.send(record)
+            except BlockingIOError:         # the socket buffer is full: the rest is not read either
+                break
+            sent.append(record)
+        switch = small_switch()
+        io = TunIO(ours.fileno(), True, 8)
+        batch = Batch(8)
+        read = 0
+        while True:
+            got = io.read_into(batch)
+            if got < 0:
+                raise AssertionError(f"read_into failed: errno {-got}")
+            if got == 0:
+                break
+            read += got
+            switch.process(batch)
+            kept = sum(batch.result(i)[0] != "drop" for i in range(len(batch)))
+            written = io.write_from(batch)
+            if io.write_errors or written != kept:
+                raise AssertionError(f"{kept} packets kept, {written} written, {io.write_errors} write errors")
+        expected = sum(len(r) > VNET_HDR_LEN for r in sent)
+        if read != expected or io.packets_in != expected:
+            raise AssertionError(f"{expected} packets sent, {read} read")
+        # A GSO packet read is written back under its own header: those are not our runs.
+        read_gso = {(r[:VNET_HDR_LEN], len(r)) for r in sent if len(r) > VNET_HDR_LEN and r[1] == GSO_UDP_L4}
+        datagrams = 0
+        while True:
+            try:
+                out = theirs.recv(1 << 17)
+            except BlockingIOError:
+                break
+            datagrams += check_written(out, read_gso)
+        if datagrams != io.packets_out:
+            raise AssertionError(f"{io.packets_out} packets written, {datagrams} came out")
+        if tun_counters is not None:
+            tun_counters.update(packets_in=io.packets_in, packets_out=io.packets_out, gso_out=io.gso_out)
+    check_invariants(switch)
+    return switch
+
+
+def check_written(out: bytes, read_gso: set) -> int:
+    """How many packets one write carried; a GSO UDP write of ours (not one read as such) must be
+    a consistent IPv4/IPv6 datagram."""
+    if len(out) <= VNET_HDR_LEN:
+        raise AssertionError(f"a write of {len(out)} bytes")
+    header, pkt = out[:VNET_HDR_LEN], out[VNET_HDR_LEN:]
+    if header[1] != GSO_UDP_L4 or (header, len(out)) in read_gso:
+        return 1
+    start = int.from_bytes(header[6:8], "little")
+    size = int.from_bytes(header[4:6], "little")
+    ip_len = int.from_bytes(pkt[2:4] if pkt[0] >> 4 == 4 else pkt[4:6], "big") + (0 if pkt[0] >> 4 == 4 else 40)
+    udp_len = int.from_bytes(pkt[start + 4:start + 6], "big")
+    if ip_len != len(pkt) or udp_len != len(pkt) - start or size == 0:
+        raise AssertionError(f"GSO write: IP length {ip_len}, UDP length {udp_len}, {len(pkt)} bytes")
+    return -(-(len(pkt) - start - 8) // size)
+
+
+HARNESSES = {"datapath": run_frames, "pcap": run_capture, "tun": run_tun}

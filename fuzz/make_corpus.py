@@ -1,15 +1,17 @@
-"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap}/ (git-ignored; fuzz/run.sh calls this).
+"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun}/ (git-ignored; fuzz/run.sh calls this).
 
 datapath seeds: every frame of pcaps/*.pcap* alone, runs of consecutive frames (handshakes, data,
 replies and closes of interleaved flows, so that a seed walks the state machine), and every frame
 of tests/malformed.py's catalogue on its own link type. pcap seeds: the sample captures, each cut
 short in a few places, and small files in the format variants the reader handles (both byte
-orders, nanoseconds, IDB options, EPB, PB, SPB, a second section).
+orders, nanoseconds, IDB options, EPB, PB, SPB, a second section). tun seeds: what live mode reads
+from a TUN with offloads (tun_records).
 """
 from __future__ import annotations
 
 import hashlib
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -17,12 +19,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
-from common import MAX_FRAMES, encode  # noqa: E402
+from common import MAX_FRAMES, encode, encode_records  # noqa: E402
 from malformed import CATALOGUE, well_formed_variants  # noqa: E402
 from pcapio_build import epb, idb, pb, pcap, shb, spb  # noqa: E402
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror  # noqa: E402
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6, IPv6  # noqa: E402
+from scapy.utils import checksum  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
 from l4emu.io import open_capture  # noqa: E402
@@ -103,7 +106,53 @@ def write(directory: Path, seeds) -> int:
     return len(list(directory.iterdir()))
 
 
+def vnet(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0) -> bytes:
+    """struct virtio_net_hdr, little-endian as on x86."""
+    return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+def partial(packet) -> bytes:
+    """packet (scapy, IPv4 or IPv6 with TCP or UDP right after the fixed header) as a TUN with
+    offloads hands it over: NEEDS_CSUM, the checksum field holding the pseudo-header sum only."""
+    raw = bytearray(bytes(packet))
+    start = 20 if raw[0] >> 4 == 4 else 40
+    udp = (raw[9] if start == 20 else raw[6]) == 17
+    field = start + (6 if udp else 16)
+    addresses = raw[12:20] if start == 20 else raw[8:40]
+    pseudo = bytes(addresses) + struct.pack(">HH", 17 if udp else 6, len(raw) - start)
+    raw[field:field + 2] = struct.pack(">H", 0xFFFF - checksum(pseudo))
+    return vnet(1, 0, 0, 0, start, 6 if udp else 16) + bytes(raw)
+
+
+def tun_records():
+    """What a TUN with offloads reads in live mode (fuzz/common.py's config): UDP runs to the VIP
+    (IPv4 and IPv6, one shorter last datagram, another flow in between) that write_from coalesces,
+    TCP handshakes, a TSO super-packet, a reply from a real, traffic for no service, and records
+    cut short."""
+    c4, c6 = "172.16.0.2", "2001:db8:ff::2"
+    udp4 = [IP(src=c4, dst="10.0.0.100") / UDP(sport=4000, dport=53) / (b"q" * 64) for _ in range(5)]
+    udp4.append(IP(src=c4, dst="10.0.0.100") / UDP(sport=4000, dport=53) / b"short")
+    other = IP(src=c4, dst="10.0.0.100") / UDP(sport=4001, dport=53) / (b"q" * 64)
+    syn4 = IP(src=c4, dst="10.0.0.100") / TCP(sport=5000, dport=80, flags="S", seq=1)
+    ack4 = IP(src=c4, dst="10.0.0.100") / TCP(sport=5000, dport=80, flags="A", seq=2, ack=1)
+    tso = IP(src=c4, dst="10.0.0.100") / TCP(sport=5000, dport=80, flags="PA", seq=2, ack=1) / (b"d" * 4000)
+    syn6 = IPv6(src=c6, dst="2001:db8::100") / TCP(sport=5000, dport=80, flags="S")
+    udp6 = [IPv6(src=c6, dst="2001:db8::100") / UDP(sport=4000, dport=8053) / (b"q" * 40) for _ in range(3)]
+    reply = IP(src="10.1.0.11", dst=c4) / UDP(sport=53, dport=4000) / b"answer"
+    stray = IP(src=c4, dst="192.0.2.9") / UDP(sport=4000, dport=9) / b"nobody"
+    records = [partial(p) for p in udp4[:3] + [other] + udp4[3:] + [syn4, ack4]]
+    records.append(vnet(1, 1, 40, 1448, 20, 16) + partial(tso)[10:])
+    records += [partial(syn6)] + [partial(p) for p in udp6] + [partial(reply), vnet() + bytes(stray)]
+    records += [vnet(1), vnet(1, 5, 28, 64, 20, 6) + bytes(udp4[0])[:27], b"\x01\x02"]
+    return records
+
+
+def tun_seeds():
+    records = tun_records()
+    return [encode_records(records), encode_records(records[:6])] + [encode_records([r]) for r in records]
+
+
 if __name__ == "__main__":
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "corpus"
     print(f"make_corpus: {write(base / 'datapath', datapath_seeds())} datapath seeds, "
-          f"{write(base / 'pcap', pcap_seeds())} pcap seeds in {base}")
+          f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds in {base}")

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Run each atheris harness for a bounded time against the AddressSanitizer build of the extension.
-# Usage: fuzz/run.sh [seconds per harness, default 60] [harness ...]    (harnesses: datapath pcap)
+# Usage: fuzz/run.sh [seconds per harness, default 60] [harness ...]    (harnesses: datapath pcap tun)
 # Builds fuzz/build/asan/ first when it is missing or older than ext/. New inputs accumulate in
 # fuzz/corpus/<harness>/ (seeds are regenerated in fuzz/seeds/; tests/fuzz_cases/<harness>/, the
 # regression inputs, run under ASan every time); a crash, a hang (> 5 s) or a failed invariant
 # writes fuzz/artifacts/<harness>-crash-* and makes the exit status non-zero.
-# Reproduce one: same environment as below, then: python fuzz/fuzz_<harness>.py <artifact>
+# Reproduce one: same environment as below, then: python fuzz/harness.py <harness> <artifact>
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
 [ $# -gt 0 ] && shift
-if [ $# -gt 0 ]; then HARNESSES=("$@"); else HARNESSES=(datapath pcap); fi
+if [ $# -gt 0 ]; then HARNESSES=("$@"); else HARNESSES=(datapath pcap tun); fi
 
 ASAN=fuzz/build/asan
 newest_src=$(find ext setup.py -newer "$ASAN/build.log" 2>/dev/null | head -1)
@@ -27,13 +27,14 @@ mkdir -p fuzz/artifacts
 status=0
 for name in "${HARNESSES[@]}"; do
     mkdir -p "fuzz/corpus/$name"
+    cases=(); [ -d "tests/fuzz_cases/$name" ] && cases=("tests/fuzz_cases/$name")
     log=fuzz/artifacts/$name.log
     # PYTHONMALLOC=malloc: pymalloc arenas would hide over-reads of small bytes objects from ASan.
     # PYTHONSAFEPATH: never put the checkout (and its release build) ahead of PYTHONPATH.
     env PYTHONPATH="$PWD/$ASAN" PYTHONSAFEPATH=1 PYTHONMALLOC=malloc \
         ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 LD_PRELOAD="$PRELOAD" \
-        python "fuzz/fuzz_$name.py" -max_total_time="$SECONDS_EACH" -timeout=5 -print_final_stats=1 \
-        -artifact_prefix="fuzz/artifacts/$name-" "fuzz/corpus/$name" "fuzz/seeds/$name" "tests/fuzz_cases/$name" \
+        python fuzz/harness.py "$name" -max_total_time="$SECONDS_EACH" -timeout=5 -print_final_stats=1 \
+        -artifact_prefix="fuzz/artifacts/$name-" "fuzz/corpus/$name" "fuzz/seeds/$name" "${cases[@]}" \
         >"$log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -272,7 +272,7 @@ cdef class TunIO:
                     i += run
                     continue
                 pkt = batch.data + batch.offset[i]
-                if vnet and self.partial[i]:
+                if vnet and i < self.capacity and self.partial[i]:
                     self.to_partial_form(pkt, batch.caplen[i], i)
                 iov[0].iov_base = (self.hdrs + i * VNET_HDR_LEN) if (vnet and i < self.capacity) else plain
                 iov[0].iov_len = VNET_HDR_LEN
