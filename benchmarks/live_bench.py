@@ -48,7 +48,7 @@ def iperf(lab: Lab, seconds: int, udp: bool) -> dict:
     client, forwarded by the load balancer toward the real, and received by the server; and the
     losses on the way (the TUN's queue, the server's socket buffer)."""
     args = ["-u", "-l", "64", "-b", "0"] if udp else []
-    before = udp_counters(lab)
+    before = udp_counters(lab) if udp else None
     out = run("ip", "netns", "exec", lab.client, "iperf3", "-c", VIP, "-p", str(PORT), "-t", str(seconds),
               "-J", *args, timeout=seconds + 30).stdout
     end = json.loads(out)["end"]
