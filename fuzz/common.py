@@ -97,7 +97,7 @@ def decode(data: bytes):
 def check_invariants(switch: Switch) -> None:
     """What must hold after any input: every packet has one verdict, the table stays in its bounds."""
     s = switch.stats()
-    verdicts = s["new"] + s["forward"] + s["reply"] + s["passed"] + s["dropped_total"]
+    verdicts = s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"]
     if s["packets"] != verdicts:
         raise AssertionError(f"{s['packets']} packets but {verdicts} verdicts: {s}")
     if s["dropped_total"] != sum(s["dropped"].values()) or s["passed"] != sum(s["passed_by_reason"].values()):

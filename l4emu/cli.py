@@ -9,7 +9,7 @@ import click
 
 from l4emu import config as configmod
 from l4emu import inspect, live_cli, report, schedulers
-from l4emu.compare import compare as run_compare
+from l4emu.compare import compare as run_compare, unattributed_warnings
 from l4emu.events import parse_event
 from l4emu.io import CaptureError, WriteError
 from l4emu.io.writer import write_text_atomic
@@ -50,12 +50,15 @@ def main():
               help="Change a real at T seconds after the first packet: T:down:IP:PORT, T:up:IP:PORT, "
                    "T:weight:IP:PORT:W.")
 @click.option("--inside", type=click.Path(dir_okay=False, path_type=Path),
-              help="With emulated reals: also write what the reals see (after DNAT, answers before SNAT).")
+              help="Also write what the reals see: packets to them after DNAT, their answers before SNAT.")
+@click.option("--capture-servers", metavar="[VIP=]IP:PORT,...",
+              help="The servers the capture was taken with (behind another load balancer): clients' packets "
+                   "to them go to the service, their packets are its answers.")
 @click.option("--at", "at_times", multiple=True, type=click.FloatRange(min=0), metavar="T",
               help="Also write the state at T seconds after the first packet, beside --state-out as "
                    "NAME@T.json (repeatable).")
 def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate, events,
-           inside, at_times):
+           inside, capture_servers, at_times):
     """Replay CAPTURE through the switch and summarize what it did.
 
     With emulated reals (emulated = true in the config), their hosts answer: -o then holds the whole
@@ -64,7 +67,7 @@ def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, 
         fail("--at writes its states beside --state-out: give --state-out too")
     try:
         events = [parse_event(e) for e in events]
-        switch = _build_switch(config_path, vips, reals, scheduler, seed)
+        switch = _build_switch(config_path, vips, reals, scheduler, seed, capture_servers)
         show_bar = not as_json and capture.exists() and capture.stat().st_size >= PROGRESS_MIN_BYTES
         with click.progressbar(length=capture.stat().st_size if show_bar else 0, label="replaying",
                                file=sys.stderr, hidden=not show_bar) as bar:
@@ -95,16 +98,22 @@ def _write_state(path: Path, snapshot: dict) -> None:
         fail(f"{path}: {exc.strerror or exc}")
 
 
-def _build_switch(config_path, vips, reals, scheduler, seed) -> Switch:
+def _build_switch(config_path, vips, reals, scheduler, seed, capture_servers=None) -> Switch:
+    return Switch(_build_config(config_path, vips, reals, scheduler, capture_servers), seed)
+
+
+def _build_config(config_path, vips, reals, scheduler, capture_servers=None) -> configmod.Config:
+    """From -c (or the embedded default), or from --vip/--real; plus --capture-servers."""
     if vips or reals:
         if config_path:
             raise configmod.ConfigError("--vip", "give either -c/--config or --vip/--real, not both")
         if not (vips and reals):
             raise configmod.ConfigError("--vip", "--vip and --real go together")
         known = set(schedulers.available())
-        document = configmod.from_flags(list(vips), list(reals), scheduler, known)
-        return Switch(configmod.from_dict(document, known), seed)
-    return Switch.from_config(config_path, seed)
+        config = configmod.from_dict(configmod.from_flags(list(vips), list(reals), scheduler, known), known)
+    else:
+        config = configmod.load(config_path, schedulers.catalog())
+    return configmod.with_capture_servers(config, capture_servers) if capture_servers else config
 
 
 def _load_state(path: Path) -> dict:
@@ -187,10 +196,12 @@ def stats(state, control_path, watch, exact, as_json):
 @click.option("--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]",
               help="As for replay; applied in every run.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed in every run.")
+@click.option("--capture-servers", metavar="[VIP=]IP:PORT,...",
+              help="As for replay: the servers the capture was taken with stand for the service.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="Draw active connections per real over time, a panel per scheduler (PNG; needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (with the time series).")
-def compare(capture, config_path, names, events, seed, plot, as_json):
+def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json):
     """Replay CAPTURE once per scheduler and compare how each spreads the load."""
     try:
         events = [parse_event(e) for e in events]
@@ -200,13 +211,15 @@ def compare(capture, config_path, names, events, seed, plot, as_json):
         if not chosen or unknown:
             raise configmod.ConfigError("--schedulers", f"unknown scheduler(s) {', '.join(unknown) or '(none given)'}"
                                                         f" (known: {', '.join(sorted(known))})")
-        config = configmod.load(config_path, known)
+        config = _build_config(config_path, (), (), None, capture_servers)
         result = run_compare(capture, config, chosen, events, seed)
         if plot:
             report.compare_plot(result, plot)
     except (configmod.ConfigError, CaptureError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))
     click.echo(inspect.to_json(result) if as_json else report.compare_text(result))
+    for warning in unattributed_warnings(result):
+        click.echo(f"l4emu: warning: {warning}", err=True)
 
 
 for _command in (live_cli.live, live_cli.real, live_cli.lab):

@@ -6,7 +6,7 @@ import time
 
 from l4emu import config as configmod
 from l4emu.io import open_capture
-from l4emu.replay import replay
+from l4emu.replay import replay, unattributed_warning
 from l4emu.switch import Switch
 
 SAMPLES = 200           # active-connection samples over the capture's duration
@@ -70,7 +70,13 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
         k += n
     return {"scheduler": name, "services": services, "events": summary["events"],
             "new_flows_per_s": round(summary["new"] / elapsed) if elapsed > 0 else 0,
-            "dropped": summary["dropped"]}
+            "dropped": summary["dropped"], "unattributed": summary["unattributed"]}
+
+
+def unattributed_warnings(result: dict) -> list[str]:
+    """One line per run in which packets from the service side belonged to no connection."""
+    return [unattributed_warning(f"{result['capture']} with {run['scheduler']}", run["unattributed"])
+            for run in result["runs"] if run["unattributed"]]
 
 
 def compare(capture, config: configmod.Config, names: list[str], events=(), seed: int | None = None) -> dict:

@@ -1,6 +1,7 @@
 """Parse and validate the TOML configuration into plain dataclasses, with errors that name the key."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -72,10 +73,17 @@ class Service:
     persistence_netmask: int = 32     # IPVS -M as a prefix length: which client bits make "a client"
     scheduler_flags: tuple[str, ...] = ()   # e.g. ("sh-port", "sh-fallback"), as ipvsadm -b takes them
     mh_table_size: int = MH_TABLE_SIZE      # Maglev lookup table slots (a prime)
+    # The servers a capture was taken with, behind another load balancer: they stand for the VIP.
+    capture_servers: tuple[tuple[netaddr.IPAddress, int], ...] = ()
 
     @property
     def endpoint(self) -> str:
         return format_endpoint(self.vip, self.port)
+
+    @property
+    def fronts(self) -> list[str]:
+        """Where clients meet the service in a capture: its VIP, then its capture servers."""
+        return [self.endpoint, *(format_endpoint(a, p) for a, p in self.capture_servers)]
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,7 @@ def _check_hosts(services: tuple) -> None:
 
 def _service(raw, key: str, schedulers) -> Service:
     raw = _take(raw, key, {"vip", "protocol", "scheduler", "real", "persistence", "persistence_netmask",
-                           "scheduler_flags", "mh_table_size"})
+                           "scheduler_flags", "mh_table_size", "capture_servers"})
     if "vip" not in raw:
         raise ConfigError(f"{key}.vip", "missing")
     vip, port = parse_endpoint(raw["vip"], f"{key}.vip")
@@ -233,7 +241,65 @@ def _service(raw, key: str, schedulers) -> Service:
     if not (MH_TABLE_RANGE[0] <= table_size <= MH_TABLE_RANGE[1] and _is_prime(table_size)):
         raise ConfigError(f"{key}.mh_table_size", f"{table_size} is not a prime from {MH_TABLE_RANGE[0]} to "
                                                  f"{MH_TABLE_RANGE[1]} (65537 is a good one)")
-    return Service(vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size)
+    capture_servers = _capture_servers(raw.get("capture_servers", []), vip, port, f"{key}.capture_servers")
+    return Service(vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size, capture_servers)
+
+
+def _capture_servers(value, vip: netaddr.IPAddress, port: int, key: str) -> tuple:
+    """A list of "address:port" of the VIP's family, none of them the VIP itself, none twice."""
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list like [\"10.9.0.1:80\"], got {value!r}")
+    servers = []
+    for i, text in enumerate(value):
+        address, sport = parse_endpoint(text, f"{key}[{i}]")
+        if address.version != vip.version:
+            raise ConfigError(f"{key}[{i}]", f"{text} is IPv{address.version}, the VIP is IPv{vip.version}")
+        if (address, sport) == (vip, port) or (address, sport) in servers:
+            raise ConfigError(f"{key}[{i}]", f"{text} is the VIP or listed twice")
+        servers.append((address, sport))
+    return tuple(servers)
+
+
+def with_capture_servers(config: Config, text: str) -> Config:
+    """--capture-servers [VIP=]A:P,B:P: add the capture's original servers to a service. Without VIP=,
+    the service is the one of the servers' family whose port they share, or the only one of that family."""
+    key = "--capture-servers"
+    vip_text, _, listed = text.rpartition("=")
+    endpoints = [part.strip() for part in listed.split(",") if part.strip()]
+    if not endpoints:
+        raise ConfigError(key, f"{text!r} names no server (give address:port,address:port)")
+    servers = [parse_endpoint(e, key) for e in endpoints]
+    if vip_text:
+        chosen = [i for i, svc in enumerate(config.services) if svc.endpoint == vip_text.strip()]
+        if not chosen:
+            raise ConfigError(key, f"no service has VIP {vip_text.strip()} "
+                                   f"(services: {', '.join(svc.endpoint for svc in config.services)})")
+    else:
+        family, ports = servers[0][0].version, {p for _, p in servers}
+        same = [i for i, svc in enumerate(config.services) if svc.vip.version == family]
+        chosen = [i for i in same if {config.services[i].port} == ports] or same
+    if len(chosen) != 1:
+        raise ConfigError(key, "more than one service could own these servers: write VIP=servers, e.g. "
+                               f"{config.services[chosen[0]].endpoint}={listed}" if chosen else
+                               f"no service of the servers' address family (IPv{servers[0][0].version})")
+    index = chosen[0]
+    svc = config.services[index]
+    merged = [format_endpoint(a, p) for a, p in svc.capture_servers] + endpoints
+    updated = dataclasses.replace(svc, capture_servers=_capture_servers(merged, svc.vip, svc.port, key))
+    services = config.services[:index] + (updated,) + config.services[index + 1:]
+    _check_fronts(services)
+    return dataclasses.replace(config, services=services)
+
+
+def _check_fronts(services: tuple) -> None:
+    """A VIP or capture server belongs to one service: a packet from it must name one flow's service."""
+    owner: dict[tuple, str] = {}
+    for i, svc in enumerate(services):
+        for k, front in enumerate(svc.fronts):
+            where = f"service[{i}].vip" if k == 0 else f"service[{i}].capture_servers[{k - 1}]"
+            first = owner.setdefault((svc.protocol, front), where)
+            if first != where:
+                raise ConfigError(where, f"{svc.protocol.upper()} {front} is already {first}")
 
 
 def _scheduler_flags(value, scheduler: str, schedulers, key: str) -> tuple[str, ...]:
@@ -303,6 +369,7 @@ def from_dict(raw: dict, schedulers) -> Config:
         if ident in seen:
             raise ConfigError(f"service[{i}].vip", f"{svc.protocol.upper()} {svc.endpoint} is defined twice")
         seen.add(ident)
+    _check_fronts(services)
     _check_hosts(services)
     return Config(
         services=services,

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from l4emu._batch import VERDICT_NAMES, Batch
-from l4emu.hosts.packets import TCP, link_offset, parse, reply_link_header
+from l4emu.hosts.packets import TCP, UDP, link_offset, parse, reply_link_header
 from l4emu.hosts.restamp import Restamper
 
 REPLY_GAP_NS = 1000
+PROTOCOL_NUMBERS = {"tcp": TCP, "udp": UDP}
 VERDICT = {name: number for number, name in enumerate(VERDICT_NAMES)}
 
 
@@ -46,13 +47,19 @@ class Emulator:
         self.last_ts = 0
         self.answers = 0
         self.superseded = 0         # captured packets from an emulated host's address: the host speaks for it
+        # A service whose reals all answer for themselves: what the capture recorded from its VIP or
+        # capture servers is superseded too (answering twice would fork the stream).
+        self.recorded_fronts = {(address.packed, port, PROTOCOL_NUMBERS[svc.protocol])
+                                for svc in switch.config.services if all(real.emulated for real in svc.reals)
+                                for address, port in ((svc.vip, svc.port), *svc.capture_servers)}
 
     def client(self, frame: bytes, ts: int, origlen: int, iface: int, linktype: int) -> None:
         """One packet as it arrives at the switch (replay: the next one of the capture)."""
         self.advance(ts)
         l3 = link_offset(frame, linktype)
         seg = parse(frame, l3) if l3 is not None else None
-        if seg is not None and seg.src in self.hosts.by_address:
+        if seg is not None and (seg.src in self.hosts.by_address
+                                or (seg.src, seg.sport, seg.proto) in self.recorded_fronts):
             self.superseded += 1            # e.g. a recorded server's replies: answering twice would fork the stream
             return
         if self.restamper is not None and seg is not None and seg.proto == TCP:
@@ -81,7 +88,7 @@ class Emulator:
             host = self.hosts.by_real[detail]
             if host is not None:
                 self._deliver(host, after, ts, iface, linktype)
-        elif verdict == "reply":                         # real -> client, SNAT
+        elif verdict in ("reply", "answer"):             # real -> client, SNAT
             self._emit(self.outside, Out(after, ts, origlen, iface, linktype, out.verdict, detail))
             self._emit(self.inside, out)
             if from_host and self.restamper is not None:

@@ -88,10 +88,14 @@ def summary_text(summary: dict) -> str:
         + ", "
         + (f"{summary['written']:,} written" if summary["output"] else "no output file (-o)"),
         f"             {summary['translated']:,} translated ({summary['new']:,} new flows, "
-        f"{summary['forward']:,} to reals, {summary['reply']:,} replies), {summary['passed']:,} passed untouched",
+        f"{summary['forward']:,} to reals, {summary['reply'] + summary.get('answer', 0):,} replies"
+        + (f", {summary['answer']:,} of them as captured from the service side" if summary.get("answer") else "")
+        + f"), {summary['passed']:,} passed untouched",
         f"dropped      {sum(dropped.values()):,}" + (
             " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
         *_columns("new conns", [f"{real:<24} {n:>9,}" for real, n in summary["new_connections"].items()]),
+        *_columns("unattributed", [f"{sender:<24} {n:>9,}" for sender, n in summary.get("unattributed", {}).items()],
+                  empty=None),
         f"table        peak {summary['peak_connections']:,}, final {summary['final_connections']:,} "
         f"of {summary['max_connections']:,}",
         f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s",
@@ -114,9 +118,10 @@ def summary_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _columns(title: str, rows: list[str]) -> list[str]:
-    """The first row beside the title, the rest aligned under it."""
-    return [f"{title if k == 0 else '':<12} {row}" for k, row in enumerate(rows or ["none"])]
+def _columns(title: str, rows: list[str], empty: str | None = "none") -> list[str]:
+    """The first row beside the title, the rest aligned under it (no rows: `empty`, or no line at all)."""
+    rows = rows or ([empty] if empty is not None else [])
+    return [f"{title if k == 0 else '':<12} {row}" for k, row in enumerate(rows)]
 
 
 def to_json(data) -> str:

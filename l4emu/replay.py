@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from l4emu._batch import Batch
 from l4emu.emulate import BatchSink, Emulator
 from l4emu.events import NS, Event, EventError, EventLog
 from l4emu._datapath import PARSED_LINKTYPES
@@ -23,8 +24,9 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     `on_sample(clock_ns)` is called every `sample_every_s` of packet time; `on_at(t, snapshot)`
     gets the switch's state at each time in `at` (seconds after the first packet: everything before
     that moment processed; a time past the last packet is taken at the end, the clock moved on to it).
+    `inside` is what the reals see: packets sent to them after DNAT, their answers before SNAT.
     With emulated reals the replay goes packet by packet through emulate.Emulator: `output` is the
-    clients' view of the whole conversation and `inside` the reals' view. A capture fault stops
+    clients' view of the whole conversation. A capture fault stops
     reading after everything good before it was processed and written; the summary then carries
     the fault under "error".
     """
@@ -34,8 +36,6 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     for event in events:
         if event.endpoint not in known:
             raise EventError(f"--event {event}: no real server {event.endpoint} in the config")
-    if inside is not None and switch.hosts is None:
-        raise ValueError("--inside is what emulated reals see: no real in the config is emulated")
     if any(t < 0 for t in at):
         raise ValueError("--at takes seconds after the first packet, from 0")
     started = time.perf_counter()
@@ -47,16 +47,22 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
         comments = switch.comment_table() if annotate else None
         clock = _Moments(events, sample_every_s, on_sample, switch, at, on_at)
         try:
+            inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond) if inside else None
+            writers.append(inner)
             if switch.hosts is None:
+                before = Batch(1) if inner is not None else None
                 for batch in reader.batches():
+                    if before is not None:
+                        before.copy_from(batch)
                     clock.run(batch)
                     if writer is not None:
                         writer.write(batch, include_dropped=annotate, comments=comments)
+                    if before is not None:
+                        switch.inside_view(before, batch)
+                        inner.write(before)
                     if progress is not None:
                         progress(reader.position, reader.size)
             else:
-                inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond) if inside else None
-                writers.append(inner)
                 _emulated(reader, switch, clock, writer and BatchSink(writer, annotate, comments),
                           inner and BatchSink(inner), progress)
             clock.finish()
@@ -69,8 +75,14 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     summary = summarize(switch, capture, output, written, elapsed, error)
     summary["events"] = clock.event_effects()
     summary["warnings"] = unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES)
+    if summary["unattributed"]:
+        summary["warnings"].append(unattributed_warning(capture, summary["unattributed"]))
+    if summary["translated"] == 0 and summary["passed_by_reason"].get("no_service"):
+        summary["warnings"].append(f"{capture}: no packet was for a service of the config: if the capture was "
+                                   f"taken behind another load balancer, name its servers with --capture-servers")
+    summary["inside_written"] = writers[1].packets_written if writers[1] is not None else 0
     if switch.hosts is not None:
-        summary["emulated"] = emulated_summary(switch, writers[1] if len(writers) > 1 else None)
+        summary["emulated"] = emulated_summary(switch, writers[1])
         summary["emulated"]["superseded"] = getattr(clock, "superseded", 0)
         summary["emulated"]["answers"] = getattr(clock, "answers", 0)     # they went through the switch too
     return summary
@@ -93,6 +105,16 @@ def _emulated(reader, switch: Switch, clock: "_Moments", outside, inside, progre
     clock.finish_sink = (outside, inside)
     clock.superseded = emulator.superseded
     clock.answers = emulator.answers
+
+
+def unattributed_warning(where, unattributed: dict[str, int]) -> str:
+    """One line, after `where` (the capture): which senders on the service side had packets no
+    connection owned, and what to do."""
+    named = ", ".join(f"{endpoint} {count:,}" for endpoint, count in unattributed.items())
+    return (f"{where}: {sum(unattributed.values()):,} packets from the service side belong to no connection "
+            f"and passed untouched ({named}): their connections began before the capture, were refused, or went "
+            f"to another real; to take a capture's servers' packets as the service's answers, name them "
+            f"with --capture-servers")
 
 
 def emulated_summary(switch: Switch, inside_writer) -> dict:
@@ -192,8 +214,9 @@ def summarize(switch: Switch, capture, output, written: int, elapsed: float, err
     return {
         "capture": str(capture), "output": str(output) if output else None, "seed": switch.seed,
         "packets": stats["packets"], "written": written,
-        "translated": stats["new"] + stats["forward"] + stats["reply"],
-        "new": stats["new"], "forward": stats["forward"], "reply": stats["reply"],
+        "translated": stats["new"] + stats["forward"] + stats["reply"] + stats["answer"],
+        "new": stats["new"], "forward": stats["forward"], "reply": stats["reply"], "answer": stats["answer"],
+        "unattributed": stats["unattributed"],
         "passed": stats["passed"], "passed_by_reason": stats["passed_by_reason"],
         "dropped": stats["dropped"],
         "new_connections": stats["new_connections"],

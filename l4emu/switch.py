@@ -25,6 +25,7 @@ DROP_TEXT = {
 PASS_TEXT = {
     "not_ip": "not IP", "other_protocol": "not TCP or UDP", "no_service": "not for a virtual service",
     "fragment": "IP fragment, not for a VIP",
+    "unattributed": "from the service side (VIP, capture server or real) to a client with no connection",
 }
 
 
@@ -57,6 +58,7 @@ class Switch:
                 schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, self.random.getrandbits(64)),
                 [(r.address.packed, r.port, r.weight, r.upper_threshold, r.lower_threshold) for r in svc.reals],
                 svc.persistence, _mask_bytes(svc.persistence_netmask, svc.vip.version),
+                [(address.packed, port) for address, port in svc.capture_servers],
             )
             self.reals.extend((svc, r) for r in svc.reals)
         # Emulated reals answer for themselves (l4emu/hosts/); their generator is drawn last, and only
@@ -71,6 +73,10 @@ class Switch:
 
     def process(self, batch: Batch) -> None:
         self.datapath.process(batch)
+
+    def inside_view(self, before: Batch, after: Batch) -> None:
+        """Make `before` (a copy of `after` taken before processing) what the reals saw of it (--inside)."""
+        self.datapath.inside_view(before, after)
 
     def set_real(self, endpoint: str, weight: int | None = None, down: bool | None = None) -> list[int]:
         """Set the weight or down mark of every real with this "ip:port" (it may serve several
@@ -97,7 +103,20 @@ class Switch:
             new[real.endpoint] = new.get(real.endpoint, 0) + per_real[i]["conns"]
         counters["new_connections"] = new
         counters["max_connections"] = self.config.max_connections
+        counters["unattributed"] = self.unattributed()
         return counters
+
+    def unattributed(self) -> dict[str, int]:
+        """Packets from the service side that no connection owned, by sender ("ip:port"): answers from
+        a VIP or capture server whose connection began before the capture or was refused, replies from
+        a real for a client it does not serve (a capture made for another scheduler)."""
+        per_front, per_real = self.datapath.unattributed()
+        fronts = [front for svc in self.config.services for front in svc.fronts]
+        out: dict[str, int] = {}
+        for endpoint, count in [*zip(fronts, per_front), *((real.endpoint, n) for (_, real), n in zip(self.reals, per_real))]:
+            if count:
+                out[endpoint] = out.get(endpoint, 0) + count
+        return out
 
     def connection_count(self) -> int:
         """Entries in the table now (expired ones reaped first)."""
@@ -158,7 +177,9 @@ class Switch:
         new = [f"new flow, {svc.scheduler} -> {r.endpoint}" for svc, r in self.reals]
         forward = [f"forward, DNAT to {r.endpoint}" for _, r in self.reals]
         reply = [f"reply from {r.endpoint}, SNAT to VIP {svc.endpoint}" for svc, r in self.reals]
+        answer = [f"answer of {r.endpoint} as captured from the service side, leaves from VIP {svc.endpoint}"
+                  for svc, r in self.reals]
         passed = [f"passed untouched: {PASS_TEXT[name]}" for name in PASS_REASONS]
         dropped = [f"dropped: {DROP_TEXT[name]}" for name in DROP_REASONS]
-        table = [[], passed, new, forward, reply, dropped]
+        table = [[], passed, new, forward, reply, dropped, answer]
         return [[text.encode() for text in row] for row in table]

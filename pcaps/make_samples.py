@@ -166,6 +166,23 @@ class Plan:
             return udp_exchange(tm, start, fwd, rev, *dns(qid, name, f"192.0.2.{qid % 250 + 1}"))
         self.items.append((start, key, build, iface))
 
+    def at_server(self, proto, client, start, link, server=None, cut=0):
+        """A conversation as captured in front of the service: answers from the VIP itself (or, with
+        `server`, from that one of a former load balancer's servers, the client addressing it). `cut`
+        leaves out the conversation's first packets, as a capture started while it was going on."""
+        key = (proto, ipaddress.ip_address(client).version)
+        vip, vport, _ = self.services[key]
+        sip, sport = server or (vip, vport)
+        tm, cport, qid = self.timing(), self.port(client), self.rng.randrange(65536)
+        fwd = (link(None, client, sip), cport, sport)
+        rev = (link(sip, sip, client), sport, cport)
+        if proto == "tcp":
+            packets = tcp_exchange(tm, start, fwd, rev, *http(sip, f"web-{cport % 7 + 1}"))
+        else:
+            packets = udp_exchange(tm, start, fwd, rev, *dns(qid, f"host{qid % 50}.example.com",
+                                                           f"192.0.2.{qid % 250 + 1}"))
+        self.fixed(start, packets[cut:])
+
     def fixed(self, start, packets, iface=0):
         """Traffic no service owns: it must leave the switch exactly as it came."""
         self.items.append((start, None, lambda _real: packets, iface))
@@ -241,6 +258,33 @@ def plan_sample_ns(services):
     plan.to_vip("tcp", CLIENTS[3], plan.start(0, 3), raw_ip, iface=1)
     plan.to_vip("udp", CLIENTS[4], plan.start(0, 3), raw_ip, iface=1)
     plan.to_vip("tcp", CLIENTS6[0], plan.start(0, 3), raw_ip, iface=1)
+    return plan
+
+
+def plan_front(services):
+    """front.pcap: captured in front of the service, both directions at the VIP (vantage point 1)."""
+    plan = Plan(services, seed=1, tick=1000)
+    for _ in range(12):
+        plan.at_server("tcp", plan.rng.choice(CLIENTS), plan.start(1, 9), ethernet())
+    for _ in range(3):
+        plan.at_server("udp", plan.rng.choice(CLIENTS), plan.start(1, 9), ethernet())
+    for client in CLIENTS6:
+        plan.at_server("tcp", client, plan.start(1, 9), ethernet())
+    plan.at_server("tcp", CLIENTS[5], 0, ethernet(), cut=4)     # began before the capture did
+    return plan
+
+
+FORMER_SERVERS = [("10.9.0.1", 80), ("10.9.0.2", 80)]     # behind.pcap: the load balancer it was taken behind
+
+
+def plan_behind(services):
+    """behind.pcap: captured behind another load balancer, clients talking to its two servers, each
+    client sticking to one (source hashing), as vantage point 2 looks."""
+    plan = Plan(services, seed=2, tick=1000)
+    for k in range(20):
+        client = CLIENTS[k % len(CLIENTS)]
+        server = FORMER_SERVERS[int(ipaddress.ip_address(client)) % len(FORMER_SERVERS)]
+        plan.at_server("tcp", client, plan.start(0, 9), ethernet(), server=server)
     return plan
 
 
@@ -342,6 +386,8 @@ def main():
     write_pcapng(HERE / "sample-ns.pcapng", plan_sample_ns(services).packets(),
                  [("eth0", 1), ("tun0", 101)])
     write_pcap(HERE / "clients.pcap", plan_clients(load_services(HERE / "emulated.toml")).packets())
+    write_pcap(HERE / "front.pcap", plan_front(services).packets())
+    write_pcap(HERE / "behind.pcap", plan_behind(services).packets())
 
 
 if __name__ == "__main__":

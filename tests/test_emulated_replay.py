@@ -144,9 +144,7 @@ def test_state_at_a_moment_shows_sockets_and_the_handles_of_flows(replayed):
     assert not [r for h in late["sockets"] for r in h["sockets"] if r["state"] == "TIME-WAIT"]   # 60 s passed
 
 
-def test_inside_and_at_need_what_they_work_on(tmp_path):
-    no_hosts = run_cli("replay", CLIENTS, "-o", tmp_path / "o.pcap", "--inside", tmp_path / "i.pcap", check=False)
-    assert no_hosts.returncode == 2 and "no real in the config is emulated" in no_hosts.stderr
+def test_at_needs_a_state_file(tmp_path):
     no_state = run_cli("replay", CLIENTS, "-c", CONFIG, "--at", "1", check=False)
     assert no_state.returncode == 2 and "--state-out" in no_state.stderr
     missing = run_cli("sockets", tmp_path / "none.json", check=False)

@@ -61,7 +61,7 @@ def hostile_switch(seed: int = 1) -> Switch:
 
 def counters_add_up(switch, packets: int) -> None:
     s = switch.stats()
-    assert s["packets"] == packets == s["new"] + s["forward"] + s["reply"] + s["passed"] + s["dropped_total"]
+    assert s["packets"] == packets == s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"]
     assert s["dropped_total"] == sum(s["dropped"].values()) and s["passed"] == sum(s["passed_by_reason"].values())
     assert switch.datapath.table.used <= switch.datapath.table.peak <= switch.config.max_connections
 

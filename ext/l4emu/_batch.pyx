@@ -2,7 +2,7 @@
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy
 
-VERDICT_NAMES = ("unseen", "pass", "new", "forward", "reply", "drop")
+VERDICT_NAMES = ("unseen", "pass", "new", "forward", "reply", "drop", "answer")
 # Room for a full batch of typical packets; one packet larger than what is left waits for the next
 # batch, and a packet larger than the whole buffer grows it (records are at most 256 KiB).
 DEFAULT_DATA_BYTES = 1 << 20
@@ -143,3 +143,43 @@ cdef class Batch:
     def reset(self):
         """Empty the batch, keeping its buffers."""
         self.clear()
+
+    def copy_from(self, Batch source):
+        """Become a copy of `source` (packets, metadata, verdicts): the bytes before the datapath
+        rewrites them in place, for a view that needs them (--inside)."""
+        cdef Py_ssize_t n = source.n
+        if source.capacity > self.capacity:
+            self._grow(source.capacity)
+        if source.data_len > self.data_cap:
+            free(self.data)
+            self.data = <uint8_t*>calloc(source.data_len, 1)
+            if self.data == NULL:
+                self.data_cap = 0
+                self.clear()
+                raise MemoryError()
+            self.data_cap = source.data_len
+        memcpy(self.data, source.data, source.data_len)
+        memcpy(self.offset, source.offset, n * sizeof(uint64_t))
+        memcpy(self.caplen, source.caplen, n * sizeof(uint32_t))
+        memcpy(self.origlen, source.origlen, n * sizeof(uint32_t))
+        memcpy(self.ts_ns, source.ts_ns, n * sizeof(uint64_t))
+        memcpy(self.iface, source.iface, n * sizeof(uint16_t))
+        memcpy(self.linktype, source.linktype, n * sizeof(uint16_t))
+        memcpy(self.verdict, source.verdict, n * sizeof(uint8_t))
+        memcpy(self.detail, source.detail, n * sizeof(int32_t))
+        self.n = n
+        self.data_len = source.data_len
+
+    def _grow(self, Py_ssize_t capacity):
+        """Room for `capacity` packets (the arrays only; the data buffer is sized apart)."""
+        cdef Batch bigger = Batch(capacity, 1)
+        self.clear()
+        self.offset, bigger.offset = bigger.offset, self.offset
+        self.caplen, bigger.caplen = bigger.caplen, self.caplen
+        self.origlen, bigger.origlen = bigger.origlen, self.origlen
+        self.ts_ns, bigger.ts_ns = bigger.ts_ns, self.ts_ns
+        self.iface, bigger.iface = bigger.iface, self.iface
+        self.linktype, bigger.linktype = bigger.linktype, self.linktype
+        self.verdict, bigger.verdict = bigger.verdict, self.verdict
+        self.detail, bigger.detail = bigger.detail, self.detail
+        self.capacity = capacity

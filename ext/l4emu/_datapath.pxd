@@ -18,6 +18,11 @@ cdef class Datapath:
     cdef Tables t
     cdef uint32_t n_services
     cdef uint32_t n_reals
+    cdef Front* fronts                    # every service's VIP, then its capture servers
+    cdef uint32_t n_fronts
+    cdef uint32_t n_aliases               # capture servers among the fronts (0: no destination to alias)
+    cdef uint64_t* unattributed_front     # packets from a front to a client with no flow, per front
+    cdef uint64_t* unattributed_real      # ... from a real, per real
     cdef readonly list schedulers         # one per service; also keeps the hooks alive
     cdef uint64_t timeout_ns[N_STATES]
     cdef readonly bint conn_reuse_mode
@@ -37,10 +42,14 @@ cdef class Datapath:
                       PacketInfo* info) noexcept nogil
     cdef void handle(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
                      uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil
-    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint64_t h, uint32_t origlen, uint8_t* verdict,
-                       int32_t* detail) noexcept nogil
+    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int32_t svc, int ev, uint64_t h, uint32_t origlen,
+                       uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void icmp_error(self, uint8_t* p, PacketInfo* info, uint32_t ref, uint32_t origlen, uint8_t* verdict,
                          int32_t* detail) noexcept nogil
     cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil
+    cdef void alias_destination(self, PacketInfo* info) noexcept nogil
+    cdef int32_t front_of_source(self, const PacketKey* key) noexcept nogil
+    cdef int32_t real_of_source(self, const PacketKey* key) noexcept nogil
+    cdef uint32_t answer_ref(self, PacketInfo* info, int32_t* front, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil
     cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil

@@ -7,7 +7,7 @@ move by IPVS's table; timeouts run on the packet clock.
 """
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcmp, memcpy
-from l4emu._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP
+from l4emu._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
 from l4emu._checksum cimport diff_words, apply_diff, load16
 from l4emu._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup, prefetch_flow,
                                prefetch_slot, slot_room)
@@ -21,7 +21,7 @@ STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_
 DROP_REASONS = ("truncated_l2", "truncated_ip", "bad_ip_header", "truncated_ipv6_ext",
                 "truncated_tcp", "bad_tcp_offset", "truncated_udp", "bad_udp_length", "fragment",
                 "tcp_not_syn", "no_real", "table_full", "reply_clash", "probe_limit")
-PASS_REASONS = ("not_ip", "other_protocol", "no_service", "fragment")
+PASS_REASONS = ("not_ip", "other_protocol", "no_service", "fragment", "unattributed")
 # The link types _headers.pxd's link_layer parses; a frame of any other passes untouched as not_ip.
 PARSED_LINKTYPES = {0: "BSD null", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "BSD loop",
                     113: "Linux cooked (SLL)", 276: "Linux cooked (SLL2)"}
@@ -141,13 +141,19 @@ cdef class Datapath:
         self.schedulers = []
 
     def __dealloc__(self):
+        free(self.fronts)
+        free(self.unattributed_front)
+        free(self.unattributed_real)
         free(self.t.services)
         free(self.t.hooks)
         free(self.t.reals)
 
     def add_service(self, bytes vip, int family, int port, int proto, Scheduler scheduler, reals,
-                    double persistence_s=0, bytes persistence_mask=b""):
-        """Add a service and its reals [(address bytes, port, weight, upper, lower threshold)]; returns its index."""
+                    double persistence_s=0, bytes persistence_mask=b"", capture_servers=()):
+        """Add a service and its reals [(address bytes, port, weight, upper, lower threshold)]; returns its index.
+
+        `capture_servers` [(address bytes, port)] are the servers a capture was taken with (behind another
+        load balancer): they stand for the VIP, so their clients are the service's and their packets answers."""
         cdef uint32_t k, n = len(reals)
         cdef Service* s
         cdef Real* r
@@ -181,9 +187,33 @@ cdef class Datapath:
             r.upper_threshold = upper
             r.lower_threshold = lower
         self.n_reals += n
+        self._add_fronts(vip, family, port, proto, capture_servers)
         self.n_services += 1
         self.table.bind(self.t.reals, self.t.services, on_flow_removed, &self.t)
         return self.n_services - 1
+
+    def _add_fronts(self, bytes vip, int family, int port, int proto, capture_servers):
+        """The service's VIP and capture servers as fronts (and zeroed unattributed counters)."""
+        cdef uint32_t k, n = 1 + len(capture_servers)
+        cdef Front* fr
+        self.fronts = <Front*>realloc(self.fronts, (self.n_fronts + n) * sizeof(Front))
+        self.unattributed_front = <uint64_t*>realloc(self.unattributed_front, (self.n_fronts + n) * sizeof(uint64_t))
+        self.unattributed_real = <uint64_t*>realloc(self.unattributed_real, max(self.n_reals, 1) * sizeof(uint64_t))
+        if self.fronts == NULL or self.unattributed_front == NULL or self.unattributed_real == NULL:
+            raise MemoryError()
+        for k in range(self.n_reals):
+            self.unattributed_real[k] = 0
+        for k, (address, fport) in enumerate([(vip, port), *capture_servers]):
+            fr = &self.fronts[self.n_fronts + k]
+            fr.addr = _addr16(address)
+            fr.port = fport
+            fr.proto = proto
+            fr.family = family
+            fr.is_vip = k == 0
+            fr.service = self.n_services
+            self.unattributed_front[self.n_fronts + k] = 0
+        self.n_fronts += n
+        self.n_aliases += n - 1
 
     def set_real(self, uint32_t index, weight=None, down=None):
         """Change a real's weight or down mark (the control plane's admin knob); flows go on."""
@@ -261,6 +291,69 @@ cdef class Datapath:
                 return k
         return -1
 
+    cdef void alias_destination(self, PacketInfo* info) noexcept nogil:
+        """A client's packet to a capture server is the service's: key it as sent to the VIP."""
+        cdef uint32_t k
+        cdef Front* fr
+        cdef Service* s
+        cdef size_t alen = 4 if info.key.family == 4 else 16
+        for k in range(self.n_fronts):
+            fr = &self.fronts[k]
+            if (not fr.is_vip and fr.port == info.key.dport and fr.proto == info.key.proto
+                    and fr.family == info.key.family and memcmp(fr.addr, info.key.dst, alen) == 0):
+                s = &self.t.services[fr.service]
+                memcpy(info.key.dst, s.vip, 16)
+                info.key.dport = s.vport
+                return
+
+    cdef int32_t front_of_source(self, const PacketKey* key) noexcept nogil:
+        cdef uint32_t k
+        cdef size_t alen = 4 if key.family == 4 else 16
+        for k in range(self.n_fronts):
+            if (self.fronts[k].port == key.sport and self.fronts[k].proto == key.proto
+                    and self.fronts[k].family == key.family and memcmp(self.fronts[k].addr, key.src, alen) == 0):
+                return k
+        return -1
+
+    cdef int32_t real_of_source(self, const PacketKey* key) noexcept nogil:
+        cdef uint32_t k
+        cdef size_t alen = 4 if key.family == 4 else 16
+        for k in range(self.n_reals):
+            if (self.t.reals[k].port == key.sport and self.t.reals[k].family == key.family
+                    and self.t.services[self.t.reals[k].service].proto == key.proto
+                    and memcmp(self.t.reals[k].addr, key.src, alen) == 0):
+                return k
+        return -1
+
+    cdef uint32_t answer_ref(self, PacketInfo* info, int32_t* front, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """A packet for no service and no flow: is it a flow's answer as the capture recorded it (from the
+        VIP or a capture server to the flow's client)? Returns the flow's reply ref, or 0 with the packet
+        passed: counted as unattributed when it came from the service side, else as not for a service."""
+        cdef PacketKey back
+        cdef uint32_t ref
+        cdef int32_t k = self.front_of_source(&info.key)
+        cdef Service* s
+        front[0] = k
+        if k >= 0:
+            s = &self.t.services[self.fronts[k].service]
+            back = info.key                         # the forward key of the flow this would answer
+            memcpy(back.src, info.key.dst, 16)
+            back.sport = info.key.dport
+            memcpy(back.dst, s.vip, 16)
+            back.dport = s.vport
+            ref = key_lookup(self.table, &back, key_hash(self.table, &back))
+            if ref and (ref & 1) == 0 and self.table.flows[(ref >> 1) - 1].expires_ns > self.clock_ns:
+                return ref | 1
+            self.unattributed_front[k] += 1
+        else:
+            k = self.real_of_source(&info.key)
+            if k < 0:
+                self.finish(verdict, detail, V_PASS, P_NO_SERVICE)
+                return 0
+            self.unattributed_real[k] += 1
+        self.finish(verdict, detail, V_PASS, P_UNATTRIBUTED)
+        return 0
+
     cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil:
         cdef Real* r = &self.t.reals[f.real]
         if is_active(f.state) != is_active(state):
@@ -276,6 +369,8 @@ cdef class Datapath:
                       PacketInfo* info) noexcept nogil:
         """Parse; a fragment is dropped if it is for a VIP (no reassembly yet), else passed."""
         cdef int r = parse_packet(p, caplen, origlen, linktype, info)
+        if r == PARSED and self.n_aliases and not info.icmp_error:
+            self.alias_destination(info)
         if r == PARSE_FRAGMENT:
             if self.find_service(&info.key, True) >= 0:
                 info.reason = D_FRAGMENT
@@ -289,8 +384,10 @@ cdef class Datapath:
         """Conntrack, schedule and rewrite one parsed packet, on the packet clock."""
         cdef int ev
         cdef uint32_t ref, idx
+        cdef int32_t svc, front = -1
         cdef Flow* f
         cdef Real* real
+        cdef Service* s
         cdef uint8_t old
         if ts > self.clock_ns:                      # the clock never runs backwards
             self.clock_ns = ts
@@ -318,7 +415,7 @@ cdef class Datapath:
             elif (ref & 1) == 0 and self.t.reals[f.real].flags & RF_DOWN:
                 if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
                     self.table.remove(idx, R_NODEST)
-                    self.new_flow(p, info, ev, h, origlen, verdict, detail)
+                    self.new_flow(p, info, -1, ev, h, origlen, verdict, detail)
                     if verdict[0] == V_NEW:
                         self.rescheduled += 1
                     else:
@@ -328,8 +425,15 @@ cdef class Datapath:
                     f.flags |= F_BLACKHOLED
                     self.blackholed += 1
         if ref == 0:
-            self.new_flow(p, info, ev, h, origlen, verdict, detail)
-            return
+            svc = self.find_service(&info.key, False)
+            if svc >= 0:
+                self.new_flow(p, info, svc, ev, h, origlen, verdict, detail)
+                return
+            ref = self.answer_ref(info, &front, verdict, detail)
+            if ref == 0:
+                return
+            idx = (ref >> 1) - 1
+            f = &self.table.flows[idx]
         real = &self.t.reals[f.real]
         old = f.state
         if info.key.proto == 6:
@@ -342,11 +446,13 @@ cdef class Datapath:
         f.expires_ns = self.clock_ns + self.timeout_ns[<int>f.state]
         if f.state != old:
             self.table.reschedule(idx)
+        s = &self.t.services[real.service]
         if ref & 1:
-            rewrite(p, info, False, self.t.services[real.service].vip, self.t.services[real.service].vport)
+            if not (front >= 0 and self.fronts[front].is_vip):    # an answer from the VIP leaves as it came
+                rewrite(p, info, False, s.vip, s.vport)
             real.out_pkts += 1
             real.out_bytes += origlen
-            self.finish(verdict, detail, V_REPLY, f.real)
+            self.finish(verdict, detail, V_ANSWER if front >= 0 else V_REPLY, f.real)
         else:
             rewrite(p, info, True, real.addr, real.port)
             real.in_pkts += 1
@@ -375,10 +481,11 @@ cdef class Datapath:
             real.in_bytes += origlen
             self.finish(verdict, detail, V_FORWARD, f.real)
 
-    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int ev, uint64_t h, uint32_t origlen, uint8_t* verdict,
-                       int32_t* detail) noexcept nogil:
-        """Schedule a flow for the packet's key (hash h); refused flows are counted drops, never evictions."""
-        cdef int32_t svc = self.find_service(&info.key, False), pick
+    cdef void new_flow(self, uint8_t* p, PacketInfo* info, int32_t svc, int ev, uint64_t h, uint32_t origlen,
+                       uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """Schedule a flow for the packet's key (hash h) to service svc (-1: find it); refused flows are
+        counted drops, never evictions."""
+        cdef int32_t pick
         cdef uint64_t hr
         cdef Service* s
         cdef SchedulerHook* hook
@@ -386,6 +493,8 @@ cdef class Datapath:
         cdef PacketKey reply
         cdef int64_t idx, template = -1
         cdef Flow* f
+        if svc < 0:
+            svc = self.find_service(&info.key, False)
         if svc < 0:
             self.finish(verdict, detail, V_PASS, P_NO_SERVICE)
             return
@@ -461,6 +570,30 @@ cdef class Datapath:
         elif v == V_PASS:
             self.passes[d] += 1
 
+    def inside_view(self, Batch before, Batch after):
+        """Turn `before` (a copy of `after` taken before it was processed) into what the reals saw:
+        packets sent to a real as rewritten, replies as the real sent them, answers captured from the
+        service side with the flow's real as their source (as replies); the rest is marked dropped."""
+        cdef Py_ssize_t i
+        cdef PacketInfo info
+        cdef Real* real
+        cdef uint8_t v
+        cdef uint8_t* p
+        if before.n != after.n:
+            raise ValueError(f"the copy holds {before.n} packets, the batch {after.n}")
+        for i in range(after.n):
+            v = after.verdict[i]
+            before.detail[i] = after.detail[i]
+            before.verdict[i] = v if v == V_NEW or v == V_FORWARD or v == V_REPLY else V_DROP
+            p = before.data + before.offset[i]
+            if v == V_NEW or v == V_FORWARD:
+                memcpy(p, after.data + after.offset[i], after.caplen[i])
+            elif v == V_ANSWER and parse_packet(p, before.caplen[i], before.origlen[i], before.linktype[i],
+                                                &info) == PARSED:
+                real = &self.t.reals[after.detail[i]]
+                rewrite(p, &info, False, real.addr, real.port)
+                before.verdict[i] = V_REPLY
+
     # ---- snapshots (plain Python data; inspection never borrows internals) --------------------
     def expire_due(self):
         """Reap every flow already expired on the packet clock (before a snapshot)."""
@@ -472,7 +605,8 @@ cdef class Datapath:
         return {
             "packets": self.packets, "bytes": self.bytes,
             "new": self.verdicts[<int>V_NEW], "forward": self.verdicts[<int>V_FORWARD],
-            "reply": self.verdicts[<int>V_REPLY], "passed": self.verdicts[<int>V_PASS],
+            "reply": self.verdicts[<int>V_REPLY], "answer": self.verdicts[<int>V_ANSWER],
+            "passed": self.verdicts[<int>V_PASS],
             "dropped_total": self.verdicts[<int>V_DROP],
             "dropped": {DROP_REASONS[k]: self.drops[k] for k in range(N_DROP_REASONS) if self.drops[k]},
             "passed_by_reason": {PASS_REASONS[k]: self.passes[k] for k in range(N_PASS_REASONS) if self.passes[k]},
@@ -481,6 +615,11 @@ cdef class Datapath:
             "rescheduled": self.rescheduled, "broken": self.broken, "blackholed": self.blackholed,
             "clock_ns": self.clock_ns,
         }
+
+    def unattributed(self):
+        """Packets from the service side that no flow owned: ([per front, in add order], [per real])."""
+        return ([self.unattributed_front[k] for k in range(self.n_fronts)],
+                [self.unattributed_real[k] for k in range(self.n_reals)])
 
     def real_counters(self):
         """Per real, in config order: the counters IPVS shows (ActiveConn, InActConn, --stats)."""

@@ -41,7 +41,8 @@ cdef enum PassReason:
     P_OTHER_PROTOCOL = 1
     P_NO_SERVICE = 2
     P_FRAGMENT = 3
-    N_PASS_REASONS = 4
+    P_UNATTRIBUTED = 4      # from the service side (a VIP, a capture server, a real) to a client with no flow
+    N_PASS_REASONS = 5
 
 # Flow.flags
 cdef enum FlowFlag:
@@ -101,6 +102,16 @@ ctypedef struct Service:
     uint32_t n_reals
     uint64_t persist_ns     # IPVS -p: 0 = no persistence
     uint8_t persist_mask[16]    # IPVS -M: the client address bits a template keeps
+
+# Where a service meets its clients: its VIP, and the capture's original servers (`capture_servers`),
+# which stand for the VIP: clients' packets to them are the service's, their packets are answers.
+ctypedef struct Front:
+    uint8_t addr[16]
+    uint16_t port
+    uint8_t proto
+    uint8_t family
+    uint8_t is_vip
+    uint32_t service
 
 ctypedef struct Real:
     uint8_t addr[16]
