@@ -60,7 +60,8 @@ class Seconds(click.ParamType):
               help="A virtual service instead of a config file (with --real).")
 @click.option("--real", "reals", multiple=True, metavar="IP:PORT", help="A real server of every --vip.")
 @click.option("--scheduler", default="rr", show_default=True, help="Scheduler for --vip services.")
-@click.option("--seed", type=int, help="Seed for the hash secret and random choices: same seed, same output.")
+@click.option("--seed", type=int,
+              help="Seed for the hash secret and random choices: same seed, same output (default: drawn at random).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--state-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the final state (connection table, services, counters) as JSON.")

@@ -92,6 +92,8 @@ def test_events_and_at_past_the_end_are_warned_about(tmp_path):
     assert summary["warnings"] == [w.removeprefix("l4emu: warning: ") for w in proc.stderr.splitlines()]
     quiet = run_cli("replay", SAMPLE, "--event", "18:down:10.1.0.2:8080", "--state-out", state, "--at", "18")
     assert quiet.stderr == ""
+    compared = run_cli("compare", SAMPLE, "--schedulers", "rr,mh", "--event", "100:down:10.1.0.2:8080")
+    assert compared.stderr.splitlines() == proc.stderr.splitlines()[:1]     # once, not once per scheduler
 
 
 def test_at_keeps_the_users_spelling_in_the_file_name(tmp_path):
