@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 import click
 
 from l4emu import config as configmod
 from l4emu import inspect, live_cli, report, schedulers
-from l4emu.compare import compare as run_compare, unattributed_warnings
+from l4emu.compare import compare as run_compare
 from l4emu.events import parse_event
 from l4emu.io import CaptureError, WriteError
 from l4emu.io.writer import write_text_atomic
@@ -30,17 +32,36 @@ def main():
     """l4emu: see, test and measure what an L4 load balancer does to real traffic."""
 
 
-@main.command()
+class Seconds(click.ParamType):
+    """A time in seconds from 0, kept as the user spelled it: `--at 1.0` names its file state@1.0.json
+    (a float would print as 1), so the file is where the user will look for it."""
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 <= seconds < float("inf"):
+            self.fail(f"{value!r} is not a time from 0 seconds on", param, ctx)
+        return text
+
+
+@main.command(short_help="Replay a capture through the switch; summarize.")
 @click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the translated packets here (.pcap or .pcapng).")
+              help="Write the translated packets here (.pcap or .pcapng, or see --format).")
+@click.option("--format", "fmt", type=click.Choice(["pcap", "pcapng"]),
+              help="Output format of -o and --inside (default: from the extension; pcap for a device or FIFO).")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML config (default: the embedded one the bundled samples were made for).")
 @click.option("--vip", "vips", multiple=True, metavar="IP:PORT[/tcp|udp]",
               help="A virtual service instead of a config file (with --real).")
 @click.option("--real", "reals", multiple=True, metavar="IP:PORT", help="A real server of every --vip.")
 @click.option("--scheduler", default="rr", show_default=True, help="Scheduler for --vip services.")
-@click.option("--seed", type=int, help="Seed for the hash secret and random choices: same seed, same output.")
+@click.option("--seed", type=int,
+              help="Seed for the hash secret and random choices: same seed, same output (default: drawn at random).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--state-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the final state (connection table, services, counters) as JSON.")
@@ -54,10 +75,10 @@ def main():
 @click.option("--capture-servers", metavar="[VIP=]IP:PORT,...",
               help="The servers the capture was taken with (behind another load balancer): clients' packets "
                    "to them go to the service, their packets are its answers.")
-@click.option("--at", "at_times", multiple=True, type=click.FloatRange(min=0), metavar="T",
+@click.option("--at", "at_times", multiple=True, type=Seconds(), metavar="T",
               help="Also write the state at T seconds after the first packet, beside --state-out as "
                    "NAME@T.json (repeatable).")
-def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate, events,
+def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate, events,
            inside, capture_servers, at_times):
     """Replay CAPTURE through the switch and summarize what it did.
 
@@ -65,6 +86,8 @@ def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, 
     conversation as the clients see it."""
     if at_times and not state_out:
         fail("--at writes its states beside --state-out: give --state-out too")
+    _refuse_overwriting(capture, {"-o": output, "--inside": inside, "--state-out": state_out})
+    spellings = at_spellings(at_times)
     try:
         events = [parse_event(e) for e in events]
         switch = _build_switch(config_path, vips, reals, scheduler, seed, capture_servers)
@@ -73,8 +96,9 @@ def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, 
                                file=sys.stderr, hidden=not show_bar) as bar:
             summary = run_replay(capture, switch, output, annotate,
                                  progress=(lambda done, total: bar.update(done - bar.pos)) if show_bar else None,
-                                 events=events, inside=inside, at=at_times,
-                                 on_at=lambda t, snap: _write_state(at_path(state_out, t), snap))
+                                 events=events, inside=inside, at=list(spellings), fmt=fmt,
+                                 on_at=lambda t, snap: [_write_state(at_path(state_out, text), snap)
+                                                        for text in spellings[t]])
     except (configmod.ConfigError, CaptureError, WriteError, ValueError, OSError) as exc:
         fail(str(exc))
     if state_out:
@@ -86,9 +110,40 @@ def replay(capture, output, config_path, vips, reals, scheduler, seed, as_json, 
         fail(summary["error"])
 
 
-def at_path(state_out: Path, t: float) -> Path:
-    """Where --at T goes: state.json -> state@T.json (T as given, in seconds after the first packet)."""
-    return state_out.with_name(f"{state_out.stem}@{t:g}{state_out.suffix or '.json'}")
+def at_spellings(at_times) -> dict[float, list[str]]:
+    """Each --at moment with the spellings that asked for it (`--at 1 --at 1.0`: one moment, two files)."""
+    spellings: dict[float, list[str]] = {}
+    for text in at_times:
+        if text not in spellings.setdefault(float(text), []):
+            spellings[float(text)].append(text)
+    return spellings
+
+
+def at_path(state_out: Path, t: str) -> Path:
+    """Where --at T goes: state.json -> state@T.json (T as the user wrote it, seconds after the first packet)."""
+    return state_out.with_name(f"{state_out.stem}@{t}{state_out.suffix or '.json'}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file by two names (a symlink, ../dir/x)? samefile when both exist, else the resolved paths."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_overwriting(capture: Path, outputs: dict) -> None:
+    """An output that is the capture would replace the input with its own translation, and two outputs
+    on one file would overwrite each other: refuse both before reading a packet. Devices (/dev/null)
+    may take several outputs."""
+    given = [(flag, path) for flag, path in outputs.items() if path is not None]
+    for flag, path in given:
+        if _same_file(capture, path):
+            fail(f"{path}: {flag} is the input capture {capture}: write it elsewhere")
+    for k, (flag, path) in enumerate(given):
+        for other, earlier in given[:k]:
+            if _same_file(earlier, path) and not (path.exists() and not path.is_file()):
+                fail(f"{path}: given to both {other} and {flag}: give each its own file")
 
 
 def _write_state(path: Path, snapshot: dict) -> None:
@@ -118,9 +173,11 @@ def _build_config(config_path, vips, reals, scheduler, capture_servers=None) -> 
 
 def _load_state(path: Path) -> dict:
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         fail(f"{path}: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:       # a capture given where a state file belongs
+        fail(f"{path}: not a state file ({configmod.not_text(exc)}; write one with `l4emu replay ... --state-out`)")
     except json.JSONDecodeError as exc:
         fail(f"{path}: not a state file (invalid JSON: {exc})")
     if not isinstance(state, dict) or state.get("l4emu_state") != 1:
@@ -137,7 +194,7 @@ def _source(state, control_path, op) -> dict:
     return _load_state(state)
 
 
-@main.command()
+@main.command(short_help="The connection table, like ipvsadm -L -n -c.")
 @click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--control", "control_path", type=click.Path(dir_okay=False),
               help="Ask a running `l4emu live` instead of reading a state file.")
@@ -148,7 +205,7 @@ def conntrack(state, control_path, as_json):
     click.echo(inspect.to_json(snapshot["connections"]) if as_json else inspect.conntrack_text(snapshot))
 
 
-@main.command()
+@main.command(short_help="Emulated reals' sockets, like ss -tuan.")
 @click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--control", "control_path", type=click.Path(dir_okay=False),
               help="Ask a running `l4emu live` instead of reading a state file.")
@@ -165,7 +222,7 @@ def sockets(state, control_path, host, as_json):
     click.echo(inspect.to_json(hosts) if as_json else inspect.sockets_text(hosts))
 
 
-@main.command()
+@main.command(short_help="Services and reals, like ipvsadm -L -n [--stats].")
 @click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--control", "control_path", type=click.Path(dir_okay=False),
               help="Ask a running `l4emu live` instead of reading a state file.")
@@ -187,22 +244,30 @@ def stats(state, control_path, watch, exact, as_json):
     click.echo(inspect.services_text(snapshot, size) + "\n\n" + report.stats_text(snapshot, exact))
 
 
-@main.command()
+# Enough to compare: rotation, least connections, two hashes and a randomized choice.
+DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
+
+
+@main.command(short_help="Replay once per scheduler; compare the spread.")
 @click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML config (default: the embedded one).")
-@click.option("--schedulers", "names", default="rr", show_default=True,
-              help="Comma-separated schedulers to compare, e.g. rr,wlc,sh,mh,p2c.")
+@click.option("--schedulers", "names", default=DEFAULT_COMPARE, show_default=True,
+              help="Comma-separated schedulers to compare.")
 @click.option("--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]",
               help="As for replay; applied in every run.")
-@click.option("--seed", type=int, default=1, show_default=True, help="Same seed in every run.")
+@click.option("--seed", type=int,
+              help="Seed of every run (default: one drawn at random, printed so that the runs can be repeated).")
 @click.option("--capture-servers", metavar="[VIP=]IP:PORT,...",
               help="As for replay: the servers the capture was taken with stand for the service.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Draw active connections per real over time, a panel per scheduler (PNG; needs matplotlib).")
+              help="Draw active connections per real over time, a panel per scheduler and service "
+                   "(PNG, or .svg/.pdf; needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (with the time series).")
 def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json):
     """Replay CAPTURE once per scheduler and compare how each spreads the load."""
+    if plot is not None:
+        _refuse_overwriting(capture, {"--plot": plot})
     try:
         events = [parse_event(e) for e in events]
         known = set(schedulers.available())
@@ -213,16 +278,82 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
                                                         f" (known: {', '.join(sorted(known))})")
         config = _build_config(config_path, (), (), None, capture_servers)
         result = run_compare(capture, config, chosen, events, seed)
-        if plot:
-            report.compare_plot(result, plot)
     except (configmod.ConfigError, CaptureError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))
+    # The table first: a plot that cannot be written must not cost the user the numbers.
     click.echo(inspect.to_json(result) if as_json else report.compare_text(result))
-    for warning in unattributed_warnings(result):
+    for warning in dict.fromkeys(w for run in result["runs"] for w in run["warnings"]):
         click.echo(f"l4emu: warning: {warning}", err=True)
+    if plot:
+        _write_plot(result, plot)
 
 
+def _write_plot(result: dict, path: Path) -> None:
+    try:
+        report.compare_plot(result, path)
+    except RuntimeError as exc:             # matplotlib is missing
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{path}: cannot write the plot: {exc.strerror or exc}")
+    except ValueError as exc:               # a format matplotlib does not write (.foo)
+        fail(f"{path}: cannot write the plot: {exc}")
+
+
+@main.command(short_help="Print the embedded default config (--default).")
+@click.option("--default", "default", is_flag=True, help="The config used without -c (l4emu/data/default.toml).")
+def config(default):
+    """Print the embedded default config, the one the bundled samples were made for: a starting point
+    for your own (`l4emu config --default > lb.toml`)."""
+    if not default:
+        fail("config: give --default to print the embedded config (validate a file with `l4emu check FILE`)")
+    click.echo(resources.files("l4emu").joinpath("data/default.toml").read_text(), nl=False)
+
+
+@main.command(short_help="Validate a config file, like keepalived -t.")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+def check(config_path):
+    """Validate CONFIG without running anything: one OK line (exit 0), or the first problem (exit 2)."""
+    catalog = schedulers.catalog()
+    try:
+        checked = configmod.load(config_path, catalog)
+    except configmod.ConfigError as exc:
+        fail(str(exc))
+    _check_schedulers(config_path, checked)
+    click.echo(f"{config_path}: OK, {check_summary(checked)}")
+
+
+def _check_schedulers(path: Path, checked: configmod.Config) -> None:
+    """Create each service's scheduler as a switch would: a plugin that is installed but fails to load
+    (or rejects its options) shows up only here, not in the config's own checks."""
+    for i, svc in enumerate(checked.services):
+        try:
+            schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, 0)
+        except Exception as exc:            # whatever a third-party plugin raises, one line
+            fail(f"{path}: service[{i}].scheduler: {svc.scheduler!r} cannot be created: {exc}")
+
+
+def check_summary(checked: configmod.Config) -> str:
+    """'3 services (2 tcp, 1 udp), 9 reals (2 emulated), schedulers rr, wlc'."""
+    services = checked.services
+    reals = [real for svc in services for real in svc.reals]
+    protocols = ", ".join(f"{sum(s.protocol == p for s in services)} {p}" for p in configmod.PROTOCOLS
+                          if any(s.protocol == p for s in services))
+    emulated = sum(real.emulated for real in reals)
+    names = ", ".join(dict.fromkeys(s.scheduler for s in services))
+    return (f"{len(services)} service{'s' * (len(services) != 1)} ({protocols}), "
+            f"{len(reals)} real{'s' * (len(reals) != 1)}" + (f" ({emulated} emulated)" if emulated else "")
+            + f", scheduler{'s' * (names.count(',') > 0)} {names}")
+
+
+# The live commands are defined in live_cli.py; their one-line descriptions for `l4emu --help` are
+# given here, where the command list is assembled, unless the command already carries its own.
+LIVE_SHORT_HELP = {
+    "live": "Run the switch on a TUN device (live traffic).",
+    "real": "Change a real of a running `l4emu live`.",
+    "lab": "Build or remove the network-namespace lab.",
+}
 for _command in (live_cli.live, live_cli.real, live_cli.lab):
+    _command.short_help = _command.short_help or LIVE_SHORT_HELP.get(_command.name)
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import random
 
 from l4emu import config as configmod
 from l4emu.io import open_capture
@@ -49,9 +49,7 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
         start[:] = start or [clock_ns]
         samples.append(((clock_ns - start[0]) / 1e9, [r["active"] for r in switch.datapath.real_counters()]))
 
-    started = time.perf_counter()
     summary = replay(capture, switch, events=events, sample_every_s=max(span_s / SAMPLES, 1e-3), on_sample=on_sample)
-    elapsed = time.perf_counter() - started
     per_real = switch.datapath.real_counters()
     services, k = [], 0
     for svc in config.services:
@@ -68,20 +66,34 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
             "active_over_time": [[round(t, 6), a] for t, a in series],
         })
         k += n
+    # No flows per second here: measured on the wall clock it was the emulator's speed, not the capture's.
     return {"scheduler": name, "services": services, "events": summary["events"],
-            "new_flows_per_s": round(summary["new"] / elapsed) if elapsed > 0 else 0,
-            "dropped": summary["dropped"], "unattributed": summary["unattributed"]}
+            "dropped": summary["dropped"], "unattributed": summary["unattributed"],
+            "warnings": _per_scheduler(summary, capture, name)}
 
 
-def unattributed_warnings(result: dict) -> list[str]:
-    """One line per run in which packets from the service side belonged to no connection."""
-    return [unattributed_warning(f"{result['capture']} with {run['scheduler']}", run["unattributed"])
-            for run in result["runs"] if run["unattributed"]]
+def _per_scheduler(summary: dict, capture, name: str) -> list[str]:
+    """The replay's warnings; the one about unattributed packets names the scheduler, since the
+    packets a capture's replies leave unowned differ by scheduler."""
+    if not summary["unattributed"]:
+        return summary["warnings"]
+    general = unattributed_warning(capture, summary["unattributed"])
+    return [w for w in summary["warnings"] if w != general] + [
+        unattributed_warning(f"{capture} with {name}", summary["unattributed"])]
+
+
+def event_mark(event) -> dict:
+    """What a plot writes beside an event's line: when, which real, what happened to it."""
+    what = f"weight {event.weight}" if event.action == "weight" else event.action
+    return {"t": event.at_s, "real": event.endpoint, "label": f"{event.endpoint} {what}"}
 
 
 def compare(capture, config: configmod.Config, names: list[str], events=(), seed: int | None = None) -> dict:
-    """One replay per scheduler, same capture, config, events and seed."""
+    """One replay per scheduler, same capture, config, events and seed. Without a seed one is drawn,
+    as replay draws its own, and returned under "seed" so that the comparison can be repeated."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(1 << 32)
     span = capture_span_s(capture)
-    return {"capture": str(capture), "span_s": round(span, 6), "events": [str(e) for e in events],
-            "event_times_s": [e.at_s for e in events],
+    return {"capture": str(capture), "span_s": round(span, 6), "seed": seed, "events": [str(e) for e in events],
+            "event_times_s": [e.at_s for e in events], "event_marks": [event_mark(e) for e in events],
             "runs": [run_one(capture, config, name, events, seed, span) for name in names]}

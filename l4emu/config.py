@@ -389,9 +389,11 @@ def load(path: str | Path | None, schedulers: set[str]) -> Config:
     else:
         source = str(path)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError("", exc.strerror or str(exc), source) from None
+        except UnicodeDecodeError as exc:     # a capture or other binary file given as -c
+            raise ConfigError("", f"not a TOML config ({not_text(exc)})", source) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -400,6 +402,11 @@ def load(path: str | Path | None, schedulers: set[str]) -> Config:
         return from_dict(raw, schedulers)
     except ConfigError as exc:
         raise ConfigError(exc.key, exc.problem, source) from None
+
+
+def not_text(exc: UnicodeDecodeError) -> str:
+    """Why a file is not text, in the user's terms (offset and byte, not codec internals)."""
+    return f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
 
 
 def from_flags(vips: list[str], reals: list[str], scheduler: str, schedulers: set[str]) -> dict:

@@ -10,6 +10,7 @@ from l4emu.emulate import BatchSink, Emulator
 from l4emu.events import NS, Event, EventError, EventLog
 from l4emu._datapath import PARSED_LINKTYPES
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
+from l4emu.io.writer import output_format
 from l4emu.switch import Switch
 
 
@@ -17,7 +18,7 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
            progress: Callable[[int, int], None] | None = None, events: Sequence[Event] = (),
            sample_every_s: float | None = None, on_sample: Callable[[int], None] | None = None,
            inside: str | Path | None = None, at: Sequence[float] = (),
-           on_at: Callable[[float, dict], None] | None = None) -> dict:
+           on_at: Callable[[float, dict], None] | None = None, fmt: str | None = None) -> dict:
     """Run every packet of `capture` through `switch`; returns the summary (see summary_text).
 
     `events` change reals at their moment on the packet clock (seconds after the first packet);
@@ -28,9 +29,10 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     With emulated reals the replay goes packet by packet through emulate.Emulator: `output` is the
     clients' view of the whole conversation. A capture fault stops
     reading after everything good before it was processed and written; the summary then carries
-    the fault under "error".
+    the fault under "error". `fmt` (pcap or pcapng) overrides the outputs' extensions. An event or
+    --at time past the last packet is named under "warnings".
     """
-    if annotate and (output is None or Path(output).suffix != ".pcapng"):
+    if annotate and (output is None or output_format(output, fmt) != "pcapng"):
         raise ValueError("--annotate writes packet comments, which need a .pcapng output (-o out.pcapng)")
     known = {real.endpoint for _, real in switch.reals}
     for event in events:
@@ -42,12 +44,12 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     written = 0
     writers = []
     with open_capture(capture) as reader:
-        writer = open_writer(output, reader.interfaces, nanosecond=reader.nanosecond) if output else None
+        writer = open_writer(output, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if output else None
         writers.append(writer)
         comments = switch.comment_table() if annotate else None
         clock = _Moments(events, sample_every_s, on_sample, switch, at, on_at)
         try:
-            inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond) if inside else None
+            inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if inside else None
             writers.append(inner)
             if switch.hosts is None:
                 before = Batch(1) if inner is not None else None
@@ -74,7 +76,7 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     elapsed = time.perf_counter() - started
     summary = summarize(switch, capture, output, written, elapsed, error)
     summary["events"] = clock.event_effects()
-    summary["warnings"] = unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES)
+    summary["warnings"] = unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES) + clock.past_the_end()
     if summary["unattributed"]:
         summary["warnings"].append(unattributed_warning(capture, summary["unattributed"]))
     if summary["translated"] == 0 and summary["passed_by_reason"].get("no_service"):
@@ -145,6 +147,7 @@ class _Moments:
         self.on_at = on_at
         self.on_moment: Callable[[int], None] | None = None     # emulated hosts' clocks follow the switch's
         self.finish_sink = None
+        self.end_ns: int | None = None          # the packet clock when the capture ran out (finish())
 
     def _next_moment(self) -> int:
         moments = [self.start_ns + int(e.at_s * NS) for e in self.events[len(self.log):len(self.log) + 1]]
@@ -165,6 +168,7 @@ class _Moments:
 
     def finish(self) -> None:
         """After the last packet: the --at times still ahead, the clock moved on to each."""
+        self.end_ns = self.switch.clock_ns if self.start_ns is not None else None
         while self.start_ns is not None and self.at_done < len(self.at):
             moment = self.start_ns + int(self.at[self.at_done] * NS)
             if self.on_moment is not None:
@@ -201,6 +205,19 @@ class _Moments:
         while self.at_done < len(self.at) and self.start_ns + int(self.at[self.at_done] * NS) <= moment:
             self.on_at(self.at[self.at_done], self.switch.snapshot())
             self.at_done += 1
+
+    def past_the_end(self) -> list[str]:
+        """Warnings for the moments the capture never reached: a user who asks for an event at 100 s
+        of a 30 s capture would otherwise read a summary without it and not know why."""
+        if self.start_ns is None:
+            where = "the capture has no packets"
+        else:
+            where = f"the capture's last packet is at {(self.end_ns - self.start_ns) / NS:.6g} s"
+        warnings = [f"--event {event}: never applied, {where}" for event in self.events[len(self.log):]]
+        late = [t for t in self.at if self.start_ns is None or self.start_ns + int(t * NS) > self.end_ns]
+        warnings += [f"--at {t:g}: {where}; the state at {t:g} s has the clock moved on, with no packets since"
+                     if self.start_ns is not None else f"--at {t:g}: not written, {where}" for t in late]
+        return warnings
 
     def event_effects(self) -> list[dict]:
         """Each applied event with what followed it until the next one (or the end)."""

@@ -301,13 +301,20 @@ def test_config_scheduler_flags_and_table_size(tmp_path):
             configmod.from_dict(tomllib.loads(weighted_toml("mh", [1], f"mh_table_size = {size}")), {"mh": ()})
 
 
+# The example's scheduler also registered under a name no installed package has: whether or not
+# `pip install ./examples` has run in this environment, that name is known exactly when the test says so.
+TEST_ONLY_NAME = "least_recent_as_tested"
+
+
 def plugin_path(tmp_path):
-    """What `pip install ./examples` makes: the module and its entry point, found on sys.path."""
+    """What `pip install ./examples` makes: the module and its entry point, found on sys.path (ahead of
+    an installed copy, whose distribution of the same name it shadows), plus TEST_ONLY_NAME."""
     project = tomllib.loads((ROOT / "examples" / "pyproject.toml").read_text())
     info = tmp_path / "l4emu_example_schedulers-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: l4emu-example-schedulers\nVersion: 0.1.0\n")
     group = project["project"]["entry-points"]["l4emu.schedulers"]
+    group = {**group, TEST_ONLY_NAME: group["least_recent"]}
     (info / "entry_points.txt").write_text("[l4emu.schedulers]\n" + "".join(f"{k} = {v}\n" for k, v in group.items()))
     return [str(tmp_path), str(ROOT / "examples")]
 
@@ -326,7 +333,7 @@ def test_the_python_plugin_example_is_found_and_serves_the_longest_waiting_real(
 def test_the_python_plugin_example_works_through_the_cli(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(plugin_path(tmp_path) + [os.environ.get("PYTHONPATH", "")]))
     config = tmp_path / "lb.toml"
-    config.write_text((ROOT / "l4emu" / "data" / "default.toml").read_text().replace('"rr"', '"least_recent"'))
+    config.write_text((ROOT / "l4emu" / "data" / "default.toml").read_text().replace('"rr"', f'"{TEST_ONLY_NAME}"'))
     proc = subprocess.run([sys.executable, "-m", "l4emu.cli", "replay", PCAPS / "sample.pcap", "-c", config,
                            "-o", tmp_path / "out.pcap", "--json"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -334,4 +341,4 @@ def test_the_python_plugin_example_works_through_the_cli(tmp_path):
     assert summary["dropped"] == {} and summary["new_connections"]["10.1.0.3:8080"] == 10
     plain = subprocess.run([sys.executable, "-m", "l4emu.cli", "replay", PCAPS / "sample.pcap", "-c", config],
                            capture_output=True, text=True)
-    assert plain.returncode == 2 and "unknown scheduler 'least_recent'" in plain.stderr
+    assert plain.returncode == 2 and f"unknown scheduler '{TEST_ONLY_NAME}'" in plain.stderr

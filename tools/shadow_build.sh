@@ -8,6 +8,11 @@
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# setup.py needs the build requirements, which `pip install` keeps in an isolated environment of its own
+python -c 'import Cython, setuptools' 2>/dev/null || {
+    echo "shadow_build: Cython and setuptools are needed to compile: pip install -e \".[test]\" (or pip install 'Cython>=3.0' setuptools)" >&2
+    exit 2; }
+
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 case "$OUT" in "$ROOT"|"$ROOT/l4emu"*|"$ROOT/ext"*) echo "shadow_build: refusing to build into $OUT" >&2; exit 2;; esac

@@ -29,6 +29,26 @@ def open_writer(path, interfaces, *, nanosecond=False, fmt=None):
     return CaptureWriter(path, interfaces, nanosecond=nanosecond, fmt=fmt)
 
 
+def output_format(path, fmt=None) -> str:
+    """What to write to `path`: `fmt` (--format) when given, else what the extension says.
+
+    A device or FIFO (/dev/full, /dev/stdout, a pipe) has no extension to go by: it gets pcap, which
+    every reader of a stream takes (tcpdump -r -), unless --format says otherwise. A known extension
+    that contradicts --format is refused rather than leaving a .pcap file that holds pcapng."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if fmt is not None and fmt not in FORMATS.values():
+        raise WriteError(path, f"unknown format {fmt!r}: use 'pcap' or 'pcapng'")
+    if fmt is not None and ext in FORMATS and FORMATS[ext] != fmt:
+        raise WriteError(path, f"--format {fmt} contradicts the extension {ext!r}")
+    if fmt is None:
+        fmt = FORMATS.get(ext) or ("pcap" if _in_place(path) else None)
+    if fmt is None:
+        raise WriteError(path, f"cannot tell the format from extension {ext!r}: use .pcap or .pcapng, "
+                               f"or give --format pcap|pcapng")
+    return fmt
+
+
 def _in_place(path: str) -> bool:
     """Write straight to path? Only a target that exists and is not a regular file (a device, a FIFO)."""
     return os.path.exists(path) and not os.path.isfile(path)
@@ -64,14 +84,7 @@ class CaptureWriter:
 
     def __init__(self, path, interfaces, *, nanosecond=False, fmt=None):
         self.path = os.fspath(path)
-        if fmt is None:
-            ext = os.path.splitext(self.path)[1].lower()
-            fmt = FORMATS.get(ext)
-            if fmt is None:
-                raise WriteError(self.path, f"cannot tell the format from extension {ext!r}: use .pcap or .pcapng")
-        elif fmt not in FORMATS.values():
-            raise WriteError(self.path, f"unknown format {fmt!r}: use 'pcap' or 'pcapng'")
-        self.format = fmt
+        self.format = fmt = output_format(self.path, fmt)
         self.interfaces = interfaces
         self.nanosecond = nanosecond
         self.packets_written = 0
