@@ -85,6 +85,13 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 def live_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *extra: str):
     """A lab for `config` with `l4emu live` running in it; yields (lab, control socket path).
     Everything goes afterwards, whatever happened."""
+    with live_process_in_lab(config, prefix, tun, workdir, *extra) as (lab, sock, _):
+        yield lab, sock
+
+
+@contextlib.contextmanager
+def live_process_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *extra: str):
+    """As live_in_lab, and yields the `l4emu live` process too (to stop it, read its output)."""
     lab = Lab.from_config(config, prefix, tun)
     sock = str(workdir / "l4emu.sock")
     live = None
@@ -95,7 +102,7 @@ def live_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *extra: str)
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: os.path.exists(sock) or live.poll() is not None, what="the control socket")
         assert live.poll() is None, live.communicate()
-        yield lab, sock
+        yield lab, sock, live
     finally:
         if live is not None and live.poll() is None:
             live.kill()
