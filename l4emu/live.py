@@ -62,9 +62,10 @@ class Live:
             # Renaming the capture into place and removing the socket need write access to their
             # directories, which the user may not have: a helper that keeps root does those two things.
             part = self.writer.part_path if self.writer is not None and self.writer.renames else None
-            self.finisher = Finisher(part, pcap_out if part else None, control_path)
-            if self.writer is not None:
-                self.writer.rename = self.finisher.rename
+            if part or control_path:
+                self.finisher = Finisher(part, pcap_out if part else None, control_path)
+                if part:
+                    self.writer.rename = self.finisher.rename
             drop_privileges(user)
 
     def _now(self) -> None:

@@ -103,3 +103,18 @@ def test_emulated_text_summary_with_no_traffic(workdir):
 def test_snaplen_needs_pcap_out():
     done = l4emu("live", "--tun", "l4none0", "--snaplen", "64", check=False)
     assert done.returncode == 2 and done.stderr == "l4emu: error: --snaplen is for --pcap-out: give --pcap-out too\n"
+
+
+def test_a_capture_that_cannot_be_made_stops_live_in_one_line_and_leaves_no_socket(workdir):
+    ns = f"l4n{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        sock = workdir / "ctl.sock"
+        done = l4emu("live", "--netns", ns, "--tun", "l4n0", "--create", "--control", str(sock),
+                     "--pcap-out", str(workdir / "missing" / "live.pcapng"), "--user", "nobody", check=False)
+        assert done.returncode == 2
+        assert done.stderr == (f"l4emu: error: {workdir}/missing/live.pcapng: cannot create "
+                               f"{workdir}/missing/live.pcapng.part: No such file or directory\n")
+        assert list(workdir.iterdir()) == []
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
