@@ -406,3 +406,10 @@ def test_stats_watch_on_a_terminal_redraws_in_place(running):
     assert screens[0] == "" and len(screens) >= 4           # every frame starts by clearing the screen
     assert all(s.startswith("Every 0.2s: l4emu stats --control ") for s in screens[1:])
     assert watch.returncode == 0
+
+
+def test_lab_gives_the_tun_a_deep_queue(running):
+    """The kernel's 500-packet TUN queue lost half of a 64-byte UDP flood in live_bench; the lab sets 4096."""
+    qlen = subprocess.run(["ip", "netns", "exec", running.lab.lb, "cat", f"/sys/class/net/{running.lab.tun}/tx_queue_len"],
+                          capture_output=True, text=True, check=True).stdout
+    assert int(qlen) == 4096
