@@ -94,7 +94,12 @@ def main() -> None:
                         help="Rounds of l4emu then kernel NAT, back to back: on a shared machine the load "
                              "drifts, so each round's ratio compares neighbours and the median is reported.")
     parser.add_argument("--no-offload", action="store_true", help="Run l4emu live without TUN offloads.")
+    parser.add_argument("--queues", default="", metavar="N,N,...",
+                        help="Also measure l4emu's UDP with the TUN's txqueuelen (the queue between the kernel "
+                             "and l4emu's reads) set to each N in turn, in every round (the main table keeps "
+                             "the lab's own setting).")
     opts = parser.parse_args()
+    queues = [int(q) for q in opts.queues.split(",") if q.strip()]
     if os.geteuid() != 0:
         sys.exit("live_bench: needs root (network namespaces, TUN, nftables)")
     workdir = Path(tempfile.mkdtemp(prefix="l4emu-bench-"))
@@ -111,8 +116,13 @@ def main() -> None:
                                  "-c", str(config)] + (["--no-offload"] if opts.no_offload else []),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)
+        lab_queue = txqueuelen(lab)
         for k in range(opts.rounds):
             ours = measure(lab, opts.seconds)
+            for q in queues:
+                set_txqueuelen(lab, q)
+                ours.setdefault("queues", {})[q] = iperf(lab, opts.seconds, True)
+            set_txqueuelen(lab, lab_queue)
             use_kernel_nat(lab, True)
             kernel = measure(lab, opts.seconds)
             if k + 1 < opts.rounds:
@@ -138,11 +148,28 @@ def main() -> None:
             print(f"{label + f', round {k}':<56}" + unit.format(value(ours)) + unit.format(value(kernel))
                   + f"{ratios[-1]:>8.2f}")
         print(f"{label + ', median':<56}{'':>28}{statistics.median(ratios):>8.2f}{target:>8.2f}")
-    print("UDP datagrams/s sent by the iperf3 client; lost in the TUN queue / at the server's socket:")
+    print(f"UDP datagrams/s sent by the iperf3 client; lost in the TUN queue (txqueuelen {lab_queue}) / at the "
+          f"server's socket:")
     for k, (ours, kernel) in enumerate(rounds, 1):
         print(f"  round {k}:" + "".join(f"  {name} {m['udp']['sent']:,.0f} sent, {m['udp']['tun_drops']:,.0f} / "
                                          f"{m['udp']['socket_drops']:,.0f} lost"
                                          for name, m in (("l4emu", ours), ("kernel", kernel))))
+    if queues:
+        print("l4emu UDP by the TUN's txqueuelen: datagrams/s sent, reaching the real, lost in the TUN queue "
+              "(share of sent):")
+        for k, (ours, _) in enumerate(rounds, 1):
+            print(f"  round {k}:" + "".join(
+                f"  {q}: {m['sent']:,.0f} sent, {m['forwarded']:,.0f} reach, {m['tun_drops']:,.0f} lost "
+                f"({m['tun_drops'] / max(m['sent'], 1):.0%})"
+                for q, m in [(lab_queue, ours["udp"])] + list(ours["queues"].items())))
+
+
+def txqueuelen(lab: Lab) -> int:
+    return int(run("ip", "netns", "exec", lab.lb, "cat", f"/sys/class/net/{lab.tun}/tx_queue_len").stdout)
+
+
+def set_txqueuelen(lab: Lab, length: int) -> None:
+    run("ip", "-n", lab.lb, "link", "set", lab.tun, "txqueuelen", str(length))
 
 
 if __name__ == "__main__":

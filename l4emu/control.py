@@ -47,10 +47,19 @@ class ControlServer:
             self.listener.bind(path)
         finally:
             os.umask(old)
-        os.chown(path, owner_uid if owner_uid is not None else -1, self.gid if self.gid is not None else -1)
-        os.chmod(path, 0o660 if self.gid is not None else 0o600)
-        self.owner = os.stat(path).st_uid
-        self.listener.listen(16)
+        try:
+            os.chown(path, owner_uid if owner_uid is not None else -1, self.gid if self.gid is not None else -1)
+            os.chmod(path, 0o660 if self.gid is not None else 0o600)
+            st = os.stat(path)
+            self.owner, self.inode = st.st_uid, (st.st_dev, st.st_ino)
+            self.listener.listen(16)
+        except BaseException:
+            self.listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
         self.peers: dict[int, _Peer] = {}
         self.epoll: select.epoll | None = None
 
@@ -156,13 +165,23 @@ class ControlServer:
         peer.sock.close()
 
     def close(self) -> None:
-        for peer in list(self.peers.values()):
-            self._drop(peer)
-        self.listener.close()
+        """Close the peers and the listener, and remove the socket file whatever else fails (if it is
+        still this server's: a later run may have replaced it). Without write access to the directory
+        (root dropped) the unlink fails here; live's helper that kept root removes it then."""
         try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+            for peer in list(self.peers.values()):
+                try:
+                    self._drop(peer)
+                except OSError:
+                    pass
+            self.listener.close()
+        finally:
+            try:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self.inode:
+                    os.unlink(self.path)
+            except OSError:
+                pass
 
 
 def _remove_stale(path: str) -> None:

@@ -52,16 +52,25 @@ def sockets_text(hosts: list[dict]) -> str:
 
 
 def services_text(snapshot: dict, size: int) -> str:
-    """`ipvsadm -L -n`: services and their reals with Forward, Weight, ActiveConn, InActConn."""
+    """`ipvsadm -L -n`: services and their reals with Forward, Weight, ActiveConn, InActConn. When a real
+    takes no new flows for a reason the weight does not show (marked down, or over its upper threshold),
+    a State column says so (`down`, `overloaded`); ipvsadm has none, since IPVS removes a failed real."""
+    states = {id(real): _real_state(real) for svc in snapshot["services"] for real in svc["reals"]}
+    tail = " State" if any(states.values()) else ""
     lines = [f"IP Virtual Server version 1.2.1 (size={size})",
              "Prot LocalAddress:Port Scheduler Flags",
-             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn"]
+             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn" + tail]
     for svc in snapshot["services"]:
         lines.append(f"{svc['protocol']:<4} {svc['vip']} {svc['scheduler']}{_service_flags(svc)}")
         for real in svc["reals"]:
-            lines.append("  -> %-28s %-7s %-6d %-10u %-10u" % (
-                real["address"], real["forward"], real["weight"], real["active"], real["inactive"]))
+            line = "  -> %-28s %-7s %-6d %-10u %-10u" % (
+                real["address"], real["forward"], real["weight"], real["active"], real["inactive"])
+            lines.append(line + states[id(real)] if tail else line)
     return "\n".join(lines)
+
+
+def _real_state(real: dict) -> str:
+    return "down" if real.get("down") else "overloaded" if real.get("overloaded") else ""
 
 
 def _service_flags(svc: dict) -> str:
@@ -81,10 +90,11 @@ def _service_flags(svc: dict) -> str:
 def summary_text(summary: dict) -> str:
     """The replay summary for people: what went in, what came out, where flows went, how fast."""
     dropped = summary["dropped"]
+    answers = (summary.get("emulated") or {}).get("answers", 0)     # they went through the switch too
     lines = [
         f"capture      {summary['capture']}" + (f" -> {summary['output']}" if summary["output"] else ""),
-        f"packets      {summary['packets'] - summary.get('emulated', {}).get('answers', 0):,} read"
-        + (f" (+{summary['emulated']['answers']:,} answers from emulated reals)" if summary.get("emulated") else "")
+        f"packets      {summary['packets'] - answers:,} read"
+        + (f" (+{answers:,} answers from emulated reals)" if summary.get("emulated") else "")
         + ", "
         + (f"{summary['written']:,} written" if summary["output"] else "no output file (-o)"),
         f"             {summary['translated']:,} translated ({summary['new']:,} new flows, "

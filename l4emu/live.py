@@ -12,7 +12,7 @@ from l4emu._batch import Batch
 from l4emu._tun import TunIO
 from l4emu.control import ControlServer
 from l4emu.emulate import VERDICT, Emulator, Out
-from l4emu.io import Interface, open_writer
+from l4emu.io import Interface, WriteError, open_writer
 from l4emu.io.tun import Tun
 from l4emu.replay import summarize
 from l4emu.switch import Switch
@@ -21,31 +21,52 @@ VNET_HDR_LEN = 10      # a zeroed virtio-net header: no offload asked for the an
 BATCH = 256             # packets per read round; the datapath's windows prefetch within it
 ROUNDS_PER_WAKE = 64    # then the control socket and signals get a turn (epoll is level-triggered)
 LINKTYPE_RAW = 101
+MAX_SNAPLEN = 262144    # tcpdump's: larger than any packet or 64 KiB super-packet the TUN hands over
 
 
 class Live:
     """Owns the switch while it runs: packets and control requests take turns in one thread."""
 
     def __init__(self, switch: Switch, tun: Tun, control_path: str | None = None, control_group: str | None = None,
-                 pcap_out: str | None = None, user: str | None = None):
+                 pcap_out: str | None = None, user: str | None = None, snaplen: int = 0):
         self.switch, self.tun = switch, tun
+        self.control = self.writer = self.finisher = None
+        self.stopping = False
+        self.error: str | None = None
+        try:
+            self._open(control_path, control_group, pcap_out, user, snaplen)
+        except BaseException:
+            if self.writer is not None:
+                self.writer.abort()     # a .part file made before the failure goes again (and the socket)
+            self.close()
+            raise
+
+    def _open(self, control_path, control_group, pcap_out, user, snaplen) -> None:
+        switch = self.switch
         self.batch = Batch(BATCH)
         # A monotonic clock (as the datapath needs) that starts at wall-clock time, for --pcap-out.
         self.epoch_ns = time.time_ns() - time.monotonic_ns()
-        self.io = TunIO(tun.fd, tun.vnet, BATCH, self.epoch_ns)
+        self.io = TunIO(self.tun.fd, self.tun.vnet, BATCH, self.epoch_ns)
         self.pcap_out = pcap_out
         owner = pwd.getpwnam(user).pw_uid if user else None
-        self.control = ControlServer(control_path, self._request, control_group, owner) if control_path else None
-        self.writer = open_writer(pcap_out, [Interface(LINKTYPE_RAW, 65535, True)], nanosecond=True) \
-            if pcap_out else None
+        if control_path:
+            self.control = ControlServer(control_path, self._request, control_group, owner)
+        if pcap_out:
+            self.writer = open_writer(pcap_out, [Interface(LINKTYPE_RAW, snaplen or MAX_SNAPLEN, True)],
+                                      nanosecond=True, snaplen=snaplen)
         # Emulated reals answer here: what the switch sends them never reaches the TUN, their answers do.
         self.emulator = Emulator(switch, outside=self._answer, restamp=False) if switch.hosts is not None else None
         self.answers = Batch(1)
         self.answer_errors = 0
         if user:
+            # Renaming the capture into place and removing the socket need write access to their
+            # directories, which the user may not have: a helper that keeps root does those two things.
+            part = self.writer.part_path if self.writer is not None and self.writer.renames else None
+            if part or control_path:
+                self.finisher = Finisher(part, pcap_out if part else None, control_path)
+                if part:
+                    self.writer.rename = self.finisher.rename
             drop_privileges(user)
-        self.stopping = False
-        self.error: str | None = None
 
     def _now(self) -> None:
         """Bring the packet clock to now, so expiry and `expire` columns are right between packets."""
@@ -89,7 +110,7 @@ class Live:
                 return
             self.switch.process(self.batch)
             if self.writer is not None:
-                self.writer.write(self.batch)
+                self._record(self.batch)
             if self.emulator is not None:
                 self.emulator.intercept(self.batch)
             self.io.write_from(self.batch)      # empties the batch
@@ -139,11 +160,20 @@ class Live:
             self.answers.reset()
             self.answers.append(out.frame, out.ts_ns, out.iface, out.linktype)
             self.answers.set_result(0, out.verdict, out.detail)
-            self.writer.write(self.answers)
+            self._record(self.answers)
         try:
             os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)
         except OSError:
             self.answer_errors += 1
+
+    def _record(self, batch: Batch) -> None:
+        """--pcap-out: a capture that cannot be written (disk full) stops the run, with the reason."""
+        try:
+            self.writer.write(batch)
+        except WriteError as exc:
+            if self.error is None:
+                self.error = str(exc)
+            self.stopping = True
 
     def _emulate_until_now(self) -> None:
         """The hosts' clocks (accept pace, TIME-WAIT) follow the live packet clock between packets too."""
@@ -161,12 +191,25 @@ class Live:
         self.stopping = True
 
     def close(self) -> None:
-        if self.control:
-            self.control.close()
+        """Remove the socket, finish the capture, close the TUN: each step even when one before failed."""
+        try:
+            if self.control is not None:
+                self.control.close()
+        finally:
             self.control = None
-        if self.writer is not None:
-            self.writer.close()
-        self.tun.close()
+            try:
+                if self.writer is not None:
+                    try:
+                        self.writer.close()
+                    except WriteError as exc:
+                        self.error = self.error or str(exc)
+            finally:
+                try:
+                    self.tun.close()
+                finally:
+                    if self.finisher is not None:
+                        self.finisher.close()
+                        self.finisher = None
 
     def summary(self, elapsed: float) -> dict:
         self._now()
@@ -176,6 +219,7 @@ class Live:
         if self.emulator is not None:
             from l4emu.replay import emulated_summary
             summary["emulated"] = emulated_summary(self.switch, None)
+            summary["emulated"]["answers"] = self.emulator.answers     # counted in packets, as in replay
         summary["error"] = self.error
         return summary
 
@@ -186,3 +230,103 @@ def drop_privileges(user: str) -> None:
     os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
+
+
+class Finisher:
+    """With --user: a helper process that keeps root for the two things the switch, once it has dropped
+    root, may not be allowed to do in a directory it cannot write: rename the finished capture from
+    NAME.part to NAME, and remove the control socket. It knows both paths from the start and takes a
+    single request ("finish": rename the capture). When the switch is gone, however it went (even
+    SIGKILL), the helper sees its end of the socket pair close: it removes the socket file (if it is
+    still the one this run made) and an unfinished .part file, and exits."""
+
+    def __init__(self, part: str | None, final: str | None, socket_path: str | None):
+        self.part, self.final = part, final
+        try:
+            st = os.lstat(socket_path) if socket_path else None
+        except FileNotFoundError:
+            st = None
+        ours = (st.st_dev, st.st_ino) if st else None
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:                                    # the helper: never returns to the caller's code
+            code = 1
+            try:
+                mine.close()
+                _detach(theirs.fileno())
+                _finish_when_done(theirs, part, final, socket_path, ours)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid, self.sock = pid, mine
+        self.replies = mine.makefile("rb")
+
+    def rename(self, part: str, final: str) -> None:
+        """The writer's rename: done by the helper; OSError with its reason if it could not."""
+        if (part, final) != (self.part, self.final):
+            raise OSError(f"the helper renames only {self.part} -> {self.final}")
+        try:
+            self.sock.sendall(b"finish\n")
+            reply = self.replies.readline().decode(errors="replace").rstrip("\n")
+        except OSError as exc:
+            raise OSError(f"the helper that renames it is gone ({exc.strerror or exc})") from None
+        if reply != "ok":
+            raise OSError(reply.removeprefix("error ") or "the helper that renames it is gone")
+
+    def close(self) -> None:
+        """Let the helper clean up and wait for it, so the socket is gone when live exits."""
+        self.replies.close()
+        self.sock.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _detach(keep: int) -> None:
+    """In the helper: ignore the terminal's and the test's signals (it ends when the switch does),
+    let go of the TUN, the capture and the caller's stdout/stderr (nobody waits on the helper's pipes)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _finish_when_done(sock: socket.socket, part, final, socket_path, ours) -> None:
+    finished = False
+    with sock, sock.makefile("rb") as requests:
+        for line in requests:
+            if line == b"finish\n" and part and not finished:
+                try:
+                    os.replace(part, final)
+                    finished = True
+                    reply = b"ok\n"
+                except OSError as exc:
+                    reply = f"error {exc.strerror or exc}\n".encode()
+            else:
+                reply = b"error not a request the helper takes\n"
+            try:
+                sock.sendall(reply)
+            except OSError:
+                break
+    if part and not finished:
+        try:
+            os.unlink(part)
+        except OSError:
+            pass
+    if socket_path and ours:
+        try:
+            st = os.lstat(socket_path)
+            if (st.st_dev, st.st_ino) == ours:
+                os.unlink(socket_path)
+        except OSError:
+            pass

@@ -1,6 +1,7 @@
 """The `l4emu live`, `real` and `lab` commands, and the live views (`--control`) of conntrack and stats."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ def _fail(message: str, code: int = 2):
 @click.option("--control", "control_path", type=click.Path(dir_okay=False), help="Serve the control socket here.")
 @click.option("--control-group", help="Let this group use the control socket (mode 0660 instead of 0600).")
 @click.option("--pcap-out", type=click.Path(dir_okay=False), help="Record what passed (.pcap or .pcapng).")
+@click.option("--snaplen", type=click.IntRange(min=0), default=0, show_default=True, metavar="BYTES",
+              help="With --pcap-out: keep at most BYTES of each packet, as tcpdump -s (the record keeps the "
+                   "real length); 0 keeps whole packets (64 KiB super-packets with offloads).")
 @click.option("--create", is_flag=True, help="Make the device if it does not exist (it goes when live stops).")
 @click.option("--user", help="Drop root for this user once the device and the socket are open.")
 @click.option("--netns", help="Run in this network namespace (as `ip netns exec NAME` would).")
@@ -34,16 +38,19 @@ def _fail(message: str, code: int = 2):
               help="Ask the TUN for checksum and segmentation offloads (64 KiB super-packets).")
 @click.option("--seed", type=int, help="Seed for the hash secret and random choices.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
-def live(tun_name, config_path, control_path, control_group, pcap_out, create, user, netns, offload, seed, as_json):
+def live(tun_name, config_path, control_path, control_group, pcap_out, snaplen, create, user, netns, offload, seed,
+         as_json):
     """Run the switch on a TUN device until SIGINT/SIGTERM, then print the summary."""
     from l4emu.live import Live
+    if snaplen and not pcap_out:
+        _fail("--snaplen is for --pcap-out: give --pcap-out too")
     try:
         if netns:
             enter_netns(netns)
         switch = Switch.from_config(config_path, seed)
         tun = open_tun(tun_name, create, offload)
         try:
-            runner = Live(switch, tun, control_path, control_group, pcap_out, user)
+            runner = Live(switch, tun, control_path, control_group, pcap_out, user, snaplen)
         except BaseException:
             tun.close()
             raise
@@ -73,19 +80,38 @@ def ask(path, op: str, **args):
         _fail(str(exc))
 
 
+CONTROL_HELP = "Control socket of the running `l4emu live` (its --control PATH)."
+
+
 @click.group()
-def real():
-    """Change a real server of a running `l4emu live` (admin: root or the socket's owner)."""
+@click.option("--control", "control_path", type=click.Path(dir_okay=False), metavar="SOCK", help=CONTROL_HELP)
+@click.pass_context
+def real(ctx, control_path):
+    """Change a real server of a running `l4emu live` (admin: root or the socket's owner).
+
+    The socket goes before or after the subcommand: `l4emu real --control SOCK set ...` or
+    `l4emu real set ... --control SOCK`."""
+    ctx.obj = {"control": control_path}
 
 
 @real.command("set")
 @click.argument("endpoint", metavar="IP:PORT")
-@click.option("--control", "control_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--control", "control_path", type=click.Path(dir_okay=False), metavar="SOCK", help=CONTROL_HELP)
 @click.option("--weight", type=int, help="New weight (0 drains: no new connections, open ones finish).")
-@click.option("--down", "state", flag_value="down", help="Mark the real down.")
-@click.option("--up", "state", flag_value="up", help="Mark the real up again.")
-def real_set(endpoint, control_path, weight, state):
+@click.option("--down", is_flag=True, help="Mark the real down (no new connections).")
+@click.option("--up", is_flag=True, help="Mark the real up again.")
+@click.pass_context
+def real_set(ctx, endpoint, control_path, weight, down, up):
     """Set a real's weight or mark it down/up."""
+    group_path = (ctx.obj or {}).get("control")
+    if control_path and group_path and control_path != group_path:
+        _fail(f"two control sockets given ({group_path} and {control_path}): give --control once")
+    control_path = control_path or group_path
+    if control_path is None:
+        _fail("give the control socket: --control PATH (of the running `l4emu live`)")
+    if down and up:
+        _fail("--down and --up are mutually exclusive")
+    state = "down" if down else "up" if up else None
     if weight is None and state is None:
         _fail("give --weight N, --down or --up")
     done = ask(control_path, "set_real", endpoint=endpoint, weight=weight, state=state)
@@ -110,13 +136,30 @@ def live_stats_text(current: dict, previous: dict | None, exact: bool) -> str:
     return text + "\n\n" + rates
 
 
+CLEAR = "\033[H\033[2J"      # cursor home, erase the screen: what `watch` does between frames
+
+
 def watch_stats(control_path, seconds: float, exact: bool) -> None:
+    """Like `watch -n SECONDS l4emu stats ...`: on a terminal each frame replaces the last, under a header
+    line with the time; into a pipe or a file the frames follow each other, a blank line between them,
+    with no escape codes. Ends at SIGINT (exit 0) or when the live switch goes (exit 2)."""
+    command = "l4emu " + " ".join(sys.argv[1:])
+    terminal = sys.stdout.isatty()
     previous = None
-    while True:
-        current = ask(control_path, "stats")
-        click.echo(("\n" if previous else "") + live_stats_text(current, previous, exact))
-        previous = current
-        time.sleep(seconds)
+    try:
+        while True:
+            current = ask(control_path, "stats")
+            header = f"Every {seconds:g}s: {command}  {time.strftime('%a %b %d %H:%M:%S %Y')}"
+            frame = header + "\n\n" + live_stats_text(current, previous, exact)
+            sys.stdout.write((CLEAR if terminal else "\n" if previous else "") + frame + "\n")
+            sys.stdout.flush()
+            previous = current
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        sys.exit(0)
+    except BrokenPipeError:             # `... --watch 1 | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 @click.group()
@@ -140,7 +183,8 @@ def lab_up(config_path, prefix, tun_name):
 
 
 @lab.command("down")
-@click.option("--prefix", default="l4emu", show_default=True)
+@click.option("--prefix", default="l4emu", show_default=True,
+              help="Remove the lab whose namespaces start with this (as given to `lab up --prefix`).")
 def lab_down(prefix):
     """Stop everything running in the lab and remove its namespaces (veths and TUN go with them)."""
     removed = Lab(prefix).down()

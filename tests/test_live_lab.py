@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import struct
@@ -85,6 +86,13 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 def live_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *extra: str):
     """A lab for `config` with `l4emu live` running in it; yields (lab, control socket path).
     Everything goes afterwards, whatever happened."""
+    with live_process_in_lab(config, prefix, tun, workdir, *extra) as (lab, sock, _):
+        yield lab, sock
+
+
+@contextlib.contextmanager
+def live_process_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *extra: str):
+    """As live_in_lab, and yields the `l4emu live` process too (to stop it, read its output)."""
     lab = Lab.from_config(config, prefix, tun)
     sock = str(workdir / "l4emu.sock")
     live = None
@@ -95,7 +103,7 @@ def live_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *extra: str)
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: os.path.exists(sock) or live.poll() is not None, what="the control socket")
         assert live.poll() is None, live.communicate()
-        yield lab, sock
+        yield lab, sock, live
     finally:
         if live is not None and live.poll() is None:
             live.kill()
@@ -329,3 +337,79 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_real_down_shows_in_stats_and_the_group_form_of_control_works(running):
+    """`l4emu real --control SOCK set ...` (as the README shows it) and `real set ... --control SOCK` both work;
+    a real marked down says so in the stats text; --down with --up is refused."""
+    done = l4emu("real", "--control", running.control, "set", "10.1.0.3:8080", "--down")
+    assert done.stdout == "10.1.0.3:8080: down\n"
+    try:
+        text = l4emu("stats", "--control", running.control).stdout.splitlines()
+        assert text[2].split()[-1] == "State"
+        row = next(line for line in text if "-> 10.1.0.3:8080" in line)
+        assert row.split()[-1] == "down" and row.split()[3] == "1"      # weight unchanged: only the state says so
+        assert next(line for line in text if "-> 10.1.0.1:8080" in line).split()[-1] != "down"
+        before = {real: len(running.log(real)) for real in REALS}
+        for _ in range(4):
+            assert running.curl() == b"hello\n"
+        assert len(running.log("10.1.0.3")) == before["10.1.0.3"]
+        refused = l4emu("real", "set", "10.1.0.3:8080", "--down", "--up", "--control", running.control, check=False)
+        assert (refused.returncode, refused.stderr) == (2, "l4emu: error: --down and --up are mutually exclusive\n")
+    finally:
+        l4emu("real", "set", "10.1.0.3:8080", "--up", "--control", running.control)
+    assert "State" not in l4emu("stats", "--control", running.control).stdout
+
+
+def _frames(output: str) -> list[str]:
+    return [f for f in output.split("Every ")[1:]]
+
+
+def test_stats_watch_into_a_pipe_prints_frames_with_a_header_and_no_escapes(running):
+    watch = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "stats", "--control", running.control,
+                              "--watch", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=10)
+    assert watch.returncode == 0 and err == ""
+    assert "\033" not in out
+    frames = _frames(out)
+    assert len(frames) >= 3
+    for frame in frames:
+        assert re.match(rf"0\.2s: l4emu stats --control {re.escape(running.control)} --watch 0\.2  "
+                        r"\w{3} \w{3} \d\d \d\d:\d\d:\d\d \d{4}\n\nIP Virtual Server", frame)
+    assert "CPS    InPPS" in frames[1]                     # rates from the second frame on
+    # Frames follow each other, one blank line between them.
+    assert out.startswith("Every ") and out.count("\n\nEvery ") == len(frames) - 1 and "\n\n\n" not in out
+
+
+def test_stats_watch_on_a_terminal_redraws_in_place(running):
+    import pty
+    master, slave = pty.openpty()
+    watch = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "stats", "--control", running.control,
+                              "--watch", "0.2"], stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 10
+        while out.count(b"\033[H\033[2J") < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                out += os.read(master, 65536)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.communicate(timeout=10)
+        os.close(master)
+    screens = out.decode().replace("\r\n", "\n").split("\033[H\033[2J")
+    assert screens[0] == "" and len(screens) >= 4           # every frame starts by clearing the screen
+    assert all(s.startswith("Every 0.2s: l4emu stats --control ") for s in screens[1:])
+    assert watch.returncode == 0
+
+
+def test_lab_gives_the_tun_a_deep_queue(running):
+    """The kernel's 500-packet TUN queue lost half of a 64-byte UDP flood in live_bench; the lab sets 4096."""
+    qlen = subprocess.run(["ip", "netns", "exec", running.lab.lb, "cat", f"/sys/class/net/{running.lab.tun}/tx_queue_len"],
+                          capture_output=True, text=True, check=True).stdout
+    assert int(qlen) == 4096

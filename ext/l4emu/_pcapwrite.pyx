@@ -15,6 +15,7 @@ cdef class Encoder:
     """Turns a Batch into pcap records or pcapng EPBs in one reusable buffer: one file write per batch."""
     cdef bint pcapng
     cdef public bint nanosecond          # pcap: the resolution of the whole file
+    cdef public uint32_t snaplen         # bytes kept per packet (0: all); the record keeps the real length
     cdef bytearray _ns_ifaces            # pcapng: per written IDB, 1 if it declares if_tsresol=9
     cdef bytearray _buf
     cdef object _comments_key
@@ -65,6 +66,18 @@ cdef class Encoder:
         self._blob = b"".join(texts)
         self._comments_key = comments
 
+    cdef inline uint32_t _kept(self, Batch batch, Py_ssize_t i) noexcept nogil:
+        """Bytes of packet i that go into the file: all of them, or the first `snaplen` (as tcpdump -s)."""
+        if self.snaplen and batch.caplen[i] > self.snaplen:
+            return self.snaplen
+        return batch.caplen[i]
+
+    cdef inline uint32_t _wire(self, Batch batch, Py_ssize_t i) noexcept nogil:
+        """The length recorded as on the wire: as read, and never less than the bytes a cut packet had."""
+        if self.snaplen and batch.caplen[i] > self.snaplen and batch.origlen[i] < batch.caplen[i]:
+            return batch.caplen[i]
+        return batch.origlen[i]
+
     cdef inline uint32_t _comment(self, uint8_t verdict, int32_t detail) noexcept nogil:
         """Index+1 of the comment entry for (verdict, detail), 0 when there is none."""
         cdef Py_ssize_t e
@@ -101,6 +114,7 @@ cdef class Encoder:
             incl = batch.caplen[i]
             if batch.offset[i] > <uint64_t>batch.data_len or incl > <uint64_t>batch.data_len - batch.offset[i]:
                 raise ValueError(f"packet {i} lies outside its batch buffer")
+            incl = self._kept(batch, i)
             if self.pcapng:
                 if batch.iface[i] >= n_ifaces:
                     raise ValueError(f"packet {i} uses interface {batch.iface[i]} but only {n_ifaces} are known")
@@ -125,14 +139,14 @@ cdef class Encoder:
             for i in range(batch.n):
                 if not include_dropped and batch.verdict[i] == V_DROP:
                     continue
-                incl = batch.caplen[i]
+                incl = self._kept(batch, i)
                 if self.pcapng:
                     out = self._epb(out, batch, i, ns_ifaces[batch.iface[i]], blob)
                 else:
                     units = batch.ts_ns[i] % NS
                     head[0] = <uint32_t>(batch.ts_ns[i] // NS)
                     head[1] = <uint32_t>(units if self.nanosecond else units // 1000)
-                    head[2], head[3] = incl, batch.origlen[i]
+                    head[2], head[3] = incl, self._wire(batch, i)
                     memcpy(out, head, 16)               # records are not 4-aligned: no typed stores
                     if incl:                            # an empty batch buffer has data == NULL
                         memcpy(out + 16, batch.data + batch.offset[i], incl)
@@ -140,7 +154,7 @@ cdef class Encoder:
         return memoryview(self._buf)[:size], count
 
     cdef uint8_t* _epb(self, uint8_t* out, Batch batch, Py_ssize_t i, bint ns, const uint8_t* blob) noexcept nogil:
-        cdef uint32_t incl = batch.caplen[i], e = 0, clen = 0, blen
+        cdef uint32_t incl = self._kept(batch, i), e = 0, clen = 0, blen
         cdef uint64_t units = batch.ts_ns[i] if ns else batch.ts_ns[i] // 1000
         cdef uint32_t head[7]
         if blob != NULL:
@@ -151,7 +165,7 @@ cdef class Encoder:
             blen += 8 + <uint32_t>pad4(clen)
         head[0], head[1], head[2] = NG_EPB, blen, batch.iface[i]
         head[3], head[4] = <uint32_t>(units >> 32), <uint32_t>units
-        head[5], head[6] = incl, batch.origlen[i]
+        head[5], head[6] = incl, self._wire(batch, i)
         memcpy(out, head, 28)
         if incl:
             memcpy(out + 28, batch.data + batch.offset[i], incl)

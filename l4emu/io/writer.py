@@ -24,9 +24,10 @@ class WriteError(Exception):
         return type(self), (self.path, self.problem)
 
 
-def open_writer(path, interfaces, *, nanosecond=False, fmt=None):
-    """Open a pcap/pcapng writer; `interfaces` may be a reader's list that grows while reading."""
-    return CaptureWriter(path, interfaces, nanosecond=nanosecond, fmt=fmt)
+def open_writer(path, interfaces, *, nanosecond=False, fmt=None, snaplen=0):
+    """Open a pcap/pcapng writer; `interfaces` may be a reader's list that grows while reading.
+    `snaplen` > 0 keeps at most that many bytes of each packet (the record keeps its real length)."""
+    return CaptureWriter(path, interfaces, nanosecond=nanosecond, fmt=fmt, snaplen=snaplen)
 
 
 def output_format(path, fmt=None) -> str:
@@ -82,13 +83,18 @@ def _block(btype, body):
 class CaptureWriter:
     """Appends Batches, one file write each; pcapng IDBs are added as new interfaces appear."""
 
-    def __init__(self, path, interfaces, *, nanosecond=False, fmt=None):
+    def __init__(self, path, interfaces, *, nanosecond=False, fmt=None, snaplen=0):
         self.path = os.fspath(path)
+        if snaplen < 0:
+            raise WriteError(self.path, f"snap length {snaplen} is negative")
         self.format = fmt = output_format(self.path, fmt)
         self.interfaces = interfaces
         self.nanosecond = nanosecond
         self.packets_written = 0
         self._encoder = Encoder(fmt == "pcapng")
+        self._encoder.snaplen = snaplen
+        # How the finished file takes its name; live mode with --user hands this to a helper that kept root.
+        self.rename = os.replace
         self._linktype = None  # pcap: fixed by the first packet written
         self._idbs = 0
         self._failed = False
@@ -164,7 +170,7 @@ class CaptureWriter:
                     self._put(self._new_idbs())
                 self._file.close()
                 if self._part != self.path:
-                    os.replace(self._part, self.path)
+                    self.rename(self._part, self.path)
         except OSError as e:
             self._failed = True
             raise WriteError(self.path, f"cannot finish: {e.strerror or e}") from None
@@ -182,8 +188,22 @@ class CaptureWriter:
             return
         try:
             os.unlink(self._part)
-        except FileNotFoundError:
+        except OSError:             # gone already, or not ours to remove any more (privileges dropped)
             pass
+
+    @property
+    def part_path(self) -> str:
+        """Where the bytes go until close: NAME.part, or NAME itself when written in place."""
+        return self._part
+
+    @property
+    def renames(self) -> bool:
+        return self._part != self.path
+
+    def abort(self):
+        """Give up: close and remove the .part file (nothing is renamed)."""
+        self._failed = True
+        self.close()
 
     def __enter__(self):
         return self
