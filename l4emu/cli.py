@@ -228,14 +228,16 @@ def sockets(state, control_path, host, as_json):
               help="Ask a running `l4emu live` instead of reading a state file.")
 @click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="With --control: print again every SECONDS, with rates (ipvsadm --rate columns).")
+@click.option("--count", type=click.IntRange(min=1), metavar="N",
+              help="With --watch: stop after N frames (default: until Ctrl-C).")
 @click.option("--exact", is_flag=True, help="Exact numbers instead of K/M/G suffixes.")
 @click.option("--json", "as_json", is_flag=True, help="Print services and reals as JSON.")
-def stats(state, control_path, watch, exact, as_json):
+def stats(state, control_path, watch, count, exact, as_json):
     """Show services and reals of a state file or a live switch, like `ipvsadm -L -n` and `ipvsadm -L -n --stats`."""
     if watch and not as_json:
         if control_path is None:
             fail("--watch needs --control")
-        return live_cli.watch_stats(control_path, watch, exact)
+        return live_cli.watch_stats(control_path, watch, exact, count)
     snapshot = _source(state, control_path, "stats")
     if as_json:
         click.echo(inspect.to_json(snapshot["services"]))

@@ -139,22 +139,24 @@ def live_stats_text(current: dict, previous: dict | None, exact: bool) -> str:
 CLEAR = "\033[H\033[2J"      # cursor home, erase the screen: what `watch` does between frames
 
 
-def watch_stats(control_path, seconds: float, exact: bool) -> None:
+def watch_stats(control_path, seconds: float, exact: bool, count: int | None = None) -> None:
     """Like `watch -n SECONDS l4emu stats ...`: on a terminal each frame replaces the last, under a header
     line with the time; into a pipe or a file the frames follow each other, a blank line between them,
-    with no escape codes. Ends at SIGINT (exit 0) or when the live switch goes (exit 2)."""
+    with no escape codes. Ends after `count` frames (as `vmstat 1 5` does), at SIGINT (exit 0), or
+    when the live switch goes (exit 2)."""
     command = "l4emu " + " ".join(sys.argv[1:])
     terminal = sys.stdout.isatty()
-    previous = None
+    previous, shown = None, 0
     try:
-        while True:
+        while count is None or shown < count:
             current = ask(control_path, "stats")
             header = f"Every {seconds:g}s: {command}  {time.strftime('%a %b %d %H:%M:%S %Y')}"
             frame = header + "\n\n" + live_stats_text(current, previous, exact)
             sys.stdout.write((CLEAR if terminal else "\n" if previous else "") + frame + "\n")
             sys.stdout.flush()
-            previous = current
-            time.sleep(seconds)
+            previous, shown = current, shown + 1
+            if count is None or shown < count:
+                time.sleep(seconds)
     except KeyboardInterrupt:
         sys.exit(0)
     except BrokenPipeError:             # `... --watch 1 | head`: the reader has seen enough

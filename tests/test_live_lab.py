@@ -385,6 +385,11 @@ def test_stats_watch_into_a_pipe_prints_frames_with_a_header_and_no_escapes(runn
     assert out.startswith("Every ") and out.count("\n\nEvery ") == len(frames) - 1 and "\n\n\n" not in out
 
 
+def test_stats_watch_count_stops_after_that_many_frames(running):
+    out = l4emu("stats", "--control", running.control, "--watch", "0.1", "--count", "3").stdout
+    assert len(_frames(out)) == 3
+
+
 def test_stats_watch_on_a_terminal_redraws_in_place(running):
     import pty
     master, slave = pty.openpty()

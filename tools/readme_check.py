@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND_LANGUAGES = {"", "sh", "bash", "console", "shell"}
-BACKGROUND_START_S = 2.0
+BACKGROUND_START_S = 5.0      # a server started under load (CI shares its cores) needs a moment
 COMMAND_TIMEOUT_S = 300
 SPEED_LINE = re.compile(r"^time\s")
 TOOL_NOISE = re.compile(r'^Running as user "root" and group "root"\. This could be dangerous\.$')
@@ -146,21 +146,30 @@ def as_run(command: str) -> str:
     return command
 
 
+def script(work: Path, command: str) -> list[str]:
+    """bash running `command` from a file: its command line then does not hold the command's words
+    (a `pkill -f` in the README would otherwise match the shell that runs it)."""
+    fd, path = tempfile.mkstemp(suffix=".sh", dir=work)
+    with os.fdopen(fd, "w") as f:
+        f.write(command + "\n")
+    return ["bash", "-o", "pipefail", path]
+
+
 def run_block(block: Block, work: Path) -> list[str]:
     """Run one block; returns the failures (empty when every step did what the file says)."""
     failures, background = [], []
     try:
         for step in block.steps:
-            command = as_run(step.command)
+            command = script(work, as_run(step.command))
             if step.background:
-                background.append(subprocess.Popen(["bash", "-c", command], cwd=work, start_new_session=True,
+                background.append(subprocess.Popen(command, cwd=work, start_new_session=True,
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 time.sleep(BACKGROUND_START_S)
                 if background[-1].poll() is not None:
                     failures.append(f"{step.source}: `{step.command}` ended at once (exit {background[-1].returncode})")
                 continue
             try:
-                proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=work, text=True,
+                proc = subprocess.run(command, cwd=work, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=COMMAND_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 failures.append(f"{step.source}: `{step.command}` ran over {COMMAND_TIMEOUT_S} s")
@@ -183,13 +192,20 @@ def _judge(step: Step, proc: subprocess.CompletedProcess) -> list[str]:
         if proc.returncode != 0:
             return [f"{step.source}: `{step.command}` exited {proc.returncode}:\n" + "\n".join(shown[-5:])]
         return []
-    got = [line.rstrip() for line in shown if not SPEED_LINE.match(line)]
-    want = [line.rstrip() for line in step.expected if not SPEED_LINE.match(line)]
+    got = _trimmed([line.rstrip() for line in shown if not SPEED_LINE.match(line)])
+    want = _trimmed([line.rstrip() for line in step.expected if not SPEED_LINE.match(line)])
     if got == want:
         return []
     diff = [f"  line {i + 1}:\n    shown: {w!r}\n    got:   {g!r}"
             for i, (w, g) in enumerate(zip(want + [""] * len(got), got + [""] * len(want))) if w != g][:5]
     return [f"{step.source}: `{step.command}` printed other lines than shown:\n" + "\n".join(diff)]
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    """Without trailing blank lines (a fence cannot show them)."""
+    while lines and not lines[-1]:
+        lines = lines[:-1]
+    return lines
 
 
 def main(paths: list[str]) -> int:
