@@ -68,7 +68,7 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     elapsed = time.perf_counter() - started
     summary = summarize(switch, capture, output, written, elapsed, error)
     summary["events"] = clock.event_effects()
-    summary["warnings"] = unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES)
+    summary["warnings"] = reader.warnings + unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES)
     if switch.hosts is not None:
         summary["emulated"] = emulated_summary(switch, writers[1] if len(writers) > 1 else None)
         summary["emulated"]["superseded"] = getattr(clock, "superseded", 0)
