@@ -12,16 +12,24 @@ import socket
 import struct
 import subprocess
 
+from hypothesis import given, settings, strategies as st
 from scapy.all import (ICMPv6DestUnreach, IP, IPv6, IPv6ExtHdrRouting, IPv6ExtHdrSegmentRouting, TCP, UDP, Ether,
                        raw, rdpcap)
 from scapy.layers.inet6 import IPv6ExtHdrHopByHop, Jumbo
 from scapy.utils import checksum
 
-from conftest import needs_tshark, run_cli
+from conftest import NS, needs_tshark, run_cli
+from l4emu._batch import Batch
+from l4emu.switch import Switch
 from pcapio_build import epb, idb, pcap_header, pcap_record, shb
 
 T0 = 1_700_000_000 * 10**9
 VIP6, REAL6 = "2001:db8::100", "2001:db8:1::1"
+
+
+def eth():
+    """Addresses given: scapy would otherwise look for a route and MAC for each packet it builds."""
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
 
 def write(path, header, records):
@@ -38,7 +46,7 @@ def replay(src, *args):
 
 
 def syn(dst="10.0.0.100", sport=40000, **tcp):
-    return raw(Ether() / IP(src="172.16.0.1", dst=dst) / TCP(sport=sport, dport=80, flags="S", **tcp))
+    return raw(eth() / IP(src="172.16.0.1", dst=dst) / TCP(sport=sport, dport=80, flags="S", **tcp))
 
 
 def records(path):
@@ -60,7 +68,7 @@ def tshark(path, *fields):
 # ---- records over the snaplen ------------------------------------------------------------------
 
 def test_records_over_the_snaplen_are_read_whole_with_one_warning(tmp_path):
-    dns = [raw(Ether() / IP(src="172.16.0.1", dst="10.0.0.100") / UDP(sport=5000 + k, dport=53) / (b"q" * 40))
+    dns = [raw(eth() / IP(src="172.16.0.1", dst="10.0.0.100") / UDP(sport=5000 + k, dport=53) / (b"q" * 40))
            for k in range(3)]
     src = write(tmp_path / "in.pcap", pcap_header(snaplen=60), [(T0 + k, f) for k, f in enumerate(dns)])
     out = tmp_path / "out.pcap"
@@ -75,7 +83,7 @@ def test_records_over_the_snaplen_are_read_whole_with_one_warning(tmp_path):
 
 
 def test_a_pcapng_packet_over_its_interface_snaplen_is_read_whole(tmp_path):
-    frame = raw(Ether() / IP(src="172.16.0.1", dst="192.0.2.1") / UDP() / (b"z" * 60))
+    frame = raw(eth() / IP(src="172.16.0.1", dst="192.0.2.1") / UDP() / (b"z" * 60))
     src = tmp_path / "in.pcapng"
     src.write_bytes(shb() + idb("<", 1, 64) + epb("<", 0, 1, frame) + epb("<", 0, 2, frame[:64], origlen=len(frame)))
     out = tmp_path / "out.pcapng"
@@ -108,7 +116,7 @@ def segment(src, dst, sport, dport, payload, v6, flags="A", proto=6):
 
 def big_v4(dst, sport, payload, proto=6):
     ip = IP(src="172.16.0.1", dst=dst, len=0, proto=proto)
-    return raw(Ether() / ip / segment("172.16.0.1", dst, sport, 80 if proto == 6 else 4789, payload, False,
+    return raw(eth() / ip / segment("172.16.0.1", dst, sport, 80 if proto == 6 else 4789, payload, False,
                                       proto=proto))
 
 
@@ -116,8 +124,8 @@ def big_v6(sport, payload, jumbo):
     seg = segment("2001:db8:2::1", VIP6, sport, 80, payload, True)
     if jumbo:
         hbh = IPv6ExtHdrHopByHop(nh=6, options=[Jumbo(jumboplen=8 + len(seg))])
-        return raw(Ether() / IPv6(src="2001:db8:2::1", dst=VIP6, plen=0, nh=0) / hbh / seg)
-    return raw(Ether() / IPv6(src="2001:db8:2::1", dst=VIP6, plen=0, nh=6) / seg)
+        return raw(eth() / IPv6(src="2001:db8:2::1", dst=VIP6, plen=0, nh=0) / hbh / seg)
+    return raw(eth() / IPv6(src="2001:db8:2::1", dst=VIP6, plen=0, nh=6) / seg)
 
 
 def test_big_tcp_and_gso_packets_are_translated_or_passed_not_dropped(tmp_path):
@@ -127,9 +135,9 @@ def test_big_tcp_and_gso_packets_are_translated_or_passed_not_dropped(tmp_path):
         big_v4("192.0.2.9", 41001, bulk, proto=17),             # GSO UDP (a VXLAN-like tunnel): UDP length 0 too
         syn(sport=42000),                                       # a flow to the VIP, then BIG TCP on it
         big_v4("10.0.0.100", 42000, bulk),
-        raw(Ether() / IPv6(src="2001:db8:2::1", dst=VIP6) / TCP(sport=43000, dport=80, flags="S")),
+        raw(eth() / IPv6(src="2001:db8:2::1", dst=VIP6) / TCP(sport=43000, dport=80, flags="S")),
         big_v6(43000, bulk, jumbo=True),                        # RFC 2675 jumbogram (hop-by-hop jumbo option)
-        raw(Ether() / IPv6(src="2001:db8:2::1", dst=VIP6) / TCP(sport=43001, dport=80, flags="S")),
+        raw(eth() / IPv6(src="2001:db8:2::1", dst=VIP6) / TCP(sport=43001, dport=80, flags="S")),
         big_v6(43001, bulk, jumbo=False),                       # payload length 0, no option: BIG TCP today
     ]
     src = write(tmp_path / "in.pcap", pcap_header(snaplen=262144), [(T0 + k, f) for k, f in enumerate(frames)])
@@ -207,10 +215,10 @@ def l4_checksum_right(frame: bytes) -> bool:
 def test_a_routing_header_keeps_the_l4_checksum_right_through_dnat(tmp_path):
     final = "2001:db8:9::9"
     client = IPv6(src="2001:db8:2::1", dst=VIP6)
-    frames = [raw(Ether() / client / IPv6ExtHdrRouting(addresses=[final], segleft=1) / TCP(sport=44000, flags="S")),
-              raw(Ether() / client / IPv6ExtHdrSegmentRouting(addresses=[final, VIP6], segleft=1, lastentry=1)
+    frames = [raw(eth() / client / IPv6ExtHdrRouting(addresses=[final], segleft=1) / TCP(sport=44000, flags="S")),
+              raw(eth() / client / IPv6ExtHdrSegmentRouting(addresses=[final, VIP6], segleft=1, lastentry=1)
                   / TCP(sport=44001, flags="S")),
-              raw(Ether() / client / IPv6ExtHdrRouting(addresses=[final], segleft=0) / TCP(sport=44002, flags="S"))]
+              raw(eth() / client / IPv6ExtHdrRouting(addresses=[final], segleft=0) / TCP(sport=44002, flags="S"))]
     assert all(l4_checksum_right(f) for f in frames)
     src = write(tmp_path / "in.pcap", pcap_header(), [(T0 + k, f) for k, f in enumerate(frames)])
     out = tmp_path / "out.pcap"
@@ -225,9 +233,9 @@ def test_a_routing_header_keeps_the_l4_checksum_right_through_dnat(tmp_path):
 def test_an_icmpv6_error_with_a_routing_header_keeps_its_checksum_right(tmp_path):
     client = "2001:db8:2::1"
     reply = IPv6(src=VIP6, dst=client) / TCP(sport=80, dport=44000, flags="SA")
-    error = raw(Ether() / IPv6(src=client, dst=VIP6) / IPv6ExtHdrRouting(addresses=["2001:db8:9::9"], segleft=1)
+    error = raw(eth() / IPv6(src=client, dst=VIP6) / IPv6ExtHdrRouting(addresses=["2001:db8:9::9"], segleft=1)
                 / ICMPv6DestUnreach(code=4) / raw(reply))
-    frames = [raw(Ether() / IPv6(src=client, dst=VIP6) / TCP(sport=44000, dport=80, flags="S")), error]
+    frames = [raw(eth() / IPv6(src=client, dst=VIP6) / TCP(sport=44000, dport=80, flags="S")), error]
     src = write(tmp_path / "in.pcap", pcap_header(), [(T0 + k, f) for k, f in enumerate(frames)])
     out = tmp_path / "out.pcap"
     summary, _ = replay(src, "-o", out)
@@ -254,7 +262,7 @@ def test_a_pcap_output_refuses_times_past_2106_and_pcapng_keeps_them(tmp_path):
 
 
 def test_an_invalid_microsecond_field_warns_keeps_the_packet_and_leaves_the_clock(tmp_path):
-    flow = [raw(Ether() / IP(src="172.16.0.1", dst="10.0.0.100") / UDP(sport=5000, dport=53) / bytes([k]))
+    flow = [raw(eth() / IP(src="172.16.0.1", dst="10.0.0.100") / UDP(sport=5000, dport=53) / bytes([k]))
             for k in range(3)]
     records = [pcap_record("<", T0 + 500_000_000, flow[0]),
                pcap_record("<", T0 + 10**9, flow[1], frac=2**31),          # 2,147 s ahead if believed
@@ -295,3 +303,47 @@ def test_files_libpcap_refuses_are_read_with_a_warning(tmp_path):
     assert summary["new"] == 2
     src.write_bytes(shb(minor=2) + idb("<", 1) + epb("<", 0, 1, frame))
     assert replay(src)[1] == []
+
+
+# ---- hostile: the new length and routing-header paths on cut, lying frames -------------------------
+
+FIELD_KINDS = ("v4-big-tcp", "v4-big-udp", "v6-jumbo", "v6-plen0", "v6-rthdr", "v6-srh")
+
+
+def field_frame(kind: str, payload: bytes) -> bytes:
+    """An IP packet (no link header) to a VIP of the default config, of one of the field-capture kinds."""
+    if kind.startswith("v4"):
+        return big_v4("10.0.0.100", 42000, payload, proto=17 if "udp" in kind else 6)[14:]
+    if kind in ("v6-jumbo", "v6-plen0"):
+        return big_v6(43000, payload, jumbo=kind == "v6-jumbo")[14:]
+    route = (IPv6ExtHdrRouting(addresses=["2001:db8:9::9"] * 2, segleft=2) if kind == "v6-rthdr"
+             else IPv6ExtHdrSegmentRouting(addresses=["2001:db8:9::9", VIP6], segleft=1, lastentry=1))
+    return raw(IPv6(src="2001:db8:2::1", dst=VIP6) / route / TCP(sport=44000, flags="S") / payload[:1400])
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(FIELD_KINDS), size=st.sampled_from([0, 1, 9, 1400, 66000]), cut=st.integers(0, 200),
+       extra=st.sampled_from([0, 1, 7, 65535, 100000]), ether=st.booleans(),
+       edits=st.lists(st.tuples(st.integers(0, 119), st.integers(0, 255)), max_size=3))
+def test_cut_and_lying_field_frames_never_touch_their_neighbours(kind, size, cut, extra, ether, edits):
+    """Snapped anywhere, wire length anything, a few header bytes changed: the switch counts the
+    packet and never writes outside it (its neighbours in the batch buffer stay as they were)."""
+    frame = bytearray(field_frame(kind, b"\xa5" * size))
+    for at, value in edits:
+        if at < len(frame):
+            frame[at] = value
+    frame = (raw(eth()) if ether else b"") + bytes(frame)
+    caplen = min(len(frame), (14 if ether else 0) + cut)
+    linktype = 1 if ether else (228 if kind.startswith("v4") else 229)
+    guard = bytes(range(64))
+    batch = Batch(8)
+    batch.append(guard, NS, 0, 147)
+    batch.append(frame[:caplen], 2 * NS, 0, linktype, origlen=len(frame) + extra)
+    batch.append(guard, 3 * NS, 0, 147)
+    switch = Switch.from_config(None, seed=1)
+    switch.process(batch)
+    assert batch.packet(0) == guard == batch.packet(2)
+    assert len(batch.packet(1)) == caplen
+    stats = switch.stats()
+    assert stats["packets"] == 3 == stats["new"] + stats["forward"] + stats["reply"] + stats["passed"] + \
+        stats["dropped_total"]
