@@ -76,7 +76,8 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     elapsed = time.perf_counter() - started
     summary = summarize(switch, capture, output, written, elapsed, error)
     summary["events"] = clock.event_effects()
-    summary["warnings"] = unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES) + clock.past_the_end()
+    summary["warnings"] = [*reader.warnings, *unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES),
+                           *clock.past_the_end()]
     if summary["unattributed"]:
         summary["warnings"].append(unattributed_warning(capture, summary["unattributed"]))
     if summary["translated"] == 0 and summary["passed_by_reason"].get("no_service"):

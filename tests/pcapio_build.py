@@ -6,12 +6,14 @@ def pad4(data):
     return data + b"\0" * (-len(data) % 4)
 
 
-def pcap_header(e="<", nano=False, snaplen=65535, linktype=1):
-    return struct.pack(e + "IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
+def pcap_header(e="<", nano=False, snaplen=65535, linktype=1, version=(2, 4)):
+    return struct.pack(e + "IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, *version, 0, 0, snaplen, linktype)
 
 
-def pcap_record(e, ts_ns, data, nano=False, caplen=None, origlen=None):
-    frac = ts_ns % 10**9 if nano else ts_ns % 10**9 // 1000
+def pcap_record(e, ts_ns, data, nano=False, caplen=None, origlen=None, frac=None):
+    """frac: the sub-second field as stored (to write an invalid one)."""
+    if frac is None:
+        frac = ts_ns % 10**9 if nano else ts_ns % 10**9 // 1000
     caplen = len(data) if caplen is None else caplen
     return struct.pack(e + "IIII", ts_ns // 10**9, frac, caplen, origlen or len(data)) + data
 
@@ -30,8 +32,8 @@ def option(e, code, value):
     return struct.pack(e + "HH", code, len(value)) + pad4(value)
 
 
-def shb(e="<", major=1):
-    return block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, major, 0, -1))
+def shb(e="<", major=1, minor=0):
+    return block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, major, minor, -1))
 
 
 def idb(e, linktype, snaplen=0, tsresol=None, tsoffset=None):

@@ -24,7 +24,7 @@ DROP_REASONS = ("truncated_l2", "truncated_ip", "bad_ip_header", "truncated_ipv6
 PASS_REASONS = ("not_ip", "other_protocol", "no_service", "fragment", "unattributed")
 # The link types _headers.pxd's link_layer parses; a frame of any other passes untouched as not_ip.
 PARSED_LINKTYPES = {0: "BSD null", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "BSD loop",
-                    113: "Linux cooked (SLL)", 276: "Linux cooked (SLL2)"}
+                    113: "Linux cooked (SLL)", 228: "IPv4", 229: "IPv6", 276: "Linux cooked (SLL2)"}
 
 cdef enum:
     EV_SYN = 0
@@ -114,6 +114,8 @@ cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, cons
     d = diff_words(0, a, addr, alen)
     if info.key.family == 4:
         apply_diff(p + info.l3 + 10, d)
+    if dst_side and info.dst_in_rthdr:
+        d = 0                       # the pseudo-header holds the routing header's final address, not this one
     d = diff_words(d, pt, newport, 2)
     csum = p + info.l4 + (16 if info.key.proto == 6 else 6)
     if info.key.proto == 6:

@@ -1,6 +1,6 @@
 # Header parsing: link layer, IPv4/IPv6 (options, extension chain), TCP/UDP. Every length is
 # checked against what was captured before it is read (bounds checks are off in this build).
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset, memcpy
 from l4emu._types cimport *
 from l4emu._checksum cimport load16
@@ -49,6 +49,10 @@ cdef inline int link_layer(const uint8_t* p, uint32_t caplen, uint16_t linktype,
         ethertype[0] = 0x86DD if (p[0] >> 4) == 6 else 0x0800   # any other version: bad IPv4 header
         l3[0] = 0
         return 0
+    if linktype == 228 or linktype == 229:              # LINKTYPE_IPV4 / LINKTYPE_IPV6: the type says the version
+        ethertype[0] = 0x0800 if linktype == 228 else 0x86DD
+        l3[0] = 0
+        return 0
     if linktype == 113:                                 # Linux cooked SLL
         if caplen < 16:
             return -1
@@ -85,6 +89,10 @@ cdef inline int parse_ipv4(const uint8_t* p, uint32_t caplen, uint32_t wire_end,
         return _drop(info, D_BAD_IP_HEADER)
     ihl = (p[l3] & 0x0F) * 4
     total = load16(p + l3 + 2)
+    if total == 0 and (p[l3 + 9] == 6 or p[l3 + 9] == 17):
+        # Linux TSO/BIG TCP, captured at the host before segmentation: the capture knows the length (as tcpdump)
+        total = wire_end - l3
+        info.len_from_capture = 1
     if ihl < 20 or caplen < l3 + ihl or total < ihl:
         return _drop(info, D_BAD_IP_HEADER)
     if l3 + total > wire_end:
@@ -100,18 +108,63 @@ cdef inline int parse_ipv4(const uint8_t* p, uint32_t caplen, uint32_t wire_end,
     return PARSED
 
 
+cdef inline uint32_t jumbo_length(const uint8_t* p, uint32_t caplen, uint32_t l3) noexcept nogil:
+    """RFC 2675: the Jumbo Payload option of a hop-by-hop header right after the IPv6 header; 0 if none."""
+    cdef uint32_t off = l3 + 40, stop, olen
+    if p[l3 + 6] != 0 or off + 2 > caplen:
+        return 0
+    stop = off + (p[off + 1] + 1) * 8
+    if stop > caplen:
+        return 0
+    off += 2
+    while off < stop:
+        if p[off] == 0:                                     # Pad1
+            off += 1
+            continue
+        if off + 2 > stop:
+            return 0
+        olen = p[off + 1]
+        if off + 2 + olen > stop:
+            return 0
+        if p[off] == 0xC2 and olen == 4:
+            olen = (<uint32_t>load16(p + off + 2) << 16) | load16(p + off + 4)
+            return olen if olen > 65535 else 0
+        off += 2 + olen
+    return 0
+
+
+cdef inline void note_routing_header(const uint8_t* p, uint32_t off, PacketInfo* info) noexcept nogil:
+    """A routing header (checked to lie within the capture) with segments left carries the final
+    destination, and the L4 pseudo-header uses that, not the destination field (RFC 8200 8.1).
+    Types 0 and 2 list it last, an SRH (type 4) first; other types: as tcpdump, the field."""
+    if p[off + 3] != 0 and p[off + 1] >= 2 and (p[off + 2] == 0 or p[off + 2] == 2 or p[off + 2] == 4):
+        info.dst_in_rthdr = 1
+
+
 cdef inline int parse_ipv6(const uint8_t* p, uint32_t caplen, uint32_t wire_end, PacketInfo* info,
                            uint32_t* end) noexcept nogil:
-    cdef uint32_t l3 = info.l3, off, hlen
+    cdef uint32_t l3 = info.l3, off, hlen, jumbo = 0
+    cdef uint64_t stop
     cdef uint8_t nh
     cdef int k
     if caplen < l3 + 40:
         return _drop(info, D_TRUNCATED_IP)
     if (p[l3] >> 4) != 6:
         return _drop(info, D_BAD_IP_HEADER)
-    end[0] = l3 + 40 + load16(p + l3 + 4)
-    if end[0] > wire_end:
+    stop = l3 + 40 + load16(p + l3 + 4)
+    if stop == l3 + 40:
+        # Payload length 0: a jumbogram, or BIG TCP without one (then, as tcpdump: no extension
+        # header, TCP or UDP, and more than 64 KiB on the wire): the length comes from the capture.
+        jumbo = jumbo_length(p, caplen, l3)
+        if jumbo:
+            stop = <uint64_t>l3 + 40 + jumbo
+            info.len_from_capture = 1
+        elif (p[l3 + 6] == 6 or p[l3 + 6] == 17) and wire_end - l3 > 65535:
+            stop = wire_end
+            info.len_from_capture = 1
+    if stop > wire_end:
         return _drop(info, D_TRUNCATED_IP)
+    end[0] = <uint32_t>stop
     info.key.family = 6
     memcpy(info.key.src, p + l3 + 8, 16)
     memcpy(info.key.dst, p + l3 + 24, 16)
@@ -124,6 +177,8 @@ cdef inline int parse_ipv6(const uint8_t* p, uint32_t caplen, uint32_t wire_end,
             hlen = (p[off + 1] + 2) * 4 if nh == 51 else (p[off + 1] + 1) * 8
             if off + hlen > end[0] or off + hlen > caplen:
                 return _drop(info, D_TRUNCATED_IPV6_EXT)
+            if nh == 43:
+                note_routing_header(p, off, info)
             nh = p[off]
             off += hlen
         elif nh == 44:                                      # fragment header
@@ -152,6 +207,8 @@ cdef inline int parse_l4(const uint8_t* p, uint32_t caplen, uint32_t end, Packet
         if l4 + 8 > end or l4 + 8 > caplen:
             return _drop(info, D_TRUNCATED_UDP)
         length = load16(p + l4 + 4)
+        if length == 0 and info.len_from_capture:       # RFC 2675 jumbo UDP / UDP in a GSO packet
+            length = end - l4
         if length < 8 or l4 + length > end:
             return _drop(info, D_BAD_UDP_LENGTH)
     elif parse_icmp_error(p, caplen, end, info):
@@ -172,6 +229,8 @@ cdef inline int parse_packet(const uint8_t* p, uint32_t caplen, uint32_t origlen
     info.tcp_flags = 0
     info.reason = 0
     info.icmp_error = 0
+    info.len_from_capture = 0
+    info.dst_in_rthdr = 0
     info.caplen = caplen
     r = link_layer(p, caplen, linktype, &info.l3, &ethertype)
     if r < 0:

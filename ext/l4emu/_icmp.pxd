@@ -65,7 +65,7 @@ cdef inline void rewrite_icmp_error(uint8_t* p, uint32_t caplen, const PacketInf
     newport[1] = <uint8_t>port
     # The outer address: IPv4 header checksum; for ICMPv6 also the pseudo-header under its checksum.
     d = diff_words(0, p + outer, addr, alen)
-    icmp_diff = 0 if v4 else d
+    icmp_diff = 0 if v4 or (info.dst_in_rthdr and not toward_client) else d   # RFC 8200 8.1: final address
     if v4:
         apply_diff(p + info.l3 + 10, d)
     memcpy(p + outer, addr, alen)

@@ -19,9 +19,20 @@ cdef uint32_t PCAP_NS = 0xa1b23c4d
 
 # Faults are codes plus two numbers in the loop (no GIL, no objects); text is made only once, at the edge.
 cdef enum Fault:
-    F_NONE, F_TOO_SHORT, F_MAGIC, F_GLOBAL_CUT, F_RECORD_HEADER_CUT, F_TOO_BIG, F_OVER_SNAPLEN, F_RECORD_CUT,
+    F_NONE, F_TOO_SHORT, F_MAGIC, F_GLOBAL_CUT, F_RECORD_HEADER_CUT, F_TOO_BIG, F_RECORD_CUT,
     F_BLOCK_CUT, F_BOM, F_BLOCK_SHORT, F_BLOCK_ALIGN, F_BLOCK_PAST_END, F_TRAILER, F_BLOCK_MIN,
     F_VERSION, F_NO_IFACE, F_PACKET_PAST_BLOCK, F_TOO_MANY_IFACES, F_NO_MEMORY
+
+# What the reader took in its stride but a user should hear about (libpcap refuses or changes these):
+# counted, with the first occurrence kept; text is made at the edge, as for faults.
+cdef enum NoteKind:
+    N_OVER_SNAPLEN, N_BAD_FRACTION, N_PCAP_VERSION, N_LINKTYPE_RESERVED, N_NG_VERSION, N_LAST
+
+cdef struct Note:
+    uint64_t count, offset, a, b
+
+cdef enum:
+    LT_RESERVED = 0x03FF0000     # pcap link-type field bits 16-25: reserved, must be zero (libpcap checks)
 
 cdef struct Iface:
     uint16_t linktype
@@ -127,6 +138,7 @@ cdef class Scanner:
     cdef uint32_t cur_incl, cur_orig
     cdef uint16_t cur_iface
     cdef bint pending                # cur_* holds a packet the last batch had no room for
+    cdef Note note[N_LAST]
 
     def __init__(self, buffer):
         cdef const uint8_t[::1] view = buffer
@@ -153,6 +165,11 @@ cdef class Scanner:
         self.fault, self.fault_offset, self.fa, self.fb = fault, offset, a, b
         self.done = True
 
+    cdef void _note(self, int kind, uint64_t offset, uint64_t a, uint64_t b) noexcept nogil:
+        if self.note[kind].count == 0:
+            self.note[kind].offset, self.note[kind].a, self.note[kind].b = offset, a, b
+        self.note[kind].count += 1
+
     cdef Iface* _add_iface(self) noexcept nogil:
         cdef Iface* grown
         if self.n_ifaces == self.cap_ifaces:
@@ -168,10 +185,18 @@ cdef class Scanner:
 
     cdef void _pcap_header(self, uint32_t magic):
         cdef Iface* f
+        cdef uint16_t major, minor
+        cdef uint32_t link
         self.swap = magic == bswap32(PCAP_US) or magic == bswap32(PCAP_NS)
         if self.size < 24:
             self._fail(F_GLOBAL_CUT, 0, self.size, 0)
             return
+        major, minor = rd16(self.base + 4, self.swap), rd16(self.base + 6, self.swap)
+        if not ((major == 2 and minor <= 4) or (major == 543 and minor == 0)):   # what libpcap accepts
+            self._note(N_PCAP_VERSION, 0, major, minor)
+        link = rd32(self.base + 20, self.swap)
+        if link & LT_RESERVED:
+            self._note(N_LINKTYPE_RESERVED, 0, link, 0)
         f = self._add_iface()
         if f == NULL:
             raise MemoryError()
@@ -194,11 +219,11 @@ cdef class Scanner:
     cdef int _check_length(self, uint64_t at, uint32_t incl, const Iface* f, uint64_t room) noexcept nogil:
         if incl > MAX_RECORD:
             self._fail(F_TOO_BIG, at, incl, MAX_RECORD)
-        elif f.snaplen and incl > f.snaplen:
-            self._fail(F_OVER_SNAPLEN, at, incl, f.snaplen)
         elif incl > room:
             self._fail(F_RECORD_CUT if not self.pcapng else F_PACKET_PAST_BLOCK, at, incl, room)
         else:
+            if f.snaplen and incl > f.snaplen:      # Wireshark reads it whole, libpcap cuts it to the snaplen
+                self._note(N_OVER_SNAPLEN, at, incl, f.snaplen)
             return 0
         return -1
 
@@ -206,7 +231,7 @@ cdef class Scanner:
         cdef uint64_t left = self.size - self.pos
         cdef const uint8_t* p = self.base + self.pos
         cdef const Iface* f = &self.ifaces[0]
-        cdef uint32_t incl
+        cdef uint32_t incl, frac
         if left < 16:
             self._fail(F_RECORD_HEADER_CUT, self.pos, left, 0)
             return -1
@@ -216,7 +241,11 @@ cdef class Scanner:
         self.cur_off = self.pos + 16
         self.cur_incl = incl
         self.cur_orig = rd32(p + 12, self.swap)
-        self.cur_ts = <uint64_t>rd32(p, self.swap) * NS + <uint64_t>rd32(p + 4, self.swap) * f.mul
+        frac = rd32(p + 4, self.swap)
+        if frac >= NS // f.mul:                  # not a fraction of a second: an error in this record only,
+            self._note(N_BAD_FRACTION, self.pos, frac, NS // f.mul)   # it must not move the packet clock
+            frac = 0
+        self.cur_ts = <uint64_t>rd32(p, self.swap) * NS + <uint64_t>frac * f.mul
         self.cur_iface = 0
         self.pos += 16 + <uint64_t>incl
         return 1
@@ -259,6 +288,8 @@ cdef class Scanner:
             if rd16(p + 4, self.swap) != 1:
                 self._fail(F_VERSION, at, rd16(p + 4, self.swap), rd16(p + 6, self.swap))
                 return -1
+            if rd16(p + 6, self.swap) != 0 and rd16(p + 6, self.swap) != 2:    # libpcap reads 1.0 and 1.2
+                self._note(N_NG_VERSION, at, 1, rd16(p + 6, self.swap))
             self.section_base = self.n_ifaces     # interface ids restart at 0 in each section
             self.section_count = 0
             return 0
@@ -364,6 +395,34 @@ cdef class Scanner:
         return self.fault != F_NONE
 
     @property
+    def notes(self):
+        """(offset, text) of each kind of oddity read past, at its first occurrence."""
+        cdef int kind
+        cdef Note n
+        out = []
+        for kind in range(<int>N_LAST):
+            n = self.note[kind]
+            if n.count == 0:
+                continue
+            a, b = n.a, n.b
+            more = f" ({n.count} records)" if n.count > 1 else ""
+            text = {
+                N_OVER_SNAPLEN: f"record length {a} exceeds snaplen {b}{more}: read whole, as Wireshark does"
+                                f" (libpcap cuts such records to the snaplen)",
+                N_BAD_FRACTION: f"timestamp fraction {a} is not below {b}{more}: an error in the record; its packet"
+                                f" is kept at the whole second, the clock does not move by it",
+                N_PCAP_VERSION: f"pcap version {a}.{b}: libpcap refuses it"
+                                f" ({'archaic pcap savefile format' if a < 2 else 'it reads 2.0 to 2.4'});"
+                                f" read as 2.4",
+                N_LINKTYPE_RESERVED: f"link-type field 0x{a:08x} has reserved bits 0x{a & LT_RESERVED:08x} set:"
+                                     f" libpcap refuses the file; read as link type {a & 0xFFFF}",
+                N_NG_VERSION: f"pcapng version {a}.{b}: libpcap refuses it (it reads 1.0 and 1.2); read as 1.0"
+                              + (f" ({n.count} sections)" if n.count > 1 else ""),
+            }[kind]
+            out.append((n.offset, text))
+        return out
+
+    @property
     def problem(self):
         a, b = self.fa, self.fb
         return {
@@ -373,7 +432,6 @@ cdef class Scanner:
             F_GLOBAL_CUT: f"global header cut short: {a} of 24 bytes",
             F_RECORD_HEADER_CUT: f"record header cut short: {a} of 16 bytes",
             F_TOO_BIG: f"record length {a} exceeds {b} bytes",
-            F_OVER_SNAPLEN: f"record length {a} exceeds snaplen {b}",
             F_RECORD_CUT: f"record cut short: length {a} but {b} bytes left",
             F_BLOCK_CUT: f"block cut short: {a} bytes left, a block needs 12",
             F_BOM: f"bad byte-order magic 0x{a:08x}",

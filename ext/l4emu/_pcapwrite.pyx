@@ -126,6 +126,9 @@ cdef class Encoder:
                 if batch.linktype[i] != linktype:
                     raise ValueError(f"packet {i} has link type {batch.linktype[i]}, the file has {linktype}:"
                                      " several link types: write .pcapng")
+                if batch.ts_ns[i] // NS > 0xFFFFFFFF:       # .pcap seconds are 32 bits: they would wrap to 1970
+                    raise ValueError(f"a packet at {batch.ts_ns[i] // NS} s after 1970 is past 2106-02-07 06:28:15 UTC,"
+                                     " the last second a .pcap record can hold: write .pcapng")
                 size += 16 + incl
             count += 1
         if size == 0:

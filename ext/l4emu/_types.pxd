@@ -77,6 +77,8 @@ ctypedef struct PacketInfo:
     uint32_t caplen         # bytes captured: a rewrite never writes past them
     uint8_t icmp_error      # 1: an ICMP error about a TCP/UDP packet (translated with its flow)
     uint8_t tcp_flags
+    uint8_t len_from_capture  # BIG TCP/GSO: IP length 0 (or an IPv6 jumbo option): the capture gave the length
+    uint8_t dst_in_rthdr      # IPv6: a routing header with segments left holds the L4 pseudo-header's destination
     int reason
 
 ctypedef struct Flow:

@@ -49,7 +49,7 @@ def link_offset(frame: bytes, linktype: int) -> int | None:
                 return off + 2 if ethertype in (0x0800, 0x86DD) else None
             off += 4
         return None
-    if linktype in (101, 12, 14):
+    if linktype in (101, 12, 14, 228, 229):
         return 0
     return {113: 16, 276: 20, 0: 4, 108: 4}.get(linktype) if n else None
 

@@ -77,6 +77,11 @@ class CaptureReader:
     def nanosecond(self):
         return any(iface.nanosecond for iface in self.interfaces)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What was read past so far (records over the snaplen, bad timestamps, versions libpcap refuses)."""
+        return [f"{self.path}: offset {offset}: {text}" for offset, text in self._scanner.notes]
+
     def _fault(self):
         return CaptureError(self.path, self._scanner.fault_offset, self._scanner.problem)
 
