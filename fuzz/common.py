@@ -19,7 +19,7 @@ from l4emu._tun import TunIO
 from l4emu.switch import Switch
 
 # Every link type the parser knows (Ethernet, raw IP x3, SLL, SLL2, NULL, LOOP) and one it does not.
-LINKTYPES = (1, 101, 12, 14, 113, 276, 0, 108, 147)
+LINKTYPES = (1, 101, 12, 14, 113, 276, 0, 108, 147, 228, 229)      # new ones go last: seeds keep their index
 MAX_FRAMES = 32
 NS = 1_000_000_000
 
