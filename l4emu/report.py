@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from l4emu.io.writer import write_atomic
+
 
 def human(value: int, exact: bool) -> str:
     """ipvsadm's K/M/G suffixes (powers of 1000) unless --exact."""
@@ -118,16 +120,5 @@ def _service_panel(ax, scheduler: str, svc: dict, marks: list[dict]) -> None:
 
 def _save_atomically(fig, path) -> None:
     """Save under "<path>.part" and rename: a full disk or a missing directory leaves no half image."""
-    path = os.fspath(path)
-    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    part = path + ".part"
-    try:
-        with open(part, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=110)
-        os.replace(part, path)
-    except BaseException:
-        try:
-            os.unlink(part)
-        except OSError:
-            pass
-        raise
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=110))

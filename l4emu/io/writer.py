@@ -57,15 +57,21 @@ def _in_place(path: str) -> bool:
 
 def write_text_atomic(path, text: str) -> None:
     """Write a text file under a temporary name and rename it on success (OSError on failure, nothing left)."""
+    write_atomic(path, lambda f: f.write(text), "w")
+
+
+def write_atomic(path, fill, mode: str = "wb") -> None:
+    """fill(file) under "<path>.part", renamed to path on success: a full disk or a missing directory
+    leaves nothing behind (a device such as /dev/full is written in place)."""
     path = os.fspath(path)
     if _in_place(path):
-        with open(path, "w") as f:
-            f.write(text)
+        with open(path, mode) as f:
+            fill(f)
         return
     part = path + ".part"
     try:
-        with open(part, "w") as f:
-            f.write(text)
+        with open(part, mode) as f:
+            fill(f)
         os.replace(part, path)
     except BaseException:
         try:
