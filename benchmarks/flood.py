@@ -28,8 +28,8 @@ import time
 from collections import Counter
 
 from l4emu import config as configmod
-from l4emu._batch import Batch
-from l4emu._flowtable import PROBE_LIMIT
+from l4emu.datapath._batch import Batch
+from l4emu.datapath._flowtable import PROBE_LIMIT
 from l4emu.switch import Switch
 
 from bench import resident_bytes  # a sibling script: benchmarks/ is on sys.path when run

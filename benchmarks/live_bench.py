@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from l4emu.lab import Lab
+from l4emu.live.lab import Lab
 
 VIP, REAL, PORT = "10.0.0.100", "10.1.0.1", 5201
 # One real: iperf3's control connection and its data stream must reach the same server.

@@ -12,10 +12,10 @@ import tomllib
 
 from l4emu import config as configmod
 from l4emu import schedulers
-from l4emu._batch import Batch
-from l4emu._pcapread import Scanner
-from l4emu._pcapwrite import Encoder
-from l4emu._tun import TunIO
+from l4emu.datapath._batch import Batch
+from l4emu.io.pcap._read import Scanner
+from l4emu.io.pcap._write import Encoder
+from l4emu.io.tun._io import TunIO
 from l4emu.switch import Switch
 
 # Every link type the parser knows (Ethernet, raw IP x3, SLL, SLL2, NULL, LOOP) and one it does not.

@@ -14,7 +14,7 @@ if [ $# -gt 0 ]; then HARNESSES=("$@"); else HARNESSES=(datapath pcap tun); fi
 
 ASAN=fuzz/build/asan
 newest_src=$(find ext setup.py -newer "$ASAN/build.log" 2>/dev/null | head -1)
-if [ ! -f "$ASAN/build.log" ] || [ -n "$newest_src" ] || ! ls "$ASAN"/l4emu/_datapath*.so >/dev/null 2>&1; then
+if [ ! -f "$ASAN/build.log" ] || [ -n "$newest_src" ] || ! ls "$ASAN"/l4emu/datapath/_datapath*.so >/dev/null 2>&1; then
     fuzz/build_asan.sh || exit 1
 fi
 python fuzz/make_corpus.py fuzz/seeds || exit 1

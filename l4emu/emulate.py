@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from l4emu._batch import VERDICT_NAMES, Batch
+from l4emu.datapath._batch import VERDICT_NAMES, Batch
 from l4emu.hosts.packets import TCP, UDP, link_offset, parse, reply_link_header
 from l4emu.hosts.restamp import Restamper
 

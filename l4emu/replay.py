@@ -5,12 +5,12 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from l4emu._batch import Batch
+from l4emu.datapath._batch import Batch
 from l4emu.emulate import BatchSink, Emulator
 from l4emu.events import NS, Event, EventError, EventLog
-from l4emu._datapath import PARSED_LINKTYPES
+from l4emu.datapath._datapath import PARSED_LINKTYPES
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
-from l4emu.io.writer import output_format
+from l4emu.io.pcap.writer import output_format
 from l4emu.switch import Switch
 
 

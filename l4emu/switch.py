@@ -8,8 +8,8 @@ import socket
 from l4emu import config as configmod
 from l4emu import schedulers
 from l4emu.hosts import Hosts
-from l4emu._batch import Batch
-from l4emu._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
+from l4emu.datapath._batch import Batch
+from l4emu.datapath._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 DROP_TEXT = {

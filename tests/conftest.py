@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scapy.all import raw
 
-from l4emu._batch import Batch
+from l4emu.datapath._batch import Batch
 from l4emu.switch import Switch
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from scapy.all import (CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, IP, IPv
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 
 from conftest import NS, Harness, make_switch, service_toml
-from l4emu._batch import Batch
-from l4emu._datapath import DROP_REASONS
-from l4emu._sched import PythonScheduler
+from l4emu.datapath._batch import Batch
+from l4emu.datapath._datapath import DROP_REASONS
+from l4emu.schedulers._core import PythonScheduler
 
 VIP, CLIENT = "10.0.0.100", "192.0.2.7"
 REALS = [("10.1.0.1", 8080), ("10.1.0.2", 8080), ("10.1.0.3", 8080)]

@@ -19,7 +19,7 @@ from scapy.layers.inet6 import IPv6ExtHdrHopByHop, Jumbo
 from scapy.utils import checksum
 
 from conftest import NS, needs_tshark, run_cli
-from l4emu._batch import Batch
+from l4emu.datapath._batch import Batch
 from l4emu.switch import Switch
 from pcapio_build import epb, idb, pcap_header, pcap_record, shb
 

@@ -20,8 +20,8 @@ from scapy.utils import checksum
 
 from conftest import NS, ROOT
 from l4emu import config as configmod
-from l4emu._batch import Batch
-from l4emu._pcapread import Scanner
+from l4emu.datapath._batch import Batch
+from l4emu.io.pcap._read import Scanner
 from l4emu.io import CaptureError, open_capture, open_writer
 from l4emu.switch import Switch
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import PCAPS
-from l4emu.lab import Lab
+from l4emu.live.lab import Lab
 from test_live_lab import _workdir, l4emu, live_in_lab
 
 pytestmark = [

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from l4emu import control
-from l4emu.lab import Lab
+from l4emu.live import control
+from l4emu.live.lab import Lab
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="live mode tests need root (network namespaces, TUN)"),
@@ -61,7 +61,7 @@ def l4emu(*args, check=True):
 
 def as_nobody(path: str, op: str, **args) -> subprocess.CompletedProcess:
     """The control client (the one the CLI uses) run as uid/gid 65534 with no other groups."""
-    code = ("import json, sys; from l4emu import control\n"
+    code = ("import json, sys; from l4emu.live import control\n"
             "try: print(json.dumps(control.request(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))))\n"
             "except control.ControlError as exc: sys.exit(f'refused: {exc}')")
     # The system Python: a per-user interpreter (pyenv under /root) is out of nobody's reach; stdlib is enough.

@@ -8,7 +8,7 @@ import pytest
 from scapy.all import IP, TCP, UDP, IPv6, raw
 
 from l4emu import _tun
-from l4emu._batch import Batch
+from l4emu.datapath._batch import Batch
 
 NEEDS_CSUM = 1
 

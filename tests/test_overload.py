@@ -14,7 +14,7 @@ import pytest
 from scapy.all import IP, TCP, Ether, raw
 
 from conftest import Harness, make_switch, service_toml
-from l4emu._flowtable import PROBE_LIMIT
+from l4emu.datapath._flowtable import PROBE_LIMIT
 
 VIP = "10.0.0.100"
 REALS = ("10.1.0.1:8080", "10.1.0.2:8080")

@@ -9,14 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from scapy.all import IP, TCP, UDP, Ether, PcapWriter, rdpcap, wrpcap
 
-import l4emu._batch
-import l4emu._pcapread
-import l4emu._pcapwrite
-from l4emu._batch import Batch
+import l4emu.datapath._batch
+import l4emu.io.pcap._read
+import l4emu.io.pcap._write
+from l4emu.datapath._batch import Batch
 from l4emu.io import CaptureError, Interface, WriteError, open_capture, open_writer
 from pcapio_build import epb, idb, pb, pcap, pcap_header, pcap_record, shb, spb, block
 
-ROOT = os.path.dirname(os.path.dirname(l4emu._batch.__file__))
+ROOT = os.path.dirname(os.path.dirname(l4emu.datapath._batch.__file__))
 T0 = 1_700_000_000_123_456_789  # ns
 DROP, PASS, NEW = 5, 1, 2
 
@@ -54,7 +54,7 @@ def copy(src, dst, **kw):
 
 
 def test_the_compiled_extensions_are_loaded():
-    assert all(m.__file__.endswith(".so") for m in (l4emu._pcapread, l4emu._pcapwrite, l4emu._batch))
+    assert all(m.__file__.endswith(".so") for m in (l4emu.io.pcap._read, l4emu.io.pcap._write, l4emu.datapath._batch))
 
 
 @pytest.mark.parametrize("nano", [False, True])
@@ -228,7 +228,7 @@ def test_unwritable_targets_raise_write_error_and_leave_nothing(tmp_path, target
 def test_a_full_disk_raises_write_error_and_leaves_no_file(tmp_path):
     script = f"""
 import resource, signal
-from l4emu._batch import Batch
+from l4emu.datapath._batch import Batch
 from l4emu.io import Interface, WriteError, open_writer
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))

@@ -77,7 +77,7 @@ def test_expire_nodest_conn_moves_udp_and_breaks_tcp(tmp_path):
 
 def test_process_stops_at_a_moment_of_the_packet_clock(tmp_path):
     sw = make_switch(service_toml(), tmp_path)
-    from l4emu._batch import Batch
+    from l4emu.datapath._batch import Batch
     from scapy.all import raw
     batch = Batch.from_frames([raw(syn("192.0.2.1", k)) for k in range(6)], 1, [k * 10**9 for k in range(1, 7)])
     stop = sw.datapath.process(batch, 0, 3 * 10**9)
@@ -111,7 +111,7 @@ def test_replies_from_a_down_real_are_still_translated(tmp_path):
 
 def test_process_can_stop_at_an_index(tmp_path):
     from scapy.all import raw
-    from l4emu._batch import Batch
+    from l4emu.datapath._batch import Batch
     sw = make_switch(service_toml(), tmp_path)
     batch = Batch.from_frames([raw(syn("192.0.2.1", k)) for k in range(5)], 1, [10**9] * 5)
     assert sw.datapath.process(batch, 1, 0, 3) == 3

@@ -10,7 +10,7 @@ L4EMU_DEBUG=1 "$ROOT/tools/shadow_build.sh" "$OUT"
 cd "$OUT"       # pytest's cache and hypothesis' database stay in the shadow too
 export PYTHONPATH=$OUT PYTHONSAFEPATH=1   # the shadow first, and never the checkout via the current directory
 python - <<PY
-import l4emu._datapath as m, l4emu.io.capture as c
+import l4emu.datapath._datapath as m, l4emu.io.pcap.reader as c
 assert m.__file__.startswith("$OUT/"), f"the debug build is not what is imported: {m.__file__}"
 print(f"debug_tests: testing {m.__file__}")
 PY

@@ -25,6 +25,6 @@ ln -sf "$ROOT/setup.py" "$OUT/setup.py"
 
 cd "$OUT"
 python setup.py -q build_ext --inplace -j 2 >build.log 2>&1 || { tail -40 build.log >&2; exit 1; }
-count=$(ls l4emu/*.so | wc -l)
-[ "$count" -eq "$(ls ext/l4emu/*.pyx | wc -l)" ] || { echo "shadow_build: only $count modules built" >&2; exit 1; }
+count=$(find l4emu -name '*.so' | wc -l)
+[ "$count" -eq "$(find ext/l4emu -name '*.pyx' | wc -l)" ] || { echo "shadow_build: only $count modules built" >&2; exit 1; }
 echo "shadow_build: $count modules built in $OUT/l4emu"

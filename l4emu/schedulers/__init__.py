@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from l4emu._sched import PythonScheduler, RoundRobin, Scheduler
-from l4emu._sched_hash import DestinationHash, Maglev, Rendezvous, SourceHash
-from l4emu._sched_load import (LeastConnection, NeverQueue, Random, ShortestExpectedDelay, TwoChoices,
+from l4emu.schedulers._core import PythonScheduler, RoundRobin, Scheduler
+from l4emu.schedulers._hash import DestinationHash, Maglev, Rendezvous, SourceHash
+from l4emu.schedulers._load import (LeastConnection, NeverQueue, Random, ShortestExpectedDelay, TwoChoices,
                                WeightedFailover, WeightedLeastConnection, WeightedOverflow, WeightedRoundRobin)
-from l4emu._sched_locality import LocalityLeastConnection, LocalityLeastConnectionReplicated
+from l4emu.schedulers._locality import LocalityLeastConnection, LocalityLeastConnectionReplicated
 
 BUILTINS: dict[str, type[Scheduler]] = {cls.name: cls for cls in (
     RoundRobin, WeightedRoundRobin, LeastConnection, WeightedLeastConnection, ShortestExpectedDelay,

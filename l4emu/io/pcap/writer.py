@@ -6,7 +6,7 @@ written in place: there is nothing to rename over, and no file is left behind to
 import os
 import struct
 
-from l4emu._pcapwrite import Encoder
+from l4emu.io.pcap._write import Encoder
 
 FORMATS = {".pcap": "pcap", ".pcapng": "pcapng"}
 PCAP_US, PCAP_NS = 0xA1B2C3D4, 0xA1B23C4D

@@ -2,9 +2,9 @@
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy
-from l4emu._types cimport PacketKey, Real
-from l4emu._sched cimport Scheduler, SchedulerHook, available
-from l4emu._sched_util cimport least_weighted, lighter, make_hook, selection_hash
+from l4emu.datapath._types cimport PacketKey, Real
+from l4emu.schedulers._core cimport Scheduler, SchedulerHook, available
+from l4emu.schedulers._util cimport least_weighted, lighter, make_hook, selection_hash
 
 cdef enum:
     WAYS = 4                    # entries per set: a destination lives in one set, LRU within it

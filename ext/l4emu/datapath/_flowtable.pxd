@@ -5,8 +5,8 @@ cdef extern from *:
 # The connection table's storage: flow records, the two-key hash index, timers and eviction order.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcmp, memcpy, memset
-from l4emu._siphash cimport siphash13
-from l4emu._types cimport *
+from l4emu.datapath._siphash cimport siphash13
+from l4emu.datapath._types cimport *
 
 cdef enum:
     WHEEL_SLOTS = 1024      # one-second buckets; longer timeouts wrap and are re-checked

@@ -3,8 +3,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy, memset
 
-from l4emu._batch cimport Batch
-from l4emu._pcapfmt cimport NG_SHB, NG_BOM, NG_IDB, NG_PB, NG_SPB, NG_EPB, NS
+from l4emu.datapath._batch cimport Batch
+from l4emu.io.pcap._format cimport NG_SHB, NG_BOM, NG_IDB, NG_PB, NG_SPB, NG_EPB, NS
 
 cdef extern from *:
     uint16_t bswap16 "__builtin_bswap16"(uint16_t) noexcept nogil

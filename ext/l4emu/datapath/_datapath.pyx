@@ -7,14 +7,14 @@ move by IPVS's table; timeouts run on the packet clock.
 """
 from libc.stdlib cimport calloc, realloc, free
 from libc.string cimport memcmp, memcpy
-from l4emu._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
-from l4emu._checksum cimport diff_words, apply_diff, load16
-from l4emu._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup, prefetch_flow,
+from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
+from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
+from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup, prefetch_flow,
                                prefetch_slot, slot_room)
-from l4emu._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
-from l4emu._sched cimport Scheduler
-from l4emu._persist cimport find_template, note_template
-from l4emu._icmp cimport rewrite_icmp_error
+from l4emu.datapath._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
+from l4emu.schedulers._core cimport Scheduler
+from l4emu.datapath._persist cimport find_template, note_template
+from l4emu.datapath._icmp cimport rewrite_icmp_error
 
 STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
                "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK", "UDP")

@@ -2,9 +2,9 @@
 # and fixed-seed hashes (public constants on purpose: every instance must map a key the same way,
 # unlike the connection table's keyed secret).
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
-from l4emu._types cimport Real
-from l4emu._siphash cimport siphash13
-from l4emu._sched cimport SchedulerHook, available, changed_fn, pick_fn
+from l4emu.datapath._types cimport Real
+from l4emu.datapath._siphash cimport siphash13
+from l4emu.schedulers._core cimport SchedulerHook, available, changed_fn, pick_fn
 
 
 cdef inline SchedulerHook make_hook(pick_fn pick, changed_fn changed, void* state) noexcept:

@@ -4,9 +4,9 @@
 # while connections it placed are still in the table (as IPVS's n_control).
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
-from l4emu._types cimport *
-from l4emu._flowtable cimport FlowTable, R_EXPIRED, key_hash, key_lookup, template_key
-from l4emu._sched cimport available
+from l4emu.datapath._types cimport *
+from l4emu.datapath._flowtable cimport FlowTable, R_EXPIRED, key_hash, key_lookup, template_key
+from l4emu.schedulers._core cimport available
 
 
 cdef inline int64_t find_template(FlowTable t, const Service* s, const PacketKey* key, uint64_t now) noexcept nogil:

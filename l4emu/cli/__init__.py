@@ -10,11 +10,13 @@ from pathlib import Path
 import click
 
 from l4emu import config as configmod
-from l4emu import inspect, live_cli, report, schedulers
+from l4emu import schedulers
+from l4emu.cli import live as live_cli
+from l4emu.render import report, views
 from l4emu.compare import compare as run_compare
 from l4emu.events import parse_event
 from l4emu.io import CaptureError, WriteError
-from l4emu.io.writer import write_text_atomic
+from l4emu.io.pcap.writer import write_text_atomic
 from l4emu.replay import replay as run_replay
 from l4emu.switch import Switch
 
@@ -103,7 +105,7 @@ def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_j
         fail(str(exc))
     if state_out:
         _write_state(state_out, switch.snapshot())
-    click.echo(inspect.to_json(summary) if as_json else inspect.summary_text(summary))
+    click.echo(views.to_json(summary) if as_json else views.summary_text(summary))
     for warning in summary["warnings"]:
         click.echo(f"l4emu: warning: {warning}", err=True)
     if summary["error"]:
@@ -148,7 +150,7 @@ def _refuse_overwriting(capture: Path, outputs: dict) -> None:
 
 def _write_state(path: Path, snapshot: dict) -> None:
     try:
-        write_text_atomic(path, inspect.to_json(snapshot) + "\n")    # a failed write leaves no half file
+        write_text_atomic(path, views.to_json(snapshot) + "\n")    # a failed write leaves no half file
     except OSError as exc:
         fail(f"{path}: {exc.strerror or exc}")
 
@@ -202,7 +204,7 @@ def _source(state, control_path, op) -> dict:
 def conntrack(state, control_path, as_json):
     """Show the connection table of a state file or a live switch, like `ipvsadm -L -n -c`."""
     snapshot = _source(state, control_path, "snapshot")
-    click.echo(inspect.to_json(snapshot["connections"]) if as_json else inspect.conntrack_text(snapshot))
+    click.echo(views.to_json(snapshot["connections"]) if as_json else views.conntrack_text(snapshot))
 
 
 @main.command(short_help="Emulated reals' sockets, like ss -tuan.")
@@ -219,7 +221,7 @@ def sockets(state, control_path, host, as_json):
         hosts = [h for h in hosts if h["host"] == host.strip("[]")]
         if not hosts:
             fail(f"no emulated host {host} (emulated: {', '.join(h['host'] for h in snapshot.get('sockets', [])) or 'none'})")
-    click.echo(inspect.to_json(hosts) if as_json else inspect.sockets_text(hosts))
+    click.echo(views.to_json(hosts) if as_json else views.sockets_text(hosts))
 
 
 @main.command(short_help="Services and reals, like ipvsadm -L -n [--stats].")
@@ -240,10 +242,10 @@ def stats(state, control_path, watch, count, exact, as_json):
         return live_cli.watch_stats(control_path, watch, exact, count)
     snapshot = _source(state, control_path, "stats")
     if as_json:
-        click.echo(inspect.to_json(snapshot["services"]))
+        click.echo(views.to_json(snapshot["services"]))
         return
     size = snapshot["stats"].get("max_connections", 0)
-    click.echo(inspect.services_text(snapshot, size) + "\n\n" + report.stats_text(snapshot, exact))
+    click.echo(views.services_text(snapshot, size) + "\n\n" + report.stats_text(snapshot, exact))
 
 
 # Enough to compare: rotation, least connections, two hashes and a randomized choice.
@@ -283,7 +285,7 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
     except (configmod.ConfigError, CaptureError, ValueError, OSError, RuntimeError) as exc:
         fail(str(exc))
     # The table first: a plot that cannot be written must not cost the user the numbers.
-    click.echo(inspect.to_json(result) if as_json else report.compare_text(result))
+    click.echo(views.to_json(result) if as_json else report.compare_text(result))
     for warning in dict.fromkeys(w for run in result["runs"] for w in run["warnings"]):
         click.echo(f"l4emu: warning: {warning}", err=True)
     if plot:
@@ -357,6 +359,3 @@ LIVE_SHORT_HELP = {
 for _command in (live_cli.live, live_cli.real, live_cli.lab):
     _command.short_help = _command.short_help or LIVE_SHORT_HELP.get(_command.name)
     main.add_command(_command)
-
-if __name__ == "__main__":
-    main()

@@ -3,8 +3,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from l4emu._batch cimport Batch, V_DROP, V_LAST
-from l4emu._pcapfmt cimport NG_EPB, NS
+from l4emu.datapath._batch cimport Batch, V_DROP, V_LAST
+from l4emu.io.pcap._format cimport NG_EPB, NS
 
 
 cdef inline uint64_t pad4(uint64_t n) noexcept nogil:

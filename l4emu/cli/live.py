@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 
 from l4emu import config as configmod
-from l4emu import control, inspect, report
+from l4emu.live import control
+from l4emu.render import report, views
 from l4emu.io import WriteError
-from l4emu.io.tun import TunError, enter_netns, open_tun
-from l4emu.lab import Lab, LabError
+from l4emu.io.tun.device import TunError, enter_netns, open_tun
+from l4emu.live.lab import Lab, LabError
 from l4emu.switch import Switch
 
 
@@ -41,7 +42,7 @@ def _fail(message: str, code: int = 2):
 def live(tun_name, config_path, control_path, control_group, pcap_out, snaplen, create, user, netns, offload, seed,
          as_json):
     """Run the switch on a TUN device until SIGINT/SIGTERM, then print the summary."""
-    from l4emu.live import Live
+    from l4emu.live.loop import Live
     if snaplen and not pcap_out:
         _fail("--snaplen is for --pcap-out: give --pcap-out too")
     try:
@@ -59,14 +60,14 @@ def live(tun_name, config_path, control_path, control_group, pcap_out, snaplen, 
     click.echo(f"live on {tun_name}: offloads {','.join(tun.offloads) or 'off'}"
                + (f", control {control_path}" if control_path else "") + "; SIGINT or SIGTERM stops", err=True)
     summary = runner.run()
-    click.echo(inspect.to_json(summary) if as_json else live_summary_text(summary))
+    click.echo(views.to_json(summary) if as_json else live_summary_text(summary))
     if summary["error"]:
         _fail(summary["error"])
 
 
 def live_summary_text(summary: dict) -> str:
     t = summary["tun"]
-    return inspect.summary_text(summary) + (
+    return views.summary_text(summary) + (
         f"\ntun          {t['name']}: {t['packets_in']:,} packets in ({t['gso_in']:,} GSO super-packets), "
         f"{t['packets_out']:,} out ({t['gso_out']:,} GSO UDP writes), {t['write_errors']:,} write errors; "
         f"offloads {','.join(t['offloads']) or 'off'}")
@@ -122,7 +123,7 @@ def real_set(ctx, endpoint, control_path, weight, down, up):
 def live_stats_text(current: dict, previous: dict | None, exact: bool) -> str:
     """ipvsadm -L -n, --stats, and with a previous sample --rate (CPS InPPS OutPPS InBPS OutBPS)."""
     size = current["stats"].get("max_connections", 0)
-    text = inspect.services_text(current, size) + "\n\n" + report.stats_text(current, exact)
+    text = views.services_text(current, size) + "\n\n" + report.stats_text(current, exact)
     if previous is None:
         return text
     seconds = max((current["clock_ns"] - previous["clock_ns"]) / 1e9, 1e-9)

@@ -3,8 +3,8 @@
 # the client gets an error about a tuple it never sent (IPVS: ip_vs_nat_icmp).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy
-from l4emu._types cimport PacketInfo
-from l4emu._checksum cimport apply_diff, diff_words, load16
+from l4emu.datapath._types cimport PacketInfo
+from l4emu.datapath._checksum cimport apply_diff, diff_words, load16
 
 
 cdef inline bint is_error_type(uint8_t family, uint8_t icmp_type) noexcept nogil:

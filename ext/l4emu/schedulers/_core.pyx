@@ -7,7 +7,7 @@ new flows of that service.
 import ipaddress
 
 from cpython.ref cimport PyObject
-from l4emu._types cimport Real
+from l4emu.datapath._types cimport Real
 
 
 cdef class Scheduler:

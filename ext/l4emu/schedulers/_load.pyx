@@ -4,9 +4,9 @@ import ipaddress
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport calloc, free
-from l4emu._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
-from l4emu._sched cimport Scheduler, SchedulerHook, available
-from l4emu._sched_util cimport conn_overhead, gcd32, least_weighted, lighter, make_hook, below
+from l4emu.datapath._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
+from l4emu.schedulers._core cimport Scheduler, SchedulerHook, available
+from l4emu.schedulers._util cimport conn_overhead, gcd32, least_weighted, lighter, make_hook, below
 
 
 ctypedef struct WrrState:

@@ -1,9 +1,9 @@
 cimport cython
 # The batch loop: parse -> classify -> conntrack -> schedule -> NAT rewrite.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from l4emu._types cimport *
-from l4emu._flowtable cimport FlowTable
-from l4emu._sched cimport SchedulerHook
+from l4emu.datapath._types cimport *
+from l4emu.datapath._flowtable cimport FlowTable
+from l4emu.schedulers._core cimport SchedulerHook
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:

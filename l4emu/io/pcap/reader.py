@@ -3,8 +3,8 @@ import mmap
 import os
 from dataclasses import dataclass, field
 
-from l4emu._batch import Batch
-from l4emu._pcapread import Scanner
+from l4emu.datapath._batch import Batch
+from l4emu.io.pcap._read import Scanner
 
 
 class CaptureError(Exception):

@@ -8,12 +8,12 @@ import signal
 import socket
 import time
 
-from l4emu._batch import Batch
-from l4emu._tun import TunIO
-from l4emu.control import ControlServer
+from l4emu.datapath._batch import Batch
+from l4emu.io.tun._io import TunIO
+from l4emu.live.control import ControlServer
 from l4emu.emulate import VERDICT, Emulator, Out
 from l4emu.io import Interface, WriteError, open_writer
-from l4emu.io.tun import Tun
+from l4emu.io.tun.device import Tun
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 

@@ -4,8 +4,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
-from l4emu._batch cimport Batch, V_DROP, V_UNSEEN
-from l4emu._checksum cimport fold, load16, store16, sum_bytes
+from l4emu.datapath._batch cimport Batch, V_DROP, V_UNSEEN
+from l4emu.datapath._checksum cimport fold, load16, store16, sum_bytes
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void* buf, size_t count)

@@ -2,9 +2,9 @@
 # checked against what was captured before it is read (bounds checks are off in this build).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset, memcpy
-from l4emu._types cimport *
-from l4emu._checksum cimport load16
-from l4emu._icmp cimport parse_icmp_error
+from l4emu.datapath._types cimport *
+from l4emu.datapath._checksum cimport load16
+from l4emu.datapath._icmp cimport parse_icmp_error
 
 cdef enum:
     PARSED = 0            # a TCP or UDP packet, not a fragment: key and offsets are valid

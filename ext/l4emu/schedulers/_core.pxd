@@ -1,6 +1,6 @@
 # The narrow C interface between the datapath and a scheduler.
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
-from l4emu._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
+from l4emu.datapath._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
 
 # Pick a real for a new flow: an index into `reals` (the service's reals), or -1 for none.
 ctypedef int32_t (*pick_fn)(void* state, const Real* reals, uint32_t n, const PacketKey* key,

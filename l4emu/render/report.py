@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from l4emu.io.writer import write_atomic
+from l4emu.io.pcap.writer import write_atomic
 
 
 def human(value: int, exact: bool) -> str:

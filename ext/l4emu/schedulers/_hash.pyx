@@ -2,9 +2,9 @@
 from libc.math cimport log
 from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from l4emu._types cimport PacketKey, Real, RF_DOWN
-from l4emu._sched cimport Scheduler, SchedulerHook, available
-from l4emu._sched_util cimport fold32, gcd32, make_hook, mix64, selection_hash
+from l4emu.datapath._types cimport PacketKey, Real, RF_DOWN
+from l4emu.schedulers._core cimport Scheduler, SchedulerHook, available
+from l4emu.schedulers._util cimport fold32, gcd32, make_hook, mix64, selection_hash
 
 cdef enum:
     BUCKETS = 256               # IPVS's sh and dh table size (CONFIG_IP_VS_SH_TAB_BITS = 8)

@@ -1,0 +1,1 @@
+"""Live mode: the epoll loop on a TUN device (loop.py), the control socket (control.py), the lab (lab.py)."""

@@ -1,0 +1,1 @@
+"""Views of snapshots (plain data): ipvsadm-, conntrack- and ss-style tables, summaries, reports, plots."""
