@@ -151,7 +151,7 @@ def memory_figure(table_flows: int) -> None:
         switch.process(Batch.from_frames(chunk, 1, [NS] * len(chunk)))
     grown = resident_bytes() - before
     connections = switch.stats()["connections"]
-    allocated = switch.datapath.table.memory_bytes()
+    allocated = switch.table_info()["memory_bytes"]
     print(f"memory: {connections:,} connections tracked; the table allocates {allocated / connections:.1f} bytes "
           f"per connection, resident growth {grown / connections:.1f} bytes per connection")
 

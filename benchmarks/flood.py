@@ -92,7 +92,7 @@ def syn_flood(syns: int, table: int, established: int, seed: int) -> None:
     run(switch, [real_frame(r, a, p, SYN_ACK) for r, (a, p) in zip(reals, clients)], NS)
     run(switch, [client_frame(a, p, ACK) for a, p in clients], NS)
     assert switch.stats()["connections"] == established
-    table_bytes, resident = switch.datapath.table.memory_bytes(), []
+    table_bytes, resident = switch.table_info()["memory_bytes"], []
     step = NS // 100_000                          # 100k SYNs per second of packet time
     t, sent, seconds, est_total, est_ok, total = 2 * NS, 0, 0.0, 0, 0, 0
     turn = 0
@@ -133,18 +133,18 @@ def syn_flood(syns: int, table: int, established: int, seed: int) -> None:
 
 def crafted_clients(switch: Switch, count: int, window: int, first_slot: int):
     """Clients whose forward key's home slot is in [first_slot, first_slot + window): brute force."""
-    table, vip = switch.datapath.table, socket.inet_aton(VIP)
-    mask, found, k = table.slot_count - 1, [], 0
+    vip = socket.inet_aton(VIP)
+    mask, found, k = switch.table_info()["slots"] - 1, [], 0
     while len(found) < count:
         addr, port = 0xC6120000 + k // 60000, 1024 + k % 60000
-        if (table.hash_key(addr.to_bytes(4, "big"), vip, port, VPORT, 6) - first_slot) & mask < window:
+        if (switch.hash_key(addr.to_bytes(4, "big"), vip, port, VPORT, 6) - first_slot) & mask < window:
             found.append((addr, port))
         k += 1
     return found, k
 
 
 def probe_summary(switch: Switch) -> str:
-    hist = switch.datapath.table.probe_lengths()
+    hist = switch.probe_lengths()
     n = sum(hist.values())
     mean = sum(k * v for k, v in hist.items()) / n
     return f"max {max(hist)}, mean {mean:.2f}"
@@ -164,7 +164,7 @@ def lookup_rate(switch: Switch, clients, flags: int, t_ns: int, rounds: int = 5)
 
 def hash_flood(keys: int, table: int, seed: int, window: int) -> None:
     print(f"hash flooding: {keys:,} keys against a table of {table:,} "
-          f"({make_switch(table, seed).datapath.table.slot_count:,} index slots, probe bound {PROBE_LIMIT})")
+          f"({make_switch(table, seed).table_info()["slots"]:,} index slots, probe bound {PROBE_LIMIT})")
     started = time.perf_counter()
     aimed, tries = crafted_clients(make_switch(table, seed), 2 * keys, window, first_slot=4096)
     print(f"  crafting: {2 * keys:,} keys with home slots in one window of {window}, found in {tries:,} tries "

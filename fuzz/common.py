@@ -102,12 +102,12 @@ def check_invariants(switch: Switch) -> None:
         raise AssertionError(f"{s['packets']} packets but {verdicts} verdicts: {s}")
     if s["dropped_total"] != sum(s["dropped"].values()) or s["passed"] != sum(s["passed_by_reason"].values()):
         raise AssertionError(f"reasons do not add up: {s}")
-    table = switch.datapath.table
-    if not table.used <= table.peak <= table.capacity:
-        raise AssertionError(f"table used {table.used}, peak {table.peak}, capacity {table.capacity}")
-    real_conns = sum(r["active"] + r["inactive"] for r in switch.datapath.real_counters())
-    if real_conns > table.used:
-        raise AssertionError(f"reals count {real_conns} connections, the table holds {table.used}")
+    table = switch.table_info()
+    if not table["used"] <= table["peak"] <= table["capacity"]:
+        raise AssertionError(f"table {table}: used, peak and capacity out of order")
+    real_conns = sum(r["active"] + r["inactive"] for r in switch.real_counters())
+    if real_conns > table["used"]:
+        raise AssertionError(f"reals count {real_conns} connections, the table holds {table['used']}")
 
 
 def run_frames(data: bytes) -> Switch:

@@ -47,10 +47,10 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
 
     def on_sample(clock_ns: int) -> None:
         start[:] = start or [clock_ns]
-        samples.append(((clock_ns - start[0]) / 1e9, [r["active"] for r in switch.datapath.real_counters()]))
+        samples.append(((clock_ns - start[0]) / 1e9, [r["active"] for r in switch.real_counters()]))
 
     summary = replay(capture, switch, events=events, sample_every_s=max(span_s / SAMPLES, 1e-3), on_sample=on_sample)
-    per_real = switch.datapath.real_counters()
+    per_real = switch.real_counters()
     services, k = [], 0
     for svc in config.services:
         n = len(svc.reals)

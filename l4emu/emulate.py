@@ -75,7 +75,7 @@ class Emulator:
         batch = self.scratch
         batch.reset()
         batch.append(frame, ts, iface, linktype, origlen)
-        self.switch.datapath.process(batch)
+        self.switch.process(batch)
         verdict, detail = batch.result(0)
         after = batch.packet(0)
         ts = self.last_ts = max(ts, self.last_ts)        # what is written never goes back in time

@@ -26,7 +26,7 @@ class Event:
         """Change the switch; returns the connections the real held at that moment."""
         indexes = switch.set_real(self.endpoint, weight=self.weight,
                                   down={"down": True, "up": False}.get(self.action))
-        counters = switch.datapath.real_counters()
+        counters = switch.real_counters()
         return sum(counters[i]["active"] + counters[i]["inactive"] for i in indexes)
 
 

@@ -47,27 +47,21 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
         writer = open_writer(output, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if output else None
         writers.append(writer)
         comments = switch.comment_table() if annotate else None
-        clock = _Moments(events, sample_every_s, on_sample, switch, at, on_at)
         try:
             inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if inside else None
             writers.append(inner)
-            if switch.hosts is None:
-                before = Batch(1) if inner is not None else None
-                for batch in reader.batches():
-                    if before is not None:
-                        before.copy_from(batch)
-                    clock.run(batch)
-                    if writer is not None:
-                        writer.write(batch, include_dropped=annotate, comments=comments)
-                    if before is not None:
-                        switch.inside_view(before, batch)
-                        inner.write(before)
-                    if progress is not None:
-                        progress(reader.position, reader.size)
+            sinks = (writer and BatchSink(writer, annotate, comments), inner and BatchSink(inner))
+            emulator = Emulator(switch, *sinks) if switch.hosts is not None else None
+            clock = _Moments(events, sample_every_s, on_sample, switch, at, on_at,
+                             on_moment=emulator.advance if emulator is not None else None)
+            if emulator is None:
+                _batches(reader, switch, clock, writer, inner, annotate, comments, progress)
             else:
-                _emulated(reader, switch, clock, writer and BatchSink(writer, annotate, comments),
-                          inner and BatchSink(inner), progress)
+                _packets(reader, emulator, clock, progress)
             clock.finish()
+            if emulator is not None:
+                for sink in filter(None, sinks):     # what the hosts sent, up to the last --at moment
+                    sink.flush()
         finally:
             for each in filter(None, writers):
                 each.close()
@@ -84,17 +78,33 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
         summary["warnings"].append(f"{capture}: no packet was for a service of the config: if the capture was "
                                    f"taken behind another load balancer, name its servers with --capture-servers")
     summary["inside_written"] = writers[1].packets_written if writers[1] is not None else 0
-    if switch.hosts is not None:
+    if emulator is not None:
         summary["emulated"] = emulated_summary(switch, writers[1])
-        summary["emulated"]["superseded"] = getattr(clock, "superseded", 0)
-        summary["emulated"]["answers"] = getattr(clock, "answers", 0)     # they went through the switch too
+        summary["emulated"]["superseded"] = emulator.superseded
+        summary["emulated"]["answers"] = emulator.answers     # they went through the switch too
     return summary
 
 
-def _emulated(reader, switch: Switch, clock: "_Moments", outside, inside, progress) -> None:
-    """Packet by packet: the moments before each packet, then the packet and the hosts' answers."""
-    emulator = Emulator(switch, outside, inside)
-    clock.on_moment = emulator.advance
+def _batches(reader, switch: Switch, clock: "_Moments", writer, inner, annotate: bool, comments, progress) -> None:
+    """The batch path: each batch through the switch (stopping at events and samples), then written;
+    with `inner` (--inside), a copy taken before the rewrite becomes what the reals saw."""
+    before = Batch(1) if inner is not None else None
+    for batch in reader.batches():
+        if before is not None:
+            before.copy_from(batch)
+        clock.run(batch)
+        if writer is not None:
+            writer.write(batch, include_dropped=annotate, comments=comments)
+        if before is not None:
+            switch.inside_view(before, batch)
+            inner.write(before)
+        if progress is not None:
+            progress(reader.position, reader.size)
+
+
+def _packets(reader, emulator: Emulator, clock: "_Moments", progress) -> None:
+    """Packet by packet (emulated reals): the moments before each packet, then the packet and the
+    hosts' answers."""
     for batch in reader.batches():
         for i in range(len(batch)):
             ts, origlen, iface, linktype = batch.meta(i)
@@ -102,12 +112,6 @@ def _emulated(reader, switch: Switch, clock: "_Moments", outside, inside, progre
             emulator.client(batch.packet(i), ts, origlen, iface, linktype)
         if progress is not None:
             progress(reader.position, reader.size)
-    for sink in (outside, inside):
-        if sink is not None:
-            sink.flush()
-    clock.finish_sink = (outside, inside)
-    clock.superseded = emulator.superseded
-    clock.answers = emulator.answers
 
 
 def unattributed_warning(where, unattributed: dict[str, int]) -> str:
@@ -135,7 +139,8 @@ def emulated_summary(switch: Switch, inside_writer) -> dict:
 class _Moments:
     """Runs batches through the switch, stopping at each event and sample time on the packet clock."""
 
-    def __init__(self, events, sample_every_s, on_sample, switch: Switch, at=(), on_at=None):
+    def __init__(self, events, sample_every_s, on_sample, switch: Switch, at=(), on_at=None,
+                 on_moment: Callable[[int], None] | None = None):
         self.switch = switch
         self.events = sorted(events, key=lambda e: e.at_s)
         self.sample_ns = int(sample_every_s * NS) if sample_every_s else 0
@@ -146,8 +151,7 @@ class _Moments:
         self.at = sorted(set(at)) if on_at is not None else []
         self.at_done = 0
         self.on_at = on_at
-        self.on_moment: Callable[[int], None] | None = None     # emulated hosts' clocks follow the switch's
-        self.finish_sink = None
+        self.on_moment = on_moment      # emulated hosts' clocks follow the switch's
         self.end_ns: int | None = None          # the packet clock when the capture ran out (finish())
 
     def _next_moment(self) -> int:
@@ -174,9 +178,7 @@ class _Moments:
             moment = self.start_ns + int(self.at[self.at_done] * NS)
             if self.on_moment is not None:
                 self.on_moment(moment)
-                for sink in filter(None, self.finish_sink or ()):
-                    sink.flush()
-            self.switch.datapath.advance_clock(moment)
+            self.switch.advance_clock(moment)
             self.on_at(self.at[self.at_done], self.switch.snapshot())
             self.at_done += 1
 
@@ -187,7 +189,7 @@ class _Moments:
         position = 0
         while position < len(batch):
             moment = self._next_moment()
-            position = self.switch.datapath.process(batch, position, moment)
+            position = self.switch.process(batch, position, moment)
             if position < len(batch):
                 self._arrive(moment)
 
@@ -195,7 +197,7 @@ class _Moments:
         """The packet clock reached `moment`: apply the events and take the samples and snapshots due."""
         if self.on_moment is not None:
             self.on_moment(moment)
-        self.switch.datapath.advance_clock(moment)
+        self.switch.advance_clock(moment)
         while len(self.log) < len(self.events) and self.start_ns + int(self.events[len(self.log)].at_s * NS) <= moment:
             event = self.events[len(self.log)]
             before = self.switch.stats()

@@ -44,7 +44,7 @@ class Switch:
         self.random = random.Random(seed)
         secret = self.random.randbytes(16) if seed is not None else os.urandom(16)
         try:
-            self.datapath = Datapath(
+            self._datapath = Datapath(
                 config.max_connections, secret,
                 [config.timeouts[name.lower()] for name in STATE_NAMES],
                 config.conn_reuse_mode, config.sloppy_tcp, config.expire_nodest_conn,
@@ -53,7 +53,7 @@ class Switch:
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:
-            self.datapath.add_service(
+            self._datapath.add_service(
                 svc.vip.packed, svc.vip.version, svc.port, PROTO_NUMBERS[svc.protocol],
                 schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, self.random.getrandbits(64)),
                 [(r.address.packed, r.port, r.weight, r.upper_threshold, r.lower_threshold) for r in svc.reals],
@@ -71,12 +71,43 @@ class Switch:
         """From a TOML file (None: the embedded default config)."""
         return cls(configmod.load(path, schedulers.catalog()), seed)
 
-    def process(self, batch: Batch) -> None:
-        self.datapath.process(batch)
+    def process(self, batch: Batch, start: int = 0, until_ns: int = 0, end: int = -1) -> int:
+        """Run packets start..end (default: all) through the switch, rewriting them in place; returns where
+        it stopped. With until_ns, it stops before the first packet at or past that moment on the packet
+        clock, so a caller can change the switch at an exact moment and go on from the returned index."""
+        return self._datapath.process(batch, start, until_ns, end)
+
+    def advance_clock(self, now_ns: int) -> None:
+        """Move the packet clock forward without a packet (events, samples, live mode's idle ticks)."""
+        self._datapath.advance_clock(now_ns)
+
+    def real_counters(self) -> list[dict]:
+        """Per real, in config order: weight, state marks, ActiveConn/InActConn, --stats counters."""
+        return self._datapath.real_counters()
+
+    def table_info(self) -> dict:
+        """The connection table's shape: entries used and at peak, capacity, index slots, bytes allocated."""
+        table = self._datapath.table
+        return {"used": table.used, "peak": table.peak, "capacity": table.capacity, "slots": table.slot_count,
+                "memory_bytes": table.memory_bytes()}
+
+    def probe_lengths(self) -> dict[int, int]:
+        """How many index probes each stored key needs, as {probes: keys} (a scan of the whole index)."""
+        return self._datapath.table.probe_lengths()
+
+    def hash_key(self, src: bytes, dst: bytes, sport: int, dport: int, proto: int) -> int:
+        """The table's keyed hash of a tuple, as a lookup computes it (hash-flooding tests play an
+        attacker who knows the secret)."""
+        return self._datapath.table.hash_key(src, dst, sport, dport, proto)
+
+    @property
+    def schedulers(self) -> list:
+        """The scheduler object of each service, in config order."""
+        return list(self._datapath.schedulers)
 
     def inside_view(self, before: Batch, after: Batch) -> None:
         """Make `before` (a copy of `after` taken before processing) what the reals saw of it (--inside)."""
-        self.datapath.inside_view(before, after)
+        self._datapath.inside_view(before, after)
 
     def set_real(self, endpoint: str, weight: int | None = None, down: bool | None = None) -> list[int]:
         """Set the weight or down mark of every real with this "ip:port" (it may serve several
@@ -87,17 +118,17 @@ class Switch:
         if weight is not None and not 0 <= weight <= configmod.MAX_WEIGHT:
             raise ValueError(f"weight {weight} is out of range 0-{configmod.MAX_WEIGHT}")
         for index in matches:
-            self.datapath.set_real(index, weight=weight, down=down)
+            self._datapath.set_real(index, weight=weight, down=down)
         return matches
 
     @property
     def clock_ns(self) -> int:
-        return self.datapath.clock_ns
+        return self._datapath.clock_ns
 
     def stats(self) -> dict:
         """Counters: packets by verdict, drops and passes by reason, table sizes, per real."""
-        counters = self.datapath.counters()
-        per_real = self.datapath.real_counters()
+        counters = self._datapath.counters()
+        per_real = self._datapath.real_counters()
         new: dict[str, int] = {}
         for i, (_, real) in enumerate(self.reals):      # a real serving several services: summed
             new[real.endpoint] = new.get(real.endpoint, 0) + per_real[i]["conns"]
@@ -110,7 +141,7 @@ class Switch:
         """Packets from the service side that no connection owned, by sender ("ip:port"): answers from
         a VIP or capture server whose connection began before the capture or was refused, replies from
         a real for a client it does not serve (a capture made for another scheduler)."""
-        per_front, per_real = self.datapath.unattributed()
+        per_front, per_real = self._datapath.unattributed()
         fronts = [front for svc in self.config.services for front in svc.fronts]
         out: dict[str, int] = {}
         for endpoint, count in [*zip(fronts, per_front), *((real.endpoint, n) for (_, real), n in zip(self.reals, per_real))]:
@@ -120,16 +151,16 @@ class Switch:
 
     def connection_count(self) -> int:
         """Entries in the table now (expired ones reaped first)."""
-        self.datapath.expire_due()
-        return self.datapath.table.used
+        self._datapath.expire_due()
+        return self._datapath.table.used
 
     def conntrack(self) -> list[dict]:
         """The connection table as rows of plain data, in table order (expired entries reaped first)."""
-        self.datapath.expire_due()
-        now = self.datapath.clock_ns
+        self._datapath.expire_due()
+        now = self._datapath.clock_ns
         labels = [(svc.protocol.upper(), svc.endpoint, real.endpoint) for svc, real in self.reals]
         rows = []
-        for real_index, client, cport, state, expires_ns in self.datapath.flows():
+        for real_index, client, cport, state, expires_ns in self._datapath.flows():
             protocol, virtual, destination = labels[real_index]
             source = (f"{socket.inet_ntop(socket.AF_INET, client)}:{cport}" if len(client) == 4
                       else f"[{socket.inet_ntop(socket.AF_INET6, client)}]:{cport}")
@@ -147,7 +178,7 @@ class Switch:
 
     def services(self) -> list[dict]:
         """Services and reals with IPVS's per-real figures (Forward, Weight, ActiveConn, InActConn, --stats)."""
-        per_real = self.datapath.real_counters()
+        per_real = self._datapath.real_counters()
         out, k = [], 0
         for svc in self.config.services:
             reals = []
@@ -165,7 +196,7 @@ class Switch:
         connections = self.conntrack()
         return {
             "l4emu_state": 1,
-            "clock_ns": self.datapath.clock_ns,
+            "clock_ns": self._datapath.clock_ns,
             "services": self.services(),
             "connections": connections,
             "sockets": self.sockets(),

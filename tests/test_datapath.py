@@ -266,7 +266,7 @@ def test_a_python_scheduler_plugin_runs_through_the_datapath(tmp_path, monkeypat
     h = Harness(sw)
     verdict, _, out = h.one(syn(), t=1)
     assert verdict == "new" and Ether(out)[IP].dst == "10.1.0.3"
-    plugin = sw.datapath.schedulers[0]
+    plugin = sw.schedulers[0]
     assert plugin.seen == [(CLIENT, 40000, VIP, "tcp", 3)]
     h.one(E / IP(src="192.0.2.99", dst="198.51.100.1") / TCP(), t=100)      # SYN_RECV (60 s) expires
     assert plugin.ended == [2] and plugin.errors == []

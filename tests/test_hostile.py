@@ -63,7 +63,8 @@ def counters_add_up(switch, packets: int) -> None:
     s = switch.stats()
     assert s["packets"] == packets == s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"]
     assert s["dropped_total"] == sum(s["dropped"].values()) and s["passed"] == sum(s["passed_by_reason"].values())
-    assert switch.datapath.table.used <= switch.datapath.table.peak <= switch.config.max_connections
+    table = switch.table_info()
+    assert table["used"] <= table["peak"] <= switch.config.max_connections
 
 
 # ---- any bytes ------------------------------------------------------------------------------------

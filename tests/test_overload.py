@@ -67,7 +67,7 @@ def test_a_syn_flood_never_evicts_established_flows(tmp_path):
     n, k, flood = 64, 16, 3000
     switch = make_switch(config(n), tmp_path)
     harness = Harness(switch)
-    memory = switch.datapath.table.memory_bytes()
+    memory = switch.table_info()["memory_bytes"]
     established = [(0x0A630000 + i, 5000 + i) for i in range(k)]
     reals = establish(harness, established, 1.0)
     rng = random.Random(7)
@@ -94,7 +94,7 @@ def test_a_syn_flood_never_evicts_established_flows(tmp_path):
     half_open = sorted(r["source"] for r in rows if r["state"] == "SYN_RECV")
     newest = sorted(f"{dotted(a)}:{p}" for a, p in sources[-(n - k):])
     assert half_open == newest                          # the oldest half-open went first
-    assert switch.datapath.table.memory_bytes() == memory
+    assert switch.table_info()["memory_bytes"] == memory
 
 
 def test_a_table_full_of_established_flows_refuses_new_ones_and_counts_them(tmp_path):
@@ -129,13 +129,13 @@ def test_a_non_syn_for_an_evicted_flow_follows_the_sloppy_tcp_policy(tmp_path, s
     assert rst[0] == "drop"
 
 
-def colliding_clients(table, count: int, slot: int, start: int = 0):
+def colliding_clients(switch, count: int, slot: int, start: int = 0):
     """Clients (address, port) whose forward key's home slot is `slot`: an attacker who knows the secret."""
     found, vip = [], bytes([10, 0, 0, 100])
     candidate = start
     while len(found) < count:
         addr, port = 0xC0000000 + candidate // 60000, 1024 + candidate % 60000
-        if table.hash_key(struct.pack("!I", addr), vip, port, 80, 6) % table.slot_count == slot:
+        if switch.hash_key(struct.pack("!I", addr), vip, port, 80, 6) % switch.table_info()["slots"] == slot:
             found.append((addr, port))
         candidate += 1
     return found
@@ -143,8 +143,7 @@ def colliding_clients(table, count: int, slot: int, start: int = 0):
 
 def test_colliding_keys_find_bounded_probes_and_counted_refusals(tmp_path):
     switch = make_switch(config(256), tmp_path, seed=1)
-    table = switch.datapath.table
-    clients = colliding_clients(table, 120, slot=100)
+    clients = colliding_clients(switch, 120, slot=100)
     harness = Harness(switch)
     results = harness.run([client_frame(a, p) for a, p in clients], times_s=[1.0] * len(clients))
     accepted = [c for c, (v, _, _) in zip(clients, results) if v == "new"]
@@ -153,10 +152,10 @@ def test_colliding_keys_find_bounded_probes_and_counted_refusals(tmp_path):
     assert 0 < len(accepted) <= PROBE_LIMIT and refused > 0
     assert stats["dropped"] == {"probe_limit": refused} and stats["insert_failed"] == refused
     assert stats["evicted"] == 0                        # a refusal never costs another flow its entry
-    assert max(table.probe_lengths()) <= PROBE_LIMIT
+    assert max(switch.probe_lengths()) <= PROBE_LIMIT
     again = harness.run([client_frame(a, p, 0x10) for a, p in accepted], times_s=[2.0] * len(accepted))
     assert {v for v, _, _ in again} == {"forward"}      # every accepted flow is still found
     other = make_switch(config(256), tmp_path, seed=2)   # another secret: the same keys spread out
     results = Harness(other).run([client_frame(a, p) for a, p in clients], times_s=[1.0] * len(clients))
     assert {v for v, _, _ in results} == {"new"} and other.stats()["insert_failed"] == 0
-    assert max(other.datapath.table.probe_lengths()) < 16
+    assert max(other.probe_lengths()) < 16

@@ -80,10 +80,10 @@ def test_process_stops_at_a_moment_of_the_packet_clock(tmp_path):
     from l4emu.datapath._batch import Batch
     from scapy.all import raw
     batch = Batch.from_frames([raw(syn("192.0.2.1", k)) for k in range(6)], 1, [k * 10**9 for k in range(1, 7)])
-    stop = sw.datapath.process(batch, 0, 3 * 10**9)
+    stop = sw.process(batch, 0, 3 * 10**9)
     assert stop == 2 and [batch.result(i)[0] for i in range(6)] == ["new", "new"] + ["unseen"] * 4
     sw.set_real("10.1.0.3:8080", down=True)
-    assert sw.datapath.process(batch, stop) == 6
+    assert sw.process(batch, stop) == 6
     assert [Ether(batch.packet(i))[IP].dst for i in range(6)] == ["10.1.0.1", "10.1.0.2", "10.1.0.1", "10.1.0.2",
                                                                  "10.1.0.1", "10.1.0.2"]
 
@@ -114,5 +114,5 @@ def test_process_can_stop_at_an_index(tmp_path):
     from l4emu.datapath._batch import Batch
     sw = make_switch(service_toml(), tmp_path)
     batch = Batch.from_frames([raw(syn("192.0.2.1", k)) for k in range(5)], 1, [10**9] * 5)
-    assert sw.datapath.process(batch, 1, 0, 3) == 3
+    assert sw.process(batch, 1, 0, 3) == 3
     assert [batch.result(i)[0] for i in range(5)] == ["unseen", "new", "new", "unseen", "unseen"]

@@ -323,11 +323,11 @@ def test_the_python_plugin_example_is_found_and_serves_the_longest_waiting_real(
     for entry in plugin_path(tmp_path):
         monkeypatch.syspath_prepend(entry)
     switch = make_switch(weighted_toml("least_recent", [1, 1, 0]), tmp_path)
-    assert type(switch.datapath.schedulers[0]).__name__ == "LeastRecent"
+    assert type(switch.schedulers[0]).__name__ == "LeastRecent"
     assert dests(switch, range(40000, 40004)) == [1, 2, 1, 2]
     switch.set_real("10.1.0.3:8080", weight=1)
     assert dests(switch, range(41000, 41003)) == [3, 1, 2]   # rr would go on with 3 only in turn
-    assert switch.datapath.schedulers[0].errors == []
+    assert switch.schedulers[0].errors == []
 
 
 def test_the_python_plugin_example_works_through_the_cli(tmp_path):

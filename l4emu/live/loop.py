@@ -70,7 +70,7 @@ class Live:
 
     def _now(self) -> None:
         """Bring the packet clock to now, so expiry and `expire` columns are right between packets."""
-        self.switch.datapath.advance_clock(time.monotonic_ns() + self.epoch_ns)
+        self.switch.advance_clock(time.monotonic_ns() + self.epoch_ns)
 
     def _request(self, request: dict):
         op = request["op"]
