@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from l4emu.datapath._batch import VERDICT_NAMES, Batch
-from l4emu.hosts.packets import TCP, UDP, link_offset, parse, reply_link_header
+from l4emu.hosts.packets import TCP, UDP, parse, reply_link_header
 from l4emu.hosts.restamp import Restamper
 
 REPLY_GAP_NS = 1000
@@ -56,8 +56,7 @@ class Emulator:
     def client(self, frame: bytes, ts: int, origlen: int, iface: int, linktype: int) -> None:
         """One packet as it arrives at the switch (replay: the next one of the capture)."""
         self.advance(ts)
-        l3 = link_offset(frame, linktype)
-        seg = parse(frame, l3) if l3 is not None else None
+        seg = parse(frame, linktype)
         if seg is not None and (seg.src in self.hosts.by_address
                                 or (seg.src, seg.sport, seg.proto) in self.recorded_fronts):
             self.superseded += 1            # e.g. a recorded server's replies: answering twice would fork the stream
@@ -94,8 +93,7 @@ class Emulator:
             if from_host and self.restamper is not None:
                 self.restamper.server(after, linktype)
         else:                                            # passed untouched: maybe straight to or from a host
-            l3 = link_offset(frame, linktype)
-            seg = parse(frame, l3) if l3 is not None else None
+            seg = parse(frame, linktype)
             host = self.hosts.by_address.get(seg.dst) if seg is not None else None
             self._emit(self.outside, out)
             if host is not None or from_host:
@@ -106,13 +104,12 @@ class Emulator:
                 self._deliver(host, frame, ts, iface, linktype)
 
     def _deliver(self, host, frame: bytes, ts: int, iface: int, linktype: int) -> None:
-        l3 = link_offset(frame, linktype)
-        seg = parse(frame, l3) if l3 is not None else None
+        seg = parse(frame, linktype)
         if seg is None:                                  # snapped, fragmented or not TCP/UDP: nothing to read
             host.counters["unreadable"] += 1
             return
-        self.links[seg.src] = (linktype, iface, reply_link_header(frame[:l3], linktype))
-        self._answers(host.receive(seg, frame[l3:seg.end], ts), ts)
+        self.links[seg.src] = (linktype, iface, reply_link_header(frame[:seg.l3], linktype))
+        self._answers(host.receive(seg, frame[seg.l3:seg.end], ts), ts)
 
     def _answers(self, packets: list[bytes], ts: int) -> None:
         for k, packet in enumerate(packets, 1):
@@ -132,8 +129,7 @@ class Emulator:
                 host = self.hosts.by_real[detail]
             elif verdict == "pass":
                 ts, _, iface, linktype = batch.meta(i)
-                l3 = link_offset(batch.packet(i), linktype)
-                seg = parse(batch.packet(i), l3) if l3 is not None else None
+                seg = parse(batch.packet(i), linktype)
                 host = self.hosts.by_address.get(seg.dst) if seg is not None else None
             else:
                 continue

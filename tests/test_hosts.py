@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from scapy.all import ICMP, IP, TCP, UDP, IPv6, raw
+from scapy.all import AH, ICMP, IP, TCP, UDP, Dot1Q, Ether, IPv6, IPv6ExtHdrHopByHop, raw
 from scapy.layers.inet6 import ICMPv6DestUnreach
 
 from conftest import NS, make_switch
@@ -322,11 +322,25 @@ def test_built_packets_have_the_checksums_scapy_computes():
 
 def test_parse_refuses_what_it_cannot_read_whole():
     good = raw(IP(src="1.2.3.4", dst="5.6.7.8") / TCP(sport=1, dport=2) / b"data")
-    assert parse(good, 0).payload == b"data"
-    assert parse(good[:-1], 0) is None                                  # snapped
-    assert parse(good[:30], 0) is None
-    assert parse(raw(IP(src="1.2.3.4", dst="5.6.7.8", flags="MF") / UDP()), 0) is None
+    assert parse(good, 101).payload == b"data"
+    assert parse(good[:-1], 101) is None                                  # snapped
+    assert parse(good[:30], 101) is None
+    assert parse(raw(IP(src="1.2.3.4", dst="5.6.7.8", flags="MF") / UDP()), 101) is None
     bad_offset = bytearray(good)
     bad_offset[32] = 0x40                                               # data offset 16 bytes < 20
-    assert parse(bytes(bad_offset), 0) is None
-    assert parse(b"", 0) is None and parse(b"\x60" + bytes(10), 0) is None
+    assert parse(bytes(bad_offset), 101) is None
+    assert parse(b"", 101) is None and parse(b"\x60" + bytes(10), 101) is None
+
+
+@pytest.mark.parametrize("frame, linktype", [
+    # An IPv6 authentication header: the switch walks it, so the host must read what is behind it.
+    (raw(IPv6(src="2001:db8:ff::10", dst="2001:db8:1::1") / IPv6ExtHdrHopByHop() / AH(nh=6, payloadlen=4, spi=7, icv=bytes(12))
+         / TCP(sport=40000, dport=8080, flags="PA") / b"GET"), 101),
+    (raw(IP(src="172.16.0.1", dst="10.1.0.1") / TCP(sport=40000, dport=8080, flags="PA") / b"GET"), 228),
+    (raw(Ether() / Dot1Q(vlan=10) / Dot1Q(vlan=20) / IP(src="172.16.0.1", dst="10.1.0.1")
+         / TCP(sport=40000, dport=8080, flags="PA") / b"GET"), 1),
+])
+def test_the_hosts_read_every_packet_the_datapath_parses(frame, linktype):
+    """One parser: whatever the datapath can classify (and so DNAT to an emulated real), a host reads."""
+    seg = parse(frame, linktype)
+    assert seg is not None and (seg.sport, seg.dport, seg.payload) == (40000, 8080, b"GET")

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from l4emu import control
+from l4emu.live import control
 
 
 def serve(path, client):

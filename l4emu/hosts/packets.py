@@ -1,19 +1,20 @@
-"""Read and write the IPv4/IPv6 TCP/UDP packets an emulated host sees, with plain struct.
+"""Read and write the IPv4/IPv6 TCP/UDP packets an emulated host sees.
 
-Hosts are the server side, not the switch's datapath, so they parse in Python; every length is
-checked before it is read, and a packet that cannot be read whole (snapped, fragmented, a bad
-header) is None, never a guess. Checksums are RFC 1071 over the pseudo-header.
+Reading goes through the datapath's parser (link layers, VLANs, IPv4 options, IPv6 extension
+headers, lengths checked before they are read); a packet that cannot be read whole (snapped,
+fragmented, a bad header) is None, never a guess. Writing builds packets with plain struct;
+checksums are RFC 1071 over the pseudo-header.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 
+from l4emu.datapath._datapath import parse_frame
+
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 TTL = 64
-IPV6_EXTENSIONS = (0, 43, 60)          # hop-by-hop, routing, destination options: walked over
-IPV6_FRAGMENT = 44
 
 
 @dataclass(slots=True)
@@ -36,73 +37,21 @@ class Segment:
     options: bytes = b""
 
 
-def link_offset(frame: bytes, linktype: int) -> int | None:
-    """Where the IP header starts for the link types the datapath reads; None if not IP or too short."""
-    n = len(frame)
-    if linktype == 1:                                   # Ethernet with up to 4 VLAN tags
-        off = 12
-        for _ in range(5):
-            if n < off + 2:
-                return None
-            ethertype = int.from_bytes(frame[off:off + 2], "big")
-            if ethertype not in (0x8100, 0x88A8, 0x9100):
-                return off + 2 if ethertype in (0x0800, 0x86DD) else None
-            off += 4
+def parse(frame: bytes, linktype: int) -> Segment | None:
+    """The TCP segment or UDP datagram in a frame, as the datapath parses it (its parser is the only
+    one: a packet the switch sends to a host is one the host can read); None when it is not one that
+    can be read whole."""
+    parsed = parse_frame(frame, linktype)
+    if parsed is None:
         return None
-    if linktype in (101, 12, 14, 228, 229):
-        return 0
-    return {113: 16, 276: 20, 0: 4, 108: 4}.get(linktype) if n else None
-
-
-def parse(frame: bytes, l3: int) -> Segment | None:
-    """The TCP/UDP packet at `l3`, or None when it is not one that can be read whole."""
-    n = len(frame)
-    if n < l3 + 1:
-        return None
-    version = frame[l3] >> 4
-    if version == 4:
-        if n < l3 + 20:
-            return None
-        ihl = (frame[l3] & 0x0F) * 4
-        total = int.from_bytes(frame[l3 + 2:l3 + 4], "big")
-        frag = int.from_bytes(frame[l3 + 6:l3 + 8], "big")
-        if ihl < 20 or total < ihl or n < l3 + total or frag & 0x3FFF:
-            return None
-        proto, src, dst = frame[l3 + 9], frame[l3 + 12:l3 + 16], frame[l3 + 16:l3 + 20]
-        l4, end, family = l3 + ihl, l3 + total, 4
-    elif version == 6:
-        if n < l3 + 40:
-            return None
-        end = l3 + 40 + int.from_bytes(frame[l3 + 4:l3 + 6], "big")
-        if n < end:
-            return None
-        proto, src, dst, l4, family = frame[l3 + 6], frame[l3 + 8:l3 + 24], frame[l3 + 24:l3 + 40], l3 + 40, 6
-        while proto in IPV6_EXTENSIONS:
-            if end < l4 + 8:
-                return None
-            proto, l4 = frame[l4], l4 + (frame[l4 + 1] + 1) * 8
-        if proto == IPV6_FRAGMENT or l4 > end:
-            return None
-    else:
-        return None
+    family, src, dst, proto, sport, dport, l3, l4, end = parsed
     if proto == TCP:
-        if end < l4 + 20:
-            return None
-        sport, dport, seq, ack, off, flags, window = struct.unpack_from("!HHIIBBH", frame, l4)
-        doff = (off >> 4) * 4
-        if doff < 20 or l4 + doff > end:
-            return None
-        return Segment(family, bytes(src), bytes(dst), TCP, sport, dport, bytes(frame[l4 + doff:end]), l3, l4, end,
+        seq, ack, offset, flags, window = struct.unpack_from("!IIBBH", frame, l4 + 4)
+        doff = (offset >> 4) * 4                # checked by the datapath: 20 or more, within the packet
+        return Segment(family, src, dst, TCP, sport, dport, bytes(frame[l4 + doff:end]), l3, l4, end,
                        seq, ack, flags, window, bytes(frame[l4 + 20:l4 + doff]))
-    if proto == UDP:
-        if end < l4 + 8:
-            return None
-        sport, dport, length = struct.unpack_from("!HHH", frame, l4)
-        if length < 8 or l4 + length > end:
-            return None
-        return Segment(family, bytes(src), bytes(dst), UDP, sport, dport, bytes(frame[l4 + 8:l4 + length]),
-                       l3, l4, l4 + length)
-    return None
+    length = struct.unpack_from("!H", frame, l4 + 4)[0] or end - l4     # 0: a jumbo datagram (RFC 2675)
+    return Segment(family, src, dst, UDP, sport, dport, bytes(frame[l4 + 8:l4 + length]), l3, l4, l4 + length)
 
 
 def option_spans(options: bytes):

@@ -9,7 +9,7 @@ agrees to either option, so a client that did not send them is what the conversa
 """
 from __future__ import annotations
 
-from l4emu.hosts.packets import ACK, FIN, RST, SYN, TCP, Segment, link_offset, parse, rewrite_ack
+from l4emu.hosts.packets import ACK, FIN, RST, SYN, TCP, Segment, parse, rewrite_ack
 
 M = 0xFFFFFFFF
 
@@ -28,8 +28,7 @@ class Restamper:
 
     def server(self, frame: bytes, linktype: int) -> None:
         """Learn from an emulated server's packet, taken as the client receives it (after SNAT)."""
-        l3 = link_offset(frame, linktype)
-        seg = parse(frame, l3) if l3 is not None else None
+        seg = parse(frame, linktype)
         if seg is None or seg.proto != TCP or seg.flags & RST:
             return
         end = (seg.seq + len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)) & M

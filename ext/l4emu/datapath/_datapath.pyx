@@ -651,6 +651,22 @@ cdef class Datapath:
         return out
 
 
+def parse_frame(frame, uint16_t linktype):
+    """The datapath's parse of one frame, for the emulated hosts (the project's one parser):
+    (family, src, dst, proto, sport, dport, l3, l4, end) of a TCP segment or UDP datagram held whole
+    in the frame (end: where its IP packet ends), else None: not IP, not TCP/UDP, an ICMP error, a
+    fragment, malformed, or cut short by the capture."""
+    cdef const uint8_t[::1] view = frame
+    cdef PacketInfo info
+    cdef uint32_t n = <uint32_t>view.shape[0]
+    cdef size_t alen
+    if n == 0 or parse_packet(&view[0], n, n, linktype, &info) != PARSED or info.icmp_error or info.end > n:
+        return None
+    alen = 4 if info.key.family == 4 else 16
+    return (info.key.family, bytes(info.key.src[:alen]), bytes(info.key.dst[:alen]), info.key.proto,
+            info.key.sport, info.key.dport, info.l3, info.l4, info.end)
+
+
 cdef Real EMPTY_REAL
 
 

@@ -246,4 +246,5 @@ cdef inline int parse_packet(const uint8_t* p, uint32_t caplen, uint32_t origlen
         return _pass(info, P_NOT_IP)
     if r != PARSED:
         return r
+    info.end = end
     return parse_l4(p, caplen, end, info)

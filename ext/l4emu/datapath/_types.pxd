@@ -75,6 +75,7 @@ ctypedef struct PacketInfo:
     uint32_t inner_l3       # ICMP errors: offsets of the quoted packet's IP and TCP/UDP headers
     uint32_t inner_l4
     uint32_t caplen         # bytes captured: a rewrite never writes past them
+    uint32_t end            # where the IP packet ends (its length on the wire, from l3)
     uint8_t icmp_error      # 1: an ICMP error about a TCP/UDP packet (translated with its flow)
     uint8_t tcp_flags
     uint8_t len_from_capture  # BIG TCP/GSO: IP length 0 (or an IPv6 jumbo option): the capture gave the length
