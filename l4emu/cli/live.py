@@ -16,7 +16,6 @@ from l4emu.live.lab import Lab
 from l4emu.render import report, views
 from l4emu.switch import Switch
 
-
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMAT = "%(asctime)s.%(msecs)03d l4emu[%(process)d] %(levelname)s %(message)s"
 
