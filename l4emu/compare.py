@@ -27,10 +27,7 @@ def with_scheduler(config: configmod.Config, name: str) -> configmod.Config:
     """The same config with every service on scheduler `name` (and that scheduler's defaults)."""
     services = []
     for svc in config.services:
-        changes = {"scheduler": name}
-        if hasattr(svc, "scheduler_flags"):
-            changes["scheduler_flags"] = ()
-        services.append(dataclasses.replace(svc, **changes))
+        services.append(dataclasses.replace(svc, scheduler=name, scheduler_flags=()))
     return dataclasses.replace(config, services=tuple(services))
 
 
@@ -43,7 +40,7 @@ def imbalance(active: list[int]) -> float:
 def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
     switch = Switch(with_scheduler(config, name), seed)
     samples: list[tuple[float, list[int]]] = []
-    start = []
+    start: list[int] = []
 
     def on_sample(clock_ns: int) -> None:
         start[:] = start or [clock_ns]

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
+import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import netaddr
+from l4emu.errors import L4emuError
 
 # IPVS default timeouts in seconds (net/netfilter/ipvs/ip_vs_proto_tcp.c, _udp.c), by state.
-DEFAULT_TIMEOUTS = {
+DEFAULT_TIMEOUTS: dict[str, float] = {
     "none": 2, "established": 900, "syn_sent": 120, "syn_recv": 60, "fin_wait": 120,
     "time_wait": 120, "close": 10, "close_wait": 60, "last_ack": 30, "listen": 120,
     "synack": 120, "udp": 300,
@@ -27,10 +29,12 @@ APPS = ("http", "echo", "discard")      # an emulated real's application (l4emu/
 SYN_OVERFLOW = ("drop", "reset")
 MAX_BACKLOG = 65535                     # net.core.somaxconn's ceiling
 EMULATION_KEYS = ("app", "backlog", "accept_rate", "syn_overflow")
+# An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>\d+)$")
 
 
-class ConfigError(ValueError):
+class ConfigError(L4emuError, ValueError):
     """A configuration problem: `key` says where, the message says what."""
 
     def __init__(self, key: str, problem: str, source: str = ""):
@@ -41,7 +45,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Real:
-    address: netaddr.IPAddress
+    address: IPAddress
     port: int
     weight: int = 1
     upper_threshold: int = 0      # IPVS -x: no new flows at this many connections (0 = no limit)
@@ -64,7 +68,7 @@ class Real:
 
 @dataclass(frozen=True)
 class Service:
-    vip: netaddr.IPAddress
+    vip: IPAddress
     port: int
     protocol: str
     scheduler: str
@@ -74,7 +78,7 @@ class Service:
     scheduler_flags: tuple[str, ...] = ()   # e.g. ("sh-port", "sh-fallback"), as ipvsadm -b takes them
     mh_table_size: int = MH_TABLE_SIZE      # Maglev lookup table slots (a prime)
     # The servers a capture was taken with, behind another load balancer: they stand for the VIP.
-    capture_servers: tuple[tuple[netaddr.IPAddress, int], ...] = ()
+    capture_servers: tuple[tuple[IPAddress, int], ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -96,11 +100,28 @@ class Config:
     expire_nodest_conn: bool = False
 
 
-def format_endpoint(address: netaddr.IPAddress, port: int) -> str:
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+def format_endpoint(address: IPAddress, port: int) -> str:
+    return f"[{format_address(address)}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
-def parse_endpoint(text, key: str) -> tuple[netaddr.IPAddress, int]:
+def format_address(address: IPAddress) -> str:
+    """As inet_ntop writes it (and so conntrack's client column): ::ffff:10.0.0.1, not ipaddress's ::ffff:a00:1."""
+    if address.version == 4:
+        return str(address)
+    return socket.inet_ntop(socket.AF_INET6, address.packed)
+
+
+def parse_address(text: str) -> IPAddress:
+    """Strictly as inet_pton reads it (no leading zeros, no IPv6 scope): ValueError otherwise."""
+    for family, make in ((socket.AF_INET, ipaddress.IPv4Address), (socket.AF_INET6, ipaddress.IPv6Address)):
+        try:
+            return make(socket.inet_pton(family, text))
+        except OSError:
+            continue
+    raise ValueError(f"{text!r} is not an IP address")
+
+
+def parse_endpoint(text, key: str) -> tuple[IPAddress, int]:
     """'10.0.0.1:80' or '[2001:db8::1]:80' -> (address, port)."""
     if not isinstance(text, str):
         raise ConfigError(key, f"expected a string like \"10.0.0.1:80\", got {text!r}")
@@ -109,8 +130,8 @@ def parse_endpoint(text, key: str) -> tuple[netaddr.IPAddress, int]:
         raise ConfigError(key, f"{text!r} is not address:port (IPv6 as [address]:port)")
     host = match["v6"] or match["v4"]
     try:
-        address = netaddr.IPAddress(host, flags=netaddr.INET_PTON)
-    except (netaddr.AddrFormatError, ValueError):
+        address = parse_address(host)
+    except ValueError:
         raise ConfigError(key, f"{host!r} is not an IP address") from None
     if match["v4"] and address.version != 4:
         raise ConfigError(key, f"IPv6 address {host!r} must be written in brackets: [{host}]:port")
@@ -191,11 +212,11 @@ def _emulation(raw: dict, key: str, protocol: str) -> dict:
 
 def _check_hosts(services: tuple) -> None:
     """One address is one emulated host: emulated everywhere or nowhere; a shared socket has one setting."""
-    emulated: dict[str, str] = {}
+    emulated: dict[str, tuple[bool, str]] = {}
     sockets: dict[tuple, tuple] = {}
     for i, svc in enumerate(services):
         for j, real in enumerate(svc.reals):
-            key, address = f"service[{i}].real[{j}]", str(real.address)
+            key, address = f"service[{i}].real[{j}]", format_address(real.address)
             first = emulated.setdefault(address, (real.emulated, key))
             if first[0] != real.emulated:
                 raise ConfigError(f"{key}.emulated", f"{address} is {'' if first[0] else 'not '}emulated in "
@@ -217,7 +238,8 @@ def _service(raw, key: str, schedulers) -> Service:
         raise ConfigError(f"{key}.protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
     scheduler = _typed(raw.get("scheduler", "rr"), str, f"{key}.scheduler")
     if scheduler not in schedulers:
-        raise ConfigError(f"{key}.scheduler", f"unknown scheduler {scheduler!r} (known: {', '.join(sorted(schedulers))})")
+        raise ConfigError(f"{key}.scheduler",
+                          f"unknown scheduler {scheduler!r} (known: {', '.join(sorted(schedulers))})")
     reals_raw = raw.get("real", [])
     if not isinstance(reals_raw, list) or not reals_raw:
         raise ConfigError(f"{key}.real", "a service needs at least one [[service.real]]")
@@ -245,7 +267,7 @@ def _service(raw, key: str, schedulers) -> Service:
     return Service(vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size, capture_servers)
 
 
-def _capture_servers(value, vip: netaddr.IPAddress, port: int, key: str) -> tuple:
+def _capture_servers(value, vip: IPAddress, port: int, key: str) -> tuple:
     """A list of "address:port" of the VIP's family, none of them the VIP itself, none twice."""
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list like [\"10.9.0.1:80\"], got {value!r}")
@@ -310,7 +332,7 @@ def _scheduler_flags(value, scheduler: str, schedulers, key: str) -> tuple[str, 
         raise ConfigError(key, f"a flag is listed twice in {value!r}")
     accepted = schedulers.get(scheduler) if isinstance(schedulers, Mapping) else None
     for flag in value if accepted is not None else ():
-        if flag not in accepted:
+        if accepted is not None and flag not in accepted:
             raise ConfigError(key, f"scheduler {scheduler!r} has no flag {flag!r} "
                                    f"(its flags: {', '.join(accepted) or 'none'})")
     return tuple(value)
@@ -333,12 +355,13 @@ def _netmask(value, family: int, key: str) -> int:
         elif isinstance(value, str) and value.lstrip("/").isdigit():
             prefix = int(value.lstrip("/"))
         elif isinstance(value, str) and family == 4:
-            prefix = netaddr.IPAddress(value).netmask_bits()
-            if str(netaddr.IPAddress(value)) != str(netaddr.IPNetwork(f"0.0.0.0/{prefix}").netmask):
+            host_bits = ~int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big") & 0xFFFFFFFF
+            if host_bits & (host_bits + 1):     # ones, then zeros: 255.255.255.0 is a mask, 255.0.255.0 is not
                 raise ValueError
+            prefix = 32 - host_bits.bit_length()
         else:
             raise ValueError
-    except (ValueError, netaddr.AddrFormatError):
+    except (ValueError, OSError):
         raise ConfigError(key, f"{value!r} is not a netmask (a prefix length, or a dotted IPv4 mask)") from None
     if not 0 <= prefix <= bits:
         raise ConfigError(key, f"prefix length {prefix} is out of range 0-{bits}")
@@ -381,7 +404,7 @@ def from_dict(raw: dict, schedulers) -> Config:
     )
 
 
-def load(path: str | Path | None, schedulers: set[str]) -> Config:
+def load(path: str | Path | None, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> Config:
     """Read a TOML file (None: the embedded default the bundled samples were made for)."""
     if path is None:
         text = resources.files("l4emu").joinpath("data/default.toml").read_text()

@@ -8,10 +8,11 @@ at the triggering packet's time plus 1 us per answer, never the wall clock. Two 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from l4emu.datapath._batch import VERDICT_NAMES, Batch
+from l4emu.errors import OptionError
 from l4emu.hosts.packets import TCP, UDP, parse, reply_link_header
 from l4emu.hosts.restamp import Restamper
 
@@ -37,7 +38,7 @@ class Emulator:
     def __init__(self, switch, outside: Callable[[Out], None] | None = None,
                  inside: Callable[[Out], None] | None = None, restamp: bool = True):
         if switch.hosts is None:
-            raise ValueError("no real in this config is emulated (emulated = true)")
+            raise OptionError("no real in this config is emulated (emulated = true)")
         self.switch, self.hosts = switch, switch.hosts
         self.outside, self.inside = outside, inside
         self.restamper = Restamper() if restamp else None

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from l4emu.errors import L4emuError
+
 ACTIONS = ("down", "up", "weight")
 NS = 1_000_000_000
 
 
-class EventError(ValueError):
+class EventError(L4emuError, ValueError):
     """An --event that cannot be understood."""
 
 

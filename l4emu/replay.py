@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from l4emu.datapath._batch import Batch
-from l4emu.emulate import BatchSink, Emulator
-from l4emu.events import NS, Event, EventError, EventLog
 from l4emu.datapath._datapath import PARSED_LINKTYPES
+from l4emu.emulate import BatchSink, Emulator
+from l4emu.errors import OptionError
+from l4emu.events import NS, Event, EventError, EventLog
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
 from l4emu.io.pcap.writer import output_format
 from l4emu.switch import Switch
@@ -33,13 +34,13 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     --at time past the last packet is named under "warnings".
     """
     if annotate and (output is None or output_format(output, fmt) != "pcapng"):
-        raise ValueError("--annotate writes packet comments, which need a .pcapng output (-o out.pcapng)")
+        raise OptionError("--annotate writes packet comments, which need a .pcapng output (-o out.pcapng)")
     known = {real.endpoint for _, real in switch.reals}
     for event in events:
         if event.endpoint not in known:
             raise EventError(f"--event {event}: no real server {event.endpoint} in the config")
     if any(t < 0 for t in at):
-        raise ValueError("--at takes seconds after the first packet, from 0")
+        raise OptionError("--at takes seconds after the first packet, from 0")
     started = time.perf_counter()
     written = 0
     writers = []
@@ -150,11 +151,13 @@ class _Moments:
         self.log: list[EventLog] = []
         self.at = sorted(set(at)) if on_at is not None else []
         self.at_done = 0
-        self.on_at = on_at
+        self.on_at: Callable[[float, dict], None] = on_at or (lambda t, snapshot: None)
         self.on_moment = on_moment      # emulated hosts' clocks follow the switch's
         self.end_ns: int | None = None          # the packet clock when the capture ran out (finish())
+        self.superseded = self.answers = 0      # emulated hosts' counts, set by _emulated
 
     def _next_moment(self) -> int:
+        assert self.start_ns is not None, "the first packet sets the start"
         moments = [self.start_ns + int(e.at_s * NS) for e in self.events[len(self.log):len(self.log) + 1]]
         if self.sample_ns:
             moments.append(self.next_sample_ns)
@@ -195,6 +198,7 @@ class _Moments:
 
     def _arrive(self, moment: int) -> None:
         """The packet clock reached `moment`: apply the events and take the samples and snapshots due."""
+        assert self.start_ns is not None, "the first packet sets the start"
         if self.on_moment is not None:
             self.on_moment(moment)
         self.switch.advance_clock(moment)
@@ -215,9 +219,10 @@ class _Moments:
         if self.start_ns is None:
             where = "the capture has no packets"
         else:
+            assert self.end_ns is not None, "finish() ran"
             where = f"the capture's last packet is at {(self.end_ns - self.start_ns) / NS:.6g} s"
         warnings = [f"--event {event}: never applied, {where}" for event in self.events[len(self.log):]]
-        late = [t for t in self.at if self.start_ns is None or self.start_ns + int(t * NS) > self.end_ns]
+        late = [t for t in self.at if self.start_ns is None or self.start_ns + int(t * NS) > (self.end_ns or 0)]
         warnings += [f"--at {t:g}: {where}; the state at {t:g} s has the clock moved on, with no packets since"
                      if self.start_ns is not None else f"--at {t:g}: not written, {where}" for t in late]
         return warnings
@@ -225,7 +230,8 @@ class _Moments:
     def event_effects(self) -> list[dict]:
         """Each applied event with what followed it until the next one (or the end)."""
         after = [log.counters_before for log in self.log[1:]] + [self.switch.stats()]
-        return [log.effects(later) for log, later in zip(self.log, after)]
+        # Not strict: with no event applied there is no log, and one `after`.
+        return [log.effects(later) for log, later in zip(self.log, after, strict=False)]
 
 
 def summarize(switch: Switch, capture, output, written: int, elapsed: float, error: CaptureError | None) -> dict:

@@ -7,9 +7,9 @@ import socket
 
 from l4emu import config as configmod
 from l4emu import schedulers
-from l4emu.hosts import Hosts
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
+from l4emu.hosts import Hosts
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 DROP_TEXT = {
@@ -17,7 +17,8 @@ DROP_TEXT = {
     "bad_ip_header": "bad IP header", "truncated_ipv6_ext": "truncated IPv6 extension header",
     "truncated_tcp": "truncated TCP header", "bad_tcp_offset": "bad TCP data offset",
     "truncated_udp": "truncated UDP header", "bad_udp_length": "bad UDP length",
-    "fragment": "IP fragment for a VIP (no reassembly)", "tcp_not_syn": "no connection, and not a SYN that could open one",
+    "fragment": "IP fragment for a VIP (no reassembly)",
+    "tcp_not_syn": "no connection, and not a SYN that could open one",
     "no_real": "no real server available", "table_full": "connection table full",
     "reply_clash": "the real's reply tuple is taken by another connection",
     "probe_limit": "no free index slot within the probe bound (colliding keys)",
@@ -67,7 +68,7 @@ class Switch:
             if any(real.emulated for _, real in self.reals) else None
 
     @classmethod
-    def from_config(cls, path=None, seed: int | None = None) -> "Switch":
+    def from_config(cls, path=None, seed: int | None = None) -> Switch:
         """From a TOML file (None: the embedded default config)."""
         return cls(configmod.load(path, schedulers.catalog()), seed)
 
@@ -144,7 +145,8 @@ class Switch:
         per_front, per_real = self._datapath.unattributed()
         fronts = [front for svc in self.config.services for front in svc.fronts]
         out: dict[str, int] = {}
-        for endpoint, count in [*zip(fronts, per_front), *((real.endpoint, n) for (_, real), n in zip(self.reals, per_real))]:
+        reals = ((real.endpoint, n) for (_, real), n in zip(self.reals, per_real, strict=True))
+        for endpoint, count in [*zip(fronts, per_front, strict=True), *reals]:
             if count:
                 out[endpoint] = out.get(endpoint, 0) + count
         return out

@@ -118,3 +118,22 @@ def test_a_capture_that_cannot_be_made_stops_live_in_one_line_and_leaves_no_sock
         assert list(workdir.iterdir()) == []
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=True)
+
+
+def test_the_daemon_logs_one_line_per_event(workdir):
+    """--log-level info: a real set down and up, a refused request and the stop, each one timestamped line."""
+    with live_process_in_lab(CONFIG, f"l4g{os.getpid() % 100000}", "l4g0", workdir,
+                             "--log-level", "info") as (lab, sock, live):
+        l4emu("real", "set", "10.1.0.1:8080", "--down", "--control", sock)
+        l4emu("real", "set", "10.1.0.1:8080", "--up", "--control", sock)
+        refused = l4emu("real", "set", "10.9.9.9:80", "--weight", "2", "--control", sock, check=False)
+        assert refused.returncode == 2
+        live.send_signal(signal.SIGTERM)
+        _, stderr = live.communicate(timeout=20)
+        assert live.returncode == 0, stderr
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} l4emu\[\d+\] "
+    assert re.search(rf"^{stamp}INFO real 10\.1\.0\.1:8080: down \(control request\)$", stderr, re.M), stderr
+    assert re.search(rf"^{stamp}INFO real 10\.1\.0\.1:8080: up \(control request\)$", stderr, re.M), stderr
+    assert re.search(rf"^{stamp}WARNING control: request refused \(uid 0\): no real server 10\.9\.9\.9:80$",
+                     stderr, re.M), stderr
+    assert re.search(rf"^{stamp}INFO SIGTERM: stopping$", stderr, re.M), stderr

@@ -12,11 +12,11 @@ import click
 from l4emu import config as configmod
 from l4emu import schedulers
 from l4emu.cli import live as live_cli
-from l4emu.render import report, views
 from l4emu.compare import compare as run_compare
+from l4emu.errors import L4emuError
 from l4emu.events import parse_event
-from l4emu.io import CaptureError, WriteError
 from l4emu.io.pcap.writer import write_text_atomic
+from l4emu.render import report, views
 from l4emu.replay import replay as run_replay
 from l4emu.switch import Switch
 
@@ -99,9 +99,8 @@ def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_j
             summary = run_replay(capture, switch, output, annotate,
                                  progress=(lambda done, total: bar.update(done - bar.pos)) if show_bar else None,
                                  events=events, inside=inside, at=list(spellings), fmt=fmt,
-                                 on_at=lambda t, snap: [_write_state(at_path(state_out, text), snap)
-                                                        for text in spellings[t]])
-    except (configmod.ConfigError, CaptureError, WriteError, ValueError, OSError) as exc:
+                                 on_at=lambda t, snap: _write_states(state_out, spellings[t], snap))
+    except (L4emuError, OSError) as exc:
         fail(str(exc))
     if state_out:
         _write_state(state_out, switch.snapshot())
@@ -146,6 +145,12 @@ def _refuse_overwriting(capture: Path, outputs: dict) -> None:
         for other, earlier in given[:k]:
             if _same_file(earlier, path) and not (path.exists() and not path.is_file()):
                 fail(f"{path}: given to both {other} and {flag}: give each its own file")
+
+
+def _write_states(state_out: Path, spellings: list[str], snapshot: dict) -> None:
+    """One --at moment's state, under each spelling that asked for it."""
+    for text in spellings:
+        _write_state(at_path(state_out, text), snapshot)
 
 
 def _write_state(path: Path, snapshot: dict) -> None:
@@ -220,7 +225,8 @@ def sockets(state, control_path, host, as_json):
     if host is not None:
         hosts = [h for h in hosts if h["host"] == host.strip("[]")]
         if not hosts:
-            fail(f"no emulated host {host} (emulated: {', '.join(h['host'] for h in snapshot.get('sockets', [])) or 'none'})")
+            emulated = ", ".join(h["host"] for h in snapshot.get("sockets", [])) or "none"
+            fail(f"no emulated host {host} (emulated: {emulated})")
     click.echo(views.to_json(hosts) if as_json else views.sockets_text(hosts))
 
 
@@ -282,7 +288,7 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
                                                         f" (known: {', '.join(sorted(known))})")
         config = _build_config(config_path, (), (), None, capture_servers)
         result = run_compare(capture, config, chosen, events, seed)
-    except (configmod.ConfigError, CaptureError, ValueError, OSError, RuntimeError) as exc:
+    except (L4emuError, OSError) as exc:
         fail(str(exc))
     # The table first: a plot that cannot be written must not cost the user the numbers.
     click.echo(views.to_json(result) if as_json else report.compare_text(result))
@@ -295,7 +301,7 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
 def _write_plot(result: dict, path: Path) -> None:
     try:
         report.compare_plot(result, path)
-    except RuntimeError as exc:             # matplotlib is missing
+    except L4emuError as exc:               # matplotlib is missing
         fail(str(exc))
     except OSError as exc:
         fail(f"{path}: cannot write the plot: {exc.strerror or exc}")
@@ -320,7 +326,7 @@ def check(config_path):
     catalog = schedulers.catalog()
     try:
         checked = configmod.load(config_path, catalog)
-    except configmod.ConfigError as exc:
+    except L4emuError as exc:
         fail(str(exc))
     _check_schedulers(config_path, checked)
     click.echo(f"{config_path}: OK, {check_summary(checked)}")
@@ -357,5 +363,5 @@ LIVE_SHORT_HELP = {
     "lab": "Build or remove the network-namespace lab.",
 }
 for _command in (live_cli.live, live_cli.real, live_cli.lab):
-    _command.short_help = _command.short_help or LIVE_SHORT_HELP.get(_command.name)
+    _command.short_help = _command.short_help or LIVE_SHORT_HELP.get(_command.name or "")
     main.add_command(_command)

@@ -1,6 +1,7 @@
 """The `l4emu live`, `real` and `lab` commands, and the live views (`--control`) of conntrack and stats."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -8,13 +9,27 @@ from pathlib import Path
 
 import click
 
-from l4emu import config as configmod
+from l4emu.errors import L4emuError
+from l4emu.io.tun.device import enter_netns, open_tun
 from l4emu.live import control
+from l4emu.live.lab import Lab
 from l4emu.render import report, views
-from l4emu.io import WriteError
-from l4emu.io.tun.device import TunError, enter_netns, open_tun
-from l4emu.live.lab import Lab, LabError
 from l4emu.switch import Switch
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s.%(msecs)03d l4emu[%(process)d] %(levelname)s %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    """The daemon's log: the `l4emu` loggers to stderr, one timestamped line per event."""
+    logger = logging.getLogger("l4emu")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
 
 
 def _fail(message: str, code: int = 2):
@@ -39,10 +54,14 @@ def _fail(message: str, code: int = 2):
               help="Ask the TUN for checksum and segmentation offloads (64 KiB super-packets).")
 @click.option("--seed", type=int, help="Seed for the hash secret and random choices.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True,
+              help="Log events (refused control requests, TUN write errors, plugin exceptions, reals set down or "
+                   "up) to stderr at this level and above, one line each.")
 def live(tun_name, config_path, control_path, control_group, pcap_out, snaplen, create, user, netns, offload, seed,
-         as_json):
+         as_json, log_level):
     """Run the switch on a TUN device until SIGINT/SIGTERM, then print the summary."""
     from l4emu.live.loop import Live
+    setup_logging(log_level)
     if snaplen and not pcap_out:
         _fail("--snaplen is for --pcap-out: give --pcap-out too")
     try:
@@ -55,8 +74,8 @@ def live(tun_name, config_path, control_path, control_group, pcap_out, snaplen, 
         except BaseException:
             tun.close()
             raise
-    except (configmod.ConfigError, TunError, control.ControlError, WriteError, KeyError, OSError) as exc:
-        _fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+    except (L4emuError, OSError) as exc:
+        _fail(str(exc))
     click.echo(f"live on {tun_name}: offloads {','.join(tun.offloads) or 'off'}"
                + (f", control {control_path}" if control_path else "") + "; SIGINT or SIGTERM stops", err=True)
     summary = runner.run()
@@ -180,7 +199,7 @@ def lab_up(config_path, prefix, tun_name):
     try:
         the_lab = Lab.from_config(config_path, prefix, tun_name)
         the_lab.up()
-    except (configmod.ConfigError, LabError) as exc:
+    except L4emuError as exc:
         _fail(str(exc))
     click.echo(the_lab.describe(config_path))
 

@@ -11,6 +11,10 @@ import heapq
 import socket
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from l4emu.hosts.apps import StreamApp
 
 FIRST_HANDLE = 3
 LISTEN, SYN_RECV, ESTAB = "LISTEN", "SYN-RECV", "ESTAB"
@@ -93,7 +97,7 @@ class Conn:
     fin_sent: bool = False
     peer_fin: bool = False
     handle: int | None = None
-    app: object = None
+    app: StreamApp | None = None
     born_ns: int = 0
     deadline_ns: int = 0                # TIME-WAIT or SYN-RECV ends then
 

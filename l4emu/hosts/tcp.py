@@ -13,8 +13,21 @@ import random
 
 from l4emu.hosts.apps import STREAM_APPS
 from l4emu.hosts.packets import ACK, FIN, PSH, RST, SYN, Segment, tcp_options, tcp_packet
-from l4emu.hosts.sockets import (CLOSE_WAIT, CLOSED, CLOSING, ESTAB, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, SYN_RECV,
-                                 TIME_WAIT, Conn, Handles, Listener, endpoint)
+from l4emu.hosts.sockets import (
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    ESTAB,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LAST_ACK,
+    SYN_RECV,
+    TIME_WAIT,
+    Conn,
+    Handles,
+    Listener,
+    endpoint,
+)
 
 M = 0xFFFFFFFF
 NS = 1_000_000_000
@@ -226,6 +239,7 @@ class TcpResponder:
             reply += more
         conn.send_buf += reply
         if close:
+            assert conn.handle is not None, "an application runs on an accepted (numbered) socket"
             self.handles.release(conn.handle)                # close(2): the number is free at once
             conn.handle, conn.app, conn.fin_pending = None, None, True
 

@@ -1,8 +1,9 @@
-"""The live control socket: bounded JSON lines over a Unix socket, peer credentials checked, served from the live loop."""
+"""The live control socket: bounded JSON lines over a Unix socket, peer credentials checked, served by the live loop."""
 from __future__ import annotations
 
 import grp
 import json
+import logging
 import os
 import pwd
 import select
@@ -11,14 +12,17 @@ import stat
 import struct
 import time
 
+from l4emu.errors import L4emuError, OptionError
+
 MAX_REQUEST = 4096          # bytes in one request line; longer is refused
 MAX_REPLY = 256 << 20       # a client stops reading a reply past this
 REQUEST_TIMEOUT_S = 2.0     # a peer must send its whole line this soon after connecting
 READ_OPS = ("conntrack", "services", "stats", "snapshot", "sockets")
 ADMIN_OPS = ("set_real",)
+log = logging.getLogger("l4emu.live")
 
 
-class ControlError(Exception):
+class ControlError(L4emuError):
     """A control request that failed: the socket could not be reached, or the switch said no."""
 
 
@@ -39,7 +43,10 @@ class ControlServer:
 
     def __init__(self, path: str, handle, group: str | None = None, owner_uid: int | None = None):
         self.path, self.handle = path, handle
-        self.gid = grp.getgrnam(group).gr_gid if group else None
+        try:
+            self.gid = grp.getgrnam(group).gr_gid if group else None
+        except KeyError as exc:         # --control-group names no group: said as getgrnam says it
+            raise OptionError(exc.args[0]) from None
         _remove_stale(path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)       # never a moment with wider permissions than asked for
@@ -99,6 +106,7 @@ class ControlServer:
             if b"\n" in peer.inbuf:
                 self._answer(peer, peer.inbuf.split(b"\n", 1)[0])
             elif len(peer.inbuf) > MAX_REQUEST:
+                log.warning("control: request refused (uid %d): longer than %d bytes", peer.uid, MAX_REQUEST)
                 self._reply(peer, {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
         if events & select.EPOLLOUT or peer.outbuf:
             self._flush(peer)
@@ -114,10 +122,13 @@ class ControlServer:
             sock.setblocking(False)
             pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if not self._allowed(uid, gid):
+                log.warning("control: connection refused: pid %d uid %d gid %d may not use %s", pid, uid, gid,
+                            self.path)
                 sock.close()
                 continue
             peer = _Peer(sock, uid, gid)
             self.peers[sock.fileno()] = peer
+            assert self.epoll is not None, "register() comes first"
             self.epoll.register(sock.fileno(), select.EPOLLIN)
 
     def _answer(self, peer: _Peer, line: bytes) -> None:
@@ -133,10 +144,12 @@ class ControlServer:
         except (ValueError, KeyError, TypeError, PermissionError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             reply = {"ok": False, "error": str(message), "denied": isinstance(exc, PermissionError)}
+            log.warning("control: request refused (uid %d): %s", peer.uid, message)
         self._reply(peer, reply)
 
     def _reply(self, peer: _Peer, reply: dict) -> None:
         peer.outbuf = json.dumps(reply).encode() + b"\n"
+        assert self.epoll is not None, "register() comes first"
         self.epoll.modify(peer.sock.fileno(), select.EPOLLOUT)
         self._flush(peer)
 
@@ -161,7 +174,8 @@ class ControlServer:
     def _drop(self, peer: _Peer) -> None:
         fd = peer.sock.fileno()
         self.peers.pop(fd, None)
-        self.epoll.unregister(fd)
+        if self.epoll is not None:
+            self.epoll.unregister(fd)
         peer.sock.close()
 
     def close(self) -> None:

@@ -1,7 +1,6 @@
 """A self-contained lab in network namespaces (client, load balancer with the TUN device, servers) for live mode."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import subprocess
@@ -10,19 +9,20 @@ from dataclasses import dataclass, field
 
 from l4emu import config as configmod
 from l4emu import schedulers
+from l4emu.errors import L4emuError
 
 # Link networks inside the lab only (RFC 1918, TEST-NET-1 and ULA): nothing here is routed outside.
 CLIENT4, LB_CLIENT4 = "172.16.0.2", "172.16.0.1"
 CLIENT6, LB_CLIENT6 = "fd00:c::2", "fd00:c::1"
 SERVERS4, LB_SERVERS4 = "192.0.2.2", "192.0.2.1"
 SERVERS6, LB_SERVERS6 = "fd00:5::2", "fd00:5::1"
-REPLY_TABLE = "100"
-TUN_TXQUEUELEN = 4096   # packets the TUN queues for l4emu to read (the kernel's default is 500)     # the reals' replies are routed into the TUN by this table
+REPLY_TABLE = "100"     # the reals' replies are routed into the TUN by this table
+TUN_TXQUEUELEN = 4096   # packets the TUN queues for l4emu to read (the kernel's default is 500)
 # Fixed MACs, so neighbours can be pinned: no ARP/NDP wait, whose queue would drop the head of a burst.
 MAC = {"c0": "02:00:00:00:0c:00", "c1": "02:00:00:00:0c:01", "s0": "02:00:00:00:05:00", "s1": "02:00:00:00:05:01"}
 
 
-class LabError(Exception):
+class LabError(L4emuError):
     """A lab step that failed: names the command and what it said."""
 
 
@@ -46,12 +46,11 @@ class Lab:
         return f"{self.prefix}-srv"
 
     @classmethod
-    def from_config(cls, path=None, prefix="l4emu", tun="l4emu0") -> "Lab":
+    def from_config(cls, path=None, prefix="l4emu", tun="l4emu0") -> Lab:
         config = configmod.load(path, set(schedulers.available()))
         vips = sorted({svc.vip for svc in config.services}, key=str)
         reals = sorted({real.address for svc in config.services for real in svc.reals}, key=str)
-        return cls(prefix, tun, [ipaddress.ip_address(str(v)) for v in vips],
-                   [ipaddress.ip_address(str(r)) for r in reals])
+        return cls(prefix, tun, list(vips), list(reals))      # config's addresses are ipaddress objects
 
     def commands(self) -> list[list[str]]:
         """Every `ip` command that builds the lab, in order."""
@@ -142,9 +141,10 @@ class Lab:
             f"routes       VIPs {', '.join(map(str, self.vips))} -> {self.tun}; the reals' replies (iif s1)"
             f" -> {self.tun} (table {REPLY_TABLE})",
             f"run          ip netns exec {self.lb} l4emu live --tun {self.tun}{cfg} --control /run/l4emu.sock",
-            f"servers      ip netns exec {self.servers} python3 -m http.server 8080 --bind {self.reals[0] if self.reals else 'IP'}",
+            f"servers      ip netns exec {self.servers} python3 -m http.server 8080 "
+            f"--bind {self.reals[0] if self.reals else 'IP'}",
             f"client       ip netns exec {self.client} curl http://{vip}/",
-            f"remove       l4emu lab down" + (f" --prefix {self.prefix}" if self.prefix != "l4emu" else ""),
+            "remove       l4emu lab down" + (f" --prefix {self.prefix}" if self.prefix != "l4emu" else ""),
         ])
 
 

@@ -1,6 +1,7 @@
 """Live mode: one epoll loop moves TUN packets through the same datapath as replay and serves the control socket."""
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import select
@@ -9,11 +10,13 @@ import socket
 import time
 
 from l4emu.datapath._batch import Batch
-from l4emu.io.tun._io import TunIO
-from l4emu.live.control import ControlServer
 from l4emu.emulate import VERDICT, Emulator, Out
+from l4emu.errors import OptionError
 from l4emu.io import Interface, WriteError, open_writer
+from l4emu.io.pcap.writer import CaptureWriter
+from l4emu.io.tun._io import TunIO
 from l4emu.io.tun.device import Tun
+from l4emu.live.control import ControlServer
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 
@@ -21,6 +24,7 @@ VNET_HDR_LEN = 10      # a zeroed virtio-net header: no offload asked for the an
 BATCH = 256             # packets per read round; the datapath's windows prefetch within it
 ROUNDS_PER_WAKE = 64    # then the control socket and signals get a turn (epoll is level-triggered)
 LINKTYPE_RAW = 101
+log = logging.getLogger("l4emu.live")    # the daemon's events, one line each (cli: --log-level)
 MAX_SNAPLEN = 262144    # tcpdump's: larger than any packet or 64 KiB super-packet the TUN hands over
 
 
@@ -30,7 +34,9 @@ class Live:
     def __init__(self, switch: Switch, tun: Tun, control_path: str | None = None, control_group: str | None = None,
                  pcap_out: str | None = None, user: str | None = None, snaplen: int = 0):
         self.switch, self.tun = switch, tun
-        self.control = self.writer = self.finisher = None
+        self.control: ControlServer | None = None
+        self.writer: CaptureWriter | None = None
+        self.finisher: Finisher | None = None
         self.stopping = False
         self.error: str | None = None
         try:
@@ -48,7 +54,7 @@ class Live:
         self.epoch_ns = time.time_ns() - time.monotonic_ns()
         self.io = TunIO(self.tun.fd, self.tun.vnet, BATCH, self.epoch_ns)
         self.pcap_out = pcap_out
-        owner = pwd.getpwnam(user).pw_uid if user else None
+        owner = user_id(user) if user else None
         if control_path:
             self.control = ControlServer(control_path, self._request, control_group, owner)
         if pcap_out:
@@ -58,13 +64,17 @@ class Live:
         self.emulator = Emulator(switch, outside=self._answer, restamp=False) if switch.hosts is not None else None
         self.answers = Batch(1)
         self.answer_errors = 0
+        self.write_errors_logged = 0
+        # Python plugin schedulers collect their exceptions (the packet path cannot raise): logged as they come.
+        self.plugins = [s for s in switch.datapath.schedulers if hasattr(s, "errors")]
+        self.plugin_errors_logged = [0] * len(self.plugins)
         if user:
             # Renaming the capture into place and removing the socket need write access to their
             # directories, which the user may not have: a helper that keeps root does those two things.
             part = self.writer.part_path if self.writer is not None and self.writer.renames else None
             if part or control_path:
                 self.finisher = Finisher(part, pcap_out if part else None, control_path)
-                if part:
+                if part and self.writer is not None:
                     self.writer.rename = self.finisher.rename
             drop_privileges(user)
 
@@ -76,11 +86,15 @@ class Live:
         op = request["op"]
         self._now()
         if op == "set_real":
-            down = {"down": True, "up": False}.get(request.get("state")) if request.get("state") else None
+            state = request.get("state")
+            down = {"down": True, "up": False}.get(state) if state else None
             weight = request.get("weight")
             if weight is not None and not isinstance(weight, int):
                 raise ValueError("weight must be an integer")
             self.switch.set_real(str(request["endpoint"]), weight=weight, down=down)
+            log.info("real %s: %s (control request)", request["endpoint"],
+                     ", ".join([f"weight {weight}"] * (weight is not None)
+                               + ["down" if down else "up"] * (down is not None)) or "unchanged")
             return {"endpoint": request["endpoint"], "weight": weight, "down": down}
         if op == "conntrack":
             return self.switch.conntrack()
@@ -105,6 +119,7 @@ class Live:
             got = self.io.read_into(self.batch)
             if got < 0:
                 self.error = f"{self.tun.name}: read failed: {os.strerror(-got)}"
+                log.error("%s", self.error)
                 self.stopping = True
             if len(self.batch) == 0:
                 return
@@ -114,8 +129,23 @@ class Live:
             if self.emulator is not None:
                 self.emulator.intercept(self.batch)
             self.io.write_from(self.batch)      # empties the batch
+            self._log_errors()
             if got <= 0:
                 return
+
+    def _log_errors(self) -> None:
+        """TUN write errors and plugin exceptions since the last look: one line per kind and round."""
+        failed = self.io.write_errors - self.write_errors_logged
+        if failed:
+            self.write_errors_logged = self.io.write_errors
+            log.warning("%s: %d packet(s) could not be written to the TUN (%d so far)", self.tun.name, failed,
+                        self.io.write_errors)
+        for k, plugin in enumerate(self.plugins):
+            errors = plugin.errors
+            for exc in errors[self.plugin_errors_logged[k]:]:
+                log.error("scheduler plugin %s raised %s: %s (the packet got no real)", type(plugin).__name__,
+                          type(exc).__name__, exc)
+            self.plugin_errors_logged[k] = len(errors)
 
     def run(self) -> dict:
         """Run until SIGINT/SIGTERM (or a TUN error); returns the summary."""
@@ -163,16 +193,20 @@ class Live:
             self._record(self.answers)
         try:
             os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)
-        except OSError:
+        except OSError as exc:
             self.answer_errors += 1
+            log.warning("%s: an emulated host's answer could not be written to the TUN: %s", self.tun.name,
+                        exc.strerror or exc)
 
     def _record(self, batch: Batch) -> None:
         """--pcap-out: a capture that cannot be written (disk full) stops the run, with the reason."""
+        assert self.writer is not None
         try:
             self.writer.write(batch)
         except WriteError as exc:
             if self.error is None:
                 self.error = str(exc)
+            log.error("--pcap-out: %s; stopping", exc)
             self.stopping = True
 
     def _emulate_until_now(self) -> None:
@@ -188,6 +222,8 @@ class Live:
         return min(1.0, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))
 
     def _stop(self, signum, frame) -> None:
+        if not self.stopping:
+            log.info("%s: stopping", signal.Signals(signum).name)
         self.stopping = True
 
     def close(self) -> None:
@@ -222,6 +258,14 @@ class Live:
             summary["emulated"]["answers"] = self.emulator.answers     # counted in packets, as in replay
         summary["error"] = self.error
         return summary
+
+
+def user_id(user: str) -> int:
+    """--user's uid; an unknown name is the user's mistake, said as getpwnam says it."""
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError as exc:
+        raise OptionError(exc.args[0]) from None
 
 
 def drop_privileges(user: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from l4emu.errors import OptionError
 from l4emu.io.pcap.writer import write_atomic
 
 
@@ -22,9 +23,9 @@ def per_real_table(snapshot: dict, columns: str, values, exact: bool = False) ->
     lines = [f"Prot LocalAddress:Port          {columns}", "  -> RemoteAddress:Port"]
     for svc in snapshot["services"]:
         rows = [values(real) for real in svc["reals"]]
-        totals = [sum(col) for col in zip(*rows)] if rows else []
+        totals = [sum(col) for col in zip(*rows, strict=True)] if rows else []
         lines.append(f"{svc['protocol']:<4} {svc['vip']:<28}" + "".join(f" {human(int(v), exact):>8}" for v in totals))
-        for real, row in zip(svc["reals"], rows):
+        for real, row in zip(svc["reals"], rows, strict=True):
             lines.append(f"  -> {real['address']:<28}" + "".join(f" {human(int(v), exact):>8}" for v in row))
     return "\n".join(lines)
 
@@ -73,7 +74,7 @@ def compare_plot(result: dict, path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'l4emu[plot]'") from None
+        raise OptionError("--plot needs matplotlib: pip install 'l4emu[plot]'") from None
     runs = result["runs"]
     columns = len(runs[0]["services"])
     # constrained layout makes room for the legends outside the panels, so they never cover a line

@@ -9,8 +9,17 @@ from importlib.metadata import entry_points
 
 from l4emu.schedulers._core import PythonScheduler, RoundRobin, Scheduler
 from l4emu.schedulers._hash import DestinationHash, Maglev, Rendezvous, SourceHash
-from l4emu.schedulers._load import (LeastConnection, NeverQueue, Random, ShortestExpectedDelay, TwoChoices,
-                               WeightedFailover, WeightedLeastConnection, WeightedOverflow, WeightedRoundRobin)
+from l4emu.schedulers._load import (
+    LeastConnection,
+    NeverQueue,
+    Random,
+    ShortestExpectedDelay,
+    TwoChoices,
+    WeightedFailover,
+    WeightedLeastConnection,
+    WeightedOverflow,
+    WeightedRoundRobin,
+)
 from l4emu.schedulers._locality import LocalityLeastConnection, LocalityLeastConnectionReplicated
 
 BUILTINS: dict[str, type[Scheduler]] = {cls.name: cls for cls in (

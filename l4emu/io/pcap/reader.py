@@ -4,10 +4,11 @@ import os
 from dataclasses import dataclass, field
 
 from l4emu.datapath._batch import Batch
+from l4emu.errors import L4emuError
 from l4emu.io.pcap._read import Scanner
 
 
-class CaptureError(Exception):
+class CaptureError(L4emuError):
     """A capture that cannot be read (further): names the file, the byte offset and the problem."""
 
     def __init__(self, path, offset, problem):
@@ -53,7 +54,7 @@ class CaptureReader:
             with open(self.path, "rb") as f:
                 if os.fstat(f.fileno()).st_size == 0:
                     raise CaptureError(self.path, None, "empty file")
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as e:
             raise CaptureError(self.path, None, f"cannot open: {e.strerror or e}") from None
         self._scanner = Scanner(self._map)

@@ -5,7 +5,10 @@ written in place: there is nothing to rename over, and no file is left behind to
 """
 import os
 import struct
+from collections.abc import Callable
+from typing import BinaryIO
 
+from l4emu.errors import L4emuError
 from l4emu.io.pcap._write import Encoder
 
 FORMATS = {".pcap": "pcap", ".pcapng": "pcapng"}
@@ -13,7 +16,7 @@ PCAP_US, PCAP_NS = 0xA1B2C3D4, 0xA1B23C4D
 LINKTYPE_ETHERNET = 1
 
 
-class WriteError(Exception):
+class WriteError(L4emuError):
     """A capture that cannot be written: names the path and the problem."""
 
     def __init__(self, path, problem):
@@ -100,11 +103,12 @@ class CaptureWriter:
         self._encoder = Encoder(fmt == "pcapng")
         self._encoder.snaplen = snaplen
         # How the finished file takes its name; live mode with --user hands this to a helper that kept root.
-        self.rename = os.replace
-        self._linktype = None  # pcap: fixed by the first packet written
+        self.rename: Callable[[str, str], None] = os.replace
+        self._linktype: int | None = None  # pcap: fixed by the first packet written
         self._idbs = 0
         self._failed = False
         self._part = self.path if _in_place(self.path) else self.path + ".part"
+        self._file: BinaryIO | None
         try:
             self._file = open(self._part, "wb")
         except OSError as e:
@@ -113,6 +117,7 @@ class CaptureWriter:
             self._put(_block(0x0A0D0D0A, struct.pack("=IHHq", 0x1A2B3C4D, 1, 0, -1)))
 
     def _put(self, data):
+        assert self._file is not None, "write() checks that the writer is open"
         try:
             self._file.write(data)
         except OSError as e:
@@ -142,7 +147,8 @@ class CaptureWriter:
         return self.nanosecond or any(iface.nanosecond for iface in interfaces)
 
     def write(self, batch, include_dropped=False, comments=None):
-        """Append the batch's packets in order (drops only if asked); `comments[verdict][detail]` (pcapng) annotates them."""
+        """Append the batch's packets in order (drops only if asked); `comments[verdict][detail]` (pcapng)
+        annotates them."""
         if self._file is None or self._failed:
             raise WriteError(self.path, "writer is closed" if self._file is None else "an earlier write failed")
         try:
@@ -155,7 +161,7 @@ class CaptureWriter:
                     if first is None:
                         return
                     self._pcap_header(*first)
-                data, count = self._encoder.encode(batch, include_dropped, None, self._linktype)
+                data, count = self._encoder.encode(batch, include_dropped, None, self._linktype or 0)
         except ValueError as e:
             self._failed = True
             raise WriteError(self.path, str(e)) from None
@@ -187,7 +193,8 @@ class CaptureWriter:
 
     def _discard(self):
         try:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
         except OSError:
             pass
         if self._part == self.path:         # written in place: a device or FIFO, not ours to delete

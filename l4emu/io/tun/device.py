@@ -8,6 +8,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from l4emu.errors import L4emuError
+
 TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 IFF_UP, IFF_TUN, IFF_NO_PI, IFF_VNET_HDR = 0x1, 0x0001, 0x1000, 0x4000
@@ -17,7 +19,7 @@ OFFLOAD_SETS = (("csum", "tso4", "tso6", "tso_ecn", "uso4", "uso6"), ("csum", "t
 CLONE_NEWNET = 0x40000000
 
 
-class TunError(Exception):
+class TunError(L4emuError):
     """A TUN device that cannot be opened: names the device and the problem."""
 
 
