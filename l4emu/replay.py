@@ -86,7 +86,7 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     return summary
 
 
-def _batches(reader, switch: Switch, clock: "_Moments", writer, inner, annotate: bool, comments, progress) -> None:
+def _batches(reader, switch: Switch, clock: _Moments, writer, inner, annotate: bool, comments, progress) -> None:
     """The batch path: each batch through the switch (stopping at events and samples), then written;
     with `inner` (--inside), a copy taken before the rewrite becomes what the reals saw."""
     before = Batch(1) if inner is not None else None
@@ -103,7 +103,7 @@ def _batches(reader, switch: Switch, clock: "_Moments", writer, inner, annotate:
             progress(reader.position, reader.size)
 
 
-def _packets(reader, emulator: Emulator, clock: "_Moments", progress) -> None:
+def _packets(reader, emulator: Emulator, clock: _Moments, progress) -> None:
     """Packet by packet (emulated reals): the moments before each packet, then the packet and the
     hosts' answers."""
     for batch in reader.batches():

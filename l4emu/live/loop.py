@@ -66,7 +66,7 @@ class Live:
         self.answer_errors = 0
         self.write_errors_logged = 0
         # Python plugin schedulers collect their exceptions (the packet path cannot raise): logged as they come.
-        self.plugins = [s for s in switch.datapath.schedulers if hasattr(s, "errors")]
+        self.plugins = [s for s in switch.schedulers if hasattr(s, "errors")]
         self.plugin_errors_logged = [0] * len(self.plugins)
         if user:
             # Renaming the capture into place and removing the socket need write access to their
