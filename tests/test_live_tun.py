@@ -7,7 +7,7 @@ import struct
 import pytest
 from scapy.all import IP, TCP, UDP, IPv6, raw
 
-from l4emu import _tun
+from l4emu.io.tun import _io as _tun
 from l4emu.datapath._batch import Batch
 
 NEEDS_CSUM = 1
