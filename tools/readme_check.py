@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND_LANGUAGES = {"", "sh", "bash", "console", "shell"}
 BACKGROUND_START_S = 5.0      # a server started under load (CI shares its cores) needs a moment
-COMMAND_TIMEOUT_S = 300
+COMMAND_TIMEOUT_S = 600
 SPEED_LINE = re.compile(r"^time\s")
 TOOL_NOISE = re.compile(r'^Running as user "root" and group "root"\. This could be dangerous\.$')
 FENCE = re.compile(r"^```(\S*)\s*$")
