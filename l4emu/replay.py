@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from l4emu.datapath._batch import Batch
-from l4emu.emulate import BatchSink, Emulator
 from l4emu.events import NS, Event, EventError, EventLog
 from l4emu.datapath._datapath import PARSED_LINKTYPES
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
@@ -65,6 +64,7 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
                     if progress is not None:
                         progress(reader.position, reader.size)
             else:
+                from l4emu.emulate import BatchSink     # emulated reals only (start-up: tests/test_startup.py)
                 _emulated(reader, switch, clock, writer and BatchSink(writer, annotate, comments),
                           inner and BatchSink(inner), progress)
             clock.finish()
@@ -93,6 +93,7 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
 
 def _emulated(reader, switch: Switch, clock: "_Moments", outside, inside, progress) -> None:
     """Packet by packet: the moments before each packet, then the packet and the hosts' answers."""
+    from l4emu.emulate import Emulator
     emulator = Emulator(switch, outside, inside)
     clock.on_moment = emulator.advance
     for batch in reader.batches():
