@@ -181,6 +181,8 @@ def tcprewrite_cmd(in_path, out_path, vip, reals, vport=BENCH_VPORT):
 
     tcprewrite is stateless: every packet to the VIP goes to the first real. --portmap rewrites
     source and destination ports alike, which is harmless here since no client uses port vport.
+    A whole process (start-up included): bench.py times it against the whole `l4emu replay` command,
+    never against l4emu's in-process replay(); dpkt_nat and scapy_nat are the in-process peers.
     """
     exe = shutil.which("tcprewrite")
     if exe is None:

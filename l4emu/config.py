@@ -432,7 +432,7 @@ def not_text(exc: UnicodeDecodeError) -> str:
     return f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
 
 
-def from_flags(vips: list[str], reals: list[str], scheduler: str, schedulers: set[str]) -> dict:
+def from_flags(vips: list[str], reals: list[str], scheduler: str, schedulers: Collection[str]) -> dict:
     """Turn --vip 10.0.0.100:80/tcp --real 10.1.0.1:8080 ... into a config document."""
     services = []
     for vip in vips:

@@ -4,15 +4,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._datapath import PARSED_LINKTYPES
-from l4emu.emulate import BatchSink, Emulator
 from l4emu.errors import OptionError
 from l4emu.events import NS, Event, EventError, EventLog
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
 from l4emu.io.pcap.writer import output_format
 from l4emu.switch import Switch
+
+if TYPE_CHECKING:
+    from l4emu.emulate import BatchSink, Emulator
 
 
 def replay(capture: str | Path, switch: Switch, output: str | Path | None = None, annotate: bool = False,
@@ -51,8 +54,12 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
         try:
             inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if inside else None
             writers.append(inner)
-            sinks = (writer and BatchSink(writer, annotate, comments), inner and BatchSink(inner))
-            emulator = Emulator(switch, *sinks) if switch.hosts is not None else None
+            emulator: Emulator | None = None
+            sinks: tuple[BatchSink | None, ...] = ()
+            if switch.hosts is not None:
+                from l4emu.emulate import BatchSink, Emulator  # emulated reals only (start-up: tests/test_startup.py)
+                sinks = (writer and BatchSink(writer, annotate, comments), inner and BatchSink(inner))
+                emulator = Emulator(switch, *sinks)
             clock = _Moments(events, sample_every_s, on_sample, switch, at, on_at,
                              on_moment=emulator.advance if emulator is not None else None)
             if emulator is None:
@@ -60,9 +67,8 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
             else:
                 _packets(reader, emulator, clock, progress)
             clock.finish()
-            if emulator is not None:
-                for sink in filter(None, sinks):     # what the hosts sent, up to the last --at moment
-                    sink.flush()
+            for sink in filter(None, sinks):     # what the hosts sent, up to the last --at moment
+                sink.flush()
         finally:
             for each in filter(None, writers):
                 each.close()

@@ -9,7 +9,6 @@ from l4emu import config as configmod
 from l4emu import schedulers
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
-from l4emu.hosts import Hosts
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17}
 DROP_TEXT = {
@@ -62,10 +61,12 @@ class Switch:
                 [(address.packed, port) for address, port in svc.capture_servers],
             )
             self.reals.extend((svc, r) for r in svc.reals)
-        # Emulated reals answer for themselves (l4emu/hosts/); their generator is drawn last, and only
-        # when there are some, so configs without them keep every seeded result they had.
-        self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64))) \
-            if any(real.emulated for _, real in self.reals) else None
+        # Emulated reals answer for themselves (l4emu/hosts/, imported only then: start-up); their generator
+        # is drawn last, and only when there are some, so configs without them keep every seeded result.
+        self.hosts = None
+        if any(real.emulated for _, real in self.reals):
+            from l4emu.hosts import Hosts
+            self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64)))
 
     @classmethod
     def from_config(cls, path=None, seed: int | None = None) -> Switch:

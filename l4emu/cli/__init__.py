@@ -1,24 +1,28 @@
-"""The `l4emu` command: the only place that parses arguments or prints."""
+"""The `l4emu` command: the only place that parses arguments or prints.
+
+Start-up is part of every command's run time, so this module imports click and little else: each command
+imports the parts of l4emu it uses when it runs, and the live, real and lab commands (cli/live.py, with
+the TUN device, the lab and the control socket) are loaded only when one of them is named. Their short
+help is kept here, so `l4emu --help` lists every command without loading any.
+tests/test_startup.py fails when a plain `l4emu replay` imports what it does not use.
+"""
 from __future__ import annotations
 
-import json
+import contextlib
+import importlib
 import os
 import sys
-from importlib import resources
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from l4emu import config as configmod
-from l4emu import schedulers
-from l4emu.cli import live as live_cli
-from l4emu.compare import compare as run_compare
-from l4emu.errors import L4emuError
-from l4emu.events import parse_event
-from l4emu.io.pcap.writer import write_text_atomic
-from l4emu.render import report, views
-from l4emu.replay import replay as run_replay
-from l4emu.switch import Switch
+from l4emu.errors import L4emuError  # light: the base class alone
+
+if TYPE_CHECKING:                   # for annotations only; the commands import what they use
+    from l4emu import config as configmod
+    from l4emu.switch import Switch
 
 PROGRESS_MIN_BYTES = 8 << 20    # smaller captures finish before a bar would help
 
@@ -28,7 +32,56 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands defined in other modules, imported only when run: name -> ("module:attribute", short help for
+# `l4emu --help`, which lists them without importing them).
+LAZY_COMMANDS = {
+    "live": ("l4emu.cli.live:live", "Run the switch on a TUN device (live traffic)."),
+    "real": ("l4emu.cli.live:real", "Change a real of a running `l4emu live`."),
+    "lab": ("l4emu.cli.live:lab", "Build or remove the network-namespace lab."),
+}
+
+
+def _fixed_help(text: str) -> Callable[[int], str]:
+    """A short-help getter for a command not loaded yet: its text from LAZY_COMMANDS, at any width."""
+    return lambda limit: text
+
+
+class LazyGroup(click.Group):
+    """A click group that also lists LAZY_COMMANDS, importing one only when it is run or asked for by
+    name (`l4emu live --help`, shell completion)."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in self.lazy:
+            target, short_help = self.lazy[name]
+            module, attribute = target.split(":")
+            command = getattr(importlib.import_module(module), attribute)
+            command.short_help = short_help
+            self.add_command(command, name)
+        return self.commands.get(name)
+
+    def format_commands(self, ctx, formatter):
+        """As click.Group.format_commands, with the short help of commands not yet loaded from LAZY_COMMANDS."""
+        rows: list[tuple[str, Callable[[int], str]]] = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is None:
+                rows.append((name, _fixed_help(self.lazy[name][1])))
+            elif not command.hidden:
+                rows.append((name, command.get_short_help_str))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, short_help(limit)) for name, short_help in rows])
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="l4emu")
 def main():
     """l4emu: see, test and measure what an L4 load balancer does to real traffic."""
@@ -86,6 +139,9 @@ def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_j
 
     With emulated reals (emulated = true in the config), their hosts answer: -o then holds the whole
     conversation as the clients see it."""
+    from l4emu.events import parse_event
+    from l4emu.render import views
+    from l4emu.replay import replay as run_replay
     if at_times and not state_out:
         fail("--at writes its states beside --state-out: give --state-out too")
     _refuse_overwriting(capture, {"-o": output, "--inside": inside, "--state-out": state_out})
@@ -94,10 +150,11 @@ def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_j
         events = [parse_event(e) for e in events]
         switch = _build_switch(config_path, vips, reals, scheduler, seed, capture_servers)
         show_bar = not as_json and capture.exists() and capture.stat().st_size >= PROGRESS_MIN_BYTES
-        with click.progressbar(length=capture.stat().st_size if show_bar else 0, label="replaying",
-                               file=sys.stderr, hidden=not show_bar) as bar:
+        # (no hidden bar when none is shown: click's progress bar imports its terminal code)
+        with (click.progressbar(length=capture.stat().st_size, label="replaying", file=sys.stderr)
+              if show_bar else contextlib.nullcontext()) as bar:
             summary = run_replay(capture, switch, output, annotate,
-                                 progress=(lambda done, total: bar.update(done - bar.pos)) if show_bar else None,
+                                 progress=(lambda done, total: bar.update(done - bar.pos)) if bar else None,
                                  events=events, inside=inside, at=list(spellings), fmt=fmt,
                                  on_at=lambda t, snap: _write_states(state_out, spellings[t], snap))
     except (L4emuError, OSError) as exc:
@@ -154,6 +211,8 @@ def _write_states(state_out: Path, spellings: list[str], snapshot: dict) -> None
 
 
 def _write_state(path: Path, snapshot: dict) -> None:
+    from l4emu.io.pcap.writer import write_text_atomic
+    from l4emu.render import views
     try:
         write_text_atomic(path, views.to_json(snapshot) + "\n")    # a failed write leaves no half file
     except OSError as exc:
@@ -161,17 +220,20 @@ def _write_state(path: Path, snapshot: dict) -> None:
 
 
 def _build_switch(config_path, vips, reals, scheduler, seed, capture_servers=None) -> Switch:
+    from l4emu.switch import Switch
     return Switch(_build_config(config_path, vips, reals, scheduler, capture_servers), seed)
 
 
 def _build_config(config_path, vips, reals, scheduler, capture_servers=None) -> configmod.Config:
     """From -c (or the embedded default), or from --vip/--real; plus --capture-servers."""
+    from l4emu import config as configmod
+    from l4emu import schedulers
     if vips or reals:
         if config_path:
             raise configmod.ConfigError("--vip", "give either -c/--config or --vip/--real, not both")
         if not (vips and reals):
             raise configmod.ConfigError("--vip", "--vip and --real go together")
-        known = set(schedulers.available())
+        known = schedulers.catalog()     # built-in names without a plugin scan
         config = configmod.from_dict(configmod.from_flags(list(vips), list(reals), scheduler, known), known)
     else:
         config = configmod.load(config_path, schedulers.catalog())
@@ -179,6 +241,9 @@ def _build_config(config_path, vips, reals, scheduler, capture_servers=None) -> 
 
 
 def _load_state(path: Path) -> dict:
+    import json
+
+    from l4emu import config as configmod
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -194,6 +259,7 @@ def _load_state(path: Path) -> dict:
 
 def _source(state, control_path, op) -> dict:
     """A state file, or (--control) a running `l4emu live`: the same snapshot shape either way."""
+    from l4emu.cli import live as live_cli
     if (state is None) == (control_path is None):
         fail("give a STATE file or --control PATH (one of them)")
     if state is None:
@@ -208,6 +274,7 @@ def _source(state, control_path, op) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def conntrack(state, control_path, as_json):
     """Show the connection table of a state file or a live switch, like `ipvsadm -L -n -c`."""
+    from l4emu.render import views
     snapshot = _source(state, control_path, "snapshot")
     click.echo(views.to_json(snapshot["connections"]) if as_json else views.conntrack_text(snapshot))
 
@@ -220,6 +287,7 @@ def conntrack(state, control_path, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the hosts, their sockets and counters as JSON.")
 def sockets(state, control_path, host, as_json):
     """Show the sockets of the emulated real servers, like `ss -tuan` (plus each socket's handle)."""
+    from l4emu.render import views
     snapshot = _source(state, control_path, "sockets")
     hosts = snapshot.get("sockets", [])
     if host is not None:
@@ -242,6 +310,8 @@ def sockets(state, control_path, host, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print services and reals as JSON.")
 def stats(state, control_path, watch, count, exact, as_json):
     """Show services and reals of a state file or a live switch, like `ipvsadm -L -n` and `ipvsadm -L -n --stats`."""
+    from l4emu.cli import live as live_cli
+    from l4emu.render import report, views
     if watch and not as_json:
         if control_path is None:
             fail("--watch needs --control")
@@ -276,11 +346,16 @@ DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (with the time series).")
 def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json):
     """Replay CAPTURE once per scheduler and compare how each spreads the load."""
+    from l4emu import config as configmod
+    from l4emu import schedulers
+    from l4emu.compare import compare as run_compare
+    from l4emu.events import parse_event
+    from l4emu.render import report, views
     if plot is not None:
         _refuse_overwriting(capture, {"--plot": plot})
     try:
         events = [parse_event(e) for e in events]
-        known = set(schedulers.available())
+        known = schedulers.catalog()     # built-in names without a plugin scan
         chosen = [n.strip() for n in names.split(",") if n.strip()]
         unknown = [n for n in chosen if n not in known]
         if not chosen or unknown:
@@ -299,6 +374,7 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
 
 
 def _write_plot(result: dict, path: Path) -> None:
+    from l4emu.render import report
     try:
         report.compare_plot(result, path)
     except L4emuError as exc:               # matplotlib is missing
@@ -314,6 +390,8 @@ def _write_plot(result: dict, path: Path) -> None:
 def config(default):
     """Print the embedded default config, the one the bundled samples were made for: a starting point
     for your own (`l4emu config --default > lb.toml`)."""
+    from importlib import resources
+
     if not default:
         fail("config: give --default to print the embedded config (validate a file with `l4emu check FILE`)")
     click.echo(resources.files("l4emu").joinpath("data/default.toml").read_text(), nl=False)
@@ -323,6 +401,9 @@ def config(default):
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
 def check(config_path):
     """Validate CONFIG without running anything: one OK line (exit 0), or the first problem (exit 2)."""
+    from l4emu import config as configmod
+    from l4emu import schedulers
+
     catalog = schedulers.catalog()
     try:
         checked = configmod.load(config_path, catalog)
@@ -335,6 +416,8 @@ def check(config_path):
 def _check_schedulers(path: Path, checked: configmod.Config) -> None:
     """Create each service's scheduler as a switch would: a plugin that is installed but fails to load
     (or rejects its options) shows up only here, not in the config's own checks."""
+    from l4emu import schedulers
+
     for i, svc in enumerate(checked.services):
         try:
             schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, 0)
@@ -344,6 +427,8 @@ def _check_schedulers(path: Path, checked: configmod.Config) -> None:
 
 def check_summary(checked: configmod.Config) -> str:
     """'3 services (2 tcp, 1 udp), 9 reals (2 emulated), schedulers rr, wlc'."""
+    from l4emu import config as configmod
+
     services = checked.services
     reals = [real for svc in services for real in svc.reals]
     protocols = ", ".join(f"{sum(s.protocol == p for s in services)} {p}" for p in configmod.PROTOCOLS
@@ -353,15 +438,3 @@ def check_summary(checked: configmod.Config) -> str:
     return (f"{len(services)} service{'s' * (len(services) != 1)} ({protocols}), "
             f"{len(reals)} real{'s' * (len(reals) != 1)}" + (f" ({emulated} emulated)" if emulated else "")
             + f", scheduler{'s' * (names.count(',') > 0)} {names}")
-
-
-# The live commands are defined in live_cli.py; their one-line descriptions for `l4emu --help` are
-# given here, where the command list is assembled, unless the command already carries its own.
-LIVE_SHORT_HELP = {
-    "live": "Run the switch on a TUN device (live traffic).",
-    "real": "Change a real of a running `l4emu live`.",
-    "lab": "Build or remove the network-namespace lab.",
-}
-for _command in (live_cli.live, live_cli.real, live_cli.lab):
-    _command.short_help = _command.short_help or LIVE_SHORT_HELP.get(_command.name or "")
-    main.add_command(_command)

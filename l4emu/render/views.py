@@ -1,8 +1,6 @@
 """Render snapshots the way users already read them: `ipvsadm -L -n -c`, `ipvsadm -L -n`, summaries."""
 from __future__ import annotations
 
-import json
-
 
 def _expire(seconds: float) -> str:
     """ipvsadm's mm:ss (minutes keep counting past 59, as ipvsadm prints them)."""
@@ -135,4 +133,5 @@ def _columns(title: str, rows: list[str], empty: str | None = "none") -> list[st
 
 
 def to_json(data) -> str:
+    import json  # only --json and state files need it (start-up)
     return json.dumps(data, indent=2, sort_keys=False)

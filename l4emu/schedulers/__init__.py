@@ -5,7 +5,7 @@ flags, table_size and seed its constructor takes); create() passes only those.
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from collections.abc import Mapping
 
 from l4emu.schedulers._core import PythonScheduler, RoundRobin, Scheduler
 from l4emu.schedulers._hash import DestinationHash, Maglev, Rendezvous, SourceHash
@@ -31,6 +31,7 @@ BUILTINS["p2c"] = TwoChoices            # "power of two choices", as proxies cal
 
 def available() -> dict[str, object]:
     """Every scheduler name: built-ins first; a plugin cannot shadow a built-in."""
+    from importlib.metadata import entry_points  # slow to import and to scan: only when asked
     found: dict[str, object] = {}
     for ep in entry_points(group="l4emu.schedulers"):
         found.setdefault(ep.name, ep)
@@ -38,16 +39,38 @@ def available() -> dict[str, object]:
     return found
 
 
-def catalog() -> dict[str, tuple[str, ...]]:
+def catalog() -> Mapping[str, tuple[str, ...]]:
     """Every scheduler name with the flags it accepts, for the config to check (plugins load here;
-    one that fails to load is listed without flags and reports its error when created)."""
-    found = {}
-    for name, entry in available().items():
-        try:
-            found[name] = tuple(getattr(_resolve(name, entry), "flags", ()))
-        except Exception:
-            found[name] = ()
-    return found
+    one that fails to load is listed without flags and reports its error when created). A built-in
+    name is answered without scanning the installed packages for plugins (tens of milliseconds at
+    every start); a plugin's name, or the whole list, scans them."""
+    return _Catalog()
+
+
+class _Catalog(Mapping):
+    def __init__(self):
+        self._all: dict[str, tuple[str, ...]] | None = None
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        if name in BUILTINS:                # a plugin cannot shadow a built-in
+            return tuple(getattr(BUILTINS[name], "flags", ()))
+        return self._everything()[name]
+
+    def __iter__(self):
+        return iter(self._everything())
+
+    def __len__(self) -> int:
+        return len(self._everything())
+
+    def _everything(self) -> dict[str, tuple[str, ...]]:
+        if self._all is None:
+            self._all = {}
+            for name, entry in available().items():
+                try:
+                    self._all[name] = tuple(getattr(_resolve(name, entry), "flags", ()))
+                except Exception:
+                    self._all[name] = ()
+        return self._all
 
 
 def _resolve(name: str, entry) -> type[Scheduler]:
