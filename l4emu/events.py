@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from l4emu.datapath._batch import NS
+
 ACTIONS = ("down", "up", "weight")
-NS = 1_000_000_000
 
 
 class EventError(ValueError):
