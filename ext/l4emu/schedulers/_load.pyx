@@ -160,19 +160,16 @@ POLICIES[5] = Policy(b"WeightedOverflow", b"ovf",
 
 
 cdef class LoadScheduler(Scheduler):
-    """A stateless load-based scheduler; each subclass below is one row of POLICIES, by its name."""
-    cdef pick_fn pick
+    """A stateless load-based scheduler; each subclass below is one row of POLICIES, by its name.
+    No state of its own (so it pickles, as the six classes did): the row is found when the datapath
+    asks for the hook, once per service."""
 
-    def __cinit__(self):
+    cdef SchedulerHook hook(self):
         cdef int k
         for k in range(N_POLICIES):
             if POLICIES[k].name.decode() == type(self).name:
-                self.pick = POLICIES[k].pick
-                return
+                return make_hook(POLICIES[k].pick, NULL, NULL)
         raise TypeError(f"{type(self).__name__}: no stateless policy named {type(self).name!r}")
-
-    cdef SchedulerHook hook(self):
-        return make_hook(self.pick, NULL, NULL)
 
 
 def _policy_class(int k):
