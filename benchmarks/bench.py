@@ -28,11 +28,10 @@ from peers import BENCH_REALS, BENCH_VIP, BENCH_VPORT, dpkt_nat, make_bench_capt
 import l4emu  # noqa: E402
 from l4emu import config as configmod  # noqa: E402
 from l4emu import schedulers  # noqa: E402
-from l4emu.datapath._batch import Batch  # noqa: E402
+from l4emu.datapath._batch import NS, Batch  # noqa: E402
 from l4emu.replay import replay  # noqa: E402
 from l4emu.switch import Switch  # noqa: E402
 
-NS = 1_000_000_000
 
 
 def bench_switch(max_connections: int) -> Switch:

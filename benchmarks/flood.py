@@ -28,13 +28,12 @@ import time
 from collections import Counter
 
 from l4emu import config as configmod
-from l4emu.datapath._batch import Batch
+from l4emu.datapath._batch import NS, Batch
 from l4emu.datapath._flowtable import PROBE_LIMIT
 from l4emu.switch import Switch
 
 from bench import resident_bytes  # a sibling script: benchmarks/ is on sys.path when run
 
-NS = 1_000_000_000
 BATCH = 65_536
 VIP, VPORT = "10.0.0.100", 80
 REALS = [(f"10.1.0.{k}", 8080) for k in range(1, 5)]

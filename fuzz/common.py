@@ -12,16 +12,15 @@ import tomllib
 
 from l4emu import config as configmod
 from l4emu import schedulers
-from l4emu.datapath._batch import Batch
+from l4emu.datapath._batch import NS, Batch
 from l4emu.io.pcap._read import Scanner
 from l4emu.io.pcap._write import Encoder
-from l4emu.io.tun._io import TunIO
+from l4emu.io.tun._io import GSO_UDP_L4, VNET_HDR_LEN, TunIO
 from l4emu.switch import Switch
 
 # Every link type the parser knows (Ethernet, raw IP x3, SLL, SLL2, NULL, LOOP) and one it does not.
 LINKTYPES = (1, 101, 12, 14, 113, 276, 0, 108, 147, 228, 229)      # new ones go last: seeds keep their index
 MAX_FRAMES = 32
-NS = 1_000_000_000
 
 # A tiny table (4 entries) so that eviction and table_full happen within a few frames; short
 # timeouts so that expiry does too; persistence (templates), a hashing scheduler, IPv6, UDP.
@@ -168,9 +167,7 @@ def run_capture(data: bytes) -> Switch:
 
 # The tun harness's input: records [len_hi][len_lo][bytes...], each a virtio-net header (10 bytes) and the
 # packet after it, as a TUN with IFF_VNET_HDR hands them over; the length is cut to what is left.
-VNET_HDR_LEN = 10
 MAX_RECORDS = 48
-GSO_UDP_L4 = 5
 
 
 def encode_records(records) -> bytes:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from l4emu.errors import L4emuError
 
 ACTIONS = ("down", "up", "weight")
-NS = 1_000_000_000
 
 
 class EventError(L4emuError, ValueError):

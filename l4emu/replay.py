@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from l4emu.datapath._batch import Batch
+from l4emu.datapath._batch import NS, Batch
 from l4emu.datapath._datapath import PARSED_LINKTYPES
 from l4emu.errors import OptionError
-from l4emu.events import NS, Event, EventError, EventLog
+from l4emu.events import Event, EventError, EventLog
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
 from l4emu.io.pcap.writer import output_format
 from l4emu.switch import Switch

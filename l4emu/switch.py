@@ -10,7 +10,7 @@ from l4emu import schedulers
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
 
-PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+PROTO_NUMBERS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 DROP_TEXT = {
     "truncated_l2": "truncated link-layer header", "truncated_ip": "truncated IP packet",
     "bad_ip_header": "bad IP header", "truncated_ipv6_ext": "truncated IPv6 extension header",
@@ -27,6 +27,9 @@ PASS_TEXT = {
     "fragment": "IP fragment, not for a VIP",
     "unattributed": "from the service side (VIP, capture server or real) to a client with no connection",
 }
+for _names, _texts in ((DROP_REASONS, DROP_TEXT), (PASS_REASONS, PASS_TEXT)):
+    if set(_texts) != set(_names):          # a reason without a text, or a text for no reason
+        raise ImportError(f"reason texts out of step with the datapath: {sorted(set(_texts) ^ set(_names))}")
 
 
 def _mask_bytes(prefix: int, family: int) -> bytes:

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from scapy.all import raw
 
-from l4emu.datapath._batch import Batch
+from l4emu.datapath._batch import NS, Batch
 from l4emu.switch import Switch
 
 ROOT = Path(__file__).resolve().parent.parent
 PCAPS = ROOT / "pcaps"
-NS = 1_000_000_000
 
 
 class Harness:

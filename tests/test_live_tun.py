@@ -7,8 +7,9 @@ import struct
 import pytest
 from scapy.all import IP, TCP, UDP, IPv6, raw
 
-from l4emu.io.tun import _io as _tun
 from l4emu.datapath._batch import Batch
+from l4emu.io.tun import _io as _tun
+from l4emu.testing._drivers import complete_form, partial_form
 
 NEEDS_CSUM = 1
 
@@ -58,10 +59,10 @@ def correct(data: bytes, v6: bool) -> bytes:
 
 def through(switch, header: bytes, data: bytes) -> tuple[str, bytes]:
     """read_into's transform, the datapath, write_from's transform: what goes back to the kernel."""
-    io, seen = _tun.complete_form(header, data)
+    io, seen = complete_form(header, data)
     batch = Batch.from_frames([seen], _tun.LINKTYPE_RAW, [10**9])
     switch.process(batch)
-    return batch.result(0)[0], _tun.partial_form(io, batch.packet(0))
+    return batch.result(0)[0], partial_form(io, batch.packet(0))
 
 
 def test_extension_is_compiled():

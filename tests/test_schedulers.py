@@ -20,7 +20,7 @@ from conftest import PCAPS, ROOT, Harness, make_switch
 from l4emu import config as configmod
 from l4emu import schedulers
 from l4emu.schedulers._hash import DestinationHash, Maglev, Rendezvous, SourceHash
-from l4emu.schedulers._load import pick_many
+from l4emu.testing._drivers import pick_many
 from l4emu.schedulers._locality import LocalityLeastConnection, LocalityLeastConnectionReplicated
 
 BUILTIN_NAMES = {"rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "random", "twos", "p2c", "mh", "hrw",
@@ -146,7 +146,7 @@ def run_in_subprocess(code):
 
 HASH_PROBE = """
 import json, struct
-from l4emu.schedulers._load import pick_many
+from l4emu.testing._drivers import pick_many
 from l4emu import schedulers
 ks = [(struct.pack("!I", 0x0A000000 + k * 7919), 1000 + k, "10.0.0.%d" % (k % 250), 80) for k in range(2000)]
 reals = [{"weight": w} for w in (1, 2, 3, 1, 5)]

@@ -1,6 +1,7 @@
 """Type stub of the extension module l4emu.datapath._batch (ext/l4emu/datapath/_batch.pyx)."""
 from collections.abc import Iterable
 
+NS: int
 VERDICT_NAMES: tuple[str, ...]
 DEFAULT_DATA_BYTES: int
 

@@ -7,12 +7,13 @@ checksums are RFC 1071 over the pseudo-header.
 """
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import dataclass
 
 from l4emu.datapath._datapath import parse_frame
 
-TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+TCP, UDP, ICMP, ICMPV6 = socket.IPPROTO_TCP, socket.IPPROTO_UDP, socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 TTL = 64
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from l4emu.datapath._batch import NS
 from l4emu.hosts.apps import STREAM_APPS
 from l4emu.hosts.packets import ACK, FIN, PSH, RST, SYN, Segment, tcp_options, tcp_packet
 from l4emu.hosts.sockets import (
@@ -30,7 +31,6 @@ from l4emu.hosts.sockets import (
 )
 
 M = 0xFFFFFFFF
-NS = 1_000_000_000
 MSS = {4: 1460, 6: 1440}            # a 1500-byte MTU
 OUR_SHIFT = 7                       # the window scale Linux offers with default buffers
 RCVBUF = 65535

@@ -14,16 +14,14 @@ from l4emu.emulate import VERDICT, Emulator, Out
 from l4emu.errors import OptionError
 from l4emu.io import Interface, WriteError, open_writer
 from l4emu.io.pcap.writer import CaptureWriter
-from l4emu.io.tun._io import TunIO
+from l4emu.io.tun._io import LINKTYPE_RAW, VNET_HDR_LEN, TunIO
 from l4emu.io.tun.device import Tun
 from l4emu.live.control import ControlServer
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 
-VNET_HDR_LEN = 10      # a zeroed virtio-net header: no offload asked for the answers we write
 BATCH = 256             # packets per read round; the datapath's windows prefetch within it
 ROUNDS_PER_WAKE = 64    # then the control socket and signals get a turn (epoll is level-triggered)
-LINKTYPE_RAW = 101
 log = logging.getLogger("l4emu.live")    # the daemon's events, one line each (cli: --log-level)
 MAX_SNAPLEN = 262144    # tcpdump's: larger than any packet or 64 KiB super-packet the TUN hands over
 
@@ -192,7 +190,7 @@ class Live:
             self.answers.set_result(0, out.verdict, out.detail)
             self._record(self.answers)
         try:
-            os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)
+            os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)   # no offload asked
         except OSError as exc:
             self.answer_errors += 1
             log.warning("%s: an emulated host's answer could not be written to the TUN: %s", self.tun.name,

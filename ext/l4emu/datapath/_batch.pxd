@@ -10,8 +10,9 @@ cdef enum Verdict:
     V_FORWARD = 3   # client -> real on a known flow (DNAT); detail: real index
     V_REPLY = 4     # real -> client on a known flow (SNAT back to the VIP); detail: real index
     V_DROP = 5      # dropped by the switch; detail: a drop reason
-    V_ANSWER = 6    # the flow's answer as the capture recorded it, from the VIP or a capture server: the
-                    # real's reply in the switch's model (written from the VIP); detail: real index
+    # V_ANSWER: the flow's answer as the capture recorded it, from the VIP or a capture server: the
+    # real's reply in the switch's model (written from the VIP); detail: real index
+    V_ANSWER = 6
     V_LAST = 7
 
 

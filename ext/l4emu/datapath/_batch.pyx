@@ -1,8 +1,13 @@
 """Batch: packets as flat C arrays over one owned buffer, so no Python object exists per packet."""
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy
+from l4emu.datapath cimport _types
+from l4emu.datapath._types cimport name_table
 
-VERDICT_NAMES = ("unseen", "pass", "new", "forward", "reply", "drop", "answer")
+# Verdict's names, each bound to its enum (checked complete at import).
+VERDICT_NAMES = name_table({V_UNSEEN: "unseen", V_PASS: "pass", V_NEW: "new", V_FORWARD: "forward", V_REPLY: "reply",
+                            V_DROP: "drop", V_ANSWER: "answer"}, V_LAST, "Verdict")
+NS = _types.NS          # nanoseconds per second, for the Python side (timestamps are in nanoseconds)
 # Room for a full batch of typical packets; one packet larger than what is left waits for the next
 # batch, and a packet larger than the whole buffer grows it (records are at most 256 KiB).
 DEFAULT_DATA_BYTES = 1 << 20
@@ -29,8 +34,15 @@ cdef class Batch:
             raise MemoryError()
 
     def __dealloc__(self):
-        free(self.offset); free(self.caplen); free(self.origlen); free(self.ts_ns)
-        free(self.iface); free(self.linktype); free(self.verdict); free(self.detail); free(self.data)
+        free(self.offset)
+        free(self.caplen)
+        free(self.origlen)
+        free(self.ts_ns)
+        free(self.iface)
+        free(self.linktype)
+        free(self.verdict)
+        free(self.detail)
+        free(self.data)
 
     cdef void clear(self) noexcept nogil:
         self.n = 0

@@ -5,26 +5,40 @@ DNATed to its real, one whose tuple is a reply key is SNATed back to the VIP, a 
 datagram) to a service with no flow is scheduled, everything else passes untouched. TCP states
 move by IPVS's table; timeouts run on the packet clock.
 """
-from libc.stdlib cimport calloc, realloc, free
+from libc.stdlib cimport realloc, free
 from libc.string cimport memcmp, memcpy
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
-from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup, prefetch_flow,
-                               prefetch_slot, slot_room)
+from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
+                                        make_ref, prefetch_flow, prefetch_slot, ref_index, ref_is_reply, slot_room)
+from l4emu.datapath._wire cimport *
 from l4emu.datapath._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DROP, PARSE_FRAGMENT
 from l4emu.schedulers._core cimport Scheduler
 from l4emu.datapath._persist cimport find_template, note_template
 from l4emu.datapath._icmp cimport rewrite_icmp_error
 
-STATE_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
-               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK", "UDP")
-DROP_REASONS = ("truncated_l2", "truncated_ip", "bad_ip_header", "truncated_ipv6_ext",
-                "truncated_tcp", "bad_tcp_offset", "truncated_udp", "bad_udp_length", "fragment",
-                "tcp_not_syn", "no_real", "table_full", "reply_clash", "probe_limit")
-PASS_REASONS = ("not_ip", "other_protocol", "no_service", "fragment", "unattributed")
+# The names of _types.pxd's vocabularies, each bound to its enum (checked complete at import).
+STATE_NAMES = name_table({
+    S_NONE: "NONE", S_ESTABLISHED: "ESTABLISHED", S_SYN_SENT: "SYN_SENT", S_SYN_RECV: "SYN_RECV",
+    S_FIN_WAIT: "FIN_WAIT", S_TIME_WAIT: "TIME_WAIT", S_CLOSE: "CLOSE", S_CLOSE_WAIT: "CLOSE_WAIT",
+    S_LAST_ACK: "LAST_ACK", S_LISTEN: "LISTEN", S_SYNACK: "SYNACK", S_UDP: "UDP",
+}, N_STATES, "ConnState")
+DROP_REASONS = name_table({
+    D_TRUNCATED_L2: "truncated_l2", D_TRUNCATED_IP: "truncated_ip", D_BAD_IP_HEADER: "bad_ip_header",
+    D_TRUNCATED_IPV6_EXT: "truncated_ipv6_ext", D_TRUNCATED_TCP: "truncated_tcp",
+    D_BAD_TCP_OFFSET: "bad_tcp_offset", D_TRUNCATED_UDP: "truncated_udp", D_BAD_UDP_LENGTH: "bad_udp_length",
+    D_FRAGMENT: "fragment", D_TCP_NOT_SYN: "tcp_not_syn", D_NO_REAL: "no_real", D_TABLE_FULL: "table_full",
+    D_REPLY_CLASH: "reply_clash", D_PROBE_LIMIT: "probe_limit",
+}, N_DROP_REASONS, "DropReason")
+PASS_REASONS = name_table({
+    P_NOT_IP: "not_ip", P_OTHER_PROTOCOL: "other_protocol", P_NO_SERVICE: "no_service", P_FRAGMENT: "fragment",
+    P_UNATTRIBUTED: "unattributed",
+}, N_PASS_REASONS, "PassReason")
 # The link types _headers.pxd's link_layer parses; a frame of any other passes untouched as not_ip.
-PARSED_LINKTYPES = {0: "BSD null", 1: "Ethernet", 12: "raw IP", 14: "raw IP", 101: "raw IP", 108: "BSD loop",
-                    113: "Linux cooked (SLL)", 228: "IPv4", 229: "IPv6", 276: "Linux cooked (SLL2)"}
+PARSED_LINKTYPES = {LINKTYPE_NULL: "BSD null", LINKTYPE_ETHERNET: "Ethernet", DLT_RAW_BSD: "raw IP",
+                    DLT_RAW_OPENBSD: "raw IP", LINKTYPE_RAW: "raw IP", LINKTYPE_LOOP: "BSD loop",
+                    LINKTYPE_LINUX_SLL: "Linux cooked (SLL)", LINKTYPE_IPV4: "IPv4", LINKTYPE_IPV6: "IPv6",
+                    LINKTYPE_LINUX_SLL2: "Linux cooked (SLL2)"}
 
 cdef enum:
     EV_SYN = 0
@@ -35,30 +49,44 @@ cdef enum:
     DIR_OUTPUT = 4          # real -> client (OUTPUT rows)
     WINDOW = 16             # packets parsed and prefetched ahead of their handling
 
+# IPVS's short state names (ip_vs_proto_tcp.c), for its table below.
+cdef enum:
+    sNO = S_NONE
+    sES = S_ESTABLISHED
+    sSS = S_SYN_SENT
+    sSR = S_SYN_RECV
+    sFW = S_FIN_WAIT
+    sTW = S_TIME_WAIT
+    sCL = S_CLOSE
+    sCW = S_CLOSE_WAIT
+    sLA = S_LAST_ACK
+    sLI = S_LISTEN
+    sSA = S_SYNACK
+
 # IPVS's tcp_states (current kernels), rows [direction + event], columns: the current state.
 cdef uint8_t NEXT_STATE[8][11]
 NEXT_STATE[:] = [
-    # NO  ES  SS  SR  FW  TW  CL  CW  LA  LI  SA                         INPUT
-    [3, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3],    # syn
-    [6, 7, 2, 5, 5, 5, 6, 7, 8, 9, 5],    # fin
-    [6, 1, 2, 1, 4, 5, 6, 7, 6, 9, 1],    # ack
-    [6, 6, 6, 3, 6, 6, 6, 6, 8, 9, 3],    # rst
-    #                                                                    OUTPUT
-    [2, 1, 2, 3, 2, 2, 2, 2, 2, 9, 3],    # syn
-    [5, 4, 2, 5, 4, 5, 6, 5, 8, 9, 5],    # fin
-    [1, 1, 2, 1, 4, 5, 6, 7, 8, 1, 1],    # ack
-    [6, 6, 2, 6, 6, 5, 6, 6, 6, 6, 6],    # rst
+    # sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA            INPUT
+    [sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR],    # syn
+    [sCL, sCW, sSS, sTW, sTW, sTW, sCL, sCW, sLA, sLI, sTW],    # fin
+    [sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES],    # ack
+    [sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sSR],    # rst
+    #                                                                 OUTPUT
+    [sSS, sES, sSS, sSR, sSS, sSS, sSS, sSS, sSS, sLI, sSR],    # syn
+    [sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW],    # fin
+    [sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES],    # ack
+    [sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL],    # rst
 ]
 
 
 cdef inline int tcp_event(uint8_t flags) noexcept nogil:
-    if flags & 0x04:
+    if flags & TCP_RST:
         return EV_RST
-    if flags & 0x02:
+    if flags & TCP_SYN:
         return EV_SYN
-    if flags & 0x01:
+    if flags & TCP_FIN:
         return EV_FIN
-    if flags & 0x10:
+    if flags & TCP_ACK:
         return EV_ACK
     return -1
 
@@ -100,25 +128,21 @@ cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, cons
                          uint16_t port) noexcept nogil:
     """Replace the destination (DNAT) or source (SNAT) address and port, checksums by RFC 1624."""
     cdef uint32_t alen = 4 if info.key.family == 4 else 16
-    cdef uint8_t* a
-    cdef uint8_t* pt = p + info.l4 + (2 if dst_side else 0)
+    cdef uint8_t* a = p + info.l3 + addr_offset(info.key.family, dst_side)
+    cdef uint8_t* pt = p + info.l4 + (L4_DPORT if dst_side else L4_SPORT)
     cdef uint8_t newport[2]
     cdef uint32_t d
     cdef uint8_t* csum
-    if info.key.family == 4:
-        a = p + info.l3 + (16 if dst_side else 12)
-    else:
-        a = p + info.l3 + (24 if dst_side else 8)
     newport[0] = <uint8_t>(port >> 8)
     newport[1] = <uint8_t>port
     d = diff_words(0, a, addr, alen)
     if info.key.family == 4:
-        apply_diff(p + info.l3 + 10, d)
+        apply_diff(p + info.l3 + IP4_CSUM, d)
     if dst_side and info.dst_in_rthdr:
         d = 0                       # the pseudo-header holds the routing header's final address, not this one
     d = diff_words(d, pt, newport, 2)
-    csum = p + info.l4 + (16 if info.key.proto == 6 else 6)
-    if info.key.proto == 6:
+    csum = p + info.l4 + l4_csum_offset(info.key.proto)
+    if info.key.proto == IPPROTO_TCP:
         apply_diff(csum, d)
     elif load16(csum) != 0:                         # UDP: zero means "no checksum" and stays so
         apply_diff(csum, d)
@@ -136,7 +160,7 @@ cdef class Datapath:
         if len(timeouts) != N_STATES:
             raise ValueError(f"timeouts: {N_STATES} values expected, in STATE_NAMES order")
         for i in range(N_STATES):
-            self.timeout_ns[i] = <uint64_t>(timeouts[i] * 1_000_000_000)
+            self.timeout_ns[i] = <uint64_t>(timeouts[i] * NS)
         self.conn_reuse_mode = conn_reuse_mode
         self.sloppy_tcp = sloppy_tcp
         self.expire_nodest_conn = expire_nodest_conn
@@ -173,7 +197,7 @@ cdef class Datapath:
         s.family = family
         s.first_real = self.n_reals
         s.n_reals = n
-        s.persist_ns = <uint64_t>(persistence_s * 1_000_000_000)
+        s.persist_ns = <uint64_t>(persistence_s * NS)
         s.persist_mask = _addr16(persistence_mask or b"\xff" * 16)
         self.t.hooks[self.n_services] = scheduler.hook()
         self.schedulers.append(scheduler)
@@ -289,7 +313,8 @@ cdef class Datapath:
         cdef size_t alen = 4 if key.family == 4 else 16
         for k in range(self.n_services):
             if (self.t.services[k].family == key.family and memcmp(self.t.services[k].vip, key.dst, alen) == 0
-                    and (any_port or (self.t.services[k].vport == key.dport and self.t.services[k].proto == key.proto))):
+                    and (any_port or (self.t.services[k].vport == key.dport
+                                      and self.t.services[k].proto == key.proto))):
                 return k
         return -1
 
@@ -327,7 +352,8 @@ cdef class Datapath:
                 return k
         return -1
 
-    cdef uint32_t answer_ref(self, PacketInfo* info, int32_t* front, uint8_t* verdict, int32_t* detail) noexcept nogil:
+    cdef uint32_t answer_ref(self, PacketInfo* info, int32_t* front, uint8_t* verdict,
+                             int32_t* detail) noexcept nogil:
         """A packet for no service and no flow: is it a flow's answer as the capture recorded it (from the
         VIP or a capture server to the flow's client)? Returns the flow's reply ref, or 0 with the packet
         passed: counted as unattributed when it came from the service side, else as not for a service."""
@@ -344,8 +370,8 @@ cdef class Datapath:
             memcpy(back.dst, s.vip, 16)
             back.dport = s.vport
             ref = key_lookup(self.table, &back, key_hash(self.table, &back))
-            if ref and (ref & 1) == 0 and self.table.flows[(ref >> 1) - 1].expires_ns > self.clock_ns:
-                return ref | 1
+            if ref and not ref_is_reply(ref) and self.table.flows[ref_index(ref)].expires_ns > self.clock_ns:
+                return make_ref(ref_index(ref), True)
             self.unattributed_front[k] += 1
         else:
             k = self.real_of_source(&info.key)
@@ -399,22 +425,22 @@ cdef class Datapath:
         if parsed != PARSED:
             self.finish(verdict, detail, V_DROP if parsed == PARSE_DROP else V_PASS, info.reason)
             return
-        ev = tcp_event(info.tcp_flags) if info.key.proto == 6 else -1
+        ev = tcp_event(info.tcp_flags) if info.key.proto == IPPROTO_TCP else -1
         ref = key_lookup(self.table, &info.key, h)
         if info.icmp_error:
             self.icmp_error(p, info, ref, origlen, verdict, detail)
             return
         if ref:
-            idx = (ref >> 1) - 1
+            idx = ref_index(ref)
             f = &self.table.flows[idx]
             if f.expires_ns <= self.clock_ns:
                 self.table.remove(idx, R_EXPIRED)
                 ref = 0
-            elif (self.conn_reuse_mode and (ref & 1) == 0 and ev == EV_SYN and not (info.tcp_flags & 0x10)
+            elif (self.conn_reuse_mode and not ref_is_reply(ref) and ev == EV_SYN and not (info.tcp_flags & TCP_ACK)
                     and (f.state == S_TIME_WAIT or f.state == S_CLOSE)):
                 self.table.remove(idx, R_REUSED)
                 ref = 0
-            elif (ref & 1) == 0 and self.t.reals[f.real].flags & RF_DOWN:
+            elif not ref_is_reply(ref) and self.t.reals[f.real].flags & RF_DOWN:
                 if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
                     self.table.remove(idx, R_NODEST)
                     self.new_flow(p, info, -1, ev, h, origlen, verdict, detail)
@@ -434,22 +460,22 @@ cdef class Datapath:
             ref = self.answer_ref(info, &front, verdict, detail)
             if ref == 0:
                 return
-            idx = (ref >> 1) - 1
+            idx = ref_index(ref)
             f = &self.table.flows[idx]
         real = &self.t.reals[f.real]
         old = f.state
-        if info.key.proto == 6:
+        if info.key.proto == IPPROTO_TCP:
             if ev >= 0:
-                self.set_state(f, NEXT_STATE[(DIR_OUTPUT if ref & 1 else DIR_INPUT) + ev][f.state])
+                self.set_state(f, NEXT_STATE[(DIR_OUTPUT if ref_is_reply(ref) else DIR_INPUT) + ev][f.state])
             if f.state == S_ESTABLISHED:
                 self.table.assure(idx)
-        elif ref & 1:
+        elif ref_is_reply(ref):
             self.table.assure(idx)                  # UDP: a reply makes the flow assured
         f.expires_ns = self.clock_ns + self.timeout_ns[<int>f.state]
         if f.state != old:
             self.table.reschedule(idx)
         s = &self.t.services[real.service]
-        if ref & 1:
+        if ref_is_reply(ref):
             if not (front >= 0 and self.fronts[front].is_vip):    # an answer from the VIP leaves as it came
                 rewrite(p, info, False, s.vip, s.vport)
             real.out_pkts += 1
@@ -466,12 +492,12 @@ cdef class Datapath:
         """Translate an ICMP error with the flow it quotes; it never opens or refreshes a flow."""
         cdef Flow* f
         cdef Real* real
-        if ref == 0 or self.table.flows[(ref >> 1) - 1].expires_ns <= self.clock_ns:
+        if ref == 0 or self.table.flows[ref_index(ref)].expires_ns <= self.clock_ns:
             self.finish(verdict, detail, V_PASS, P_OTHER_PROTOCOL)
             return
-        f = &self.table.flows[(ref >> 1) - 1]
+        f = &self.table.flows[ref_index(ref)]
         real = &self.t.reals[f.real]
-        if ref & 1:
+        if ref_is_reply(ref):
             rewrite_icmp_error(p, info.caplen, info, True, self.t.services[real.service].vip,
                                self.t.services[real.service].vport)
             real.out_pkts += 1
@@ -500,8 +526,9 @@ cdef class Datapath:
         if svc < 0:
             self.finish(verdict, detail, V_PASS, P_NO_SERVICE)
             return
-        if info.key.proto == 6 and ((info.tcp_flags & 0x04) or not (
-                self.sloppy_tcp or (info.tcp_flags & 0x17) == 0x02)):     # IPVS: a bare SYN, or sloppy and no RST
+        if info.key.proto == IPPROTO_TCP and ((info.tcp_flags & TCP_RST) or not (
+                self.sloppy_tcp or (info.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)) == TCP_SYN)):
+            # IPVS: a bare SYN, or sloppy and no RST
             self.finish(verdict, detail, V_DROP, D_TCP_NOT_SYN)
             return
         s = &self.t.services[svc]
@@ -540,7 +567,7 @@ cdef class Datapath:
         f.proto = info.key.proto
         f.family = info.key.family
         f.real = s.first_real + pick
-        if info.key.proto == 17:
+        if info.key.proto == IPPROTO_UDP:
             f.state = S_UDP
         elif ev >= 0:
             f.state = NEXT_STATE[DIR_INPUT + ev][<int>S_NONE]

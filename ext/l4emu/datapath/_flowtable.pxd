@@ -21,7 +21,23 @@ cdef enum RemoveWhy:
 
 ctypedef struct Slot:
     uint32_t hash32         # low half of the key's hash: home slot and a cheap pre-compare
-    uint32_t ref            # (flow index + 1) << 1 | direction (0 forward, 1 reply); 0 = empty
+    uint32_t ref            # a flow ref (make_ref below); 0 = empty
+
+# A flow ref names one of a flow's two keys: (flow index + 1) << 1 | direction (0 forward, 1 reply),
+# so that 0 is no flow. Only these three helpers know the encoding.
+cdef inline uint32_t make_ref(uint32_t idx, bint reply) noexcept nogil:
+    return ((idx + 1) << 1) | reply
+
+
+cdef inline uint32_t ref_index(uint32_t ref) noexcept nogil:
+    """The flow a (non-zero) ref names."""
+    return (ref >> 1) - 1
+
+
+cdef inline bint ref_is_reply(uint32_t ref) noexcept nogil:
+    """Does the ref name the flow's reply key (real -> client)?"""
+    return ref & 1
+
 
 ctypedef void (*removed_fn)(void* ctx, Flow* flow, int why) noexcept nogil
 
@@ -97,17 +113,17 @@ cdef inline void prefetch_flow(FlowTable t, uint64_t h) noexcept nogil:
     """Read ahead the record the key's home slot names (a guess: the key may sit further on)."""
     cdef uint32_t ref = t.slots[h & t.mask].ref
     if ref:
-        __builtin_prefetch(&t.flows[(ref >> 1) - 1])
+        __builtin_prefetch(&t.flows[ref_index(ref)])
 
 
 cdef inline bint key_matches(FlowTable t, uint32_t ref, const PacketKey* key) noexcept nogil:
-    cdef const Flow* f = &t.flows[(ref >> 1) - 1]
+    cdef const Flow* f = &t.flows[ref_index(ref)]
     cdef const Real* r = &t.reals[f.real]
     cdef const Service* s
     cdef size_t alen = 4 if key.family == 4 else 16
     if f.proto != key.proto or f.family != key.family:
         return False
-    if ref & 1:
+    if ref_is_reply(ref):
         return (r.port == key.sport and f.cport == key.dport
                 and memcmp(r.addr, key.src, alen) == 0 and memcmp(f.client, key.dst, alen) == 0)
     s = &t.services[r.service]
@@ -116,11 +132,11 @@ cdef inline bint key_matches(FlowTable t, uint32_t ref, const PacketKey* key) no
 
 
 cdef inline uint32_t key_lookup(FlowTable t, const PacketKey* key, uint64_t h) noexcept nogil:
-    """The ref ((flow + 1) << 1 | direction) whose key equals the packet's tuple, or 0."""
+    """The ref (make_ref) whose key equals the packet's tuple, or 0."""
     cdef uint64_t i = h & t.mask
     cdef uint32_t h32 = <uint32_t>h
-    cdef int probe
-    for probe in range(MAX_PROBE):
+    cdef int _probe
+    for _probe in range(MAX_PROBE):
         if t.slots[i].ref == 0:
             return 0
         if t.slots[i].hash32 == h32 and key_matches(t, t.slots[i].ref, key):
@@ -132,8 +148,8 @@ cdef inline uint32_t key_lookup(FlowTable t, const PacketKey* key, uint64_t h) n
 cdef inline bint slot_room(FlowTable t, uint64_t h) noexcept nogil:
     """Is there a free index slot within MAX_PROBE of the hash's home (so an insert can succeed)?"""
     cdef uint64_t i = h & t.mask
-    cdef int probe
-    for probe in range(MAX_PROBE):
+    cdef int _probe
+    for _probe in range(MAX_PROBE):
         if t.slots[i].ref == 0:
             return True
         i = (i + 1) & t.mask

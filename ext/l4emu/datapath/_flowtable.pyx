@@ -9,7 +9,7 @@ that bucket comes due (lookups compare the exact expiry, so only reaping is lazy
 became assured sit on a FIFO, oldest first: the first to go when the table is full.
 """
 from libc.stdint cimport uint64_t
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcpy, memset
 
 cdef extern from "<sys/mman.h>" nogil:
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
@@ -18,7 +18,6 @@ cdef extern from "<sys/mman.h>" nogil:
     void* MAP_FAILED
     int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MADV_HUGEPAGE
 
-cdef uint64_t NS = 1000000000ULL
 PROBE_LIMIT = MAX_PROBE     # index slots a lookup or insert looks at, at most
 cdef size_t HUGE_PAGE = 2 << 20
 
@@ -120,8 +119,8 @@ cdef class FlowTable:
 
     cdef int slot_put(self, uint64_t h, uint32_t ref) noexcept nogil:
         cdef uint64_t i = h & self.mask
-        cdef int probe
-        for probe in range(MAX_PROBE):
+        cdef int _probe
+        for _probe in range(MAX_PROBE):
             if self.slots[i].ref == 0:
                 self.slots[i].hash32 = <uint32_t>h
                 self.slots[i].ref = ref
@@ -132,8 +131,8 @@ cdef class FlowTable:
     cdef void slot_delete(self, uint64_t h, uint32_t ref) noexcept nogil:
         """Remove ref, then shift later entries of the probe run back (no tombstones)."""
         cdef uint64_t i = h & self.mask, j, home
-        cdef int probe
-        for probe in range(MAX_PROBE):
+        cdef int _probe
+        for _probe in range(MAX_PROBE):
             if self.slots[i].ref == ref:
                 break
             i = (i + 1) & self.mask
@@ -215,7 +214,7 @@ cdef class FlowTable:
         """Index a filled-in record under both keys and start its timer; on failure free it, -1."""
         cdef PacketKey fwd, rep
         cdef uint64_t hf, hr
-        cdef uint32_t ref = (idx + 1) << 1
+        cdef uint32_t ref = make_ref(idx, False)
         cdef Flow* f = &self.flows[idx]
         memset(&fwd, 0, sizeof(fwd))
         memset(&rep, 0, sizeof(rep))
@@ -226,7 +225,7 @@ cdef class FlowTable:
             self.insert_failed += 1
             self.release(idx)
             return -1
-        if self.slot_put(hr, ref | 1) < 0:
+        if self.slot_put(hr, make_ref(idx, True)) < 0:
             self.slot_delete(hf, ref)
             self.insert_failed += 1
             self.release(idx)
@@ -248,8 +247,8 @@ cdef class FlowTable:
         memset(&fwd, 0, sizeof(fwd))
         memset(&rep, 0, sizeof(rep))
         self.keys_of(f, &fwd, &rep)
-        self.slot_delete(key_hash(self, &fwd), (idx + 1) << 1)
-        self.slot_delete(key_hash(self, &rep), ((idx + 1) << 1) | 1)
+        self.slot_delete(key_hash(self, &fwd), make_ref(idx, False))
+        self.slot_delete(key_hash(self, &rep), make_ref(idx, True))
         self.timer_unlink(idx)
         if not (f.flags & F_ASSURED):
             self.embryo_unlink(idx)
@@ -270,8 +269,8 @@ cdef class FlowTable:
         memcpy(key.src, conn.client, 16)
         template_key(&self.services[self.reals[conn.real].service], &key, &tk)
         ref = key_lookup(self, &tk, key_hash(self, &tk))
-        if ref and self.flows[(ref >> 1) - 1].controlled:
-            self.flows[(ref >> 1) - 1].controlled -= 1
+        if ref and self.flows[ref_index(ref)].controlled:
+            self.flows[ref_index(ref)].controlled -= 1
 
     cdef void reschedule(self, uint32_t idx) noexcept nogil:
         """Move the flow to the bucket of its current expiry (after a timeout got shorter)."""

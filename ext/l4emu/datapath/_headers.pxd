@@ -5,6 +5,7 @@ from libc.string cimport memset, memcpy
 from l4emu.datapath._types cimport *
 from l4emu.datapath._checksum cimport load16
 from l4emu.datapath._icmp cimport parse_icmp_error
+from l4emu.datapath._wire cimport *
 
 cdef enum:
     PARSED = 0            # a TCP or UDP packet, not a fragment: key and offsets are valid
@@ -28,7 +29,7 @@ cdef inline int link_layer(const uint8_t* p, uint32_t caplen, uint16_t linktype,
                            uint32_t* ethertype) noexcept nogil:
     """Find the network header; 0 ok, -1 truncated, 1 unknown link type or not IP."""
     cdef uint32_t off, fam, tags = 0
-    if linktype == 1:                                   # Ethernet, 802.1Q / QinQ tags kept
+    if linktype == LINKTYPE_ETHERNET:                                   # Ethernet, 802.1Q / QinQ tags kept
         if caplen < 14:
             return -1
         off = 12
@@ -43,36 +44,36 @@ cdef inline int link_layer(const uint8_t* p, uint32_t caplen, uint16_t linktype,
             ethertype[0] = load16(p + off)
         l3[0] = off + 2
         return 0
-    if linktype == 101 or linktype == 12 or linktype == 14:   # raw IP
+    if linktype == LINKTYPE_RAW or linktype == DLT_RAW_BSD or linktype == DLT_RAW_OPENBSD:
         if caplen < 1:
             return -1
-        ethertype[0] = 0x86DD if (p[0] >> 4) == 6 else 0x0800   # any other version: bad IPv4 header
+        ethertype[0] = ETHERTYPE_IPV6 if (p[0] >> 4) == 6 else ETHERTYPE_IPV4   # any other version: bad IPv4 header
         l3[0] = 0
         return 0
-    if linktype == 228 or linktype == 229:              # LINKTYPE_IPV4 / LINKTYPE_IPV6: the type says the version
-        ethertype[0] = 0x0800 if linktype == 228 else 0x86DD
+    if linktype == LINKTYPE_IPV4 or linktype == LINKTYPE_IPV6:     # the type says the version
+        ethertype[0] = ETHERTYPE_IPV4 if linktype == LINKTYPE_IPV4 else ETHERTYPE_IPV6
         l3[0] = 0
         return 0
-    if linktype == 113:                                 # Linux cooked SLL
+    if linktype == LINKTYPE_LINUX_SLL:
         if caplen < 16:
             return -1
         ethertype[0] = load16(p + 14)
         l3[0] = 16
         return 0
-    if linktype == 276:                                 # Linux cooked SLL2
+    if linktype == LINKTYPE_LINUX_SLL2:
         if caplen < 20:
             return -1
         ethertype[0] = load16(p)
         l3[0] = 20
         return 0
-    if linktype == 0 or linktype == 108:                # BSD NULL (host order) / LOOP (network order)
+    if linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:    # family in host / network order
         if caplen < 4:
             return -1
         fam = (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
         if fam == 2 or fam == 0x02000000:
-            ethertype[0] = 0x0800
+            ethertype[0] = ETHERTYPE_IPV4
         elif fam in (24, 28, 30, 0x18000000, 0x1C000000, 0x1E000000):
-            ethertype[0] = 0x86DD
+            ethertype[0] = ETHERTYPE_IPV6
         else:
             ethertype[0] = 0
         l3[0] = 4
@@ -83,35 +84,35 @@ cdef inline int link_layer(const uint8_t* p, uint32_t caplen, uint16_t linktype,
 cdef inline int parse_ipv4(const uint8_t* p, uint32_t caplen, uint32_t wire_end, PacketInfo* info,
                            uint32_t* end) noexcept nogil:
     cdef uint32_t l3 = info.l3, ihl, total
-    if caplen < l3 + 20:
+    if caplen < l3 + IP4_HEADER_LEN:
         return _drop(info, D_TRUNCATED_IP)
     if (p[l3] >> 4) != 4:
         return _drop(info, D_BAD_IP_HEADER)
     ihl = (p[l3] & 0x0F) * 4
-    total = load16(p + l3 + 2)
-    if total == 0 and (p[l3 + 9] == 6 or p[l3 + 9] == 17):
+    total = load16(p + l3 + IP4_TOTAL_LEN)
+    if total == 0 and (p[l3 + IP4_PROTO] == IPPROTO_TCP or p[l3 + IP4_PROTO] == IPPROTO_UDP):
         # Linux TSO/BIG TCP, captured at the host before segmentation: the capture knows the length (as tcpdump)
         total = wire_end - l3
         info.len_from_capture = 1
-    if ihl < 20 or caplen < l3 + ihl or total < ihl:
+    if ihl < IP4_HEADER_LEN or caplen < l3 + ihl or total < ihl:
         return _drop(info, D_BAD_IP_HEADER)
     if l3 + total > wire_end:
         return _drop(info, D_TRUNCATED_IP)
     info.key.family = 4
-    info.key.proto = p[l3 + 9]
-    memcpy(info.key.src, p + l3 + 12, 4)
-    memcpy(info.key.dst, p + l3 + 16, 4)
+    info.key.proto = p[l3 + IP4_PROTO]
+    memcpy(info.key.src, p + l3 + IP4_SRC, 4)
+    memcpy(info.key.dst, p + l3 + IP4_DST, 4)
     info.l4 = l3 + ihl
     end[0] = l3 + total
-    if load16(p + l3 + 6) & 0x3FFF:                     # MF set or a fragment offset
+    if load16(p + l3 + IP4_FRAG) & 0x3FFF:                     # MF set or a fragment offset
         return PARSE_FRAGMENT
     return PARSED
 
 
 cdef inline uint32_t jumbo_length(const uint8_t* p, uint32_t caplen, uint32_t l3) noexcept nogil:
     """RFC 2675: the Jumbo Payload option of a hop-by-hop header right after the IPv6 header; 0 if none."""
-    cdef uint32_t off = l3 + 40, stop, olen
-    if p[l3 + 6] != 0 or off + 2 > caplen:
+    cdef uint32_t off = l3 + IP6_HEADER_LEN, stop, olen
+    if p[l3 + IP6_NEXT] != IPPROTO_HOPOPTS or off + 2 > caplen:
         return 0
     stop = off + (p[off + 1] + 1) * 8
     if stop > caplen:
@@ -146,42 +147,42 @@ cdef inline int parse_ipv6(const uint8_t* p, uint32_t caplen, uint32_t wire_end,
     cdef uint32_t l3 = info.l3, off, hlen, jumbo = 0
     cdef uint64_t stop
     cdef uint8_t nh
-    cdef int k
-    if caplen < l3 + 40:
+    cdef int _k
+    if caplen < l3 + IP6_HEADER_LEN:
         return _drop(info, D_TRUNCATED_IP)
     if (p[l3] >> 4) != 6:
         return _drop(info, D_BAD_IP_HEADER)
-    stop = l3 + 40 + load16(p + l3 + 4)
-    if stop == l3 + 40:
+    stop = l3 + IP6_HEADER_LEN + load16(p + l3 + IP6_PAYLOAD_LEN)
+    if stop == l3 + IP6_HEADER_LEN:
         # Payload length 0: a jumbogram, or BIG TCP without one (then, as tcpdump: no extension
         # header, TCP or UDP, and more than 64 KiB on the wire): the length comes from the capture.
         jumbo = jumbo_length(p, caplen, l3)
         if jumbo:
-            stop = <uint64_t>l3 + 40 + jumbo
+            stop = <uint64_t>l3 + IP6_HEADER_LEN + jumbo
             info.len_from_capture = 1
-        elif (p[l3 + 6] == 6 or p[l3 + 6] == 17) and wire_end - l3 > 65535:
+        elif (p[l3 + IP6_NEXT] == IPPROTO_TCP or p[l3 + IP6_NEXT] == IPPROTO_UDP) and wire_end - l3 > 65535:
             stop = wire_end
             info.len_from_capture = 1
     if stop > wire_end:
         return _drop(info, D_TRUNCATED_IP)
     end[0] = <uint32_t>stop
     info.key.family = 6
-    memcpy(info.key.src, p + l3 + 8, 16)
-    memcpy(info.key.dst, p + l3 + 24, 16)
-    nh = p[l3 + 6]
-    off = l3 + 40
-    for k in range(MAX_IPV6_EXT):
-        if nh == 0 or nh == 43 or nh == 60 or nh == 51:     # hop-by-hop, routing, dest opts, AH
+    memcpy(info.key.src, p + l3 + IP6_SRC, 16)
+    memcpy(info.key.dst, p + l3 + IP6_DST, 16)
+    nh = p[l3 + IP6_NEXT]
+    off = l3 + IP6_HEADER_LEN
+    for _k in range(MAX_IPV6_EXT):
+        if nh == IPPROTO_HOPOPTS or nh == IPPROTO_ROUTING or nh == IPPROTO_DSTOPTS or nh == IPPROTO_AH:
             if off + 2 > end[0] or off + 2 > caplen:
                 return _drop(info, D_TRUNCATED_IPV6_EXT)
-            hlen = (p[off + 1] + 2) * 4 if nh == 51 else (p[off + 1] + 1) * 8
+            hlen = (p[off + 1] + 2) * 4 if nh == IPPROTO_AH else (p[off + 1] + 1) * 8
             if off + hlen > end[0] or off + hlen > caplen:
                 return _drop(info, D_TRUNCATED_IPV6_EXT)
-            if nh == 43:
+            if nh == IPPROTO_ROUTING:
                 note_routing_header(p, off, info)
             nh = p[off]
             off += hlen
-        elif nh == 44:                                      # fragment header
+        elif nh == IPPROTO_FRAGMENT:                                      # fragment header
             if off + 8 > end[0] or off + 8 > caplen:
                 return _drop(info, D_TRUNCATED_IPV6_EXT)
             info.key.proto = p[off]
@@ -196,27 +197,27 @@ cdef inline int parse_ipv6(const uint8_t* p, uint32_t caplen, uint32_t wire_end,
 
 cdef inline int parse_l4(const uint8_t* p, uint32_t caplen, uint32_t end, PacketInfo* info) noexcept nogil:
     cdef uint32_t l4 = info.l4, length
-    if info.key.proto == 6:
-        if l4 + 20 > end or l4 + 20 > caplen:
+    if info.key.proto == IPPROTO_TCP:
+        if l4 + TCP_HEADER_LEN > end or l4 + TCP_HEADER_LEN > caplen:
             return _drop(info, D_TRUNCATED_TCP)
-        length = (p[l4 + 12] >> 4) * 4
-        if length < 20 or l4 + length > end:
+        length = (p[l4 + TCP_DATA_OFFSET] >> 4) * 4
+        if length < TCP_HEADER_LEN or l4 + length > end:
             return _drop(info, D_BAD_TCP_OFFSET)
-        info.tcp_flags = p[l4 + 13]
-    elif info.key.proto == 17:
-        if l4 + 8 > end or l4 + 8 > caplen:
+        info.tcp_flags = p[l4 + TCP_FLAGS]
+    elif info.key.proto == IPPROTO_UDP:
+        if l4 + UDP_HEADER_LEN > end or l4 + UDP_HEADER_LEN > caplen:
             return _drop(info, D_TRUNCATED_UDP)
-        length = load16(p + l4 + 4)
+        length = load16(p + l4 + UDP_LEN)
         if length == 0 and info.len_from_capture:       # RFC 2675 jumbo UDP / UDP in a GSO packet
             length = end - l4
-        if length < 8 or l4 + length > end:
+        if length < UDP_HEADER_LEN or l4 + length > end:
             return _drop(info, D_BAD_UDP_LENGTH)
     elif parse_icmp_error(p, caplen, end, info):
         return PARSED
     else:
         return _pass(info, P_OTHER_PROTOCOL)
-    info.key.sport = load16(p + l4)
-    info.key.dport = load16(p + l4 + 2)
+    info.key.sport = load16(p + l4 + L4_SPORT)
+    info.key.dport = load16(p + l4 + L4_DPORT)
     return PARSED
 
 
@@ -238,9 +239,9 @@ cdef inline int parse_packet(const uint8_t* p, uint32_t caplen, uint32_t origlen
     if r > 0:
         return _pass(info, P_NOT_IP)
     wire_end = origlen if origlen > caplen else caplen
-    if ethertype == 0x0800:
+    if ethertype == ETHERTYPE_IPV4:
         r = parse_ipv4(p, caplen, wire_end, info, &end)
-    elif ethertype == 0x86DD:
+    elif ethertype == ETHERTYPE_IPV6:
         r = parse_ipv6(p, caplen, wire_end, info, &end)
     else:
         return _pass(info, P_NOT_IP)

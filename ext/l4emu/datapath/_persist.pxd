@@ -5,7 +5,7 @@
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from l4emu.datapath._types cimport *
-from l4emu.datapath._flowtable cimport FlowTable, R_EXPIRED, key_hash, key_lookup, template_key
+from l4emu.datapath._flowtable cimport FlowTable, R_EXPIRED, key_hash, key_lookup, ref_index, template_key
 from l4emu.schedulers._core cimport available
 
 
@@ -17,7 +17,7 @@ cdef inline int64_t find_template(FlowTable t, const Service* s, const PacketKey
     ref = key_lookup(t, &tk, key_hash(t, &tk))
     if ref == 0:
         return -1
-    idx = (ref >> 1) - 1
+    idx = ref_index(ref)
     if t.due(&t.flows[idx], now) or not available(&t.reals[t.flows[idx].real]):
         t.remove(idx, R_EXPIRED)
         return -1

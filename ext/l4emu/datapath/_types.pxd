@@ -1,7 +1,10 @@
 # C types shared by the datapath rooms: packet keys, flows, services, reals, reasons.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 
-# IPVS TCP state numbers (ip_vs_proto_tcp.c order) plus UDP; the index of STATE_NAMES.
+cdef enum:
+    NS = 1000000000         # nanoseconds per second: every clock in the project counts nanoseconds
+
+# IPVS TCP state numbers (ip_vs_proto_tcp.c order) plus UDP; _datapath.pyx names each (STATE_NAMES).
 cdef enum ConnState:
     S_NONE = 0
     S_ESTABLISHED = 1
@@ -17,7 +20,7 @@ cdef enum ConnState:
     S_UDP = 11
     N_STATES = 12
 
-# Why a packet was dropped (Batch.detail when verdict is V_DROP); the index of DROP_REASONS.
+# Why a packet was dropped (Batch.detail when verdict is V_DROP); _datapath.pyx names each (DROP_REASONS).
 cdef enum DropReason:
     D_TRUNCATED_L2 = 0
     D_TRUNCATED_IP = 1
@@ -35,7 +38,7 @@ cdef enum DropReason:
     D_PROBE_LIMIT = 13      # no free index slot within MAX_PROBE of the key's home (colliding keys)
     N_DROP_REASONS = 14
 
-# Why a packet passed untouched (Batch.detail when verdict is V_PASS); the index of PASS_REASONS.
+# Why a packet passed untouched (Batch.detail when verdict is V_PASS); _datapath.pyx names each (PASS_REASONS).
 cdef enum PassReason:
     P_NOT_IP = 0
     P_OTHER_PROTOCOL = 1
@@ -130,3 +133,18 @@ ctypedef struct Real:
     uint64_t conns          # new connections scheduled to it
     uint32_t persistent     # persistence templates pointing at it (IPVS's PersistConn)
     uint64_t in_pkts, out_pkts, in_bytes, out_bytes
+
+
+cdef inline tuple name_table(dict names, Py_ssize_t count, str vocabulary):
+    """Names in enum order from {enum value: name}, as IPVS binds each name to its constant
+    (`[IP_VS_TCP_S_NONE] = "NONE"`): every value from 0 to count - 1 named once, or the module
+    does not import."""
+    cdef list ordered = []
+    cdef Py_ssize_t k
+    for k in range(count):
+        if k not in names or names[k] in ordered:
+            break
+        ordered.append(names[k])
+    if len(ordered) != count or len(names) != count:
+        raise ImportError(f"{vocabulary}: {count} distinct names expected for 0..{count - 1}, got {names!r}")
+    return tuple(ordered)

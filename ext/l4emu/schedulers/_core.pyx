@@ -8,6 +8,7 @@ import ipaddress
 
 from cpython.ref cimport PyObject
 from l4emu.datapath._types cimport Real
+from l4emu.datapath._wire cimport IPPROTO_TCP
 
 
 cdef class Scheduler:
@@ -102,7 +103,7 @@ cdef class PythonScheduler(Scheduler):
         flow = {
             "client": address_text(key.src, key.family), "client_port": key.sport,
             "vip": address_text(key.dst, key.family), "vip_port": key.dport,
-            "protocol": "tcp" if key.proto == 6 else "udp", "time_ns": now_ns,
+            "protocol": "tcp" if key.proto == IPPROTO_TCP else "udp", "time_ns": now_ns,
         }
         views = [{
             "address": address_text(reals[i].addr, reals[i].family), "port": reals[i].port,

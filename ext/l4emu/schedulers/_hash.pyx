@@ -144,7 +144,7 @@ cdef void mh_build(void* state, const Real* reals, uint32_t n) noexcept nogil:
     and takes a turn each time its running weight passes the largest weight, so slots follow weight."""
     cdef MaglevState* s = <MaglevState*>state
     cdef uint64_t* perm = <uint64_t*>malloc(4 * max(n, 1) * sizeof(uint64_t))
-    cdef uint64_t h, cur, filled = 0
+    cdef uint64_t cur, filled = 0
     cdef uint32_t i, m = s.size
     cdef int32_t max_weight = 0
     s.n = n

@@ -1,11 +1,7 @@
 """Load- and weight-based built-in schedulers (IPVS's wrr lc wlc sed nq fo ovf twos, and random), in C."""
-import ipaddress
-
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
-from libc.stdlib cimport calloc, free
-from l4emu.datapath._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
-from l4emu.schedulers._core cimport Scheduler, SchedulerHook, available
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from l4emu.datapath._types cimport PacketKey, Real, RF_DOWN
+from l4emu.schedulers._core cimport Scheduler, SchedulerHook, available, pick_fn
 from l4emu.schedulers._util cimport conn_overhead, gcd32, least_weighted, lighter, make_hook, below
 
 
@@ -39,7 +35,7 @@ cdef int32_t wrr_pick(void* state, const Real* reals, uint32_t n, const PacketKe
     and cw steps down by the gcd from the max weight, so weights 4,3,2 give A AB ABC ABC."""
     cdef WrrState* s = <WrrState*>state
     cdef uint32_t i
-    cdef uint64_t step, bound
+    cdef uint64_t _step, bound
     if s.n != n:
         wrr_changed(state, reals, n)
     for i in range(n):
@@ -48,7 +44,7 @@ cdef int32_t wrr_pick(void* state, const Real* reals, uint32_t n, const PacketKe
     else:
         return -1
     bound = <uint64_t>n * (<uint64_t>(s.mw // s.di) + 1)    # one whole cycle reaches every weight
-    for step in range(bound):
+    for _step in range(bound):
         s.cl += 1
         if s.cl >= <int32_t>n:
             s.cl = 0
@@ -135,52 +131,55 @@ cdef int32_t ovf_pick(void* state, const Real* reals, uint32_t n, const PacketKe
     return best
 
 
-cdef class LeastConnection(Scheduler):
-    """lc: fewest connections, an active one counting as 256 inactive ones (IPVS)."""
-    name = "lc"
+# The stateless load schedulers: they differ only in name and pick function, so one class serves
+# them all and this table tells them apart (class name, scheduler name, docstring, pick).
+cdef struct Policy:
+    const char* cls
+    const char* name
+    const char* doc
+    pick_fn pick
+
+cdef enum:
+    N_POLICIES = 6
+
+cdef Policy POLICIES[N_POLICIES]
+POLICIES[0] = Policy(b"LeastConnection", b"lc",
+                     b"lc: fewest connections, an active one counting as 256 inactive ones (IPVS).", lc_pick)
+POLICIES[1] = Policy(b"WeightedLeastConnection", b"wlc",
+                     b"wlc: fewest connections per unit of weight (IPVS's default scheduler).", wlc_pick)
+POLICIES[2] = Policy(b"ShortestExpectedDelay", b"sed",
+                     b"sed: least (active + 1) / weight, so a heavy real takes a flow before a light idle one.",
+                     sed_pick)
+POLICIES[3] = Policy(b"NeverQueue", b"nq", b"nq: an idle real at once, otherwise shortest expected delay.", nq_pick)
+POLICIES[4] = Policy(b"WeightedFailover", b"fo",
+                     b"fo: everything to the heaviest available real; the next heaviest takes over when it fails.",
+                     fo_pick)
+POLICIES[5] = Policy(b"WeightedOverflow", b"ovf",
+                     b"ovf: the heaviest real until its active connections exceed its weight, then the next.",
+                     ovf_pick)
+
+
+cdef class LoadScheduler(Scheduler):
+    """A stateless load-based scheduler; each subclass below is one row of POLICIES, by its name.
+    No state of its own (so it pickles, as the six classes did): the row is found when the datapath
+    asks for the hook, once per service."""
 
     cdef SchedulerHook hook(self):
-        return make_hook(lc_pick, NULL, NULL)
+        cdef int k
+        for k in range(N_POLICIES):
+            if POLICIES[k].name.decode() == type(self).name:
+                return make_hook(POLICIES[k].pick, NULL, NULL)
+        raise TypeError(f"{type(self).__name__}: no stateless policy named {type(self).name!r}")
 
 
-cdef class WeightedLeastConnection(Scheduler):
-    """wlc: fewest connections per unit of weight (IPVS's default scheduler)."""
-    name = "wlc"
-
-    cdef SchedulerHook hook(self):
-        return make_hook(wlc_pick, NULL, NULL)
+def _policy_class(int k):
+    cls = POLICIES[k].cls.decode()
+    return type(cls, (LoadScheduler,), {"name": POLICIES[k].name.decode(), "__doc__": POLICIES[k].doc.decode(),
+                                        "__module__": __name__, "__qualname__": cls})
 
 
-cdef class ShortestExpectedDelay(Scheduler):
-    """sed: least (active + 1) / weight, so a heavy real takes a flow before a light idle one."""
-    name = "sed"
-
-    cdef SchedulerHook hook(self):
-        return make_hook(sed_pick, NULL, NULL)
-
-
-cdef class NeverQueue(Scheduler):
-    """nq: an idle real at once, otherwise shortest expected delay."""
-    name = "nq"
-
-    cdef SchedulerHook hook(self):
-        return make_hook(nq_pick, NULL, NULL)
-
-
-cdef class WeightedFailover(Scheduler):
-    """fo: everything to the heaviest available real; the next heaviest takes over when it fails."""
-    name = "fo"
-
-    cdef SchedulerHook hook(self):
-        return make_hook(fo_pick, NULL, NULL)
-
-
-cdef class WeightedOverflow(Scheduler):
-    """ovf: the heaviest real until its active connections exceed its weight, then the next."""
-    name = "ovf"
-
-    cdef SchedulerHook hook(self):
-        return make_hook(ovf_pick, NULL, NULL)
+(LeastConnection, WeightedLeastConnection, ShortestExpectedDelay, NeverQueue, WeightedFailover,
+ WeightedOverflow) = [_policy_class(k) for k in range(N_POLICIES)]
 
 
 cdef int32_t weighted_draw(uint64_t* rng, const Real* reals, uint32_t n, uint64_t total) noexcept nogil:
@@ -248,54 +247,3 @@ cdef class TwoChoices(Scheduler):
 
     cdef SchedulerHook hook(self):
         return make_hook(twos_pick, NULL, &self.rng)
-
-
-def pick_many(Scheduler scheduler, list reals, keys, bint connect=False, uint64_t now_ns=0):
-    """Drive a scheduler's own C pick without a datapath (tests, benchmarks): returns the picks.
-
-    reals: dicts with address ("10.1.0.1"), port, weight, down, overloaded, active, inactive;
-    keys: (client, client_port, vip, vip_port) tuples; connect: each pick adds an active
-    connection to its real, as a new flow would. The scheduler hears `changed` first.
-    """
-    cdef uint32_t i, n = len(reals)
-    cdef Real* table = <Real*>calloc(max(n, 1), sizeof(Real))
-    cdef PacketKey key
-    cdef SchedulerHook h = scheduler.hook()
-    cdef int32_t pick
-    cdef bytes packed
-    if table == NULL:
-        raise MemoryError()
-    try:
-        for i in range(n):
-            spec = reals[i]
-            packed = ipaddress.ip_address(spec.get("address", f"10.1.{i >> 8}.{i & 255}")).packed
-            memcpy(table[i].addr, <const uint8_t*>packed, len(packed))
-            table[i].family = 4 if len(packed) == 4 else 6
-            table[i].port = spec.get("port", 8080)
-            table[i].weight = spec.get("weight", 1)
-            table[i].flags = (RF_DOWN if spec.get("down") else 0) | (RF_OVERLOADED if spec.get("overloaded") else 0)
-            table[i].active = spec.get("active", 0)
-            table[i].inactive = spec.get("inactive", 0)
-        if h.changed != NULL:
-            h.changed(h.state, table, n)
-        picks = []
-        for client, cport, vip, vport in keys:
-            key = _key(client, cport, vip, vport)
-            pick = h.pick(h.state, table, n, &key, now_ns)
-            if connect and pick >= 0:
-                table[pick].active += 1
-            picks.append(pick)
-        return picks
-    finally:
-        free(table)
-
-
-cdef PacketKey _key(client, int cport, vip, int vport) except *:
-    cdef PacketKey key
-    cdef bytes src = ipaddress.ip_address(client).packed if isinstance(client, str) else client
-    cdef bytes dst = ipaddress.ip_address(vip).packed if isinstance(vip, str) else vip
-    memset(&key, 0, sizeof(key))
-    key.sport, key.dport, key.proto, key.family = cport, vport, 6, (4 if len(src) == 4 else 6)
-    memcpy(key.src, <const uint8_t*>src, len(src))
-    memcpy(key.dst, <const uint8_t*>dst, len(dst))
-    return key

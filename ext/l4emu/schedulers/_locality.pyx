@@ -2,7 +2,7 @@
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy
-from l4emu.datapath._types cimport PacketKey, Real
+from l4emu.datapath._types cimport NS, PacketKey, Real
 from l4emu.schedulers._core cimport Scheduler, SchedulerHook, available
 from l4emu.schedulers._util cimport least_weighted, lighter, make_hook, selection_hash
 
@@ -12,7 +12,7 @@ cdef enum:
     SET_MAX = 8                 # reals an lblcr entry may hold
     ACTIVE_COST = 50            # lblc/lblcr weigh an active connection as 50 inactive ones (IPVS)
 
-EXPIRATION_NS = 24 * 3600 * 1_000_000_000     # IPVS lblc_expiration / lblcr_expiration default
+EXPIRATION_NS = 24 * 3600 * <uint64_t>NS    # IPVS lblc_expiration / lblcr_expiration default
 
 
 ctypedef struct Entry:

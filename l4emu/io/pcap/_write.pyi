@@ -3,6 +3,13 @@ from collections.abc import Sequence
 
 from l4emu.datapath._batch import Batch
 
+PCAP_MAGIC_US: int
+PCAP_MAGIC_NS: int
+PCAPNG_SHB: int
+PCAPNG_BOM: int
+PCAPNG_IDB: int
+LINKTYPE_ETHERNET: int
+
 class Encoder:
     """Encodes a batch's packets as pcap records or pcapng EPBs (with comments) into one buffer."""
 

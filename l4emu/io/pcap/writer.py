@@ -9,11 +9,17 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from l4emu.errors import L4emuError
-from l4emu.io.pcap._write import Encoder
+from l4emu.io.pcap._write import (
+    LINKTYPE_ETHERNET,
+    PCAP_MAGIC_NS,
+    PCAP_MAGIC_US,
+    PCAPNG_BOM,
+    PCAPNG_IDB,
+    PCAPNG_SHB,
+    Encoder,
+)
 
 FORMATS = {".pcap": "pcap", ".pcapng": "pcapng"}
-PCAP_US, PCAP_NS = 0xA1B2C3D4, 0xA1B23C4D
-LINKTYPE_ETHERNET = 1
 
 
 class WriteError(L4emuError):
@@ -114,7 +120,7 @@ class CaptureWriter:
         except OSError as e:
             raise WriteError(self.path, f"cannot create {self._part}: {e.strerror or e}") from None
         if fmt == "pcapng":
-            self._put(_block(0x0A0D0D0A, struct.pack("=IHHq", 0x1A2B3C4D, 1, 0, -1)))
+            self._put(_block(PCAPNG_SHB, struct.pack("=IHHq", PCAPNG_BOM, 1, 0, -1)))
 
     def _put(self, data):
         assert self._file is not None, "write() checks that the writer is open"
@@ -128,7 +134,7 @@ class CaptureWriter:
         snaplen = self.interfaces[iface].snaplen if iface < len(self.interfaces) else 0
         self._linktype = linktype
         self._encoder.nanosecond = self._nanosecond(self.interfaces)
-        magic = PCAP_NS if self._encoder.nanosecond else PCAP_US
+        magic = PCAP_MAGIC_NS if self._encoder.nanosecond else PCAP_MAGIC_US
         self._put(struct.pack("=IHHiIII", magic, 2, 4, 0, 0, snaplen or 65535, linktype))
 
     def _new_idbs(self):
@@ -137,7 +143,7 @@ class CaptureWriter:
             nanosecond = self._nanosecond([iface])
             # if_tsresol=9 (nanoseconds), padded to 4, then opt_endofopt
             options = struct.pack("=HHB3xHH", 9, 1, 9, 0, 0) if nanosecond else b""
-            blocks.append(_block(1, struct.pack("=HHI", iface.linktype, 0, iface.snaplen) + options))
+            blocks.append(_block(PCAPNG_IDB, struct.pack("=HHI", iface.linktype, 0, iface.snaplen) + options))
             self._encoder.add_interface(nanosecond)
         self._idbs += len(blocks)
         return b"".join(blocks)

@@ -2,6 +2,8 @@
 from l4emu.datapath._batch import Batch
 
 LINKTYPE_RAW: int
+VNET_HDR_LEN: int
+GSO_UDP_L4: int
 
 class TunIO:
     """Reads a TUN device into batches and writes batches back (virtio-net headers, GSO)."""

@@ -4,7 +4,8 @@ from libc.stdlib cimport realloc, free
 from libc.string cimport memcpy, memset
 
 from l4emu.datapath._batch cimport Batch
-from l4emu.io.pcap._format cimport NG_SHB, NG_BOM, NG_IDB, NG_PB, NG_SPB, NG_EPB, NS
+from l4emu.datapath._types cimport NS
+from l4emu.io.pcap._format cimport NG_SHB, NG_BOM, NG_IDB, NG_PB, NG_SPB, NG_EPB, PCAP_US, PCAP_NS
 
 cdef extern from *:
     uint16_t bswap16 "__builtin_bswap16"(uint16_t) noexcept nogil
@@ -14,8 +15,6 @@ cdef extern from *:
 cdef enum:
     MAX_RECORD = 262144      # largest record accepted, as in libpcap
     MAX_IFACES = 65536       # Batch.iface is 16 bits
-cdef uint32_t PCAP_US = 0xa1b2c3d4
-cdef uint32_t PCAP_NS = 0xa1b23c4d
 
 # Faults are codes plus two numbers in the loop (no GIL, no objects); text is made only once, at the edge.
 cdef enum Fault:

@@ -4,7 +4,18 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from l4emu.datapath._batch cimport Batch, V_DROP, V_LAST
-from l4emu.io.pcap._format cimport NG_EPB, NS
+from l4emu.datapath._types cimport NS
+from l4emu.datapath._wire cimport LINKTYPE_ETHERNET as _LINKTYPE_ETHERNET
+from l4emu.io.pcap cimport _format
+from l4emu.io.pcap._format cimport NG_EPB
+
+# For writer.py, which writes the file and section headers: the one definition is _format.pxd.
+PCAP_MAGIC_US = _format.PCAP_US
+PCAP_MAGIC_NS = _format.PCAP_NS
+PCAPNG_SHB = _format.NG_SHB
+PCAPNG_BOM = _format.NG_BOM
+PCAPNG_IDB = _format.NG_IDB
+LINKTYPE_ETHERNET = _LINKTYPE_ETHERNET
 
 
 cdef inline uint64_t pad4(uint64_t n) noexcept nogil:

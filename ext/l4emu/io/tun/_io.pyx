@@ -1,11 +1,15 @@
 """TUN reads into a Batch and writes from it in C, GIL released, so live mode costs no Python object per packet."""
-from libc.errno cimport errno, EAGAIN, EINTR
+from libc.errno cimport errno, EAGAIN, EINTR, ENOMEM
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from l4emu.datapath._batch cimport Batch, V_DROP, V_UNSEEN
 from l4emu.datapath._checksum cimport fold, load16, store16, sum_bytes
+from l4emu.datapath._types cimport NS
+from l4emu.datapath cimport _wire
+from l4emu.datapath._wire cimport (IP4_CSUM, IP4_FRAG, IP4_HEADER_LEN, IP4_SRC, IP4_TOTAL_LEN, IP6_HEADER_LEN, IP6_NEXT,
+                                   IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_UDP, TCP_CSUM, UDP_CSUM, UDP_HEADER_LEN, UDP_LEN)
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void* buf, size_t count)
@@ -24,27 +28,22 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk, timespec* ts)
     int CLOCK_MONOTONIC
 
-# struct virtio_net_hdr (10 bytes, host byte order): flags, gso_type, hdr_len, gso_size, csum_start,
-# csum_offset; what IFF_VNET_HDR puts before each packet.
-DEF VNET_HDR_LEN = 10
-DEF NEEDS_CSUM = 1
-DEF GSO_UDP_L4 = 5             # VIRTIO_NET_HDR_GSO_UDP_L4: the kernel cuts it into datagrams of gso_size
-DEF MAX_SEGMENTS = 64           # the kernel's UDP_MAX_SEGMENTS on older kernels; newer take 128
-DEF MAX_L4_OFFSET = 60          # an IPv4 header with options; IPv6 runs have no extension headers
-# A GSO super-packet is at most 64 KiB of IP (GRO and TSO limits); room for the header too.
-DEF MAX_FRAME = 65536 + VNET_HDR_LEN
-DEF RAW_IP = 101
-LINKTYPE_RAW = RAW_IP
+cdef enum:
+    MAX_SEGMENTS = 64           # the kernel's UDP_MAX_SEGMENTS on older kernels; newer take 128
+    MAX_L4_OFFSET = 60          # an IPv4 header with options; IPv6 runs have no extension headers
+    MAX_IP_PACKET = 65536       # a GSO super-packet is at most 64 KiB of IP (GRO and TSO limits)
+    MAX_FRAME = MAX_IP_PACKET + sizeof(virtio_net_hdr)  # with its header
+
+# For the Python side (live/loop.py, the fuzzers, the tests): one definition each.
+VNET_HDR_LEN = sizeof(virtio_net_hdr)
+GSO_UDP_L4 = VIRTIO_NET_HDR_GSO_UDP_L4
+LINKTYPE_RAW = _wire.LINKTYPE_RAW
 
 
 cdef inline uint64_t monotonic_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
-
-
-cdef inline uint16_t le16(const uint8_t* p) noexcept nogil:
-    return <uint16_t>(p[0] | (p[1] << 8))
+    return <uint64_t>ts.tv_sec * NS + <uint64_t>ts.tv_nsec
 
 
 cdef class TunIO:
@@ -57,28 +56,21 @@ cdef class TunIO:
     added the address and port changes to P, and the ports, which the pseudo-header does not cover,
     are taken out again. O(1) per packet: the payload of a 64 KiB super-packet is never summed.
     """
-    cdef int fd
-    cdef readonly bint vnet
-    cdef uint8_t* hdrs              # per batch index: the packet's virtio header
-    cdef uint8_t* partial           # per batch index: 1 if its checksum field was turned to ~P
-    cdef uint8_t* ports             # per batch index: source and destination port as read
-    cdef Py_ssize_t capacity
-    cdef uint64_t epoch_ns          # added to the monotonic clock so capture files show wall-clock time
-    cdef readonly uint64_t packets_in, packets_out, bytes_in, bytes_out, write_errors, gso_in, gso_out
-
     def __cinit__(self, int fd, bint vnet, Py_ssize_t capacity, uint64_t epoch_ns=0):
         self.fd = fd
         self.epoch_ns = epoch_ns
         self.vnet = vnet
         self.capacity = capacity
-        self.hdrs = <uint8_t*>calloc(capacity, VNET_HDR_LEN)
+        self.hdrs = <virtio_net_hdr*>calloc(capacity, sizeof(virtio_net_hdr))
         self.partial = <uint8_t*>calloc(capacity, 1)
         self.ports = <uint8_t*>calloc(capacity, 4)
         if not (self.hdrs and self.partial and self.ports):
             raise MemoryError()
 
     def __dealloc__(self):
-        free(self.hdrs); free(self.partial); free(self.ports)
+        free(self.hdrs)
+        free(self.partial)
+        free(self.ports)
 
     def read_into(self, Batch batch):
         """Read until the fd is empty or the batch is full; returns packets added, or -errno on an error.
@@ -87,7 +79,7 @@ cdef class TunIO:
         cdef Py_ssize_t i
         cdef int added = 0, err = 0
         cdef bint vnet = self.vnet
-        cdef uint32_t skip = VNET_HDR_LEN if vnet else 0
+        cdef uint32_t skip = sizeof(virtio_net_hdr) if vnet else 0
         cdef iovec iov[2]
         cdef uint8_t* pkt
         if batch.capacity > self.capacity:
@@ -96,8 +88,8 @@ cdef class TunIO:
             while batch.n < batch.capacity and batch.data_len + MAX_FRAME <= batch.data_cap:
                 i = batch.n
                 pkt = batch.data + batch.data_len
-                iov[0].iov_base, iov[0].iov_len = self.hdrs + i * VNET_HDR_LEN, VNET_HDR_LEN
-                iov[1].iov_base, iov[1].iov_len = pkt, MAX_FRAME - VNET_HDR_LEN
+                iov[0].iov_base, iov[0].iov_len = &self.hdrs[i], sizeof(virtio_net_hdr)
+                iov[1].iov_base, iov[1].iov_len = pkt, MAX_IP_PACKET
                 got = readv(self.fd, &iov[1 - vnet], 1 + vnet)
                 if got < 0:
                     if errno == EINTR:
@@ -109,11 +101,11 @@ cdef class TunIO:
                     continue
                 if vnet:
                     self.partial[i] = self.to_complete_form(pkt, <uint32_t>(got - skip), i)
-                    if self.hdrs[i * VNET_HDR_LEN + 1] != 0:
+                    if self.hdrs[i].gso_type != VIRTIO_NET_HDR_GSO_NONE:
                         self.gso_in += 1
                 if batch.push(pkt, <uint32_t>(got - skip), <uint32_t>(got - skip),
-                              monotonic_ns() + self.epoch_ns, 0, RAW_IP) != 0:
-                    err = 12    # ENOMEM: push only fails here when memory runs out
+                              monotonic_ns() + self.epoch_ns, 0, _wire.LINKTYPE_RAW) != 0:
+                    err = ENOMEM    # push only fails here when memory runs out
                     break
                 self.packets_in += 1
                 self.bytes_in += got - skip
@@ -121,11 +113,12 @@ cdef class TunIO:
         return -err if err else added
 
     cdef bint to_complete_form(self, uint8_t* pkt, uint32_t length, Py_ssize_t i) noexcept nogil:
-        cdef const uint8_t* h = self.hdrs + i * VNET_HDR_LEN
-        cdef uint32_t start = le16(h + 6), field = start + le16(h + 8)
+        cdef const virtio_net_hdr* h = &self.hdrs[i]
+        cdef uint32_t start = h.csum_start, field = start + h.csum_offset
         cdef uint32_t flipped
-        # Only TCP (offset 16) and UDP (offset 6) fields are rewritten by the datapath.
-        if not (h[0] & NEEDS_CSUM) or field + 2 > length or (le16(h + 8) != 16 and le16(h + 8) != 6):
+        # Only TCP and UDP checksum fields are rewritten by the datapath.
+        if (not (h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) or field + 2 > length
+                or (h.csum_offset != TCP_CSUM and h.csum_offset != UDP_CSUM)):
             return False
         memcpy(self.ports + i * 4, pkt + start, 4)
         flipped = ~load16(pkt + field) & 0xFFFF
@@ -134,8 +127,8 @@ cdef class TunIO:
         return True
 
     cdef void to_partial_form(self, uint8_t* pkt, uint32_t length, Py_ssize_t i) noexcept nogil:
-        cdef const uint8_t* h = self.hdrs + i * VNET_HDR_LEN
-        cdef uint32_t start = le16(h + 6), field = start + le16(h + 8), k
+        cdef const virtio_net_hdr* h = &self.hdrs[i]
+        cdef uint32_t start = h.csum_start, field = start + h.csum_offset, k
         cdef const uint8_t* old = self.ports + i * 4
         cdef uint32_t acc = ~load16(pkt + field) & 0xFFFF
         for k in range(0, 4, 2):      # take out the port change: + old - new
@@ -145,20 +138,24 @@ cdef class TunIO:
     cdef uint32_t udp_payload(self, Batch batch, Py_ssize_t i) noexcept nogil:
         """The UDP payload length of packet i if it may join a GSO run, else 0: a plain datagram
         (no GSO, not a fragment, no IPv6 extension headers) whose checksum the kernel left to us
-        (NEEDS_CSUM), so that the kernel computing it per segment loses nothing."""
-        cdef const uint8_t* h = self.hdrs + i * VNET_HDR_LEN
+        (VIRTIO_NET_HDR_F_NEEDS_CSUM), so that the kernel computing it per segment loses nothing."""
+        cdef const virtio_net_hdr* h = &self.hdrs[i]
         cdef const uint8_t* pkt = batch.data + batch.offset[i]
-        cdef uint32_t start = le16(h + 6), length = batch.caplen[i]
-        if i >= self.capacity or not self.partial[i] or h[1] != 0 or le16(h + 8) != 6:
+        cdef uint32_t start = h.csum_start, length = batch.caplen[i]
+        if (i >= self.capacity or not self.partial[i] or h.gso_type != VIRTIO_NET_HDR_GSO_NONE
+                or h.csum_offset != UDP_CSUM):
             return 0
-        if start + 8 >= length or start > MAX_L4_OFFSET or load16(pkt + start + 4) != length - start:
+        if (start + UDP_HEADER_LEN >= length or start > MAX_L4_OFFSET
+                or load16(pkt + start + UDP_LEN) != length - start):
             return 0
         if pkt[0] >> 4 == 4:
-            if start < 20 or start != (pkt[0] & 15) * 4u or load16(pkt + 2) != length or load16(pkt + 6) & 0x3FFF:
+            if (start < IP4_HEADER_LEN or start != (pkt[0] & 15) * 4u or load16(pkt + IP4_TOTAL_LEN) != length
+                    or load16(pkt + IP4_FRAG) & 0x3FFF):
                 return 0
-        elif pkt[0] >> 4 != 6 or start != 40 or pkt[6] != 17 or load16(pkt + 4) != length - 40:
+        elif (pkt[0] >> 4 != 6 or start != IP6_HEADER_LEN or pkt[IP6_NEXT] != IPPROTO_UDP
+                or load16(pkt + IP6_PAYLOAD_LEN) != length - IP6_HEADER_LEN):
             return 0
-        return length - start - 8
+        return length - start - UDP_HEADER_LEN
 
     cdef bint same_flow(self, const uint8_t* a, const uint8_t* b, uint32_t start) noexcept nogil:
         """b's headers equal a's except lengths, IPv4 id and checksums: one flow, one GSO run."""
@@ -166,11 +163,11 @@ cdef class TunIO:
         if a[0] >> 4 == 4:
             if a[0] != b[0] or a[1] != b[1] or a[6] != b[6] or a[8] != b[8] or a[9] != b[9]:
                 return False
-            k = 12
+            k = IP4_SRC
         else:
             if a[0] != b[0] or a[1] != b[1] or a[2] != b[2] or a[3] != b[3] or a[6] != b[6] or a[7] != b[7]:
                 return False
-            k = 8
+            k = IP6_SRC
         while k < start + 4:            # addresses, IPv4 options, ports
             if a[k] != b[k]:
                 return False
@@ -181,18 +178,18 @@ cdef class TunIO:
         """How many packets from i on one GSO UDP write can carry: consecutive datagrams of one flow
         with equal payloads (the last may be shorter), as GRO would merge them."""
         cdef uint32_t size = self.udp_payload(batch, i), more
-        cdef uint32_t start = le16(self.hdrs + i * VNET_HDR_LEN + 6), total
+        cdef uint32_t start = self.hdrs[i].csum_start, total
         cdef const uint8_t* first = batch.data + batch.offset[i]
         cdef Py_ssize_t j = i + 1
         if size == 0:
             return 1
-        total = start + 8 + size
+        total = start + UDP_HEADER_LEN + size
         while j < batch.n and j - i < MAX_SEGMENTS:
             if batch.verdict[j] == V_DROP or batch.verdict[j] == V_UNSEEN:
                 break
             more = self.udp_payload(batch, j)
-            if more == 0 or more > size or total + more > 65535 or le16(self.hdrs + j * VNET_HDR_LEN + 6) != start \
-                    or not self.same_flow(first, batch.data + batch.offset[j], start):
+            if (more == 0 or more > size or total + more > 65535 or self.hdrs[j].csum_start != start
+                    or not self.same_flow(first, batch.data + batch.offset[j], start)):
                 break
             total += more
             j += 1
@@ -203,37 +200,38 @@ cdef class TunIO:
     cdef ssize_t write_udp_run(self, Batch batch, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
         """One write for n datagrams: their shared headers with the run's lengths, then each payload.
         The checksum field holds the pseudo-header sum (NEEDS_CSUM); the kernel sums each segment."""
-        cdef uint8_t hdr[VNET_HDR_LEN]
-        cdef uint8_t head[MAX_L4_OFFSET + 8]
+        cdef virtio_net_hdr hdr
+        cdef uint8_t head[MAX_L4_OFFSET + UDP_HEADER_LEN]
         cdef iovec iov[MAX_SEGMENTS + 2]
         cdef const uint8_t* first = batch.data + batch.offset[i]
-        cdef uint32_t start = le16(self.hdrs + i * VNET_HDR_LEN + 6), total = start + 8
-        cdef uint32_t size = batch.caplen[i] - start - 8, pseudo
+        cdef uint32_t start = self.hdrs[i].csum_start, total = start + UDP_HEADER_LEN
+        cdef uint32_t size = batch.caplen[i] - start - UDP_HEADER_LEN, pseudo
         cdef Py_ssize_t j
         cdef ssize_t put
         for j in range(n):
-            iov[2 + j].iov_base = batch.data + batch.offset[i + j] + start + 8
-            iov[2 + j].iov_len = batch.caplen[i + j] - start - 8
+            iov[2 + j].iov_base = batch.data + batch.offset[i + j] + start + UDP_HEADER_LEN
+            iov[2 + j].iov_len = batch.caplen[i + j] - start - UDP_HEADER_LEN
             total += <uint32_t>iov[2 + j].iov_len
-        memcpy(head, first, start + 8)
+        memcpy(head, first, start + UDP_HEADER_LEN)
         if head[0] >> 4 == 4:
-            store16(head + 2, total)
-            store16(head + 10, 0)
-            store16(head + 10, ~fold(sum_bytes(0, head, start)) & 0xFFFF)
-            pseudo = sum_bytes(0, head + 12, 8)
+            store16(head + IP4_TOTAL_LEN, total)
+            store16(head + IP4_CSUM, 0)
+            store16(head + IP4_CSUM, ~fold(sum_bytes(0, head, start)) & 0xFFFF)
+            pseudo = sum_bytes(0, head + IP4_SRC, 8)            # both addresses
         else:
-            store16(head + 4, total - 40)
-            pseudo = sum_bytes(0, head + 8, 32)
-        store16(head + start + 4, total - start)
-        pseudo += 17 + total - start
-        store16(head + start + 6, fold(pseudo))
-        hdr[0], hdr[1] = NEEDS_CSUM, GSO_UDP_L4
-        hdr[2], hdr[3] = <uint8_t>(start + 8), 0
-        hdr[4], hdr[5] = <uint8_t>size, <uint8_t>(size >> 8)
-        hdr[6], hdr[7] = <uint8_t>start, 0
-        hdr[8], hdr[9] = 6, 0
-        iov[0].iov_base, iov[0].iov_len = hdr, VNET_HDR_LEN
-        iov[1].iov_base, iov[1].iov_len = head, start + 8
+            store16(head + IP6_PAYLOAD_LEN, total - IP6_HEADER_LEN)
+            pseudo = sum_bytes(0, head + IP6_SRC, 32)
+        store16(head + start + UDP_LEN, total - start)
+        pseudo += IPPROTO_UDP + total - start
+        store16(head + start + UDP_CSUM, fold(pseudo))
+        hdr.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM
+        hdr.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4
+        hdr.hdr_len = <uint8_t>(start + UDP_HEADER_LEN)
+        hdr.gso_size = <uint16_t>size
+        hdr.csum_start = <uint8_t>start
+        hdr.csum_offset = UDP_CSUM
+        iov[0].iov_base, iov[0].iov_len = &hdr, sizeof(virtio_net_hdr)
+        iov[1].iov_base, iov[1].iov_len = head, start + UDP_HEADER_LEN
         while True:
             put = writev(self.fd, iov, <int>n + 2)
             if not (put < 0 and errno == EINTR):
@@ -251,9 +249,8 @@ cdef class TunIO:
         cdef iovec iov[2]
         cdef ssize_t put
         cdef bint vnet = self.vnet
-        cdef uint8_t plain[VNET_HDR_LEN]
-        for k in range(VNET_HDR_LEN):
-            plain[k] = 0
+        cdef virtio_net_hdr plain
+        memset(&plain, 0, sizeof(plain))
         with nogil:
             while i < batch.n:
                 if batch.verdict[i] == V_DROP or batch.verdict[i] == V_UNSEEN:
@@ -274,8 +271,8 @@ cdef class TunIO:
                 pkt = batch.data + batch.offset[i]
                 if vnet and i < self.capacity and self.partial[i]:
                     self.to_partial_form(pkt, batch.caplen[i], i)
-                iov[0].iov_base = (self.hdrs + i * VNET_HDR_LEN) if (vnet and i < self.capacity) else plain
-                iov[0].iov_len = VNET_HDR_LEN
+                iov[0].iov_base = &self.hdrs[i] if (vnet and i < self.capacity) else &plain
+                iov[0].iov_len = sizeof(virtio_net_hdr)
                 iov[1].iov_base = pkt
                 iov[1].iov_len = batch.caplen[i]
                 i += 1
@@ -291,25 +288,3 @@ cdef class TunIO:
                 done += 1
             batch.clear()
         return done
-
-
-def complete_form(bytes header, bytes packet, Py_ssize_t capacity=1):
-    """Test hook: the packet as the datapath sees it after read_into (the checksum field as ~P)."""
-    cdef TunIO io = TunIO(-1, True, capacity)
-    cdef bytearray buf = bytearray(packet)
-    cdef uint8_t[::1] view = buf
-    cdef const uint8_t* h = header
-    if len(header) != VNET_HDR_LEN or not len(buf):
-        raise ValueError("a 10-byte virtio header and a packet, please")
-    memcpy(io.hdrs, h, VNET_HDR_LEN)
-    io.partial[0] = io.to_complete_form(&view[0], len(buf), 0)
-    return io, bytes(buf)
-
-
-def partial_form(TunIO io, bytes packet):
-    """Test hook: what write_from sends for a packet read by complete_form and rewritten since."""
-    cdef bytearray buf = bytearray(packet)
-    cdef uint8_t[::1] view = buf
-    if io.partial[0] and len(buf):
-        io.to_partial_form(&view[0], len(buf), 0)
-    return bytes(buf)
