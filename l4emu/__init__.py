@@ -13,6 +13,7 @@ stays cheap:
 `l4emu.replay` is the function, as an eager `from l4emu.replay import replay` here would make it;
 its module's other names are imported from it: `from l4emu.replay import summarize`.
 """
+
 import sys
 import types
 
@@ -33,12 +34,14 @@ __all__ = [*_API, "__version__"]
 def __getattr__(name: str):
     if name in _API:
         from importlib import import_module
+
         value = getattr(import_module(_API[name]), name)
     elif name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
+
         try:
             value = version("l4emu")
-        except PackageNotFoundError:        # run from a source tree that was never installed
+        except PackageNotFoundError:  # run from a source tree that was never installed
             value = "0+unknown"
     else:
         raise AttributeError(f"module 'l4emu' has no attribute {name!r}")

@@ -1,4 +1,5 @@
 """What-if: replay one capture once per scheduler and measure how each spreads the load."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ from l4emu.io import open_capture
 from l4emu.replay import replay, unattributed_warning
 from l4emu.switch import Switch
 
-SAMPLES = 200           # active-connection samples over the capture's duration
+SAMPLES = 200  # active-connection samples over the capture's duration
 
 
 def capture_span_s(capture) -> float:
@@ -51,22 +52,29 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
     services, k = [], 0
     for svc in config.services:
         n = len(svc.reals)
-        series = [(t, active[k:k + n]) for t, active in samples]
+        series = [(t, active[k : k + n]) for t, active in samples]
         ratios = [imbalance(a) for _, a in series if sum(a)]
-        services.append({
-            "service": f"{svc.protocol.upper()} {svc.endpoint}",
-            "reals": [r.endpoint for r in svc.reals],
-            "new_connections": [per_real[k + i]["conns"] for i in range(n)],
-            "peak_active": [max((a[i] for _, a in series), default=0) for i in range(n)],
-            "imbalance_mean": round(sum(ratios) / len(ratios), 3) if ratios else 1.0,
-            "overprovisioning": round(max(ratios), 3) if ratios else 1.0,
-            "active_over_time": [[round(t, 6), a] for t, a in series],
-        })
+        services.append(
+            {
+                "service": f"{svc.protocol.upper()} {svc.endpoint}",
+                "reals": [r.endpoint for r in svc.reals],
+                "new_connections": [per_real[k + i]["conns"] for i in range(n)],
+                "peak_active": [max((a[i] for _, a in series), default=0) for i in range(n)],
+                "imbalance_mean": round(sum(ratios) / len(ratios), 3) if ratios else 1.0,
+                "overprovisioning": round(max(ratios), 3) if ratios else 1.0,
+                "active_over_time": [[round(t, 6), a] for t, a in series],
+            }
+        )
         k += n
     # No flows per second here: measured on the wall clock it was the emulator's speed, not the capture's.
-    return {"scheduler": name, "services": services, "events": summary["events"],
-            "dropped": summary["dropped"], "unattributed": summary["unattributed"],
-            "warnings": _per_scheduler(summary, capture, name)}
+    return {
+        "scheduler": name,
+        "services": services,
+        "events": summary["events"],
+        "dropped": summary["dropped"],
+        "unattributed": summary["unattributed"],
+        "warnings": _per_scheduler(summary, capture, name),
+    }
 
 
 def _per_scheduler(summary: dict, capture, name: str) -> list[str]:
@@ -76,7 +84,8 @@ def _per_scheduler(summary: dict, capture, name: str) -> list[str]:
         return summary["warnings"]
     general = unattributed_warning(capture, summary["unattributed"])
     return [w for w in summary["warnings"] if w != general] + [
-        unattributed_warning(f"{capture} with {name}", summary["unattributed"])]
+        unattributed_warning(f"{capture} with {name}", summary["unattributed"])
+    ]
 
 
 def event_mark(event) -> dict:
@@ -91,6 +100,12 @@ def compare(capture, config: configmod.Config, names: list[str], events=(), seed
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 32)
     span = capture_span_s(capture)
-    return {"capture": str(capture), "span_s": round(span, 6), "seed": seed, "events": [str(e) for e in events],
-            "event_times_s": [e.at_s for e in events], "event_marks": [event_mark(e) for e in events],
-            "runs": [run_one(capture, config, name, events, seed, span) for name in names]}
+    return {
+        "capture": str(capture),
+        "span_s": round(span, 6),
+        "seed": seed,
+        "events": [str(e) for e in events],
+        "event_times_s": [e.at_s for e in events],
+        "event_marks": [event_mark(e) for e in events],
+        "runs": [run_one(capture, config, name, events, seed, span) for name in names],
+    }

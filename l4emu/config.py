@@ -1,4 +1,5 @@
 """Parse and validate the TOML configuration into plain dataclasses, with errors that name the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,19 +16,28 @@ from l4emu.errors import L4emuError
 
 # IPVS default timeouts in seconds (net/netfilter/ipvs/ip_vs_proto_tcp.c, _udp.c), by state.
 DEFAULT_TIMEOUTS: dict[str, float] = {
-    "none": 2, "established": 900, "syn_sent": 120, "syn_recv": 60, "fin_wait": 120,
-    "time_wait": 120, "close": 10, "close_wait": 60, "last_ack": 30, "listen": 120,
-    "synack": 120, "udp": 300,
+    "none": 2,
+    "established": 900,
+    "syn_sent": 120,
+    "syn_recv": 60,
+    "fin_wait": 120,
+    "time_wait": 120,
+    "close": 10,
+    "close_wait": 60,
+    "last_ack": 30,
+    "listen": 120,
+    "synack": 120,
+    "udp": 300,
 }
 PROTOCOLS = ("tcp", "udp")
-DEFAULT_PERSISTENCE = 300             # ipvsadm -p without a value
+DEFAULT_PERSISTENCE = 300  # ipvsadm -p without a value
 MAX_WEIGHT = 65535
-MAX_CONNECTIONS = (1 << 30) - 1       # the flow table's limit (flow indexes and refs are 32-bit)
-MH_TABLE_SIZE = 65537           # Katran's default; IPVS mh allows primes from 251 to 131071
+MAX_CONNECTIONS = (1 << 30) - 1  # the flow table's limit (flow indexes and refs are 32-bit)
+MH_TABLE_SIZE = 65537  # Katran's default; IPVS mh allows primes from 251 to 131071
 MH_TABLE_RANGE = (251, 131071)
-APPS = ("http", "echo", "discard")      # an emulated real's application (l4emu/hosts/apps.py)
+APPS = ("http", "echo", "discard")  # an emulated real's application (l4emu/hosts/apps.py)
 SYN_OVERFLOW = ("drop", "reset")
-MAX_BACKLOG = 65535                     # net.core.somaxconn's ceiling
+MAX_BACKLOG = 65535  # net.core.somaxconn's ceiling
 EMULATION_KEYS = ("app", "backlog", "accept_rate", "syn_overflow")
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -48,13 +58,13 @@ class Real:
     address: IPAddress
     port: int
     weight: int = 1
-    upper_threshold: int = 0      # IPVS -x: no new flows at this many connections (0 = no limit)
-    lower_threshold: int = 0      # IPVS -y: new flows again under this many (0 = 3/4 of the upper)
-    emulated: bool = False        # answered by an emulated host (l4emu/hosts/) instead of written out or sent on
-    app: str = "http"             # emulated: what answers (APPS)
-    backlog: int = 128            # emulated TCP: listen() backlog, Linux semantics
-    accept_rate: float = 0        # emulated TCP: accepts per second on the packet clock (0: at once)
-    syn_overflow: str = "drop"    # emulated TCP: "reset" is Linux's tcp_abort_on_overflow = 1
+    upper_threshold: int = 0  # IPVS -x: no new flows at this many connections (0 = no limit)
+    lower_threshold: int = 0  # IPVS -y: new flows again under this many (0 = 3/4 of the upper)
+    emulated: bool = False  # answered by an emulated host (l4emu/hosts/) instead of written out or sent on
+    app: str = "http"  # emulated: what answers (APPS)
+    backlog: int = 128  # emulated TCP: listen() backlog, Linux semantics
+    accept_rate: float = 0  # emulated TCP: accepts per second on the packet clock (0: at once)
+    syn_overflow: str = "drop"  # emulated TCP: "reset" is Linux's tcp_abort_on_overflow = 1
 
     @property
     def endpoint(self) -> str:
@@ -73,10 +83,10 @@ class Service:
     protocol: str
     scheduler: str
     reals: tuple[Real, ...]
-    persistence: float = 0            # IPVS -p: seconds a client (network) sticks to its real; 0 = off
-    persistence_netmask: int = 32     # IPVS -M as a prefix length: which client bits make "a client"
-    scheduler_flags: tuple[str, ...] = ()   # e.g. ("sh-port", "sh-fallback"), as ipvsadm -b takes them
-    mh_table_size: int = MH_TABLE_SIZE      # Maglev lookup table slots (a prime)
+    persistence: float = 0  # IPVS -p: seconds a client (network) sticks to its real; 0 = off
+    persistence_netmask: int = 32  # IPVS -M as a prefix length: which client bits make "a client"
+    scheduler_flags: tuple[str, ...] = ()  # e.g. ("sh-port", "sh-fallback"), as ipvsadm -b takes them
+    mh_table_size: int = MH_TABLE_SIZE  # Maglev lookup table slots (a prime)
     # The servers a capture was taken with, behind another load balancer: they stand for the VIP.
     capture_servers: tuple[tuple[IPAddress, int], ...] = ()
 
@@ -124,7 +134,7 @@ def parse_address(text: str) -> IPAddress:
 def parse_endpoint(text, key: str) -> tuple[IPAddress, int]:
     """'10.0.0.1:80' or '[2001:db8::1]:80' -> (address, port)."""
     if not isinstance(text, str):
-        raise ConfigError(key, f"expected a string like \"10.0.0.1:80\", got {text!r}")
+        raise ConfigError(key, f'expected a string like "10.0.0.1:80", got {text!r}')
     match = ENDPOINT.match(text.strip())
     if not match:
         raise ConfigError(key, f"{text!r} is not address:port (IPv6 as [address]:port)")
@@ -164,8 +174,7 @@ def _typed(value, kind, key: str):
 
 
 def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
-    raw = _take(raw, key, {"address", "weight", "upper_threshold", "lower_threshold", "emulated",
-                           *EMULATION_KEYS})
+    raw = _take(raw, key, {"address", "weight", "upper_threshold", "lower_threshold", "emulated", *EMULATION_KEYS})
     if "address" not in raw:
         raise ConfigError(f"{key}.address", "missing")
     address, port = parse_endpoint(raw["address"], f"{key}.address")
@@ -206,8 +215,7 @@ def _emulation(raw: dict, key: str, protocol: str) -> dict:
     overflow = _typed(raw.get("syn_overflow", "drop"), str, f"{key}.syn_overflow")
     if overflow not in SYN_OVERFLOW:
         raise ConfigError(f"{key}.syn_overflow", f"{overflow!r} is not one of {', '.join(SYN_OVERFLOW)}")
-    return {"emulated": emulated, "app": app, "backlog": backlog, "accept_rate": float(rate),
-            "syn_overflow": overflow}
+    return {"emulated": emulated, "app": app, "backlog": backlog, "accept_rate": float(rate), "syn_overflow": overflow}
 
 
 def _check_hosts(services: tuple) -> None:
@@ -219,17 +227,36 @@ def _check_hosts(services: tuple) -> None:
             key, address = f"service[{i}].real[{j}]", format_address(real.address)
             first = emulated.setdefault(address, (real.emulated, key))
             if first[0] != real.emulated:
-                raise ConfigError(f"{key}.emulated", f"{address} is {'' if first[0] else 'not '}emulated in "
-                                                     f"{first[1]}: one address is one host, emulated or not")
+                raise ConfigError(
+                    f"{key}.emulated",
+                    f"{address} is {'' if first[0] else 'not '}emulated in "
+                    f"{first[1]}: one address is one host, emulated or not",
+                )
             ident = (svc.protocol, real.endpoint)
             if real.emulated and sockets.setdefault(ident, (real.host_settings, key))[0] != real.host_settings:
-                raise ConfigError(f"{key}.app", f"{svc.protocol.upper()} {real.endpoint} is one socket: its app, "
-                                               f"backlog, accept_rate and syn_overflow must match {sockets[ident][1]}")
+                raise ConfigError(
+                    f"{key}.app",
+                    f"{svc.protocol.upper()} {real.endpoint} is one socket: its app, "
+                    f"backlog, accept_rate and syn_overflow must match {sockets[ident][1]}",
+                )
 
 
 def _service(raw, key: str, schedulers) -> Service:
-    raw = _take(raw, key, {"vip", "protocol", "scheduler", "real", "persistence", "persistence_netmask",
-                           "scheduler_flags", "mh_table_size", "capture_servers"})
+    raw = _take(
+        raw,
+        key,
+        {
+            "vip",
+            "protocol",
+            "scheduler",
+            "real",
+            "persistence",
+            "persistence_netmask",
+            "scheduler_flags",
+            "mh_table_size",
+            "capture_servers",
+        },
+    )
     if "vip" not in raw:
         raise ConfigError(f"{key}.vip", "missing")
     vip, port = parse_endpoint(raw["vip"], f"{key}.vip")
@@ -238,8 +265,9 @@ def _service(raw, key: str, schedulers) -> Service:
         raise ConfigError(f"{key}.protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
     scheduler = _typed(raw.get("scheduler", "rr"), str, f"{key}.scheduler")
     if scheduler not in schedulers:
-        raise ConfigError(f"{key}.scheduler",
-                          f"unknown scheduler {scheduler!r} (known: {', '.join(sorted(schedulers))})")
+        raise ConfigError(
+            f"{key}.scheduler", f"unknown scheduler {scheduler!r} (known: {', '.join(sorted(schedulers))})"
+        )
     reals_raw = raw.get("real", [])
     if not isinstance(reals_raw, list) or not reals_raw:
         raise ConfigError(f"{key}.real", "a service needs at least one [[service.real]]")
@@ -254,15 +282,16 @@ def _service(raw, key: str, schedulers) -> Service:
         persistence = DEFAULT_PERSISTENCE
     if _typed(persistence, float, f"{key}.persistence") < 0 or persistence > 86400 * 365:
         raise ConfigError(f"{key}.persistence", f"{persistence} is not a number of seconds from 0 to one year")
-    netmask = _netmask(raw.get("persistence_netmask", None), vip.version,
-                       f"{key}.persistence_netmask")
+    netmask = _netmask(raw.get("persistence_netmask", None), vip.version, f"{key}.persistence_netmask")
     flags = _scheduler_flags(raw.get("scheduler_flags", []), scheduler, schedulers, f"{key}.scheduler_flags")
     table_size = _typed(raw.get("mh_table_size", MH_TABLE_SIZE), int, f"{key}.mh_table_size")
     if "mh_table_size" in raw and scheduler != "mh":
-        raise ConfigError(f"{key}.mh_table_size", f"only scheduler \"mh\" has a table size, not {scheduler!r}")
+        raise ConfigError(f"{key}.mh_table_size", f'only scheduler "mh" has a table size, not {scheduler!r}')
     if not (MH_TABLE_RANGE[0] <= table_size <= MH_TABLE_RANGE[1] and _is_prime(table_size)):
-        raise ConfigError(f"{key}.mh_table_size", f"{table_size} is not a prime from {MH_TABLE_RANGE[0]} to "
-                                                 f"{MH_TABLE_RANGE[1]} (65537 is a good one)")
+        raise ConfigError(
+            f"{key}.mh_table_size",
+            f"{table_size} is not a prime from {MH_TABLE_RANGE[0]} to {MH_TABLE_RANGE[1]} (65537 is a good one)",
+        )
     capture_servers = _capture_servers(raw.get("capture_servers", []), vip, port, f"{key}.capture_servers")
     return Service(vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size, capture_servers)
 
@@ -270,7 +299,7 @@ def _service(raw, key: str, schedulers) -> Service:
 def _capture_servers(value, vip: IPAddress, port: int, key: str) -> tuple:
     """A list of "address:port" of the VIP's family, none of them the VIP itself, none twice."""
     if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list like [\"10.9.0.1:80\"], got {value!r}")
+        raise ConfigError(key, f'expected a list like ["10.9.0.1:80"], got {value!r}')
     servers = []
     for i, text in enumerate(value):
         address, sport = parse_endpoint(text, f"{key}[{i}]")
@@ -294,21 +323,28 @@ def with_capture_servers(config: Config, text: str) -> Config:
     if vip_text:
         chosen = [i for i, svc in enumerate(config.services) if svc.endpoint == vip_text.strip()]
         if not chosen:
-            raise ConfigError(key, f"no service has VIP {vip_text.strip()} "
-                                   f"(services: {', '.join(svc.endpoint for svc in config.services)})")
+            raise ConfigError(
+                key,
+                f"no service has VIP {vip_text.strip()} "
+                f"(services: {', '.join(svc.endpoint for svc in config.services)})",
+            )
     else:
         family, ports = servers[0][0].version, {p for _, p in servers}
         same = [i for i, svc in enumerate(config.services) if svc.vip.version == family]
         chosen = [i for i in same if {config.services[i].port} == ports] or same
     if len(chosen) != 1:
-        raise ConfigError(key, "more than one service could own these servers: write VIP=servers, e.g. "
-                               f"{config.services[chosen[0]].endpoint}={listed}" if chosen else
-                               f"no service of the servers' address family (IPv{servers[0][0].version})")
+        raise ConfigError(
+            key,
+            "more than one service could own these servers: write VIP=servers, e.g. "
+            f"{config.services[chosen[0]].endpoint}={listed}"
+            if chosen
+            else f"no service of the servers' address family (IPv{servers[0][0].version})",
+        )
     index = chosen[0]
     svc = config.services[index]
     merged = [format_endpoint(a, p) for a, p in svc.capture_servers] + endpoints
     updated = dataclasses.replace(svc, capture_servers=_capture_servers(merged, svc.vip, svc.port, key))
-    services = config.services[:index] + (updated,) + config.services[index + 1:]
+    services = config.services[:index] + (updated,) + config.services[index + 1 :]
     _check_fronts(services)
     return dataclasses.replace(config, services=services)
 
@@ -327,19 +363,20 @@ def _check_fronts(services: tuple) -> None:
 def _scheduler_flags(value, scheduler: str, schedulers, key: str) -> tuple[str, ...]:
     """A list of flag names; checked per scheduler when `schedulers` maps names to their flags."""
     if not isinstance(value, list) or not all(isinstance(flag, str) for flag in value):
-        raise ConfigError(key, f"expected a list of strings like [\"sh-port\"], got {value!r}")
+        raise ConfigError(key, f'expected a list of strings like ["sh-port"], got {value!r}')
     if len(set(value)) != len(value):
         raise ConfigError(key, f"a flag is listed twice in {value!r}")
     accepted = schedulers.get(scheduler) if isinstance(schedulers, Mapping) else None
     for flag in value if accepted is not None else ():
         if accepted is not None and flag not in accepted:
-            raise ConfigError(key, f"scheduler {scheduler!r} has no flag {flag!r} "
-                                   f"(its flags: {', '.join(accepted) or 'none'})")
+            raise ConfigError(
+                key, f"scheduler {scheduler!r} has no flag {flag!r} (its flags: {', '.join(accepted) or 'none'})"
+            )
     return tuple(value)
 
 
 def _is_prime(n: int) -> bool:
-    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))
+    return n > 1 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
 def _netmask(value, family: int, key: str) -> int:
@@ -356,7 +393,7 @@ def _netmask(value, family: int, key: str) -> int:
             prefix = int(value.lstrip("/"))
         elif isinstance(value, str) and family == 4:
             host_bits = ~int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big") & 0xFFFFFFFF
-            if host_bits & (host_bits + 1):     # ones, then zeros: 255.255.255.0 is a mask, 255.0.255.0 is not
+            if host_bits & (host_bits + 1):  # ones, then zeros: 255.255.255.0 is a mask, 255.0.255.0 is not
                 raise ValueError
             prefix = 32 - host_bits.bit_length()
         else:
@@ -372,8 +409,9 @@ def from_dict(raw: dict, schedulers) -> Config:
     """Validate a parsed TOML document; `schedulers` are the names that exist (a mapping of names
     to the flags each accepts also checks scheduler_flags; schedulers.catalog() gives one)."""
     raw = _take(raw, "", {"service", "table", "timeouts"})
-    table = _take(raw.get("table", {}), "table",
-                  {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"})
+    table = _take(
+        raw.get("table", {}), "table", {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"}
+    )
     max_conns = _typed(table.get("max_connections", Config.max_connections), int, "table.max_connections")
     if not 1 <= max_conns <= MAX_CONNECTIONS:
         raise ConfigError("table.max_connections", f"{max_conns} is out of range 1-{MAX_CONNECTIONS}")
@@ -415,7 +453,7 @@ def load(path: str | Path | None, schedulers: Collection[str] | Mapping[str, tup
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError("", exc.strerror or str(exc), source) from None
-        except UnicodeDecodeError as exc:     # a capture or other binary file given as -c
+        except UnicodeDecodeError as exc:  # a capture or other binary file given as -c
             raise ConfigError("", f"not a TOML config ({not_text(exc)})", source) from None
     try:
         raw = tomllib.loads(text)
@@ -437,6 +475,12 @@ def from_flags(vips: list[str], reals: list[str], scheduler: str, schedulers: Co
     services = []
     for vip in vips:
         endpoint, _, protocol = vip.partition("/")
-        services.append({"vip": endpoint, "protocol": protocol or "tcp", "scheduler": scheduler,
-                         "real": [{"address": r} for r in reals]})
+        services.append(
+            {
+                "vip": endpoint,
+                "protocol": protocol or "tcp",
+                "scheduler": scheduler,
+                "real": [{"address": r} for r in reals],
+            }
+        )
     return {"service": services}

@@ -6,6 +6,7 @@ at the triggering packet's time plus 1 us per answer, never the wall clock. Two 
 `outside` is what the clients see (their packets as they arrive, re-stamped; answers after SNAT),
 `inside` what the real servers see (after DNAT; answers before SNAT).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,8 +36,13 @@ class Out:
 class Emulator:
     """The switch plus its hosts, one packet at a time; `outside`/`inside` receive each Out in order."""
 
-    def __init__(self, switch, outside: Callable[[Out], None] | None = None,
-                 inside: Callable[[Out], None] | None = None, restamp: bool = True):
+    def __init__(
+        self,
+        switch,
+        outside: Callable[[Out], None] | None = None,
+        inside: Callable[[Out], None] | None = None,
+        restamp: bool = True,
+    ):
         if switch.hosts is None:
             raise OptionError("no real in this config is emulated (emulated = true)")
         self.switch, self.hosts = switch, switch.hosts
@@ -47,20 +53,24 @@ class Emulator:
         self.links: dict[bytes, tuple[int, int, bytes]] = {}
         self.last_ts = 0
         self.answers = 0
-        self.superseded = 0         # captured packets from an emulated host's address: the host speaks for it
+        self.superseded = 0  # captured packets from an emulated host's address: the host speaks for it
         # A service whose reals all answer for themselves: what the capture recorded from its VIP or
         # capture servers is superseded too (answering twice would fork the stream).
-        self.recorded_fronts = {(address.packed, port, PROTOCOL_NUMBERS[svc.protocol])
-                                for svc in switch.config.services if all(real.emulated for real in svc.reals)
-                                for address, port in ((svc.vip, svc.port), *svc.capture_servers)}
+        self.recorded_fronts = {
+            (address.packed, port, PROTOCOL_NUMBERS[svc.protocol])
+            for svc in switch.config.services
+            if all(real.emulated for real in svc.reals)
+            for address, port in ((svc.vip, svc.port), *svc.capture_servers)
+        }
 
     def client(self, frame: bytes, ts: int, origlen: int, iface: int, linktype: int) -> None:
         """One packet as it arrives at the switch (replay: the next one of the capture)."""
         self.advance(ts)
         seg = parse(frame, linktype)
-        if seg is not None and (seg.src in self.hosts.by_address
-                                or (seg.src, seg.sport, seg.proto) in self.recorded_fronts):
-            self.superseded += 1            # e.g. a recorded server's replies: answering twice would fork the stream
+        if seg is not None and (
+            seg.src in self.hosts.by_address or (seg.src, seg.sport, seg.proto) in self.recorded_fronts
+        ):
+            self.superseded += 1  # e.g. a recorded server's replies: answering twice would fork the stream
             return
         if self.restamper is not None and seg is not None and seg.proto == TCP:
             frame = self.restamper.client(frame, seg)
@@ -78,22 +88,22 @@ class Emulator:
         self.switch.process(batch)
         verdict, detail = batch.result(0)
         after = batch.packet(0)
-        ts = self.last_ts = max(ts, self.last_ts)        # what is written never goes back in time
+        ts = self.last_ts = max(ts, self.last_ts)  # what is written never goes back in time
         out = Out(frame, ts, origlen, iface, linktype, VERDICT[verdict], detail)
         if verdict == "drop":
             self._emit(self.outside, out)
-        elif verdict in ("new", "forward"):              # client -> real, DNAT
+        elif verdict in ("new", "forward"):  # client -> real, DNAT
             self._emit(self.outside, out)
             self._emit(self.inside, Out(after, ts, origlen, iface, linktype, out.verdict, detail))
             host = self.hosts.by_real[detail]
             if host is not None:
                 self._deliver(host, after, ts, iface, linktype)
-        elif verdict in ("reply", "answer"):             # real -> client, SNAT
+        elif verdict in ("reply", "answer"):  # real -> client, SNAT
             self._emit(self.outside, Out(after, ts, origlen, iface, linktype, out.verdict, detail))
             self._emit(self.inside, out)
             if from_host and self.restamper is not None:
                 self.restamper.server(after, linktype)
-        else:                                            # passed untouched: maybe straight to or from a host
+        else:  # passed untouched: maybe straight to or from a host
             seg = parse(frame, linktype)
             host = self.hosts.by_address.get(seg.dst) if seg is not None else None
             self._emit(self.outside, out)
@@ -106,11 +116,11 @@ class Emulator:
 
     def _deliver(self, host, frame: bytes, ts: int, iface: int, linktype: int) -> None:
         seg = parse(frame, linktype)
-        if seg is None:                                  # snapped, fragmented or not TCP/UDP: nothing to read
+        if seg is None:  # snapped, fragmented or not TCP/UDP: nothing to read
             host.counters["unreadable"] += 1
             return
-        self.links[seg.src] = (linktype, iface, reply_link_header(frame[:seg.l3], linktype))
-        self._answers(host.receive(seg, frame[seg.l3:seg.end], ts), ts)
+        self.links[seg.src] = (linktype, iface, reply_link_header(frame[: seg.l3], linktype))
+        self._answers(host.receive(seg, frame[seg.l3 : seg.end], ts), ts)
 
     def _answers(self, packets: list[bytes], ts: int) -> None:
         for k, packet in enumerate(packets, 1):

@@ -4,6 +4,7 @@ The CLI catches L4emuError (and OSError where a file system error is meant) and 
 line, exit 2. Each subclass lives beside the code that raises it, so that importing this module stays
 free; `from l4emu.errors import ConfigError` (or any other below) works too, loading only its home.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Changes to real servers scheduled on the packet clock during a replay: `--event 5.0:down:10.1.0.2:8080`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,9 +15,9 @@ class EventError(L4emuError, ValueError):
 
 @dataclass(frozen=True)
 class Event:
-    at_s: float             # seconds after the capture's first packet
-    action: str             # down | up | weight
-    endpoint: str           # "ip:port" (IPv6 as "[ip]:port") of the real
+    at_s: float  # seconds after the capture's first packet
+    action: str  # down | up | weight
+    endpoint: str  # "ip:port" (IPv6 as "[ip]:port") of the real
     weight: int | None = None
 
     def __str__(self) -> str:
@@ -25,8 +26,7 @@ class Event:
 
     def apply(self, switch) -> int:
         """Change the switch; returns the connections the real held at that moment."""
-        indexes = switch.set_real(self.endpoint, weight=self.weight,
-                                  down={"down": True, "up": False}.get(self.action))
+        indexes = switch.set_real(self.endpoint, weight=self.weight, down={"down": True, "up": False}.get(self.action))
         counters = switch.real_counters()
         return sum(counters[i]["active"] + counters[i]["inactive"] for i in indexes)
 
@@ -57,6 +57,7 @@ def parse_event(text: str) -> Event:
 @dataclass
 class EventLog:
     """What each applied event found and what followed it, for summaries."""
+
     event: Event
     applied_ns: int
     connections_on_real: int
@@ -65,5 +66,8 @@ class EventLog:
     def effects(self, counters_after: dict) -> dict:
         """Flows rescheduled, broken or black-holed between this event and the next (or the end)."""
         keys = ("rescheduled", "broken", "blackholed")
-        return {"event": str(self.event), "connections_on_real": self.connections_on_real,
-                **{k: counters_after[k] - self.counters_before[k] for k in keys}}
+        return {
+            "event": str(self.event),
+            "connections_on_real": self.connections_on_real,
+            **{k: counters_after[k] - self.counters_before[k] for k in keys},
+        }

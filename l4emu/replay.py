@@ -1,4 +1,5 @@
 """Replay a capture through a Switch: read in batches, process, write; the summary users see."""
+
 from __future__ import annotations
 
 import time
@@ -18,11 +19,20 @@ if TYPE_CHECKING:
     from l4emu.emulate import BatchSink, Emulator
 
 
-def replay(capture: str | Path, switch: Switch, output: str | Path | None = None, annotate: bool = False,
-           progress: Callable[[int, int], None] | None = None, events: Sequence[Event] = (),
-           sample_every_s: float | None = None, on_sample: Callable[[int], None] | None = None,
-           inside: str | Path | None = None, at: Sequence[float] = (),
-           on_at: Callable[[float, dict], None] | None = None, fmt: str | None = None) -> dict:
+def replay(
+    capture: str | Path,
+    switch: Switch,
+    output: str | Path | None = None,
+    annotate: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    events: Sequence[Event] = (),
+    sample_every_s: float | None = None,
+    on_sample: Callable[[int], None] | None = None,
+    inside: str | Path | None = None,
+    at: Sequence[float] = (),
+    on_at: Callable[[float, dict], None] | None = None,
+    fmt: str | None = None,
+) -> dict:
     """Run every packet of `capture` through `switch`; returns the summary (see summary_text).
 
     `events` change reals at their moment on the packet clock (seconds after the first packet);
@@ -58,16 +68,24 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
             sinks: tuple[BatchSink | None, ...] = ()
             if switch.hosts is not None:
                 from l4emu.emulate import BatchSink, Emulator  # emulated reals only (start-up: tests/test_startup.py)
+
                 sinks = (writer and BatchSink(writer, annotate, comments), inner and BatchSink(inner))
                 emulator = Emulator(switch, *sinks)
-            clock = _Moments(events, sample_every_s, on_sample, switch, at, on_at,
-                             on_moment=emulator.advance if emulator is not None else None)
+            clock = _Moments(
+                events,
+                sample_every_s,
+                on_sample,
+                switch,
+                at,
+                on_at,
+                on_moment=emulator.advance if emulator is not None else None,
+            )
             if emulator is None:
                 _batches(reader, switch, clock, writer, inner, annotate, comments, progress)
             else:
                 _packets(reader, emulator, clock, progress)
             clock.finish()
-            for sink in filter(None, sinks):     # what the hosts sent, up to the last --at moment
+            for sink in filter(None, sinks):  # what the hosts sent, up to the last --at moment
                 sink.flush()
         finally:
             for each in filter(None, writers):
@@ -77,18 +95,23 @@ def replay(capture: str | Path, switch: Switch, output: str | Path | None = None
     elapsed = time.perf_counter() - started
     summary = summarize(switch, capture, output, written, elapsed, error)
     summary["events"] = clock.event_effects()
-    summary["warnings"] = [*reader.warnings, *unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES),
-                           *clock.past_the_end()]
+    summary["warnings"] = [
+        *reader.warnings,
+        *unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES),
+        *clock.past_the_end(),
+    ]
     if summary["unattributed"]:
         summary["warnings"].append(unattributed_warning(capture, summary["unattributed"]))
     if summary["translated"] == 0 and summary["passed_by_reason"].get("no_service"):
-        summary["warnings"].append(f"{capture}: no packet was for a service of the config: if the capture was "
-                                   f"taken behind another load balancer, name its servers with --capture-servers")
+        summary["warnings"].append(
+            f"{capture}: no packet was for a service of the config: if the capture was "
+            f"taken behind another load balancer, name its servers with --capture-servers"
+        )
     summary["inside_written"] = writers[1].packets_written if writers[1] is not None else 0
     if emulator is not None:
         summary["emulated"] = emulated_summary(switch, writers[1])
         summary["emulated"]["superseded"] = emulator.superseded
-        summary["emulated"]["answers"] = emulator.answers     # they went through the switch too
+        summary["emulated"]["answers"] = emulator.answers  # they went through the switch too
     return summary
 
 
@@ -125,10 +148,12 @@ def unattributed_warning(where, unattributed: dict[str, int]) -> str:
     """One line, after `where` (the capture): which senders on the service side had packets no
     connection owned, and what to do."""
     named = ", ".join(f"{endpoint} {count:,}" for endpoint, count in unattributed.items())
-    return (f"{where}: {sum(unattributed.values()):,} packets from the service side belong to no connection "
-            f"and passed untouched ({named}): their connections began before the capture, were refused, or went "
-            f"to another real; to take a capture's servers' packets as the service's answers, name them "
-            f"with --capture-servers")
+    return (
+        f"{where}: {sum(unattributed.values()):,} packets from the service side belong to no connection "
+        f"and passed untouched ({named}): their connections began before the capture, were refused, or went "
+        f"to another real; to take a capture's servers' packets as the service's answers, name them "
+        f"with --capture-servers"
+    )
 
 
 def emulated_summary(switch: Switch, inside_writer) -> dict:
@@ -137,17 +162,38 @@ def emulated_summary(switch: Switch, inside_writer) -> dict:
     for host in switch.sockets():
         for name, value in host["counters"].items():
             total[name] = total.get(name, 0) + value
-    return {"hosts": len(switch.sockets()), "inside_written": inside_writer.packets_written if inside_writer else 0,
-            **{name: total.get(name, 0) for name in ("syns", "accepted", "listen_drops", "listen_overflows",
-                                                     "closed_port", "resets_sent", "segments_out",
-                                                     "datagrams_out")}}
+    return {
+        "hosts": len(switch.sockets()),
+        "inside_written": inside_writer.packets_written if inside_writer else 0,
+        **{
+            name: total.get(name, 0)
+            for name in (
+                "syns",
+                "accepted",
+                "listen_drops",
+                "listen_overflows",
+                "closed_port",
+                "resets_sent",
+                "segments_out",
+                "datagrams_out",
+            )
+        },
+    }
 
 
 class _Moments:
     """Runs batches through the switch, stopping at each event and sample time on the packet clock."""
 
-    def __init__(self, events, sample_every_s, on_sample, switch: Switch, at=(), on_at=None,
-                 on_moment: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        events,
+        sample_every_s,
+        on_sample,
+        switch: Switch,
+        at=(),
+        on_at=None,
+        on_moment: Callable[[int], None] | None = None,
+    ):
         self.switch = switch
         self.events = sorted(events, key=lambda e: e.at_s)
         self.sample_ns = int(sample_every_s * NS) if sample_every_s else 0
@@ -158,13 +204,13 @@ class _Moments:
         self.at = sorted(set(at)) if on_at is not None else []
         self.at_done = 0
         self.on_at: Callable[[float, dict], None] = on_at or (lambda t, snapshot: None)
-        self.on_moment = on_moment      # emulated hosts' clocks follow the switch's
-        self.end_ns: int | None = None          # the packet clock when the capture ran out (finish())
-        self.superseded = self.answers = 0      # emulated hosts' counts, set by _emulated
+        self.on_moment = on_moment  # emulated hosts' clocks follow the switch's
+        self.end_ns: int | None = None  # the packet clock when the capture ran out (finish())
+        self.superseded = self.answers = 0  # emulated hosts' counts, set by _emulated
 
     def _next_moment(self) -> int:
         assert self.start_ns is not None, "the first packet sets the start"
-        moments = [self.start_ns + int(e.at_s * NS) for e in self.events[len(self.log):len(self.log) + 1]]
+        moments = [self.start_ns + int(e.at_s * NS) for e in self.events[len(self.log) : len(self.log) + 1]]
         if self.sample_ns:
             moments.append(self.next_sample_ns)
         if self.at_done < len(self.at):
@@ -227,10 +273,14 @@ class _Moments:
         else:
             assert self.end_ns is not None, "finish() ran"
             where = f"the capture's last packet is at {(self.end_ns - self.start_ns) / NS:.6g} s"
-        warnings = [f"--event {event}: never applied, {where}" for event in self.events[len(self.log):]]
+        warnings = [f"--event {event}: never applied, {where}" for event in self.events[len(self.log) :]]
         late = [t for t in self.at if self.start_ns is None or self.start_ns + int(t * NS) > (self.end_ns or 0)]
-        warnings += [f"--at {t:g}: {where}; the state at {t:g} s has the clock moved on, with no packets since"
-                     if self.start_ns is not None else f"--at {t:g}: not written, {where}" for t in late]
+        warnings += [
+            f"--at {t:g}: {where}; the state at {t:g} s has the clock moved on, with no packets since"
+            if self.start_ns is not None
+            else f"--at {t:g}: not written, {where}"
+            for t in late
+        ]
         return warnings
 
     def event_effects(self) -> list[dict]:
@@ -244,18 +294,30 @@ def summarize(switch: Switch, capture, output, written: int, elapsed: float, err
     stats = switch.stats()
     final = switch.connection_count()
     return {
-        "capture": str(capture), "output": str(output) if output else None, "seed": switch.seed,
-        "packets": stats["packets"], "written": written,
+        "capture": str(capture),
+        "output": str(output) if output else None,
+        "seed": switch.seed,
+        "packets": stats["packets"],
+        "written": written,
         "translated": stats["new"] + stats["forward"] + stats["reply"] + stats["answer"],
-        "new": stats["new"], "forward": stats["forward"], "reply": stats["reply"], "answer": stats["answer"],
+        "new": stats["new"],
+        "forward": stats["forward"],
+        "reply": stats["reply"],
+        "answer": stats["answer"],
         "unattributed": stats["unattributed"],
-        "passed": stats["passed"], "passed_by_reason": stats["passed_by_reason"],
+        "passed": stats["passed"],
+        "passed_by_reason": stats["passed_by_reason"],
         "dropped": stats["dropped"],
         "new_connections": stats["new_connections"],
-        "peak_connections": stats["peak_connections"], "final_connections": final,
+        "peak_connections": stats["peak_connections"],
+        "final_connections": final,
         "max_connections": switch.config.max_connections,
-        "expired": stats["expired"], "evicted": stats["evicted"], "reused": stats["reused"],
-        "rescheduled": stats["rescheduled"], "broken": stats["broken"], "blackholed": stats["blackholed"],
+        "expired": stats["expired"],
+        "evicted": stats["evicted"],
+        "reused": stats["reused"],
+        "rescheduled": stats["rescheduled"],
+        "broken": stats["broken"],
+        "blackholed": stats["blackholed"],
         "elapsed_s": round(elapsed, 6),
         "packets_per_s": round(stats["packets"] / elapsed) if elapsed > 0 else 0,
         "error": str(error) if error else None,

@@ -1,4 +1,5 @@
 """The Switch: wires a Config to the datapath and its schedulers, and hands out plain-data snapshots."""
+
 from __future__ import annotations
 
 import os
@@ -12,23 +13,30 @@ from l4emu.datapath._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Da
 
 PROTO_NUMBERS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 DROP_TEXT = {
-    "truncated_l2": "truncated link-layer header", "truncated_ip": "truncated IP packet",
-    "bad_ip_header": "bad IP header", "truncated_ipv6_ext": "truncated IPv6 extension header",
-    "truncated_tcp": "truncated TCP header", "bad_tcp_offset": "bad TCP data offset",
-    "truncated_udp": "truncated UDP header", "bad_udp_length": "bad UDP length",
+    "truncated_l2": "truncated link-layer header",
+    "truncated_ip": "truncated IP packet",
+    "bad_ip_header": "bad IP header",
+    "truncated_ipv6_ext": "truncated IPv6 extension header",
+    "truncated_tcp": "truncated TCP header",
+    "bad_tcp_offset": "bad TCP data offset",
+    "truncated_udp": "truncated UDP header",
+    "bad_udp_length": "bad UDP length",
     "fragment": "IP fragment for a VIP (no reassembly)",
     "tcp_not_syn": "no connection, and not a SYN that could open one",
-    "no_real": "no real server available", "table_full": "connection table full",
+    "no_real": "no real server available",
+    "table_full": "connection table full",
     "reply_clash": "the real's reply tuple is taken by another connection",
     "probe_limit": "no free index slot within the probe bound (colliding keys)",
 }
 PASS_TEXT = {
-    "not_ip": "not IP", "other_protocol": "not TCP or UDP", "no_service": "not for a virtual service",
+    "not_ip": "not IP",
+    "other_protocol": "not TCP or UDP",
+    "no_service": "not for a virtual service",
     "fragment": "IP fragment, not for a VIP",
     "unattributed": "from the service side (VIP, capture server or real) to a client with no connection",
 }
 for _names, _texts in ((DROP_REASONS, DROP_TEXT), (PASS_REASONS, PASS_TEXT)):
-    if set(_texts) != set(_names):          # a reason without a text, or a text for no reason
+    if set(_texts) != set(_names):  # a reason without a text, or a text for no reason
         raise ImportError(f"reason texts out of step with the datapath: {sorted(set(_texts) ^ set(_names))}")
 
 
@@ -48,19 +56,26 @@ class Switch:
         secret = self.random.randbytes(16) if seed is not None else os.urandom(16)
         try:
             self._datapath = Datapath(
-                config.max_connections, secret,
+                config.max_connections,
+                secret,
                 [config.timeouts[name.lower()] for name in STATE_NAMES],
-                config.conn_reuse_mode, config.sloppy_tcp, config.expire_nodest_conn,
+                config.conn_reuse_mode,
+                config.sloppy_tcp,
+                config.expire_nodest_conn,
             )
-        except MemoryError as exc:      # the table is allocated whole, at its maximum
+        except MemoryError as exc:  # the table is allocated whole, at its maximum
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:
             self._datapath.add_service(
-                svc.vip.packed, svc.vip.version, svc.port, PROTO_NUMBERS[svc.protocol],
+                svc.vip.packed,
+                svc.vip.version,
+                svc.port,
+                PROTO_NUMBERS[svc.protocol],
                 schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, self.random.getrandbits(64)),
                 [(r.address.packed, r.port, r.weight, r.upper_threshold, r.lower_threshold) for r in svc.reals],
-                svc.persistence, _mask_bytes(svc.persistence_netmask, svc.vip.version),
+                svc.persistence,
+                _mask_bytes(svc.persistence_netmask, svc.vip.version),
                 [(address.packed, port) for address, port in svc.capture_servers],
             )
             self.reals.extend((svc, r) for r in svc.reals)
@@ -69,6 +84,7 @@ class Switch:
         self.hosts = None
         if any(real.emulated for _, real in self.reals):
             from l4emu.hosts import Hosts
+
             self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64)))
 
     @classmethod
@@ -93,8 +109,13 @@ class Switch:
     def table_info(self) -> dict:
         """The connection table's shape: entries used and at peak, capacity, index slots, bytes allocated."""
         table = self._datapath.table
-        return {"used": table.used, "peak": table.peak, "capacity": table.capacity, "slots": table.slot_count,
-                "memory_bytes": table.memory_bytes()}
+        return {
+            "used": table.used,
+            "peak": table.peak,
+            "capacity": table.capacity,
+            "slots": table.slot_count,
+            "memory_bytes": table.memory_bytes(),
+        }
 
     def probe_lengths(self) -> dict[int, int]:
         """How many index probes each stored key needs, as {probes: keys} (a scan of the whole index)."""
@@ -135,7 +156,7 @@ class Switch:
         counters = self._datapath.counters()
         per_real = self._datapath.real_counters()
         new: dict[str, int] = {}
-        for i, (_, real) in enumerate(self.reals):      # a real serving several services: summed
+        for i, (_, real) in enumerate(self.reals):  # a real serving several services: summed
             new[real.endpoint] = new.get(real.endpoint, 0) + per_real[i]["conns"]
         counters["new_connections"] = new
         counters["max_connections"] = self.config.max_connections
@@ -168,13 +189,22 @@ class Switch:
         rows = []
         for real_index, client, cport, state, expires_ns in self._datapath.flows():
             protocol, virtual, destination = labels[real_index]
-            source = (f"{socket.inet_ntop(socket.AF_INET, client)}:{cport}" if len(client) == 4
-                      else f"[{socket.inet_ntop(socket.AF_INET6, client)}]:{cport}")
-            rows.append({
-                "protocol": protocol, "state": state, "expires_in_s": round((expires_ns - now) / 1e9, 3),
-                "source": source, "virtual": virtual, "destination": destination,
-            })
-            if self.hosts is not None:      # the flow names its socket by number, as the host numbers it
+            source = (
+                f"{socket.inet_ntop(socket.AF_INET, client)}:{cport}"
+                if len(client) == 4
+                else f"[{socket.inet_ntop(socket.AF_INET6, client)}]:{cport}"
+            )
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "state": state,
+                    "expires_in_s": round((expires_ns - now) / 1e9, 3),
+                    "source": source,
+                    "virtual": virtual,
+                    "destination": destination,
+                }
+            )
+            if self.hosts is not None:  # the flow names its socket by number, as the host numbers it
                 rows[-1]["handle"] = self.hosts.handle_of(real_index, self.reals[real_index][1].port, client, cport)
         return rows
 
@@ -191,10 +221,18 @@ class Switch:
             for real in svc.reals:
                 reals.append({"address": real.endpoint, "forward": "Masq", **per_real[k]})
                 k += 1
-            out.append({"protocol": svc.protocol.upper(), "vip": svc.endpoint, "scheduler": svc.scheduler,
-                        "flags": list(getattr(svc, "scheduler_flags", ())),
-                        "persistence": svc.persistence, "persistence_netmask": svc.persistence_netmask,
-                        "family": svc.vip.version, "reals": reals})
+            out.append(
+                {
+                    "protocol": svc.protocol.upper(),
+                    "vip": svc.endpoint,
+                    "scheduler": svc.scheduler,
+                    "flags": list(getattr(svc, "scheduler_flags", ())),
+                    "persistence": svc.persistence,
+                    "persistence_netmask": svc.persistence_netmask,
+                    "family": svc.vip.version,
+                    "reals": reals,
+                }
+            )
         return out
 
     def snapshot(self) -> dict:
@@ -214,8 +252,10 @@ class Switch:
         new = [f"new flow, {svc.scheduler} -> {r.endpoint}" for svc, r in self.reals]
         forward = [f"forward, DNAT to {r.endpoint}" for _, r in self.reals]
         reply = [f"reply from {r.endpoint}, SNAT to VIP {svc.endpoint}" for svc, r in self.reals]
-        answer = [f"answer of {r.endpoint} as captured from the service side, leaves from VIP {svc.endpoint}"
-                  for svc, r in self.reals]
+        answer = [
+            f"answer of {r.endpoint} as captured from the service side, leaves from VIP {svc.endpoint}"
+            for svc, r in self.reals
+        ]
         passed = [f"passed untouched: {PASS_TEXT[name]}" for name in PASS_REASONS]
         dropped = [f"dropped: {DROP_TEXT[name]}" for name in DROP_REASONS]
         table = [[], passed, new, forward, reply, dropped, answer]

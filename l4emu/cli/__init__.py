@@ -6,6 +6,7 @@ the TUN device, the lab and the control socket) are loaded only when one of them
 help is kept here, so `l4emu --help` lists every command without loading any.
 tests/test_startup.py fails when a plain `l4emu replay` imports what it does not use.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,11 +21,11 @@ import click
 
 from l4emu.errors import L4emuError  # light: the base class alone
 
-if TYPE_CHECKING:                   # for annotations only; the commands import what they use
+if TYPE_CHECKING:  # for annotations only; the commands import what they use
     from l4emu import config as configmod
     from l4emu.switch import Switch
 
-PROGRESS_MIN_BYTES = 8 << 20    # smaller captures finish before a bar would help
+PROGRESS_MIN_BYTES = 8 << 20  # smaller captures finish before a bar would help
 
 
 def fail(message: str, code: int = 2):
@@ -90,6 +91,7 @@ def main():
 class Seconds(click.ParamType):
     """A time in seconds from 0, kept as the user spelled it: `--at 1.0` names its file state@1.0.json
     (a float would print as 1), so the file is where the user will look for it."""
+
     name = "seconds"
 
     def convert(self, value, param, ctx):
@@ -105,36 +107,93 @@ class Seconds(click.ParamType):
 
 @main.command(short_help="Replay a capture through the switch; summarize.")
 @click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the translated packets here (.pcap or .pcapng, or see --format).")
-@click.option("--format", "fmt", type=click.Choice(["pcap", "pcapng"]),
-              help="Output format of -o and --inside (default: from the extension; pcap for a device or FIFO).")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config (default: the embedded one the bundled samples were made for).")
-@click.option("--vip", "vips", multiple=True, metavar="IP:PORT[/tcp|udp]",
-              help="A virtual service instead of a config file (with --real).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the translated packets here (.pcap or .pcapng, or see --format).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pcap", "pcapng"]),
+    help="Output format of -o and --inside (default: from the extension; pcap for a device or FIFO).",
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config (default: the embedded one the bundled samples were made for).",
+)
+@click.option(
+    "--vip",
+    "vips",
+    multiple=True,
+    metavar="IP:PORT[/tcp|udp]",
+    help="A virtual service instead of a config file (with --real).",
+)
 @click.option("--real", "reals", multiple=True, metavar="IP:PORT", help="A real server of every --vip.")
 @click.option("--scheduler", default="rr", show_default=True, help="Scheduler for --vip services.")
-@click.option("--seed", type=int,
-              help="Seed for the hash secret and random choices: same seed, same output (default: drawn at random).")
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed for the hash secret and random choices: same seed, same output (default: drawn at random).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.option("--state-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the final state (connection table, services, counters) as JSON.")
-@click.option("--annotate", is_flag=True,
-              help="Comment every packet with the switch's decision (pcapng output; dropped packets kept).")
-@click.option("--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]",
-              help="Change a real at T seconds after the first packet: T:down:IP:PORT, T:up:IP:PORT, "
-                   "T:weight:IP:PORT:W.")
-@click.option("--inside", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write what the reals see: packets to them after DNAT, their answers before SNAT.")
-@click.option("--capture-servers", metavar="[VIP=]IP:PORT,...",
-              help="The servers the capture was taken with (behind another load balancer): clients' packets "
-                   "to them go to the service, their packets are its answers.")
-@click.option("--at", "at_times", multiple=True, type=Seconds(), metavar="T",
-              help="Also write the state at T seconds after the first packet, beside --state-out as "
-                   "NAME@T.json (repeatable).")
-def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_json, state_out, annotate, events,
-           inside, capture_servers, at_times):
+@click.option(
+    "--state-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the final state (connection table, services, counters) as JSON.",
+)
+@click.option(
+    "--annotate",
+    is_flag=True,
+    help="Comment every packet with the switch's decision (pcapng output; dropped packets kept).",
+)
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    metavar="T:ACTION:IP:PORT[:W]",
+    help="Change a real at T seconds after the first packet: T:down:IP:PORT, T:up:IP:PORT, T:weight:IP:PORT:W.",
+)
+@click.option(
+    "--inside",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write what the reals see: packets to them after DNAT, their answers before SNAT.",
+)
+@click.option(
+    "--capture-servers",
+    metavar="[VIP=]IP:PORT,...",
+    help="The servers the capture was taken with (behind another load balancer): clients' packets "
+    "to them go to the service, their packets are its answers.",
+)
+@click.option(
+    "--at",
+    "at_times",
+    multiple=True,
+    type=Seconds(),
+    metavar="T",
+    help="Also write the state at T seconds after the first packet, beside --state-out as NAME@T.json (repeatable).",
+)
+def replay(
+    capture,
+    output,
+    fmt,
+    config_path,
+    vips,
+    reals,
+    scheduler,
+    seed,
+    as_json,
+    state_out,
+    annotate,
+    events,
+    inside,
+    capture_servers,
+    at_times,
+):
     """Replay CAPTURE through the switch and summarize what it did.
 
     With emulated reals (emulated = true in the config), their hosts answer: -o then holds the whole
@@ -142,6 +201,7 @@ def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_j
     from l4emu.events import parse_event
     from l4emu.render import views
     from l4emu.replay import replay as run_replay
+
     if at_times and not state_out:
         fail("--at writes its states beside --state-out: give --state-out too")
     _refuse_overwriting(capture, {"-o": output, "--inside": inside, "--state-out": state_out})
@@ -151,12 +211,23 @@ def replay(capture, output, fmt, config_path, vips, reals, scheduler, seed, as_j
         switch = _build_switch(config_path, vips, reals, scheduler, seed, capture_servers)
         show_bar = not as_json and capture.exists() and capture.stat().st_size >= PROGRESS_MIN_BYTES
         # (no hidden bar when none is shown: click's progress bar imports its terminal code)
-        with (click.progressbar(length=capture.stat().st_size, label="replaying", file=sys.stderr)
-              if show_bar else contextlib.nullcontext()) as bar:
-            summary = run_replay(capture, switch, output, annotate,
-                                 progress=(lambda done, total: bar.update(done - bar.pos)) if bar else None,
-                                 events=events, inside=inside, at=list(spellings), fmt=fmt,
-                                 on_at=lambda t, snap: _write_states(state_out, spellings[t], snap))
+        with (
+            click.progressbar(length=capture.stat().st_size, label="replaying", file=sys.stderr)
+            if show_bar
+            else contextlib.nullcontext()
+        ) as bar:
+            summary = run_replay(
+                capture,
+                switch,
+                output,
+                annotate,
+                progress=(lambda done, total: bar.update(done - bar.pos)) if bar else None,
+                events=events,
+                inside=inside,
+                at=list(spellings),
+                fmt=fmt,
+                on_at=lambda t, snap: _write_states(state_out, spellings[t], snap),
+            )
     except (L4emuError, OSError) as exc:
         fail(str(exc))
     if state_out:
@@ -213,14 +284,16 @@ def _write_states(state_out: Path, spellings: list[str], snapshot: dict) -> None
 def _write_state(path: Path, snapshot: dict) -> None:
     from l4emu.io.pcap.writer import write_text_atomic
     from l4emu.render import views
+
     try:
-        write_text_atomic(path, views.to_json(snapshot) + "\n")    # a failed write leaves no half file
+        write_text_atomic(path, views.to_json(snapshot) + "\n")  # a failed write leaves no half file
     except OSError as exc:
         fail(f"{path}: {exc.strerror or exc}")
 
 
 def _build_switch(config_path, vips, reals, scheduler, seed, capture_servers=None) -> Switch:
     from l4emu.switch import Switch
+
     return Switch(_build_config(config_path, vips, reals, scheduler, capture_servers), seed)
 
 
@@ -228,12 +301,13 @@ def _build_config(config_path, vips, reals, scheduler, capture_servers=None) -> 
     """From -c (or the embedded default), or from --vip/--real; plus --capture-servers."""
     from l4emu import config as configmod
     from l4emu import schedulers
+
     if vips or reals:
         if config_path:
             raise configmod.ConfigError("--vip", "give either -c/--config or --vip/--real, not both")
         if not (vips and reals):
             raise configmod.ConfigError("--vip", "--vip and --real go together")
-        known = schedulers.catalog()     # built-in names without a plugin scan
+        known = schedulers.catalog()  # built-in names without a plugin scan
         config = configmod.from_dict(configmod.from_flags(list(vips), list(reals), scheduler, known), known)
     else:
         config = configmod.load(config_path, schedulers.catalog())
@@ -244,11 +318,12 @@ def _load_state(path: Path) -> dict:
     import json
 
     from l4emu import config as configmod
+
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         fail(f"{path}: {exc.strerror or exc}")
-    except UnicodeDecodeError as exc:       # a capture given where a state file belongs
+    except UnicodeDecodeError as exc:  # a capture given where a state file belongs
         fail(f"{path}: not a state file ({configmod.not_text(exc)}; write one with `l4emu replay ... --state-out`)")
     except json.JSONDecodeError as exc:
         fail(f"{path}: not a state file (invalid JSON: {exc})")
@@ -260,6 +335,7 @@ def _load_state(path: Path) -> dict:
 def _source(state, control_path, op) -> dict:
     """A state file, or (--control) a running `l4emu live`: the same snapshot shape either way."""
     from l4emu.cli import live as live_cli
+
     if (state is None) == (control_path is None):
         fail("give a STATE file or --control PATH (one of them)")
     if state is None:
@@ -269,25 +345,35 @@ def _source(state, control_path, op) -> dict:
 
 @main.command(short_help="The connection table, like ipvsadm -L -n -c.")
 @click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--control", "control_path", type=click.Path(dir_okay=False),
-              help="Ask a running `l4emu live` instead of reading a state file.")
+@click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False),
+    help="Ask a running `l4emu live` instead of reading a state file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def conntrack(state, control_path, as_json):
     """Show the connection table of a state file or a live switch, like `ipvsadm -L -n -c`."""
     from l4emu.render import views
+
     snapshot = _source(state, control_path, "snapshot")
     click.echo(views.to_json(snapshot["connections"]) if as_json else views.conntrack_text(snapshot))
 
 
 @main.command(short_help="Emulated reals' sockets, like ss -tuan.")
 @click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--control", "control_path", type=click.Path(dir_okay=False),
-              help="Ask a running `l4emu live` instead of reading a state file.")
+@click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False),
+    help="Ask a running `l4emu live` instead of reading a state file.",
+)
 @click.option("--host", "host", metavar="IP", help="Only this emulated host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hosts, their sockets and counters as JSON.")
 def sockets(state, control_path, host, as_json):
     """Show the sockets of the emulated real servers, like `ss -tuan` (plus each socket's handle)."""
     from l4emu.render import views
+
     snapshot = _source(state, control_path, "sockets")
     hosts = snapshot.get("sockets", [])
     if host is not None:
@@ -300,18 +386,31 @@ def sockets(state, control_path, host, as_json):
 
 @main.command(short_help="Services and reals, like ipvsadm -L -n [--stats].")
 @click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--control", "control_path", type=click.Path(dir_okay=False),
-              help="Ask a running `l4emu live` instead of reading a state file.")
-@click.option("--watch", type=click.FloatRange(min=0.1), metavar="SECONDS",
-              help="With --control: print again every SECONDS, with rates (ipvsadm --rate columns).")
-@click.option("--count", type=click.IntRange(min=1), metavar="N",
-              help="With --watch: stop after N frames (default: until Ctrl-C).")
+@click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False),
+    help="Ask a running `l4emu live` instead of reading a state file.",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="With --control: print again every SECONDS, with rates (ipvsadm --rate columns).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With --watch: stop after N frames (default: until Ctrl-C).",
+)
 @click.option("--exact", is_flag=True, help="Exact numbers instead of K/M/G suffixes.")
 @click.option("--json", "as_json", is_flag=True, help="Print services and reals as JSON.")
 def stats(state, control_path, watch, count, exact, as_json):
     """Show services and reals of a state file or a live switch, like `ipvsadm -L -n` and `ipvsadm -L -n --stats`."""
     from l4emu.cli import live as live_cli
     from l4emu.render import report, views
+
     if watch and not as_json:
         if control_path is None:
             fail("--watch needs --control")
@@ -330,19 +429,35 @@ DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
 
 @main.command(short_help="Replay once per scheduler; compare the spread.")
 @click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config (default: the embedded one).")
-@click.option("--schedulers", "names", default=DEFAULT_COMPARE, show_default=True,
-              help="Comma-separated schedulers to compare.")
-@click.option("--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]",
-              help="As for replay; applied in every run.")
-@click.option("--seed", type=int,
-              help="Seed of every run (default: one drawn at random, printed so that the runs can be repeated).")
-@click.option("--capture-servers", metavar="[VIP=]IP:PORT,...",
-              help="As for replay: the servers the capture was taken with stand for the service.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-              help="Draw active connections per real over time, a panel per scheduler and service "
-                   "(PNG, or .svg/.pdf; needs matplotlib).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config (default: the embedded one).",
+)
+@click.option(
+    "--schedulers", "names", default=DEFAULT_COMPARE, show_default=True, help="Comma-separated schedulers to compare."
+)
+@click.option(
+    "--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]", help="As for replay; applied in every run."
+)
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed of every run (default: one drawn at random, printed so that the runs can be repeated).",
+)
+@click.option(
+    "--capture-servers",
+    metavar="[VIP=]IP:PORT,...",
+    help="As for replay: the servers the capture was taken with stand for the service.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw active connections per real over time, a panel per scheduler and service "
+    "(PNG, or .svg/.pdf; needs matplotlib).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (with the time series).")
 def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json):
     """Replay CAPTURE once per scheduler and compare how each spreads the load."""
@@ -351,16 +466,19 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
     from l4emu.compare import compare as run_compare
     from l4emu.events import parse_event
     from l4emu.render import report, views
+
     if plot is not None:
         _refuse_overwriting(capture, {"--plot": plot})
     try:
         events = [parse_event(e) for e in events]
-        known = schedulers.catalog()     # built-in names without a plugin scan
+        known = schedulers.catalog()  # built-in names without a plugin scan
         chosen = [n.strip() for n in names.split(",") if n.strip()]
         unknown = [n for n in chosen if n not in known]
         if not chosen or unknown:
-            raise configmod.ConfigError("--schedulers", f"unknown scheduler(s) {', '.join(unknown) or '(none given)'}"
-                                                        f" (known: {', '.join(sorted(known))})")
+            raise configmod.ConfigError(
+                "--schedulers",
+                f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
+            )
         config = _build_config(config_path, (), (), None, capture_servers)
         result = run_compare(capture, config, chosen, events, seed)
     except (L4emuError, OSError) as exc:
@@ -375,13 +493,14 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
 
 def _write_plot(result: dict, path: Path) -> None:
     from l4emu.render import report
+
     try:
         report.compare_plot(result, path)
-    except L4emuError as exc:               # matplotlib is missing
+    except L4emuError as exc:  # matplotlib is missing
         fail(str(exc))
     except OSError as exc:
         fail(f"{path}: cannot write the plot: {exc.strerror or exc}")
-    except ValueError as exc:               # a format matplotlib does not write (.foo)
+    except ValueError as exc:  # a format matplotlib does not write (.foo)
         fail(f"{path}: cannot write the plot: {exc}")
 
 
@@ -421,7 +540,7 @@ def _check_schedulers(path: Path, checked: configmod.Config) -> None:
     for i, svc in enumerate(checked.services):
         try:
             schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, 0)
-        except Exception as exc:            # whatever a third-party plugin raises, one line
+        except Exception as exc:  # whatever a third-party plugin raises, one line
             fail(f"{path}: service[{i}].scheduler: {svc.scheduler!r} cannot be created: {exc}")
 
 
@@ -431,10 +550,16 @@ def check_summary(checked: configmod.Config) -> str:
 
     services = checked.services
     reals = [real for svc in services for real in svc.reals]
-    protocols = ", ".join(f"{sum(s.protocol == p for s in services)} {p}" for p in configmod.PROTOCOLS
-                          if any(s.protocol == p for s in services))
+    protocols = ", ".join(
+        f"{sum(s.protocol == p for s in services)} {p}"
+        for p in configmod.PROTOCOLS
+        if any(s.protocol == p for s in services)
+    )
     emulated = sum(real.emulated for real in reals)
     names = ", ".join(dict.fromkeys(s.scheduler for s in services))
-    return (f"{len(services)} service{'s' * (len(services) != 1)} ({protocols}), "
-            f"{len(reals)} real{'s' * (len(reals) != 1)}" + (f" ({emulated} emulated)" if emulated else "")
-            + f", scheduler{'s' * (names.count(',') > 0)} {names}")
+    return (
+        f"{len(services)} service{'s' * (len(services) != 1)} ({protocols}), "
+        f"{len(reals)} real{'s' * (len(reals) != 1)}"
+        + (f" ({emulated} emulated)" if emulated else "")
+        + f", scheduler{'s' * (names.count(',') > 0)} {names}"
+    )

@@ -1,4 +1,5 @@
 """The `l4emu live`, `real` and `lab` commands, and the live views (`--control`) of conntrack and stats."""
+
 from __future__ import annotations
 
 import logging
@@ -39,28 +40,62 @@ def _fail(message: str, code: int = 2):
 
 @click.command()
 @click.option("--tun", "tun_name", required=True, help="TUN device to attach to (raw IP).")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config (default: the embedded one).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config (default: the embedded one).",
+)
 @click.option("--control", "control_path", type=click.Path(dir_okay=False), help="Serve the control socket here.")
 @click.option("--control-group", help="Let this group use the control socket (mode 0660 instead of 0600).")
 @click.option("--pcap-out", type=click.Path(dir_okay=False), help="Record what passed (.pcap or .pcapng).")
-@click.option("--snaplen", type=click.IntRange(min=0), default=0, show_default=True, metavar="BYTES",
-              help="With --pcap-out: keep at most BYTES of each packet, as tcpdump -s (the record keeps the "
-                   "real length); 0 keeps whole packets (64 KiB super-packets with offloads).")
+@click.option(
+    "--snaplen",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="BYTES",
+    help="With --pcap-out: keep at most BYTES of each packet, as tcpdump -s (the record keeps the "
+    "real length); 0 keeps whole packets (64 KiB super-packets with offloads).",
+)
 @click.option("--create", is_flag=True, help="Make the device if it does not exist (it goes when live stops).")
 @click.option("--user", help="Drop root for this user once the device and the socket are open.")
 @click.option("--netns", help="Run in this network namespace (as `ip netns exec NAME` would).")
-@click.option("--offload/--no-offload", default=True, show_default=True,
-              help="Ask the TUN for checksum and segmentation offloads (64 KiB super-packets).")
+@click.option(
+    "--offload/--no-offload",
+    default=True,
+    show_default=True,
+    help="Ask the TUN for checksum and segmentation offloads (64 KiB super-packets).",
+)
 @click.option("--seed", type=int, help="Seed for the hash secret and random choices.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info", show_default=True,
-              help="Log events (refused control requests, TUN write errors, plugin exceptions, reals set down or "
-                   "up) to stderr at this level and above, one line each.")
-def live(tun_name, config_path, control_path, control_group, pcap_out, snaplen, create, user, netns, offload, seed,
-         as_json, log_level):
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Log events (refused control requests, TUN write errors, plugin exceptions, reals set down or "
+    "up) to stderr at this level and above, one line each.",
+)
+def live(
+    tun_name,
+    config_path,
+    control_path,
+    control_group,
+    pcap_out,
+    snaplen,
+    create,
+    user,
+    netns,
+    offload,
+    seed,
+    as_json,
+    log_level,
+):
     """Run the switch on a TUN device until SIGINT/SIGTERM, then print the summary."""
     from l4emu.live.loop import Live
+
     setup_logging(log_level)
     if snaplen and not pcap_out:
         _fail("--snaplen is for --pcap-out: give --pcap-out too")
@@ -76,8 +111,12 @@ def live(tun_name, config_path, control_path, control_group, pcap_out, snaplen, 
             raise
     except (L4emuError, OSError) as exc:
         _fail(str(exc))
-    click.echo(f"live on {tun_name}: offloads {','.join(tun.offloads) or 'off'}"
-               + (f", control {control_path}" if control_path else "") + "; SIGINT or SIGTERM stops", err=True)
+    click.echo(
+        f"live on {tun_name}: offloads {','.join(tun.offloads) or 'off'}"
+        + (f", control {control_path}" if control_path else "")
+        + "; SIGINT or SIGTERM stops",
+        err=True,
+    )
     summary = runner.run()
     click.echo(views.to_json(summary) if as_json else live_summary_text(summary))
     if summary["error"]:
@@ -89,7 +128,8 @@ def live_summary_text(summary: dict) -> str:
     return views.summary_text(summary) + (
         f"\ntun          {t['name']}: {t['packets_in']:,} packets in ({t['gso_in']:,} GSO super-packets), "
         f"{t['packets_out']:,} out ({t['gso_out']:,} GSO UDP writes), {t['write_errors']:,} write errors; "
-        f"offloads {','.join(t['offloads']) or 'off'}")
+        f"offloads {','.join(t['offloads']) or 'off'}"
+    )
 
 
 def ask(path, op: str, **args):
@@ -135,8 +175,10 @@ def real_set(ctx, endpoint, control_path, weight, down, up):
     if weight is None and state is None:
         _fail("give --weight N, --down or --up")
     done = ask(control_path, "set_real", endpoint=endpoint, weight=weight, state=state)
-    click.echo(f"{done['endpoint']}: " + ", ".join(
-        [f"weight {weight}"] * (weight is not None) + [f"{state}"] * (state is not None)))
+    click.echo(
+        f"{done['endpoint']}: "
+        + ", ".join([f"weight {weight}"] * (weight is not None) + [f"{state}"] * (state is not None))
+    )
 
 
 def live_stats_text(current: dict, previous: dict | None, exact: bool) -> str:
@@ -151,12 +193,13 @@ def live_stats_text(current: dict, previous: dict | None, exact: bool) -> str:
     for svc in current["services"]:
         for r in svc["reals"]:
             by_real[id(r)] = [(r[k] - before[(svc["vip"], r["address"])][k]) / seconds for k in report.STATS_KEYS]
-    rates = report.per_real_table(current, "       CPS    InPPS   OutPPS    InBPS   OutBPS",
-                                  lambda real: by_real[id(real)], exact)
+    rates = report.per_real_table(
+        current, "       CPS    InPPS   OutPPS    InBPS   OutBPS", lambda real: by_real[id(real)], exact
+    )
     return text + "\n\n" + rates
 
 
-CLEAR = "\033[H\033[2J"      # cursor home, erase the screen: what `watch` does between frames
+CLEAR = "\033[H\033[2J"  # cursor home, erase the screen: what `watch` does between frames
 
 
 def watch_stats(control_path, seconds: float, exact: bool, count: int | None = None) -> None:
@@ -179,7 +222,7 @@ def watch_stats(control_path, seconds: float, exact: bool, count: int | None = N
                 time.sleep(seconds)
     except KeyboardInterrupt:
         sys.exit(0)
-    except BrokenPipeError:             # `... --watch 1 | head`: the reader has seen enough
+    except BrokenPipeError:  # `... --watch 1 | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
 
@@ -190,8 +233,13 @@ def lab():
 
 
 @lab.command("up")
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Take the VIPs and reals from this config (default: the embedded one).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Take the VIPs and reals from this config (default: the embedded one).",
+)
 @click.option("--prefix", default="l4emu", show_default=True, help="Namespace names start with this.")
 @click.option("--tun", "tun_name", default="l4emu0", show_default=True, help="TUN device in the load balancer.")
 def lab_up(config_path, prefix, tun_name):
@@ -205,8 +253,12 @@ def lab_up(config_path, prefix, tun_name):
 
 
 @lab.command("down")
-@click.option("--prefix", default="l4emu", show_default=True,
-              help="Remove the lab whose namespaces start with this (as given to `lab up --prefix`).")
+@click.option(
+    "--prefix",
+    default="l4emu",
+    show_default=True,
+    help="Remove the lab whose namespaces start with this (as given to `lab up --prefix`).",
+)
 def lab_down(prefix):
     """Stop everything running in the lab and remove its namespaces (veths and TUN go with them)."""
     removed = Lab(prefix).down()

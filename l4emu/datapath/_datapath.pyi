@@ -1,4 +1,5 @@
 """Type stub of the extension module l4emu.datapath._datapath (ext/l4emu/datapath/_datapath.pyx)."""
+
 import builtins
 from collections.abc import Sequence
 from typing import Any
@@ -37,12 +38,27 @@ class Datapath:
     def packets(self) -> int: ...
     @property
     def bytes(self) -> int: ...
-    def __init__(self, max_connections: int, secret: builtins.bytes, timeouts: Sequence[float],
-                 conn_reuse_mode: bool = True, sloppy_tcp: bool = False, expire_nodest_conn: bool = False) -> None: ...
-    def add_service(self, vip: builtins.bytes, family: int, port: int, proto: int, scheduler: Scheduler,
-                    reals: Sequence[tuple[builtins.bytes, int, int, int, int]], persistence: float = 0,
-                    netmask: builtins.bytes | None = None,
-                    capture_servers: Sequence[tuple[builtins.bytes, int]] = ()) -> None: ...
+    def __init__(
+        self,
+        max_connections: int,
+        secret: builtins.bytes,
+        timeouts: Sequence[float],
+        conn_reuse_mode: bool = True,
+        sloppy_tcp: bool = False,
+        expire_nodest_conn: bool = False,
+    ) -> None: ...
+    def add_service(
+        self,
+        vip: builtins.bytes,
+        family: int,
+        port: int,
+        proto: int,
+        scheduler: Scheduler,
+        reals: Sequence[tuple[builtins.bytes, int, int, int, int]],
+        persistence: float = 0,
+        netmask: builtins.bytes | None = None,
+        capture_servers: Sequence[tuple[builtins.bytes, int]] = (),
+    ) -> None: ...
     def set_real(self, index: int, weight: int | None = None, down: bool | None = None) -> None: ...
     def process(self, batch: Batch, start: int = 0, until_ns: int = 0, end: int = -1) -> int: ...
     def advance_clock(self, now_ns: int) -> None: ...

@@ -1,4 +1,5 @@
 """Emulated real servers: the hosts behind the switch, each owning its sockets (see host.py)."""
+
 from __future__ import annotations
 
 import random
@@ -20,7 +21,7 @@ class Hosts:
                 continue
             packed = real.address.packed
             host = self.by_address.get(packed)
-            if host is None:            # one generator per host, drawn in config order: seeded runs repeat
+            if host is None:  # one generator per host, drawn in config order: seeded runs repeat
                 host = self.by_address[packed] = Host(packed, random.Random(rng.getrandbits(64)))
             if svc.protocol == "tcp":
                 host.listen(real.port, real.app, real.backlog, real.accept_rate, real.syn_overflow == "reset")

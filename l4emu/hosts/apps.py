@@ -3,9 +3,10 @@
 An app sees a byte stream (TCP) or datagrams (UDP), never packets: the TCP responder hands it what
 arrived in order and sends what it returns, so the apps stay as simple as a real server's loop.
 """
+
 from __future__ import annotations
 
-MAX_HEADER_BYTES = 64 << 10       # a request header block larger than this is refused (431), as servers do
+MAX_HEADER_BYTES = 64 << 10  # a request header block larger than this is refused (431), as servers do
 MAX_BODY_BYTES = 1 << 30
 
 
@@ -13,7 +14,7 @@ class StreamApp:
     """One accepted connection's application: data in, (reply bytes, close after sending) out."""
 
     def __init__(self, name: str):
-        self.name = name            # "10.1.0.2:8080": the backend, for answers that name it
+        self.name = name  # "10.1.0.2:8080": the backend, for answers that name it
 
     def on_data(self, data: bytes) -> tuple[bytes, bool]:
         raise NotImplementedError
@@ -60,7 +61,7 @@ class Http(StreamApp):
                 if len(self.buffer) > MAX_HEADER_BYTES:
                     out.append(self.response(431, "Request Header Fields Too Large", close=True))
                 break
-            head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4:]
+            head, self.buffer = self.buffer[:end].decode("latin-1"), self.buffer[end + 4 :]
             reply, length = self.answer(head)
             out.append(reply)
             if self.closing:
@@ -90,8 +91,11 @@ class Http(StreamApp):
     def response(self, code: int, reason: str, close: bool) -> bytes:
         self.closing = self.closing or close
         body = f"served by {self.name}\n".encode()
-        return (f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-                + ("Connection: close\r\n" if close else "") + "\r\n").encode() + body
+        return (
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            + ("Connection: close\r\n" if close else "")
+            + "\r\n"
+        ).encode() + body
 
 
 STREAM_APPS = {"http": Http, "echo": Echo, "discard": Discard}

@@ -4,6 +4,7 @@ The host owns its sockets and their handles; the switch only knows which real a 
 Packets in are L3 bytes already parsed into a Segment; packets out are L3 bytes addressed to the
 peer, which the caller sends back through the switch like any real server's reply.
 """
+
 from __future__ import annotations
 
 import random
@@ -74,5 +75,9 @@ class Host:
         rows += [udp_row(self.address, sock) for sock in self.udp.values()]
         conns = sorted(self.tcp.conns.values(), key=lambda c: (c.handle is None, c.handle or 0, c.peer, c.peer_port))
         rows += [conn.row(self.address) for conn in conns]
-        return {"host": self.name, "handles_in_use": self.handles.in_use,
-                "counters": dict(sorted(self.counters.items())), "sockets": rows}
+        return {
+            "host": self.name,
+            "handles_in_use": self.handles.in_use,
+            "counters": dict(sorted(self.counters.items())),
+            "sockets": rows,
+        }

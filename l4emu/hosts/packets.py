@@ -5,6 +5,7 @@ headers, lengths checked before they are read); a packet that cannot be read who
 fragmented, a bad header) is None, never a guess. Writing builds packets with plain struct;
 checksums are RFC 1071 over the pseudo-header.
 """
+
 from __future__ import annotations
 
 import socket
@@ -21,6 +22,7 @@ TTL = 64
 @dataclass(slots=True)
 class Segment:
     """One TCP segment or UDP datagram; addresses are packed bytes (4 or 16)."""
+
     family: int
     src: bytes
     dst: bytes
@@ -28,9 +30,9 @@ class Segment:
     sport: int
     dport: int
     payload: bytes
-    l3: int                 # offsets in the frame it was read from (for rewrites in place)
+    l3: int  # offsets in the frame it was read from (for rewrites in place)
     l4: int
-    end: int                # where the IP packet ends (Ethernet padding may follow)
+    end: int  # where the IP packet ends (Ethernet padding may follow)
     seq: int = 0
     ack: int = 0
     flags: int = 0
@@ -48,11 +50,26 @@ def parse(frame: bytes, linktype: int) -> Segment | None:
     family, src, dst, proto, sport, dport, l3, l4, end = parsed
     if proto == TCP:
         seq, ack, offset, flags, window = struct.unpack_from("!IIBBH", frame, l4 + 4)
-        doff = (offset >> 4) * 4                # checked by the datapath: 20 or more, within the packet
-        return Segment(family, src, dst, TCP, sport, dport, bytes(frame[l4 + doff:end]), l3, l4, end,
-                       seq, ack, flags, window, bytes(frame[l4 + 20:l4 + doff]))
-    length = struct.unpack_from("!H", frame, l4 + 4)[0] or end - l4     # 0: a jumbo datagram (RFC 2675)
-    return Segment(family, src, dst, UDP, sport, dport, bytes(frame[l4 + 8:l4 + length]), l3, l4, l4 + length)
+        doff = (offset >> 4) * 4  # checked by the datapath: 20 or more, within the packet
+        return Segment(
+            family,
+            src,
+            dst,
+            TCP,
+            sport,
+            dport,
+            bytes(frame[l4 + doff : end]),
+            l3,
+            l4,
+            end,
+            seq,
+            ack,
+            flags,
+            window,
+            bytes(frame[l4 + 20 : l4 + doff]),
+        )
+    length = struct.unpack_from("!H", frame, l4 + 4)[0] or end - l4  # 0: a jumbo datagram (RFC 2675)
+    return Segment(family, src, dst, UDP, sport, dport, bytes(frame[l4 + 8 : l4 + length]), l3, l4, l4 + length)
 
 
 def option_spans(options: bytes):
@@ -74,7 +91,7 @@ def option_spans(options: bytes):
 
 def tcp_options(options: bytes) -> dict[int, bytes]:
     """Option kind -> value."""
-    return {kind: options[i + 2:i + length] for i, kind, length in option_spans(options)}
+    return {kind: options[i + 2 : i + length] for i, kind, length in option_spans(options)}
 
 
 def checksum(data: bytes) -> int:
@@ -100,13 +117,38 @@ def _ip(family: int, src: bytes, dst: bytes, proto: int, body: bytes, ip_id: int
     return struct.pack("!IHBB16s16s", 6 << 28, len(body), proto, TTL, src, dst) + body
 
 
-def tcp_packet(family: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
-               window: int, options: bytes = b"", payload: bytes = b"", ip_id: int = 0) -> bytes:
+def tcp_packet(
+    family: int,
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    window: int,
+    options: bytes = b"",
+    payload: bytes = b"",
+    ip_id: int = 0,
+) -> bytes:
     """An IP packet holding one TCP segment, every checksum right."""
     if len(options) % 4 or len(options) > 40:
         raise ValueError("TCP options must be padded to 32 bits and at most 40 bytes")
-    head = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                       (20 + len(options)) // 4 << 4, flags, min(window, 0xFFFF), 0, 0) + options
+    head = (
+        struct.pack(
+            "!HHIIBBHHH",
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            (20 + len(options)) // 4 << 4,
+            flags,
+            min(window, 0xFFFF),
+            0,
+            0,
+        )
+        + options
+    )
     segment = head + payload
     csum = checksum(_pseudo(family, src, dst, TCP, len(segment)) + segment)
     return _ip(family, src, dst, TCP, segment[:16] + struct.pack("!H", csum) + segment[18:], ip_id)
@@ -136,9 +178,9 @@ def rewrite_ack(frame: bytes, seg: Segment, ack: int) -> bytes:
     for i, kind, length in option_spans(seg.options):
         if kind in (5, 8):
             start = seg.l4 + 20 + i
-            out[start:start + length] = b"\x01" * length
+            out[start : start + length] = b"\x01" * length
     struct.pack_into("!H", out, seg.l4 + 16, 0)
-    body = bytes(out[seg.l4:seg.end])
+    body = bytes(out[seg.l4 : seg.end])
     struct.pack_into("!H", out, seg.l4 + 16, checksum(_pseudo(seg.family, seg.src, seg.dst, TCP, len(body)) + body))
     return bytes(out)
 

@@ -7,6 +7,7 @@ client's next packet), so tshark follows every stream without "ACKed unseen segm
 SACK blocks count in the old server's space too; they become NOPs (the emulated server never
 agrees to either option, so a client that did not send them is what the conversation implies).
 """
+
 from __future__ import annotations
 
 from l4emu.hosts.packets import ACK, FIN, RST, SYN, TCP, Segment, parse, rewrite_ack
@@ -35,7 +36,7 @@ class Restamper:
         key = (seg.dst, seg.dport, seg.src, seg.sport)
         known = self.sent.get(key)
         if known is None and not seg.flags & SYN:
-            return                              # a connection already forgotten (or never re-stamped)
+            return  # a connection already forgotten (or never re-stamped)
         if known is None or seg.flags & SYN or ((end - known) & M) <= 0x7FFFFFFF:
             self.sent[key] = end
         if seg.flags & FIN:
@@ -45,13 +46,14 @@ class Restamper:
         """The client's packet with its ACK number in the emulated server's space (others unchanged)."""
         key = (seg.src, seg.sport, seg.dst, seg.dport)
         if seg.flags & SYN and not seg.flags & ACK:
-            self._forget(key)                   # a new connection on this pair: forget the old one
+            self._forget(key)  # a new connection on this pair: forget the old one
             return frame
         nxt = self.sent.get(key)
         fins = self.fins.get(key, 0)
-        if seg.flags & RST or (fins & SERVER_FIN and (fins | (CLIENT_FIN if seg.flags & FIN else 0)) ==
-                               SERVER_FIN | CLIENT_FIN):
-            self._forget(key)                   # the connection's last client packet
+        if seg.flags & RST or (
+            fins & SERVER_FIN and (fins | (CLIENT_FIN if seg.flags & FIN else 0)) == SERVER_FIN | CLIENT_FIN
+        ):
+            self._forget(key)  # the connection's last client packet
         elif seg.flags & FIN:
             self.fins[key] = fins | CLIENT_FIN
         if nxt is None or not seg.flags & ACK:

@@ -5,6 +5,7 @@ after close. 0, 1 and 2 stand for stdin, stdout and stderr, so the first socket 
 sockets are opened first (in config order), accepted connections take what is free when accepted.
 States are named as `ss` names them.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -27,7 +28,7 @@ class Handles:
 
     def __init__(self, first: int = FIRST_HANDLE):
         self.next = first
-        self.free: list[int] = []       # released numbers, all below self.next
+        self.free: list[int] = []  # released numbers, all below self.next
 
     def take(self) -> int:
         if self.free:
@@ -52,15 +53,16 @@ def endpoint(address: bytes, port: int | str) -> str:
 @dataclass(eq=False)
 class Listener:
     """listen(2) on one port: SYN queue (half-open), accept queue (complete, not yet accepted)."""
+
     port: int
     app: str
     backlog: int
-    accept_rate: float                  # accepts per second on the packet clock; 0: as soon as queued
-    abort_on_overflow: bool             # Linux tcp_abort_on_overflow
+    accept_rate: float  # accepts per second on the packet clock; 0: as soon as queued
+    abort_on_overflow: bool  # Linux tcp_abort_on_overflow
     handle: int
-    syn_queue: dict = field(default_factory=dict)      # peer key -> Conn
+    syn_queue: dict = field(default_factory=dict)  # peer key -> Conn
     accept_queue: deque = field(default_factory=deque)
-    ready_ns: int = 0                   # the application's next accept() may happen from here
+    ready_ns: int = 0  # the application's next accept() may happen from here
     accepted: int = 0
 
     def accept_queue_full(self) -> bool:
@@ -75,6 +77,7 @@ class Listener:
 @dataclass(eq=False)
 class Conn:
     """One TCP connection from the host's side (RFC 793 names, `ss` spellings)."""
+
     family: int
     peer: bytes
     peer_port: int
@@ -85,37 +88,44 @@ class Conn:
     state: str = SYN_RECV
     snd_una: int = 0
     snd_nxt: int = 0
-    snd_wnd: int = 0                    # the peer's window in bytes
-    snd_shift: int = 0                  # the peer's window scale, once both sides agreed on scaling
-    rcv_shift: int = 0                  # ours, sent in the SYN-ACK when the peer offered scaling
+    snd_wnd: int = 0  # the peer's window in bytes
+    snd_shift: int = 0  # the peer's window scale, once both sides agreed on scaling
+    rcv_shift: int = 0  # ours, sent in the SYN-ACK when the peer offered scaling
     scaling: bool = False
-    mss: int = 536                      # the peer's MSS (RFC 9293 default without the option)
+    mss: int = 536  # the peer's MSS (RFC 9293 default without the option)
     rcv_nxt: int = 0
-    recv_buf: bytearray = field(default_factory=bytearray)   # arrived, not read by the application
-    send_buf: bytearray = field(default_factory=bytearray)   # written by the application, not sent yet
-    fin_pending: bool = False           # the application closed: FIN after the send buffer
+    recv_buf: bytearray = field(default_factory=bytearray)  # arrived, not read by the application
+    send_buf: bytearray = field(default_factory=bytearray)  # written by the application, not sent yet
+    fin_pending: bool = False  # the application closed: FIN after the send buffer
     fin_sent: bool = False
     peer_fin: bool = False
     handle: int | None = None
     app: StreamApp | None = None
     born_ns: int = 0
-    deadline_ns: int = 0                # TIME-WAIT or SYN-RECV ends then
+    deadline_ns: int = 0  # TIME-WAIT or SYN-RECV ends then
 
     @property
     def key(self) -> tuple:
         return self.peer, self.peer_port, self.port
 
     def row(self, local: bytes) -> dict:
-        return {"netid": "tcp", "state": self.state, "recv_q": len(self.recv_buf),
-                "send_q": ((self.snd_nxt - self.snd_una) & 0xFFFFFFFF) + len(self.send_buf) + (
-                    1 if self.fin_pending and not self.fin_sent else 0),
-                "local": endpoint(local, self.port), "peer": endpoint(self.peer, self.peer_port),
-                "handle": self.handle}
+        return {
+            "netid": "tcp",
+            "state": self.state,
+            "recv_q": len(self.recv_buf),
+            "send_q": ((self.snd_nxt - self.snd_una) & 0xFFFFFFFF)
+            + len(self.send_buf)
+            + (1 if self.fin_pending and not self.fin_sent else 0),
+            "local": endpoint(local, self.port),
+            "peer": endpoint(self.peer, self.peer_port),
+            "handle": self.handle,
+        }
 
 
 @dataclass(eq=False)
 class UdpSocket:
     """A bound UDP socket answering datagrams (ss: UNCONN)."""
+
     port: int
     app: str
     handle: int
@@ -126,12 +136,28 @@ class UdpSocket:
 def listener_row(local: bytes, lst: Listener) -> dict:
     """ss shows a listener's accept-queue length as Recv-Q and its backlog as Send-Q."""
     any_peer = "0.0.0.0:*" if len(local) == 4 else "[::]:*"
-    return {"netid": "tcp", "state": LISTEN, "recv_q": len(lst.accept_queue), "send_q": lst.backlog,
-            "local": endpoint(local, lst.port), "peer": any_peer, "handle": lst.handle,
-            "syn_queue": len(lst.syn_queue), "app": lst.app}
+    return {
+        "netid": "tcp",
+        "state": LISTEN,
+        "recv_q": len(lst.accept_queue),
+        "send_q": lst.backlog,
+        "local": endpoint(local, lst.port),
+        "peer": any_peer,
+        "handle": lst.handle,
+        "syn_queue": len(lst.syn_queue),
+        "app": lst.app,
+    }
 
 
 def udp_row(local: bytes, sock: UdpSocket) -> dict:
     any_peer = "0.0.0.0:*" if len(local) == 4 else "[::]:*"
-    return {"netid": "udp", "state": UNCONN, "recv_q": 0, "send_q": 0, "local": endpoint(local, sock.port),
-            "peer": any_peer, "handle": sock.handle, "app": sock.app}
+    return {
+        "netid": "udp",
+        "state": UNCONN,
+        "recv_q": 0,
+        "send_q": 0,
+        "local": endpoint(local, sock.port),
+        "peer": any_peer,
+        "handle": sock.handle,
+        "app": sock.app,
+    }

@@ -7,6 +7,7 @@ with syn_overflow = "reset", Linux's tcp_abort_on_overflow). A segment no socket
 the only clocks are TIME-WAIT (60 s), how long a half-open request is kept (63 s, as long as
 Linux's five SYN-ACK retries take) and the application's accept pace, all on the packet clock.
 """
+
 from __future__ import annotations
 
 import random
@@ -31,10 +32,10 @@ from l4emu.hosts.sockets import (
 )
 
 M = 0xFFFFFFFF
-MSS = {4: 1460, 6: 1440}            # a 1500-byte MTU
-OUR_SHIFT = 7                       # the window scale Linux offers with default buffers
+MSS = {4: 1460, 6: 1440}  # a 1500-byte MTU
+OUR_SHIFT = 7  # the window scale Linux offers with default buffers
 RCVBUF = 65535
-TIME_WAIT_NS = 60 * NS              # Linux TCP_TIMEWAIT_LEN
+TIME_WAIT_NS = 60 * NS  # Linux TCP_TIMEWAIT_LEN
 SYN_RECV_NS = 63 * NS
 
 
@@ -60,11 +61,24 @@ class TcpResponder:
         return lst
 
     # ---- output -------------------------------------------------------------------------------
-    def _packet(self, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
-                options: bytes = b"", payload: bytes = b"") -> None:
+    def _packet(
+        self,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        options: bytes = b"",
+        payload: bytes = b"",
+    ) -> None:
         self.ip_id = (self.ip_id + 1) & 0xFFFF
-        self.out.append(tcp_packet(self.family, self.address, dst, sport, dport, seq, ack, flags, window,
-                                   options, payload, self.ip_id))
+        self.out.append(
+            tcp_packet(
+                self.family, self.address, dst, sport, dport, seq, ack, flags, window, options, payload, self.ip_id
+            )
+        )
         self.counters["segments_out"] += 1
 
     def _send(self, conn: Conn, flags: int, payload: bytes = b"") -> None:
@@ -94,9 +108,13 @@ class TcpResponder:
         self.out = []
         self.counters["segments_in"] += 1
         conn = self.conns.get((seg.src, seg.sport, seg.dport))
-        if conn is not None and conn.state == TIME_WAIT and seg.flags & (SYN | ACK | RST) == SYN \
-                and before(conn.rcv_nxt, seg.seq):
-            self._remove(conn)              # Linux lets a new SYN past the old one's sequence reopen the pair
+        if (
+            conn is not None
+            and conn.state == TIME_WAIT
+            and seg.flags & (SYN | ACK | RST) == SYN
+            and before(conn.rcv_nxt, seg.seq)
+        ):
+            self._remove(conn)  # Linux lets a new SYN past the old one's sequence reopen the pair
             conn = None
         if conn is None:
             self._no_connection(seg, now)
@@ -114,7 +132,7 @@ class TcpResponder:
             self._reset_for(seg)
             return
         if seg.flags & (SYN | ACK | RST) != SYN:
-            self._reset_for(seg)             # an ACK (or SYN-ACK) to a listener: no such connection
+            self._reset_for(seg)  # an ACK (or SYN-ACK) to a listener: no such connection
             return
         self.counters["syns"] += 1
         if lst.accept_queue_full() or lst.syn_queue_full():
@@ -122,11 +140,20 @@ class TcpResponder:
             self.counters["listen_overflows"] += lst.accept_queue_full()
             return
         options = tcp_options(seg.options)
-        conn = Conn(self.family, seg.src, seg.sport, seg.dport, lst, iss=self.rng.getrandbits(32), irs=seg.seq,
-                    born_ns=now, deadline_ns=now + SYN_RECV_NS)
+        conn = Conn(
+            self.family,
+            seg.src,
+            seg.sport,
+            seg.dport,
+            lst,
+            iss=self.rng.getrandbits(32),
+            irs=seg.seq,
+            born_ns=now,
+            deadline_ns=now + SYN_RECV_NS,
+        )
         conn.rcv_nxt = (seg.seq + 1) & M
         conn.snd_una, conn.snd_nxt = conn.iss, (conn.iss + 1) & M
-        conn.snd_wnd = seg.window                            # never scaled in a SYN
+        conn.snd_wnd = seg.window  # never scaled in a SYN
         if len(options.get(2, b"")) == 2:
             conn.mss = min(int.from_bytes(options[2], "big"), MSS[self.family])
         if len(options.get(3, b"")) == 1:
@@ -143,7 +170,7 @@ class TcpResponder:
             return
         if seg.flags & SYN:
             if not seg.flags & ACK and seg.seq == conn.irs:
-                self._syn_ack(conn)                          # the SYN again: the SYN-ACK again
+                self._syn_ack(conn)  # the SYN again: the SYN-ACK again
             return
         if not seg.flags & ACK:
             return
@@ -155,7 +182,7 @@ class TcpResponder:
             if lst.abort_on_overflow:
                 self._reset_for(seg)
                 self._remove(conn)
-            return                                           # else ignored: still half-open, as in Linux
+            return  # else ignored: still half-open, as in Linux
         del lst.syn_queue[conn.key]
         conn.state, conn.snd_una, conn.deadline_ns = ESTAB, seg.ack, 0
         lst.accept_queue.append(conn)
@@ -170,15 +197,15 @@ class TcpResponder:
                 self.counters["resets_received"] += 1
                 self._remove(conn)
             elif not before(seg.seq, conn.rcv_nxt):
-                self._send(conn, ACK)                        # RFC 5961 challenge ACK
+                self._send(conn, ACK)  # RFC 5961 challenge ACK
             return
         if flags & SYN:
-            self._send(conn, ACK)                            # RFC 5961 4.2
+            self._send(conn, ACK)  # RFC 5961 4.2
             return
         if not flags & ACK:
             return
         if before(conn.snd_nxt, seg.ack):
-            self._send(conn, ACK)                            # acknowledges what was never sent
+            self._send(conn, ACK)  # acknowledges what was never sent
             return
         if before(conn.snd_una, seg.ack):
             conn.snd_una = seg.ack
@@ -200,17 +227,17 @@ class TcpResponder:
         if not data and not fin:
             return False
         cut = (conn.rcv_nxt - seq) & M
-        if cut and cut <= 0x7FFFFFFF:                        # starts before what we expect
+        if cut and cut <= 0x7FFFFFFF:  # starts before what we expect
             if cut > len(data) or (cut == len(data) and not fin):
-                return False                                 # all seen before: the caller re-ACKs
+                return False  # all seen before: the caller re-ACKs
             data = data[cut:]
         elif cut:
-            self.counters["out_of_order"] += 1               # a gap: duplicate ACK, data dropped
+            self.counters["out_of_order"] += 1  # a gap: duplicate ACK, data dropped
             return False
         if conn.state not in (ESTAB, FIN_WAIT_1, FIN_WAIT_2):
-            return False                                     # past the peer's FIN: a retransmission
+            return False  # past the peer's FIN: a retransmission
         if data and conn.handle is None and conn.fin_pending:
-            self._send(conn, RST | ACK)                      # Linux: data for a closed (orphaned) socket
+            self._send(conn, RST | ACK)  # Linux: data for a closed (orphaned) socket
             self.counters["resets_sent"] += 1
             self._remove(conn)
             return True
@@ -240,7 +267,7 @@ class TcpResponder:
         conn.send_buf += reply
         if close:
             assert conn.handle is not None, "an application runs on an accepted (numbered) socket"
-            self.handles.release(conn.handle)                # close(2): the number is free at once
+            self.handles.release(conn.handle)  # close(2): the number is free at once
             conn.handle, conn.app, conn.fin_pending = None, None, True
 
     def _flush(self, conn: Conn) -> bool:
@@ -313,9 +340,9 @@ class TcpResponder:
         lst = conn.listener
         lst.syn_queue.pop(conn.key, None)
         if conn in lst.accept_queue:
-            lst.accept_queue.remove(conn)                    # reset before accept(): never handed out
+            lst.accept_queue.remove(conn)  # reset before accept(): never handed out
         if conn.handle is not None:
-            self.handles.release(conn.handle)                # the app sees the error and closes
+            self.handles.release(conn.handle)  # the app sees the error and closes
             conn.handle, conn.app = None, None
         conn.state = CLOSED
         if self.conns.get(conn.key) is conn:

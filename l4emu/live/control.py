@@ -1,4 +1,5 @@
 """The live control socket: bounded JSON lines over a Unix socket, peer credentials checked, served by the live loop."""
+
 from __future__ import annotations
 
 import grp
@@ -14,9 +15,9 @@ import time
 
 from l4emu.errors import L4emuError, OptionError
 
-MAX_REQUEST = 4096          # bytes in one request line; longer is refused
-MAX_REPLY = 256 << 20       # a client stops reading a reply past this
-REQUEST_TIMEOUT_S = 2.0     # a peer must send its whole line this soon after connecting
+MAX_REQUEST = 4096  # bytes in one request line; longer is refused
+MAX_REPLY = 256 << 20  # a client stops reading a reply past this
+REQUEST_TIMEOUT_S = 2.0  # a peer must send its whole line this soon after connecting
 READ_OPS = ("conntrack", "services", "stats", "snapshot", "sockets")
 ADMIN_OPS = ("set_real",)
 log = logging.getLogger("l4emu.live")
@@ -45,11 +46,11 @@ class ControlServer:
         self.path, self.handle = path, handle
         try:
             self.gid = grp.getgrnam(group).gr_gid if group else None
-        except KeyError as exc:         # --control-group names no group: said as getgrnam says it
+        except KeyError as exc:  # --control-group names no group: said as getgrnam says it
             raise OptionError(exc.args[0]) from None
         _remove_stale(path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)       # never a moment with wider permissions than asked for
+        old = os.umask(0o177)  # never a moment with wider permissions than asked for
         try:
             self.listener.bind(path)
         finally:
@@ -122,8 +123,9 @@ class ControlServer:
             sock.setblocking(False)
             pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if not self._allowed(uid, gid):
-                log.warning("control: connection refused: pid %d uid %d gid %d may not use %s", pid, uid, gid,
-                            self.path)
+                log.warning(
+                    "control: connection refused: pid %d uid %d gid %d may not use %s", pid, uid, gid, self.path
+                )
                 sock.close()
                 continue
             peer = _Peer(sock, uid, gid)
@@ -136,8 +138,10 @@ class ControlServer:
             request = json.loads(line)
             op = request["op"] if isinstance(request, dict) else None
             if op in ADMIN_OPS and peer.uid not in (0, self.owner):
-                raise PermissionError(f"{op} is an admin request: only root or the socket's owner "
-                                      f"(uid {self.owner}) may make it, not uid {peer.uid}")
+                raise PermissionError(
+                    f"{op} is an admin request: only root or the socket's owner "
+                    f"(uid {self.owner}) may make it, not uid {peer.uid}"
+                )
             if op not in READ_OPS + ADMIN_OPS:
                 raise ValueError(f"unknown request {op!r} (known: {', '.join(READ_OPS + ADMIN_OPS)})")
             reply = {"ok": True, "result": self.handle(request)}

@@ -1,4 +1,5 @@
 """Live mode: one epoll loop moves TUN packets through the same datapath as replay and serves the control socket."""
+
 from __future__ import annotations
 
 import logging
@@ -20,17 +21,25 @@ from l4emu.live.control import ControlServer
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 
-BATCH = 256             # packets per read round; the datapath's windows prefetch within it
-ROUNDS_PER_WAKE = 64    # then the control socket and signals get a turn (epoll is level-triggered)
-log = logging.getLogger("l4emu.live")    # the daemon's events, one line each (cli: --log-level)
-MAX_SNAPLEN = 262144    # tcpdump's: larger than any packet or 64 KiB super-packet the TUN hands over
+BATCH = 256  # packets per read round; the datapath's windows prefetch within it
+ROUNDS_PER_WAKE = 64  # then the control socket and signals get a turn (epoll is level-triggered)
+log = logging.getLogger("l4emu.live")  # the daemon's events, one line each (cli: --log-level)
+MAX_SNAPLEN = 262144  # tcpdump's: larger than any packet or 64 KiB super-packet the TUN hands over
 
 
 class Live:
     """Owns the switch while it runs: packets and control requests take turns in one thread."""
 
-    def __init__(self, switch: Switch, tun: Tun, control_path: str | None = None, control_group: str | None = None,
-                 pcap_out: str | None = None, user: str | None = None, snaplen: int = 0):
+    def __init__(
+        self,
+        switch: Switch,
+        tun: Tun,
+        control_path: str | None = None,
+        control_group: str | None = None,
+        pcap_out: str | None = None,
+        user: str | None = None,
+        snaplen: int = 0,
+    ):
         self.switch, self.tun = switch, tun
         self.control: ControlServer | None = None
         self.writer: CaptureWriter | None = None
@@ -41,7 +50,7 @@ class Live:
             self._open(control_path, control_group, pcap_out, user, snaplen)
         except BaseException:
             if self.writer is not None:
-                self.writer.abort()     # a .part file made before the failure goes again (and the socket)
+                self.writer.abort()  # a .part file made before the failure goes again (and the socket)
             self.close()
             raise
 
@@ -56,8 +65,9 @@ class Live:
         if control_path:
             self.control = ControlServer(control_path, self._request, control_group, owner)
         if pcap_out:
-            self.writer = open_writer(pcap_out, [Interface(LINKTYPE_RAW, snaplen or MAX_SNAPLEN, True)],
-                                      nanosecond=True, snaplen=snaplen)
+            self.writer = open_writer(
+                pcap_out, [Interface(LINKTYPE_RAW, snaplen or MAX_SNAPLEN, True)], nanosecond=True, snaplen=snaplen
+            )
         # Emulated reals answer here: what the switch sends them never reaches the TUN, their answers do.
         self.emulator = Emulator(switch, outside=self._answer, restamp=False) if switch.hosts is not None else None
         self.answers = Batch(1)
@@ -90,9 +100,12 @@ class Live:
             if weight is not None and not isinstance(weight, int):
                 raise ValueError("weight must be an integer")
             self.switch.set_real(str(request["endpoint"]), weight=weight, down=down)
-            log.info("real %s: %s (control request)", request["endpoint"],
-                     ", ".join([f"weight {weight}"] * (weight is not None)
-                               + ["down" if down else "up"] * (down is not None)) or "unchanged")
+            log.info(
+                "real %s: %s (control request)",
+                request["endpoint"],
+                ", ".join([f"weight {weight}"] * (weight is not None) + ["down" if down else "up"] * (down is not None))
+                or "unchanged",
+            )
             return {"endpoint": request["endpoint"], "weight": weight, "down": down}
         if op == "conntrack":
             return self.switch.conntrack()
@@ -102,15 +115,27 @@ class Live:
             self._emulate_until_now()
             return {"clock_ns": self.switch.clock_ns, "sockets": self.switch.sockets()}
         if op == "stats":
-            return {"clock_ns": self.switch.clock_ns, "services": self.switch.services(),
-                    "stats": self.switch.stats(), "tun": self.tun_counters()}
+            return {
+                "clock_ns": self.switch.clock_ns,
+                "services": self.switch.services(),
+                "stats": self.switch.stats(),
+                "tun": self.tun_counters(),
+            }
         return {**self.switch.snapshot(), "tun": self.tun_counters()}
 
     def tun_counters(self) -> dict:
         io = self.io
-        return {"name": self.tun.name, "packets_in": io.packets_in, "packets_out": io.packets_out,
-                "bytes_in": io.bytes_in, "bytes_out": io.bytes_out, "gso_in": io.gso_in, "gso_out": io.gso_out,
-                "write_errors": io.write_errors, "offloads": list(self.tun.offloads)}
+        return {
+            "name": self.tun.name,
+            "packets_in": io.packets_in,
+            "packets_out": io.packets_out,
+            "bytes_in": io.bytes_in,
+            "bytes_out": io.bytes_out,
+            "gso_in": io.gso_in,
+            "gso_out": io.gso_out,
+            "write_errors": io.write_errors,
+            "offloads": list(self.tun.offloads),
+        }
 
     def _pump(self) -> None:
         for _ in range(ROUNDS_PER_WAKE):
@@ -126,7 +151,7 @@ class Live:
                 self._record(self.batch)
             if self.emulator is not None:
                 self.emulator.intercept(self.batch)
-            self.io.write_from(self.batch)      # empties the batch
+            self.io.write_from(self.batch)  # empties the batch
             self._log_errors()
             if got <= 0:
                 return
@@ -136,13 +161,21 @@ class Live:
         failed = self.io.write_errors - self.write_errors_logged
         if failed:
             self.write_errors_logged = self.io.write_errors
-            log.warning("%s: %d packet(s) could not be written to the TUN (%d so far)", self.tun.name, failed,
-                        self.io.write_errors)
+            log.warning(
+                "%s: %d packet(s) could not be written to the TUN (%d so far)",
+                self.tun.name,
+                failed,
+                self.io.write_errors,
+            )
         for k, plugin in enumerate(self.plugins):
             errors = plugin.errors
-            for exc in errors[self.plugin_errors_logged[k]:]:
-                log.error("scheduler plugin %s raised %s: %s (the packet got no real)", type(plugin).__name__,
-                          type(exc).__name__, exc)
+            for exc in errors[self.plugin_errors_logged[k] :]:
+                log.error(
+                    "scheduler plugin %s raised %s: %s (the packet got no real)",
+                    type(plugin).__name__,
+                    type(exc).__name__,
+                    exc,
+                )
             self.plugin_errors_logged[k] = len(errors)
 
     def run(self) -> dict:
@@ -190,11 +223,12 @@ class Live:
             self.answers.set_result(0, out.verdict, out.detail)
             self._record(self.answers)
         try:
-            os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)   # no offload asked
+            os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)  # no offload asked
         except OSError as exc:
             self.answer_errors += 1
-            log.warning("%s: an emulated host's answer could not be written to the TUN: %s", self.tun.name,
-                        exc.strerror or exc)
+            log.warning(
+                "%s: an emulated host's answer could not be written to the TUN: %s", self.tun.name, exc.strerror or exc
+            )
 
     def _record(self, batch: Batch) -> None:
         """--pcap-out: a capture that cannot be written (disk full) stops the run, with the reason."""
@@ -252,8 +286,9 @@ class Live:
         summary["tun"] = self.tun_counters()
         if self.emulator is not None:
             from l4emu.replay import emulated_summary
+
             summary["emulated"] = emulated_summary(self.switch, None)
-            summary["emulated"]["answers"] = self.emulator.answers     # counted in packets, as in replay
+            summary["emulated"]["answers"] = self.emulator.answers  # counted in packets, as in replay
         summary["error"] = self.error
         return summary
 
@@ -291,7 +326,7 @@ class Finisher:
         ours = (st.st_dev, st.st_ino) if st else None
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
-        if pid == 0:                                    # the helper: never returns to the caller's code
+        if pid == 0:  # the helper: never returns to the caller's code
             code = 1
             try:
                 mine.close()

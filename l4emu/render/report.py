@@ -1,4 +1,5 @@
 """Render what-if comparisons and ipvsadm --stats views from plain data (never live internals)."""
+
 from __future__ import annotations
 
 import os
@@ -35,33 +36,48 @@ STATS_KEYS = ("conns", "in_pkts", "out_pkts", "in_bytes", "out_bytes")
 
 def stats_text(snapshot: dict, exact: bool = False) -> str:
     """`ipvsadm -L -n --stats`: Conns InPkts OutPkts InBytes OutBytes per service and real."""
-    return per_real_table(snapshot, "     Conns   InPkts  OutPkts  InBytes OutBytes",
-                          lambda real: [real[k] for k in STATS_KEYS], exact)
+    return per_real_table(
+        snapshot, "     Conns   InPkts  OutPkts  InBytes OutBytes", lambda real: [real[k] for k in STATS_KEYS], exact
+    )
 
 
 def compare_text(result: dict) -> str:
     """One table per service: a row per scheduler; then what each event did under each scheduler."""
-    lines = [f"capture {result['capture']} ({result['span_s']:g} s of packets), seed {result['seed']}"
-             + (f", events: {', '.join(result['events'])}" if result["events"] else "")]
+    lines = [
+        f"capture {result['capture']} ({result['span_s']:g} s of packets), seed {result['seed']}"
+        + (f", events: {', '.join(result['events'])}" if result["events"] else "")
+    ]
     runs = result["runs"]
     for s_index, first in enumerate(runs[0]["services"]):
-        lines += ["", f"{first['service']}: reals {'  '.join(first['reals'])}",
-                  f"  {'scheduler':<10} {'new conns per real':<24} {'peak active per real':<24} "
-                  f"{'imbalance':>9} {'overprov':>8}"]
+        lines += [
+            "",
+            f"{first['service']}: reals {'  '.join(first['reals'])}",
+            f"  {'scheduler':<10} {'new conns per real':<24} {'peak active per real':<24} "
+            f"{'imbalance':>9} {'overprov':>8}",
+        ]
         for run in runs:
             svc = run["services"][s_index]
-            lines.append(f"  {run['scheduler']:<10} {' '.join(map(str, svc['new_connections'])):<24} "
-                         f"{' '.join(map(str, svc['peak_active'])):<24} {svc['imbalance_mean']:>9.2f} "
-                         f"{svc['overprovisioning']:>8.2f}")
+            lines.append(
+                f"  {run['scheduler']:<10} {' '.join(map(str, svc['new_connections'])):<24} "
+                f"{' '.join(map(str, svc['peak_active'])):<24} {svc['imbalance_mean']:>9.2f} "
+                f"{svc['overprovisioning']:>8.2f}"
+            )
     if result["events"]:
-        lines += ["", f"  {'scheduler':<10} {'event':<32} {'conns on real':>13} {'moved':>6} {'broken':>6} "
-                      f"{'black-holed':>11}"]
+        lines += [
+            "",
+            f"  {'scheduler':<10} {'event':<32} {'conns on real':>13} {'moved':>6} {'broken':>6} {'black-holed':>11}",
+        ]
         for run in runs:
             for effect in run["events"]:
-                lines.append(f"  {run['scheduler']:<10} {effect['event']:<32} {effect['connections_on_real']:>13} "
-                             f"{effect['rescheduled']:>6} {effect['broken']:>6} {effect['blackholed']:>11}")
-    lines += ["", "imbalance: max/mean of active connections across a service's reals, averaged over time;",
-              "overprov: its worst moment (the Maglev paper's over-provisioning factor)."]
+                lines.append(
+                    f"  {run['scheduler']:<10} {effect['event']:<32} {effect['connections_on_real']:>13} "
+                    f"{effect['rescheduled']:>6} {effect['broken']:>6} {effect['blackholed']:>11}"
+                )
+    lines += [
+        "",
+        "imbalance: max/mean of active connections across a service's reals, averaged over time;",
+        "overprov: its worst moment (the Maglev paper's over-provisioning factor).",
+    ]
     return "\n".join(lines)
 
 
@@ -71,6 +87,7 @@ def compare_plot(result: dict, path) -> None:
     name and renamed, so a failed write leaves nothing. Needs matplotlib."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -78,16 +95,29 @@ def compare_plot(result: dict, path) -> None:
     runs = result["runs"]
     columns = len(runs[0]["services"])
     # constrained layout makes room for the legends outside the panels, so they never cover a line
-    fig, axes = plt.subplots(len(runs), columns, figsize=(4.6 * columns, 2.3 * len(runs) + 0.9),
-                             sharex=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(runs),
+        columns,
+        figsize=(4.6 * columns, 2.3 * len(runs) + 0.9),
+        sharex=True,
+        squeeze=False,
+        layout="constrained",
+    )
     for row, run in enumerate(runs):
         for col, svc in enumerate(run["services"]):
             _service_panel(axes[row, col], run["scheduler"], svc, _marks_for(result, svc))
     for col in range(columns):
         axes[-1, col].set_xlabel("seconds after the first packet")
         handles, labels = axes[-1, col].get_legend_handles_labels()
-        axes[-1, col].legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32),
-                             ncol=min(3, len(labels)) or 1, frameon=False)
+        axes[-1, col].legend(
+            handles,
+            labels,
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.32),
+            ncol=min(3, len(labels)) or 1,
+            frameon=False,
+        )
     _save_atomically(fig, path)
     plt.close(fig)
 
@@ -106,15 +136,22 @@ def _service_panel(ax, scheduler: str, svc: dict, marks: list[dict]) -> None:
     for k, mark in enumerate(marks):
         ax.axvline(mark["t"], color="black", linestyle=":", linewidth=1)
         # the label hangs from the top of the line; several events step down so they do not overprint
-        ax.annotate(mark["label"], xy=(mark["t"], 1 - 0.12 * k), xycoords=("data", "axes fraction"),
-                    xytext=(3, -2), textcoords="offset points", fontsize=7, va="top",
-                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        ax.annotate(
+            mark["label"],
+            xy=(mark["t"], 1 - 0.12 * k),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -2),
+            textcoords="offset points",
+            fontsize=7,
+            va="top",
+            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+        )
     ax.set_title(f"{scheduler}: {svc['service']}", fontsize=9, loc="left")
     ax.set_ylabel("active conns", fontsize=8)
     # headroom above the data for the event labels, so that they never hide a line
     peak = max([1] + [max(a, default=0) for _, a in svc["active_over_time"]])
     ax.set_ylim(bottom=0, top=peak / max(0.3, 0.9 - 0.12 * len(marks)))
-    ax.yaxis.get_major_locator().set_params(integer=True)      # connections are whole numbers
+    ax.yaxis.get_major_locator().set_params(integer=True)  # connections are whole numbers
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
 

@@ -1,4 +1,5 @@
 """Render snapshots the way users already read them: `ipvsadm -L -n -c`, `ipvsadm -L -n`, summaries."""
+
 from __future__ import annotations
 
 
@@ -10,14 +11,21 @@ def _expire(seconds: float) -> str:
 
 def conntrack_text(snapshot: dict) -> str:
     """`ipvsadm -L -n -c`: pro expire state source virtual destination."""
-    if snapshot.get("sockets"):         # emulated reals: the socket handle of each flow, one more column
+    if snapshot.get("sockets"):  # emulated reals: the socket handle of each flow, one more column
         return _conntrack_with_handles(snapshot)
-    lines = ["IPVS connection entries",
-             "pro expire state       source             virtual            destination"]
+    lines = ["IPVS connection entries", "pro expire state       source             virtual            destination"]
     for row in snapshot["connections"]:
-        lines.append("%-3s %-6s %-11s %-18s %-18s %s" % (
-            row["protocol"], _expire(row["expires_in_s"]), row["state"],
-            row["source"], row["virtual"], row["destination"]))
+        lines.append(
+            "%-3s %-6s %-11s %-18s %-18s %s"
+            % (
+                row["protocol"],
+                _expire(row["expires_in_s"]),
+                row["state"],
+                row["source"],
+                row["virtual"],
+                row["destination"],
+            )
+        )
     return "\n".join(lines)
 
 
@@ -25,13 +33,27 @@ def _conntrack_with_handles(snapshot: dict) -> str:
     """The ipvsadm columns as they are, then `handle`: blank for a real that is not emulated, or a
     connection the host's application no longer holds (closed, or still waiting to be accepted)."""
     width = max([18] + [len(row["destination"]) for row in snapshot["connections"]])
-    lines = ["IPVS connection entries",
-             f"pro expire state       source             virtual            {'destination':<{width}} handle"]
+    lines = [
+        "IPVS connection entries",
+        f"pro expire state       source             virtual            {'destination':<{width}} handle",
+    ]
     for row in snapshot["connections"]:
         handle = row.get("handle")
-        lines.append(("%-3s %-6s %-11s %-18s %-18s %-*s %s" % (
-            row["protocol"], _expire(row["expires_in_s"]), row["state"], row["source"], row["virtual"],
-            width, row["destination"], "" if handle is None else handle)).rstrip())
+        lines.append(
+            (
+                "%-3s %-6s %-11s %-18s %-18s %-*s %s"
+                % (
+                    row["protocol"],
+                    _expire(row["expires_in_s"]),
+                    row["state"],
+                    row["source"],
+                    row["virtual"],
+                    width,
+                    row["destination"],
+                    "" if handle is None else handle,
+                )
+            ).rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -44,8 +66,10 @@ def sockets_text(hosts: list[dict]) -> str:
     lines = [f"Netid State      Recv-Q Send-Q {'Local Address:Port':<{local}} {'Peer Address:Port':<{peer}} Handle"]
     for r in rows:
         handle = "" if r["handle"] is None else str(r["handle"])
-        lines.append(f"{r['netid']:<5} {r['state']:<10} {r['recv_q']:<6} {r['send_q']:<6} {r['local']:<{local}} "
-                     f"{r['peer']:<{peer}} {handle}".rstrip())
+        lines.append(
+            f"{r['netid']:<5} {r['state']:<10} {r['recv_q']:<6} {r['send_q']:<6} {r['local']:<{local}} "
+            f"{r['peer']:<{peer}} {handle}".rstrip()
+        )
     return "\n".join(lines)
 
 
@@ -55,14 +79,21 @@ def services_text(snapshot: dict, size: int) -> str:
     a State column says so (`down`, `overloaded`); ipvsadm has none, since IPVS removes a failed real."""
     states = {id(real): _real_state(real) for svc in snapshot["services"] for real in svc["reals"]}
     tail = " State" if any(states.values()) else ""
-    lines = [f"IP Virtual Server version 1.2.1 (size={size})",
-             "Prot LocalAddress:Port Scheduler Flags",
-             "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn" + tail]
+    lines = [
+        f"IP Virtual Server version 1.2.1 (size={size})",
+        "Prot LocalAddress:Port Scheduler Flags",
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn" + tail,
+    ]
     for svc in snapshot["services"]:
         lines.append(f"{svc['protocol']:<4} {svc['vip']} {svc['scheduler']}{_service_flags(svc)}")
         for real in svc["reals"]:
             line = "  -> %-28s %-7s %-6d %-10u %-10u" % (
-                real["address"], real["forward"], real["weight"], real["active"], real["inactive"])
+                real["address"],
+                real["forward"],
+                real["weight"],
+                real["active"],
+                real["inactive"],
+            )
             lines.append(line + states[id(real)] if tail else line)
     return "\n".join(lines)
 
@@ -79,8 +110,11 @@ def _service_flags(svc: dict) -> str:
         bits = 32 if svc.get("family", 4) == 4 else 128
         prefix = svc.get("persistence_netmask", bits)
         if prefix != bits:
-            mask = ".".join(str(((0xFFFFFFFF << (32 - prefix)) >> s) & 0xFF) for s in (24, 16, 8, 0)) if bits == 32 \
+            mask = (
+                ".".join(str(((0xFFFFFFFF << (32 - prefix)) >> s) & 0xFF) for s in (24, 16, 8, 0))
+                if bits == 32
                 else str(prefix)
+            )
             text += f" mask {mask}"
     return text
 
@@ -88,7 +122,7 @@ def _service_flags(svc: dict) -> str:
 def summary_text(summary: dict) -> str:
     """The replay summary for people: what went in, what came out, where flows went, how fast."""
     dropped = summary["dropped"]
-    answers = (summary.get("emulated") or {}).get("answers", 0)     # they went through the switch too
+    answers = (summary.get("emulated") or {}).get("answers", 0)  # they went through the switch too
     lines = [
         f"capture      {summary['capture']}" + (f" -> {summary['output']}" if summary["output"] else ""),
         f"packets      {summary['packets'] - answers:,} read"
@@ -99,28 +133,37 @@ def summary_text(summary: dict) -> str:
         f"{summary['forward']:,} to reals, {summary['reply'] + summary.get('answer', 0):,} replies"
         + (f", {summary['answer']:,} of them as captured from the service side" if summary.get("answer") else "")
         + f"), {summary['passed']:,} passed untouched",
-        f"dropped      {sum(dropped.values()):,}" + (
-            " (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
+        f"dropped      {sum(dropped.values()):,}"
+        + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
         *_columns("new conns", [f"{real:<24} {n:>9,}" for real, n in summary["new_connections"].items()]),
-        *_columns("unattributed", [f"{sender:<24} {n:>9,}" for sender, n in summary.get("unattributed", {}).items()],
-                  empty=None),
+        *_columns(
+            "unattributed",
+            [f"{sender:<24} {n:>9,}" for sender, n in summary.get("unattributed", {}).items()],
+            empty=None,
+        ),
         f"table        peak {summary['peak_connections']:,}, final {summary['final_connections']:,} "
         f"of {summary['max_connections']:,}",
         f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s",
     ]
     emulated = summary.get("emulated")
     if emulated:
-        lines.append(f"emulated     {emulated['hosts']} hosts: {emulated['accepted']:,} accepted of "
-                     f"{emulated['syns']:,} SYNs, {emulated['listen_drops']:,} SYNs dropped (listen queues full), "
-                     f"{emulated['resets_sent']:,} resets sent, {emulated['segments_out']:,} segments and "
-                     f"{emulated['datagrams_out']:,} datagrams answered")
+        lines.append(
+            f"emulated     {emulated['hosts']} hosts: {emulated['accepted']:,} accepted of "
+            f"{emulated['syns']:,} SYNs, {emulated['listen_drops']:,} SYNs dropped (listen queues full), "
+            f"{emulated['resets_sent']:,} resets sent, {emulated['segments_out']:,} segments and "
+            f"{emulated['datagrams_out']:,} datagrams answered"
+        )
         if emulated.get("superseded"):
-            lines.append(f"             {emulated['superseded']:,} captured packets from emulated reals' addresses "
-                         f"skipped (their hosts answer instead)")
+            lines.append(
+                f"             {emulated['superseded']:,} captured packets from emulated reals' addresses "
+                f"skipped (their hosts answer instead)"
+            )
     for effect in summary.get("events", []):
-        lines.append(f"event        {effect['event']}: {effect['connections_on_real']:,} connections on the real; then "
-                     f"{effect['rescheduled']:,} moved, {effect['broken']:,} broken, "
-                     f"{effect['blackholed']:,} black-holed")
+        lines.append(
+            f"event        {effect['event']}: {effect['connections_on_real']:,} connections on the real; then "
+            f"{effect['rescheduled']:,} moved, {effect['broken']:,} broken, "
+            f"{effect['blackholed']:,} black-holed"
+        )
     if summary.get("error"):
         lines.append(f"stopped      {summary['error']}")
     return "\n".join(lines)
@@ -134,4 +177,5 @@ def _columns(title: str, rows: list[str], empty: str | None = "none") -> list[st
 
 def to_json(data) -> str:
     import json  # only --json and state files need it (start-up)
+
     return json.dumps(data, indent=2, sort_keys=False)

@@ -3,6 +3,7 @@
 A scheduler class may declare `flags` (the flag names it accepts) and `options` (which of
 flags, table_size and seed its constructor takes); create() passes only those.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -22,16 +23,34 @@ from l4emu.schedulers._load import (
 )
 from l4emu.schedulers._locality import LocalityLeastConnection, LocalityLeastConnectionReplicated
 
-BUILTINS: dict[str, type[Scheduler]] = {cls.name: cls for cls in (
-    RoundRobin, WeightedRoundRobin, LeastConnection, WeightedLeastConnection, ShortestExpectedDelay,
-    NeverQueue, SourceHash, DestinationHash, Random, TwoChoices, Maglev, Rendezvous, WeightedFailover,
-    WeightedOverflow, LocalityLeastConnection, LocalityLeastConnectionReplicated)}
-BUILTINS["p2c"] = TwoChoices            # "power of two choices", as proxies call it
+BUILTINS: dict[str, type[Scheduler]] = {
+    cls.name: cls
+    for cls in (
+        RoundRobin,
+        WeightedRoundRobin,
+        LeastConnection,
+        WeightedLeastConnection,
+        ShortestExpectedDelay,
+        NeverQueue,
+        SourceHash,
+        DestinationHash,
+        Random,
+        TwoChoices,
+        Maglev,
+        Rendezvous,
+        WeightedFailover,
+        WeightedOverflow,
+        LocalityLeastConnection,
+        LocalityLeastConnectionReplicated,
+    )
+}
+BUILTINS["p2c"] = TwoChoices  # "power of two choices", as proxies call it
 
 
 def available() -> dict[str, object]:
     """Every scheduler name: built-ins first; a plugin cannot shadow a built-in."""
     from importlib.metadata import entry_points  # slow to import and to scan: only when asked
+
     found: dict[str, object] = {}
     for ep in entry_points(group="l4emu.schedulers"):
         found.setdefault(ep.name, ep)
@@ -52,7 +71,7 @@ class _Catalog(Mapping):
         self._all: dict[str, tuple[str, ...]] | None = None
 
     def __getitem__(self, name: str) -> tuple[str, ...]:
-        if name in BUILTINS:                # a plugin cannot shadow a built-in
+        if name in BUILTINS:  # a plugin cannot shadow a built-in
             return tuple(getattr(BUILTINS[name], "flags", ()))
         return self._everything()[name]
 
@@ -82,7 +101,7 @@ def _resolve(name: str, entry) -> type[Scheduler]:
 
 def create(name: str, flags=(), table_size: int | None = None, seed: int = 0) -> Scheduler:
     """A fresh scheduler instance for one service; flags it does not know are a ValueError."""
-    entry = BUILTINS.get(name) or available().get(name)      # entry points are slow to scan
+    entry = BUILTINS.get(name) or available().get(name)  # entry points are slow to scan
     if entry is None:
         raise KeyError(f"unknown scheduler {name!r}")
     cls = _resolve(name, entry)

@@ -1,4 +1,5 @@
 """Type stub of the extension module l4emu.schedulers._core (ext/l4emu/schedulers/_core.pyx)."""
+
 from typing import Any, ClassVar
 
 class Scheduler:

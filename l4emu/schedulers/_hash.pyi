@@ -1,4 +1,5 @@
 """Type stub of the extension module l4emu.schedulers._hash (ext/l4emu/schedulers/_hash.pyx)."""
+
 from collections.abc import Iterable
 
 from l4emu.schedulers._core import Scheduler

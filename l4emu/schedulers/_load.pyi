@@ -1,4 +1,5 @@
 """Type stub of the extension module l4emu.schedulers._load (ext/l4emu/schedulers/_load.pyx)."""
+
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,5 +19,6 @@ class Random(Scheduler):
 class TwoChoices(Scheduler):
     def __init__(self, seed: int = 0) -> None: ...
 
-def pick_many(scheduler: Scheduler, reals: list[dict[str, Any]], keys: Iterable[Any], connect: bool = False,
-              now_ns: int = 0) -> list[int]: ...
+def pick_many(
+    scheduler: Scheduler, reals: list[dict[str, Any]], keys: Iterable[Any], connect: bool = False, now_ns: int = 0
+) -> list[int]: ...

@@ -1,4 +1,5 @@
 """Type stub of the extension module l4emu.schedulers._locality (ext/l4emu/schedulers/_locality.pyx)."""
+
 from l4emu.schedulers._core import Scheduler
 
 EXPIRATION_NS: int

@@ -1,4 +1,5 @@
 """Type stub of the extension module l4emu.io.pcap._read (ext/l4emu/io/pcap/_read.pyx)."""
+
 from mmap import mmap
 from typing import Any
 

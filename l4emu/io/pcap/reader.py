@@ -1,4 +1,5 @@
 """Read pcap/pcapng from a read-only memory map, copying packets into batches (the file is never written)."""
+
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -27,14 +28,17 @@ class Interface:
     linktype: int
     snaplen: int
     nanosecond: bool
-    offset: int = field(default=0, compare=False)     # of the global header or IDB that declares it
+    offset: int = field(default=0, compare=False)  # of the global header or IDB that declares it
 
 
 def unknown_link_types(path, interfaces, known) -> list[str]:
     """A message per interface whose link type is not in `known` (a switch passes its packets untouched)."""
-    return [f"{path}: offset {iface.offset}: interface {i} has link type {iface.linktype}, which l4emu does not "
-            f"parse: its packets pass untouched (parsed: {', '.join(map(str, sorted(known)))})"
-            for i, iface in enumerate(interfaces) if iface.linktype not in known]
+    return [
+        f"{path}: offset {iface.offset}: interface {i} has link type {iface.linktype}, which l4emu does not "
+        f"parse: its packets pass untouched (parsed: {', '.join(map(str, sorted(known)))})"
+        for i, iface in enumerate(interfaces)
+        if iface.linktype not in known
+    ]
 
 
 def open_capture(path):

@@ -3,6 +3,7 @@
 A target that exists and is not a regular file (a device such as /dev/full, a FIFO, a link to one) is
 written in place: there is nothing to rename over, and no file is left behind to look complete.
 """
+
 import os
 import struct
 from collections.abc import Callable
@@ -54,8 +55,9 @@ def output_format(path, fmt=None) -> str:
     if fmt is None:
         fmt = FORMATS.get(ext) or ("pcap" if _in_place(path) else None)
     if fmt is None:
-        raise WriteError(path, f"cannot tell the format from extension {ext!r}: use .pcap or .pcapng, "
-                               f"or give --format pcap|pcapng")
+        raise WriteError(
+            path, f"cannot tell the format from extension {ext!r}: use .pcap or .pcapng, or give --format pcap|pcapng"
+        )
     return fmt
 
 
@@ -139,7 +141,7 @@ class CaptureWriter:
 
     def _new_idbs(self):
         blocks = []
-        for iface in self.interfaces[self._idbs:]:
+        for iface in self.interfaces[self._idbs :]:
             nanosecond = self._nanosecond([iface])
             # if_tsresol=9 (nanoseconds), padded to 4, then opt_endofopt
             options = struct.pack("=HHB3xHH", 9, 1, 9, 0, 0) if nanosecond else b""
@@ -203,11 +205,11 @@ class CaptureWriter:
                 self._file.close()
         except OSError:
             pass
-        if self._part == self.path:         # written in place: a device or FIFO, not ours to delete
+        if self._part == self.path:  # written in place: a device or FIFO, not ours to delete
             return
         try:
             os.unlink(self._part)
-        except OSError:             # gone already, or not ours to remove any more (privileges dropped)
+        except OSError:  # gone already, or not ours to remove any more (privileges dropped)
             pass
 
     @property

@@ -1,4 +1,5 @@
 """Type stub of the extension module l4emu.io.tun._io (ext/l4emu/io/tun/_io.pyx)."""
+
 from l4emu.datapath._batch import Batch
 
 LINKTYPE_RAW: int

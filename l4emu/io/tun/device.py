@@ -1,4 +1,5 @@
 """Open a Linux TUN device (raw IP, no packet info, virtio offloads when the kernel has them) for live mode."""
+
 from __future__ import annotations
 
 import ctypes
@@ -27,9 +28,9 @@ class TunError(L4emuError):
 class Tun:
     fd: int
     name: str
-    vnet: bool              # packets carry a virtio_net_hdr (offloads on)
+    vnet: bool  # packets carry a virtio_net_hdr (offloads on)
     offloads: tuple
-    created: bool           # made by us (it disappears when the fd closes)
+    created: bool  # made by us (it disappears when the fd closes)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -39,7 +40,7 @@ class Tun:
 
 def _exists(name: str) -> bool:
     try:
-        socket.if_nametoindex(name)     # this network namespace's view, unlike /sys in a plain setns
+        socket.if_nametoindex(name)  # this network namespace's view, unlike /sys in a plain setns
         return True
     except OSError:
         return False
@@ -59,8 +60,9 @@ def open_tun(name: str, create: bool = False, offload: bool = True) -> Tun:
         raise TunError(f"{name!r}: not a valid interface name (1-15 bytes)")
     existed = _exists(name)
     if not existed and not create:
-        raise TunError(f"{name}: no such device (make it with `ip tuntap add {name} mode tun`, "
-                       "`l4emu lab up`, or pass --create)")
+        raise TunError(
+            f"{name}: no such device (make it with `ip tuntap add {name} mode tun`, `l4emu lab up`, or pass --create)"
+        )
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -73,7 +75,7 @@ def open_tun(name: str, create: bool = False, offload: bool = True) -> Tun:
             hint = " (is it a TAP device, or multi-queue?)" if exc.errno == 22 else ""
             raise TunError(f"{name}: cannot attach: {exc.strerror}{hint}") from None
         chosen: tuple = ()
-        if not offload:     # a persistent device keeps the offloads a previous user asked for
+        if not offload:  # a persistent device keeps the offloads a previous user asked for
             fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
         else:
             for names in OFFLOAD_SETS:
