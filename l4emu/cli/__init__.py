@@ -42,6 +42,13 @@ LAZY_COMMANDS = {
 }
 
 
+def config_option(help_text: str = "TOML config (default: the embedded one).") -> Callable:
+    """-c/--config, as every command that reads a config takes it."""
+    return click.option(
+        "-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=help_text
+    )
+
+
 def _fixed_help(text: str) -> Callable[[int], str]:
     """A short-help getter for a command not loaded yet: its text from LAZY_COMMANDS, at any width."""
     return lambda limit: text
@@ -119,13 +126,7 @@ class Seconds(click.ParamType):
     type=click.Choice(["pcap", "pcapng"]),
     help="Output format of -o and --inside (default: from the extension; pcap for a device or FIFO).",
 )
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config (default: the embedded one the bundled samples were made for).",
-)
+@config_option("TOML config (default: the embedded one the bundled samples were made for).")
 @click.option(
     "--vip",
     "vips",
@@ -429,13 +430,7 @@ DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
 
 @main.command(short_help="Replay once per scheduler; compare the spread.")
 @click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config (default: the embedded one).",
-)
+@config_option("TOML config (default: the embedded one).")
 @click.option(
     "--schedulers", "names", default=DEFAULT_COMPARE, show_default=True, help="Comma-separated schedulers to compare."
 )

@@ -6,10 +6,10 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
+from l4emu.cli import config_option
 from l4emu.errors import L4emuError
 from l4emu.io.tun.device import enter_netns, open_tun
 from l4emu.live import control
@@ -40,13 +40,7 @@ def _fail(message: str, code: int = 2):
 
 @click.command()
 @click.option("--tun", "tun_name", required=True, help="TUN device to attach to (raw IP).")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config (default: the embedded one).",
-)
+@config_option("TOML config (default: the embedded one).")
 @click.option("--control", "control_path", type=click.Path(dir_okay=False), help="Serve the control socket here.")
 @click.option("--control-group", help="Let this group use the control socket (mode 0660 instead of 0600).")
 @click.option("--pcap-out", type=click.Path(dir_okay=False), help="Record what passed (.pcap or .pcapng).")
@@ -233,13 +227,7 @@ def lab():
 
 
 @lab.command("up")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Take the VIPs and reals from this config (default: the embedded one).",
-)
+@config_option("Take the VIPs and reals from this config (default: the embedded one).")
 @click.option("--prefix", default="l4emu", show_default=True, help="Namespace names start with this.")
 @click.option("--tun", "tun_name", default="l4emu0", show_default=True, help="TUN device in the load balancer.")
 def lab_up(config_path, prefix, tun_name):
