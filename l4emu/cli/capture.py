@@ -1,0 +1,315 @@
+"""`l4emu replay` and `l4emu compare`: captures through the switch, once or once per scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from l4emu.cli import config_option, fail
+from l4emu.errors import L4emuError
+
+PROGRESS_MIN_BYTES = 8 << 20  # smaller captures finish before a bar would help
+
+if TYPE_CHECKING:
+    from l4emu import config as configmod
+    from l4emu.switch import Switch
+
+
+class Seconds(click.ParamType):
+    """A time in seconds from 0, kept as the user spelled it: `--at 1.0` names its file state@1.0.json
+    (a float would print as 1), so the file is where the user will look for it."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 <= seconds < float("inf"):
+            self.fail(f"{value!r} is not a time from 0 seconds on", param, ctx)
+        return text
+
+
+@click.command()
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the translated packets here (.pcap or .pcapng, or see --format).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pcap", "pcapng"]),
+    help="Output format of -o and --inside (default: from the extension; pcap for a device or FIFO).",
+)
+@config_option("TOML config (default: the embedded one the bundled samples were made for).")
+@click.option(
+    "--vip",
+    "vips",
+    multiple=True,
+    metavar="IP:PORT[/tcp|udp]",
+    help="A virtual service instead of a config file (with --real).",
+)
+@click.option("--real", "reals", multiple=True, metavar="IP:PORT", help="A real server of every --vip.")
+@click.option("--scheduler", default="rr", show_default=True, help="Scheduler for --vip services.")
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed for the hash secret and random choices: same seed, same output (default: drawn at random).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--state-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the final state (connection table, services, counters) as JSON.",
+)
+@click.option(
+    "--annotate",
+    is_flag=True,
+    help="Comment every packet with the switch's decision (pcapng output; dropped packets kept).",
+)
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    metavar="T:ACTION:IP:PORT[:W]",
+    help="Change a real at T seconds after the first packet: T:down:IP:PORT, T:up:IP:PORT, T:weight:IP:PORT:W.",
+)
+@click.option(
+    "--inside",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write what the reals see: packets to them after DNAT, their answers before SNAT.",
+)
+@click.option(
+    "--capture-servers",
+    metavar="[VIP=]IP:PORT,...",
+    help="The servers the capture was taken with (behind another load balancer): clients' packets "
+    "to them go to the service, their packets are its answers.",
+)
+@click.option(
+    "--at",
+    "at_times",
+    multiple=True,
+    type=Seconds(),
+    metavar="T",
+    help="Also write the state at T seconds after the first packet, beside --state-out as NAME@T.json (repeatable).",
+)
+def replay(
+    capture,
+    output,
+    fmt,
+    config_path,
+    vips,
+    reals,
+    scheduler,
+    seed,
+    as_json,
+    state_out,
+    annotate,
+    events,
+    inside,
+    capture_servers,
+    at_times,
+):
+    """Replay CAPTURE through the switch and summarize what it did.
+
+    With emulated reals (emulated = true in the config), their hosts answer: -o then holds the whole
+    conversation as the clients see it."""
+    from l4emu.events import parse_event
+    from l4emu.render import views
+    from l4emu.replay import replay as run_replay
+
+    if at_times and not state_out:
+        fail("--at writes its states beside --state-out: give --state-out too")
+    _refuse_overwriting(capture, {"-o": output, "--inside": inside, "--state-out": state_out})
+    spellings = at_spellings(at_times)
+    try:
+        events = [parse_event(e) for e in events]
+        switch = _build_switch(config_path, vips, reals, scheduler, seed, capture_servers)
+        show_bar = not as_json and capture.exists() and capture.stat().st_size >= PROGRESS_MIN_BYTES
+        # (no hidden bar when none is shown: click's progress bar imports its terminal code)
+        with (
+            click.progressbar(length=capture.stat().st_size, label="replaying", file=sys.stderr)
+            if show_bar
+            else contextlib.nullcontext()
+        ) as bar:
+            summary = run_replay(
+                capture,
+                switch,
+                output,
+                annotate,
+                progress=(lambda done, total: bar.update(done - bar.pos)) if bar else None,
+                events=events,
+                inside=inside,
+                at=list(spellings),
+                fmt=fmt,
+                on_at=lambda t, snap: _write_states(state_out, spellings[t], snap),
+            )
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    if state_out:
+        _write_state(state_out, switch.snapshot())
+    click.echo(views.to_json(summary) if as_json else views.summary_text(summary))
+    for warning in summary["warnings"]:
+        click.echo(f"l4emu: warning: {warning}", err=True)
+    if summary["error"]:
+        fail(summary["error"])
+
+
+def at_spellings(at_times) -> dict[float, list[str]]:
+    """Each --at moment with the spellings that asked for it (`--at 1 --at 1.0`: one moment, two files)."""
+    spellings: dict[float, list[str]] = {}
+    for text in at_times:
+        if text not in spellings.setdefault(float(text), []):
+            spellings[float(text)].append(text)
+    return spellings
+
+
+def at_path(state_out: Path, t: str) -> Path:
+    """Where --at T goes: state.json -> state@T.json (T as the user wrote it, seconds after the first packet)."""
+    return state_out.with_name(f"{state_out.stem}@{t}{state_out.suffix or '.json'}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file by two names (a symlink, ../dir/x)? samefile when both exist, else the resolved paths."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _refuse_overwriting(capture: Path, outputs: dict) -> None:
+    """An output that is the capture would replace the input with its own translation, and two outputs
+    on one file would overwrite each other: refuse both before reading a packet. Devices (/dev/null)
+    may take several outputs."""
+    given = [(flag, path) for flag, path in outputs.items() if path is not None]
+    for flag, path in given:
+        if _same_file(capture, path):
+            fail(f"{path}: {flag} is the input capture {capture}: write it elsewhere")
+    for k, (flag, path) in enumerate(given):
+        for other, earlier in given[:k]:
+            if _same_file(earlier, path) and not (path.exists() and not path.is_file()):
+                fail(f"{path}: given to both {other} and {flag}: give each its own file")
+
+
+def _write_states(state_out: Path, spellings: list[str], snapshot: dict) -> None:
+    """One --at moment's state, under each spelling that asked for it."""
+    for text in spellings:
+        _write_state(at_path(state_out, text), snapshot)
+
+
+def _write_state(path: Path, snapshot: dict) -> None:
+    from l4emu.io.pcap.writer import write_text_atomic
+    from l4emu.render import views
+
+    try:
+        write_text_atomic(path, views.to_json(snapshot) + "\n")  # a failed write leaves no half file
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}")
+
+
+def _build_switch(config_path, vips, reals, scheduler, seed, capture_servers=None) -> Switch:
+    from l4emu.switch import Switch
+
+    return Switch(_build_config(config_path, vips, reals, scheduler, capture_servers), seed)
+
+
+def _build_config(config_path, vips, reals, scheduler, capture_servers=None) -> configmod.Config:
+    """From -c (or the embedded default), or from --vip/--real; plus --capture-servers."""
+    from l4emu import config as configmod
+    from l4emu import schedulers
+
+    if vips or reals:
+        if config_path:
+            raise configmod.ConfigError("--vip", "give either -c/--config or --vip/--real, not both")
+        if not (vips and reals):
+            raise configmod.ConfigError("--vip", "--vip and --real go together")
+        known = schedulers.catalog()  # built-in names without a plugin scan
+        config = configmod.from_dict(configmod.from_flags(list(vips), list(reals), scheduler, known), known)
+    else:
+        config = configmod.load(config_path, schedulers.catalog())
+    return configmod.with_capture_servers(config, capture_servers) if capture_servers else config
+
+
+# Enough to compare: rotation, least connections, two hashes and a randomized choice.
+DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
+
+
+@click.command()
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@config_option("TOML config (default: the embedded one).")
+@click.option(
+    "--schedulers", "names", default=DEFAULT_COMPARE, show_default=True, help="Comma-separated schedulers to compare."
+)
+@click.option(
+    "--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]", help="As for replay; applied in every run."
+)
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed of every run (default: one drawn at random, printed so that the runs can be repeated).",
+)
+@click.option(
+    "--capture-servers",
+    metavar="[VIP=]IP:PORT,...",
+    help="As for replay: the servers the capture was taken with stand for the service.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw active connections per real over time, a panel per scheduler and service "
+    "(PNG, or .svg/.pdf; needs matplotlib).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (with the time series).")
+def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json):
+    """Replay CAPTURE once per scheduler and compare how each spreads the load."""
+    from l4emu import config as configmod
+    from l4emu import schedulers
+    from l4emu.compare import compare as run_compare
+    from l4emu.events import parse_event
+    from l4emu.render import report, views
+
+    if plot is not None:
+        _refuse_overwriting(capture, {"--plot": plot})
+    try:
+        events = [parse_event(e) for e in events]
+        known = schedulers.catalog()  # built-in names without a plugin scan
+        chosen = [n.strip() for n in names.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in known]
+        if not chosen or unknown:
+            raise configmod.ConfigError(
+                "--schedulers",
+                f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
+            )
+        config = _build_config(config_path, (), (), None, capture_servers)
+        result = run_compare(capture, config, chosen, events, seed)
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    # The table first: a plot that cannot be written must not cost the user the numbers.
+    click.echo(views.to_json(result) if as_json else report.compare_text(result))
+    for warning in dict.fromkeys(w for run in result["runs"] for w in run["warnings"]):
+        click.echo(f"l4emu: warning: {warning}", err=True)
+    if plot:
+        _write_plot(result, plot)
+
+
+def _write_plot(result: dict, path: Path) -> None:
+    from l4emu.render import report
+
+    try:
+        report.compare_plot(result, path)
+    except L4emuError as exc:  # matplotlib is missing
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{path}: cannot write the plot: {exc.strerror or exc}")
+    except ValueError as exc:  # a format matplotlib does not write (.foo)
+        fail(f"{path}: cannot write the plot: {exc}")
