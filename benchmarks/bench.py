@@ -60,11 +60,11 @@ def l4emu_cmd(capture: Path, output: Path) -> list[str]:
             "--vip", f"{BENCH_VIP}:{BENCH_VPORT}/tcp", *reals, "--scheduler", "rr", "--seed", "1"]
 
 
-def run_timed(argv: list[str], env: dict) -> tuple[float, float]:
+def run_timed(argv: list[str], env: dict, cwd: Path) -> tuple[float, float]:
     """One whole process: (wall seconds, CPU seconds: user + sys of the process and its children)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True, env=env)
+    subprocess.run(argv, check=True, capture_output=True, env=env, cwd=cwd)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -82,14 +82,17 @@ def whole_command_figures(workdir: Path, capture: Path, packets: int, runs: int)
         commands["tcprewrite (stateless, C)"] = tcprewrite
     commands["python -c pass (for scale)"] = [sys.executable, "-c", "pass"]
     # A warm-up of each (not counted); l4emu's, with --json, also checks that every packet was translated.
-    done = subprocess.run(commands["l4emu replay (stateful)"] + ["--json"], check=True, capture_output=True, env=env)
+    # In workdir: `python -m` puts the working directory first on the path, and a source checkout there
+    # (its l4emu/ without the built extension) would stand in for the l4emu this script imported.
+    done = subprocess.run(commands["l4emu replay (stateful)"] + ["--json"], check=True, capture_output=True, env=env,
+                          cwd=workdir)
     assert json.loads(done.stdout)["translated"] == packets, done.stdout[:500]
     for argv in list(commands.values())[1:]:
-        subprocess.run(argv, check=True, capture_output=True, env=env)
+        subprocess.run(argv, check=True, capture_output=True, env=env, cwd=workdir)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, argv in commands.items():
-            times[name].append(run_timed(argv, env))
+            times[name].append(run_timed(argv, env, workdir))
     print(f"  whole commands, as a user runs them (process start, imports, replay, output file): "
           f"{runs} runs each, in turn; medians")
     print(f"  {'':32} {'packets':>10} {'wall s':>8} {'cpu s':>8} {'packets/s':>12} {'l4emu is':>10}")
