@@ -7,7 +7,7 @@ import random
 
 from l4emu import config as configmod
 from l4emu.io import open_capture
-from l4emu.replay import replay, unattributed_warning
+from l4emu.replay import replay
 from l4emu.switch import Switch
 
 SAMPLES = 200  # active-connection samples over the capture's duration
@@ -47,7 +47,14 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
         start[:] = start or [clock_ns]
         samples.append(((clock_ns - start[0]) / 1e9, [r["active"] for r in switch.real_counters()]))
 
-    summary = replay(capture, switch, events=events, sample_every_s=max(span_s / SAMPLES, 1e-3), on_sample=on_sample)
+    summary = replay(
+        capture,
+        switch,
+        events=events,
+        sample_every_s=max(span_s / SAMPLES, 1e-3),
+        on_sample=on_sample,
+        run_name=f"{capture} with {name}",
+    )
     per_real = switch.real_counters()
     services, k = [], 0
     for svc in config.services:
@@ -73,19 +80,8 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
         "events": summary["events"],
         "dropped": summary["dropped"],
         "unattributed": summary["unattributed"],
-        "warnings": _per_scheduler(summary, capture, name),
+        "warnings": summary["warnings"],
     }
-
-
-def _per_scheduler(summary: dict, capture, name: str) -> list[str]:
-    """The replay's warnings; the one about unattributed packets names the scheduler, since the
-    packets a capture's replies leave unowned differ by scheduler."""
-    if not summary["unattributed"]:
-        return summary["warnings"]
-    general = unattributed_warning(capture, summary["unattributed"])
-    return [w for w in summary["warnings"] if w != general] + [
-        unattributed_warning(f"{capture} with {name}", summary["unattributed"])
-    ]
 
 
 def event_mark(event) -> dict:

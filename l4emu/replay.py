@@ -32,6 +32,7 @@ def replay(
     at: Sequence[float] = (),
     on_at: Callable[[float, dict], None] | None = None,
     fmt: str | None = None,
+    run_name: str | None = None,
 ) -> dict:
     """Run every packet of `capture` through `switch`; returns the summary (see summary_text).
 
@@ -44,7 +45,8 @@ def replay(
     clients' view of the whole conversation. A capture fault stops
     reading after everything good before it was processed and written; the summary then carries
     the fault under "error". `fmt` (pcap or pcapng) overrides the outputs' extensions. An event or
-    --at time past the last packet is named under "warnings".
+    --at time past the last packet is named under "warnings"; so are packets no connection owned,
+    under `run_name` (default: the capture's name), as their number depends on the run's scheduler.
     """
     if annotate and (output is None or output_format(output, fmt) != "pcapng"):
         raise OptionError("--annotate writes packet comments, which need a .pcapng output (-o out.pcapng)")
@@ -101,7 +103,7 @@ def replay(
         *clock.past_the_end(),
     ]
     if summary["unattributed"]:
-        summary["warnings"].append(unattributed_warning(capture, summary["unattributed"]))
+        summary["warnings"].append(unattributed_warning(run_name or capture, summary["unattributed"]))
     if summary["translated"] == 0 and summary["passed_by_reason"].get("no_service"):
         summary["warnings"].append(
             f"{capture}: no packet was for a service of the config: if the capture was "

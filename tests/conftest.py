@@ -66,3 +66,29 @@ def run_cli(*args, check=True):
 
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+
+
+def serve_control(path, handle, client):
+    """Serve a control socket at `path` with `handle` in this thread, as the live loop does, while
+    `client()` runs in another; returns the client's result and the socket's mode while it was served."""
+    import os
+    import select
+    import stat
+    import threading
+
+    from l4emu.live import control
+
+    server = control.ControlServer(str(path), handle)
+    epoll = select.epoll()
+    server.register(epoll)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(value=client()))
+    thread.start()
+    while thread.is_alive():
+        for fd, events in epoll.poll(0.05):
+            server.on_event(fd, events)
+        server.expire()
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    server.close()
+    epoll.close()
+    return result.get("value"), mode

@@ -4,36 +4,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-import select
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from click.testing import CliRunner
+from conftest import serve_control
 
 from l4emu.cli import main
 from l4emu.cli.live import setup_logging
-from l4emu.live import control
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def serve(path, handle, client):
-    """Serve the control socket in this thread (as the live loop does) while `client()` runs in another."""
-    server = control.ControlServer(str(path), handle)
-    epoll = select.epoll()
-    server.register(epoll)
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(value=client()))
-    thread.start()
-    while thread.is_alive():
-        for fd, events in epoll.poll(0.05):
-            server.on_event(fd, events)
-        server.expire()
-    server.close()
-    epoll.close()
-    return result.get("value")
 
 
 def no_such_real(request):
@@ -45,7 +26,7 @@ def test_a_refused_control_request_is_one_log_line(tmp_path, caplog):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cli = [sys.executable, "-m", "l4emu.cli", "real", "set", "10.9.9.9:80", "--weight", "3", "--control", str(path)]
     with caplog.at_level(logging.INFO, logger="l4emu.live"):
-        proc = serve(path, no_such_real, lambda: subprocess.run(cli, capture_output=True, text=True, env=env))
+        proc, _ = serve_control(path, no_such_real, lambda: subprocess.run(cli, capture_output=True, text=True, env=env))
     assert proc.returncode == 2 and proc.stderr == "l4emu: error: no real server 10.9.9.9:80\n"
     refused = [r for r in caplog.records if r.name == "l4emu.live"]
     assert len(refused) == 1 and refused[0].levelno == logging.WARNING

@@ -1,34 +1,20 @@
 """The control socket's rules: mode 0600, bounded JSON lines, unknown or malformed requests refused, stale files replaced."""
 from __future__ import annotations
 
-import os
-import select
 import socket
-import stat
-import threading
 
 import pytest
+from conftest import serve_control
 
 from l4emu.live import control
 
 
 def serve(path, client):
-    """Run `client()` in a thread while this thread serves, as the live loop does; returns its result."""
+    """Run `client()` against a control socket that echoes each request's op; returns its result, the
+    requests seen and the socket's mode."""
     seen = []
-    server = control.ControlServer(str(path), lambda req: seen.append(req) or {"echo": req["op"]})
-    epoll = select.epoll()
-    server.register(epoll)
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(value=client()))
-    thread.start()
-    while thread.is_alive():
-        for fd, events in epoll.poll(0.05):
-            server.on_event(fd, events)
-        server.expire()
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    server.close()
-    epoll.close()
-    return result.get("value"), seen, mode
+    value, mode = serve_control(path, lambda req: seen.append(req) or {"echo": req["op"]}, client)
+    return value, seen, mode
 
 
 def raw(path, data: bytes) -> bytes:

@@ -42,14 +42,20 @@ def _source(state, control_path, op) -> dict:
     return _load_state(state)
 
 
+def state_or_control(command):
+    """STATE (a file from `replay --state-out`) or --control SOCK (a running `l4emu live`): where every
+    view takes its snapshot from (`_source`)."""
+    command = click.option(
+        "--control",
+        "control_path",
+        type=click.Path(dir_okay=False),
+        help="Ask a running `l4emu live` instead of reading a state file.",
+    )(command)
+    return click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))(command)
+
+
 @click.command()
-@click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--control",
-    "control_path",
-    type=click.Path(dir_okay=False),
-    help="Ask a running `l4emu live` instead of reading a state file.",
-)
+@state_or_control
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def conntrack(state, control_path, as_json):
     """Show the connection table of a state file or a live switch, like `ipvsadm -L -n -c`."""
@@ -60,13 +66,7 @@ def conntrack(state, control_path, as_json):
 
 
 @click.command()
-@click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--control",
-    "control_path",
-    type=click.Path(dir_okay=False),
-    help="Ask a running `l4emu live` instead of reading a state file.",
-)
+@state_or_control
 @click.option("--host", "host", metavar="IP", help="Only this emulated host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hosts, their sockets and counters as JSON.")
 def sockets(state, control_path, host, as_json):
@@ -84,13 +84,7 @@ def sockets(state, control_path, host, as_json):
 
 
 @click.command()
-@click.argument("state", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--control",
-    "control_path",
-    type=click.Path(dir_okay=False),
-    help="Ask a running `l4emu live` instead of reading a state file.",
-)
+@state_or_control
 @click.option(
     "--watch",
     type=click.FloatRange(min=0.1),

@@ -10,50 +10,27 @@ def _expire(seconds: float) -> str:
 
 
 def conntrack_text(snapshot: dict) -> str:
-    """`ipvsadm -L -n -c`: pro expire state source virtual destination."""
-    if snapshot.get("sockets"):  # emulated reals: the socket handle of each flow, one more column
-        return _conntrack_with_handles(snapshot)
-    lines = ["IPVS connection entries", "pro expire state       source             virtual            destination"]
-    for row in snapshot["connections"]:
-        lines.append(
-            "%-3s %-6s %-11s %-18s %-18s %s"
-            % (
-                row["protocol"],
-                _expire(row["expires_in_s"]),
-                row["state"],
-                row["source"],
-                row["virtual"],
-                row["destination"],
-            )
+    """`ipvsadm -L -n -c`: pro expire state source virtual destination. With emulated reals, one more
+    column, `handle`: blank for a real that is not emulated, or a connection the host's application no
+    longer holds (closed, or still waiting to be accepted)."""
+    rows = snapshot["connections"]
+    with_handles = bool(snapshot.get("sockets"))
+    width = max([18] + [len(row["destination"]) for row in rows]) if with_handles else 0
+    head = "pro expire state       source             virtual            "
+    lines = ["IPVS connection entries", head + (f"{'destination':<{width}} handle" if with_handles else "destination")]
+    for row in rows:
+        cells = "%-3s %-6s %-11s %-18s %-18s " % (
+            row["protocol"],
+            _expire(row["expires_in_s"]),
+            row["state"],
+            row["source"],
+            row["virtual"],
         )
-    return "\n".join(lines)
-
-
-def _conntrack_with_handles(snapshot: dict) -> str:
-    """The ipvsadm columns as they are, then `handle`: blank for a real that is not emulated, or a
-    connection the host's application no longer holds (closed, or still waiting to be accepted)."""
-    width = max([18] + [len(row["destination"]) for row in snapshot["connections"]])
-    lines = [
-        "IPVS connection entries",
-        f"pro expire state       source             virtual            {'destination':<{width}} handle",
-    ]
-    for row in snapshot["connections"]:
-        handle = row.get("handle")
-        lines.append(
-            (
-                "%-3s %-6s %-11s %-18s %-18s %-*s %s"
-                % (
-                    row["protocol"],
-                    _expire(row["expires_in_s"]),
-                    row["state"],
-                    row["source"],
-                    row["virtual"],
-                    width,
-                    row["destination"],
-                    "" if handle is None else handle,
-                )
-            ).rstrip()
-        )
+        if with_handles:
+            handle = row.get("handle")
+            lines.append(f"{cells}{row['destination']:<{width}} {'' if handle is None else handle}".rstrip())
+        else:
+            lines.append(cells + row["destination"])
     return "\n".join(lines)
 
 

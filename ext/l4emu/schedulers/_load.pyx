@@ -223,27 +223,26 @@ cdef int32_t twos_pick(void* state, const Real* reals, uint32_t n, const PacketK
     return a
 
 
-cdef class Random(Scheduler):
-    """random: a real drawn in proportion to weight from a per-scheduler stream seeded by the Switch."""
-    name = "random"
+cdef class SeededScheduler(Scheduler):
+    """A scheduler that draws from a stream of its own, seeded by the Switch (so --seed repeats it)."""
     options = ("seed",)
     cdef uint64_t rng
 
     def __init__(self, seed=0):
         self.rng = seed & 0xFFFFFFFFFFFFFFFF
+
+
+cdef class Random(SeededScheduler):
+    """random: a real drawn in proportion to weight from a per-scheduler stream seeded by the Switch."""
+    name = "random"
 
     cdef SchedulerHook hook(self):
         return make_hook(random_pick, NULL, &self.rng)
 
 
-cdef class TwoChoices(Scheduler):
+cdef class TwoChoices(SeededScheduler):
     """twos (p2c): the less loaded of two weighted random draws; near least-connection balance, no herding."""
     name = "twos"
-    options = ("seed",)
-    cdef uint64_t rng
-
-    def __init__(self, seed=0):
-        self.rng = seed & 0xFFFFFFFFFFFFFFFF
 
     cdef SchedulerHook hook(self):
         return make_hook(twos_pick, NULL, &self.rng)
