@@ -9,7 +9,6 @@ import socket
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from l4emu.errors import L4emuError
@@ -442,10 +441,15 @@ def from_dict(raw: dict, schedulers) -> Config:
     )
 
 
+# Installed beside this module (package data). Read as a file, not through importlib.resources: l4emu is
+# never run from a zip, and importlib.resources costs every command ~5 ms of imports (tests/test_startup.py).
+DEFAULT_CONFIG = Path(__file__).parent / "data" / "default.toml"
+
+
 def load(path: str | Path | None, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> Config:
     """Read a TOML file (None: the embedded default the bundled samples were made for)."""
     if path is None:
-        text = resources.files("l4emu").joinpath("data/default.toml").read_text()
+        text = DEFAULT_CONFIG.read_text(encoding="utf-8")
         source = "default config"
     else:
         source = str(path)

@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 def config(default):
     """Print the embedded default config, the one the bundled samples were made for: a starting point
     for your own (`l4emu config --default > lb.toml`)."""
-    from importlib import resources
+    from l4emu.config import DEFAULT_CONFIG
 
     if not default:
         fail("config: give --default to print the embedded config (validate a file with `l4emu check FILE`)")
-    click.echo(resources.files("l4emu").joinpath("data/default.toml").read_text(), nl=False)
+    click.echo(DEFAULT_CONFIG.read_text(encoding="utf-8"), nl=False)
 
 
 @click.command()
