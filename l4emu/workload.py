@@ -166,14 +166,26 @@ class Workload:
         )
 
 
-def from_config(config: Config, source: str, flags: Mapping[str, object] | None = None) -> Workload:
+def from_config(
+    config: Config, source: str, flags: Mapping[str, object] | None = None, base: Path | None = None
+) -> Workload:
     """The config's [workload] with `flags` (key -> value; None = not given) on top; errors name the
-    file and key, or the flag (--request-size for request_size) when the value came from one."""
+    file and key, or the flag (--request-size for request_size) when the value came from one.
+    The table's capture is relative to `base` (the config's directory); a flag's to the working directory."""
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     unknown = sorted(set(config.workload) - KEYS)
     if unknown:
         raise ConfigError(f"workload.{unknown[0]}", f"unknown key (known: {', '.join(sorted(KEYS))})", source)
-    raw = {**config.workload, **given}
+    table = dict(config.workload)
+    if isinstance(table.get("capture"), str) and base is not None:
+        table["capture"] = base / table["capture"]
+    # A flag that picks the arrivals replaces the table's: --capture means arrival = "capture", and
+    # --arrival poisson sets a table's capture aside.
+    if "capture" in given and "arrival" not in given:
+        table["arrival"] = "capture"
+    elif given.get("arrival") not in (None, "capture"):
+        table.pop("capture", None)
+    raw = {**table, **given}
 
     def where(name: str) -> tuple[str, str]:
         return ("--" + name.replace("_", "-"), "") if name in given else (f"workload.{name}", source)
