@@ -105,7 +105,9 @@ def parse_distribution(value, key: str, *, low: float = 0.0, high: float = math.
     if kind not in DISTRIBUTIONS:
         raise ConfigError(f"{key}.dist", f"{kind!r} is not one of {', '.join(DISTRIBUTIONS)}")
     if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", f"not a key of a {kind} distribution (its keys: {', '.join(sorted(allowed))})")
+        raise ConfigError(
+            f"{key}.{unknown[0]}", f"not a key of a {kind} distribution (its keys: {', '.join(sorted(allowed))})"
+        )
     if kind == "empirical":
         values = value.get("values")
         if not isinstance(values, list) or not values:
@@ -161,7 +163,9 @@ class Workload:
         how = f"SYN times of {self.capture}" if self.arrival == "capture" else f"{self.arrival} {self.rate:g}/s"
         targets = ", ".join(format_endpoint(*t) for t in (self.target, self.target6) if t)
         return (
-            f"{how}" + (f" for {self.duration:g} s" if math.isfinite(self.duration) else "") + f", {self.clients:,} clients "
+            f"{how}"
+            + (f" for {self.duration:g} s" if math.isfinite(self.duration) else "")
+            + f", {self.clients:,} clients "
             f"({self.ipv6_share:.0%} IPv6) -> {targets}, seed {self.seed}"
         )
 
@@ -255,10 +259,13 @@ def _build(raw: dict, config: Config, where) -> Workload:
     n6 = round(clients * share)
     if share > 0 and target6 is None:
         raise ConfigError(
-            "workload.ipv6_share", f"{share:g} of the clients are IPv6, but no TCP service has an IPv6 VIP (or give target6)"
+            "workload.ipv6_share",
+            f"{share:g} of the clients are IPv6, but no TCP service has an IPv6 VIP (or give target6)",
         )
     if share < 1 and target is None:
-        raise ConfigError("workload.ipv6_share", "IPv4 clients need an IPv4 TCP service (or give target, or ipv6_share = 1)")
+        raise ConfigError(
+            "workload.ipv6_share", "IPv4 clients need an IPv4 TCP service (or give target, or ipv6_share = 1)"
+        )
     if (share > 0 and n6 == 0) or (share < 1 and n6 == clients):
         raise ConfigError("workload.clients", f"{clients} clients are too few for an IPv6 share of {share:g}")
     nets = (_network(raw, "clients_v4", DEFAULT_CLIENTS_V4, 4), _network(raw, "clients_v6", DEFAULT_CLIENTS_V6, 6))
@@ -281,11 +288,14 @@ def _build(raw: dict, config: Config, where) -> Workload:
     keep_alive = raw.get("keep_alive", True)
     if not isinstance(keep_alive, bool):
         raise ConfigError("workload.keep_alive", f"expected true or false, got {keep_alive!r}")
-    request_size = parse_distribution(raw.get("request_size", DEFAULT_REQUEST_BYTES), "workload.request_size", high=MAX_REQUEST_BYTES)
+    request_size = parse_distribution(
+        raw.get("request_size", DEFAULT_REQUEST_BYTES), "workload.request_size", high=MAX_REQUEST_BYTES
+    )
     smallest = min(len(request_template(t, b"")) for t in (target, target6) if t)
     if request_size.kind in ("fixed", "empirical") and min(request_size.values or (request_size.mean,)) < smallest:
         raise ConfigError(
-            "workload.request_size", f"a request of these headers is at least {smallest} bytes ({request_size} asked for)"
+            "workload.request_size",
+            f"a request of these headers is at least {smallest} bytes ({request_size} asked for)",
         )
     seed = _integer(raw, "seed", 0, 0, MAX_SEED)
     return Workload(
@@ -305,8 +315,8 @@ def _build(raw: dict, config: Config, where) -> Workload:
         ),
         rtt=_number(raw, "rtt", DEFAULT_RTT_S, 0.0, MAX_SECONDS),
         ipv6_share=share,
-        clients_v4=nets[0],  # type: ignore[arg-type]
-        clients_v6=nets[1],  # type: ignore[arg-type]
+        clients_v4=nets[0],
+        clients_v6=nets[1],
         seed=seed,
         linktype=_choice(raw, "linktype", "ethernet", LINKTYPES),
     )

@@ -40,9 +40,7 @@ class Rate(click.ParamType):
 @click.option("--clients", type=int, help="Distinct client addresses [workload.clients; 100].")
 @click.option("--rate", type=Rate(), help="Sessions per second, e.g. 1000 or 1000/s [workload.rate; 100].")
 @click.option("--duration", type=float, help="Seconds of arrivals [workload.duration; 1].")
-@click.option(
-    "--arrival", type=click.Choice(["poisson", "fixed"]), help="Arrival process [workload.arrival; poisson]."
-)
+@click.option("--arrival", type=click.Choice(["poisson", "fixed"]), help="Arrival process [workload.arrival; poisson].")
 @click.option(
     "--capture",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -55,12 +53,18 @@ class Rate(click.ParamType):
     help="A session's requests share one connection, or take one each [workload.keep_alive; keep-alive].",
 )
 @click.option("--think-time", type=float, help="Seconds between a session's requests [workload.think_time; 0].")
-@click.option("--request-size", type=float, help="Bytes of each HTTP request, headers padded [workload.request_size; 128].")
-@click.option("--response-size", type=float, help="Bytes of each answer the clients acknowledge [workload.response_size; 1000].")
+@click.option(
+    "--request-size", type=float, help="Bytes of each HTTP request, headers padded [workload.request_size; 128]."
+)
+@click.option(
+    "--response-size", type=float, help="Bytes of each answer the clients acknowledge [workload.response_size; 1000]."
+)
 @click.option("--rtt", type=float, help="Round-trip time in seconds [workload.rtt; 0.001].")
 @click.option("--ipv6-share", type=float, help="Share of IPv6 clients, 0 to 1 [workload.ipv6_share; 0].")
 @click.option(
-    "--linktype", type=click.Choice(["ethernet", "raw"]), help="Link layer of the capture [workload.linktype; ethernet]."
+    "--linktype",
+    type=click.Choice(["ethernet", "raw"]),
+    help="Link layer of the capture [workload.linktype; ethernet].",
 )
 @click.option("--seed", type=int, help="Same seed, same bytes [workload.seed; default: drawn at random and printed].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")

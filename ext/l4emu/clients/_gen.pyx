@@ -3,9 +3,9 @@
 Conversations overlap in time, so each has one pending packet in a binary heap ordered by (time,
 order of scheduling): packets leave in time order, and the same seed gives the same bytes.
 """
-from libc.math cimport ceil, llround, log
+from libc.math cimport llround, log
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 from l4emu.clients._random cimport (DIST_EMPIRICAL, DIST_EXPONENTIAL, DIST_FIXED, DIST_LOGNORMAL, Dist, Rng,
