@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 import statistics
 import subprocess
 
@@ -182,6 +183,10 @@ def test_generated_clients_are_answered_through_emulated_reals(tmp_path):
     assert summary["emulated"]["accepted"] == gen["conversations"] and summary["dropped"] == {}
     answers = [p for p in rdpcap(str(whole)) if TCP in p and bytes(p[TCP].payload).startswith(b"HTTP/1.1 200 OK")]
     assert len(answers) == gen["requests"] == 2 * gen["conversations"]
+    if shutil.which("tshark"):      # the whole conversation, answers and re-stamped ACKs: nothing tshark minds
+        expert = subprocess.run(["tshark", "-r", str(whole), "-q", "-z", "expert"], capture_output=True, text=True,
+                                check=True).stdout
+        assert "Errors" not in expert and "Warnings" not in expert and "Malformed" not in expert, expert
 
 
 @pytest.mark.parametrize("args, message", [
