@@ -107,6 +107,8 @@ class Config:
     conn_reuse_mode: bool = True
     sloppy_tcp: bool = False
     expire_nodest_conn: bool = False
+    # [workload] as written: emulated clients only (l4emu/workload.py checks it), so replay never parses it
+    workload: dict = field(default_factory=dict)
 
 
 def format_endpoint(address: IPAddress, port: int) -> str:
@@ -407,7 +409,10 @@ def _netmask(value, family: int, key: str) -> int:
 def from_dict(raw: dict, schedulers) -> Config:
     """Validate a parsed TOML document; `schedulers` are the names that exist (a mapping of names
     to the flags each accepts also checks scheduler_flags; schedulers.catalog() gives one)."""
-    raw = _take(raw, "", {"service", "table", "timeouts"})
+    raw = _take(raw, "", {"service", "table", "timeouts", "workload"})
+    workload = raw.get("workload", {})
+    if not isinstance(workload, dict):
+        raise ConfigError("workload", f"expected a table, got {type(workload).__name__}")
     table = _take(
         raw.get("table", {}), "table", {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"}
     )
@@ -438,6 +443,7 @@ def from_dict(raw: dict, schedulers) -> Config:
         conn_reuse_mode=_typed(table.get("conn_reuse_mode", True), bool, "table.conn_reuse_mode"),
         sloppy_tcp=_typed(table.get("sloppy_tcp", False), bool, "table.sloppy_tcp"),
         expire_nodest_conn=_typed(table.get("expire_nodest_conn", False), bool, "table.expire_nodest_conn"),
+        workload=workload,
     )
 
 
