@@ -42,9 +42,14 @@ def _dist(d: Distribution) -> tuple:
 
 def generator(workload: Workload) -> Generator:
     """The Cython generator for a workload: every draw comes from one 64-bit seed made from workload.seed."""
+    return Generator(**model_arguments(workload))
+
+
+def model_arguments(workload: Workload) -> dict:
+    """The keywords of a Generator (or of the closed loop's Clients, which extends it) for a workload."""
     arrivals = capture_arrivals(workload.capture, workload.duration) if workload.capture else None
     tails = [REQUEST_TAIL % format_endpoint(*t).encode() if t else b"" for t in (workload.target, workload.target6)]
-    return Generator(
+    return dict(
         seed64=random.Random(workload.seed).getrandbits(64),
         arrival=ARRIVALS[workload.arrival],
         rate=workload.rate,

@@ -4,11 +4,11 @@ Conversations overlap in time, so each has one pending packet in a binary heap o
 order of scheduling): packets leave in time order, and the same seed gives the same bytes.
 """
 from libc.math cimport llround, log
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-from l4emu.clients._random cimport (DIST_EMPIRICAL, DIST_EXPONENTIAL, DIST_FIXED, DIST_LOGNORMAL, Dist, Rng,
+from l4emu.clients._random cimport (DIST_EMPIRICAL, DIST_EXPONENTIAL, DIST_FIXED, DIST_LOGNORMAL, Dist,
                                     dist_sample, rng_below, rng_exponential, rng_next, rng_seed)
 from l4emu.datapath._batch cimport Batch
 from l4emu.datapath._checksum cimport fold, store16, sum_bytes
@@ -23,78 +23,11 @@ from l4emu.datapath._wire cimport (ETHERTYPE_IPV4, ETHERTYPE_IPV6, IP4_CSUM, IP4
 DIST_KINDS = {"fixed": DIST_FIXED, "exponential": DIST_EXPONENTIAL, "lognormal": DIST_LOGNORMAL,
               "empirical": DIST_EMPIRICAL}
 
-cdef enum Arrival:
-    A_POISSON = 0
-    A_FIXED = 1
-    A_CAPTURE = 2
-
 ARRIVALS = {"poisson": A_POISSON, "fixed": A_FIXED, "capture": A_CAPTURE}
-
-cdef enum:
-    ETH_HEADER_LEN = 14
-    ETH_TYPE = 12
-    MAC_LEN = 6
-    SYN_OPTIONS_LEN = 12        # mss 4, nop nop, sackOK 2, nop, wscale 3: Linux without timestamps
-    MSS4 = 1460                 # 1500-byte link, IPv4
-    MSS6 = 1440                 # 1500-byte link, IPv6
-    SYN_WINDOW4 = 64240         # Linux: 65535 rounded down to a multiple of the MSS
-    SYN_WINDOW6 = 64800
-    WINDOW_SCALE = 7
-    WINDOW = 502                # 64256 >> WINDOW_SCALE, as Linux advertises after the handshake
-    TTL = 64
-    IP4_DONT_FRAGMENT = 0x4000
-    IP4_ID = 4
-    IP4_TTL = 8
-    IP6_HOP_LIMIT = 7
-    TCP_SEQ = 4
-    TCP_ACK_NUM = 8
-    TCP_WINDOW = 14
-    TCP_OPT_NOP = 1
-    TCP_OPT_MSS = 2
-    TCP_OPT_WSCALE = 3
-    TCP_OPT_SACK_PERM = 4
-    EPHEMERAL_LOW = 32768       # net.ipv4.ip_local_port_range
-    EPHEMERAL_HIGH = 60999
-    MAX_PAYLOAD = 1440          # a request is one segment in either family (l4emu.workload.MAX_REQUEST_BYTES)
-    MAX_FRAME = ETH_HEADER_LEN + IP6_HEADER_LEN + TCP_HEADER_LEN + SYN_OPTIONS_LEN + MAX_PAYLOAD
-    ACK_EVERY = 2               # segments per ACK (RFC 9293 3.8.6.3: at least every second full segment)
-    APP_DELAY_NS = 20000        # from connect() or the last answer to the client's next write
-    SEGMENT_NS = 12000          # one full segment at 1 Gb/s: the gap between the response's segments
-    FIRST_CAPACITY = 1024
-    PAD_BYTE = 0x78             # 'x': the request path's padding
-
-cdef enum Phase:
-    P_SYN = 0
-    P_HANDSHAKE_ACK = 1
-    P_REQUEST = 2
-    P_RESPONSE_ACK = 3
-    P_FIN = 4
-    P_LAST_ACK = 5
-    P_DONE = 6
 
 # The balancer's MAC (locally administered, "L4"), and the clients' prefix: 02:00 + client number.
 cdef uint8_t LB_MAC[6]
 LB_MAC[:] = [0x02, 0x4C, 0x34, 0x00, 0x00, 0x01]
-
-ctypedef struct Conv:
-    uint64_t ts             # when its next packet leaves
-    uint32_t client
-    uint32_t seq            # next sequence number the client sends
-    uint32_t ack            # what the client acknowledges
-    uint32_t requests_left  # in this connection
-    uint32_t conns_left     # in this session (keep-alive off: one request per connection)
-    uint64_t resp_left      # answer bytes not yet acknowledged
-    uint32_t flow_label
-    uint16_t sport
-    uint16_t ip_id
-    uint8_t family
-    uint8_t phase
-
-ctypedef struct Event:
-    uint64_t ts
-    uint64_t order          # ties in time leave in the order they were scheduled
-    uint32_t slot
-
 
 cdef inline bint earlier(const Event* a, const Event* b) noexcept nogil:
     return a.ts < b.ts or (a.ts == b.ts and a.order < b.order)
@@ -120,8 +53,6 @@ cdef inline void add_be(uint8_t* p, int n, uint64_t v) noexcept nogil:
 
 cdef class _Sampler:
     """A Dist with the empirical values it points at, owned here."""
-    cdef Dist d
-    cdef double* values
 
     def __cinit__(self, str kind, double mean, double sigma, values):
         cdef Py_ssize_t i
@@ -145,30 +76,6 @@ cdef class _Sampler:
 
 cdef class Generator:
     """Fills Batches with the packets clients send, in time order, until every conversation has ended."""
-    cdef Rng rng
-    cdef _Sampler think, request, response
-    cdef int arrival, linktype
-    cdef double rate, duration_s, t_s
-    cdef uint64_t start_ns, rtt_ns, k, next_arrival, order
-    cdef bint have_arrival
-    cdef uint64_t* arrivals
-    cdef Py_ssize_t n_arrivals, arrival_i
-    cdef uint32_t clients, n6, requests, conns
-    cdef uint8_t base4[4]
-    cdef uint8_t base6[16]
-    cdef uint8_t target4[4]
-    cdef uint8_t target6[16]
-    cdef uint16_t port4, port6
-    cdef uint8_t head[8]
-    cdef uint32_t head_len, tail_len[2], min_request[2]
-    cdef uint8_t tail[2][256]
-    cdef uint16_t* next_port
-    cdef Conv* convs
-    cdef uint32_t* free_slots
-    cdef uint32_t n_convs, cap_convs, n_free
-    cdef Event* heap
-    cdef uint32_t heap_n
-    cdef readonly uint64_t sessions, conversations, conversations6, requests_sent, packets, first_ns, last_ns
 
     def __init__(self, *, uint64_t seed64, int arrival, double rate, double duration_s, uint64_t start_ns,
                  arrivals, uint32_t clients, uint32_t ipv6_clients, bytes base4, bytes base6, target4, target6,
@@ -300,7 +207,8 @@ cdef class Generator:
         if c.family == 6:
             self.conversations6 += 1
 
-    cdef int _admit(self, uint64_t ts) except -1 nogil:
+    cdef int64_t _admit(self, uint64_t ts) except -1 nogil:
+        """A new session at ts (its first connection's SYN due then); returns its conversation's slot."""
         cdef uint32_t slot
         if self.n_free:
             self.n_free -= 1
@@ -317,12 +225,12 @@ cdef class Generator:
         self._open(c, ts)
         self.sessions += 1
         self._push(slot, ts)
-        return 0
+        return slot
 
     cdef void _push(self, uint32_t slot, uint64_t ts) noexcept nogil:
         cdef uint32_t i = self.heap_n, parent
         cdef Event e
-        e.ts, e.order, e.slot = ts, self.order, slot
+        e.ts, e.order, e.slot, e.gen = ts, self.order, slot, self.convs[slot].gen
         self.order += 1
         self.heap_n += 1
         while i > 0:
