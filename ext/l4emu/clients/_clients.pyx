@@ -16,7 +16,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
-from l4emu.clients._gen cimport (ACK_EVERY, APP_DELAY_NS, ETH_HEADER_LEN, MAX_FRAME, P_FIN, P_HANDSHAKE_ACK,
+from l4emu.clients._gen cimport (ACK_EVERY, APP_DELAY_NS, ETH_HEADER_LEN, P_FIN, P_HANDSHAKE_ACK,
                                  P_LAST_ACK, P_REQUEST, P_RESPONSE_ACK, P_SYN, Conv, Event, Generator)
 from l4emu.datapath._headers cimport PARSED, parse_packet
 from l4emu.datapath._types cimport NS, PacketInfo
@@ -52,8 +52,7 @@ cdef enum Failure:
     F_REFUSED = 0           # a RST answered the SYN (no listener, or a full queue with syn_overflow = reset)
     F_RESET = 1             # a RST on an established connection
     F_TIMED_OUT = 2         # no SYN-ACK after every retransmission (a full backlog drops SYNs)
-    F_CUT_SHORT = 3         # the server closed before its answer was whole
-    N_FAILURES = 4
+    F_CUT_SHORT = 3         # the server closed before its answer was whole (N_FAILURES: _clients.pxd)
 
 
 cdef inline uint32_t get32(const uint8_t* p) noexcept nogil:
@@ -77,16 +76,6 @@ cdef class Clients(Generator):
     """The workload's clients as TCP endpoints. `next_packet` is the next packet they send (with its
     time and connection), `answer` takes a packet the switch sends them, `note_real` tells a connection
     which real the switch chose for it; `response_times` and `failures` are the outcome."""
-    cdef uint64_t rtt
-    cdef uint64_t* keys             # open addressing: (client, port) -> conversation slot
-    cdef uint32_t* slots
-    cdef uint32_t table_mask, table_used
-    cdef uint64_t* rec_ns           # per complete answer: its response time, and the real that gave it
-    cdef int32_t* rec_real
-    cdef uint64_t n_records, cap_records
-    cdef uint64_t fails[N_FAILURES]
-    cdef uint8_t scratch[MAX_FRAME]
-    cdef readonly uint64_t syn_retransmits, failed_requests, stray
 
     def __init__(self, **model):
         """The Generator's model (keywords of l4emu.clients._gen.Generator); rtt_ns is the round trip
@@ -191,7 +180,7 @@ cdef class Clients(Generator):
             self.failed_requests += 1
         return self._end(slot, now)
 
-    cdef inline bint _answered(self, const Conv* c) noexcept nogil:
+    cdef bint _answered(self, const Conv* c) noexcept nogil:
         return c.header_state == HEADER_END_LEN and c.body_left == 0
 
     # ---- the event heap -------------------------------------------------------------------------
@@ -305,7 +294,7 @@ cdef class Clients(Generator):
             return 0
         return n
 
-    cdef inline uint32_t _payload_at(self, const Conv* c) noexcept nogil:
+    cdef uint32_t _payload_at(self, const Conv* c) noexcept nogil:
         return (0 if self.linktype == LINKTYPE_RAW else ETH_HEADER_LEN) + \
             (IP4_HEADER_LEN if c.family == 4 else IP6_HEADER_LEN) + TCP_HEADER_LEN
 
