@@ -9,14 +9,20 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from l4emu.config import Config, ConfigError, IPAddress, format_endpoint, parse_endpoint
+from l4emu.config import (
+    Config,
+    ConfigError,
+    Distribution,
+    IPAddress,
+    format_endpoint,
+    parse_distribution,
+    parse_endpoint,
+)
 
-DISTRIBUTIONS = ("fixed", "exponential", "lognormal", "empirical")
 ARRIVALS = ("poisson", "fixed", "capture")
 LINKTYPES = ("ethernet", "raw")
 DEFAULT_CLIENTS_V4 = "172.16.0.0/12"
@@ -53,78 +59,6 @@ KEYS = {
     "seed",
     "linktype",
 }
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """A quantity drawn per use (seconds or bytes): fixed, exponential, lognormal or an empirical list.
-
-    One type for every such knob, so that servers' service_time and response_bytes take the same
-    spelling; the C twin that draws from it is ext/l4emu/clients/_random.pxd."""
-
-    kind: str
-    mean: float
-    sigma: float = 0.0  # lognormal: the standard deviation of the value's logarithm
-    values: tuple[float, ...] = ()  # empirical: drawn uniformly from these
-
-    @classmethod
-    def fixed(cls, value: float) -> Distribution:
-        return cls("fixed", float(value))
-
-    def sample(self, rng: random.Random) -> float:
-        """One draw (the reference the C sampler is checked against)."""
-        if self.kind == "exponential":
-            return rng.expovariate(1 / self.mean)
-        if self.kind == "lognormal":
-            return rng.lognormvariate(math.log(self.mean) - self.sigma**2 / 2, self.sigma)
-        if self.kind == "empirical":
-            return rng.choice(self.values)
-        return self.mean
-
-    def __str__(self) -> str:
-        if self.kind == "fixed":
-            return f"{self.mean:g}"
-        if self.kind == "lognormal":
-            return f"lognormal(mean {self.mean:g}, sigma {self.sigma:g})"
-        return f"{self.kind}(mean {self.mean:g})"
-
-
-def parse_distribution(value, key: str, *, low: float = 0.0, high: float = math.inf) -> Distribution:
-    """A plain number (fixed) or a table like { dist = "exponential", mean = 0.01 }; values within [low, high]."""
-
-    def number(v, where: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
-            raise ConfigError(where, f"{v!r} is not a number from {low:g} to {high:g}")
-        return float(v)
-
-    if not isinstance(value, dict):
-        return Distribution.fixed(number(value, key))
-    kind = value.get("dist")
-    allowed = {"dist", "values"} if kind == "empirical" else {"dist", "mean", "sigma"}
-    unknown = sorted(set(value) - allowed)
-    if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{key}.dist", f"{kind!r} is not one of {', '.join(DISTRIBUTIONS)}")
-    if unknown:
-        raise ConfigError(
-            f"{key}.{unknown[0]}", f"not a key of a {kind} distribution (its keys: {', '.join(sorted(allowed))})"
-        )
-    if kind == "empirical":
-        values = value.get("values")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{key}.values", f"expected a non-empty list of numbers, got {values!r}")
-        picked = tuple(number(v, f"{key}.values[{i}]") for i, v in enumerate(values))
-        return Distribution("empirical", math.fsum(picked) / len(picked), values=picked)
-    if "mean" not in value:
-        raise ConfigError(f"{key}.mean", "missing")
-    mean = number(value["mean"], f"{key}.mean")
-    if kind != "fixed" and mean <= 0:
-        raise ConfigError(f"{key}.mean", f"a {kind} distribution needs a mean above 0, got {mean:g}")
-    sigma = value.get("sigma", 1.0 if kind == "lognormal" else 0.0)
-    if kind != "lognormal" and "sigma" in value:
-        raise ConfigError(f"{key}.sigma", "only a lognormal distribution has a sigma")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma <= 10:
-        raise ConfigError(f"{key}.sigma", f"{sigma!r} is not a number from 0 to 10")
-    return Distribution(kind, mean, float(sigma))
 
 
 @dataclass(frozen=True)
