@@ -302,17 +302,18 @@ cdef class Datapath:
                 base += m
         return stop
 
-    cdef void process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype, uint64_t ts,
-                          uint8_t* verdict, int32_t* detail) noexcept nogil:
+    cdef int process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype, uint64_t ts,
+                         PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil:
         """One packet, as process() does it in a batch of one: the emulated hosts' loop, which must
-        interleave the hosts' answers with the clients' packets in their exact order."""
-        cdef PacketInfo info
+        interleave the hosts' answers with the clients' packets in their exact order. Returns the
+        parse's outcome (PARSED: `info` holds the offsets, valid after the rewrite too)."""
         cdef uint64_t h = 0
-        cdef int parsed = self.classify(p, caplen, origlen, linktype, &info)
+        cdef int parsed = self.classify(p, caplen, origlen, linktype, info)
         if parsed == PARSED:
             h = key_hash(self.table, &info.key)
         self.started = True
-        self.handle(p, &info, parsed, h, ts, origlen, verdict, detail)
+        self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
+        return parsed
 
     def advance_clock(self, uint64_t now_ns):
         """Move the packet clock forward without a packet (events and samples between packets)."""

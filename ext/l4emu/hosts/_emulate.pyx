@@ -17,7 +17,7 @@ from l4emu.datapath._types cimport PacketInfo
 from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_ETHERNET, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
-from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, C_UNREADABLE, MAX_LINK_HEADER
+from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE, MAX_LINK_HEADER
 from l4emu.hosts._table cimport Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec
 
 cdef enum:
@@ -184,7 +184,7 @@ cdef class Loop:
             batch.detail[i] = 0
             if batch.ts_ns[i] > self.last_ts:
                 self.last_ts = batch.ts_ns[i]
-            self.deliver(h, p, batch.caplen[i], batch.ts_ns[i], batch.iface[i], batch.linktype[i])
+            self.deliver(h, p, batch.caplen[i], batch.ts_ns[i], batch.iface[i], batch.linktype[i], NULL, NULL)
             self.hosts.prune_peers()
             taken += 1
         return taken
@@ -238,7 +238,7 @@ cdef class Loop:
     cdef void advance_to(self, uint64_t now):
         cdef uint32_t first = self.hosts.n_out
         self.hosts.advance(now)
-        self.send_answers(first, 0, True)
+        self.send_answers(first, 0, True, -1)
         self.hosts.truncate(first)
         self.hosts.prune_peers()
 
@@ -247,11 +247,12 @@ cdef class Loop:
         """The packet in `cur` through the datapath, into the views, and to a host when it is for one."""
         cdef uint8_t v = 0
         cdef int32_t d = 0
-        cdef int h
+        cdef int h, parsed
         cdef PacketInfo info
         cdef Seg seg
+        cdef bint readable
         memcpy(self.after, self.cur, n)
-        self.dp.process_one(self.after, n, origlen, linktype, ts, &v, &d)
+        parsed = self.dp.process_one(self.after, n, origlen, linktype, ts, &info, &v, &d)
         if ts < self.last_ts:
             ts = self.last_ts                   # what is written never goes back in time
         self.last_ts = ts
@@ -262,36 +263,51 @@ cdef class Loop:
             self.emit(1, self.after, n, origlen, ts, iface, linktype, v, d)
             h = self.real_host(d)
             if h >= 0:
-                self.deliver(h, self.after, n, ts, iface, linktype)
+                readable = segment_after(self.after, n, origlen, parsed, &info, &seg)
+                self.deliver(h, self.after, n, ts, iface, linktype, &seg if readable else NULL,
+                             &info if readable else NULL)
         elif v == V_REPLY or v == V_ANSWER:     # real -> client, SNAT
             self.emit(0, self.after, n, origlen, ts, iface, linktype, v, d)
             self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
             if from_host and self.restamp:
-                self.stamp_server(self.after, n, linktype)
+                if not segment_after(self.after, n, origlen, parsed, &info, &seg):
+                    readable = read_segment(self.after, n, linktype, &info, &seg)
+                else:
+                    readable = True
+                if readable:
+                    self.stamp_server(&seg)
         else:                                   # passed untouched: maybe straight to or from a host
-            h = self.hosts.host_of(seg.dst, seg.family) if read_segment(self.cur, n, linktype, &info, &seg) else -1
+            readable = (segment_after(self.cur, n, origlen, parsed, &info, &seg)
+                        or read_segment(self.cur, n, linktype, &info, &seg))
+            h = self.hosts.host_of(seg.dst, seg.family) if readable else -1
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
             if h >= 0 or from_host:
                 self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
-            if from_host and self.restamp:
-                self.stamp_server(self.cur, n, linktype)
+            if from_host and self.restamp and readable:
+                self.stamp_server(&seg)
             if h >= 0 and not from_host:
-                self.deliver(h, self.cur, n, ts, iface, linktype)
+                self.deliver(h, self.cur, n, ts, iface, linktype, &seg, &info)
 
-    cdef void deliver(self, int h, const uint8_t* frame, uint32_t n, uint64_t ts, uint16_t iface, uint16_t linktype):
-        """A packet to host h; its answers back through the datapath."""
+    cdef void deliver(self, int h, const uint8_t* frame, uint32_t n, uint64_t ts, uint16_t iface, uint16_t linktype,
+                      Seg* read, PacketInfo* read_info):
+        """A packet to host h (`read`: the segment in it, when the caller has it); its answers back
+        through the datapath."""
         cdef PacketInfo info
         cdef Seg seg
         cdef Peer* peer
         cdef uint32_t first
-        if not read_segment(frame, n, linktype, &info, &seg):
-            self.hosts.count(h, C_UNREADABLE, 1)    # snapped, fragmented or not TCP/UDP: nothing to read
-            return
-        peer = self.hosts.note_link(seg.src, seg.family)
-        if peer != NULL:
+        cdef int r
+        if read == NULL:
+            if not read_segment(frame, n, linktype, &info, &seg):
+                self.hosts.count(h, C_UNREADABLE, 1)    # snapped, fragmented or not TCP/UDP: nothing to read
+                return
+            read, read_info = &seg, &info
+        r = self.hosts.note_link(read.src, read.family)
+        if r >= 0:
+            peer = <Peer*>rec(&self.hosts.peers, r)
             peer.linktype, peer.iface = linktype, iface
-            peer.has_link = info.l3 <= MAX_LINK_HEADER
-            peer.hdr_len = info.l3 if peer.has_link else 0
+            peer.has_link = read_info.l3 <= MAX_LINK_HEADER
+            peer.hdr_len = read_info.l3 if peer.has_link else 0
             memcpy(peer.hdr, frame, peer.hdr_len)
             if linktype == LINKTYPE_ETHERNET and peer.hdr_len >= ETHER_HEADER_LEN:
                 # the answer's link header: Ethernet swaps its MAC addresses (VLAN tags stay)
@@ -300,15 +316,18 @@ cdef class Loop:
         if self.depth >= MAX_DEPTH:
             return
         first = self.hosts.n_out
-        self.hosts.receive(h, &seg, ts)
+        self.hosts.cur_peer = r
+        self.hosts.receive(h, read, ts)
+        self.hosts.cur_peer = -1
         self.depth += 1
-        self.send_answers(first, ts, False)
+        self.send_answers(first, ts, False, r)
         self.depth -= 1
         self.hosts.truncate(first)
 
-    cdef void send_answers(self, uint32_t first, uint64_t ts, bint stamped):
+    cdef void send_answers(self, uint32_t first, uint64_t ts, bint stamped, int to_peer):
         """The hosts' answers first.. (to the step's end) back through the datapath: the k-th at ts + k us,
-        or (`stamped`, the clocks' answers) each 1 us after its own moment."""
+        or (`stamped`, the clocks' answers) each 1 us after its own moment. Answers to one received
+        packet all go to its sender, whose Peer record is `to_peer` (-1: look each one up)."""
         cdef uint32_t j, last = self.hosts.n_out, plen, hlen
         cdef const uint8_t* pkt
         cdef Peer* peer
@@ -317,7 +336,9 @@ cdef class Loop:
         for j in range(first, last):
             pkt = self.hosts.out_data + self.hosts.out_off[j]
             plen = self.hosts.out_len[j]
-            if pkt[0] >> 4 == 4:
+            if to_peer >= 0:
+                peer = <Peer*>rec(&self.hosts.peers, to_peer)
+            elif pkt[0] >> 4 == 4:
                 peer = self.hosts.peer_of(pkt + IP4_SRC + 4, 4)
             else:
                 peer = self.hosts.peer_of(pkt + IP6_SRC + 16, 6)
@@ -379,18 +400,16 @@ cdef class Loop:
         if known and seg.flags & TCP_ACK:
             rewrite_ack(self.cur, info, seg, nxt)
 
-    cdef void stamp_server(self, const uint8_t* frame, uint32_t n, uint16_t linktype) noexcept:
+    cdef void stamp_server(self, Seg* seg) noexcept:
         """Learn from an emulated server's packet, taken as the client receives it (after SNAT)."""
-        cdef PacketInfo info
-        cdef Seg seg
         cdef StampKey key
         cdef int r
         cdef Stamp* s
         cdef uint32_t end
-        if not read_segment(frame, n, linktype, &info, &seg) or seg.proto != IPPROTO_TCP or seg.flags & TCP_RST:
+        if seg.proto != IPPROTO_TCP or seg.flags & TCP_RST:
             return
         end = (seg.seq + seg.plen + (1 if seg.flags & TCP_SYN else 0) + (1 if seg.flags & TCP_FIN else 0))
-        stamp_key(&key, &seg, False)
+        stamp_key(&key, seg, False)
         r = slab_find(&self.stamps, &key)
         s = <Stamp*>rec(&self.stamps, r) if r >= 0 else NULL
         if (s == NULL or not s.has_sent) and not seg.flags & TCP_SYN:

@@ -97,6 +97,7 @@ ctypedef struct Conn:
     int32_t handle          # -1: none
     uint32_t aprev, anext   # accept queue (record + 1)
     uint32_t timer          # position in the timer heap + 1 (0: no deadline)
+    uint32_t peer           # the client's Peer record (its link, its count of connections)
     uint16_t mss            # the peer's MSS
     uint8_t state           # TcpState
     uint8_t flags           # ConnFlag
@@ -199,12 +200,14 @@ cdef class Engine:
     cdef uint64_t* out_at
     cdef uint32_t n_out, out_slots
     cdef uint64_t step_at
+    cdef int32_t cur_peer           # the Peer of the packet being received (-1: none)
+    cdef uint8_t addr_filter[32]    # bit b: some host's address ends in byte b (most lookups end here)
 
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept
     cdef void receive(self, uint32_t h, Seg* seg, uint64_t now) noexcept
     cdef void advance(self, uint64_t now) noexcept
     cdef Peer* peer_of(self, const uint8_t* addr, uint8_t family) noexcept
-    cdef Peer* note_link(self, const uint8_t* addr, uint8_t family) noexcept
+    cdef int note_link(self, const uint8_t* addr, uint8_t family) noexcept
     cdef void prune_peers(self) noexcept
     cdef void truncate(self, uint32_t n) noexcept
     cdef void count(self, uint32_t h, int which, uint64_t by) noexcept
@@ -220,3 +223,5 @@ cdef class Engine:
 
 cdef bint read_segment(const uint8_t* frame, uint32_t n, uint16_t linktype, PacketInfo* info,
                        Seg* seg) noexcept nogil
+cdef bint segment_after(const uint8_t* frame, uint32_t n, uint32_t origlen, int parsed, PacketInfo* info,
+                        Seg* seg) noexcept nogil

@@ -104,6 +104,7 @@ cdef class Engine:
                 or slab_init(&self.peers, sizeof(Peer), 3, k0, k1) < 0):
             raise MemoryError()
         self.rngs = []
+        self.cur_peer = -1
         self.out_cap = OUT_BYTES
         self.out_slots = OUT_SLOTS
         self.out_data = <uint8_t*>malloc(self.out_cap)
@@ -167,6 +168,8 @@ cdef class Engine:
         if r < 0:
             raise MemoryError()
         (<AddrRec*>rec(&self.by_address, r)).host = self.n_hosts
+        last = key.addr[3 if key.family == 4 else 15]
+        self.addr_filter[last >> 3] |= 1 << (last & 7)
         self.rngs.append(rng)
         self.n_hosts += 1
         return self.n_hosts - 1
@@ -236,6 +239,9 @@ cdef class Engine:
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept:
         cdef AddrKey key
         cdef int r
+        cdef uint8_t last = addr[3 if family == 4 else 15]
+        if not self.addr_filter[last >> 3] & (1 << (last & 7)):
+            return -1
         memset(&key, 0, sizeof(key))
         memcpy(key.addr, addr, 4 if family == 4 else 16)
         key.family = family
@@ -276,23 +282,22 @@ cdef class Engine:
         r = slab_find(&self.peers, &key)
         return NULL if r < 0 else <Peer*>rec(&self.peers, r)
 
-    cdef Peer* note_link(self, const uint8_t* addr, uint8_t family) noexcept:
-        """The client's entry, made when missing (NULL: out of memory); the caller fills its link."""
+    cdef int note_link(self, const uint8_t* addr, uint8_t family) noexcept:
+        """The client's Peer record, made when missing (-1: out of memory); the caller fills its link."""
         cdef AddrKey key
         cdef int r
-        cdef Peer* p = self.peer_of(addr, family)
-        if p != NULL:
-            return p
         memset(&key, 0, sizeof(key))
         memcpy(key.addr, addr, 4 if family == 4 else 16)
         key.family = family
+        r = slab_find(&self.peers, &key)
+        if r >= 0:
+            return r
         r = slab_add(&self.peers, &key)
         if r < 0:
-            return NULL
-        p = <Peer*>rec(&self.peers, r)
-        p.live = 1
+            return -1
+        (<Peer*>rec(&self.peers, r)).live = 1
         self._prune_later(<uint32_t>r)          # kept only if a connection holds it by the step's end
-        return p
+        return r
 
     cdef void _prune_later(self, uint32_t r) noexcept:
         cdef uint32_t* grown
@@ -306,18 +311,25 @@ cdef class Engine:
         self.n_prune += 1
 
     cdef void peer_ref(self, Conn* c, int by) noexcept:
-        cdef Peer* p = self.peer_of(c.key.peer, c.key.family)
+        """A connection of the client's begins (+1: it keeps the client's link) or ends (-1)."""
         cdef int r
-        if p == NULL:
-            if by < 0:
-                return
-            p = self.note_link(c.key.peer, c.key.family)
-            if p == NULL:
-                return
-        p.refs += by
+        cdef Peer* p
+        if by > 0:
+            r = self.cur_peer
+            if (r < 0 or (<Peer*>rec(&self.peers, r)).family != c.key.family
+                    or memcmp((<Peer*>rec(&self.peers, r)).addr, c.key.peer, 16) != 0):
+                r = self.note_link(c.key.peer, c.key.family)
+            c.peer = <uint32_t>(r + 1)
+            if r >= 0:
+                (<Peer*>rec(&self.peers, r)).refs += 1
+            return
+        if c.peer == 0:
+            return
+        p = <Peer*>rec(&self.peers, c.peer - 1)
+        p.refs -= 1
         if p.refs == 0:
-            r = slab_find(&self.peers, p)
-            self._prune_later(<uint32_t>r)
+            self._prune_later(c.peer - 1)
+        c.peer = 0
 
     cdef void prune_peers(self) noexcept:
         """At the end of a step: forget the links of clients left without a connection."""

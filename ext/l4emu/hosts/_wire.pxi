@@ -17,16 +17,36 @@ cdef bint read_segment(const uint8_t* frame, uint32_t n, uint16_t linktype, Pack
                        Seg* seg) noexcept nogil:
     """The TCP segment or UDP datagram in a frame as the datapath parses it (its parser is the only
     one), or False: not one that can be read whole (snapped, fragmented, an ICMP error, malformed)."""
-    cdef uint32_t l4, doff, length
     if n == 0 or parse_packet(frame, n, n, linktype, info) != PARSED or info.icmp_error or info.end > n:
         return False
-    l4 = info.l4
-    seg.family = info.key.family
-    seg.proto = info.key.proto
     seg.src = info.key.src
     seg.dst = info.key.dst
     seg.sport = info.key.sport
     seg.dport = info.key.dport
+    fill_segment(frame, info, seg)
+    return True
+
+
+cdef bint segment_after(const uint8_t* frame, uint32_t n, uint32_t origlen, int parsed, PacketInfo* info,
+                        Seg* seg) noexcept nogil:
+    """What read_segment would find in a frame the datapath just parsed (`parsed`, `info`) and rewrote,
+    without parsing it again; False where the two parses could differ (then the caller reads it)."""
+    if (parsed != PARSED or info.icmp_error or origlen != n or info.end > n or info.len_from_capture
+            or info.dst_in_rthdr):
+        return False
+    # Addresses and ports as they are now (after DNAT or SNAT), from the headers the parse found.
+    seg.src = frame + info.l3 + addr_offset(info.key.family, False)
+    seg.dst = frame + info.l3 + addr_offset(info.key.family, True)
+    seg.sport = <uint16_t>load16(frame + info.l4 + L4_SPORT)
+    seg.dport = <uint16_t>load16(frame + info.l4 + L4_DPORT)
+    fill_segment(frame, info, seg)
+    return True
+
+
+cdef inline void fill_segment(const uint8_t* frame, PacketInfo* info, Seg* seg) noexcept nogil:
+    cdef uint32_t l4 = info.l4, doff, length
+    seg.family = info.key.family
+    seg.proto = info.key.proto
     seg.ip = frame + info.l3
     if info.key.proto == IPPROTO_TCP:
         # parse_l4 checked: 20 header bytes captured, a data offset of 20 or more within the packet
@@ -50,7 +70,6 @@ cdef bint read_segment(const uint8_t* frame, uint32_t n, uint16_t linktype, Pack
         seg.payload = frame + l4 + UDP_HEADER_LEN
         seg.plen = length - UDP_HEADER_LEN                          # parse_l4 checked 8 <= length <= end - l4
         seg.ip_len = l4 + length - info.l3
-    return True
 
 
 cdef inline uint32_t load32(const uint8_t* p) noexcept nogil:
