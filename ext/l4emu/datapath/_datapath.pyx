@@ -315,6 +315,21 @@ cdef class Datapath:
         self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
         return parsed
 
+    cdef bint hash_ahead(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                         uint64_t* h) noexcept nogil:
+        """A packet coming soon (packet-at-a-time callers read ahead as process() does in its windows):
+        its key's hash, with the index slot prefetched; False when it does not parse."""
+        cdef PacketInfo info
+        if self.classify(p, caplen, origlen, linktype, &info) != PARSED:
+            return False
+        h[0] = key_hash(self.table, &info.key)
+        prefetch_slot(self.table, h[0])
+        return True
+
+    cdef void prefetch_record(self, uint64_t h) noexcept nogil:
+        """The flow record the slot of a hash from hash_ahead names (after the slot has arrived)."""
+        prefetch_flow(self.table, h)
+
     def advance_clock(self, uint64_t now_ns):
         """Move the packet clock forward without a packet (events and samples between packets)."""
         if now_ns > self.clock_ns:

@@ -23,8 +23,6 @@ from l4emu.hosts._table cimport Slab, slab_init, slab_free, slab_find, slab_add,
 cdef enum:
     REPLY_GAP_NS = 1000         # between the answers to one packet (and after the accept that made them)
     SCRATCH_BYTES = 1 << 16
-    ETHER_ADDR_LEN = 6
-    ETHER_HEADER_LEN = 14
     TCPOPT_EOL = 0
     TCPOPT_NOP = 1
     TCPOPT_SACK = 5
@@ -32,6 +30,7 @@ cdef enum:
     SERVER_FIN = 1
     CLIENT_FIN = 2
     MAX_DEPTH = 8               # an answer that reaches a host again (it never should) goes no deeper
+    AHEAD = 8                   # run(): a packet's index slot is prefetched this many packets ahead, its record half as many
 
 REPLY_GAP = REPLY_GAP_NS
 
@@ -140,12 +139,24 @@ cdef class Loop:
     def run(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0):
         """The clients' packets start.. of a batch (replay: the capture's, in order); stops before the
         first one at or past `until_ns` (0: none) so the caller can reach that moment; returns where."""
-        cdef Py_ssize_t i = start
+        cdef Py_ssize_t i = start, a
+        cdef uint64_t hashes[AHEAD]
+        cdef bint hashed[AHEAD]
+        for a in range(start, min(start + AHEAD, batch.n)):
+            hashed[a % AHEAD] = self.dp.hash_ahead(batch.data + batch.offset[a], batch.caplen[a], batch.origlen[a],
+                                                   batch.linktype[a], &hashes[a % AHEAD])
         while i < batch.n:
             if until_ns and batch.ts_ns[i] >= until_ns:
                 return i
+            a = i + AHEAD // 2
+            if a < batch.n and hashed[a % AHEAD]:
+                self.dp.prefetch_record(hashes[a % AHEAD])
             self.client(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i], batch.ts_ns[i],
                         batch.iface[i], batch.linktype[i])
+            a = i + AHEAD
+            if a < batch.n:
+                hashed[i % AHEAD] = self.dp.hash_ahead(batch.data + batch.offset[a], batch.caplen[a],
+                                                       batch.origlen[a], batch.linktype[a], &hashes[i % AHEAD])
             i += 1
         return i
 
@@ -302,23 +313,10 @@ cdef class Loop:
                 self.hosts.count(h, C_UNREADABLE, 1)    # snapped, fragmented or not TCP/UDP: nothing to read
                 return
             read, read_info = &seg, &info
-        r = self.hosts.note_link(read.src, read.family)
-        if r >= 0:
-            peer = <Peer*>rec(&self.hosts.peers, r)
-            peer.linktype, peer.iface = linktype, iface
-            peer.has_link = read_info.l3 <= MAX_LINK_HEADER
-            peer.hdr_len = read_info.l3 if peer.has_link else 0
-            memcpy(peer.hdr, frame, peer.hdr_len)
-            if linktype == LINKTYPE_ETHERNET and peer.hdr_len >= ETHER_HEADER_LEN:
-                # the answer's link header: Ethernet swaps its MAC addresses (VLAN tags stay)
-                memcpy(peer.hdr, frame + ETHER_ADDR_LEN, ETHER_ADDR_LEN)
-                memcpy(peer.hdr + ETHER_ADDR_LEN, frame, ETHER_ADDR_LEN)
         if self.depth >= MAX_DEPTH:
             return
         first = self.hosts.n_out
-        self.hosts.cur_peer = r
-        self.hosts.receive(h, read, ts)
-        self.hosts.cur_peer = -1
+        r = self.hosts.receive(h, read, ts, linktype, iface, frame, read_info.l3)
         self.depth += 1
         self.send_answers(first, ts, False, r)
         self.depth -= 1

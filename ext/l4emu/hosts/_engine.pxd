@@ -204,7 +204,8 @@ cdef class Engine:
     cdef uint8_t addr_filter[32]    # bit b: some host's address ends in byte b (most lookups end here)
 
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept
-    cdef void receive(self, uint32_t h, Seg* seg, uint64_t now) noexcept
+    cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,
+                     const uint8_t* frame, uint32_t l3) noexcept
     cdef void advance(self, uint64_t now) noexcept
     cdef Peer* peer_of(self, const uint8_t* addr, uint8_t family) noexcept
     cdef int note_link(self, const uint8_t* addr, uint8_t family) noexcept

@@ -48,6 +48,8 @@ cdef enum:
     PROTO_KEY_UDP = 2
     OUT_SLOTS = 64
     OUT_BYTES = 1 << 16
+    ETHER_ADDR_LEN = 6
+    ETHER_HEADER_LEN = 14
 
 
 cdef struct SockKey:
@@ -382,35 +384,45 @@ cdef class Engine:
             self.out_used = self.out_off[n] if n else 0
 
     # ---- one packet for a host ------------------------------------------------------------------
-    cdef void receive(self, uint32_t h, Seg* seg, uint64_t now) noexcept:
-        """Everything host h sends in answer to one segment or datagram, left in the output."""
+    cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,
+                     const uint8_t* frame, uint32_t l3) noexcept:
+        """Everything host h sends in answer to one segment or datagram, left in the output; the sender's
+        link (link type, interface, the header `frame[:l3]`) is kept for the answers. Returns the
+        sender's Peer record (-1: none)."""
         cdef Host* host = &self.hosts[h]
         cdef uint32_t alen = 4 if host.family == 4 else 16
-        cdef int s
+        cdef int s, c = -1, r = -1
         cdef UdpSock* u
         self.step_at = now
+        if seg.proto == IPPROTO_TCP:
+            c = self.conn_of(h, seg.src, seg.family, seg.sport, seg.dport)
+            if c >= 0 and self.conn(c).peer:
+                r = <int>self.conn(c).peer - 1     # the connection's client: no lookup by address
+        if r < 0:
+            r = self.note_link(seg.src, seg.family)
+        if r >= 0:
+            keep_link(<Peer*>rec(&self.peers, r), linktype, iface, frame, l3)
+        self.cur_peer = r
         if seg.family != host.family or memcmp(seg.dst, host.addr, alen) != 0:
             self.count(h, C_NOT_FOR_US, 1)
-            return
-        if seg.proto == IPPROTO_TCP:
-            tcp_segment(self, h, seg, now)
-            return
-        s = self.socket_of(h, seg.dport, PROTO_KEY_UDP)
-        host.ip_id += 1
-        if s < 0:
-            self.count(h, C_UDP_CLOSED_PORT, 1)
-            port_unreachable(self, h, seg)
-            return
-        u = &self.udps[s]
-        u.received += 1
-        if u.app == APP_ECHO:
-            udp_answer(self, h, seg, seg.payload, seg.plen)
-        elif u.app == APP_HTTP:
-            udp_answer(self, h, seg, u.text, u.text_len)
+        elif seg.proto == IPPROTO_TCP:
+            tcp_segment(self, h, seg, now, c)
         else:
-            return
-        u.answered += 1
-        self.count(h, C_DATAGRAMS_OUT, 1)
+            s = self.socket_of(h, seg.dport, PROTO_KEY_UDP)
+            host.ip_id += 1
+            if s < 0:
+                self.count(h, C_UDP_CLOSED_PORT, 1)
+                port_unreachable(self, h, seg)
+            else:
+                u = &self.udps[s]
+                u.received += 1
+                if u.app == APP_ECHO or u.app == APP_HTTP:
+                    udp_answer(self, h, seg, seg.payload if u.app == APP_ECHO else u.text,
+                               seg.plen if u.app == APP_ECHO else u.text_len)
+                    u.answered += 1
+                    self.count(h, C_DATAGRAMS_OUT, 1)
+        self.cur_peer = -1
+        return r
 
     # ---- the clocks -------------------------------------------------------------------------------
     cdef void advance(self, uint64_t now) noexcept:
@@ -496,6 +508,18 @@ cdef class Engine:
             "peers": self.peers.used,
             "timers": self.n_timers,
         }
+
+
+cdef void keep_link(Peer* peer, uint16_t linktype, uint16_t iface, const uint8_t* frame, uint32_t l3) noexcept:
+    """How answers go back to a client: the link type, interface and link header of its last packet."""
+    peer.linktype, peer.iface = linktype, iface
+    peer.has_link = l3 <= MAX_LINK_HEADER
+    peer.hdr_len = l3 if peer.has_link else 0
+    memcpy(peer.hdr, frame, peer.hdr_len)
+    if linktype == LINKTYPE_ETHERNET and peer.hdr_len >= ETHER_HEADER_LEN:
+        # the answer's link header: Ethernet swaps its MAC addresses (VLAN tags stay)
+        memcpy(peer.hdr, frame + ETHER_ADDR_LEN, ETHER_ADDR_LEN)
+        memcpy(peer.hdr + ETHER_ADDR_LEN, frame, ETHER_ADDR_LEN)
 
 
 # ---- handles: lowest free number first, like open(2) and accept(2) ------------------------------

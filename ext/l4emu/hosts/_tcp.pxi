@@ -153,11 +153,10 @@ cdef void port_unreachable(Engine e, uint32_t h, Seg* seg) noexcept:
 
 
 # ---- input ------------------------------------------------------------------------------------------
-cdef void tcp_segment(Engine e, uint32_t h, Seg* seg, uint64_t now) noexcept:
-    cdef int c
+cdef void tcp_segment(Engine e, uint32_t h, Seg* seg, uint64_t now, int c) noexcept:
+    """One segment for host h; c: the connection it belongs to (-1: none)."""
     cdef Conn* conn
     e.count(h, C_SEGMENTS_IN, 1)
-    c = e.conn_of(h, seg.src, seg.family, seg.sport, seg.dport)
     if c >= 0:
         conn = e.conn(c)
         if (conn.state == T_TIME_WAIT and seg.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
