@@ -315,16 +315,22 @@ cdef class Datapath:
         self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
         return parsed
 
-    cdef bint hash_ahead(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
-                         uint64_t* h) noexcept nogil:
+    cdef int hash_ahead(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                        PacketInfo* info, uint64_t* h) noexcept nogil:
         """A packet coming soon (packet-at-a-time callers read ahead as process() does in its windows):
-        its key's hash, with the index slot prefetched; False when it does not parse."""
-        cdef PacketInfo info
-        if self.classify(p, caplen, origlen, linktype, &info) != PARSED:
-            return False
-        h[0] = key_hash(self.table, &info.key)
-        prefetch_slot(self.table, h[0])
-        return True
+        its parse and key hash, for process_parsed, with the index slot prefetched."""
+        cdef int parsed = self.classify(p, caplen, origlen, linktype, info)
+        h[0] = 0
+        if parsed == PARSED:
+            h[0] = key_hash(self.table, &info.key)
+            prefetch_slot(self.table, h[0])
+        return parsed
+
+    cdef void process_parsed(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
+                             uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """A packet hash_ahead read (its bytes may have changed since, never its headers' layout or key)."""
+        self.started = True
+        self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
 
     cdef void prefetch_record(self, uint64_t h) noexcept nogil:
         """The flow record the slot of a hash from hash_ahead names (after the slot has arrived)."""

@@ -18,7 +18,11 @@ from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_ETHERNET, LINKTYPE_RAW,
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
 from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE, MAX_LINK_HEADER
-from l4emu.hosts._table cimport Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec
+from l4emu.hosts._table cimport Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32
+from l4emu.datapath._headers cimport PARSED
+
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) noexcept nogil
 
 cdef enum:
     REPLY_GAP_NS = 1000         # between the answers to one packet (and after the accept that made them)
@@ -50,6 +54,21 @@ cdef struct Stamp:
     uint32_t sent           # the sequence number after the last byte (or SYN/FIN) the server sent
     uint8_t has_sent
     uint8_t fins            # SERVER_FIN | CLIENT_FIN: which sides sent a FIN
+
+# A client packet read ahead by run().
+cdef struct Ahead:
+    PacketInfo info
+    int parsed
+    uint64_t h
+    uint32_t stamp_hash
+
+
+cdef inline void prefetch_stamp(Slab* s, uint32_t h) noexcept:
+    """The re-stamping record the key's home slot names (a guess: it may sit further on)."""
+    cdef uint32_t r = s.slots[h & s.mask]
+    if r:
+        __builtin_prefetch(rec(s, r - 1))
+
 
 # A service whose reals all answer for themselves: what a capture recorded from its VIP or capture
 # servers is superseded (answering twice would fork the stream).
@@ -140,31 +159,44 @@ cdef class Loop:
         """The clients' packets start.. of a batch (replay: the capture's, in order); stops before the
         first one at or past `until_ns` (0: none) so the caller can reach that moment; returns where."""
         cdef Py_ssize_t i = start, a
-        cdef uint64_t hashes[AHEAD]
-        cdef bint hashed[AHEAD]
+        cdef Ahead ahead[AHEAD]
         for a in range(start, min(start + AHEAD, batch.n)):
-            hashed[a % AHEAD] = self.dp.hash_ahead(batch.data + batch.offset[a], batch.caplen[a], batch.origlen[a],
-                                                   batch.linktype[a], &hashes[a % AHEAD])
+            self.read_ahead(batch, a, &ahead[a % AHEAD])
         while i < batch.n:
             if until_ns and batch.ts_ns[i] >= until_ns:
                 return i
             a = i + AHEAD // 2
-            if a < batch.n and hashed[a % AHEAD]:
-                self.dp.prefetch_record(hashes[a % AHEAD])
+            if a < batch.n and ahead[a % AHEAD].parsed == PARSED:
+                self.dp.prefetch_record(ahead[a % AHEAD].h)
+                prefetch_stamp(&self.stamps, ahead[a % AHEAD].stamp_hash)
             self.client(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i], batch.ts_ns[i],
-                        batch.iface[i], batch.linktype[i])
+                        batch.iface[i], batch.linktype[i], &ahead[i % AHEAD])
             a = i + AHEAD
             if a < batch.n:
-                hashed[i % AHEAD] = self.dp.hash_ahead(batch.data + batch.offset[a], batch.caplen[a],
-                                                       batch.origlen[a], batch.linktype[a], &hashes[i % AHEAD])
+                self.read_ahead(batch, a, &ahead[i % AHEAD])
             i += 1
         return i
+
+    cdef void read_ahead(self, Batch batch, Py_ssize_t a, Ahead* ahead) noexcept:
+        """Parse and hash a client packet AHEAD packets early; prefetch its flow's and its re-stamping's slots."""
+        cdef StampKey key
+        ahead.parsed = self.dp.hash_ahead(batch.data + batch.offset[a], batch.caplen[a], batch.origlen[a],
+                                          batch.linktype[a], &ahead.info, &ahead.h)
+        if self.restamp and ahead.parsed == PARSED and ahead.info.key.proto == IPPROTO_TCP:
+            memset(&key, 0, sizeof(StampKey))
+            memcpy(key.client, ahead.info.key.src, 16)
+            memcpy(key.server, ahead.info.key.dst, 16)
+            key.cport, key.sport, key.family = ahead.info.key.sport, ahead.info.key.dport, ahead.info.key.family
+            ahead.stamp_hash = key_hash32(&self.stamps, &key)
+            __builtin_prefetch(&self.stamps.slots[ahead.stamp_hash & self.stamps.mask])
+        else:
+            ahead.stamp_hash = 0
 
     def client_frame(self, frame, uint64_t ts, uint32_t origlen, uint16_t iface, uint16_t linktype):
         """One client packet from Python bytes (tests)."""
         cdef const uint8_t[::1] view = frame
         if view.shape[0]:
-            self.client(&view[0], <uint32_t>view.shape[0], origlen, ts, iface, linktype)
+            self.client(&view[0], <uint32_t>view.shape[0], origlen, ts, iface, linktype, NULL)
 
     def advance(self, uint64_t now):
         """Let the hosts' clocks reach `now` (accepts at the application's pace, TIME-WAIT ending)."""
@@ -218,8 +250,9 @@ cdef class Loop:
         return self.hosts.real_host[real] if 0 <= real < <int32_t>self.hosts.n_reals else -1
 
     cdef void client(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint64_t ts, uint16_t iface,
-                     uint16_t linktype):
-        """One packet as it arrives at the switch (replay: the next one of the capture)."""
+                     uint16_t linktype, Ahead* ahead):
+        """One packet as it arrives at the switch (replay: the next one of the capture; `ahead`: its
+        parse, when run() read it ahead)."""
         cdef PacketInfo info
         cdef Seg seg
         cdef bint ok
@@ -233,7 +266,7 @@ cdef class Loop:
         memcpy(self.cur, p, caplen)
         if self.restamp and ok and seg.proto == IPPROTO_TCP:
             self.stamp_client(&info, &seg)
-        self.through(caplen, origlen, iface, linktype, ts, False)
+        self.through(caplen, origlen, iface, linktype, ts, False, ahead)
         self.hosts.prune_peers()
 
     cdef bint is_front(self, Seg* seg) noexcept:
@@ -254,8 +287,9 @@ cdef class Loop:
         self.hosts.prune_peers()
 
     cdef void through(self, uint32_t n, uint32_t origlen, uint16_t iface, uint16_t linktype, uint64_t ts,
-                      bint from_host):
-        """The packet in `cur` through the datapath, into the views, and to a host when it is for one."""
+                      bint from_host, Ahead* ahead=NULL):
+        """The packet in `cur` through the datapath, into the views, and to a host when it is for one
+        (`ahead`: its parse, read ahead)."""
         cdef uint8_t v = 0
         cdef int32_t d = 0
         cdef int h, parsed
@@ -263,7 +297,11 @@ cdef class Loop:
         cdef Seg seg
         cdef bint readable
         memcpy(self.after, self.cur, n)
-        parsed = self.dp.process_one(self.after, n, origlen, linktype, ts, &info, &v, &d)
+        if ahead != NULL:
+            info, parsed = ahead.info, ahead.parsed
+            self.dp.process_parsed(self.after, &info, parsed, ahead.h, ts, origlen, &v, &d)
+        else:
+            parsed = self.dp.process_one(self.after, n, origlen, linktype, ts, &info, &v, &d)
         if ts < self.last_ts:
             ts = self.last_ts                   # what is written never goes back in time
         self.last_ts = ts
