@@ -14,7 +14,6 @@ no FIN) and reads the engine's own allocation and the process's resident growth.
 from __future__ import annotations
 
 import argparse
-import os
 import struct
 import sys
 import tempfile
@@ -133,9 +132,11 @@ def side_by_side(workdir: Path, flows: int, open_at_once: int, runs: int) -> tup
     return best_e, best_b
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def anonymous_bytes() -> int:
+    """Resident anonymous memory (the heap; not the capture's file pages, which a map makes resident)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
 
 
 def memory_figure(workdir: Path, conversations: int) -> None:
@@ -144,20 +145,22 @@ def memory_figure(workdir: Path, conversations: int) -> None:
     make_http_capture(capture, conversations, 64, established_only=True)
     switch = Switch(configmod.load(config_file(workdir, True), {"rr"}), seed=1)
     emulator = Emulator(switch)  # no views: the hosts' and the loop's state only
-    before = resident_bytes()
+    switch_table = switch.table_info()["memory_bytes"]  # allocated whole, at its maximum, before any packet
+    before = anonymous_bytes()
     with open_capture(capture) as reader:
         for batch in reader.batches():
             emulator.run(batch)
-    grown = resident_bytes() - before
+    grown = anonymous_bytes() - before
     engine = switch.hosts.engine.memory()
     open_now = engine["connections"]
-    stamps = emulator.restamp_entries()
+    hosts = engine["table_bytes"] + engine["timer_bytes"] + emulator.loop.memory()
+    flows = switch.table_info()["used"]
     print(
-        f"memory: {open_now:,} established emulated connections ({stamps:,} re-stamped); the hosts' tables "
-        f"allocate {engine['table_bytes'] / open_now:.1f} bytes per connection (+ timers "
-        f"{engine['timer_bytes'] / open_now:.1f}); resident growth of the whole process "
-        f"{grown / open_now:.1f} bytes per connection (the switch's own flow entries and the "
-        f"re-stamping table included)"
+        f"memory: {open_now:,} established emulated connections ({emulator.restamp_entries():,} re-stamped, "
+        f"{engine['peers']:,} clients' links); the hosts' tables and the re-stamping allocate "
+        f"{hosts / open_now:.1f} bytes per connection; resident anonymous growth of the whole process "
+        f"{grown / open_now:.1f} bytes per connection, which includes the switch's own flow entries "
+        f"({flows:,} in a table of {switch_table / (1 << 20):,.0f} MiB allocated up front, touched as they fill)"
     )
 
 

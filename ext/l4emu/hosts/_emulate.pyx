@@ -18,7 +18,7 @@ from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_ETHERNET, LINKTYPE_RAW,
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
 from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE, MAX_LINK_HEADER
-from l4emu.hosts._table cimport Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32
+from l4emu.hosts._table cimport Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32, slab_bytes
 from l4emu.datapath._headers cimport PARSED
 
 cdef extern from *:
@@ -240,6 +240,10 @@ cdef class Loop:
         if self.inside is not None and self.inside.n:
             self.inside_sink(self.inside)
             self.inside.clear()
+
+    def memory(self):
+        """Bytes of the re-stamping table (records and index)."""
+        return slab_bytes(&self.stamps)
 
     def restamp_entries(self):
         """Connections the re-stamping remembers (each forgotten once both sides closed)."""
