@@ -37,7 +37,6 @@ from peers import (  # noqa: E402
 )
 
 from l4emu import config as configmod  # noqa: E402
-from l4emu.datapath._batch import Batch  # noqa: E402
 from l4emu.emulate import Emulator  # noqa: E402
 from l4emu.io import open_capture  # noqa: E402
 from l4emu.replay import replay  # noqa: E402
@@ -91,10 +90,8 @@ def make_http_capture(path: Path, flows: int, open_at_once: int, established_onl
 
 
 def config_file(workdir: Path, emulated: bool) -> Path:
-    reals = "".join(
-        f'  [[service.real]]\n  address = "{ip}:{port}"\n' + ("  emulated = true\n  backlog = 65535\n" if emulated else "")
-        for ip, port in BENCH_REALS
-    )
+    emulation = "  emulated = true\n  backlog = 65535\n" if emulated else ""  # room for every half-open request
+    reals = "".join(f'  [[service.real]]\n  address = "{ip}:{port}"\n{emulation}' for ip, port in BENCH_REALS)
     path = workdir / ("emulated.toml" if emulated else "plain.toml")
     path.write_text(
         f'[table]\nmax_connections = {TABLE}\n[[service]]\nvip = "{BENCH_VIP}:{BENCH_VPORT}"\nscheduler = "rr"\n'

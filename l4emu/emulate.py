@@ -73,7 +73,7 @@ class Emulator:
         if switch.hosts is None:
             raise OptionError("no real in this config is emulated (emulated = true)")
         self.switch, self.hosts = switch, switch.hosts
-        sinks = [s if s is None or isinstance(s, BatchSink) else _per_packet(s) for s in (outside, inside)]
+        out_sink, in_sink = (s if s is None or isinstance(s, BatchSink) else _per_packet(s) for s in (outside, inside))
         self.eager = any(s is not None and not isinstance(s, BatchSink) for s in (outside, inside))
         # A service whose reals all answer for themselves: what the capture recorded from its VIP or
         # capture servers is superseded too (answering twice would fork the stream).
@@ -83,7 +83,8 @@ class Emulator:
             if all(real.emulated for real in svc.reals)
             for address, port in ((svc.vip, svc.port), *svc.capture_servers)
         ]
-        self.loop = Loop(switch.emulation_datapath(), self.hosts.engine, fronts, *sinks, restamp, self.hosts.loop_secret)
+        datapath = switch.emulation_datapath()
+        self.loop = Loop(datapath, self.hosts.engine, fronts, out_sink, in_sink, restamp, self.hosts.loop_secret)
 
     @property
     def answers(self) -> int:

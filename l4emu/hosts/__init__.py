@@ -31,7 +31,7 @@ class Hosts:
     def __init__(self, reals: list, rng: random.Random):
         hosts: dict[bytes, int] = {}
         settings = []
-        for svc, real in reals:
+        for _, real in reals:
             if not real.emulated:
                 continue
             packed = real.address.packed

@@ -14,11 +14,12 @@ from libc.string cimport memcpy, memset
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
 from l4emu.datapath._datapath cimport Datapath
 from l4emu.datapath._types cimport PacketInfo
-from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_ETHERNET, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
+from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
-from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE, MAX_LINK_HEADER
-from l4emu.hosts._table cimport Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32, slab_bytes
+from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE
+from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32,
+                                 slab_bytes)
 from l4emu.datapath._headers cimport PARSED
 
 cdef extern from *:
@@ -34,7 +35,8 @@ cdef enum:
     SERVER_FIN = 1
     CLIENT_FIN = 2
     MAX_DEPTH = 8               # an answer that reaches a host again (it never should) goes no deeper
-    AHEAD = 8                   # run(): a packet's index slot is prefetched this many packets ahead, its record half as many
+    AHEAD = 8                   # run(): a packet's index slot is prefetched this many packets ahead,
+    #                             its flow record half as many
 
 REPLY_GAP = REPLY_GAP_NS
 
@@ -347,7 +349,6 @@ cdef class Loop:
         through the datapath."""
         cdef PacketInfo info
         cdef Seg seg
-        cdef Peer* peer
         cdef uint32_t first
         cdef int r
         if read == NULL:
@@ -392,7 +393,10 @@ cdef class Loop:
                 memcpy(self.cur, peer.hdr, hlen)
             memcpy(self.cur + hlen, pkt, plen)
             self.answers += 1
-            at = (self.hosts.out_at[j] if stamped else ts) + (REPLY_GAP_NS if stamped else (j - first + 1) * REPLY_GAP_NS)
+            if stamped:
+                at = self.hosts.out_at[j] + REPLY_GAP_NS
+            else:
+                at = ts + (j - first + 1) * REPLY_GAP_NS
             self.through(hlen + plen, hlen + plen, iface, linktype, at, True)
 
     cdef void emit(self, int k, const uint8_t* frame, uint32_t n, uint32_t origlen, uint64_t ts, uint16_t iface,

@@ -16,7 +16,7 @@ from l4emu.datapath._wire cimport *
 from l4emu.datapath._headers cimport parse_packet, PARSED
 from l4emu.datapath._checksum cimport load16, store16, sum_bytes, fold
 from l4emu.datapath._types cimport name_table
-from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, slab_bytes, rec,
+from l4emu.hosts._table cimport (slab_init, slab_free, slab_find, slab_add, slab_remove, slab_bytes, rec,
                                  MIN_RECORDS)
 
 include "_wire.pxi"
