@@ -19,11 +19,9 @@ from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, 
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
 from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE
 from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32,
-                                 slab_bytes)
+                                 slab_bytes, prefetch_slot, prefetch_record)
 from l4emu.datapath._headers cimport PARSED
 
-cdef extern from *:
-    void __builtin_prefetch(const void* addr) noexcept nogil
 
 cdef enum:
     REPLY_GAP_NS = 1000         # between the answers to one packet (and after the accept that made them)
@@ -63,13 +61,7 @@ cdef struct Ahead:
     int parsed
     uint64_t h
     uint32_t stamp_hash
-
-
-cdef inline void prefetch_stamp(Slab* s, uint32_t h) noexcept:
-    """The re-stamping record the key's home slot names (a guess: it may sit further on)."""
-    cdef uint32_t r = s.slots[h & s.mask]
-    if r:
-        __builtin_prefetch(rec(s, r - 1))
+    uint32_t conn_hash
 
 
 # A service whose reals all answer for themselves: what a capture recorded from its VIP or capture
@@ -170,7 +162,10 @@ cdef class Loop:
             a = i + AHEAD // 2
             if a < batch.n and ahead[a % AHEAD].parsed == PARSED:
                 self.dp.prefetch_record(ahead[a % AHEAD].h)
-                prefetch_stamp(&self.stamps, ahead[a % AHEAD].stamp_hash)
+                if ahead[a % AHEAD].stamp_hash:
+                    prefetch_record(&self.stamps, ahead[a % AHEAD].stamp_hash)
+                if ahead[a % AHEAD].conn_hash:
+                    prefetch_record(&self.hosts.conns, ahead[a % AHEAD].conn_hash)
             self.client(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i], batch.ts_ns[i],
                         batch.iface[i], batch.linktype[i], &ahead[i % AHEAD])
             a = i + AHEAD
@@ -190,9 +185,14 @@ cdef class Loop:
             memcpy(key.server, ahead.info.key.dst, 16)
             key.cport, key.sport, key.family = ahead.info.key.sport, ahead.info.key.dport, ahead.info.key.family
             ahead.stamp_hash = key_hash32(&self.stamps, &key)
-            __builtin_prefetch(&self.stamps.slots[ahead.stamp_hash & self.stamps.mask])
+            prefetch_slot(&self.stamps, ahead.stamp_hash)
         else:
             ahead.stamp_hash = 0
+        if ahead.parsed == PARSED and ahead.info.key.proto == IPPROTO_TCP:
+            ahead.conn_hash = self.hosts.client_hash(ahead.info.key.src, ahead.info.key.family, ahead.info.key.sport)
+            prefetch_slot(&self.hosts.conns, ahead.conn_hash)
+        else:
+            ahead.conn_hash = 0
 
     def client_frame(self, frame, uint64_t ts, uint32_t origlen, uint16_t iface, uint16_t linktype):
         """One client packet from Python bytes (tests)."""

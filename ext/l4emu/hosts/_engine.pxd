@@ -72,13 +72,15 @@ ctypedef struct ConnBufs:
     Buf send                # echo: written by the application, not sent yet
     Buf req                 # http: a request's header block, not complete yet
 
+# The client's half first: the connection table hashes only it (CONN_HASHED), so the emulate loop can
+# prefetch a connection from a client's packet before the switch has picked the host.
 ctypedef struct ConnKey:
-    uint16_t host
-    uint16_t port           # ours
+    uint8_t peer[16]
     uint16_t peer_port
     uint8_t family
     uint8_t pad
-    uint8_t peer[16]
+    uint16_t host
+    uint16_t port           # ours
 
 # One TCP connection from the host's side (RFC 793 names); a record of the connection Slab.
 ctypedef struct Conn:
@@ -220,6 +222,7 @@ cdef class Engine:
     cdef void peer_ref(self, Conn* c, int by) noexcept
     cdef uint8_t* reserve(self, uint32_t n) noexcept
     cdef int _socket(self, uint32_t host, uint16_t port, uint16_t proto, uint32_t index) except -1
+    cdef uint32_t client_hash(self, const uint8_t* peer, uint8_t family, uint16_t peer_port) noexcept
 
 
 cdef bint read_segment(const uint8_t* frame, uint32_t n, uint16_t linktype, PacketInfo* info,

@@ -17,7 +17,7 @@ from l4emu.datapath._headers cimport parse_packet, PARSED
 from l4emu.datapath._checksum cimport load16, store16, sum_bytes, fold
 from l4emu.datapath._types cimport name_table
 from l4emu.hosts._table cimport (slab_init, slab_free, slab_find, slab_add, slab_remove, slab_bytes, rec,
-                                 MIN_RECORDS)
+                                 key_hash32, MIN_RECORDS)
 
 include "_wire.pxi"
 include "_apps.pxi"
@@ -50,6 +50,10 @@ cdef enum:
     OUT_BYTES = 1 << 16
     ETHER_ADDR_LEN = 6
     ETHER_HEADER_LEN = 14
+
+# The hashed bits of ConnKey's last word (little-endian): the peer's port and family, not the host's
+# side (host, port), so that a connection's hash is known from the client's packet alone.
+cdef uint64_t CONN_HASHED = 0xFFFFFFFF
 
 
 cdef struct SockKey:
@@ -105,6 +109,7 @@ cdef class Engine:
                 or slab_init(&self.conns, sizeof(Conn), sizeof(ConnKey) // 8, k0, k1) < 0
                 or slab_init(&self.peers, sizeof(Peer), 3, k0, k1) < 0):
             raise MemoryError()
+        self.conns.last_mask = CONN_HASHED
         self.rngs = []
         self.cur_peer = -1
         self.out_cap = OUT_BYTES
@@ -265,6 +270,14 @@ cdef class Engine:
         key.host, key.port, key.peer_port, key.family = host, port, peer_port, family
         memcpy(key.peer, peer, 4 if family == 4 else 16)
         return slab_find(&self.conns, &key)
+
+    cdef uint32_t client_hash(self, const uint8_t* peer, uint8_t family, uint16_t peer_port) noexcept:
+        """The connection table's hash of every connection of this client address and port."""
+        cdef ConnKey key
+        memset(&key, 0, sizeof(key))
+        memcpy(key.peer, peer, 4 if family == 4 else 16)
+        key.peer_port, key.family = peer_port, family
+        return key_hash32(&self.conns, &key)
 
     cdef Conn* conn(self, uint32_t k) noexcept:
         return <Conn*>rec(&self.conns, k)

@@ -8,9 +8,13 @@ from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcmp, memcpy, memset
 from l4emu.datapath._siphash cimport siphash13
 
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) noexcept nogil
+
 cdef enum:
     MIN_SLOTS = 64
     MIN_RECORDS = 64
+    MAX_KEY_WORDS = 8
 
 ctypedef struct Slab:
     uint8_t* records        # stride bytes each; a free record's first 4 bytes link the free list
@@ -22,6 +26,8 @@ ctypedef struct Slab:
     uint32_t used
     uint32_t* slots
     uint32_t mask           # slots - 1
+    uint64_t last_mask      # the bits of the key's last word that are hashed (a caller may then hash
+    #                         a key ahead of time from the part it knows)
     uint64_t k0, k1
 
 
@@ -31,6 +37,7 @@ cdef inline int slab_init(Slab* s, uint32_t stride, uint32_t key_words, uint64_t
     s.key_words = key_words
     s.k0 = k0
     s.k1 = k1
+    s.last_mask = ~(<uint64_t>0)
     s.slots = <uint32_t*>calloc(MIN_SLOTS, sizeof(uint32_t))
     s.mask = MIN_SLOTS - 1
     return 0 if s.slots != NULL else -1
@@ -52,7 +59,23 @@ cdef inline uint32_t* rec_hash(Slab* s, uint32_t i) noexcept nogil:
 
 
 cdef inline uint32_t key_hash32(Slab* s, const void* key) noexcept nogil:
-    return <uint32_t>siphash13(s.k0, s.k1, <const uint64_t*>key, s.key_words)
+    cdef uint64_t w[MAX_KEY_WORDS]
+    if s.last_mask == ~(<uint64_t>0):
+        return <uint32_t>siphash13(s.k0, s.k1, <const uint64_t*>key, s.key_words)
+    memcpy(w, key, s.key_words * 8)
+    w[s.key_words - 1] &= s.last_mask
+    return <uint32_t>siphash13(s.k0, s.k1, w, s.key_words)
+
+
+cdef inline void prefetch_slot(Slab* s, uint32_t h) noexcept nogil:
+    __builtin_prefetch(&s.slots[h & s.mask])
+
+
+cdef inline void prefetch_record(Slab* s, uint32_t h) noexcept nogil:
+    """The record the key's home slot names (a guess: it may sit further on), after prefetch_slot."""
+    cdef uint32_t r = s.slots[h & s.mask]
+    if r:
+        __builtin_prefetch(rec(s, r - 1))
 
 
 cdef inline int _find_h(Slab* s, const void* key, uint32_t h) noexcept nogil:
