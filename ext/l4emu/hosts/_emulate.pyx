@@ -10,7 +10,7 @@ real servers see (after DNAT; answers before SNAT). Verdict and detail stay with
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
 from l4emu.datapath._datapath cimport Datapath
 from l4emu.datapath._types cimport PacketInfo
@@ -19,7 +19,7 @@ from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, 
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
 from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE
 from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32,
-                                 slab_bytes, prefetch_slot, prefetch_record)
+                                 slab_bytes, prefetch_slot, prefetch_record, slab_find_hashed)
 from l4emu.datapath._headers cimport PARSED
 
 
@@ -60,6 +60,7 @@ cdef struct Ahead:
     PacketInfo info
     int parsed
     uint64_t h
+    StampKey stamp_key
     uint32_t stamp_hash
     uint32_t conn_hash
 
@@ -176,15 +177,15 @@ cdef class Loop:
 
     cdef void read_ahead(self, Batch batch, Py_ssize_t a, Ahead* ahead) noexcept:
         """Parse and hash a client packet AHEAD packets early; prefetch its flow's and its re-stamping's slots."""
-        cdef StampKey key
+        cdef StampKey* key = &ahead.stamp_key
         ahead.parsed = self.dp.hash_ahead(batch.data + batch.offset[a], batch.caplen[a], batch.origlen[a],
                                           batch.linktype[a], &ahead.info, &ahead.h)
         if self.restamp and ahead.parsed == PARSED and ahead.info.key.proto == IPPROTO_TCP:
-            memset(&key, 0, sizeof(StampKey))
+            memset(key, 0, sizeof(StampKey))
             memcpy(key.client, ahead.info.key.src, 16)
             memcpy(key.server, ahead.info.key.dst, 16)
             key.cport, key.sport, key.family = ahead.info.key.sport, ahead.info.key.dport, ahead.info.key.family
-            ahead.stamp_hash = key_hash32(&self.stamps, &key)
+            ahead.stamp_hash = key_hash32(&self.stamps, key)
             prefetch_slot(&self.stamps, ahead.stamp_hash)
         else:
             ahead.stamp_hash = 0
@@ -271,7 +272,7 @@ cdef class Loop:
             return
         memcpy(self.cur, p, caplen)
         if self.restamp and ok and seg.proto == IPPROTO_TCP:
-            self.stamp_client(&info, &seg)
+            self.stamp_client(&info, &seg, ahead)
         self.through(caplen, origlen, iface, linktype, ts, False, ahead)
         self.hosts.prune_peers()
 
@@ -281,7 +282,7 @@ cdef class Loop:
         for k in range(self.n_fronts):
             f = &self.fronts[k]
             if (f.port == seg.sport and f.proto == seg.proto and f.family == seg.family
-                    and memcmp16(f.addr, seg.src, 4 if seg.family == 4 else 16)):
+                    and memcmp(f.addr, seg.src, 4 if seg.family == 4 else 16) == 0):
                 return True
         return False
 
@@ -415,8 +416,9 @@ cdef class Loop:
             b.detail[b.n - 1] = detail
 
     # ---- re-stamping: the clients' ACKs in the emulated server's sequence space -------------------
-    cdef void stamp_client(self, PacketInfo* info, Seg* seg) noexcept:
-        """The client's packet (in `cur`) with its ACK number in the emulated server's space."""
+    cdef void stamp_client(self, PacketInfo* info, Seg* seg, Ahead* ahead) noexcept:
+        """The client's packet (in `cur`) with its ACK number in the emulated server's space (`ahead`:
+        its key hashed ahead, taken when the key is the same)."""
         cdef StampKey key
         cdef int r
         cdef Stamp* s
@@ -424,7 +426,10 @@ cdef class Loop:
         cdef bint known = False
         cdef uint8_t fins = 0
         stamp_key(&key, seg, True)
-        r = slab_find(&self.stamps, &key)
+        if ahead != NULL and ahead.stamp_hash and memcmp(&ahead.stamp_key, &key, sizeof(StampKey)) == 0:
+            r = slab_find_hashed(&self.stamps, &key, ahead.stamp_hash)
+        else:
+            r = slab_find(&self.stamps, &key)
         if seg.flags & TCP_SYN and not seg.flags & TCP_ACK:
             if r >= 0:
                 slab_remove(&self.stamps, r)    # a new connection on this pair: forget the old one
@@ -468,14 +473,6 @@ cdef class Loop:
             s.has_sent = 1
         if seg.flags & TCP_FIN:
             s.fins |= SERVER_FIN
-
-
-cdef inline bint memcmp16(const uint8_t* a, const uint8_t* b, uint32_t n) noexcept:
-    cdef uint32_t i
-    for i in range(n):
-        if a[i] != b[i]:
-            return False
-    return True
 
 
 cdef void rewrite_ack(uint8_t* p, PacketInfo* info, Seg* seg, uint32_t ack) noexcept:

@@ -78,8 +78,8 @@ cdef inline void prefetch_record(Slab* s, uint32_t h) noexcept nogil:
         __builtin_prefetch(rec(s, r - 1))
 
 
-cdef inline int _find_h(Slab* s, const void* key, uint32_t h) noexcept nogil:
-    """The record holding `key`, or -1."""
+cdef inline int slab_find_hashed(Slab* s, const void* key, uint32_t h) noexcept nogil:
+    """The record holding `key` (whose hash is h), or -1."""
     cdef uint32_t i = h & s.mask, r
     while True:
         r = s.slots[i]
@@ -91,7 +91,7 @@ cdef inline int _find_h(Slab* s, const void* key, uint32_t h) noexcept nogil:
 
 
 cdef inline int slab_find(Slab* s, const void* key) noexcept nogil:
-    return _find_h(s, key, key_hash32(s, key))
+    return slab_find_hashed(s, key, key_hash32(s, key))
 
 
 cdef inline void _place(Slab* s, uint32_t r, uint32_t h) noexcept nogil:
