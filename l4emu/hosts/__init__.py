@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 
+from l4emu.config import Distribution
 from l4emu.datapath._batch import NS
 from l4emu.hosts._engine import Engine
 
@@ -23,6 +24,11 @@ def endpoint(address: bytes, port: int | str) -> str:
 
 def _any_peer(address: bytes) -> str:
     return "0.0.0.0:*" if len(address) == 4 else "[::]:*"
+
+
+def _dist(d: Distribution) -> tuple:
+    """A distribution as the engine takes it."""
+    return (d.kind, d.mean, d.sigma, d.values)
 
 
 class Hosts:
@@ -54,8 +60,17 @@ class Hosts:
             name = endpoint(real.address.packed, real.port)
             if svc.protocol == "tcp":
                 interval = int(NS / real.accept_rate) if real.accept_rate else 0
+                capacity = {}
+                if real.workers or real.response_bytes is not None:
+                    # drawn after everything above, so configs without capacity keep their bytes
+                    capacity = {
+                        "workers": real.workers,
+                        "service": _dist(real.service_time),
+                        "response": _dist(real.response_bytes) if real.response_bytes is not None else None,
+                        "seed64": rng.getrandbits(64),
+                    }
                 self.engine.listen(
-                    host, real.port, real.app, real.backlog, interval, real.syn_overflow == "reset", name
+                    host, real.port, real.app, real.backlog, interval, real.syn_overflow == "reset", name, **capacity
                 )
             else:
                 self.engine.bind_udp(host, real.port, real.app, name)

@@ -6,6 +6,7 @@
 cdef enum:
     MAX_HEADER_BYTES = 64 << 10     # a request header block larger than this is refused (431), as servers do
     MAX_BODY_BYTES = 1 << 30
+    PAD_BYTE = 0x78                 # 'x': a sized answer's body after "served by <backend>"
 
 
 # ---- a connection's buffers, allocated while one of them holds something ----------------------------
@@ -67,7 +68,7 @@ cdef void free_idle(Engine e, uint32_t c) noexcept:
 cdef uint32_t send_len(Engine e, Conn* conn) noexcept:
     """Bytes written by the application and not sent yet."""
     cdef Listener* lst
-    if conn.app == APP_HTTP:
+    if conn.app == APP_HTTP and not e.listeners[conn.listener].sized:
         if not conn.http_keep and not conn.http_final:
             return 0
         lst = &e.listeners[conn.listener]
@@ -82,7 +83,7 @@ cdef void take_queued(Engine e, uint32_t c, uint8_t* out, uint32_t n) noexcept:
     cdef Listener* lst
     cdef Buf* b
     cdef uint32_t kind, part
-    if conn.app != APP_HTTP:
+    if conn.app != APP_HTTP or e.listeners[conn.listener].sized:
         b = &conn.bufs.send
         memcpy(out, b.data + b.off, n)
         b.off += n
@@ -133,6 +134,189 @@ cdef inline void http_queue(Conn* conn, int kind) noexcept:
         conn.http_final = kind
 
 
+cdef bint http_request(Engine e, uint32_t c, int kind) noexcept:
+    """One request read whole (or refused: kind is its answer). Without workers it is answered at once;
+    with them a worker serves it (in order, after the connection's earlier ones) and it is answered
+    when its service ends. True: the application closes now (its last answer is written)."""
+    cdef Conn* conn = e.conn(c)
+    cdef Listener* lst = &e.listeners[conn.listener]
+    if lst.workers == 0:
+        if lst.sized:
+            write_answer(e, c, kind)
+        else:
+            http_queue(conn, kind)
+        return kind != R_OK
+    if kind == R_OK or kind == R_OK_CLOSE:
+        conn.pending += 1
+        if kind == R_OK_CLOSE:
+            conn.owed = R_OK_CLOSE              # the last request's answer closes
+        if conn.work == W_NONE:
+            want_worker(e, c, e.step_at)
+        return False
+    if conn.pending:
+        conn.owed = kind                        # refused after the ones being served: answered after them
+        return False
+    write_answer(e, c, kind)
+    return True
+
+
+cdef void write_answer(Engine e, uint32_t c, int kind) noexcept:
+    """Queue one answer: the listener's template (by count), or, sized, written out per connection:
+    a 200's body is `response` bytes drawn per answer, "served by <backend>" then padding."""
+    cdef Conn* conn = e.conn(c)
+    cdef Listener* lst = &e.listeners[conn.listener]
+    cdef char head[160]
+    cdef int n
+    cdef uint64_t size, have
+    cdef uint8_t* body
+    if not lst.sized:
+        http_queue(conn, kind)
+        return
+    if kind != R_OK and kind != R_OK_CLOSE:
+        buf_append(conn, &conn_bufs(conn).send, lst.responses[kind], lst.response_len[kind])
+        return
+    size = draw_bytes(&lst.response, &lst.rng)
+    n = snprintf(head, sizeof(head), b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %llu\r\n%s\r\n",
+                 <unsigned long long>size, b"Connection: close\r\n" if kind == R_OK_CLOSE else b"")
+    body = <uint8_t*>malloc(n + size if n + size else 1)
+    if body == NULL:
+        return                                  # out of memory: the answer is lost
+    memcpy(body, head, n)
+    have = size if size < lst.body_text_len else lst.body_text_len
+    memcpy(body + n, lst.body_text, have)
+    memset(body + n + have, PAD_BYTE, size - have)
+    buf_append(conn, &conn_bufs(conn).send, body, <uint32_t>(n + size))
+    free(body)
+
+
+# ---- capacity: workers, the queue in front of them, service times on the packet clock --------------
+cdef inline void work_account(Listener* lst, uint64_t now) noexcept:
+    """Integrate the wait queue's length and the busy workers up to `now` (before either changes)."""
+    if lst.last_ns and now > lst.last_ns:
+        lst.queue_area += <double>lst.wq_len * <double>(now - lst.last_ns)
+        lst.busy_area += <double>lst.busy * <double>(now - lst.last_ns)
+    if now > lst.last_ns:
+        lst.last_ns = now
+
+
+cdef void want_worker(Engine e, uint32_t c, uint64_t now) noexcept:
+    """The connection's next request goes to a free worker, or waits for one (first come, first served)."""
+    cdef Conn* conn = e.conn(c)
+    cdef Listener* lst = &e.listeners[conn.listener]
+    if lst.busy < lst.workers:
+        serve(e, c, now)
+        return
+    work_account(lst, now)
+    conn.work = W_WAITING
+    conn.anext = 0
+    conn.aprev = lst.wq_tail
+    if lst.wq_tail:
+        e.conn(lst.wq_tail - 1).anext = c + 1
+    else:
+        lst.wq_head = c + 1
+    lst.wq_tail = c + 1
+    lst.wq_len += 1
+    lst.waited += 1
+    if lst.wq_len > lst.queue_max:
+        lst.queue_max = lst.wq_len
+
+
+cdef void unlink_waiting(Engine e, uint32_t c, uint64_t now) noexcept:
+    cdef Conn* conn = e.conn(c)
+    cdef Listener* lst = &e.listeners[conn.listener]
+    work_account(lst, now)
+    if conn.aprev:
+        e.conn(conn.aprev - 1).anext = conn.anext
+    else:
+        lst.wq_head = conn.anext
+    if conn.anext:
+        e.conn(conn.anext - 1).aprev = conn.aprev
+    else:
+        lst.wq_tail = conn.aprev
+    conn.aprev = conn.anext = 0
+    conn.work = W_NONE
+    lst.wq_len -= 1
+
+
+cdef void serve(Engine e, uint32_t c, uint64_t now) noexcept:
+    """A worker takes the connection's next request until its service time (drawn now) has passed."""
+    cdef Conn* conn = e.conn(c)
+    cdef Listener* lst = &e.listeners[conn.listener]
+    work_account(lst, now)
+    lst.busy += 1
+    conn.work = W_SERVING
+    set_deadline(e, c, now + draw_ns(&lst.service, &lst.rng))
+
+
+cdef void next_waiting(Engine e, uint32_t k, uint64_t now) noexcept:
+    """Free workers take the waiting connections, oldest first."""
+    cdef Listener* lst = &e.listeners[k]
+    cdef uint32_t c
+    while lst.busy < lst.workers and lst.wq_head:
+        c = lst.wq_head - 1
+        unlink_waiting(e, c, now)
+        serve(e, c, now)
+        lst = &e.listeners[k]
+
+
+cdef void served(Engine e, uint32_t c, uint64_t now) noexcept:
+    """A service ends at `now`: its answer is written, the connection's next request (or the answer
+    owed after them) follows, and the worker takes whoever waits longest."""
+    cdef Conn* conn = e.conn(c)
+    cdef uint32_t k = conn.listener
+    cdef Listener* lst = &e.listeners[k]
+    cdef bint close = False
+    set_deadline(e, c, 0)
+    conn = e.conn(c)
+    work_account(lst, now)
+    lst.busy -= 1
+    lst.served += 1
+    conn.work = W_NONE
+    conn.pending -= 1
+    e.step_at = now
+    if conn.pending:
+        write_answer(e, c, R_OK)
+        want_worker(e, c, now)
+    else:
+        write_answer(e, c, R_OK_CLOSE if conn.owed == R_OK_CLOSE else R_OK)
+        conn = e.conn(c)
+        if conn.owed != R_NONE and conn.owed != R_OK_CLOSE:
+            write_answer(e, c, conn.owed)
+        conn = e.conn(c)
+        close = conn.owed != R_NONE or conn.flags & CF_PEER_FIN
+        conn.owed = R_NONE
+    if close:
+        app_close(e, c)
+    flush(e, c)
+    free_idle(e, c)
+    next_waiting(e, k, now)
+
+
+cdef void drop_work(Engine e, uint32_t c, uint64_t now) noexcept:
+    """A connection going away mid-request: out of the wait queue, or its worker freed for the next."""
+    cdef Conn* conn = e.conn(c)
+    cdef uint32_t k = conn.listener
+    cdef Listener* lst = &e.listeners[k]
+    if conn.work == W_WAITING:
+        unlink_waiting(e, c, now)
+    elif conn.work == W_SERVING:
+        work_account(lst, now)
+        lst.busy -= 1
+        conn.work = W_NONE
+        next_waiting(e, k, now)
+    e.conn(c).pending = 0
+
+
+cdef inline uint64_t draw_ns(const Dist* d, Rng* rng) noexcept:
+    cdef double v = dist_sample(d, rng)
+    return <uint64_t>llround(v * NS) if v > 0 else 0
+
+
+cdef inline uint64_t draw_bytes(const Dist* d, Rng* rng) noexcept:
+    cdef double v = dist_sample(d, rng)
+    return <uint64_t>llround(v) if v > 0 else 0
+
+
 cdef inline int64_t find_blank_line(const uint8_t* p, uint32_t n) noexcept:
     """Where the first CRLF CRLF starts, or -1."""
     cdef uint32_t i = 0
@@ -155,6 +339,8 @@ cdef bint http_data(Engine e, uint32_t c, const uint8_t* data, uint32_t n) noexc
     cdef int kind
     cdef bint closing = False
     cdef uint32_t body
+    if conn.owed != R_NONE:
+        return False                            # a closing answer is owed: nothing after it is read
     if req != NULL and buf_len(req):            # a header block begun before: go on from it
         buf_append(conn, req, data, n)
         p, length = req.data + req.off, buf_len(req)
@@ -170,14 +356,14 @@ cdef bint http_data(Engine e, uint32_t c, const uint8_t* data, uint32_t n) noexc
         end = find_blank_line(p + pos, length - pos)
         if end < 0:
             if length - pos > MAX_HEADER_BYTES:
-                http_queue(conn, R_TOO_LARGE)
-                closing = True
+                closing = http_request(e, c, R_TOO_LARGE)
+                conn = e.conn(c)
             break
         kind = http_answer(p + pos, <uint32_t>end, &body)
         pos += <uint32_t>end + 4
-        http_queue(conn, kind)
+        closing = http_request(e, c, kind)
+        conn = e.conn(c)
         if kind != R_OK:
-            closing = True
             break
         conn.body_left = body
     # What is left is the start of the next header block (nothing, once closing).

@@ -8,7 +8,7 @@ clock. Two views are appended to output Batches handed to sinks a batch at a tim
 the clients see (their packets as they arrive, re-stamped; answers after SNAT), `inside` what the
 real servers see (after DNAT; answers before SNAT). Verdict and detail stay with each packet.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, UINT64_MAX
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
@@ -18,6 +18,8 @@ from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, 
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
 from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE
+from l4emu.clients._clients cimport Clients
+from l4emu.clients._gen cimport MAX_FRAME
 from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32,
                                  slab_bytes, prefetch_slot, prefetch_record, slab_find_hashed)
 from l4emu.datapath._headers cimport PARSED
@@ -102,6 +104,8 @@ cdef class Loop:
     cdef readonly uint64_t last_ts
     cdef readonly uint64_t answers
     cdef readonly uint64_t superseded
+    cdef Clients clients            # simulate: the emulated clients the answers go to (None: replay)
+    cdef uint32_t client_slot       # ... and the connection of the client packet going through now
 
     def __cinit__(self, Datapath datapath, Engine hosts, fronts, outside, inside, bint restamp, bytes secret,
                   Py_ssize_t capacity=4096):
@@ -248,6 +252,39 @@ cdef class Loop:
         """Bytes of the re-stamping table (records and index)."""
         return slab_bytes(&self.stamps)
 
+    def simulate(self, Clients clients, uint64_t sample_every_ns=0, on_sample=None):
+        """The closed loop: the clients' packets and the hosts' clocks, whichever is due first, until
+        both have nothing left; each answer reaches the clients as the switch sends it. `on_sample(t)`
+        is called every `sample_every_ns` of packet time (0: never). Returns the last moment."""
+        cdef uint64_t t_client, t_host, ts, next_sample = 0, last = 0
+        cdef uint32_t n, slot
+        cdef uint8_t frame[MAX_FRAME]
+        self.clients = clients
+        try:
+            while True:
+                t_client = clients.next_time()
+                t_host = self.hosts.next_due()
+                if t_client == UINT64_MAX and t_host == UINT64_MAX:
+                    break
+                if sample_every_ns:
+                    if next_sample == 0:
+                        next_sample = min(t_client, t_host)
+                    while next_sample <= min(t_client, t_host):
+                        on_sample(next_sample)
+                        next_sample += sample_every_ns
+                if t_host <= t_client:
+                    self.advance_to(t_host)
+                    last = t_host
+                    continue
+                n = clients.emit(frame, &ts, &slot)
+                if n:
+                    self.client_slot = slot
+                    self.client(frame, n, n, ts, 0, clients.linktype, NULL)
+                    last = ts
+        finally:
+            self.clients = None
+        return last
+
     def restamp_entries(self):
         """Connections the re-stamping remembers (each forgotten once both sides closed)."""
         return self.stamps.used
@@ -315,6 +352,8 @@ cdef class Loop:
         if v == V_DROP:
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
         elif v == V_NEW or v == V_FORWARD:      # client -> real, DNAT
+            if v == V_NEW and self.clients is not None and not from_host:
+                self.clients.note_real(self.client_slot, d)
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
             self.emit(1, self.after, n, origlen, ts, iface, linktype, v, d)
             h = self.real_host(d)
@@ -323,6 +362,8 @@ cdef class Loop:
                 self.deliver(h, self.after, n, ts, iface, linktype, &seg if readable else NULL,
                              &info if readable else NULL)
         elif v == V_REPLY or v == V_ANSWER:     # real -> client, SNAT
+            if self.clients is not None:
+                self.clients.receive(self.after, n, linktype, ts)
             self.emit(0, self.after, n, origlen, ts, iface, linktype, v, d)
             self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
             if from_host and self.restamp:
@@ -336,6 +377,8 @@ cdef class Loop:
             readable = (segment_after(self.cur, n, origlen, parsed, &info, &seg)
                         or read_segment(self.cur, n, linktype, &info, &seg))
             h = self.hosts.host_of(seg.dst, seg.family) if readable else -1
+            if from_host and self.clients is not None:
+                self.clients.receive(self.cur, n, linktype, ts)     # e.g. a RST no flow owns
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
             if h >= 0 or from_host:
                 self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)

@@ -3,6 +3,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from l4emu.datapath._types cimport PacketInfo
 from l4emu.hosts._table cimport Slab
+from l4emu.clients._random cimport Dist, Rng
 
 # Connection states, named as `ss` names them (STATE_NAMES in _engine.pyx).
 cdef enum TcpState:
@@ -62,6 +63,11 @@ cdef enum ConnFlag:
     CF_ACCEPT_QUEUE = 32    # complete, waiting for accept()
     CF_APP = 64             # accepted and not closed: the application runs on it
 
+cdef enum WorkState:
+    W_NONE = 0              # no request of the connection's is waiting or in service
+    W_WAITING = 1           # its next request waits in its listener's worker queue
+    W_SERVING = 2           # a worker serves it; its deadline is the service's end
+
 ctypedef struct Buf:
     uint8_t* data           # bytes data[off:end]; NULL when empty
     uint32_t off, end, cap
@@ -107,6 +113,13 @@ ctypedef struct Conn:
     uint8_t rcv_shift       # ours, sent in the SYN-ACK when the peer offered scaling
     uint8_t http_final      # http: the closing answer queued after the R_OK ones (R_NONE: none)
     uint8_t app             # AppKind
+    # A listener with workers (capacity): requests received and not yet answered, where the one at
+    # the head stands (WorkState), and the answers owed after them. The worker queue links the
+    # connections waiting for a worker through aprev/anext: a connection waits for accept() or,
+    # accepted, for a worker, never both.
+    uint16_t pending
+    uint8_t work
+    uint8_t owed            # Response to queue once nothing is pending (R_NONE: none)
 
 ctypedef struct Listener:
     uint32_t host
@@ -123,6 +136,20 @@ ctypedef struct Listener:
     uint32_t aq_head, aq_tail   # the accept queue, oldest first (record + 1)
     uint8_t* responses[N_RESPONSES]
     uint32_t response_len[N_RESPONSES]
+    # Capacity (workers > 0): requests served at once, each for a service time drawn from `service`,
+    # its answer's body `response` bytes long (sized: every answer is written out per connection).
+    uint32_t workers, busy
+    uint32_t wq_head, wq_tail, wq_len   # connections waiting for a worker, oldest first (record + 1)
+    uint8_t sized
+    Rng rng
+    Dist service
+    Dist response
+    uint8_t* body_text      # "served by <backend>\n": a sized answer's body starts with it
+    uint32_t body_text_len
+    # What the listener's application did, on the packet clock: requests served, those that found
+    # every worker busy, the longest wait queue, and the time integrals of queue length and busy workers.
+    uint64_t served, waited, queue_max, last_ns
+    double queue_area, busy_area
 
 ctypedef struct UdpSock:
     uint32_t host
@@ -209,6 +236,7 @@ cdef class Engine:
     cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,
                      const uint8_t* frame, uint32_t l3) noexcept
     cdef void advance(self, uint64_t now) noexcept
+    cdef uint64_t next_due(self) noexcept    # UINT64_MAX: no clock has anything to do
     cdef Peer* peer_of(self, const uint8_t* addr, uint8_t family) noexcept
     cdef int note_link(self, const uint8_t* addr, uint8_t family) noexcept
     cdef void prune_peers(self) noexcept

@@ -8,13 +8,17 @@ timer heap, so no step ever scans the connections. Answers are IP packets left i
 (out_*), which the emulate loop sends back through the datapath. The TCP rules are in _tcp.pxi, the
 applications in _apps.pxi, reading and building packets in _wire.pxi.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, UINT64_MAX
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 from l4emu.datapath._types cimport PacketInfo, NS
 from l4emu.datapath._wire cimport *
 from l4emu.datapath._headers cimport parse_packet, PARSED
 from l4emu.datapath._checksum cimport load16, store16, sum_bytes, fold
+from libc.math cimport llround, log
+from libc.stdio cimport snprintf
+from l4emu.clients._random cimport (DIST_EMPIRICAL, DIST_EXPONENTIAL, DIST_FIXED, DIST_LOGNORMAL, Dist,
+                                    dist_sample, rng_seed)
 from l4emu.datapath._types cimport name_table
 from l4emu.hosts._table cimport (slab_init, slab_free, slab_find, slab_add, slab_remove, slab_bytes, rec,
                                  key_hash32, MIN_RECORDS)
@@ -87,6 +91,30 @@ def http_response(int code, str reason, bint close, str name):
             + ("Connection: close\r\n" if close else "") + "\r\n").encode() + body
 
 
+DIST_KINDS = {"fixed": DIST_FIXED, "exponential": DIST_EXPONENTIAL, "lognormal": DIST_LOGNORMAL,
+              "empirical": DIST_EMPIRICAL}
+
+
+cdef int set_dist(Dist* d, spec) except -1:
+    """A distribution from (kind, mean, sigma, values); an empirical one's values are the listener's own."""
+    cdef Py_ssize_t i
+    cdef double* values
+    kind, mean, sigma, given = spec
+    d.kind = DIST_KINDS[kind]
+    d.mean, d.sigma = mean, sigma
+    d.mu = log(mean) - sigma * sigma / 2 if mean > 0 else 0
+    d.n_values = len(given)
+    d.values = NULL
+    if d.n_values:
+        values = <double*>malloc(d.n_values * sizeof(double))
+        if values == NULL:
+            raise MemoryError()
+        for i in range(d.n_values):
+            values[i] = given[i]
+        d.values = values
+    return 0
+
+
 cdef inline uint8_t* copy_bytes(bytes data) except? NULL:
     cdef uint8_t* p = <uint8_t*>malloc(max(len(data), 1))
     if p == NULL:
@@ -133,6 +161,9 @@ cdef class Engine:
         for k in range(self.n_listeners):
             for r in range(N_RESPONSES):
                 free(self.listeners[k].responses[r])
+            free(self.listeners[k].body_text)
+            free(<void*>self.listeners[k].service.values)
+            free(<void*>self.listeners[k].response.values)
         for k in range(self.n_udps):
             free(self.udps[k].text)
         free(self.hosts)
@@ -204,8 +235,11 @@ cdef class Engine:
         return 1
 
     def listen(self, uint32_t host, uint16_t port, str app, uint32_t backlog, uint64_t interval_ns,
-               bint abort_on_overflow, str name):
-        """listen(2) on a port of a host (the first setting of a port stays), taking the lowest free handle."""
+               bint abort_on_overflow, str name, uint32_t workers=0, service=None, response=None,
+               uint64_t seed64=0):
+        """listen(2) on a port of a host (the first setting of a port stays), taking the lowest free handle.
+        Capacity: `workers` (0: every request answered at once), `service` and `response` as
+        (kind, mean, sigma, values) distributions (seconds; body bytes), drawn from `seed64`."""
         cdef Listener* lst
         if self._socket(host, port, PROTO_KEY_TCP, self.n_listeners) == 0:
             return
@@ -222,7 +256,28 @@ cdef class Engine:
             lst.responses[kind] = copy_bytes(text)
             lst.response_len[kind] = len(text)
         lst.handle = take_handle(&self.hosts[host])
+        lst.workers = workers
+        lst.sized = response is not None
+        rng_seed(&lst.rng, seed64)
+        set_dist(&lst.service, service or ("fixed", 0.0, 0.0, ()))
+        set_dist(&lst.response, response or ("fixed", 0.0, 0.0, ()))
+        body = f"served by {name}\n".encode()
+        lst.body_text = copy_bytes(body)
+        lst.body_text_len = len(body)
         self.n_listeners += 1
+
+    def capacity(self):
+        """Per listener with workers, in config order: (host, port, workers, served, waited, longest wait
+        queue, queue length now, busy now, time integrals of queue length and of busy workers in ns)."""
+        cdef uint32_t k
+        cdef Listener* lst
+        rows = []
+        for k in range(self.n_listeners):
+            lst = &self.listeners[k]
+            if lst.workers:
+                rows.append((lst.host, lst.port, lst.workers, lst.served, lst.waited, lst.queue_max, lst.wq_len,
+                             lst.busy, lst.queue_area, lst.busy_area))
+        return rows
 
     def bind_udp(self, uint32_t host, uint16_t port, str app, str name):
         """bind(2) a UDP socket (the first setting of a port stays)."""
@@ -439,23 +494,47 @@ cdef class Engine:
 
     # ---- the clocks -------------------------------------------------------------------------------
     cdef void advance(self, uint64_t now) noexcept:
-        """Run the clocks to `now`: accepts now due (each answer stamped with its accept's time, in
-        time order, hosts and listeners in config order on ties), TIME-WAIT and stale half-open
-        requests ending (earliest first, from the timer heap)."""
+        """Run the clocks to `now`, one event at a time in time order: accepts now due (each answer
+        stamped with its accept's time; listeners in config order on ties, accepts before timers),
+        services ending, TIME-WAIT and stale half-open requests ending (the timer heap)."""
         cdef uint32_t k, first = self.n_out, c
-        cdef Listener* lst
+        cdef int acc
+        cdef uint64_t t_acc
         cdef Conn* conn
-        if self.waiting:
-            for k in range(self.n_listeners):
-                lst = &self.listeners[k]
-                if lst.accept_count and lst.ready_ns <= now:
-                    accept_due(self, k, now, True)
-            sort_by_time(self, first)
-        while self.n_timers and self.t_when[0] <= now:
+        while True:
+            acc = -1
+            t_acc = 0
+            if self.waiting:
+                for k in range(self.n_listeners):
+                    if self.listeners[k].accept_count and (acc < 0 or self.listeners[k].ready_ns < t_acc):
+                        acc, t_acc = k, self.listeners[k].ready_ns
+            if acc >= 0 and t_acc <= now and (not self.n_timers or t_acc <= self.t_when[0]):
+                accept_due(self, acc, t_acc, True)
+                continue
+            if not self.n_timers or self.t_when[0] > now:
+                break
             c = self.t_conn[0]
             conn = self.conn(c)
+            if conn.work == W_SERVING:
+                served(self, c, self.t_when[0])
+                continue
+            self.step_at = self.t_when[0]
             self.count(conn.key.host, C_SYN_RECV_EXPIRED if conn.state == T_SYN_RECV else C_TIME_WAIT_ENDED, 1)
             remove_conn(self, c)
+        if self.n_out > first + 1:
+            sort_by_time(self, first)           # accepts' and services' answers, by their moments
+
+    cdef uint64_t next_due(self) noexcept:
+        """The earliest moment a clock of some host has something to do (UINT64_MAX: none)."""
+        cdef uint64_t best = UINT64_MAX
+        cdef uint32_t k
+        if self.waiting:
+            for k in range(self.n_listeners):
+                if self.listeners[k].accept_count and self.listeners[k].ready_ns < best:
+                    best = self.listeners[k].ready_ns
+        if self.n_timers and self.t_when[0] < best:
+            best = self.t_when[0]
+        return best
 
     def next_deadline(self):
         """The earliest moment a clock of some host has something to do, or None."""

@@ -392,12 +392,18 @@ cdef void feed(Engine e, uint32_t c, const uint8_t* data, uint32_t n) noexcept:
     if n:
         close = app_data(e, c, data, n)
         conn = e.conn(c)
-    if conn.flags & CF_PEER_FIN and not close:
+    if conn.flags & CF_PEER_FIN and not close and not conn.pending:
         close = True                            # the peer closed: every app here closes too (no half-duplex servers)
-    if close:
-        release_handle(&e.hosts[conn.key.host], conn.handle)   # close(2): the number is free at once
-        conn.handle = -1
-        conn.flags = (conn.flags & ~CF_APP) | CF_FIN_PENDING
+    if close:                                   # (with requests in service: once they are answered, served())
+        app_close(e, c)
+
+
+cdef void app_close(Engine e, uint32_t c) noexcept:
+    """close(2) by the application: the number is free at once; the FIN follows what is queued."""
+    cdef Conn* conn = e.conn(c)
+    release_handle(&e.hosts[conn.key.host], conn.handle)
+    conn.handle = -1
+    conn.flags = (conn.flags & ~CF_APP) | CF_FIN_PENDING
 
 
 cdef bint flush(Engine e, uint32_t c) noexcept:
@@ -501,6 +507,9 @@ cdef void remove_conn(Engine e, uint32_t c) noexcept:
         lst.syn_count -= 1
     if conn.flags & CF_ACCEPT_QUEUE:
         unlink_accept(e, c)                 # reset before accept(): never handed out
+    if conn.work != W_NONE:
+        drop_work(e, c, e.step_at)          # reset mid-request: the worker moves on
+        conn = e.conn(c)
     if conn.handle >= 0:
         release_handle(&e.hosts[conn.key.host], conn.handle)   # the app sees the error and closes
     set_deadline(e, c, 0)
