@@ -7,8 +7,9 @@ The captures are client-only HTTP conversations (SYN, ACK, GET, ACK, FIN, ACK; t
 answers SYN-ACK, the response and its FIN: 9 packets a conversation), written here in the style of
 peers.make_bench_capture, so that about `open` conversations are open at once (each one's packets
 are open/5 steps apart, 1 us a step). The batch path is replay() of the same capture with the same
-four reals not emulated; both write -o to a file; each is timed in CPU seconds, best of --runs. The memory figure opens conversations (SYN, ACK,
-no FIN) and reads the engine's own allocation and the process's resident growth.
+four reals not emulated; both write -o to a file; each is timed in CPU seconds, best of --runs.
+The memory figure opens conversations (SYN, ACK, no FIN) and reads the engine's own allocation
+and the process's resident growth.
 """
 
 from __future__ import annotations

@@ -301,7 +301,11 @@ cdef class Loop:
         cdef Seg seg
         cdef bint ok
         self.advance_to(ts)
-        ok = read_segment(p, caplen, linktype, &info, &seg)
+        if ahead != NULL and segment_after(p, caplen, origlen, ahead.parsed, &ahead.info, &seg):
+            ok = True
+            info = ahead.info                   # the parse read ahead: no second one
+        else:
+            ok = read_segment(p, caplen, linktype, &info, &seg)
         if ok and (self.hosts.host_of(seg.src, seg.family) >= 0 or self.is_front(&seg)):
             self.superseded += 1    # e.g. a recorded server's replies: answering twice would fork the stream
             return
