@@ -92,6 +92,8 @@ class Cluster:
         switch = Switch(self.config, self.seed, make_scheduler=steer)
         for event in self.real_events:
             event.apply(switch)
+        for first in self.firsts:  # each service's lookup table built now, as a control plane would, not at a packet
+            switch._datapath.set_real(first)
         return switch, steers
 
     def refresh(self) -> None:

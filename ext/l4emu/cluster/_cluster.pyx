@@ -10,17 +10,21 @@ Katran, Beamer, GLB and Cheetah): packets from the service side do not cross the
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcpy, memset
+from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, madvise, mmap,
+                         munmap)
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_DROP
 from l4emu.datapath._datapath cimport Datapath
-from l4emu.datapath._flowtable cimport key_hash, key_lookup, prefetch_slot, ref_is_reply
+from l4emu.datapath._flowtable cimport key_hash, key_lookup, prefetch_flow, prefetch_slot, ref_is_reply
 from l4emu.datapath._headers cimport PARSED, PARSE_DROP
-from l4emu.datapath._siphash cimport siphash13
 from l4emu.datapath._types cimport *
 from l4emu.datapath._wire cimport (IPPROTO_TCP, TCP_ACK, TCP_DATA_OFFSET, TCP_FIN, TCP_HEADER_LEN, TCP_RST,
                                    TCP_SYN)
 from l4emu.schedulers._core cimport Scheduler, SchedulerHook
 from l4emu.schedulers._util cimport make_hook, mix64, selection_hash
+
+cdef extern from *:
+    void prefetch "__builtin_prefetch"(const void* addr) noexcept nogil
 
 # The designs, by the name the `consistency` setting gives them (DESIGN_NAMES, checked complete at import).
 cdef enum Design:
@@ -53,10 +57,7 @@ cdef enum:
     TCPOPT_TIMESTAMP = 8        # RFC 7323
     TCPOPT_TIMESTAMP_LEN = 10
     MIN_CONN_SLOTS = 1024
-
-# The router's ECMP hash: a fixed-key SipHash of the 5-tuple (routers hash with their own seed).
-cdef uint64_t ECMP_K0 = 0x0123456789ABCDEFULL
-cdef uint64_t ECMP_K1 = 0xFEDCBA9876543210ULL
+    WINDOW = 16                 # packets parsed and prefetched ahead of their handling (as the datapath)
 
 # Conn.flags
 cdef enum:
@@ -68,20 +69,21 @@ cdef enum:
     C_REDIRECTED = 32       # counted once: a real handed a packet of it on (second chance, daisy chain)
     C_MIDFLOW = 64          # first seen without a SYN (began before the capture)
 
-# One connection as the cluster's oracle sees it, keyed by its client -> VIP tuple.
+# One connection as the cluster's oracle sees it (40 bytes, one cache line at most: the oracle reads one
+# record a packet). It is found by the tuple's 64-bit keyed hash alone, also its fingerprint: two tuples
+# share one with odds of 2^-64 a pair.
 ctypedef struct Conn:
-    uint64_t h              # the tuple's hash, never 0 in a used slot
-    PacketKey key
-    uint64_t first_ns
+    uint64_t fp             # the tuple's keyed hash (the instances' table hash)
     uint64_t last_ns
     uint64_t pend_ns        # silkroad-delay: when the pending insert was started
     int32_t real            # the real that holds the connection (its first real), -1 none yet
-    int32_t cookie          # cheetah: the real named by the connection's timestamp cookie, -1 none
-    int32_t global_real     # maglev-global: the global table's entry, -1 none
-    int32_t pend_real       # silkroad-delay: the real the pending insert will hold
+    # The design's own memory of the connection, -1 none: cheetah, the real its timestamp cookie
+    # names; maglev-global, the global table's entry; silkroad-delay, the real the pending insert holds.
+    int32_t aux
+    uint16_t flags          # 0: a free slot
     int16_t instance        # the instance of its last packet, -1 none
     int16_t pend_instance   # silkroad-delay: where the insert is pending, -1 none
-    uint16_t flags
+    uint8_t proto
 
 
 # What a steered scheduler needs: the instance's own scheduler, and a pick the cluster may impose.
@@ -128,19 +130,14 @@ cdef class Steered(Scheduler):
         return h
 
 
-cdef inline uint64_t tuple_hash(const PacketKey* key) noexcept nogil:
-    """The router's hash of a client -> VIP 5-tuple (also the cluster oracle's index); never 0."""
-    cdef uint64_t w[5]
-    memcpy(w, key.src, 16)
-    memcpy(&w[2], key.dst, 16)
-    w[4] = ((<uint64_t>key.sport << 32) | (<uint64_t>key.dport << 16) | (<uint64_t>key.proto << 8)
-            | key.family)
-    return siphash13(ECMP_K0, ECMP_K1, w, 5) | 1
-
-
-cdef inline bint same_key(const PacketKey* a, const PacketKey* b) noexcept nogil:
-    return (a.sport == b.sport and a.dport == b.dport and a.proto == b.proto and a.family == b.family
-            and memcmp(a.src, b.src, 16) == 0 and memcmp(a.dst, b.dst, 16) == 0)
+cdef void* table_alloc(size_t size) noexcept nogil:
+    """Zeroed memory on huge pages where the kernel allows, as the flow table's: lookups land
+    anywhere in the table, and 4 KiB pages would cost a TLB miss on nearly every packet."""
+    cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    madvise(p, size, MADV_HUGEPAGE)
+    return p
 
 
 cdef inline bint syn_has_timestamp(const uint8_t* p, const PacketInfo* info) noexcept nogil:
@@ -186,9 +183,10 @@ cdef class ClusterPath:
     cdef readonly int n_instances
     cdef uint16_t ecmp_table[ECMP_BUCKETS]
     cdef uint32_t n_services, n_reals
+    # The oracle: open addressing on the tuple's hash, records in the slots.
     cdef Conn* conns
-    cdef uint64_t conn_mask
     cdef readonly uint64_t conn_used
+    cdef uint64_t omask
     # Design tables, per service (service s's rows start at s * size), global real indexes.
     cdef int32_t* bucket_owner             # beamer: the bucket's server now
     cdef int32_t* bucket_prev              # beamer: its server before the last change (-1 none)
@@ -217,7 +215,7 @@ cdef class ClusterPath:
 
     def __init__(self, int design, int ecmp, list instances, list steered, uint32_t n_services,
                  uint32_t n_reals, double idle_tcp_s, double idle_udp_s, double insert_delay_s=0,
-                 uint32_t bucket_size=0):
+                 uint32_t bucket_size=0, uint64_t expected_connections=0):
         """`instances`: the Datapaths; `steered`: per instance, its services' Steered schedulers."""
         if not 0 <= design < N_DESIGNS:
             raise ValueError(f"no design {design}")
@@ -233,8 +231,8 @@ cdef class ClusterPath:
         self.idle_ns[1] = <uint64_t>(idle_udp_s * NS)
         self.insert_delay_ns = <uint64_t>(insert_delay_s * NS)
         self.bucket_size = bucket_size
-        self.conn_mask = MIN_CONN_SLOTS - 1
-        self.conns = <Conn*>calloc(MIN_CONN_SLOTS, sizeof(Conn))
+        self.omask = MIN_CONN_SLOTS - 1
+        self.conns = <Conn*>table_alloc(MIN_CONN_SLOTS * sizeof(Conn))
         self.real_conns = <uint64_t*>calloc(max(n_reals, 1), sizeof(uint64_t))
         self.scratch = <Real*>calloc(max(n_reals, 1), sizeof(Real))
         self.avail = <int32_t*>calloc(max(n_reals * n_services, 1), sizeof(int32_t))
@@ -245,7 +243,8 @@ cdef class ClusterPath:
         if design == DS_SECOND_CHANCE:
             self.glb_primary = <int32_t*>malloc(n_services * GLB_ROWS * sizeof(int32_t))
             self.glb_secondary = <int32_t*>malloc(n_services * GLB_ROWS * sizeof(int32_t))
-        if (self.conns == NULL or self.real_conns == NULL or self.scratch == NULL or self.avail == NULL
+        if (self.conns == NULL or self.real_conns == NULL or self.scratch == NULL
+                or self.avail == NULL
                 or self.n_avail == NULL or (bucket_size and (self.bucket_owner == NULL or self.bucket_prev == NULL))
                 or (design == DS_SECOND_CHANCE and (self.glb_primary == NULL or self.glb_secondary == NULL))):
             raise MemoryError()
@@ -258,7 +257,8 @@ cdef class ClusterPath:
         cdef int k
         for k in range(MAX_INSTANCES):
             free(self.steers[k])
-        free(self.conns)
+        if self.conns != NULL:
+            munmap(self.conns, (self.omask + 1) * sizeof(Conn))
         free(self.real_conns)
         free(self.scratch)
         free(self.avail)
@@ -432,35 +432,66 @@ cdef class ClusterPath:
     # ---- the packet loop --------------------------------------------------------------------
     def process(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0, Py_ssize_t end=-1):
         """Run packets start..end through the cluster; returns where it stopped (before the first
-        packet at or past until_ns, as Datapath.process)."""
-        cdef Py_ssize_t i, stop = batch.n if end < 0 else end
+        packet at or past until_ns, as Datapath.process). As the datapath does, packets go in windows:
+        parse, hash, route by ECMP and prefetch the instance's index slot and the oracle's record for
+        a window, then prefetch the flow records, then handle each packet in order."""
+        cdef Py_ssize_t base = start, i, stop = batch.n if end < 0 else end
         cdef Datapath first
-        cdef PacketInfo info
-        cdef int parsed
+        cdef PacketInfo info[WINDOW]
+        cdef int parsed[WINDOW]
+        cdef int32_t svc[WINDOW]
+        cdef int inst[WINDOW]
+        cdef uint64_t h[WINDOW]
+        cdef int j, m
         if start < 0 or start > stop or stop > batch.n:
             raise IndexError(f"packets {start}..{stop} are outside the batch of {batch.n}")
         if self.n_instances == 0:
             raise RuntimeError("a cluster with no instance")
         first = <Datapath>self.instances[0]
         with nogil:
-            for i in range(start, stop):
-                if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
-                    stop = i
-                    break
-                if batch.ts_ns[i] > self.clock_ns:
-                    self.clock_ns = batch.ts_ns[i]
-                self.packets += 1
-                parsed = first.classify(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i],
-                                        batch.linktype[i], &info)
-                self.one(batch.data + batch.offset[i], &info, parsed, batch.ts_ns[i], batch.origlen[i],
-                         &batch.verdict[i], &batch.detail[i])
+            while base < stop:
+                m = <int>min(<Py_ssize_t>WINDOW, stop - base)
+                for j in range(m):
+                    i = base + j
+                    parsed[j] = first.classify(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i],
+                                               batch.linktype[i], &info[j])
+                    svc[j] = -1
+                    if parsed[j] == PARSED and not info[j].icmp_error:
+                        svc[j] = first.find_service(&info[j].key, False)
+                    if svc[j] >= 0 and self.n_up:
+                        # One keyed hash serves the router, the instance's table and the oracle: the
+                        # instances share their secret, and each use takes other bits of it.
+                        h[j] = key_hash(first.table, &info[j].key)
+                        inst[j] = self.next_hop(h[j])
+                        prefetch_slot((<Datapath>self.dps[inst[j]]).table, h[j])
+                        prefetch(&self.conns[h[j] & self.omask])
+                for j in range(m):
+                    if svc[j] >= 0 and self.n_up:
+                        prefetch_flow((<Datapath>self.dps[inst[j]]).table, h[j])
+                for j in range(m):
+                    i = base + j
+                    if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
+                        stop = i
+                        break
+                    if batch.ts_ns[i] > self.clock_ns:
+                        self.clock_ns = batch.ts_ns[i]
+                    self.packets += 1
+                    self.one(batch.data + batch.offset[i], &info[j], parsed[j], svc[j], inst[j], h[j],
+                             batch.ts_ns[i], batch.origlen[i], &batch.verdict[i], &batch.detail[i])
+                base += m
         return stop
 
-    cdef void one(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t ts, uint32_t origlen,
-                  uint8_t* verdict, int32_t* detail) noexcept nogil:
-        cdef int32_t svc, final
-        cdef uint64_t hc, h
-        cdef int k
+    cdef inline int next_hop(self, uint64_t h) noexcept nogil:
+        """The router's choice of instance for a tuple's hash (n_up > 0): its top bits, which neither
+        the instances' index (low bits) nor the oracle's (from bit 16) start from."""
+        if self.ecmp == ECMP_RESILIENT:
+            return self.ecmp_table[(h >> 40) % ECMP_BUCKETS]
+        return self.up_list[(h >> 40) % <uint64_t>self.n_up]
+
+    cdef void one(self, uint8_t* p, PacketInfo* info, int parsed, int32_t svc, int k, uint64_t h,
+                  uint64_t ts, uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """One packet, its window's work done (svc, instance k, and the tuple's hash h)."""
+        cdef int32_t final
         cdef Conn* c
         cdef bint is_syn, starts
         if parsed != PARSED or info.icmp_error:
@@ -468,7 +499,6 @@ cdef class ClusterPath:
             verdict[0] = V_DROP if parsed == PARSE_DROP else V_PASS
             detail[0] = info.reason
             return
-        svc = (<Datapath>self.dps[0]).find_service(&info.key, False)
         if svc < 0:
             if self.service_side(<Datapath>self.dps[0], &info.key):
                 self.return_packets += 1        # the return path is direct (DSR)
@@ -483,15 +513,8 @@ cdef class ClusterPath:
             verdict[0] = V_DROP
             detail[0] = D_NO_REAL
             return
-        hc = tuple_hash(&info.key)
-        if self.ecmp == ECMP_RESILIENT:
-            k = self.ecmp_table[(hc >> 32) % ECMP_BUCKETS]
-        else:
-            k = self.up_list[(hc >> 32) % <uint64_t>self.n_up]
-        h = key_hash((<Datapath>self.dps[k]).table, &info.key)
-        prefetch_slot((<Datapath>self.dps[k]).table, h)
         self.inst_packets[k] += 1
-        c = self.find_conn(&info.key, hc)
+        c = self.find_conn(h)
         if c == NULL:                           # out of memory for the oracle: still forwarded
             (<Datapath>self.dps[k]).handle(p, info, parsed, h, ts, origlen, verdict, detail)
             return
@@ -502,7 +525,7 @@ cdef class ClusterPath:
         elif ((is_syn and c.flags & C_CLOSED) or c.last_ns + self.idle_ns[info.key.proto != IPPROTO_TCP] < ts):
             starts = True                       # a new connection on a used tuple
         if starts:
-            self.start_conn(c, &info.key, hc, ts, is_syn or info.key.proto != IPPROTO_TCP)
+            self.start_conn(c, info.key.proto, ts, is_syn or info.key.proto != IPPROTO_TCP)
         if is_syn:
             self.syns += 1
         final = self.route(<Datapath>self.dps[k], k, svc, c, p, info, parsed, h, ts, origlen, is_syn, starts,
@@ -512,15 +535,13 @@ cdef class ClusterPath:
     cdef bint service_side(self, Datapath dp, const PacketKey* key) noexcept nogil:
         return dp.front_of_source(key) >= 0 or dp.real_of_source(key) >= 0
 
-    cdef void start_conn(self, Conn* c, const PacketKey* key, uint64_t hc, uint64_t ts, bint opened) noexcept nogil:
-        if not (c.flags & C_USED):
-            self.conn_used += 1
-        memset(c, 0, sizeof(Conn))
-        c.h = hc
-        c.key = key[0]
-        c.first_ns = ts
-        c.real = c.cookie = c.global_real = c.pend_real = -1
+    cdef void start_conn(self, Conn* c, uint8_t proto, uint64_t ts, bint opened) noexcept nogil:
+        """A new connection on the record's tuple: everything but its hash starts again."""
+        c.proto = proto
+        c.real = c.aux = -1
         c.instance = c.pend_instance = -1
+        c.last_ns = ts
+        c.pend_ns = 0
         c.flags = C_USED if opened else C_USED | C_MIDFLOW
         self.connections += 1
         if not opened:
@@ -534,29 +555,29 @@ cdef class ClusterPath:
         cdef Steer* st = self.steers[k][svc]
         cdef int32_t pick, owner, prev
         cdef uint32_t row, ref
-        if self.design == DS_MAGLEV_GLOBAL and not is_syn and c.global_real >= 0:
-            st.forced = c.global_real - <int32_t>s.first_real     # read only on a local miss
+        if self.design == DS_MAGLEV_GLOBAL and not is_syn and c.aux >= 0:
+            st.forced = c.aux - <int32_t>s.first_real     # read only on a local miss
             dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)
             st.forced = -1
             return self.took(verdict, detail)
         if self.design == DS_MAGLEV or self.design == DS_MAGLEV_GLOBAL:
             dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)
             if self.design == DS_MAGLEV_GLOBAL and verdict[0] == V_NEW:
-                if c.global_real < 0:
+                if c.aux < 0:
                     self.global_entries += 1
-                c.global_real = detail[0]       # every new entry is written to the global table too
+                c.aux = detail[0]       # every new entry is written to the global table too
             return self.took(verdict, detail)
         if self.design == DS_CHEETAH:
-            if c.cookie >= 0:                   # the client echoes the cookie: no table, no hash
-                return self.stateless(c.cookie, starts, verdict, detail)
+            if c.aux >= 0:                      # the client echoes the cookie: no table, no hash
+                return self.stateless(c.aux, starts, verdict, detail)
             if starts and is_syn:
                 if syn_has_timestamp(p, info):
                     self.syns_with_timestamp += 1
                     pick = st.inner.pick(st.inner.state, &dp.t.reals[s.first_real], s.n_reals, &info.key, ts)
                     if pick >= 0:
-                        c.cookie = <int32_t>s.first_real + pick
+                        c.aux = <int32_t>s.first_real + pick
                         self.cookie_connections += 1
-                        return self.stateless(c.cookie, starts, verdict, detail)
+                        return self.stateless(c.aux, starts, verdict, detail)
             dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)     # no cookie: as maglev
             return self.took(verdict, detail)
         if self.design == DS_JET or self.design == DS_SILKROAD:
@@ -575,10 +596,10 @@ cdef class ClusterPath:
                 if c.pend_instance != k:        # SilkRoad: the switch CPU starts the insert
                     c.pend_instance = k
                     c.pend_ns = ts
-                    c.pend_real = <int32_t>s.first_real + pick
+                    c.aux = <int32_t>s.first_real + pick
                 if ts < c.pend_ns + self.insert_delay_ns:
                     return self.stateless(<int32_t>s.first_real + pick, starts, verdict, detail)
-                pick = c.pend_real - <int32_t>s.first_real      # the insert lands with its first choice
+                pick = c.aux - <int32_t>s.first_real      # the insert lands with its first choice
                 c.pend_instance = -1
             st.forced = pick
             dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)
@@ -587,7 +608,7 @@ cdef class ClusterPath:
         if self.design == DS_HASH:
             if self.n_avail[svc] == 0:
                 return self.stateless(-1, starts, verdict, detail)
-            return self.stateless(self.avail[svc * self.n_reals + mix64(c.h) % self.n_avail[svc]], starts,
+            return self.stateless(self.avail[svc * self.n_reals + mix64(h) % self.n_avail[svc]], starts,
                                   verdict, detail)
         if self.design == DS_CONSISTENT:
             pick = st.inner.pick(st.inner.state, &dp.t.reals[s.first_real], s.n_reals, &info.key, ts)
@@ -676,32 +697,36 @@ cdef class ClusterPath:
                 c.flags |= C_BLACKHOLED
                 self.blackholed += 1
 
-    cdef Conn* find_conn(self, const PacketKey* key, uint64_t hc) noexcept nogil:
-        """The oracle's record of the tuple (a free one if it has none); grows at half full."""
+    cdef Conn* find_conn(self, uint64_t fp) noexcept nogil:
+        """The oracle's record of the tuple whose hash is fp, or a free slot holding fp (flags 0);
+        NULL when memory runs out. The pointer holds until the next call (the table may grow)."""
         cdef uint64_t i
-        if (self.conn_used + 1) * 2 > self.conn_mask + 1 and self.grow() < 0:
+        if (self.conn_used + 1) * 2 > self.omask + 1 and self.grow() < 0:
             return NULL
-        i = hc & self.conn_mask
-        while self.conns[i].flags & C_USED:
-            if self.conns[i].h == hc and same_key(&self.conns[i].key, key):
+        i = fp & self.omask
+        while self.conns[i].flags:
+            if self.conns[i].fp == fp:
                 return &self.conns[i]
-            i = (i + 1) & self.conn_mask
+            i = (i + 1) & self.omask
+        self.conns[i].fp = fp
+        self.conn_used += 1
         return &self.conns[i]
 
     cdef int grow(self) noexcept nogil:
-        cdef uint64_t i, j, old_size = self.conn_mask + 1, new_mask = (self.conn_mask + 1) * 2 - 1
-        cdef Conn* bigger = <Conn*>calloc(new_mask + 1, sizeof(Conn))
+        """Twice the slots, every record placed again by its hash (load stays under a half)."""
+        cdef uint64_t i, j, new_mask = (self.omask + 1) * 2 - 1
+        cdef Conn* bigger = <Conn*>table_alloc((new_mask + 1) * sizeof(Conn))
         if bigger == NULL:
             return -1
-        for i in range(old_size):
-            if self.conns[i].flags & C_USED:
-                j = self.conns[i].h & new_mask
-                while bigger[j].flags & C_USED:
+        for i in range(self.omask + 1):
+            if self.conns[i].flags:
+                j = self.conns[i].fp & new_mask
+                while bigger[j].flags:
                     j = (j + 1) & new_mask
                 bigger[j] = self.conns[i]
-        free(self.conns)
+        munmap(self.conns, (self.omask + 1) * sizeof(Conn))
         self.conns = bigger
-        self.conn_mask = new_mask
+        self.omask = new_mask
         return 0
 
     # ---- snapshots ----------------------------------------------------------------------------
@@ -712,10 +737,10 @@ cdef class ClusterPath:
         cdef Conn* c
         per_real = [0] * self.n_reals
         per_instance = [0] * self.n_instances
-        for i in range(self.conn_mask + 1):
+        for i in range(self.omask + 1):
             c = &self.conns[i]
             if (c.flags & C_USED and not (c.flags & C_CLOSED) and c.real >= 0
-                    and c.last_ns + self.idle_ns[c.key.proto != IPPROTO_TCP] >= now_ns and c.first_ns <= now_ns):
+                    and c.last_ns + self.idle_ns[c.proto != IPPROTO_TCP] >= now_ns):
                 per_real[c.real] += 1
                 if c.instance >= 0:
                     per_instance[c.instance] += 1
