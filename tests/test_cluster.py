@@ -246,3 +246,12 @@ def test_a_restarted_instance_comes_back_with_an_empty_table(long_capture):
     assert cluster.path.instance_up() == [True, False]
     cluster.apply(parse_event("2:lb-up:1"), 2 * 10**9)
     assert cluster.path.instance_up() == [True, True] and cluster.switches[1].table_info()["used"] == 0
+
+
+def test_replay_with_a_cluster_config_says_it_runs_one_switch(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text((ROOT / "l4emu" / "data" / "default.toml").read_text() + "\n[cluster]\ninstances = 3\n")
+    proc = run_cli("replay", PCAPS / "sample.pcap", "-c", path)
+    assert "replay runs one switch" in proc.stderr
+    proc = run_cli("compare", PCAPS / "sample.pcap", "-c", path, "--seed", "1")
+    assert "3 instances" in proc.stdout and "maglev" in proc.stdout

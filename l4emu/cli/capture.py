@@ -159,6 +159,11 @@ def replay(
     if state_out:
         _write_state(state_out, switch.snapshot())
     click.echo(views.to_json(summary) if as_json else views.summary_text(summary))
+    if switch.config.cluster.instances > 1:
+        summary["warnings"].append(
+            f"[cluster] instances = {switch.config.cluster.instances}: replay runs one switch; "
+            f"`l4emu compare {capture}` runs the cluster"
+        )
     for warning in summary["warnings"]:
         click.echo(f"l4emu: warning: {warning}", err=True)
     if summary["error"]:
