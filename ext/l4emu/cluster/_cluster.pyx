@@ -10,7 +10,7 @@ Katran, Beamer, GLB and Cheetah): packets from the service side do not cross the
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, madvise, mmap,
                          munmap)
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_DROP
@@ -138,6 +138,18 @@ cdef void* table_alloc(size_t size) noexcept nogil:
         return NULL
     madvise(p, size, MADV_HUGEPAGE)
     return p
+
+
+cdef inline int32_t service_of(const Service* services, uint32_t n, const PacketKey* key) noexcept nogil:
+    """The service a client's packet is for, or -1: Datapath.find_service's answer with the cheap
+    fields compared first and an IPv4 address as one 32-bit word (it runs for every packet here)."""
+    cdef uint32_t k
+    for k in range(n):
+        if (services[k].vport == key.dport and services[k].proto == key.proto and services[k].family == key.family
+                and (memcmp(services[k].vip, key.dst, 16) == 0 if key.family != 4
+                     else (<const uint32_t*>services[k].vip)[0] == (<const uint32_t*>key.dst)[0])):
+            return k
+    return -1
 
 
 cdef inline bint syn_has_timestamp(const uint8_t* p, const PacketInfo* info) noexcept nogil:
@@ -457,7 +469,7 @@ cdef class ClusterPath:
                                                batch.linktype[i], &info[j])
                     svc[j] = -1
                     if parsed[j] == PARSED and not info[j].icmp_error:
-                        svc[j] = first.find_service(&info[j].key, False)
+                        svc[j] = service_of(first.t.services, first.n_services, &info[j].key)
                     if svc[j] >= 0 and self.n_up:
                         # One keyed hash serves the router, the instance's table and the oracle: the
                         # instances share their secret, and each use takes other bits of it.
@@ -488,8 +500,8 @@ cdef class ClusterPath:
             return self.ecmp_table[(h >> 40) % ECMP_BUCKETS]
         return self.up_list[(h >> 40) % <uint64_t>self.n_up]
 
-    cdef void one(self, uint8_t* p, PacketInfo* info, int parsed, int32_t svc, int k, uint64_t h,
-                  uint64_t ts, uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
+    cdef inline void one(self, uint8_t* p, PacketInfo* info, int parsed, int32_t svc, int k, uint64_t h,
+                         uint64_t ts, uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
         """One packet, its window's work done (svc, instance k, and the tuple's hash h)."""
         cdef int32_t final
         cdef Conn* c
@@ -535,7 +547,7 @@ cdef class ClusterPath:
     cdef bint service_side(self, Datapath dp, const PacketKey* key) noexcept nogil:
         return dp.front_of_source(key) >= 0 or dp.real_of_source(key) >= 0
 
-    cdef void start_conn(self, Conn* c, uint8_t proto, uint64_t ts, bint opened) noexcept nogil:
+    cdef inline void start_conn(self, Conn* c, uint8_t proto, uint64_t ts, bint opened) noexcept nogil:
         """A new connection on the record's tuple: everything but its hash starts again."""
         c.proto = proto
         c.real = c.aux = -1
@@ -547,9 +559,9 @@ cdef class ClusterPath:
         if not opened:
             self.midflow += 1
 
-    cdef int32_t route(self, Datapath dp, int k, int32_t svc, Conn* c, uint8_t* p, PacketInfo* info,
-                       int parsed, uint64_t h, uint64_t ts, uint32_t origlen, bint is_syn, bint starts,
-                       uint8_t* verdict, int32_t* detail) noexcept nogil:
+    cdef inline int32_t route(self, Datapath dp, int k, int32_t svc, Conn* c, uint8_t* p, PacketInfo* info,
+                              int parsed, uint64_t h, uint64_t ts, uint32_t origlen, bint is_syn, bint starts,
+                              uint8_t* verdict, int32_t* detail) noexcept nogil:
         """The design's way for one packet toward a VIP: returns the real it finally reaches (-1: none)."""
         cdef Service* s = &dp.t.services[svc]
         cdef Steer* st = self.steers[k][svc]
@@ -664,8 +676,8 @@ cdef class ClusterPath:
         detail[0] = real
         return real
 
-    cdef void account(self, Datapath dp, Conn* c, int k, int32_t final, uint64_t ts,
-                      uint8_t tcp_flags) noexcept nogil:
+    cdef inline void account(self, Datapath dp, Conn* c, int k, int32_t final, uint64_t ts,
+                             uint8_t tcp_flags) noexcept nogil:
         """The oracle: which real and which instance each packet of a connection reached (dp: any
         instance, for the reals' down marks, which every instance shares)."""
         if c.instance >= 0 and c.instance != k and not (c.flags & C_MOVED):
@@ -697,7 +709,7 @@ cdef class ClusterPath:
                 c.flags |= C_BLACKHOLED
                 self.blackholed += 1
 
-    cdef Conn* find_conn(self, uint64_t fp) noexcept nogil:
+    cdef inline Conn* find_conn(self, uint64_t fp) noexcept nogil:
         """The oracle's record of the tuple whose hash is fp, or a free slot holding fp (flags 0);
         NULL when memory runs out. The pointer holds until the next call (the table may grow)."""
         cdef uint64_t i
