@@ -9,7 +9,7 @@ from l4emu.errors import L4emuError
 ACTIONS = ("down", "up", "weight")
 # A cluster's instances (l4emu/cluster/): take instance K out of ECMP, bring it back (restarted, its table
 # empty), add a new one. Real events may also be spelled real-down, real-up, real-weight beside them.
-LB_ACTIONS = ("lb-down", "lb-up", "lb-add")
+LB_ACTIONS = ("lb-down", "lb-up", "lb-add", "permute")  # permute:N: N buckets pass their reals round (Cheetah's test)
 REAL_SPELLINGS = {"real-down": "down", "real-up": "up", "real-weight": "weight"}
 
 
@@ -23,7 +23,7 @@ class Event:
     action: str  # down | up | weight
     endpoint: str  # "ip:port" (IPv6 as "[ip]:port") of the real ("" for an instance event)
     weight: int | None = None
-    instance: int | None = None  # lb-down, lb-up: the cluster's instance K
+    instance: int | None = None  # lb-down, lb-up: the cluster's instance K; permute: how many buckets
 
     def __str__(self) -> str:
         if self.action in LB_ACTIONS:
@@ -73,6 +73,8 @@ def _instance_event(text: str, at_s: float, action: str, target: str) -> Event:
         if target:
             raise EventError(f"--event {text!r}: lb-add takes no instance (the new one is numbered next)")
         return Event(at_s, action, "")
+    if action == "permute" and not (target.isdigit() and int(target) >= 2):
+        raise EventError(f"--event {text!r}: permute ends with :N, how many buckets (2 or more) pass their reals round")
     if not target.isdigit():
         raise EventError(f"--event {text!r}: {action} ends with :K, the instance's number from 0")
     return Event(at_s, action, "", instance=int(target))

@@ -121,7 +121,10 @@ def replay(
 def event_needs_no_cluster(event: Event) -> None:
     """lb-down, lb-up and lb-add change a cluster's instances: one switch has none."""
     if event.instance is not None or event.action.startswith("lb-"):
-        raise EventError(f"--event {event}: an instance event needs a cluster (l4emu compare CAPTURE --cluster N)")
+        raise EventError(
+            f"--event {event}: a cluster event (lb-down, lb-up, lb-add, permute) needs a cluster: "
+            "l4emu compare CAPTURE --cluster N"
+        )
 
 
 def _batches(reader, switch: Switch, clock: _Moments, writer, inner, annotate: bool, comments, progress) -> None:

@@ -255,3 +255,27 @@ def test_replay_with_a_cluster_config_says_it_runs_one_switch(tmp_path):
     assert "replay runs one switch" in proc.stderr
     proc = run_cli("compare", PCAPS / "sample.pcap", "-c", path, "--seed", "1")
     assert "3 instances" in proc.stdout and "maglev" in proc.stdout
+
+
+# ---- Cheetah NSDI'20: 4 buckets permuted every 10, 100, 1000 ms --------------------------------
+PERMUTED_BUCKETS = 4
+
+
+def test_cheetahs_experiment_permuted_buckets(tmp_path):
+    """Connections broken while 4 buckets pass their reals round every period: stateless consistent
+    hashing breaks the connections of each moved bucket (more, the shorter the period); Beamer's
+    daisy chain keeps them (a bucket moved twice before its connections end could still break one:
+    Beamer keeps one previous owner); Cheetah's cookie keeps every one."""
+    capture = long_lived(tmp_path / "ts.pcap", 2000, 3.0, timestamps=True)
+    broken = {}
+    for period_ms in (10, 100, 1000):
+        events = [parse_event(f"{k * period_ms / 1000:g}:permute:{PERMUTED_BUCKETS}")
+                  for k in range(1, int(3000 / period_ms))]
+        t = totals(compare(capture, ten_reals(), ["consistent", "beamer", "cheetah"], events, 4, "hash", seed=4))
+        broken[period_ms] = {design: t[design]["broken"] / t[design]["connections"] for design in t}
+        assert t["cheetah"]["broken"] == 0 and t["beamer"]["redirected_packets"] >= t["beamer"]["broken"]
+    print("\nshare of connections broken:", broken)
+    assert broken[10]["consistent"] > broken[100]["consistent"] > 0
+    assert broken[1000]["consistent"] <= broken[100]["consistent"]
+    for period_ms in broken:
+        assert broken[period_ms]["beamer"] <= 0.1 * broken[period_ms]["consistent"] + 1 / 2000

@@ -9,6 +9,7 @@ rebuilds the designs' tables after each change, and samples what the oracle coun
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 from collections.abc import Sequence
 
@@ -21,7 +22,11 @@ from l4emu.events import LB_ACTIONS, Event, EventError
 from l4emu.io import open_capture
 from l4emu.switch import Switch
 
-SAMPLES = 100  # alive-connection samples over the capture's span
+SAMPLES = 100
+BUCKET_DESIGNS = (
+    "beamer",
+    "consistent",
+)  # their Maglev table is a bucket table a permute event changes  # alive-connection samples over the capture's span
 BUCKET_ENTRY_BYTES = 8  # beamer: a bucket's owner and previous owner (two 32-bit server ids)
 ROW_ENTRY_BYTES = 8  # rendezvous-second-chance: a row's primary and secondary
 SLOT_BYTES = 4  # a stateless hash table's slot (one 32-bit real id)
@@ -57,6 +62,7 @@ class Cluster:
             ),
         )
         self.seed = seed
+        self.random = random.Random(seed)  # which buckets a permute event takes
         self.real_events: list[Event] = []
         self.firsts = [sum(len(s.reals) for s in config.services[:i]) for i in range(len(config.services))]
         self.n_reals = sum(len(svc.reals) for svc in config.services)
@@ -76,7 +82,7 @@ class Cluster:
             config.timeouts["established"],
             config.timeouts["udp"],
             config.cluster.insert_delay_ms / 1e3,
-            size if design == "beamer" else 0,
+            size if design in BUCKET_DESIGNS else 0,
         )
         self.rendezvous = schedulers.create("hrw") if design == "rendezvous-second-chance" else None
         self.refresh()
@@ -101,7 +107,7 @@ class Cluster:
         counters = self.switches[0].real_counters()
         for s, svc in enumerate(self.config.services):
             first = self.firsts[s]
-            if self.spec.name == "beamer":
+            if self.spec.name in BUCKET_DESIGNS:
                 self.switches[0]._datapath.set_real(first)  # no change: the Maglev table is (re)built now
                 slots = self.switches[0].schedulers[s].inner.slots()
                 self.path.set_buckets(s, [first + x if x >= 0 else -1 for x in slots])
@@ -114,6 +120,12 @@ class Cluster:
     def apply(self, event: Event, moment_ns: int) -> int:
         """Apply one event; returns the connections alive on its real or instance just before."""
         per_real, per_instance = self.path.alive(moment_ns)
+        if event.action == "permute":
+            assert event.instance is not None, "parse_event gives permute a count"
+            if self.spec.name in BUCKET_DESIGNS:
+                for s in range(len(self.config.services)):
+                    self.path.permute_buckets(s, self.random.sample(range(self.path.bucket_size), event.instance))
+            return 0
         if event.action not in LB_ACTIONS:
             indexes = [i for i, (_, real) in enumerate(self.switches[0].reals) if real.endpoint == event.endpoint]
             for switch in self.switches:
@@ -155,7 +167,7 @@ class Cluster:
             elif name == "hash":
                 entries, size = sum(len(self.path.available(s)) for s in range(n_services)), SLOT_BYTES
             elif name == "consistent":
-                entries, size = self.config.services[0].mh_table_size * n_services, SLOT_BYTES
+                entries, size = self.path.bucket_size * n_services, SLOT_BYTES
             else:
                 entries, size = info["peak"], per_entry
             out.append({"entries": entries, "bytes": entries * size})
@@ -179,6 +191,8 @@ def check_events(config: configmod.Config, events: Sequence[Event], instances: i
     known = {real.endpoint for svc in config.services for real in svc.reals}
     count = instances
     for event in sorted(events, key=lambda e: e.at_s):
+        if event.action == "permute":
+            continue
         if event.action == "lb-add":
             count += 1
             if count > configmod.MAX_INSTANCES:
@@ -301,8 +315,6 @@ def compare(
     seed: int | None = None,
 ) -> dict:
     """Every design over the same capture, events, instances and seed, side by side."""
-    import random
-
     instances = instances or config.cluster.instances
     ecmp = ecmp or config.cluster.ecmp
     if seed is None:

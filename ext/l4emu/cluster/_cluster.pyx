@@ -233,8 +233,8 @@ cdef class ClusterPath:
             raise ValueError(f"no design {design}")
         if ecmp not in (ECMP_HASH, ECMP_RESILIENT):
             raise ValueError(f"no ECMP mode {ecmp}")
-        if design == DS_BEAMER and bucket_size == 0:
-            raise ValueError("beamer needs its bucket table's size")
+        if (design == DS_BEAMER or design == DS_CONSISTENT) and bucket_size == 0:
+            raise ValueError("beamer and consistent need their bucket table's size")
         self.design = design
         self.ecmp = ecmp
         self.n_services = n_services
@@ -373,6 +373,19 @@ cdef class ClusterPath:
                 if self.bucket_owner[base + b] >= 0:
                     self.bucket_prev[base + b] = self.bucket_owner[base + b]
                 self.bucket_owner[base + b] = new
+
+    def permute_buckets(self, uint32_t service, list buckets):
+        """Cheetah's experiment: the listed buckets pass their owners round (the first takes the
+        second's, ..., the last the first's); each keeps its old owner as its previous one."""
+        cdef uint32_t base = service * self.bucket_size
+        cdef Py_ssize_t i, n = len(buckets)
+        if service >= self.n_services or any(not 0 <= b < self.bucket_size for b in buckets):
+            raise ValueError(f"buckets 0-{self.bucket_size - 1} of a service below {self.n_services} expected")
+        owners = [self.bucket_owner[base + <uint32_t>b] for b in buckets]
+        for i in range(n):
+            if owners[(i + 1) % n] != owners[i]:
+                self.bucket_prev[base + <uint32_t>buckets[i]] = owners[i]
+                self.bucket_owner[base + <uint32_t>buckets[i]] = owners[(i + 1) % n]
 
     def bucket_owners(self, uint32_t service):
         cdef uint32_t base = service * self.bucket_size
@@ -622,9 +635,9 @@ cdef class ClusterPath:
                 return self.stateless(-1, starts, verdict, detail)
             return self.stateless(self.avail[svc * self.n_reals + mix64(h) % self.n_avail[svc]], starts,
                                   verdict, detail)
-        if self.design == DS_CONSISTENT:
-            pick = st.inner.pick(st.inner.state, &dp.t.reals[s.first_real], s.n_reals, &info.key, ts)
-            return self.stateless(<int32_t>s.first_real + pick if pick >= 0 else -1, starts, verdict, detail)
+        if self.design == DS_CONSISTENT:        # the Maglev table as buckets, no history
+            row = selection_hash(info.key.src, info.key.sport, 0) % self.bucket_size
+            return self.stateless(self.bucket_owner[svc * self.bucket_size + row], starts, verdict, detail)
         if self.design == DS_BEAMER:
             row = selection_hash(info.key.src, info.key.sport, 0) % self.bucket_size
             owner = self.bucket_owner[svc * self.bucket_size + row]
