@@ -3,15 +3,17 @@
     python benchmarks/cluster_bench.py [--instances 4] [--runs 5] [--designs maglev,beamer,jet,cheetah]
 
 For 2k, 20k and 200k flows (benchmarks/peers.py's capture: 6 packets a flow, many flows open at once),
-the capture is read into memory once; each run processes fresh copies of its batches (copied outside
-the timing), so the figures are the packet paths only: Switch.process for one switch (Maglev with the
-client's port, as the cluster's instances), ClusterPath.process for the cluster (ECMP, the design,
-the instance, the PCC oracle). Best of --runs: the machine is shared, the best run the least disturbed.
+two figures each, one switch (Maglev with the client's port, as the cluster's instances) beside the
+cluster (ECMP, the design, the instances, the PCC oracle):
+- replay: the capture read from its file in batches and run through (no output written), as
+  `l4emu replay` and `l4emu compare --cluster` read it;
+- packet path: the capture read into memory once, each run on fresh copies of its batches (copied
+  outside the timing): Switch.process against ClusterPath.process alone.
+Best of --runs: the machine is shared, the best run the least disturbed.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -72,6 +74,19 @@ def best(process, pristine: list[Batch], make, runs: int) -> float:
     return min(times)
 
 
+def replayed(capture: Path, process, make, runs: int) -> float:
+    """Seconds of the best run reading the capture from its file and processing each batch."""
+    times = []
+    for _ in range(runs):
+        target = make()
+        started = time.perf_counter()
+        with open_capture(capture) as reader:
+            for batch in reader.batches():
+                process(target, batch)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=4)
@@ -87,17 +102,16 @@ def main() -> None:
             capture = Path(workdir) / f"flows{flows}.pcap"
             packets = make_bench_capture(capture, flows)
             pristine = load(capture)
-            single = best(lambda sw, b: sw.process(b), pristine, lambda: built(Switch(config, seed=1)), args.runs)
-            line = f"  {flows:>7,} flows ({packets:>9,} packets): one switch {packets / single:>11,.0f}"
-            print(line)
-            for design in designs:
-                cluster_config = dataclasses.replace(config)
-                seconds = best(lambda cl, b: cl.path.process(b), pristine,
-                               lambda: Cluster(cluster_config, design, args.instances, "hash", seed=1), args.runs)
-                ratio = single / seconds
-                mark = "" if ratio >= TARGET else "  (below target)"
-                print(f"      {design:<16} {packets / seconds:>11,.0f}  {ratio:5.2f}x{mark}")
-
+            for label, timing in (("replay", lambda process, make: replayed(capture, process, make, args.runs)),
+                                  ("packet path", lambda process, make: best(process, pristine, make, args.runs))):
+                single = timing(lambda sw, b: sw.process(b), lambda: built(Switch(config, seed=1)))
+                print(f"  {flows:>7,} flows ({packets:>9,} packets), {label}: one switch {packets / single:>11,.0f}")
+                for design in designs:
+                    seconds = timing(lambda cl, b: cl.path.process(b),
+                                     lambda design=design: Cluster(config, design, args.instances, "hash", seed=1))
+                    ratio = single / seconds
+                    mark = "" if ratio >= TARGET else "  (below target)"
+                    print(f"      {design:<16} {packets / seconds:>11,.0f}  {ratio:5.2f}x{mark}")
 
 if __name__ == "__main__":
     main()
