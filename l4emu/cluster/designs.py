@@ -47,8 +47,9 @@ DESIGNS: dict[str, DesignSpec] = {
             "hrw",
             (),
             "the reals (none in the directors)",
-            "GLB director: 2^16 rows of (primary, secondary) by rendezvous hashing of the source address; "
-            "a real forwards a non-SYN packet it does not know to the secondary",
+            "GLB director: 2^16 rows of (primary, secondary) by rendezvous order, picked by the source "
+            "address; a failed or draining real swapped to secondary; a real forwards a non-SYN packet it "
+            "does not know to the secondary",
         ),
         DesignSpec(
             "beamer",

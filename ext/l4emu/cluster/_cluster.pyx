@@ -152,6 +152,11 @@ cdef inline int32_t service_of(const Service* services, uint32_t n, const Packet
     return -1
 
 
+cdef inline bint glb_active(const Real* r) noexcept nogil:
+    """GLB's `active`: in the table as itself (not failed, not draining)."""
+    return r.weight > 0 and not (r.flags & RF_DOWN)
+
+
 cdef inline bint syn_has_timestamp(const uint8_t* p, const PacketInfo* info) noexcept nogil:
     """Does this TCP segment carry the timestamp option (RFC 7323)? Every read is checked against
     the captured length and the header's own length."""
@@ -408,14 +413,15 @@ cdef class ClusterPath:
         return [self.avail[service * self.n_reals + i] for i in range(self.n_avail[service])]
 
     def build_rows(self, uint32_t service, Scheduler rendezvous):
-        """rendezvous-second-chance: each of GLB's 2^16 rows gets its primary and secondary, the two
-        highest rendezvous scores of (row, real) among the service's reals that are up; a draining
-        real (weight 0) ranks after every active one, as GLB moves draining servers to secondary."""
+        """rendezvous-second-chance, as GLB's table: each of 2^16 rows orders the service's reals by a
+        rendezvous hash of (row, real), unweighted, and takes the first two as primary and secondary.
+        A real that is not active (down: GLB's health check; weight 0: draining) is swapped to
+        secondary where it would be primary; the next active one takes its place."""
         cdef Datapath dp = <Datapath>self.instances[0]
         cdef SchedulerHook hook = rendezvous.hook()
         cdef Service* svc
         cdef PacketKey key
-        cdef uint32_t row, first, n, base = service * GLB_ROWS
+        cdef uint32_t row, first, n, i, base = service * GLB_ROWS
         cdef int32_t a, b
         if service >= dp.n_services:
             raise IndexError(f"no service {service}")
@@ -427,26 +433,24 @@ cdef class ClusterPath:
             for row in range(GLB_ROWS):
                 key.src[0] = <uint8_t>(row >> 8)
                 key.src[1] = <uint8_t>row
-                a = self._rank(&hook, &dp.t.reals[first], n, &key, -1)
-                b = self._rank(&hook, &dp.t.reals[first], n, &key, a)
+                for i in range(n):              # every real, as if active and of weight 1: the order alone
+                    self.scratch[i] = dp.t.reals[first + i]
+                    self.scratch[i].flags = 0
+                    self.scratch[i].weight = 1
+                a = hook.pick(hook.state, self.scratch, n, &key, 0)
+                if a < 0:
+                    self.glb_primary[base + row] = self.glb_secondary[base + row] = -1
+                    continue
+                self.scratch[a].flags = RF_DOWN
+                b = hook.pick(hook.state, self.scratch, n, &key, 0)
+                if not glb_active(&dp.t.reals[first + a]):
+                    # swapped to secondary; the primary is the best active real after it
+                    while b >= 0 and not glb_active(&dp.t.reals[first + b]):
+                        self.scratch[b].flags = RF_DOWN
+                        b = hook.pick(hook.state, self.scratch, n, &key, 0)
+                    a, b = b, a
                 self.glb_primary[base + row] = <int32_t>first + a if a >= 0 else -1
                 self.glb_secondary[base + row] = <int32_t>first + b if b >= 0 else -1
-
-    cdef int32_t _rank(self, SchedulerHook* hook, const Real* reals, uint32_t n, const PacketKey* key,
-                       int32_t skip) noexcept nogil:
-        """The best real by rendezvous among the active ones other than `skip`, else among the draining."""
-        cdef uint32_t i
-        cdef int32_t best
-        memcpy(self.scratch, reals, n * sizeof(Real))
-        if skip >= 0:
-            self.scratch[skip].flags |= RF_DOWN
-        best = hook.pick(hook.state, self.scratch, n, key, 0)
-        if best >= 0:
-            return best
-        for i in range(n):                      # no active one left: the draining ones, at weight 1
-            if self.scratch[i].weight == 0 and not (self.scratch[i].flags & RF_DOWN):
-                self.scratch[i].weight = 1
-        return hook.pick(hook.state, self.scratch, n, key, 0)
 
     def rows(self, uint32_t service):
         cdef uint32_t base = service * GLB_ROWS
