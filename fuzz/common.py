@@ -4,6 +4,7 @@ switch, the input format of the datapath harness, and the invariants checked aft
 The datapath harness's input: byte 0 picks the link type (LINKTYPES[b % len]); then frames, each as
 [gap][len_hi][len_lo][bytes...]: `gap` is tenths of a second since the previous frame (so timers,
 expiry and eviction run), the length is cut to what is left. make_corpus.py writes seeds this way.
+The hosts harness takes the same input and sends it to emulated hosts through the emulate loop.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tomllib
 from l4emu import config as configmod
 from l4emu import schedulers
 from l4emu.datapath._batch import NS, Batch
+from l4emu.emulate import BatchSink, Emulator
 from l4emu.io.pcap._read import Scanner
 from l4emu.io.pcap._write import Encoder
 from l4emu.io.tun._io import GSO_UDP_L4, VNET_HDR_LEN, TunIO
@@ -262,4 +264,63 @@ def check_written(out: bytes, read_gso: set) -> int:
     return -(-(len(pkt) - start - 8) // size)
 
 
-HARNESSES = {"datapath": run_frames, "pcap": run_capture, "tun": run_tun}
+# Emulated hosts behind every service: the engine reads what the datapath let through (TCP options,
+# HTTP requests, echo payloads, UDP); small backlogs and a slow accept pace fill both queues.
+HOSTS_CONFIG = configmod.from_dict(tomllib.loads("""
+[[service]]
+vip = "10.0.0.100:80"
+  [[service.real]]
+  address = "10.1.0.1:8080"
+  emulated = true
+  backlog = 2
+  accept_rate = 5
+  syn_overflow = "reset"
+  [[service.real]]
+  address = "10.1.0.2:8080"
+  emulated = true
+  app = "echo"
+  [[service.real]]
+  address = "10.1.0.3:8080"
+  emulated = true
+  app = "discard"
+[[service]]
+vip = "10.0.0.100:53"
+protocol = "udp"
+  [[service.real]]
+  address = "10.1.0.11:53"
+  emulated = true
+  app = "echo"
+  [[service.real]]
+  address = "10.1.0.12:53"
+  emulated = true
+[[service]]
+vip = "[2001:db8::100]:80"
+  [[service.real]]
+  address = "[2001:db8:1::1]:8080"
+  emulated = true
+"""), schedulers.catalog())
+
+
+def run_hosts(data: bytes) -> Switch:
+    """The hosts harness's body: the datapath harness's frames, each from its own exactly-sized Batch,
+    through the emulate loop (re-stamping on) to emulated hosts, both views kept; the clocks then run
+    past every timer. Then check_invariants, and the hosts' own: every numbered socket holds one
+    distinct handle, and a host counts exactly those in use."""
+    linktype, frames, stamps = decode(data)
+    switch = Switch(HOSTS_CONFIG, seed=1)
+    written = []
+    emulator = Emulator(switch, BatchSink(lambda b: written.append(len(b))), BatchSink(lambda b: None))
+    for frame, stamp in zip(frames, stamps):
+        emulator.run(Batch.from_frames([frame], linktype, [stamp]))
+    if stamps:
+        emulator.advance(stamps[-1] + 120 * NS)
+    emulator.flush()
+    check_invariants(switch)
+    for host in switch.sockets():
+        numbered = [row["handle"] for row in host["sockets"] if row["handle"] is not None]
+        if len(set(numbered)) != len(numbered) or host["handles_in_use"] != len(numbered):
+            raise AssertionError(f"{host['host']}: handles {numbered}, {host['handles_in_use']} in use")
+    return switch
+
+
+HARNESSES = {"datapath": run_frames, "pcap": run_capture, "tun": run_tun, "hosts": run_hosts}

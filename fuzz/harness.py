@@ -1,5 +1,5 @@
 """atheris entry point of every harness: `harness.py NAME [libFuzzer options] [corpus dirs or an input]`
-runs common.HARNESSES[NAME] (datapath, pcap, tun) on each input.
+runs common.HARNESSES[NAME] (datapath, pcap, tun, hosts) on each input.
 
     fuzz/run.sh 60 tun                                     # the ASan build, as it should be run
     python fuzz/harness.py datapath -runs=1000 fuzz/seeds/datapath    # plain build, no sanitizer

@@ -1,4 +1,4 @@
-"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun}/ (git-ignored; fuzz/run.sh calls this).
+"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun,hosts}/ (git-ignored; fuzz/run.sh calls this).
 
 datapath seeds: every frame of pcaps/*.pcap* alone, runs of consecutive frames (handshakes, data,
 replies and closes of interleaved flows, so that a seed walks the state machine), and every frame
@@ -55,6 +55,17 @@ def datapath_seeds():
     good = [case.frame for case in well_formed_variants() if case.linktype == 1]
     seeds += [encode(1, good + [case.frame], [0] * (len(good) + 1)) for case in CATALOGUE if case.linktype == 1]
     return seeds + icmp_seeds()
+
+
+def hosts_seeds():
+    """Conversations with emulated hosts: runs of the clients' capture, whole and in pieces."""
+    seeds = []
+    for path in (ROOT / "pcaps" / "clients.pcap", ROOT / "pcaps" / "sample-ns.pcapng"):
+        frames = frames_of(path)
+        for start in range(0, len(frames), RUN // 2):
+            chunk = frames[start:start + RUN]
+            seeds.append(encode(chunk[0][0], [f for lt, f in chunk if lt == chunk[0][0]], [1] * len(chunk)))
+    return seeds
 
 
 def icmp_seeds():
@@ -155,4 +166,5 @@ def tun_seeds():
 if __name__ == "__main__":
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "corpus"
     print(f"make_corpus: {write(base / 'datapath', datapath_seeds())} datapath seeds, "
-          f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds in {base}")
+          f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds, "
+          f"{write(base / 'hosts', hosts_seeds())} hosts seeds in {base}")

@@ -38,7 +38,9 @@ def imbalance(active: list[int]) -> float:
     return max(active) / mean if mean else 1.0
 
 
-def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
+def run_one(capture, config, name: str, events, seed, span_s: float, shown_as: str | None = None) -> dict:
+    """One replay with scheduler `name`; `shown_as` names the capture in warnings (a sweep's staged copy
+    is read from a worker's temporary directory, but the user knows it by its own path)."""
     switch = Switch(with_scheduler(config, name), seed)
     samples: list[tuple[float, list[int]]] = []
     start: list[int] = []
@@ -53,7 +55,7 @@ def run_one(capture, config, name: str, events, seed, span_s: float) -> dict:
         events=events,
         sample_every_s=max(span_s / SAMPLES, 1e-3),
         on_sample=on_sample,
-        run_name=f"{capture} with {name}",
+        run_name=f"{shown_as or capture} with {name}",
     )
     per_real = switch.real_counters()
     services, k = [], 0

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import socket
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from l4emu.errors import L4emuError
+
+if TYPE_CHECKING:
+    import random
 
 # IPVS default timeouts in seconds (net/netfilter/ipvs/ip_vs_proto_tcp.c, _udp.c), by state.
 DEFAULT_TIMEOUTS: dict[str, float] = {
@@ -37,7 +42,11 @@ MH_TABLE_RANGE = (251, 131071)
 APPS = ("http", "echo", "discard")  # an emulated real's application (l4emu/hosts/apps.py)
 SYN_OVERFLOW = ("drop", "reset")
 MAX_BACKLOG = 65535  # net.core.somaxconn's ceiling
-EMULATION_KEYS = ("app", "backlog", "accept_rate", "syn_overflow")
+EMULATION_KEYS = ("app", "backlog", "accept_rate", "syn_overflow", "workers", "service_time", "response_bytes")
+DISTRIBUTIONS = ("fixed", "exponential", "lognormal", "empirical")
+MAX_WORKERS = 1 << 16
+MAX_SERVICE_TIME_S = 3600.0  # a request served for more than an hour is a typo
+MAX_RESPONSE_BYTES = 1 << 30
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # A cluster of switch instances behind ECMP (l4emu/cluster/): its limits and vocabularies.
@@ -68,6 +77,78 @@ class ConfigError(L4emuError, ValueError):
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """A quantity drawn per use (seconds or bytes): fixed, exponential, lognormal or an empirical list.
+
+    One type for every such knob, so that servers' service_time and response_bytes take the same
+    spelling; the C twin that draws from it is ext/l4emu/clients/_random.pxd."""
+
+    kind: str
+    mean: float
+    sigma: float = 0.0  # lognormal: the standard deviation of the value's logarithm
+    values: tuple[float, ...] = ()  # empirical: drawn uniformly from these
+
+    @classmethod
+    def fixed(cls, value: float) -> Distribution:
+        return cls("fixed", float(value))
+
+    def sample(self, rng: random.Random) -> float:
+        """One draw (the reference the C sampler is checked against)."""
+        if self.kind == "exponential":
+            return rng.expovariate(1 / self.mean)
+        if self.kind == "lognormal":
+            return rng.lognormvariate(math.log(self.mean) - self.sigma**2 / 2, self.sigma)
+        if self.kind == "empirical":
+            return rng.choice(self.values)
+        return self.mean
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return f"{self.mean:g}"
+        if self.kind == "lognormal":
+            return f"lognormal(mean {self.mean:g}, sigma {self.sigma:g})"
+        return f"{self.kind}(mean {self.mean:g})"
+
+
+def parse_distribution(value, key: str, *, low: float = 0.0, high: float = math.inf) -> Distribution:
+    """A plain number (fixed) or a table like { dist = "exponential", mean = 0.01 }; values within [low, high]."""
+
+    def number(v, where: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+            raise ConfigError(where, f"{v!r} is not a number from {low:g} to {high:g}")
+        return float(v)
+
+    if not isinstance(value, dict):
+        return Distribution.fixed(number(value, key))
+    kind = value.get("dist")
+    allowed = {"dist", "values"} if kind == "empirical" else {"dist", "mean", "sigma"}
+    unknown = sorted(set(value) - allowed)
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"{key}.dist", f"{kind!r} is not one of {', '.join(DISTRIBUTIONS)}")
+    if unknown:
+        raise ConfigError(
+            f"{key}.{unknown[0]}", f"not a key of a {kind} distribution (its keys: {', '.join(sorted(allowed))})"
+        )
+    if kind == "empirical":
+        values = value.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{key}.values", f"expected a non-empty list of numbers, got {values!r}")
+        picked = tuple(number(v, f"{key}.values[{i}]") for i, v in enumerate(values))
+        return Distribution("empirical", math.fsum(picked) / len(picked), values=picked)
+    if "mean" not in value:
+        raise ConfigError(f"{key}.mean", "missing")
+    mean = number(value["mean"], f"{key}.mean")
+    if kind != "fixed" and mean <= 0:
+        raise ConfigError(f"{key}.mean", f"a {kind} distribution needs a mean above 0, got {mean:g}")
+    sigma = value.get("sigma", 1.0 if kind == "lognormal" else 0.0)
+    if kind != "lognormal" and "sigma" in value:
+        raise ConfigError(f"{key}.sigma", "only a lognormal distribution has a sigma")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma <= 10:
+        raise ConfigError(f"{key}.sigma", f"{sigma!r} is not a number from 0 to 10")
+    return Distribution(kind, mean, float(sigma))
+
+
+@dataclass(frozen=True)
 class Real:
     address: IPAddress
     port: int
@@ -79,6 +160,12 @@ class Real:
     backlog: int = 128  # emulated TCP: listen() backlog, Linux semantics
     accept_rate: float = 0  # emulated TCP: accepts per second on the packet clock (0: at once)
     syn_overflow: str = "drop"  # emulated TCP: "reset" is Linux's tcp_abort_on_overflow = 1
+    # Capacity of an emulated TCP real's application: requests served at once (0: as many as come, each
+    # answered at once: the default), how long each takes on the packet clock, how big each answer's body is
+    # (None: the "served by" text).
+    workers: int = 0
+    service_time: Distribution = field(default_factory=lambda: Distribution.fixed(0.0))
+    response_bytes: Distribution | None = None
 
     @property
     def endpoint(self) -> str:
@@ -87,7 +174,15 @@ class Real:
     @property
     def host_settings(self) -> tuple:
         """What one listening socket is made of: two services sharing it must agree on these."""
-        return (self.app, self.backlog, self.accept_rate, self.syn_overflow)
+        return (
+            self.app,
+            self.backlog,
+            self.accept_rate,
+            self.syn_overflow,
+            self.workers,
+            self.service_time,
+            self.response_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,6 +227,8 @@ class Config:
     conn_reuse_mode: bool = True
     sloppy_tcp: bool = False
     expire_nodest_conn: bool = False
+    # [workload] as written: emulated clients only (l4emu/workload.py checks it), so replay never parses it
+    workload: dict = field(default_factory=dict)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
@@ -220,7 +317,8 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
 
 
 def _emulation(raw: dict, key: str, protocol: str) -> dict:
-    """emulated, app, backlog, accept_rate, syn_overflow: checked one by one, each error naming its key."""
+    """emulated, app, backlog, accept_rate, syn_overflow and the capacity (workers, service_time,
+    response_bytes): checked one by one, each error naming its key."""
     emulated = _typed(raw.get("emulated", False), bool, f"{key}.emulated")
     given = [name for name in EMULATION_KEYS if name in raw]
     if given and not emulated:
@@ -240,7 +338,29 @@ def _emulation(raw: dict, key: str, protocol: str) -> dict:
     overflow = _typed(raw.get("syn_overflow", "drop"), str, f"{key}.syn_overflow")
     if overflow not in SYN_OVERFLOW:
         raise ConfigError(f"{key}.syn_overflow", f"{overflow!r} is not one of {', '.join(SYN_OVERFLOW)}")
-    return {"emulated": emulated, "app": app, "backlog": backlog, "accept_rate": float(rate), "syn_overflow": overflow}
+    workers = _typed(raw.get("workers", 0), int, f"{key}.workers")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"{key}.workers", f"{workers} is out of range 0-{MAX_WORKERS} (0: no limit)")
+    service_time = parse_distribution(raw.get("service_time", 0), f"{key}.service_time", high=MAX_SERVICE_TIME_S)
+    if "service_time" in raw and not workers:
+        raise ConfigError(f"{key}.service_time", "a service time needs workers (how many requests are served at once)")
+    response_bytes = None
+    if "response_bytes" in raw:
+        if app != "http":
+            raise ConfigError(f"{key}.response_bytes", "only the http app's answers have a size to set")
+        response_bytes = parse_distribution(raw["response_bytes"], f"{key}.response_bytes", high=MAX_RESPONSE_BYTES)
+    if workers and app != "http":
+        raise ConfigError(f"{key}.workers", "only the http app serves requests (echo and discard answer bytes)")
+    return {
+        "emulated": emulated,
+        "app": app,
+        "backlog": backlog,
+        "accept_rate": float(rate),
+        "syn_overflow": overflow,
+        "workers": workers,
+        "service_time": service_time,
+        "response_bytes": response_bytes,
+    }
 
 
 def _check_hosts(services: tuple) -> None:
@@ -262,7 +382,7 @@ def _check_hosts(services: tuple) -> None:
                 raise ConfigError(
                     f"{key}.app",
                     f"{svc.protocol.upper()} {real.endpoint} is one socket: its app, "
-                    f"backlog, accept_rate and syn_overflow must match {sockets[ident][1]}",
+                    f"backlog, accept_rate, syn_overflow and capacity must match {sockets[ident][1]}",
                 )
 
 
@@ -433,7 +553,10 @@ def _netmask(value, family: int, key: str) -> int:
 def from_dict(raw: dict, schedulers) -> Config:
     """Validate a parsed TOML document; `schedulers` are the names that exist (a mapping of names
     to the flags each accepts also checks scheduler_flags; schedulers.catalog() gives one)."""
-    raw = _take(raw, "", {"service", "table", "timeouts", "cluster"})
+    raw = _take(raw, "", {"service", "table", "timeouts", "workload", "cluster"})
+    workload = raw.get("workload", {})
+    if not isinstance(workload, dict):
+        raise ConfigError("workload", f"expected a table, got {type(workload).__name__}")
     table = _take(
         raw.get("table", {}), "table", {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"}
     )
@@ -467,6 +590,7 @@ def from_dict(raw: dict, schedulers) -> Config:
         conn_reuse_mode=_typed(table.get("conn_reuse_mode", True), bool, "table.conn_reuse_mode"),
         sloppy_tcp=_typed(table.get("sloppy_tcp", False), bool, "table.sloppy_tcp"),
         expire_nodest_conn=_typed(table.get("expire_nodest_conn", False), bool, "table.expire_nodest_conn"),
+        workload=workload,
         cluster=cluster,
     )
 

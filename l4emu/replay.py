@@ -16,7 +16,7 @@ from l4emu.io.pcap.writer import output_format
 from l4emu.switch import Switch
 
 if TYPE_CHECKING:
-    from l4emu.emulate import BatchSink, Emulator
+    from l4emu.emulate import Emulator
 
 
 def replay(
@@ -68,12 +68,14 @@ def replay(
             inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if inside else None
             writers.append(inner)
             emulator: Emulator | None = None
-            sinks: tuple[BatchSink | None, ...] = ()
             if switch.hosts is not None:
                 from l4emu.emulate import BatchSink, Emulator  # emulated reals only (start-up: tests/test_startup.py)
 
-                sinks = (writer and BatchSink(writer, annotate, comments), inner and BatchSink(inner))
-                emulator = Emulator(switch, *sinks)
+                emulator = Emulator(
+                    switch,
+                    writer and BatchSink.writer(writer, annotate, comments),
+                    inner and BatchSink.writer(inner),
+                )
             clock = _Moments(
                 events,
                 sample_every_s,
@@ -88,8 +90,8 @@ def replay(
             else:
                 _packets(reader, emulator, clock, progress)
             clock.finish()
-            for sink in filter(None, sinks):  # what the hosts sent, up to the last --at moment
-                sink.flush()
+            if emulator is not None:  # what the hosts sent, up to the last --at moment
+                emulator.flush()
         finally:
             for each in filter(None, writers):
                 each.close()
@@ -145,13 +147,16 @@ def _batches(reader, switch: Switch, clock: _Moments, writer, inner, annotate: b
 
 
 def _packets(reader, emulator: Emulator, clock: _Moments, progress) -> None:
-    """Packet by packet (emulated reals): the moments before each packet, then the packet and the
-    hosts' answers."""
+    """Emulated reals: each batch through the emulate loop, packet by packet in C, stopping before a
+    packet at or past the next moment so that moment is reached first (events, samples, --at)."""
     for batch in reader.batches():
-        for i in range(len(batch)):
-            ts, origlen, iface, linktype = batch.meta(i)
-            clock.reach(ts)
-            emulator.client(batch.packet(i), ts, origlen, iface, linktype)
+        position = 0
+        while position < len(batch):
+            clock.reach_start(batch.timestamp_ns(position))
+            moment = clock.next_moment()
+            position = emulator.run(batch, position, moment)
+            if position < len(batch):
+                clock.arrive(moment)
         if progress is not None:
             progress(reader.position, reader.size)
 
@@ -229,14 +234,17 @@ class _Moments:
             moments.append(self.start_ns + int(self.at[self.at_done] * NS))
         return max(1, min(moments)) if moments else 0
 
-    def reach(self, ts: int) -> None:
-        """Packet-at-a-time callers: arrive at every moment up to and including `ts` before its packet."""
+    def reach_start(self, ts: int) -> None:
+        """Packet-at-a-time callers: the first packet's time starts the clock."""
         if self.start_ns is None:
             self.start_ns = self.next_sample_ns = ts
-        moment = self._next_moment()
-        while moment and moment <= ts:
-            self._arrive(moment)
-            moment = self._next_moment()
+
+    def next_moment(self) -> int:
+        """The next moment to stop at (0: none): packets at or past it wait until it is reached."""
+        return self._next_moment()
+
+    def arrive(self, moment: int) -> None:
+        self._arrive(moment)
 
     def finish(self) -> None:
         """After the last packet: the --at times still ahead, the clock moved on to each."""

@@ -110,6 +110,11 @@ class Switch:
         clock, so a caller can change the switch at an exact moment and go on from the returned index."""
         return self._datapath.process(batch, start, until_ns, end)
 
+    def emulation_datapath(self) -> Datapath:
+        """The datapath itself, for the emulated hosts' loop only (l4emu/emulate.py): it runs each packet
+        through the datapath's per-packet path in C, interleaved with the hosts' answers."""
+        return self._datapath
+
     def advance_clock(self, now_ns: int) -> None:
         """Move the packet clock forward without a packet (events, samples, live mode's idle ticks)."""
         self._datapath.advance_clock(now_ns)

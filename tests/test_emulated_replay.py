@@ -158,6 +158,16 @@ def test_at_needs_a_state_file(tmp_path):
     ('emulated = true\n  accept_rate = -1', "real[0].accept_rate", "accepts per second"),
     ('emulated = true\n  syn_overflow = "rst"', "real[0].syn_overflow", "not one of drop, reset"),
     ('emulated = "yes"', "real[0].emulated", "true or false"),
+    ('emulated = true\n  workers = -1', "real[0].workers", "out of range 0-65536"),
+    ('emulated = true\n  service_time = 0.01', "real[0].service_time", "needs workers"),
+    ('emulated = true\n  workers = 1\n  service_time = { dist = "pareto", mean = 1 }', "real[0].service_time.dist",
+     "not one of fixed, exponential, lognormal, empirical"),
+    ('emulated = true\n  workers = 1\n  service_time = { dist = "exponential" }', "real[0].service_time.mean",
+     "missing"),
+    ('emulated = true\n  workers = 1\n  service_time = -2', "real[0].service_time", "not a number from 0 to 3600"),
+    ('emulated = true\n  app = "echo"\n  workers = 2', "real[0].workers", "only the http app serves requests"),
+    ('emulated = true\n  response_bytes = { dist = "empirical", values = [] }', "real[0].response_bytes.values",
+     "non-empty list"),
 ])
 def test_config_errors_name_the_key(line, key, words):
     text = f'[[service]]\nvip = "10.0.0.1:80"\n  [[service.real]]\n  address = "10.1.0.1:80"\n  {line}\n'
@@ -215,4 +225,4 @@ def test_the_restamper_forgets_each_connection_once_both_sides_closed():
                 ts, origlen, iface, linktype = batch.meta(i)
                 emulator.client(batch.packet(i), ts, origlen, iface, linktype)
     assert emulator.answers > 0
-    assert emulator.restamper.sent == {} and emulator.restamper.fins == {}
+    assert emulator.restamp_entries() == 0

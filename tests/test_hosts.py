@@ -7,7 +7,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach
 
 from conftest import NS, make_switch
 from l4emu.emulate import Emulator
-from l4emu.hosts.packets import checksum, parse, tcp_packet, udp_packet
+from l4emu.hosts._engine import read_frame
 
 VIP, VIP6 = "10.0.0.100", "2001:db8::100"
 REAL = "10.1.0.1"
@@ -301,35 +301,44 @@ def test_isns_follow_the_seed(tmp_path):
     assert isn(1) == isn(1) != isn(2)
 
 
-def test_built_packets_have_the_checksums_scapy_computes():
-    src, dst = bytes([10, 1, 0, 1]), bytes([172, 16, 0, 1])
-    for pkt in (tcp_packet(4, src, dst, 80, 4000, 1, 2, 0x18, 500, bytes([2, 4, 5, 180]), b"abc", 7),
-                udp_packet(4, src, dst, 53, 4000, b"abcde", 8),
-                tcp_packet(6, bytes(15) + b"\1", bytes(15) + b"\2", 80, 4000, 1, 2, 0x12, 500, b"", b"odd")):
-        scapy_pkt = IP(pkt) if pkt[0] >> 4 == 4 else IPv6(pkt)
-        l4 = scapy_pkt[TCP] if TCP in scapy_pkt else scapy_pkt[UDP]
-        theirs = l4.chksum
-        del l4.chksum
-        if IP in scapy_pkt:
-            ip_sum = scapy_pkt[IP].chksum
-            del scapy_pkt[IP].chksum
-        rebuilt = IP(raw(scapy_pkt)) if IP in scapy_pkt else IPv6(raw(scapy_pkt))
-        assert (rebuilt[TCP] if TCP in rebuilt else rebuilt[UDP]).chksum == theirs
-        if IP in rebuilt:
-            assert rebuilt[IP].chksum == ip_sum
-    assert checksum(b"\x45\x00\x00\x1c") == (~(0x4500 + 0x001C)) & 0xFFFF
+def _checksums_as_scapy_computes(pkt) -> bool:
+    """Every checksum of a packet (IP, TCP/UDP/ICMP) equals what scapy computes afresh."""
+    layers = [layer for layer in (IP, TCP, UDP, ICMP, ICMPv6DestUnreach) if layer in pkt]
+    stated = [pkt[layer].chksum if layer is not ICMPv6DestUnreach else pkt[layer].cksum for layer in layers]
+    for layer in layers:
+        if layer is ICMPv6DestUnreach:
+            del pkt[layer].cksum
+        else:
+            del pkt[layer].chksum
+    again = pkt.__class__(raw(pkt))
+    return stated == [again[layer].chksum if layer is not ICMPv6DestUnreach else again[layer].cksum for layer in layers]
+
+
+def test_built_packets_have_the_checksums_scapy_computes(tmp_path):
+    """The engine builds every answer in C: SYN-ACKs with options, data, FIN, RST, UDP, ICMP and ICMPv6."""
+    lab = Lab(tmp_path, config(app="echo"))
+    c = Client(lab, 40001)
+    answers = c.send("S", options=[("MSS", 1400), ("WScale", 2)]) + c.send("A") + c.send("PA", b"odd" * 501)
+    answers += c.close()
+    answers += lab.send(IP(src="172.16.0.1", dst=REAL) / TCP(sport=40009, dport=22, flags="S"))
+    answers += lab.send(IP(src="172.16.0.1", dst=VIP) / UDP(sport=5000, dport=53) / b"abcde")
+    answers += lab.send(IP(src="172.16.0.1", dst="10.1.0.11") / UDP(sport=5000, dport=9999) / b"x")
+    answers += lab.send(IPv6(src="2001:db8:ff::1", dst="2001:db8:1::1") / UDP(sport=5000, dport=9) / b"x")
+    answers += Client(lab, 40002, "2001:db8:ff::1", VIP6).send("S")
+    assert len(answers) >= 9
+    assert all(_checksums_as_scapy_computes(pkt) for pkt in answers)
 
 
 def test_parse_refuses_what_it_cannot_read_whole():
     good = raw(IP(src="1.2.3.4", dst="5.6.7.8") / TCP(sport=1, dport=2) / b"data")
-    assert parse(good, 101).payload == b"data"
-    assert parse(good[:-1], 101) is None                                  # snapped
-    assert parse(good[:30], 101) is None
-    assert parse(raw(IP(src="1.2.3.4", dst="5.6.7.8", flags="MF") / UDP()), 101) is None
+    assert read_frame(good, 101)[11] == b"data"
+    assert read_frame(good[:-1], 101) is None                             # snapped
+    assert read_frame(good[:30], 101) is None
+    assert read_frame(raw(IP(src="1.2.3.4", dst="5.6.7.8", flags="MF") / UDP()), 101) is None
     bad_offset = bytearray(good)
     bad_offset[32] = 0x40                                               # data offset 16 bytes < 20
-    assert parse(bytes(bad_offset), 101) is None
-    assert parse(b"", 101) is None and parse(b"\x60" + bytes(10), 101) is None
+    assert read_frame(bytes(bad_offset), 101) is None
+    assert read_frame(b"", 101) is None and read_frame(b"\x60" + bytes(10), 101) is None
 
 
 @pytest.mark.parametrize("frame, linktype", [
@@ -342,5 +351,5 @@ def test_parse_refuses_what_it_cannot_read_whole():
 ])
 def test_the_hosts_read_every_packet_the_datapath_parses(frame, linktype):
     """One parser: whatever the datapath can classify (and so DNAT to an emulated real), a host reads."""
-    seg = parse(frame, linktype)
-    assert seg is not None and (seg.sport, seg.dport, seg.payload) == (40000, 8080, b"GET")
+    seg = read_frame(frame, linktype)
+    assert seg is not None and (seg[4], seg[5], seg[11]) == (40000, 8080, b"GET")

@@ -29,12 +29,13 @@ print(json.dumps({"code": code, "new": sorted(set(sys.modules) - before)}))
 """
 
 # Needed by none of the commands checked here: the live/lab side, the emulated hosts, the comparison
-# and its plot, the plugin scan (importlib.metadata reads every installed distribution), the progress
-# bar's terminal code, the test suite's own packet libraries, and importlib.resources (the default config
-# is read as a file beside the package).
+# and its plot, the emulated clients (gen), the plugin scan (importlib.metadata reads every installed
+# distribution), the progress bar's terminal code, the test suite's own packet libraries, and
+# importlib.resources (the default config is read as a file beside the package).
 HEAVY = ("l4emu.cli.live", "l4emu.live", "l4emu.io.tun", "l4emu.hosts", "l4emu.emulate", "l4emu.compare",
-         "l4emu.render.report", "matplotlib", "scapy", "dpkt", "importlib.metadata",
-         "importlib.resources", "click._termui_impl", "l4emu.cluster", "l4emu.render.cluster")
+         "l4emu.render.report", "l4emu.workload", "l4emu.clients", "l4emu.cli.simulate", "l4emu.dist", "matplotlib",
+         "scapy", "dpkt", "importlib.metadata", "importlib.resources", "click._termui_impl",
+         "l4emu.cluster", "l4emu.render.cluster")
 
 
 def loaded(*args) -> tuple[int, list[str]]:

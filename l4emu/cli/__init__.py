@@ -2,7 +2,8 @@
 
 Start-up is part of every command's run time, so this module holds only the group and what the
 commands share (`fail`, `config_option`); each command lives with its kin (capture.py: replay, compare;
-views.py: conntrack, sockets, stats; config.py: config, check; live.py: live, real, lab), is loaded
+views.py: conntrack, sockets, stats; config.py: config, check; live.py: live, real, lab;
+simulate.py: gen, the emulated clients; sweep.py: sweep), is loaded
 only when named, and imports the parts of l4emu it uses when it runs. The short help of every command is
 kept here, so `l4emu --help` lists them all without loading any.
 tests/test_startup.py fails when a plain `l4emu replay` imports what it does not use.
@@ -28,6 +29,7 @@ def fail(message: str, code: int = 2):
 LAZY_COMMANDS = {
     "replay": ("l4emu.cli.capture:replay", "Replay a capture through the switch; summarize."),
     "compare": ("l4emu.cli.capture:compare", "Replay once per scheduler; compare the spread."),
+    "sweep": ("l4emu.cli.sweep:sweep", "Replay a grid of what-ifs in parallel (Dask or processes)."),
     "conntrack": ("l4emu.cli.views:conntrack", "The connection table, like ipvsadm -L -n -c."),
     "sockets": ("l4emu.cli.views:sockets", "Emulated reals' sockets, like ss -tuan."),
     "stats": ("l4emu.cli.views:stats", "Services and reals, like ipvsadm -L -n [--stats]."),
@@ -36,6 +38,7 @@ LAZY_COMMANDS = {
     "live": ("l4emu.cli.live:live", "Run the switch on a TUN device (live traffic)."),
     "real": ("l4emu.cli.live:real", "Change a real of a running `l4emu live`."),
     "lab": ("l4emu.cli.live:lab", "Build or remove the network-namespace lab."),
+    "gen": ("l4emu.cli.simulate:gen", "Write emulated clients' packets (a workload) to a capture."),
 }
 
 

@@ -36,6 +36,10 @@ def check(config_path):
     catalog = schedulers.catalog()
     try:
         checked = configmod.load(config_path, catalog)
+        if checked.workload:  # only then: the workload model is the emulated clients' (gen, simulate)
+            from l4emu.workload import from_config
+
+            from_config(checked, str(config_path), base=config_path.parent)
     except L4emuError as exc:
         fail(str(exc))
     _check_schedulers(config_path, checked)

@@ -11,11 +11,11 @@ import socket
 import time
 
 from l4emu.datapath._batch import Batch
-from l4emu.emulate import VERDICT, Emulator, Out
+from l4emu.emulate import BatchSink, Emulator
 from l4emu.errors import OptionError
 from l4emu.io import Interface, WriteError, open_writer
 from l4emu.io.pcap.writer import CaptureWriter
-from l4emu.io.tun._io import LINKTYPE_RAW, VNET_HDR_LEN, TunIO
+from l4emu.io.tun._io import LINKTYPE_RAW, TunIO
 from l4emu.io.tun.device import Tun
 from l4emu.live.control import ControlServer
 from l4emu.replay import summarize
@@ -68,10 +68,11 @@ class Live:
             self.writer = open_writer(
                 pcap_out, [Interface(LINKTYPE_RAW, snaplen or MAX_SNAPLEN, True)], nanosecond=True, snaplen=snaplen
             )
-        # Emulated reals answer here: what the switch sends them never reaches the TUN, their answers do.
-        self.emulator = Emulator(switch, outside=self._answer, restamp=False) if switch.hosts is not None else None
-        self.answers = Batch(1)
-        self.answer_errors = 0
+        # Emulated reals answer here: what the switch sends them never reaches the TUN, their answers do,
+        # a batch at a time (one write_from, as for the switch's own packets).
+        self.emulator = (
+            Emulator(switch, outside=BatchSink(self._answers), restamp=False) if switch.hosts is not None else None
+        )
         self.write_errors_logged = 0
         # Python plugin schedulers collect their exceptions (the packet path cannot raise): logged as they come.
         self.plugins = [s for s in switch.schedulers if hasattr(s, "errors")]
@@ -152,6 +153,8 @@ class Live:
             if self.emulator is not None:
                 self.emulator.intercept(self.batch)
             self.io.write_from(self.batch)  # empties the batch
+            if self.emulator is not None:
+                self.emulator.flush()  # the hosts' answers, through the switch already
             self._log_errors()
             if got <= 0:
                 return
@@ -213,22 +216,11 @@ class Live:
             self.close()
         return self.summary(time.perf_counter() - started)
 
-    def _answer(self, out: Out) -> None:
-        """An emulated host's packet, through the switch already: to the TUN (and --pcap-out)."""
-        if out.verdict == VERDICT["drop"]:
-            return
+    def _answers(self, batch: Batch) -> None:
+        """Emulated hosts' packets, through the switch already: to the TUN (and --pcap-out), in one batch."""
         if self.writer is not None:
-            self.answers.reset()
-            self.answers.append(out.frame, out.ts_ns, out.iface, out.linktype)
-            self.answers.set_result(0, out.verdict, out.detail)
-            self._record(self.answers)
-        try:
-            os.write(self.tun.fd, (bytes(VNET_HDR_LEN) if self.tun.vnet else b"") + out.frame)  # no offload asked
-        except OSError as exc:
-            self.answer_errors += 1
-            log.warning(
-                "%s: an emulated host's answer could not be written to the TUN: %s", self.tun.name, exc.strerror or exc
-            )
+            self._record(batch)
+        self.io.write_from(batch)  # answers the switch dropped are left out; failures count as write errors
 
     def _record(self, batch: Batch) -> None:
         """--pcap-out: a capture that cannot be written (disk full) stops the run, with the reason."""
@@ -246,6 +238,7 @@ class Live:
         if self.emulator is not None:
             self._now()
             self.emulator.advance(self.switch.clock_ns)
+            self.emulator.flush()
 
     def _poll_timeout(self) -> float:
         deadline = self.emulator.hosts.next_deadline() if self.emulator is not None else None

@@ -81,6 +81,99 @@ def compare_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_text(result: dict) -> str:
+    """A line per grid point and service, in grid order; failed points say why."""
+    lines = [f"sweep {result['spec']}: {len(result['rows'])} runs on {result['engine']}", ""]
+    lines.append(
+        f"{'#':>3} {'capture':<18} {'config':<14} {'scheduler':<10} {'events':<28} {'seed':>6} "
+        f"{'service':<24} {'new conns per real':<20} {'imbalance':>9} {'overprov':>8} {'dropped':>8}"
+    )
+    for row in result["rows"]:
+        point = row["point"]
+        head = (
+            f"{point['index']:>3} {_short(point['capture'], 18)} {_short(point['config'], 14)} "
+            f"{point['scheduler']:<10} {','.join(point['events']) or '-':<28} {point['seed']:>6}"
+        )
+        if "error" in row:
+            lines.append(f"{head} error: {row['error']}")
+            continue
+        for svc in row["run"]["services"]:
+            lines.append(
+                f"{head} {svc['service']:<24} {' '.join(map(str, svc['new_connections'])):<20} "
+                f"{svc['imbalance_mean']:>9.2f} {svc['overprovisioning']:>8.2f} {_dropped(row['run']):>8}"
+            )
+    failed = sum("error" in row for row in result["rows"])
+    lines += ["", f"{len(result['rows']) - failed} runs done, {failed} failed"]
+    return "\n".join(lines)
+
+
+def _dropped(run: dict) -> int:
+    """Packets the switch dropped in a run, every reason together."""
+    return sum(run["dropped"].values())
+
+
+def _short(path: str, width: int) -> str:
+    name = os.path.basename(path)
+    return f"{name:<{width}}" if len(name) <= width else name[: width - 1] + "~"
+
+
+SWEEP_CSV_COLUMNS = (
+    "index",
+    "capture",
+    "config",
+    "scheduler",
+    "events",
+    "seed",
+    "service",
+    "new_connections",
+    "peak_active",
+    "imbalance_mean",
+    "overprovisioning",
+    "dropped",
+    "error",
+)
+
+
+def sweep_csv(result: dict) -> str:
+    """One CSV row per grid point and service (a failed point: one row with its error)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(SWEEP_CSV_COLUMNS)
+    for row in result["rows"]:
+        p = row["point"]
+        axes = [p["index"], p["capture"], p["config"], p["scheduler"], " ".join(p["events"]), p["seed"]]
+        if "error" in row:
+            writer.writerow(axes + [""] * 6 + [row["error"]])
+            continue
+        for svc in row["run"]["services"]:
+            writer.writerow(
+                axes
+                + [
+                    svc["service"],
+                    " ".join(map(str, svc["new_connections"])),
+                    " ".join(map(str, svc["peak_active"])),
+                    svc["imbalance_mean"],
+                    svc["overprovisioning"],
+                    row["run"]["dropped"],
+                    "",
+                ]
+            )
+    return out.getvalue()
+
+
+def sweep_plot(result: dict, path) -> None:
+    """compare's plot with a row per grid point that ran, each titled by its place in the grid."""
+    runs = [
+        {**row["run"], "label": f"#{row['point']['index']} {row['label']}"} for row in result["rows"] if "run" in row
+    ]
+    if not runs:
+        raise OptionError("--plot: no run of the sweep finished, nothing to draw")
+    compare_plot({"runs": runs}, path)
+
+
 def compare_plot(result: dict, path) -> None:
     """Active connections per real over time: a row per scheduler, a column (panel) per service; each
     event a dotted line saying what happened, drawn where its real serves. Written under a temporary
@@ -93,7 +186,7 @@ def compare_plot(result: dict, path) -> None:
     except ImportError:
         raise OptionError("--plot needs matplotlib: pip install 'l4emu[plot]'") from None
     runs = result["runs"]
-    columns = len(runs[0]["services"])
+    columns = max(len(run["services"]) for run in runs)  # a sweep's configs may differ in their services
     # constrained layout makes room for the legends outside the panels, so they never cover a line
     fig, axes = plt.subplots(
         len(runs),
@@ -104,8 +197,10 @@ def compare_plot(result: dict, path) -> None:
         layout="constrained",
     )
     for row, run in enumerate(runs):
+        for col in range(len(run["services"]), columns):
+            axes[row, col].axis("off")
         for col, svc in enumerate(run["services"]):
-            _service_panel(axes[row, col], run["scheduler"], svc, _marks_for(result, svc))
+            _service_panel(axes[row, col], run.get("label", run["scheduler"]), svc, _marks_for(run, result, svc))
     for col in range(columns):
         axes[-1, col].set_xlabel("seconds after the first packet")
         handles, labels = axes[-1, col].get_legend_handles_labels()
@@ -122,9 +217,12 @@ def compare_plot(result: dict, path) -> None:
     plt.close(fig)
 
 
-def _marks_for(result: dict, svc: dict) -> list[dict]:
-    """The events about one of this service's reals (older results carry times only: unlabelled)."""
-    marks = result.get("event_marks") or [{"t": t, "real": None, "label": ""} for t in result["event_times_s"]]
+def _marks_for(run: dict, result: dict, svc: dict) -> list[dict]:
+    """The events about one of this service's reals: the run's own (a sweep's runs differ in their
+    events), else the comparison's (older results carry times only: unlabelled)."""
+    marks = run.get("event_marks", result.get("event_marks")) or [
+        {"t": t, "real": None, "label": ""} for t in result.get("event_times_s", ())
+    ]
     return [m for m in marks if m["real"] is None or m["real"] in svc["reals"]]
 
 

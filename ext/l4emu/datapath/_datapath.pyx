@@ -302,6 +302,40 @@ cdef class Datapath:
                 base += m
         return stop
 
+    cdef int process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype, uint64_t ts,
+                         PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """One packet, as process() does it in a batch of one: the emulated hosts' loop, which must
+        interleave the hosts' answers with the clients' packets in their exact order. Returns the
+        parse's outcome (PARSED: `info` holds the offsets, valid after the rewrite too)."""
+        cdef uint64_t h = 0
+        cdef int parsed = self.classify(p, caplen, origlen, linktype, info)
+        if parsed == PARSED:
+            h = key_hash(self.table, &info.key)
+        self.started = True
+        self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
+        return parsed
+
+    cdef int hash_ahead(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
+                        PacketInfo* info, uint64_t* h) noexcept nogil:
+        """A packet coming soon (packet-at-a-time callers read ahead as process() does in its windows):
+        its parse and key hash, for process_parsed, with the index slot prefetched."""
+        cdef int parsed = self.classify(p, caplen, origlen, linktype, info)
+        h[0] = 0
+        if parsed == PARSED:
+            h[0] = key_hash(self.table, &info.key)
+            prefetch_slot(self.table, h[0])
+        return parsed
+
+    cdef void process_parsed(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
+                             uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """A packet hash_ahead read (its bytes may have changed since, never its headers' layout or key)."""
+        self.started = True
+        self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
+
+    cdef void prefetch_record(self, uint64_t h) noexcept nogil:
+        """The flow record the slot of a hash from hash_ahead names (after the slot has arrived)."""
+        prefetch_flow(self.table, h)
+
     def advance_clock(self, uint64_t now_ns):
         """Move the packet clock forward without a packet (events and samples between packets)."""
         if now_ns > self.clock_ns:

@@ -1,0 +1,504 @@
+"""The emulate loop: clients' packets and the hosts' answers through one datapath, in C, in their exact order.
+
+Each client packet is re-stamped (its ACK number moved into the emulated server's sequence space),
+goes through the datapath's per-packet path; one the switch sent to an emulated real (or one that
+passed straight to a host's address) is handed to that host, and each answer goes back through the
+datapath (reply path, SNAT) at the triggering packet's time plus 1 us per answer, never the wall
+clock. Two views are appended to output Batches handed to sinks a batch at a time: `outside` is what
+the clients see (their packets as they arrive, re-stamped; answers after SNAT), `inside` what the
+real servers see (after DNAT; answers before SNAT). Verdict and detail stay with each packet.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcmp, memcpy, memset
+from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
+from l4emu.datapath._datapath cimport Datapath
+from l4emu.datapath._types cimport PacketInfo
+from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
+                                   TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
+from l4emu.datapath._checksum cimport store16, sum_bytes, fold
+from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE
+from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32,
+                                 slab_bytes, prefetch_slot, prefetch_record, slab_find_hashed)
+from l4emu.datapath._headers cimport PARSED
+
+
+cdef enum:
+    REPLY_GAP_NS = 1000         # between the answers to one packet (and after the accept that made them)
+    SCRATCH_BYTES = 1 << 16
+    TCPOPT_EOL = 0
+    TCPOPT_NOP = 1
+    TCPOPT_SACK = 5
+    TCPOPT_TIMESTAMP = 8
+    SERVER_FIN = 1
+    CLIENT_FIN = 2
+    MAX_DEPTH = 8               # an answer that reaches a host again (it never should) goes no deeper
+    AHEAD = 8                   # run(): a packet's index slot is prefetched this many packets ahead,
+    #                             its flow record half as many
+
+REPLY_GAP = REPLY_GAP_NS
+
+
+# What the emulated server sent a client so far, keyed as the client sees the connection.
+cdef struct StampKey:
+    uint8_t client[16]
+    uint8_t server[16]
+    uint16_t cport
+    uint16_t sport
+    uint8_t family
+    uint8_t pad[3]
+
+cdef struct Stamp:
+    StampKey key
+    uint32_t hash
+    uint32_t sent           # the sequence number after the last byte (or SYN/FIN) the server sent
+    uint8_t has_sent
+    uint8_t fins            # SERVER_FIN | CLIENT_FIN: which sides sent a FIN
+
+# A client packet read ahead by run().
+cdef struct Ahead:
+    PacketInfo info
+    int parsed
+    uint64_t h
+    StampKey stamp_key
+    uint32_t stamp_hash
+    uint32_t conn_hash
+
+
+# A service whose reals all answer for themselves: what a capture recorded from its VIP or capture
+# servers is superseded (answering twice would fork the stream).
+cdef struct Front:
+    uint8_t addr[16]
+    uint16_t port
+    uint8_t proto
+    uint8_t family
+
+
+cdef inline void stamp_key(StampKey* k, const Seg* seg, bint from_client) noexcept:
+    cdef uint32_t alen = 4 if seg.family == 4 else 16
+    memset(k, 0, sizeof(StampKey))
+    memcpy(k.client, seg.src if from_client else seg.dst, alen)
+    memcpy(k.server, seg.dst if from_client else seg.src, alen)
+    k.cport = seg.sport if from_client else seg.dport
+    k.sport = seg.dport if from_client else seg.sport
+    k.family = seg.family
+
+
+cdef class Loop:
+    """The switch's datapath and its hosts, driven one packet at a time in C."""
+    cdef Datapath dp
+    cdef Engine hosts
+    cdef Batch outside              # the clients' view (None: not kept) ...
+    cdef Batch inside               # ... and the reals'
+    cdef object outside_sink, inside_sink
+    cdef bint restamp
+    cdef Slab stamps
+    cdef uint8_t* cur               # the packet going through now, as it came
+    cdef uint8_t* after             # ... and as the datapath left it
+    cdef uint32_t scratch
+    cdef Front* fronts
+    cdef uint32_t n_fronts
+    cdef int depth
+    cdef readonly uint64_t last_ts
+    cdef readonly uint64_t answers
+    cdef readonly uint64_t superseded
+
+    def __cinit__(self, Datapath datapath, Engine hosts, fronts, outside, inside, bint restamp, bytes secret,
+                  Py_ssize_t capacity=4096):
+        """`outside`/`inside`: None, or a callable that takes a full Batch (then the loop empties it)."""
+        cdef uint32_t k
+        self.dp = datapath
+        self.hosts = hosts
+        self.restamp = restamp
+        self.outside_sink, self.inside_sink = outside, inside
+        self.outside = Batch(capacity) if outside is not None else None
+        self.inside = Batch(capacity) if inside is not None else None
+        if slab_init(&self.stamps, sizeof(Stamp), sizeof(StampKey) // 8, int.from_bytes(secret[:8], "little"),
+                     int.from_bytes(secret[8:16], "little")) < 0:
+            raise MemoryError()
+        self.fronts = <Front*>realloc(NULL, max(len(fronts), 1) * sizeof(Front))
+        if self.fronts == NULL or self._room(SCRATCH_BYTES) < 0:
+            raise MemoryError()
+        for k, (address, port, proto) in enumerate(fronts):
+            memset(&self.fronts[k], 0, sizeof(Front))
+            memcpy(self.fronts[k].addr, <const char*>address, len(address))
+            self.fronts[k].port, self.fronts[k].proto = port, proto
+            self.fronts[k].family = 4 if len(address) == 4 else 6
+        self.n_fronts = len(fronts)
+
+    def __dealloc__(self):
+        free(self.cur)
+        free(self.after)
+        free(self.fronts)
+        slab_free(&self.stamps)
+
+    cdef int _room(self, uint32_t n) noexcept:
+        """Scratch for an n-byte frame."""
+        cdef uint8_t* a
+        cdef uint8_t* b
+        if n <= self.scratch:
+            return 0
+        a = <uint8_t*>realloc(self.cur, n)
+        if a == NULL:
+            return -1
+        self.cur = a
+        b = <uint8_t*>realloc(self.after, n)
+        if b == NULL:
+            return -1
+        self.after = b
+        self.scratch = n
+        return 0
+
+    # ---- Python's doors ---------------------------------------------------------------------------
+    def run(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0):
+        """The clients' packets start.. of a batch (replay: the capture's, in order); stops before the
+        first one at or past `until_ns` (0: none) so the caller can reach that moment; returns where."""
+        cdef Py_ssize_t i = start, a
+        cdef Ahead ahead[AHEAD]
+        for a in range(start, min(start + AHEAD, batch.n)):
+            self.read_ahead(batch, a, &ahead[a % AHEAD])
+        while i < batch.n:
+            if until_ns and batch.ts_ns[i] >= until_ns:
+                return i
+            a = i + AHEAD // 2
+            if a < batch.n and ahead[a % AHEAD].parsed == PARSED:
+                self.dp.prefetch_record(ahead[a % AHEAD].h)
+                if ahead[a % AHEAD].stamp_hash:
+                    prefetch_record(&self.stamps, ahead[a % AHEAD].stamp_hash)
+                if ahead[a % AHEAD].conn_hash:
+                    prefetch_record(&self.hosts.conns, ahead[a % AHEAD].conn_hash)
+            self.client(batch.data + batch.offset[i], batch.caplen[i], batch.origlen[i], batch.ts_ns[i],
+                        batch.iface[i], batch.linktype[i], &ahead[i % AHEAD])
+            a = i + AHEAD
+            if a < batch.n:
+                self.read_ahead(batch, a, &ahead[i % AHEAD])
+            i += 1
+        return i
+
+    cdef void read_ahead(self, Batch batch, Py_ssize_t a, Ahead* ahead) noexcept:
+        """Parse and hash a client packet AHEAD packets early; prefetch its flow's and its re-stamping's slots."""
+        cdef StampKey* key = &ahead.stamp_key
+        ahead.parsed = self.dp.hash_ahead(batch.data + batch.offset[a], batch.caplen[a], batch.origlen[a],
+                                          batch.linktype[a], &ahead.info, &ahead.h)
+        if self.restamp and ahead.parsed == PARSED and ahead.info.key.proto == IPPROTO_TCP:
+            memset(key, 0, sizeof(StampKey))
+            memcpy(key.client, ahead.info.key.src, 16)
+            memcpy(key.server, ahead.info.key.dst, 16)
+            key.cport, key.sport, key.family = ahead.info.key.sport, ahead.info.key.dport, ahead.info.key.family
+            ahead.stamp_hash = key_hash32(&self.stamps, key)
+            prefetch_slot(&self.stamps, ahead.stamp_hash)
+        else:
+            ahead.stamp_hash = 0
+        if ahead.parsed == PARSED and ahead.info.key.proto == IPPROTO_TCP:
+            ahead.conn_hash = self.hosts.client_hash(ahead.info.key.src, ahead.info.key.family, ahead.info.key.sport)
+            prefetch_slot(&self.hosts.conns, ahead.conn_hash)
+        else:
+            ahead.conn_hash = 0
+
+    def client_frame(self, frame, uint64_t ts, uint32_t origlen, uint16_t iface, uint16_t linktype):
+        """One client packet from Python bytes (tests)."""
+        cdef const uint8_t[::1] view = frame
+        if view.shape[0]:
+            self.client(&view[0], <uint32_t>view.shape[0], origlen, ts, iface, linktype, NULL)
+
+    def advance(self, uint64_t now):
+        """Let the hosts' clocks reach `now` (accepts at the application's pace, TIME-WAIT ending)."""
+        self.advance_to(now)
+
+    def intercept(self, Batch batch):
+        """Live mode: after the datapath processed `batch`, take out what it sent to emulated hosts (those
+        packets are marked dropped, so they are not sent on) and let the hosts answer; returns how many."""
+        cdef Py_ssize_t i
+        cdef int h
+        cdef uint8_t v
+        cdef uint8_t* p
+        cdef PacketInfo info
+        cdef Seg seg
+        cdef int taken = 0
+        for i in range(batch.n):
+            v = batch.verdict[i]
+            p = batch.data + batch.offset[i]
+            if v == V_NEW or v == V_FORWARD:
+                h = self.real_host(batch.detail[i])
+            elif v == V_PASS and read_segment(p, batch.caplen[i], batch.linktype[i], &info, &seg):
+                h = self.hosts.host_of(seg.dst, seg.family)
+            else:
+                continue
+            if h < 0:
+                continue
+            batch.verdict[i] = V_DROP
+            batch.detail[i] = 0
+            if batch.ts_ns[i] > self.last_ts:
+                self.last_ts = batch.ts_ns[i]
+            self.deliver(h, p, batch.caplen[i], batch.ts_ns[i], batch.iface[i], batch.linktype[i], NULL, NULL)
+            self.hosts.prune_peers()
+            taken += 1
+        return taken
+
+    def flush(self):
+        """Hand what the views hold to their sinks."""
+        if self.outside is not None and self.outside.n:
+            self.outside_sink(self.outside)
+            self.outside.clear()
+        if self.inside is not None and self.inside.n:
+            self.inside_sink(self.inside)
+            self.inside.clear()
+
+    def memory(self):
+        """Bytes of the re-stamping table (records and index)."""
+        return slab_bytes(&self.stamps)
+
+    def restamp_entries(self):
+        """Connections the re-stamping remembers (each forgotten once both sides closed)."""
+        return self.stamps.used
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    cdef inline int real_host(self, int32_t real) noexcept:
+        return self.hosts.real_host[real] if 0 <= real < <int32_t>self.hosts.n_reals else -1
+
+    cdef void client(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint64_t ts, uint16_t iface,
+                     uint16_t linktype, Ahead* ahead):
+        """One packet as it arrives at the switch (replay: the next one of the capture; `ahead`: its
+        parse, when run() read it ahead)."""
+        cdef PacketInfo info
+        cdef Seg seg
+        cdef bint ok
+        self.advance_to(ts)
+        ok = read_segment(p, caplen, linktype, &info, &seg)
+        if ok and (self.hosts.host_of(seg.src, seg.family) >= 0 or self.is_front(&seg)):
+            self.superseded += 1    # e.g. a recorded server's replies: answering twice would fork the stream
+            return
+        if self._room(caplen) < 0:
+            return
+        memcpy(self.cur, p, caplen)
+        if self.restamp and ok and seg.proto == IPPROTO_TCP:
+            self.stamp_client(&info, &seg, ahead)
+        self.through(caplen, origlen, iface, linktype, ts, False, ahead)
+        self.hosts.prune_peers()
+
+    cdef bint is_front(self, Seg* seg) noexcept:
+        cdef uint32_t k
+        cdef Front* f
+        for k in range(self.n_fronts):
+            f = &self.fronts[k]
+            if (f.port == seg.sport and f.proto == seg.proto and f.family == seg.family
+                    and memcmp(f.addr, seg.src, 4 if seg.family == 4 else 16) == 0):
+                return True
+        return False
+
+    cdef void advance_to(self, uint64_t now):
+        cdef uint32_t first = self.hosts.n_out
+        self.hosts.advance(now)
+        self.send_answers(first, 0, True, -1)
+        self.hosts.truncate(first)
+        self.hosts.prune_peers()
+
+    cdef void through(self, uint32_t n, uint32_t origlen, uint16_t iface, uint16_t linktype, uint64_t ts,
+                      bint from_host, Ahead* ahead=NULL):
+        """The packet in `cur` through the datapath, into the views, and to a host when it is for one
+        (`ahead`: its parse, read ahead)."""
+        cdef uint8_t v = 0
+        cdef int32_t d = 0
+        cdef int h, parsed
+        cdef PacketInfo info
+        cdef Seg seg
+        cdef bint readable
+        memcpy(self.after, self.cur, n)
+        if ahead != NULL:
+            info, parsed = ahead.info, ahead.parsed
+            self.dp.process_parsed(self.after, &info, parsed, ahead.h, ts, origlen, &v, &d)
+        else:
+            parsed = self.dp.process_one(self.after, n, origlen, linktype, ts, &info, &v, &d)
+        if ts < self.last_ts:
+            ts = self.last_ts                   # what is written never goes back in time
+        self.last_ts = ts
+        if v == V_DROP:
+            self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+        elif v == V_NEW or v == V_FORWARD:      # client -> real, DNAT
+            self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+            self.emit(1, self.after, n, origlen, ts, iface, linktype, v, d)
+            h = self.real_host(d)
+            if h >= 0:
+                readable = segment_after(self.after, n, origlen, parsed, &info, &seg)
+                self.deliver(h, self.after, n, ts, iface, linktype, &seg if readable else NULL,
+                             &info if readable else NULL)
+        elif v == V_REPLY or v == V_ANSWER:     # real -> client, SNAT
+            self.emit(0, self.after, n, origlen, ts, iface, linktype, v, d)
+            self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
+            if from_host and self.restamp:
+                if not segment_after(self.after, n, origlen, parsed, &info, &seg):
+                    readable = read_segment(self.after, n, linktype, &info, &seg)
+                else:
+                    readable = True
+                if readable:
+                    self.stamp_server(&seg)
+        else:                                   # passed untouched: maybe straight to or from a host
+            readable = (segment_after(self.cur, n, origlen, parsed, &info, &seg)
+                        or read_segment(self.cur, n, linktype, &info, &seg))
+            h = self.hosts.host_of(seg.dst, seg.family) if readable else -1
+            self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+            if h >= 0 or from_host:
+                self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
+            if from_host and self.restamp and readable:
+                self.stamp_server(&seg)
+            if h >= 0 and not from_host:
+                self.deliver(h, self.cur, n, ts, iface, linktype, &seg, &info)
+
+    cdef void deliver(self, int h, const uint8_t* frame, uint32_t n, uint64_t ts, uint16_t iface, uint16_t linktype,
+                      Seg* read, PacketInfo* read_info):
+        """A packet to host h (`read`: the segment in it, when the caller has it); its answers back
+        through the datapath."""
+        cdef PacketInfo info
+        cdef Seg seg
+        cdef uint32_t first
+        cdef int r
+        if read == NULL:
+            if not read_segment(frame, n, linktype, &info, &seg):
+                self.hosts.count(h, C_UNREADABLE, 1)    # snapped, fragmented or not TCP/UDP: nothing to read
+                return
+            read, read_info = &seg, &info
+        if self.depth >= MAX_DEPTH:
+            return
+        first = self.hosts.n_out
+        r = self.hosts.receive(h, read, ts, linktype, iface, frame, read_info.l3)
+        self.depth += 1
+        self.send_answers(first, ts, False, r)
+        self.depth -= 1
+        self.hosts.truncate(first)
+
+    cdef void send_answers(self, uint32_t first, uint64_t ts, bint stamped, int to_peer):
+        """The hosts' answers first.. (to the step's end) back through the datapath: the k-th at ts + k us,
+        or (`stamped`, the clocks' answers) each 1 us after its own moment. Answers to one received
+        packet all go to its sender, whose Peer record is `to_peer` (-1: look each one up)."""
+        cdef uint32_t j, last = self.hosts.n_out, plen, hlen
+        cdef const uint8_t* pkt
+        cdef Peer* peer
+        cdef uint16_t linktype, iface
+        cdef uint64_t at
+        for j in range(first, last):
+            pkt = self.hosts.out_data + self.hosts.out_off[j]
+            plen = self.hosts.out_len[j]
+            if to_peer >= 0:
+                peer = <Peer*>rec(&self.hosts.peers, to_peer)
+            elif pkt[0] >> 4 == 4:
+                peer = self.hosts.peer_of(pkt + IP4_SRC + 4, 4)
+            else:
+                peer = self.hosts.peer_of(pkt + IP6_SRC + 16, 6)
+            if peer != NULL and peer.has_link:
+                linktype, iface, hlen = peer.linktype, peer.iface, peer.hdr_len
+            else:
+                linktype, iface, hlen = LINKTYPE_RAW, 0, 0
+            if self._room(hlen + plen) < 0:
+                continue
+            if hlen:
+                memcpy(self.cur, peer.hdr, hlen)
+            memcpy(self.cur + hlen, pkt, plen)
+            self.answers += 1
+            if stamped:
+                at = self.hosts.out_at[j] + REPLY_GAP_NS
+            else:
+                at = ts + (j - first + 1) * REPLY_GAP_NS
+            self.through(hlen + plen, hlen + plen, iface, linktype, at, True)
+
+    cdef void emit(self, int k, const uint8_t* frame, uint32_t n, uint32_t origlen, uint64_t ts, uint16_t iface,
+                   uint16_t linktype, uint8_t verdict, int32_t detail):
+        cdef Batch b = self.outside if k == 0 else self.inside
+        cdef int r
+        if b is None:
+            return
+        r = b.push(frame, n, origlen, ts, iface, linktype)
+        if r == 1:
+            (self.outside_sink if k == 0 else self.inside_sink)(b)
+            b.clear()
+            r = b.push(frame, n, origlen, ts, iface, linktype)
+        if r == 0:
+            b.verdict[b.n - 1] = verdict
+            b.detail[b.n - 1] = detail
+
+    # ---- re-stamping: the clients' ACKs in the emulated server's sequence space -------------------
+    cdef void stamp_client(self, PacketInfo* info, Seg* seg, Ahead* ahead) noexcept:
+        """The client's packet (in `cur`) with its ACK number in the emulated server's space (`ahead`:
+        its key hashed ahead, taken when the key is the same)."""
+        cdef StampKey key
+        cdef int r
+        cdef Stamp* s
+        cdef uint32_t nxt = 0
+        cdef bint known = False
+        cdef uint8_t fins = 0
+        stamp_key(&key, seg, True)
+        if ahead != NULL and ahead.stamp_hash and memcmp(&ahead.stamp_key, &key, sizeof(StampKey)) == 0:
+            r = slab_find_hashed(&self.stamps, &key, ahead.stamp_hash)
+        else:
+            r = slab_find(&self.stamps, &key)
+        if seg.flags & TCP_SYN and not seg.flags & TCP_ACK:
+            if r >= 0:
+                slab_remove(&self.stamps, r)    # a new connection on this pair: forget the old one
+            return
+        if r >= 0:
+            s = <Stamp*>rec(&self.stamps, r)
+            nxt, known, fins = s.sent, s.has_sent, s.fins
+        if seg.flags & TCP_RST or (fins & SERVER_FIN and (fins | (CLIENT_FIN if seg.flags & TCP_FIN else 0))
+                                   == SERVER_FIN | CLIENT_FIN):
+            if r >= 0:
+                slab_remove(&self.stamps, r)    # the connection's last client packet
+        elif seg.flags & TCP_FIN:
+            if r < 0:
+                r = slab_add(&self.stamps, &key)
+            if r >= 0:
+                (<Stamp*>rec(&self.stamps, r)).fins = fins | CLIENT_FIN
+        if known and seg.flags & TCP_ACK:
+            rewrite_ack(self.cur, info, seg, nxt)
+
+    cdef void stamp_server(self, Seg* seg) noexcept:
+        """Learn from an emulated server's packet, taken as the client receives it (after SNAT)."""
+        cdef StampKey key
+        cdef int r
+        cdef Stamp* s
+        cdef uint32_t end
+        if seg.proto != IPPROTO_TCP or seg.flags & TCP_RST:
+            return
+        end = (seg.seq + seg.plen + (1 if seg.flags & TCP_SYN else 0) + (1 if seg.flags & TCP_FIN else 0))
+        stamp_key(&key, seg, False)
+        r = slab_find(&self.stamps, &key)
+        s = <Stamp*>rec(&self.stamps, r) if r >= 0 else NULL
+        if (s == NULL or not s.has_sent) and not seg.flags & TCP_SYN:
+            return                              # a connection already forgotten (or never re-stamped)
+        if s == NULL:
+            r = slab_add(&self.stamps, &key)
+            if r < 0:
+                return
+            s = <Stamp*>rec(&self.stamps, r)
+        if not s.has_sent or seg.flags & TCP_SYN or <uint32_t>(end - s.sent) <= 0x7FFFFFFF:
+            s.sent = end
+            s.has_sent = 1
+        if seg.flags & TCP_FIN:
+            s.fins |= SERVER_FIN
+
+
+cdef void rewrite_ack(uint8_t* p, PacketInfo* info, Seg* seg, uint32_t ack) noexcept:
+    """A new acknowledgement number, SACK blocks and timestamps turned into NOPs (they count in the
+    other side's sequence space, which is not mapped), and the TCP checksum computed afresh."""
+    cdef uint32_t l4 = info.l4, i = 0, length, alen = 4 if seg.family == 4 else 16
+    cdef uint32_t olen = seg.olen, tlen = info.end - info.l4, acc
+    cdef uint8_t* opts = p + l4 + 20
+    cdef uint8_t kind
+    p[l4 + 8] = <uint8_t>(ack >> 24)
+    p[l4 + 9] = <uint8_t>(ack >> 16)
+    p[l4 + 10] = <uint8_t>(ack >> 8)
+    p[l4 + 11] = <uint8_t>ack
+    while i < olen:
+        kind = opts[i]
+        if kind == TCPOPT_EOL:
+            break
+        if kind == TCPOPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= olen or opts[i + 1] < 2 or i + opts[i + 1] > olen:
+            break
+        length = opts[i + 1]
+        if kind == TCPOPT_SACK or kind == TCPOPT_TIMESTAMP:
+            memset(opts + i, TCPOPT_NOP, length)
+        i += length
+    store16(p + l4 + TCP_CSUM, 0)
+    acc = sum_bytes(sum_bytes(0, seg.src, alen), seg.dst, alen) + IPPROTO_TCP + (tlen >> 16) + (tlen & 0xFFFF)
+    store16(p + l4 + TCP_CSUM, ~fold(sum_bytes(acc, p + l4, tlen)) & 0xFFFF)

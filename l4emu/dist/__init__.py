@@ -1,0 +1,1 @@
+"""Scale-out: whole Switches in worker processes (Dask or local processes): sweeps of what-ifs."""

@@ -1,0 +1,270 @@
+"""The emulated clients' workload: a [workload] table of the config, overridable by flags, checked once.
+
+`l4emu gen` writes it as a client-only capture; `simulate` will drive the same model through the switch.
+Every error is a ConfigError naming the file and key (or the flag), so the CLI prints one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from l4emu.config import (
+    Config,
+    ConfigError,
+    Distribution,
+    IPAddress,
+    format_endpoint,
+    parse_distribution,
+    parse_endpoint,
+)
+
+ARRIVALS = ("poisson", "fixed", "capture")
+LINKTYPES = ("ethernet", "raw")
+DEFAULT_CLIENTS_V4 = "172.16.0.0/12"
+DEFAULT_CLIENTS_V6 = "2001:db8:c::/64"
+DEFAULT_REQUEST_BYTES = 128
+DEFAULT_RESPONSE_BYTES = 1000
+DEFAULT_RTT_S = 0.001
+# A request is one segment: the IPv6 MSS on a 1500-byte link (1500 - 40 - 20), so both families fit.
+MAX_REQUEST_BYTES = 1440
+MAX_RESPONSE_BYTES = 1 << 30
+MAX_REQUESTS = 1 << 20
+MAX_CLIENTS = 1 << 24
+MAX_RATE = 1e9  # connections (sessions) per second
+MAX_DURATION_S = 86400 * 365
+MAX_SECONDS = 3600.0  # a think time or RTT longer than an hour is a typo, not a workload
+MAX_SEED = (1 << 64) - 1
+KEYS = {
+    "clients",
+    "arrival",
+    "rate",
+    "capture",
+    "duration",
+    "requests_per_conn",
+    "keep_alive",
+    "think_time",
+    "request_size",
+    "response_size",
+    "rtt",
+    "target",
+    "target6",
+    "ipv6_share",
+    "clients_v4",
+    "clients_v6",
+    "seed",
+    "linktype",
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Who connects, how often, and what each connection carries (times in seconds, sizes in bytes)."""
+
+    target: tuple[IPAddress, int] | None  # where IPv4 clients connect (None: no IPv4 clients)
+    target6: tuple[IPAddress, int] | None  # where IPv6 clients connect (None: no IPv6 clients)
+    clients: int = 100  # distinct client addresses
+    arrival: str = "poisson"  # of sessions: ARRIVALS
+    rate: float = 100.0  # sessions per second (poisson, fixed)
+    capture: Path | None = None  # arrival = "capture": the arrival times of this capture's SYNs
+    duration: float = 1.0  # arrivals in [0, duration); conversations then run to their end
+    requests_per_conn: int = 1  # requests per session: one connection (keep-alive) or one each
+    keep_alive: bool = True
+    think_time: Distribution = field(default_factory=lambda: Distribution.fixed(0))
+    request_size: Distribution = field(default_factory=lambda: Distribution.fixed(DEFAULT_REQUEST_BYTES))
+    response_size: Distribution = field(default_factory=lambda: Distribution.fixed(DEFAULT_RESPONSE_BYTES))
+    rtt: float = DEFAULT_RTT_S  # client to server and back: when the client sees each answer
+    ipv6_share: float = 0.0  # of the clients
+    clients_v4: ipaddress.IPv4Network = ipaddress.IPv4Network(DEFAULT_CLIENTS_V4)
+    clients_v6: ipaddress.IPv6Network = ipaddress.IPv6Network(DEFAULT_CLIENTS_V6)
+    seed: int = 0
+    linktype: str = "ethernet"
+
+    @property
+    def ipv6_clients(self) -> int:
+        """Clients 0 .. ipv6_clients-1 are IPv6, the rest IPv4."""
+        return round(self.clients * self.ipv6_share)
+
+    @property
+    def connections_per_session(self) -> int:
+        return 1 if self.keep_alive else self.requests_per_conn
+
+    def describe(self) -> str:
+        how = f"SYN times of {self.capture}" if self.arrival == "capture" else f"{self.arrival} {self.rate:g}/s"
+        targets = ", ".join(format_endpoint(*t) for t in (self.target, self.target6) if t)
+        return (
+            f"{how}"
+            + (f" for {self.duration:g} s" if math.isfinite(self.duration) else "")
+            + f", {self.clients:,} clients "
+            f"({self.ipv6_share:.0%} IPv6) -> {targets}, seed {self.seed}"
+        )
+
+
+def from_config(
+    config: Config, source: str, flags: Mapping[str, object] | None = None, base: Path | None = None
+) -> Workload:
+    """The config's [workload] with `flags` (key -> value; None = not given) on top; errors name the
+    file and key, or the flag (--request-size for request_size) when the value came from one.
+    The table's capture is relative to `base` (the config's directory); a flag's to the working directory."""
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    unknown = sorted(set(config.workload) - KEYS)
+    if unknown:
+        raise ConfigError(f"workload.{unknown[0]}", f"unknown key (known: {', '.join(sorted(KEYS))})", source)
+    table = dict(config.workload)
+    if isinstance(table.get("capture"), str) and base is not None:
+        table["capture"] = base / table["capture"]
+    # A flag that picks the arrivals replaces the table's: --capture means arrival = "capture", and
+    # --arrival poisson sets a table's capture aside.
+    if "capture" in given and "arrival" not in given:
+        table["arrival"] = "capture"
+    elif given.get("arrival") not in (None, "capture"):
+        table.pop("capture", None)
+    raw = {**table, **given}
+
+    def where(name: str) -> tuple[str, str]:
+        return ("--" + name.replace("_", "-"), "") if name in given else (f"workload.{name}", source)
+
+    try:
+        return _build(raw, config, where)
+    except ConfigError as exc:
+        name = exc.key.split(".")[1] if exc.key.startswith("workload.") else exc.key
+        name = name.split("[")[0]
+        key, src = where(name) if name in KEYS else (exc.key, source)
+        sub = exc.key.split(".", 2)[2] if exc.key.count(".") >= 2 else ""
+        raise ConfigError(f"{key}.{sub}" if sub else key, exc.problem, src) from None
+
+
+def _number(raw: dict, name: str, default: float, low: float, high: float, *, above: bool = False) -> float:
+    value = raw.get(name, default)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and low <= value <= high
+    if not ok or (above and value <= low):
+        span = f"above {low:g} up to {high:g}" if above else f"from {low:g} to {high:g}"
+        raise ConfigError(f"workload.{name}", f"{value!r} is not a number {span}")
+    return float(value)
+
+
+def _integer(raw: dict, name: str, default: int, low: int, high: int) -> int:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"workload.{name}", f"{value!r} is not a whole number from {low:,} to {high:,}")
+    return value
+
+
+def _choice(raw: dict, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = raw.get(name, default)
+    if value not in choices:
+        raise ConfigError(f"workload.{name}", f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _network(raw: dict, name: str, default: str, version: int):
+    value = raw.get(name, default)
+    try:
+        net = ipaddress.ip_network(value, strict=False) if isinstance(value, str) else None
+    except ValueError:
+        net = None
+    if net is None or net.version != version:
+        raise ConfigError(f"workload.{name}", f"{value!r} is not an IPv{version} network like {default!r}")
+    return net
+
+
+def _target(raw: dict, name: str, config: Config, family: int) -> tuple[IPAddress, int] | None:
+    if name in raw:
+        address, port = parse_endpoint(raw[name], f"workload.{name}")
+        if address.version != family:
+            other = "target6" if family == 4 else "target"
+            raise ConfigError(f"workload.{name}", f"{raw[name]} is IPv{address.version}: give it as {other}")
+        return address, port
+    for svc in config.services:
+        if svc.protocol == "tcp" and svc.vip.version == family:
+            return svc.vip, svc.port
+    return None
+
+
+def _build(raw: dict, config: Config, where) -> Workload:
+    clients = _integer(raw, "clients", 100, 1, MAX_CLIENTS)
+    share = _number(raw, "ipv6_share", 0.0, 0.0, 1.0)
+    target = _target(raw, "target", config, 4)
+    target6 = _target(raw, "target6", config, 6)
+    n6 = round(clients * share)
+    if share > 0 and target6 is None:
+        raise ConfigError(
+            "workload.ipv6_share",
+            f"{share:g} of the clients are IPv6, but no TCP service has an IPv6 VIP (or give target6)",
+        )
+    if share < 1 and target is None:
+        raise ConfigError(
+            "workload.ipv6_share", "IPv4 clients need an IPv4 TCP service (or give target, or ipv6_share = 1)"
+        )
+    if (share > 0 and n6 == 0) or (share < 1 and n6 == clients):
+        raise ConfigError("workload.clients", f"{clients} clients are too few for an IPv6 share of {share:g}")
+    nets = (_network(raw, "clients_v4", DEFAULT_CLIENTS_V4, 4), _network(raw, "clients_v6", DEFAULT_CLIENTS_V6, 6))
+    for net, count, name in ((nets[0], clients - n6, "clients_v4"), (nets[1], n6, "clients_v6")):
+        if count > net.num_addresses - 2:  # neither the network's own address nor the last
+            raise ConfigError(f"workload.{name}", f"{net} holds fewer than the {count:,} clients asked for")
+    arrival = _choice(raw, "arrival", "capture" if "capture" in raw else "poisson", ARRIVALS)
+    capture = raw.get("capture")
+    if arrival == "capture":
+        if not isinstance(capture, (str, Path)) or not str(capture):
+            raise ConfigError("workload.capture", 'arrival = "capture" needs capture = "path.pcap"')
+        capture = Path(capture)
+    elif capture is not None:
+        raise ConfigError("workload.capture", f'a capture gives the arrivals, not arrival = "{arrival}"')
+    rate = _number(raw, "rate", 100.0, 0.0, MAX_RATE, above=True)
+    # A capture's SYNs all count unless a duration cuts them short (from the first SYN on).
+    whole = arrival == "capture" and "duration" not in raw
+    duration = math.inf if whole else _number(raw, "duration", 1.0, 0.0, MAX_DURATION_S, above=True)
+    requests = _integer(raw, "requests_per_conn", 1, 1, MAX_REQUESTS)
+    keep_alive = raw.get("keep_alive", True)
+    if not isinstance(keep_alive, bool):
+        raise ConfigError("workload.keep_alive", f"expected true or false, got {keep_alive!r}")
+    request_size = parse_distribution(
+        raw.get("request_size", DEFAULT_REQUEST_BYTES), "workload.request_size", high=MAX_REQUEST_BYTES
+    )
+    smallest = min(len(request_template(t, b"")) for t in (target, target6) if t)
+    if request_size.kind in ("fixed", "empirical") and min(request_size.values or (request_size.mean,)) < smallest:
+        raise ConfigError(
+            "workload.request_size",
+            f"a request of these headers is at least {smallest} bytes ({request_size} asked for)",
+        )
+    seed = _integer(raw, "seed", 0, 0, MAX_SEED)
+    return Workload(
+        target=target if share < 1 else None,
+        target6=target6 if share > 0 else None,
+        clients=clients,
+        arrival=arrival,
+        rate=rate,
+        capture=capture if arrival == "capture" else None,
+        duration=duration,
+        requests_per_conn=requests,
+        keep_alive=keep_alive,
+        think_time=parse_distribution(raw.get("think_time", 0), "workload.think_time", high=MAX_SECONDS),
+        request_size=request_size,
+        response_size=parse_distribution(
+            raw.get("response_size", DEFAULT_RESPONSE_BYTES), "workload.response_size", low=1, high=MAX_RESPONSE_BYTES
+        ),
+        rtt=_number(raw, "rtt", DEFAULT_RTT_S, 0.0, MAX_SECONDS),
+        ipv6_share=share,
+        clients_v4=nets[0],
+        clients_v6=nets[1],
+        seed=seed,
+        linktype=_choice(raw, "linktype", "ethernet", LINKTYPES),
+    )
+
+
+# The request: "GET /" + padding + the rest, so that any size from the headers' own length on is exact.
+REQUEST_HEAD = b"GET /"
+REQUEST_TAIL = b" HTTP/1.1\r\nHost: %s\r\nUser-Agent: l4emu-gen\r\nAccept: */*\r\n\r\n"
+
+
+def request_template(target: tuple[IPAddress, int], padding: bytes) -> bytes:
+    """The HTTP request to `target` with `padding` as its path (the generator pads in C the same way)."""
+    return REQUEST_HEAD + padding + REQUEST_TAIL % format_endpoint(*target).encode()
+
+
+def with_seed(workload: Workload, seed: int) -> Workload:
+    return dataclasses.replace(workload, seed=seed)
