@@ -49,6 +49,21 @@ MAX_SERVICE_TIME_S = 3600.0  # a request served for more than an hour is a typo
 MAX_RESPONSE_BYTES = 1 << 30
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# A cluster of switch instances behind ECMP (l4emu/cluster/): its limits and vocabularies.
+MAX_INSTANCES = 64  # the cluster path's fixed next-hop arrays
+ECMP_MODES = ("hash", "resilient")
+CONSISTENCY_DESIGNS = (  # l4emu/cluster/designs.py describes each, from its paper
+    "maglev",
+    "maglev-global",
+    "rendezvous-second-chance",
+    "beamer",
+    "cheetah",
+    "jet",
+    "silkroad-delay",
+    "hash",
+    "consistent",
+)
+DEFAULT_INSERT_DELAY_MS = 1.0  # silkroad-delay: how long a new entry takes to land (an assumption; see docs/cluster.md)
 ENDPOINT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>\d+)$")
 
 
@@ -195,6 +210,16 @@ class Service:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """[cluster]: N switch instances behind a router's ECMP, and the consistency designs to run."""
+
+    instances: int = 1
+    ecmp: str = "hash"
+    consistency: tuple[str, ...] = ("maglev",)
+    insert_delay_ms: float = DEFAULT_INSERT_DELAY_MS
+
+
+@dataclass(frozen=True)
 class Config:
     services: tuple[Service, ...]
     max_connections: int = 1 << 20
@@ -204,6 +229,7 @@ class Config:
     expire_nodest_conn: bool = False
     # [workload] as written: emulated clients only (l4emu/workload.py checks it), so replay never parses it
     workload: dict = field(default_factory=dict)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 def format_endpoint(address: IPAddress, port: int) -> str:
@@ -527,7 +553,7 @@ def _netmask(value, family: int, key: str) -> int:
 def from_dict(raw: dict, schedulers) -> Config:
     """Validate a parsed TOML document; `schedulers` are the names that exist (a mapping of names
     to the flags each accepts also checks scheduler_flags; schedulers.catalog() gives one)."""
-    raw = _take(raw, "", {"service", "table", "timeouts", "workload"})
+    raw = _take(raw, "", {"service", "table", "timeouts", "workload", "cluster"})
     workload = raw.get("workload", {})
     if not isinstance(workload, dict):
         raise ConfigError("workload", f"expected a table, got {type(workload).__name__}")
@@ -554,6 +580,9 @@ def from_dict(raw: dict, schedulers) -> Config:
         seen.add(ident)
     _check_fronts(services)
     _check_hosts(services)
+    cluster = cluster_settings(raw.get("cluster", {}))
+    if cluster.instances > 1 and any(real.emulated for svc in services for real in svc.reals):
+        raise ConfigError("cluster.instances", "a cluster runs without emulated reals for now (remove emulated = true)")
     return Config(
         services=services,
         max_connections=max_conns,
@@ -562,7 +591,34 @@ def from_dict(raw: dict, schedulers) -> Config:
         sloppy_tcp=_typed(table.get("sloppy_tcp", False), bool, "table.sloppy_tcp"),
         expire_nodest_conn=_typed(table.get("expire_nodest_conn", False), bool, "table.expire_nodest_conn"),
         workload=workload,
+        cluster=cluster,
     )
+
+
+def cluster_settings(raw) -> ClusterSettings:
+    """[cluster]: instances 1-64, ecmp "hash" or "resilient", consistency a design name or a list of them."""
+    raw = _take(raw, "cluster", {"instances", "ecmp", "consistency", "insert_delay_ms"})
+    instances = _typed(raw.get("instances", 1), int, "cluster.instances")
+    if not 1 <= instances <= MAX_INSTANCES:
+        raise ConfigError("cluster.instances", f"{instances} is out of range 1-{MAX_INSTANCES}")
+    ecmp = _typed(raw.get("ecmp", "hash"), str, "cluster.ecmp")
+    if ecmp not in ECMP_MODES:
+        raise ConfigError("cluster.ecmp", f"{ecmp!r} is not one of {', '.join(ECMP_MODES)}")
+    designs = raw.get("consistency", ["maglev"])
+    designs = [designs] if isinstance(designs, str) else designs
+    if not isinstance(designs, list) or not designs or not all(isinstance(d, str) for d in designs):
+        raise ConfigError(
+            "cluster.consistency", f'expected a design name or a list like ["maglev", "beamer"], got {designs!r}'
+        )
+    for name in designs:
+        if name not in CONSISTENCY_DESIGNS:
+            raise ConfigError(
+                "cluster.consistency", f"unknown design {name!r} (known: {', '.join(CONSISTENCY_DESIGNS)})"
+            )
+    delay = raw.get("insert_delay_ms", DEFAULT_INSERT_DELAY_MS)
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 60_000:
+        raise ConfigError("cluster.insert_delay_ms", f"{delay!r} is not a number of milliseconds from 0 to 60000")
+    return ClusterSettings(instances, ecmp, tuple(dict.fromkeys(designs)), float(delay))
 
 
 # Installed beside this module (package data). Read as a file, not through importlib.resources: l4emu is

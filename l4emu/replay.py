@@ -52,6 +52,7 @@ def replay(
         raise OptionError("--annotate writes packet comments, which need a .pcapng output (-o out.pcapng)")
     known = {real.endpoint for _, real in switch.reals}
     for event in events:
+        event_needs_no_cluster(event)
         if event.endpoint not in known:
             raise EventError(f"--event {event}: no real server {event.endpoint} in the config")
     if any(t < 0 for t in at):
@@ -117,6 +118,15 @@ def replay(
         summary["emulated"]["superseded"] = emulator.superseded
         summary["emulated"]["answers"] = emulator.answers  # they went through the switch too
     return summary
+
+
+def event_needs_no_cluster(event: Event) -> None:
+    """lb-down, lb-up and lb-add change a cluster's instances: one switch has none."""
+    if event.instance is not None or event.action.startswith("lb-"):
+        raise EventError(
+            f"--event {event}: a cluster event (lb-down, lb-up, lb-add, permute) needs a cluster: "
+            "l4emu compare CAPTURE --cluster N"
+        )
 
 
 def _batches(reader, switch: Switch, clock: _Moments, writer, inner, annotate: bool, comments, progress) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import Callable
 
 from l4emu import config as configmod
 from l4emu import schedulers
@@ -48,7 +49,13 @@ def _mask_bytes(prefix: int, family: int) -> bytes:
 class Switch:
     """One emulated L4 switch: config in, packets through, snapshots out."""
 
-    def __init__(self, config: configmod.Config, seed: int | None = None):
+    def __init__(
+        self,
+        config: configmod.Config,
+        seed: int | None = None,
+        make_scheduler: Callable[[schedulers.Scheduler], schedulers.Scheduler] | None = None,
+    ):
+        """`make_scheduler` wraps each service's scheduler (a cluster's instances take a steered one)."""
         self.config = config
         self.seed = seed
         # The seeded generator is the only source of randomness, so a seeded replay repeats exactly.
@@ -66,13 +73,18 @@ class Switch:
         except MemoryError as exc:  # the table is allocated whole, at its maximum
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
+        wrap = make_scheduler or (lambda scheduler: scheduler)
         for svc in config.services:
             self._datapath.add_service(
                 svc.vip.packed,
                 svc.vip.version,
                 svc.port,
                 PROTO_NUMBERS[svc.protocol],
-                schedulers.create(svc.scheduler, svc.scheduler_flags, svc.mh_table_size, self.random.getrandbits(64)),
+                wrap(
+                    schedulers.create(
+                        svc.scheduler, svc.scheduler_flags, svc.mh_table_size, self.random.getrandbits(64)
+                    )
+                ),
                 [(r.address.packed, r.port, r.weight, r.upper_threshold, r.lower_threshold) for r in svc.reals],
                 svc.persistence,
                 _mask_bytes(svc.persistence_netmask, svc.vip.version),

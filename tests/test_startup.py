@@ -34,7 +34,8 @@ print(json.dumps({"code": code, "new": sorted(set(sys.modules) - before)}))
 # importlib.resources (the default config is read as a file beside the package).
 HEAVY = ("l4emu.cli.live", "l4emu.live", "l4emu.io.tun", "l4emu.hosts", "l4emu.emulate", "l4emu.compare",
          "l4emu.render.report", "l4emu.workload", "l4emu.clients", "l4emu.cli.simulate", "l4emu.dist", "matplotlib",
-         "scapy", "dpkt", "importlib.metadata", "importlib.resources", "click._termui_impl")
+         "scapy", "dpkt", "importlib.metadata", "importlib.resources", "click._termui_impl",
+         "l4emu.cluster", "l4emu.render.cluster")
 
 
 def loaded(*args) -> tuple[int, list[str]]:

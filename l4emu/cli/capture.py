@@ -159,6 +159,11 @@ def replay(
     if state_out:
         _write_state(state_out, switch.snapshot())
     click.echo(views.to_json(summary) if as_json else views.summary_text(summary))
+    if switch.config.cluster.instances > 1:
+        summary["warnings"].append(
+            f"[cluster] instances = {switch.config.cluster.instances}: replay runs one switch; "
+            f"`l4emu compare {capture}` runs the cluster"
+        )
     for warning in summary["warnings"]:
         click.echo(f"l4emu: warning: {warning}", err=True)
     if summary["error"]:
@@ -270,8 +275,27 @@ DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
     "(PNG, or .svg/.pdf; needs matplotlib).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (with the time series).")
-def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json):
-    """Replay CAPTURE once per scheduler and compare how each spreads the load."""
+@click.option(
+    "--cluster",
+    "instances",
+    type=click.IntRange(1, 64),
+    help="Run N switch instances behind ECMP and compare consistency designs (default: [cluster] instances).",
+)
+@click.option(
+    "--consistency",
+    metavar="DESIGN,...",
+    help="With a cluster: the designs to compare (maglev, maglev-global, rendezvous-second-chance, beamer, "
+    "cheetah, jet, silkroad-delay, hash, consistent; default: [cluster] consistency).",
+)
+@click.option("--ecmp", type=click.Choice(["hash", "resilient"]), help="With a cluster: the router's ECMP.")
+def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json, instances, consistency, ecmp):
+    """Replay CAPTURE once per scheduler and compare how each spreads the load; with --cluster N (or a
+    [cluster] of several instances), once per consistency design: what broke, moved and was redirected."""
+    if instances is not None or consistency is not None or ecmp is not None:
+        _compare_cluster(
+            capture, config_path, events, seed, capture_servers, plot, as_json, instances, consistency, ecmp
+        )
+        return
     from l4emu import config as configmod
     from l4emu import schedulers
     from l4emu.compare import compare as run_compare
@@ -291,6 +315,9 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
                 f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
             )
         config = _build_config(config_path, (), (), None, capture_servers)
+        if config.cluster.instances > 1:  # the config describes a cluster: compare its designs
+            _compare_cluster(capture, config_path, [str(e) for e in events], seed, capture_servers, plot, as_json)
+            return
         result = run_compare(capture, config, chosen, events, seed)
     except (L4emuError, OSError) as exc:
         fail(str(exc))
@@ -313,3 +340,43 @@ def _write_plot(result: dict, path: Path) -> None:
         fail(f"{path}: cannot write the plot: {exc.strerror or exc}")
     except ValueError as exc:  # a format matplotlib does not write (.foo)
         fail(f"{path}: cannot write the plot: {exc}")
+
+
+def _compare_cluster(
+    capture, config_path, events, seed, capture_servers, plot, as_json, instances=None, consistency=None, ecmp=None
+):
+    """`compare --cluster N --consistency a,b`: the capture through N instances once per design."""
+    from l4emu import config as configmod
+    from l4emu.cluster.run import compare as run_cluster
+    from l4emu.events import parse_event
+    from l4emu.render import cluster as render
+    from l4emu.render import views
+
+    if plot is not None:
+        _refuse_overwriting(capture, {"--plot": plot})
+    try:
+        parsed = [parse_event(e) for e in events]
+        config = _build_config(config_path, (), (), None, capture_servers)
+        designs = list(config.cluster.consistency)
+        if consistency is not None:
+            designs = list(dict.fromkeys(n.strip() for n in consistency.split(",") if n.strip()))
+            unknown = [n for n in designs if n not in configmod.CONSISTENCY_DESIGNS]
+            if not designs or unknown:
+                raise configmod.ConfigError(
+                    "--consistency",
+                    f"unknown design(s) {', '.join(unknown) or '(none given)'} "
+                    f"(known: {', '.join(configmod.CONSISTENCY_DESIGNS)})",
+                )
+        result = run_cluster(capture, config, designs, parsed, instances, ecmp, seed)
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    click.echo(views.to_json(result) if as_json else render.cluster_text(result))
+    for warning in dict.fromkeys(w for run in result["runs"] for w in run["warnings"]):
+        click.echo(f"l4emu: warning: {warning}", err=True)
+    if plot:
+        try:
+            render.cluster_plot(result, plot)
+        except L4emuError as exc:
+            fail(str(exc))
+        except (OSError, ValueError) as exc:
+            fail(f"{plot}: cannot write the plot: {exc}")
