@@ -3,7 +3,7 @@
 Start-up is part of every command's run time, so this module holds only the group and what the
 commands share (`fail`, `config_option`); each command lives with its kin (capture.py: replay, compare;
 views.py: conntrack, sockets, stats; config.py: config, check; live.py: live, real, lab;
-simulate.py: gen, the emulated clients; sweep.py: sweep), is loaded
+simulate.py: gen, simulate: the emulated clients; sweep.py: sweep), is loaded
 only when named, and imports the parts of l4emu it uses when it runs. The short help of every command is
 kept here, so `l4emu --help` lists them all without loading any.
 tests/test_startup.py fails when a plain `l4emu replay` imports what it does not use.
@@ -39,6 +39,7 @@ LAZY_COMMANDS = {
     "real": ("l4emu.cli.live:real", "Change a real of a running `l4emu live`."),
     "lab": ("l4emu.cli.live:lab", "Build or remove the network-namespace lab."),
     "gen": ("l4emu.cli.simulate:gen", "Write emulated clients' packets (a workload) to a capture."),
+    "simulate": ("l4emu.cli.simulate:simulate", "Emulated clients to emulated reals: response times."),
 }
 
 

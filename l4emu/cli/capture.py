@@ -250,7 +250,7 @@ DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
 
 
 @click.command()
-@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @config_option("TOML config (default: the embedded one).")
 @click.option(
     "--schedulers", "names", default=DEFAULT_COMPARE, show_default=True, help="Comma-separated schedulers to compare."
@@ -288,9 +288,45 @@ DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
     "cheetah, jet, silkroad-delay, hash, consistent; default: [cluster] consistency).",
 )
 @click.option("--ecmp", type=click.Choice(["hash", "resilient"]), help="With a cluster: the router's ECMP.")
-def compare(capture, config_path, names, events, seed, capture_servers, plot, as_json, instances, consistency, ecmp):
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="No capture: the config's emulated clients ([workload]) through each scheduler to its emulated reals.",
+)
+@click.option("--rate", type=float, help="With --simulate: sessions per second [workload.rate].")
+@click.option("--duration", type=float, help="With --simulate: seconds of arrivals [workload.duration].")
+@click.option("--clients", type=int, help="With --simulate: distinct client addresses [workload.clients].")
+def compare(
+    capture,
+    config_path,
+    names,
+    events,
+    seed,
+    capture_servers,
+    plot,
+    as_json,
+    instances,
+    consistency,
+    ecmp,
+    simulate,
+    rate,
+    duration,
+    clients,
+):
     """Replay CAPTURE once per scheduler and compare how each spreads the load; with --cluster N (or a
-    [cluster] of several instances), once per consistency design: what broke, moved and was redirected."""
+    [cluster] of several instances), once per consistency design: what broke, moved and was redirected;
+    with --simulate, run the emulated clients once per scheduler and compare their response times."""
+    if simulate:
+        if capture is not None or events or capture_servers:
+            fail("compare --simulate: no capture, --event or --capture-servers (the clients are emulated)")
+        _compare_simulated(
+            config_path, names, seed, plot, as_json, {"rate": rate, "duration": duration, "clients": clients}
+        )
+        return
+    if rate is not None or duration is not None or clients is not None:
+        fail("compare: --rate, --duration and --clients go with --simulate")
+    if capture is None:
+        fail("compare: give a CAPTURE (or --simulate to compare with emulated clients)")
     if instances is not None or consistency is not None or ecmp is not None:
         _compare_cluster(
             capture, config_path, events, seed, capture_servers, plot, as_json, instances, consistency, ecmp
@@ -327,6 +363,38 @@ def compare(capture, config_path, names, events, seed, capture_servers, plot, as
         click.echo(f"l4emu: warning: {warning}", err=True)
     if plot:
         _write_plot(result, plot)
+
+
+def _compare_simulated(config_path, names: str, seed, plot, as_json: bool, flags: dict) -> None:
+    """compare --simulate: the same workload and seed through each scheduler."""
+    from l4emu import config as configmod
+    from l4emu import schedulers
+    from l4emu.cli.simulate import load_workload
+    from l4emu.compare import with_scheduler
+    from l4emu.render import report, views
+    from l4emu.simulate import simulate as run_simulate
+
+    try:
+        known = schedulers.catalog()
+        chosen = [n.strip() for n in names.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in known]
+        if not chosen or unknown:
+            raise configmod.ConfigError(
+                "--schedulers",
+                f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
+            )
+        config, workload = load_workload(config_path, {**flags, "seed": seed})
+        results = [run_simulate(with_scheduler(config, name), workload, workload.seed) for name in chosen]
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    click.echo(views.to_json({"runs": results}) if as_json else report.simulate_compare_text(results))
+    if plot:
+        try:
+            report.simulate_plot(results, plot)
+        except L4emuError as exc:
+            fail(str(exc))
+        except (OSError, ValueError) as exc:
+            fail(f"{plot}: cannot write the plot: {exc}")
 
 
 def _write_plot(result: dict, path: Path) -> None:

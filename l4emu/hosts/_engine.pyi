@@ -5,6 +5,7 @@ STATE_NAMES: tuple[str, ...]
 COUNTER_NAMES: tuple[str, ...]
 APPS: tuple[str, ...]
 RESPONSES: dict[int, tuple[int, str, bool]]
+DIST_KINDS: dict[str, int]
 
 def http_response(code: int, reason: str, close: bool, name: str) -> bytes: ...
 def read_frame(
@@ -16,8 +17,20 @@ class Engine:
     def add_host(self, address: bytes, rng: random.Random) -> int: ...
     def set_reals(self, hosts: list[int | None]) -> None: ...
     def listen(
-        self, host: int, port: int, app: str, backlog: int, interval_ns: int, abort_on_overflow: bool, name: str
+        self,
+        host: int,
+        port: int,
+        app: str,
+        backlog: int,
+        interval_ns: int,
+        abort_on_overflow: bool,
+        name: str,
+        workers: int = ...,
+        service: tuple[str, float, float, tuple[float, ...]] | None = ...,
+        response: tuple[str, float, float, tuple[float, ...]] | None = ...,
+        seed64: int = ...,
     ) -> None: ...
+    def capacity(self) -> list[tuple[int, int, int, int, int, int, int, int, float, float]]: ...
     def bind_udp(self, host: int, port: int, app: str, name: str) -> None: ...
     def next_deadline(self) -> int | None: ...
     def host_count(self) -> int: ...

@@ -81,6 +81,110 @@ def compare_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def simulate_text(result: dict) -> str:
+    """The clients' experience per real and in total: requests, response times, queues, utilisation."""
+    lines = [
+        f"workload   {result['workload']}; scheduler {', '.join(result['schedulers'])}",
+        f"simulated  {result['span_s']:g} s: {result['sessions']:,} sessions, {result['connections']:,} connections, "
+        f"{result['requests']:,} requests, {result['answered']:,} answered",
+        "",
+        f"  {'real':<24} {'requests':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'queue':>6} {'max q':>6} {'util':>6} {'refused':>8}",
+    ]
+    for r in result["reals"]:
+        queue = (
+            f"{r['queue_mean']:>6.2f} {r['queue_max']:>6} {r['utilisation']:>6.1%}"
+            if "queue_mean" in r
+            else (f"{'-':>6} {'-':>6} {'-':>6}")
+        )
+        lines.append(
+            f"  {r['real']:<24} {r['requests']:>9,} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['max_ms']:>8.2f} {queue} {r['refused']:>8,}"
+        )
+    lines.append(
+        f"  {'all':<24} {result['answered']:>9,} {result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} "
+        f"{result['p99_ms']:>8.2f} {result['max_ms']:>8.2f}"
+    )
+    failed = {k: v for k, v in result["failures"].items() if v}
+    lines += [
+        "",
+        "response time: from the request's first byte at the switch to the answer's last byte, plus the round trip;",
+        "queue: requests waiting for a worker (time average, then the longest); util: busy workers' share.",
+        f"failures   {', '.join(f'{k} {v:,}' for k, v in failed.items()) or 'none'}"
+        + (f"; {result['syn_retransmits']:,} SYNs sent again" if result["syn_retransmits"] else ""),
+        f"packets    {result['packets']['clients']:,} from clients, {result['packets']['answers']:,} from reals"
+        + (f", written to {result['output']}" if result["output"] else ""),
+        f"time       {result['cpu_s']:.3f} s of CPU",
+    ]
+    return "\n".join(lines)
+
+
+def simulate_compare_text(results: list[dict]) -> str:
+    """One row per scheduler: response time percentiles overall and per real, failures."""
+    lines = [f"workload   {results[0]['workload']}", ""]
+    reals = [r["real"] for r in results[0]["reals"]]
+    lines.append(
+        f"  {'scheduler':<10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}  "
+        f"{'p99 ms per real (' + ', '.join(reals) + ')'}"
+    )
+    for result in results:
+        per_real = " ".join(f"{r['p99_ms']:.2f}" for r in result["reals"])
+        lines.append(
+            f"  {result['schedulers'][0]:<10} {result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} "
+            f"{result['p99_ms']:>8.2f} {result['max_ms']:>8.2f}  {per_real}"
+        )
+    lines += ["", f"  {'scheduler':<10} {'requests per real':<28} {'mean queue per real':<28} {'util per real'}"]
+    for result in results:
+        requests = " ".join(str(r["requests"]) for r in result["reals"])
+        queues = " ".join(f"{r.get('queue_mean', 0):.2f}" for r in result["reals"])
+        utilisation = " ".join(f"{r.get('utilisation', 0):.0%}" for r in result["reals"])
+        lines.append(f"  {result['schedulers'][0]:<10} {requests:<28} {queues:<28} {utilisation}")
+    return "\n".join(lines)
+
+
+def simulate_plot(results: list[dict], path) -> None:
+    """Left: the response-time CDF, a line per scheduler; right: each real's wait queue over time, a row
+    per scheduler. Written atomically; needs matplotlib."""
+    plt = _pyplot()
+    rows = len(results)
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 2.6 * rows + 0.6), squeeze=False, layout="constrained")
+    cdf = axes[0, 0]
+    for result in results:
+        steps = len(result["cdf_ms"])
+        cdf.plot(result["cdf_ms"], [(k + 1) / steps for k in range(steps)], label=result["schedulers"][0])
+    cdf.set_xlabel("response time (ms)")
+    cdf.set_ylabel("share of requests")
+    cdf.set_title("response time CDF", fontsize=9, loc="left")
+    cdf.grid(alpha=0.3)
+    cdf.legend(fontsize=7)
+    for row in range(1, rows):
+        axes[row, 0].axis("off")
+    for row, result in enumerate(results):
+        ax = axes[row, 1]
+        times = [t for t, _, _ in result["queue_over_time"]]
+        for i, real in enumerate(r["real"] for r in result["reals"]):
+            ax.plot(times, [q[i] for _, q, _ in result["queue_over_time"]], label=real, linewidth=1.1)
+        ax.set_title(f"{result['schedulers'][0]}: requests waiting per real", fontsize=9, loc="left")
+        ax.set_ylabel("waiting", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1, 1].set_xlabel("seconds of packet time")
+    _save_atomically(fig, path)
+    plt.close(fig)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, or a one-line error naming the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise OptionError("--plot needs matplotlib: pip install 'l4emu[plot]'") from None
+    return plt
+
+
 def sweep_text(result: dict) -> str:
     """A line per grid point and service, in grid order; failed points say why."""
     lines = [f"sweep {result['spec']}: {len(result['rows'])} runs on {result['engine']}", ""]
@@ -178,13 +282,7 @@ def compare_plot(result: dict, path) -> None:
     """Active connections per real over time: a row per scheduler, a column (panel) per service; each
     event a dotted line saying what happened, drawn where its real serves. Written under a temporary
     name and renamed, so a failed write leaves nothing. Needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise OptionError("--plot needs matplotlib: pip install 'l4emu[plot]'") from None
+    plt = _pyplot()
     runs = result["runs"]
     columns = max(len(run["services"]) for run in runs)  # a sweep's configs may differ in their services
     # constrained layout makes room for the legends outside the panels, so they never cover a line

@@ -1,0 +1,185 @@
+"""Simulate: emulated clients through the switch to emulated servers with finite capacity, closed loop.
+
+The clients (l4emu.clients._clients) open real TCP connections to the VIP, the datapath schedules
+and NATs them as in replay, the emulated reals (l4emu.hosts) serve each request with their workers
+for a drawn service time, and every answer goes back through the switch to its client, which waits
+for it before its next request. Response time is an outcome: what users would see from the switch's
+scheduler and the reals' capacity. Everything runs on the packet clock, so a seed fixes every byte.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from l4emu import config as configmod
+from l4emu.datapath._batch import NS
+from l4emu.errors import OptionError
+from l4emu.switch import Switch
+from l4emu.workload import Workload
+
+SAMPLES = 200  # queue-length and active-connection samples over the simulated span
+PERCENTILES = (50, 90, 99)
+CDF_STEPS = 200  # the response-time distribution kept for plots: its 0.5th, 1st, ... 100th percentiles
+MS = 1e6  # nanoseconds per millisecond
+
+
+def percentile(sorted_values: list[int], p: float) -> float:
+    """The nearest-rank percentile (the value at rank ceil(p/100 * n)), as load-testing tools report it."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return float(sorted_values[rank - 1])
+
+
+def check_emulated(config: configmod.Config, workload: Workload) -> None:
+    """Every real of a service the clients connect to must answer for itself."""
+    for target in (workload.target, workload.target6):
+        if target is None:
+            continue
+        for svc in config.services:
+            if (svc.vip, svc.port) == target and svc.protocol == "tcp":
+                plain = [real.endpoint for real in svc.reals if not real.emulated]
+                if plain:
+                    raise OptionError(
+                        f"simulate: TCP {svc.endpoint} has reals that are not emulated ({', '.join(plain)}): "
+                        "give them emulated = true (and workers, service_time for their capacity)"
+                    )
+
+
+def simulate(
+    config: configmod.Config,
+    workload: Workload,
+    seed: int,
+    output: str | Path | None = None,
+    fmt: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Run the workload's clients through a Switch of `config` until every conversation has ended; the
+    outcome per real (requests, response times, queues, utilisation, refusals) and in total. `output`
+    gets the whole conversation as the clients see it (their packets, the answers after SNAT)."""
+    from l4emu.clients._clients import Clients
+    from l4emu.clients.gen import LINKTYPE, SNAPLEN, model_arguments
+    from l4emu.emulate import BatchSink, Emulator
+    from l4emu.io import Interface, open_writer
+
+    check_emulated(config, workload)
+    switch = Switch(config, seed)
+    clients = Clients(**model_arguments(workload))
+    writer = (
+        open_writer(output, [Interface(LINKTYPE[workload.linktype], SNAPLEN, True)], nanosecond=True, fmt=fmt)
+        if output
+        else None
+    )
+    try:
+        emulator = Emulator(switch, outside=BatchSink.writer(writer) if writer else None, restamp=False)
+        assert switch.hosts is not None  # check_emulated: the clients' services are emulated
+        engine = switch.hosts.engine
+        samples: list[tuple[int, list, list[int]]] = []
+
+        def on_sample(now: int) -> None:
+            samples.append((now, engine.capacity(), [r["active"] for r in switch.real_counters()]))
+            if on_progress:
+                on_progress(now)
+
+        span = workload.duration if math.isfinite(workload.duration) else 1.0
+        started = time.process_time()
+        last = emulator.loop.simulate(clients, max(1, int(span * NS / SAMPLES)), on_sample)
+        cpu = time.process_time() - started
+        emulator.flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return _outcome(config, workload, switch, clients, samples, last, cpu, output)
+
+
+def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, output) -> dict:
+    first = clients.first_ns
+    span_ns = max(1, last - first)
+    times_by_real: dict[int, list[int]] = {}
+    for real, ns in clients.response_times():
+        times_by_real.setdefault(real, []).append(ns)
+    capacity = {(host, port): row for host, port, *row in switch.hosts.engine.capacity()}
+    host_of = {address: h for h, address in enumerate(switch.hosts.addresses)}
+    snapshot = {row["host"]: row["counters"] for row in switch.sockets()}
+    reals = []
+    for index, (svc, real) in enumerate(switch.reals):
+        if not real.emulated or svc.protocol != "tcp":
+            continue
+        times = sorted(times_by_real.get(index, []))
+        row = capacity.get((host_of[real.address.packed], real.port))
+        counters = snapshot.get(configmod.format_address(real.address), {})
+        entry = {
+            "service": f"{svc.protocol.upper()} {svc.endpoint}",
+            "real": real.endpoint,
+            "requests": len(times),
+            **_times(times),
+            "workers": real.workers,
+            "refused": counters.get("listen_drops", 0),  # SYNs a full queue dropped (Linux ListenDrops)
+        }
+        if row is not None:
+            workers, served, waited, queue_max, _, _, queue_area, busy_area = row
+            entry.update(
+                served=served,
+                waited=waited,
+                queue_mean=round(queue_area / span_ns, 3),
+                queue_max=queue_max,
+                utilisation=round(busy_area / (workers * span_ns), 4),
+            )
+        reals.append(entry)
+    everything = sorted(ns for _, ns in clients.response_times())
+    series_reals = [r["real"] for r in reals]
+    return {
+        "workload": workload.describe(),
+        "schedulers": sorted({svc.scheduler for svc in config.services}),
+        "output": str(output) if output else None,
+        "span_s": round(span_ns / NS, 6),
+        "sessions": clients.sessions,
+        "connections": clients.conversations,
+        "requests": clients.requests_sent,
+        "answered": len(everything),
+        **_times(everything),
+        "failed_requests": clients.failed_requests,
+        "failures": clients.failures(),
+        "syn_retransmits": clients.syn_retransmits,
+        "packets": {"clients": clients.packets, "answers": switch_answers(switch, clients)},
+        "reals": reals,
+        "queue_over_time": _queue_series(samples, first, series_reals, switch),
+        "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
+        "cpu_s": round(cpu, 3),
+    }
+
+
+def switch_answers(switch, clients) -> int:
+    """Packets the emulated reals sent (what the switch counted as their replies)."""
+    return sum(r["out_pkts"] for r in switch.real_counters())
+
+
+def _times(sorted_ns: list[int]) -> dict:
+    """Response-time figures in milliseconds (first request byte at the switch to the answer's last byte)."""
+    out = {f"p{p}_ms": round(percentile(sorted_ns, p) / MS, 3) for p in PERCENTILES}
+    out["mean_ms"] = round(sum(sorted_ns) / len(sorted_ns) / MS, 3) if sorted_ns else 0.0
+    out["max_ms"] = round(sorted_ns[-1] / MS, 3) if sorted_ns else 0.0
+    return out
+
+
+def _queue_series(samples, first: int, reals: list[str], switch) -> list:
+    """[(seconds, waiting per real, active connections per real)] at each sample: the plot's lines."""
+    host_of = {address: h for h, address in enumerate(switch.hosts.addresses)}
+    order = {}
+    for index, (_, real) in enumerate(switch.reals):
+        if real.endpoint in reals:
+            order[real.endpoint] = (index, host_of[real.address.packed], real.port)
+    series = []
+    for now, capacity, active in samples:
+        waiting = {(host, port): row[4] for host, port, *row in capacity}
+        series.append(
+            [
+                round((now - first) / NS, 6),
+                [waiting.get((order[r][1], order[r][2]), 0) for r in reals],
+                [active[order[r][0]] for r in reals],
+            ]
+        )
+    return series
