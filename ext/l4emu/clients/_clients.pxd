@@ -27,7 +27,7 @@ cdef class Clients(Generator):
     cdef int _end(self, uint32_t slot, uint64_t now) except -1
     cdef int _fail(self, uint32_t slot, int why, uint64_t now) except -1
     cdef bint _answered(self, const Conv* c) noexcept nogil
-    cdef void _schedule(self, uint32_t slot, uint64_t ts, uint8_t phase) noexcept nogil
+    cdef int _schedule(self, uint32_t slot, uint64_t ts, uint8_t phase) except -1 nogil
     cdef void _wait(self, Conv* c, uint8_t phase) noexcept nogil
     cdef void _pop(self) noexcept nogil
     cdef int _settle(self) except -1

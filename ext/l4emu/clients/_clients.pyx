@@ -184,12 +184,12 @@ cdef class Clients(Generator):
         return c.header_state == HEADER_END_LEN and c.body_left == 0
 
     # ---- the event heap -------------------------------------------------------------------------
-    cdef void _schedule(self, uint32_t slot, uint64_t ts, uint8_t phase) noexcept nogil:
+    cdef int _schedule(self, uint32_t slot, uint64_t ts, uint8_t phase) except -1 nogil:
         """The conversation's pending event becomes `phase` at ts (one it had is now stale)."""
         cdef Conv* c = &self.convs[slot]
         c.gen += 1
         c.phase, c.ts = phase, ts
-        self._push(slot, ts)
+        return self._push(slot, ts)
 
     cdef void _wait(self, Conv* c, uint8_t phase) noexcept nogil:
         """Nothing due: the conversation waits for the server in `phase`."""

@@ -114,7 +114,7 @@ cdef class Generator:
     cdef uint32_t* free_slots
     cdef uint32_t n_convs, cap_convs, n_free
     cdef Event* heap
-    cdef uint32_t heap_n
+    cdef uint32_t heap_n, heap_cap
     cdef readonly uint64_t sessions, conversations, conversations6, requests_sent, packets, first_ns, last_ns
 
     cdef _target(self, int f, bytes packed, uint16_t port, bytes tail)
@@ -123,7 +123,8 @@ cdef class Generator:
     cdef uint64_t _seconds(self, const Dist* d) noexcept nogil
     cdef void _open(self, Conv* c, uint64_t ts) noexcept nogil
     cdef int64_t _admit(self, uint64_t ts) except -1 nogil
-    cdef void _push(self, uint32_t slot, uint64_t ts) noexcept nogil
+    cdef int _push(self, uint32_t slot, uint64_t ts) except -1 nogil
+    cdef int _grow_heap(self, uint32_t cap) except -1 nogil
     cdef void _sift_down(self) noexcept nogil
     cdef uint32_t _frame(self, const Conv* c, uint8_t* out, uint8_t flags, uint32_t payload) noexcept nogil
     cdef uint32_t _request(self, const Conv* c, uint8_t* payload) noexcept nogil

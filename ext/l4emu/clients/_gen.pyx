@@ -159,12 +159,19 @@ cdef class Generator:
             with gil:
                 raise MemoryError()
         self.free_slots = slots
+        if self.heap_cap < cap:
+            self._grow_heap(cap)
+        self.cap_convs = cap
+        return 0
+
+    cdef int _grow_heap(self, uint32_t cap) except -1 nogil:
+        """The event heap's own room: the closed loop leaves replaced events in it until they surface."""
         cdef Event* heap = <Event*>realloc(self.heap, cap * sizeof(Event))
         if heap == NULL:
             with gil:
                 raise MemoryError()
         self.heap = heap
-        self.cap_convs = cap
+        self.heap_cap = cap
         return 0
 
     cdef void _draw_arrival(self) noexcept nogil:
@@ -227,9 +234,12 @@ cdef class Generator:
         self._push(slot, ts)
         return slot
 
-    cdef void _push(self, uint32_t slot, uint64_t ts) noexcept nogil:
-        cdef uint32_t i = self.heap_n, parent
+    cdef int _push(self, uint32_t slot, uint64_t ts) except -1 nogil:
+        cdef uint32_t i, parent
         cdef Event e
+        if self.heap_n == self.heap_cap:
+            self._grow_heap(self.heap_cap * 2)
+        i = self.heap_n
         e.ts, e.order, e.slot, e.gen = ts, self.order, slot, self.convs[slot].gen
         self.order += 1
         self.heap_n += 1
@@ -240,6 +250,7 @@ cdef class Generator:
             self.heap[i] = self.heap[parent]
             i = parent
         self.heap[i] = e
+        return 0
 
     cdef void _sift_down(self) noexcept nogil:
         """Put heap[0] where it belongs after its time moved on (or after the last event replaced it)."""
