@@ -1,7 +1,7 @@
 """The `l4emu` command: the only place that parses arguments or prints.
 
 Start-up is part of every command's run time, so this module holds only the group and what the
-commands share (`fail`, `config_option`); each command lives with its kin (capture.py: replay, compare;
+commands share (`fail`, `config_option`, `write_plot`); each command lives with its kin (capture.py: replay, compare;
 views.py: conntrack, sockets, stats; config.py: config, check; live.py: live, real, lab;
 simulate.py: gen, simulate: the emulated clients; sweep.py: sweep), is loaded
 only when named, and imports the parts of l4emu it uses when it runs. The short help of every command is
@@ -41,6 +41,21 @@ LAZY_COMMANDS = {
     "gen": ("l4emu.cli.simulate:gen", "Write emulated clients' packets (a workload) to a capture."),
     "simulate": ("l4emu.cli.simulate:simulate", "Emulated clients to emulated reals: response times."),
 }
+
+
+def write_plot(draw: Callable[[], None], path: Path) -> None:
+    """Draw a plot to `path`; each way it fails is one line: matplotlib missing (an L4emuError), a path
+    that cannot be written, a format matplotlib does not write (.foo)."""
+    from l4emu.errors import L4emuError
+
+    try:
+        draw()
+    except L4emuError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{path}: cannot write the plot: {exc.strerror or exc}")
+    except ValueError as exc:
+        fail(f"{path}: cannot write the plot: {exc}")
 
 
 def config_option(help_text: str = "TOML config (default: the embedded one).") -> Callable:

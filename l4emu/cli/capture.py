@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from l4emu.cli import config_option, fail
+from l4emu.cli import config_option, fail, write_plot
 from l4emu.errors import L4emuError
 
 PROGRESS_MIN_BYTES = 8 << 20  # smaller captures finish before a bar would help
@@ -362,7 +362,7 @@ def compare(
     for warning in dict.fromkeys(w for run in result["runs"] for w in run["warnings"]):
         click.echo(f"l4emu: warning: {warning}", err=True)
     if plot:
-        _write_plot(result, plot)
+        write_plot(lambda: report.compare_plot(result, plot), plot)
 
 
 def _compare_simulated(config_path, names: str, seed, plot, as_json: bool, flags: dict) -> None:
@@ -389,25 +389,7 @@ def _compare_simulated(config_path, names: str, seed, plot, as_json: bool, flags
         fail(str(exc))
     click.echo(views.to_json({"runs": results}) if as_json else report.simulate_compare_text(results))
     if plot:
-        try:
-            report.simulate_plot(results, plot)
-        except L4emuError as exc:
-            fail(str(exc))
-        except (OSError, ValueError) as exc:
-            fail(f"{plot}: cannot write the plot: {exc}")
-
-
-def _write_plot(result: dict, path: Path) -> None:
-    from l4emu.render import report
-
-    try:
-        report.compare_plot(result, path)
-    except L4emuError as exc:  # matplotlib is missing
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"{path}: cannot write the plot: {exc.strerror or exc}")
-    except ValueError as exc:  # a format matplotlib does not write (.foo)
-        fail(f"{path}: cannot write the plot: {exc}")
+        write_plot(lambda: report.simulate_plot(results, plot), plot)
 
 
 def _compare_cluster(
@@ -442,9 +424,4 @@ def _compare_cluster(
     for warning in dict.fromkeys(w for run in result["runs"] for w in run["warnings"]):
         click.echo(f"l4emu: warning: {warning}", err=True)
     if plot:
-        try:
-            render.cluster_plot(result, plot)
-        except L4emuError as exc:
-            fail(str(exc))
-        except (OSError, ValueError) as exc:
-            fail(f"{plot}: cannot write the plot: {exc}")
+        write_plot(lambda: render.cluster_plot(result, plot), plot)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from l4emu.cli import config_option, fail
+from l4emu.cli import config_option, fail, write_plot
 from l4emu.errors import L4emuError, OptionError
 
 SEED_BITS = 32  # a drawn seed short enough to retype
@@ -159,12 +159,7 @@ def simulate(config_path, output, fmt, scheduler, as_json, plot, **flags):
         fail(str(exc))
     click.echo(views.to_json(result) if as_json else report.simulate_text(result))
     if plot:
-        try:
-            report.simulate_plot([result], plot)
-        except L4emuError as exc:
-            fail(str(exc))
-        except (OSError, ValueError) as exc:
-            fail(f"{plot}: cannot write the plot: {exc}")
+        write_plot(lambda: report.simulate_plot([result], plot), plot)
 
 
 def gen_text(summary: dict) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from l4emu.cli import fail
+from l4emu.cli import fail, write_plot
 from l4emu.errors import L4emuError
 
 
@@ -62,11 +62,6 @@ def sweep(spec_path, address, jobs, stage, as_json, as_csv, plot):
     else:
         click.echo(report.sweep_text(result))
     if plot:
-        try:
-            report.sweep_plot(result, plot)
-        except L4emuError as exc:
-            fail(str(exc))
-        except (OSError, ValueError) as exc:
-            fail(f"{plot}: cannot write the plot: {exc}")
+        write_plot(lambda: report.sweep_plot(result, plot), plot)
     if any("error" in row for row in result["rows"]):
         sys.exit(1)

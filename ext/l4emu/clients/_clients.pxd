@@ -37,7 +37,6 @@ cdef class Clients(Generator):
     cdef uint32_t _payload_at(self, const Conv* c) noexcept nogil
     cdef int receive(self, const uint8_t* frame, uint32_t caplen, uint16_t linktype, uint64_t now) except -1
     cdef uint32_t _slot_of(self, const PacketInfo* info) noexcept nogil
-    cdef void _address(self, uint8_t* p, int n, uint64_t v) noexcept nogil
     cdef int _read(self, Conv* c, const uint8_t* p, uint32_t n, uint64_t now) except -1
     cdef int _answer_done(self, Conv* c, uint64_t now) except -1
     cdef void note_real(self, uint32_t slot, int32_t real) noexcept nogil

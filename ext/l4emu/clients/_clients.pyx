@@ -17,7 +17,7 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 from l4emu.clients._gen cimport (ACK_EVERY, APP_DELAY_NS, ETH_HEADER_LEN, P_FIN, P_HANDSHAKE_ACK,
-                                 P_LAST_ACK, P_REQUEST, P_RESPONSE_ACK, P_SYN, Conv, Event, Generator)
+                                 P_LAST_ACK, P_REQUEST, P_RESPONSE_ACK, P_SYN, Conv, Event, Generator, add_be)
 from l4emu.datapath._headers cimport PARSED, parse_packet
 from l4emu.datapath._types cimport NS, PacketInfo
 from l4emu.datapath._wire cimport (IP4_HEADER_LEN, IP6_HEADER_LEN, IPPROTO_TCP, LINKTYPE_RAW, TCP_ACK,
@@ -380,7 +380,7 @@ cdef class Clients(Generator):
             if index < self.n6 or index >= self.clients:
                 return NOT_FOUND
             memcpy(expect, self.base4, 4)
-            self._address(expect, 4, index - self.n6 + 1)
+            add_be(expect, 4, index - self.n6 + 1)
             if memcmp(expect, info.key.dst, 4) != 0:
                 return NOT_FOUND
         else:
@@ -395,21 +395,11 @@ cdef class Clients(Generator):
             if index >= self.n6:
                 return NOT_FOUND
             memcpy(expect, self.base6, 16)
-            self._address(expect, 16, index + 1)
+            add_be(expect, 16, index + 1)
             if memcmp(expect, info.key.dst, 16) != 0:
                 return NOT_FOUND
         i = self._find(conn_key(<uint32_t>index, info.key.dport))
         return NOT_FOUND if i == NOT_FOUND else self.slots[i]
-
-    cdef void _address(self, uint8_t* p, int n, uint64_t v) noexcept nogil:
-        """p (n bytes, big-endian) += v, as Generator._frame numbers its clients."""
-        cdef int k = n - 1
-        cdef uint64_t s
-        while k >= 0 and v:
-            s = <uint64_t>p[k] + (v & 0xFF)
-            p[k] = <uint8_t>s
-            v = (v >> 8) + (s >> 8)
-            k -= 1
 
     cdef int _read(self, Conv* c, const uint8_t* p, uint32_t n, uint64_t now) except -1:
         """The answer's bytes as the client's HTTP parser reads them: up to the blank line, noting

@@ -130,3 +130,14 @@ cdef class Generator:
     cdef uint32_t _request(self, const Conv* c, uint8_t* payload) noexcept nogil
     cdef uint32_t _packet(self, Conv* c, uint8_t* out) noexcept nogil
     cdef int _fill(self, Batch batch) except -1 nogil
+
+
+cdef inline void add_be(uint8_t* p, int n, uint64_t v) noexcept nogil:
+    """p (n bytes, big-endian) += v, carrying: client k's address is its range's base + k."""
+    cdef int k = n - 1
+    cdef uint64_t s
+    while k >= 0 and v:
+        s = <uint64_t>p[k] + (v & 0xFF)
+        p[k] = <uint8_t>s
+        v = (v >> 8) + (s >> 8)
+        k -= 1

@@ -40,17 +40,6 @@ cdef inline void put32(uint8_t* p, uint32_t v) noexcept nogil:
     p[3] = <uint8_t>v
 
 
-cdef inline void add_be(uint8_t* p, int n, uint64_t v) noexcept nogil:
-    """p (n bytes, big-endian) += v, carrying: client k's address is its range's base + k."""
-    cdef int k = n - 1
-    cdef uint64_t s
-    while k >= 0 and v:
-        s = <uint64_t>p[k] + (v & 0xFF)
-        p[k] = <uint8_t>s
-        v = (v >> 8) + (s >> 8)
-        k -= 1
-
-
 cdef class _Sampler:
     """A Dist with the empirical values it points at, owned here."""
 
