@@ -39,7 +39,7 @@ cdef enum:
     NOT_FOUND = 0xFFFFFFFF
     FIRST_TABLE = 1 << 12   # connection table slots, doubled at half full
     FIRST_RECORDS = 1 << 12
-    MAX_CONTENT_LENGTH = 1 << 40
+    MAX_CONTENT_LENGTH = 1 << 30   # the longest answer the servers write (config.MAX_RESPONSE_BYTES); fits the enum
 
 cdef uint64_t NO_KEY = UINT64_MAX
 cdef const char* HEADER_END = b"\r\n\r\n"
@@ -405,7 +405,7 @@ cdef class Clients(Generator):
         """The answer's bytes as the client's HTTP parser reads them: up to the blank line, noting
         Content-Length, then that many body bytes. The last one completes the answer: recorded."""
         cdef uint32_t i = 0
-        cdef uint64_t take
+        cdef uint64_t take, length
         cdef uint8_t b, lower
         while i < n and c.header_state < HEADER_END_LEN:
             b = p[i]
@@ -416,8 +416,8 @@ cdef class Clients(Generator):
                 c.header_state = 1 if b == b"\r"[0] else 0
             if c.length_state == LENGTH_DIGITS:
                 if b"0"[0] <= b <= b"9"[0]:
-                    if c.content_length < MAX_CONTENT_LENGTH:
-                        c.content_length = c.content_length * 10 + (b - b"0"[0])
+                    length = <uint64_t>c.content_length * 10 + (b - b"0"[0])
+                    c.content_length = <uint32_t>(length if length < MAX_CONTENT_LENGTH else MAX_CONTENT_LENGTH)
                     continue
                 if b == b" "[0] or b == b"\t"[0]:
                     continue
