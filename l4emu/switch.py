@@ -27,6 +27,11 @@ DROP_TEXT = {
     "table_full": "connection table full",
     "reply_clash": "the real's reply tuple is taken by another connection",
     "probe_limit": "no free index slot within the probe bound (colliding keys)",
+    "ttl_exceeded": "TTL ran out where the switch forwards (ICMP time exceeded sent)",
+    "too_big": "over the MTU with DF or IPv6 (ICMP fragmentation needed / packet too big sent)",
+    "too_big_dropped": "over the MTU, dropped without an ICMP error (encap katran, or no DF)",
+    "tunnel_link_type": "the capture's link type cannot carry the tunnel's outer address family",
+    "no_memory": "out of memory for a longer packet",
 }
 PASS_TEXT = {
     "not_ip": "not IP",
@@ -67,7 +72,7 @@ class Switch:
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:
-            self._datapath.add_service(
+            index = self._datapath.add_service(
                 svc.vip.packed,
                 svc.vip.version,
                 svc.port,
@@ -78,6 +83,7 @@ class Switch:
                 _mask_bytes(svc.persistence_netmask, svc.vip.version),
                 [(address.packed, port) for address, port in svc.capture_servers],
             )
+            self._set_forwarding(index, svc, len(self.reals))
             self.reals.extend((svc, r) for r in svc.reals)
         # Emulated reals answer for themselves (l4emu/hosts/, imported only then: start-up); their generator
         # is drawn last, and only when there are some, so configs without them keep every seeded result.
@@ -86,6 +92,28 @@ class Switch:
             from l4emu.hosts import Hosts
 
             self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64)))
+
+    def _set_forwarding(self, index: int, svc: configmod.Service, first_real: int) -> None:
+        """The service's MTU and the switch's addresses, and each real's method (docs/forwarding.md)."""
+        four, six = svc.source_address(4), svc.source_address(6)
+        self._datapath.set_forwarding(
+            index,
+            svc.mtu,
+            four.packed if four else bytes(4),
+            six.packed if six else bytes(16),
+        )
+        for k, real in enumerate(svc.reals):
+            if real.forward != "masq":
+                self._datapath.set_real_forwarding(
+                    first_real + k,
+                    real.forward,
+                    real.address.version,
+                    real.tun_type,
+                    real.tun_flags,
+                    real.tun_port,
+                    real.encap == "katran",
+                    bytes.fromhex(real.mac.replace(":", "")),
+                )
 
     @classmethod
     def from_config(cls, path=None, seed: int | None = None) -> Switch:
@@ -186,6 +214,7 @@ class Switch:
         self._datapath.expire_due()
         now = self._datapath.clock_ns
         labels = [(svc.protocol.upper(), svc.endpoint, real.endpoint) for svc, real in self.reals]
+        methods = [counters["forward"] for counters in self._datapath.real_counters()]
         rows = []
         for real_index, client, cport, state, expires_ns in self._datapath.flows():
             protocol, virtual, destination = labels[real_index]
@@ -202,6 +231,7 @@ class Switch:
                     "source": source,
                     "virtual": virtual,
                     "destination": destination,
+                    "forward": methods[real_index],
                 }
             )
             if self.hosts is not None:  # the flow names its socket by number, as the host numbers it
@@ -219,7 +249,7 @@ class Switch:
         for svc in self.config.services:
             reals = []
             for real in svc.reals:
-                reals.append({"address": real.endpoint, "forward": "Masq", **per_real[k]})
+                reals.append({"address": real.endpoint, **per_real[k]})
                 k += 1
             out.append(
                 {
@@ -258,5 +288,6 @@ class Switch:
         ]
         passed = [f"passed untouched: {PASS_TEXT[name]}" for name in PASS_REASONS]
         dropped = [f"dropped: {DROP_TEXT[name]}" for name in DROP_REASONS]
-        table = [[], passed, new, forward, reply, dropped, answer]
+        icmp = [f"ICMP error sent back for a packet {DROP_TEXT[name]}" for name in DROP_REASONS]
+        table = [[], passed, new, forward, reply, dropped, answer, icmp]
         return [[text.encode() for text in row] for row in table]

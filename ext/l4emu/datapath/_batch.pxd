@@ -13,7 +13,10 @@ cdef enum Verdict:
     # V_ANSWER: the flow's answer as the capture recorded it, from the VIP or a capture server: the
     # real's reply in the switch's model (written from the VIP); detail: real index
     V_ANSWER = 6
-    V_LAST = 7
+    # V_ICMP: the switch answered the client with an ICMP error (time exceeded, fragmentation needed /
+    # packet too big), written in the packet's place; detail: the drop reason of the packet it quotes
+    V_ICMP = 7
+    V_LAST = 8
 
 
 cdef class Batch:
@@ -35,3 +38,5 @@ cdef class Batch:
     # frame may be data + data_len itself (read into place, not copied)
     cdef int push(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
                   uint16_t iface, uint16_t linktype) noexcept nogil
+    # A packet that grows or is replaced gets fresh room at the end of the buffer (see room())
+    cdef uint8_t* room(self, Py_ssize_t i, uint32_t size) noexcept nogil

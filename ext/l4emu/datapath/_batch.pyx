@@ -6,7 +6,7 @@ from l4emu.datapath._types cimport name_table
 
 # Verdict's names, each bound to its enum (checked complete at import).
 VERDICT_NAMES = name_table({V_UNSEEN: "unseen", V_PASS: "pass", V_NEW: "new", V_FORWARD: "forward", V_REPLY: "reply",
-                            V_DROP: "drop", V_ANSWER: "answer"}, V_LAST, "Verdict")
+                            V_DROP: "drop", V_ANSWER: "answer", V_ICMP: "icmp"}, V_LAST, "Verdict")
 NS = _types.NS          # nanoseconds per second, for the Python side (timestamps are in nanoseconds)
 # Room for a full batch of typical packets; one packet larger than what is left waits for the next
 # batch, and a packet larger than the whole buffer grows it (records are at most 256 KiB).
@@ -76,6 +76,27 @@ cdef class Batch:
         self.data_len += caplen
         self.n = i + 1
         return 0
+
+    cdef uint8_t* room(self, Py_ssize_t i, uint32_t size) noexcept nogil:
+        """Give packet i `size` fresh bytes at the end of the buffer and point it there (caplen = size);
+        returns them, or NULL when memory runs out. The old bytes stay where they were, dead, until
+        the batch is cleared. The buffer may move: every pointer into it is stale afterwards.
+
+        This is how a packet grows (encapsulation) or is replaced (an ICMP error) without the
+        in-place rewrite of every other packet paying for it: sinks follow offset[i] anyway."""
+        cdef Py_ssize_t want = self.data_len + size, cap
+        cdef uint8_t* grown
+        if want > self.data_cap:
+            cap = max(want, 2 * self.data_cap)
+            grown = <uint8_t*>realloc(self.data, cap)
+            if grown == NULL:
+                return NULL
+            self.data = grown
+            self.data_cap = cap
+        self.offset[i] = self.data_len
+        self.caplen[i] = size
+        self.data_len = want
+        return self.data + self.offset[i]
 
     @staticmethod
     def from_frames(frames, int linktype, timestamps_ns=None, wire_lengths=None):

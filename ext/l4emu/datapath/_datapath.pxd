@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from l4emu.datapath._types cimport *
 from l4emu.datapath._flowtable cimport FlowTable
 from l4emu.schedulers._core cimport SchedulerHook
+from l4emu.datapath._batch cimport Batch, V_LAST
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:
@@ -34,7 +35,7 @@ cdef class Datapath:
     cdef readonly uint64_t clock_ns       # the packet clock: the newest timestamp seen
     cdef bint started
     cdef readonly uint64_t packets, bytes
-    cdef uint64_t verdicts[8]
+    cdef uint64_t verdicts[V_LAST]
     cdef uint64_t drops[N_DROP_REASONS]
     cdef uint64_t passes[N_PASS_REASONS]
 
@@ -53,3 +54,14 @@ cdef class Datapath:
     cdef uint32_t answer_ref(self, PacketInfo* info, int32_t* front, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil
     cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil
+    # Forwarding methods other than NAT (_forward.pxd). A packet that grows or is answered moves to fresh
+    # room in the batch being processed: `cur` and `cur_i` name it (process() sets them per packet).
+    cdef Batch cur
+    cdef Py_ssize_t cur_i
+    cdef uint16_t ip_id                   # the IP ID of the next header the switch writes itself
+    cdef void forward(self, uint8_t* p, PacketInfo* info, Real* real, uint64_t h, uint32_t origlen, uint8_t v,
+                      uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
+                          uint8_t v, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
+                        uint8_t* verdict, int32_t* detail) noexcept nogil

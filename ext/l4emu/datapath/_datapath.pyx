@@ -7,7 +7,7 @@ move by IPVS's table; timeouts run on the packet clock.
 """
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcmp, memcpy
-from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
+from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
 from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
                                         make_ref, prefetch_flow, prefetch_slot, ref_index, ref_is_reply, slot_room)
@@ -16,6 +16,7 @@ from l4emu.datapath._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DRO
 from l4emu.schedulers._core cimport Scheduler
 from l4emu.datapath._persist cimport find_template, note_template
 from l4emu.datapath._icmp cimport rewrite_icmp_error
+from l4emu.datapath._forward cimport *
 
 # The names of _types.pxd's vocabularies, each bound to its enum (checked complete at import).
 STATE_NAMES = name_table({
@@ -28,8 +29,15 @@ DROP_REASONS = name_table({
     D_TRUNCATED_IPV6_EXT: "truncated_ipv6_ext", D_TRUNCATED_TCP: "truncated_tcp",
     D_BAD_TCP_OFFSET: "bad_tcp_offset", D_TRUNCATED_UDP: "truncated_udp", D_BAD_UDP_LENGTH: "bad_udp_length",
     D_FRAGMENT: "fragment", D_TCP_NOT_SYN: "tcp_not_syn", D_NO_REAL: "no_real", D_TABLE_FULL: "table_full",
-    D_REPLY_CLASH: "reply_clash", D_PROBE_LIMIT: "probe_limit",
+    D_REPLY_CLASH: "reply_clash", D_PROBE_LIMIT: "probe_limit", D_TTL_EXCEEDED: "ttl_exceeded",
+    D_TOO_BIG: "too_big", D_TOO_BIG_DROPPED: "too_big_dropped", D_TUNNEL_LINK: "tunnel_link_type",
+    D_NO_MEMORY: "no_memory",
 }, N_DROP_REASONS, "DropReason")
+# ipvsadm's names of the forwarding methods (the Forward column); FullNat as Alibaba's LVS writes it.
+FORWARD_NAMES = name_table({FWD_MASQ: "Masq", FWD_DR: "Route", FWD_TUN: "Tunnel"}, N_FWD, "FwdMethod")
+TUN_TYPES = {"ipip": TUN_IPIP, "gue": TUN_GUE, "gre": TUN_GRE}
+TUN_FLAGS = {"nocsum": 0, "csum": TUNF_CSUM, "remcsum": TUNF_REMCSUM}
+DEFAULT_MTU = 1500
 PASS_REASONS = name_table({
     P_NOT_IP: "not_ip", P_OTHER_PROTOCOL: "other_protocol", P_NO_SERVICE: "no_service", P_FRAGMENT: "fragment",
     P_UNATTRIBUTED: "unattributed",
@@ -47,6 +55,7 @@ cdef enum:
     EV_RST = 3
     DIR_INPUT = 0           # client -> real (IPVS's INPUT rows)
     DIR_OUTPUT = 4          # real -> client (OUTPUT rows)
+    DIR_INPUT_ONLY = 8      # client -> real while the real's side was never seen (dr, tun: INPUT-ONLY rows)
     WINDOW = 16             # packets parsed and prefetched ahead of their handling
 
 # IPVS's short state names (ip_vs_proto_tcp.c), for its table below.
@@ -64,7 +73,7 @@ cdef enum:
     sSA = S_SYNACK
 
 # IPVS's tcp_states (current kernels), rows [direction + event], columns: the current state.
-cdef uint8_t NEXT_STATE[8][11]
+cdef uint8_t NEXT_STATE[12][11]
 NEXT_STATE[:] = [
     # sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA            INPUT
     [sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR],    # syn
@@ -76,6 +85,11 @@ NEXT_STATE[:] = [
     [sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW],    # fin
     [sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES],    # ack
     [sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL],    # rst
+    #                                                                 INPUT-ONLY
+    [sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR],    # syn
+    [sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW],    # fin
+    [sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES],    # ack
+    [sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL],    # rst
 ]
 
 
@@ -199,6 +213,9 @@ cdef class Datapath:
         s.n_reals = n
         s.persist_ns = <uint64_t>(persistence_s * NS)
         s.persist_mask = _addr16(persistence_mask or b"\xff" * 16)
+        s.mtu = DEFAULT_MTU
+        s.source4 = _addr16(vip)
+        s.source6 = _addr16(vip)
         self.t.hooks[self.n_services] = scheduler.hook()
         self.schedulers.append(scheduler)
         for k in range(n):
@@ -279,6 +296,7 @@ cdef class Datapath:
         if start < 0 or start > stop or stop > batch.n:
             raise IndexError(f"packets {start}..{stop} are outside the batch of {batch.n}")
         self.started = True
+        self.cur = batch
         with nogil:
             while base < stop:
                 m = <int>min(<Py_ssize_t>WINDOW, stop - base)
@@ -297,6 +315,7 @@ cdef class Datapath:
                     if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
                         stop = i
                         break
+                    self.cur_i = i
                     self.handle(batch.data + batch.offset[i], &info[j], parsed[j], h[j], batch.ts_ns[i],
                                 batch.origlen[i], &batch.verdict[i], &batch.detail[i])
                 base += m
@@ -464,9 +483,12 @@ cdef class Datapath:
             f = &self.table.flows[idx]
         real = &self.t.reals[f.real]
         old = f.state
+        if ref_is_reply(ref):
+            f.flags &= ~F_NOOUTPUT                  # IPVS: an output packet ends the input-only rows
         if info.key.proto == IPPROTO_TCP:
             if ev >= 0:
-                self.set_state(f, NEXT_STATE[(DIR_OUTPUT if ref_is_reply(ref) else DIR_INPUT) + ev][f.state])
+                self.set_state(f, NEXT_STATE[(DIR_OUTPUT if ref_is_reply(ref) else
+                                              DIR_INPUT_ONLY if f.flags & F_NOOUTPUT else DIR_INPUT) + ev][f.state])
             if f.state == S_ESTABLISHED:
                 self.table.assure(idx)
         elif ref_is_reply(ref):
@@ -476,11 +498,13 @@ cdef class Datapath:
             self.table.reschedule(idx)
         s = &self.t.services[real.service]
         if ref_is_reply(ref):
-            if not (front >= 0 and self.fronts[front].is_vip):    # an answer from the VIP leaves as it came
-                rewrite(p, info, False, s.vip, s.vport)
+            if not (front >= 0 and self.fronts[front].is_vip) and real.forward == FWD_MASQ:
+                rewrite(p, info, False, s.vip, s.vport)     # an answer from the VIP leaves as it came
             real.out_pkts += 1
             real.out_bytes += origlen
             self.finish(verdict, detail, V_ANSWER if front >= 0 else V_REPLY, f.real)
+        elif real.forward != FWD_MASQ:
+            self.forward(p, info, real, h, origlen, V_FORWARD, verdict, detail)
         else:
             rewrite(p, info, True, real.addr, real.port)
             real.in_pkts += 1
@@ -497,6 +521,12 @@ cdef class Datapath:
             return
         f = &self.table.flows[ref_index(ref)]
         real = &self.t.reals[f.real]
+        if real.forward != FWD_MASQ:                # IPVS: sent on by the flow's method, untranslated
+            if ref_is_reply(ref):
+                self.finish(verdict, detail, V_PASS, P_OTHER_PROTOCOL)
+            else:
+                self.forward(p, info, real, 0, origlen, V_FORWARD, verdict, detail)
+            return
         if ref_is_reply(ref):
             rewrite_icmp_error(p, info.caplen, info, True, self.t.services[real.service].vip,
                                self.t.services[real.service].vport)
@@ -567,6 +597,8 @@ cdef class Datapath:
         f.proto = info.key.proto
         f.family = info.key.family
         f.real = s.first_real + pick
+        if real.forward != FWD_MASQ:
+            f.flags |= F_NOOUTPUT
         if info.key.proto == IPPROTO_UDP:
             f.state = S_UDP
         elif ev >= 0:
@@ -585,16 +617,197 @@ cdef class Datapath:
         if s.persist_ns:
             note_template(self.table, s, &info.key, f.real, template, self.clock_ns)
         real.conns += 1
+        if real.forward != FWD_MASQ:
+            self.forward(p, info, real, h, origlen, V_NEW, verdict, detail)
+            return
         real.in_pkts += 1
         real.in_bytes += origlen
         rewrite(p, info, True, real.addr, real.port)
         self.finish(verdict, detail, V_NEW, f.real)
 
+    # ---- forwarding methods other than NAT (dr, tun): _forward.pxd writes the bytes --------------
+    cdef void forward(self, uint8_t* p, PacketInfo* info, Real* real, uint64_t h, uint32_t origlen, uint8_t v,
+                      uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """Send a client's packet to its real by the real's method, as IPVS's xmit functions do: TTL
+        first (an expiring packet gets ICMP time exceeded), then the MTU (DF or IPv6: ICMP
+        fragmentation needed / packet too big quoting it), then DR's MAC or the tunnel's headers.
+        Katran's encapsulation touches no TTL and sends no ICMP: what does not fit is dropped."""
+        cdef Service* s = &self.t.services[real.service]
+        cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
+        cdef uint32_t overhead = tunnel_overhead(real) if real.forward == FWD_TUN else 0
+        cdef uint32_t mtu
+        cdef bint ipvs = not (real.forward == FWD_TUN and real.katran)
+        cdef int fam = info.key.family
+        if ipvs:
+            if not ttl_left(p, l3, fam):
+                if info.icmp_error:                 # never an ICMP error about an ICMP error (RFC 1122 3.2.2)
+                    self.finish(verdict, detail, V_DROP, D_TTL_EXCEEDED)
+                else:
+                    self.icmp_back(p, info, s, D_TTL_EXCEEDED, 0, verdict, detail)
+                return
+            decrement_ttl(p, l3, fam)
+        if ip_len + overhead > s.mtu and not info.len_from_capture:
+            mtu = s.mtu - overhead
+            if not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8))):
+                self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
+            else:
+                self.icmp_back(p, info, s, D_TOO_BIG, max(mtu, <uint32_t>IPV6_MIN_MTU) if fam == 6 else mtu,
+                               verdict, detail)
+            return
+        if real.forward == FWD_DR:
+            next_hop_mac(p, self.cur.linktype[self.cur_i], real)
+            real.in_pkts += 1
+            real.in_bytes += origlen
+            self.finish(verdict, detail, v, real - self.t.reals)
+            return
+        self.encapsulate(p, info, real, s, h, v, verdict, detail)
+
+    cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
+                          uint8_t v, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """IPVS ip_vs_tunnel_xmit (ipip, gue, gre) or Katran's encap: the IP packet (Ethernet padding left
+        behind) after new outer headers, in fresh room at the end of the batch."""
+        cdef Py_ssize_t i = self.cur_i
+        cdef uint16_t linktype = self.cur.linktype[i]
+        cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
+        cdef uint32_t kept = (info.end if info.end < info.caplen else info.caplen) - l3
+        cdef uint32_t overhead = tunnel_overhead(real)
+        cdef int fam = info.key.family, outer = real.family
+        cdef uint32_t hdr = IP4_HEADER_LEN if outer == 4 else IP6_HEADER_LEN, u = l3 + hdr
+        cdef uint64_t old = self.cur.offset[i]
+        cdef bint whole = info.end <= info.caplen
+        cdef uint8_t tos, ttl, proto, inner_proto = IPPROTO_IPIP if fam == 4 else IPPROTO_IPV6_ENCAP
+        cdef uint8_t katran_src[16]
+        cdef const uint8_t* src
+        cdef uint8_t* q
+        if outer != fam and not (linktype == LINKTYPE_ETHERNET or linktype == LINKTYPE_LINUX_SLL
+                                 or linktype == LINKTYPE_LINUX_SLL2 or linktype == LINKTYPE_RAW
+                                 or linktype == DLT_RAW_BSD or linktype == DLT_RAW_OPENBSD):
+            self.finish(verdict, detail, V_DROP, D_TUNNEL_LINK)
+            return
+        if ip_len + overhead - (IP4_HEADER_LEN if outer == 4 else 0) > 0xFFFF:     # longer than a length field
+            self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
+            return
+        tos = dsfield(p, l3, fam)
+        ttl = p[l3 + (IP4_TTL if fam == 4 else IP6_HOP_LIMIT)]
+        q = self.cur.room(i, l3 + overhead + kept)
+        if q == NULL:
+            self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+            return
+        p = self.cur.data + old                            # the buffer may have moved
+        self.cur.origlen[i] = l3 + overhead + ip_len
+        memcpy(q, p, l3)
+        memcpy(q + l3 + overhead, p + l3, kept)
+        if outer != fam:
+            set_link_family(q, l3, linktype, outer)
+        next_hop_mac(q, linktype, real)
+        if real.tun_type == TUN_GUE:
+            proto = IPPROTO_UDP
+            store16(q + u + UDP_LEN, overhead - hdr + ip_len)
+            store16(q + u + UDP_CSUM, 0)
+            if real.katran:                         # Katran's GUE: UDP straight before the inner IP header
+                store16(q + u + L4_SPORT, katran_gue_sport(&info.key, outer))
+                store16(q + u + L4_DPORT, real.tun_port if real.tun_port else KATRAN_GUE_PORT)
+            else:
+                store16(q + u + L4_SPORT, flow_src_port(h))
+                store16(q + u + L4_DPORT, real.tun_port)
+                q[u + UDP_HEADER_LEN] = 0           # version 0, no control, no options
+                q[u + UDP_HEADER_LEN + 1] = inner_proto
+                store16(q + u + UDP_HEADER_LEN + 2, 0)
+        elif real.tun_type == TUN_GRE:
+            proto = IPPROTO_GRE
+            store16(q + u, GRE_FLAG_CSUM if real.tun_flags & TUNF_CSUM else 0)
+            store16(q + u + 2, ETHERTYPE_IPV4 if fam == 4 else ETHERTYPE_IPV6)
+            if real.tun_flags & TUNF_CSUM:
+                store16(q + u + GRE_HEADER_LEN, 0)
+                store16(q + u + GRE_HEADER_LEN + 2, 0)
+                if whole:
+                    store16(q + u + GRE_HEADER_LEN,
+                            ~fold(sum_bytes(0, q + u, overhead - hdr + ip_len)) & 0xFFFF)
+        else:
+            proto = inner_proto
+        if real.katran:
+            if real.tun_type == TUN_GUE:
+                src = &s.source4[0] if outer == 4 else &s.source6[0]
+            else:
+                katran_ipip_source(katran_src, &info.key, outer)
+                src = katran_src
+            write_outer_ip(q, l3, outer, tos, overhead - hdr + ip_len, 0, False, KATRAN_TTL, proto, src,
+                           real.addr)
+        else:
+            self.ip_id += 1
+            write_outer_ip(q, l3, outer, ecn_encapsulate(tos), overhead - hdr + ip_len, self.ip_id,
+                           fam == 4 and (p[l3 + IP4_FRAG] & (IP4_DF >> 8)), ttl, proto,
+                           &s.source4[0] if outer == 4 else &s.source6[0], real.addr)
+        if (real.tun_type == TUN_GUE and not real.katran and real.tun_flags & (TUNF_CSUM | TUNF_REMCSUM)
+                and whole):
+            finish_l4_checksum(q, l3, u, outer, overhead - hdr + ip_len, IPPROTO_UDP, UDP_CSUM)
+        real.in_pkts += 1
+        real.in_bytes += self.cur.origlen[i]
+        self.finish(verdict, detail, v, real - self.t.reals)
+
+    cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
+                        uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """Put, in the packet's place, the ICMP error a forwarding hop sends its sender (Linux icmp_send
+        and icmpv6_send: from the switch's address, quoting as much as fits in 576 / 1280 bytes)."""
+        cdef Py_ssize_t i = self.cur_i
+        cdef int fam = info.key.family
+        cdef uint32_t l3 = info.l3
+        cdef uint32_t quote = (info.end if info.end < info.caplen else info.caplen) - l3
+        cdef uint32_t size
+        cdef uint64_t old = self.cur.offset[i]
+        cdef uint8_t* q
+        quote = min(quote, <uint32_t>(ICMP4_QUOTE_MAX if fam == 4 else ICMP6_QUOTE_MAX))
+        size = l3 + (IP4_HEADER_LEN if fam == 4 else IP6_HEADER_LEN) + ICMP_HEADER_LEN + quote
+        q = self.cur.room(i, size)
+        if q == NULL:
+            self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+            return
+        p = self.cur.data + old
+        self.ip_id += 1
+        if reason == D_TTL_EXCEEDED:
+            write_icmp_error(q, p, l3, quote, self.cur.linktype[i], fam, ICMP4_TIME_EXCEEDED if fam == 4 else
+                             ICMP6_TIME_EXCEEDED, 0, 0, &s.source4[0] if fam == 4 else &s.source6[0], self.ip_id)
+        elif fam == 4:
+            write_icmp_error(q, p, l3, quote, self.cur.linktype[i], 4, ICMP4_UNREACH, ICMP4_FRAG_NEEDED, mtu & 0xFFFF,
+                             s.source4, self.ip_id)
+        else:
+            write_icmp_error(q, p, l3, quote, self.cur.linktype[i], 6, ICMP6_PACKET_TOO_BIG, 0, mtu, s.source6, 0)
+        self.cur.origlen[i] = size
+        self.finish(verdict, detail, V_ICMP, reason)
+
+    def set_forwarding(self, uint32_t service, uint32_t mtu, bytes source4, bytes source6):
+        """A service's route MTU towards its reals and the switch's own addresses (outer sources, ICMP)."""
+        if service >= self.n_services:
+            raise IndexError(f"no service {service}")
+        self.t.services[service].mtu = mtu
+        self.t.services[service].source4 = _addr16(source4)
+        self.t.services[service].source6 = _addr16(source6)
+
+    def set_real_forwarding(self, uint32_t index, str method, int family, str tun_type="ipip",
+                            str tun_flags="nocsum", int tun_port=0, bint katran=False, bytes mac=b""):
+        """A real's forwarding method ("masq", "dr", "tun"), its own address family (a tunnel may carry
+        IPv4 in IPv6 and back), the tunnel's type, flags and GUE port, and the Ethernet destination."""
+        cdef Real* r
+        if index >= self.n_reals:
+            raise IndexError(f"no real {index}")
+        if self.started:
+            raise RuntimeError("forwarding is fixed once packets have been processed")
+        r = &self.t.reals[index]
+        r.forward = {"masq": FWD_MASQ, "dr": FWD_DR, "tun": FWD_TUN}[method]
+        r.family = family
+        r.tun_type = TUN_TYPES[tun_type]
+        r.tun_flags = TUN_FLAGS[tun_flags]
+        r.tun_port = tun_port
+        r.katran = katran
+        r.has_mac = len(mac) == ETH_ADDR_LEN
+        if r.has_mac:
+            memcpy(r.mac, <const uint8_t*>mac, ETH_ADDR_LEN)
+
     cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil:
         verdict[0] = v
         detail[0] = d
         self.verdicts[v] += 1
-        if v == V_DROP:
+        if v == V_DROP or v == V_ICMP:              # an ICMP error stands for a dropped packet
             self.drops[d] += 1
         elif v == V_PASS:
             self.passes[d] += 1
@@ -616,6 +829,11 @@ cdef class Datapath:
             before.verdict[i] = v if v == V_NEW or v == V_FORWARD or v == V_REPLY else V_DROP
             p = before.data + before.offset[i]
             if v == V_NEW or v == V_FORWARD:
+                if after.caplen[i] != before.caplen[i]:     # it grew (a tunnel): fresh room, as in `after`
+                    p = before.room(i, after.caplen[i])
+                    if p == NULL:
+                        raise MemoryError()
+                    before.origlen[i] = after.origlen[i]
                 memcpy(p, after.data + after.offset[i], after.caplen[i])
             elif v == V_ANSWER and parse_packet(p, before.caplen[i], before.origlen[i], before.linktype[i],
                                                 &info) == PARSED:
@@ -635,7 +853,7 @@ cdef class Datapath:
             "packets": self.packets, "bytes": self.bytes,
             "new": self.verdicts[<int>V_NEW], "forward": self.verdicts[<int>V_FORWARD],
             "reply": self.verdicts[<int>V_REPLY], "answer": self.verdicts[<int>V_ANSWER],
-            "passed": self.verdicts[<int>V_PASS],
+            "passed": self.verdicts[<int>V_PASS], "icmp": self.verdicts[<int>V_ICMP],
             "dropped_total": self.verdicts[<int>V_DROP],
             "dropped": {DROP_REASONS[k]: self.drops[k] for k in range(N_DROP_REASONS) if self.drops[k]},
             "passed_by_reason": {PASS_REASONS[k]: self.passes[k] for k in range(N_PASS_REASONS) if self.passes[k]},
@@ -660,7 +878,7 @@ cdef class Datapath:
             "active": self.t.reals[k].active, "inactive": self.t.reals[k].inactive,
             "conns": self.t.reals[k].conns, "in_pkts": self.t.reals[k].in_pkts,
             "out_pkts": self.t.reals[k].out_pkts, "in_bytes": self.t.reals[k].in_bytes,
-            "out_bytes": self.t.reals[k].out_bytes,
+            "out_bytes": self.t.reals[k].out_bytes, "forward": FORWARD_NAMES[self.t.reals[k].forward],
         } for k in range(self.n_reals)]
 
     def flows(self):
