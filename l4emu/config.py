@@ -382,6 +382,10 @@ def _service(raw, key: str, schedulers) -> Service:
         vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size, capture_servers, mtu, sources
     )
     for i, real in enumerate(reals):
+        if real.forward != "masq" and real.port != port:
+            raise ConfigError(
+                f"{key}.real[{i}].address", f"port {real.port}: a {real.forward} real owns the VIP, port {port} too"
+            )
         if real.forward == "tun" and service.source_address(real.address.version) is None:
             raise ConfigError(
                 f"{key}.source_address",

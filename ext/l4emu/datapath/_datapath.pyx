@@ -645,16 +645,17 @@ cdef class Datapath:
                 else:
                     self.icmp_back(p, info, s, D_TTL_EXCEEDED, 0, verdict, detail)
                 return
-            decrement_ttl(p, l3, fam)
         if ip_len + overhead > s.mtu and not info.len_from_capture:
             mtu = s.mtu - overhead
             if not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8))):
-                self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
+                self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)     # a drop leaves the bytes as they came
             else:
+                decrement_ttl(p, l3, fam)           # IPVS checks the MTU after decrement_ttl: the quote shows it
                 self.icmp_back(p, info, s, D_TOO_BIG, max(mtu, <uint32_t>IPV6_MIN_MTU) if fam == 6 else mtu,
                                verdict, detail)
             return
         if real.forward == FWD_DR:
+            decrement_ttl(p, l3, fam)
             next_hop_mac(p, self.cur.linktype[self.cur_i], real)
             real.in_pkts += 1
             real.in_bytes += origlen
@@ -665,7 +666,8 @@ cdef class Datapath:
     cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
                           uint8_t v, uint8_t* verdict, int32_t* detail) noexcept nogil:
         """IPVS ip_vs_tunnel_xmit (ipip, gue, gre) or Katran's encap: the IP packet (Ethernet padding left
-        behind) after new outer headers, in fresh room at the end of the batch."""
+        behind; IPVS: its TTL one less) after new outer headers, in fresh room at the end of the batch.
+        What cannot be sent is dropped with its bytes as they came."""
         cdef Py_ssize_t i = self.cur_i
         cdef uint16_t linktype = self.cur.linktype[i]
         cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
@@ -688,7 +690,6 @@ cdef class Datapath:
             self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
             return
         tos = dsfield(p, l3, fam)
-        ttl = p[l3 + (IP4_TTL if fam == 4 else IP6_HOP_LIMIT)]
         q = self.cur.room(i, l3 + overhead + kept)
         if q == NULL:
             self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
@@ -697,6 +698,9 @@ cdef class Datapath:
         self.cur.origlen[i] = l3 + overhead + ip_len
         memcpy(q, p, l3)
         memcpy(q + l3 + overhead, p + l3, kept)
+        if not real.katran:
+            decrement_ttl(q, l3 + overhead, fam)
+        ttl = q[l3 + overhead + (IP4_TTL if fam == 4 else IP6_HOP_LIMIT)]
         if outer != fam:
             set_link_family(q, l3, linktype, outer)
         next_hop_mac(q, linktype, real)
@@ -736,7 +740,7 @@ cdef class Datapath:
         else:
             self.ip_id += 1
             write_outer_ip(q, l3, outer, ecn_encapsulate(tos), overhead - hdr + ip_len, self.ip_id,
-                           fam == 4 and (p[l3 + IP4_FRAG] & (IP4_DF >> 8)), ttl, proto,
+                           fam == 4 and (q[l3 + overhead + IP4_FRAG] & (IP4_DF >> 8)), ttl, proto,
                            &s.source4[0] if outer == 4 else &s.source6[0], real.addr)
         if (real.tun_type == TUN_GUE and not real.katran and real.tun_flags & (TUNF_CSUM | TUNF_REMCSUM)
                 and whole):

@@ -1,0 +1,357 @@
+"""Forwarding methods dr and tun (docs/forwarding.md) against an oracle: scapy builds, from each input
+packet and the real the switch chose, the packet IPVS (ip_vs_dr_xmit, ip_vs_tunnel_xmit, icmp_send)
+or Katran (pckt_encap.h) would write, and the switch's bytes must equal it, checksums included."""
+
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from l4emu import config as configmod
+from l4emu import schedulers
+from l4emu.config import ConfigError
+from l4emu.datapath._batch import Batch
+from l4emu.datapath._datapath import DROP_REASONS
+from l4emu.io import open_capture
+from l4emu.render.views import conntrack_text, services_text
+from l4emu.replay import replay
+from l4emu.switch import Switch
+
+PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+CAPTURE, CONFIG = PCAPS / "forwarding.pcap", PCAPS / "forwarding.toml"
+KATRAN_TTL, ICMP_TTL = 64, 64
+IPPROTO = {"ipip4": 4, "ipip6": 41, "gue": 17, "gre": 47}
+
+
+def inner_after_hop(ip, katran):
+    """The client's IP packet as the real receives it inside: TTL / hop limit one less (IPVS), or as it
+    came (Katran), without the Ethernet padding."""
+    if ip.version == 4:
+        ip = IP(bytes(ip)[: ip.len])
+        if not katran:
+            ip.ttl -= 1
+            del ip.chksum
+    else:
+        ip = IPv6(bytes(ip)[: 40 + ip.plen])
+        if not katran:
+            ip.hlim -= 1
+    return IP(bytes(ip)) if ip.version == 4 else IPv6(bytes(ip))
+
+
+def ds_of(ip):
+    return ip.tos if ip.version == 4 else ip.tc
+
+
+def katran_ipip_source(ip, sport, outer):
+    """Katran's encap_v4 / encap_v6 source, computed the way the XDP program does on a little-endian
+    CPU: 32-bit words loaded from packet memory, XORed, stored back."""
+    src = _packed(ip)
+    if outer == 4:
+        word = struct.unpack("<I", src[-4:])[0] ^ ((sport & 0xFFFF) << 16)
+        word = (word & 0xFFFF0000) | 0x10AC
+        return ".".join(str(b) for b in struct.pack("<I", word))
+    word = struct.unpack("<I", src[-4:])[0] ^ struct.unpack("<I", struct.pack(">H", sport) + b"\0\0")[0]
+    return _ntop6(b"\x01" + bytes(11) + struct.pack("<I", word))
+
+
+def katran_gue_sport(ip, sport, outer):
+    """Katran's gue_encap_v4 / gue_encap_v6 source port, little-endian arithmetic as above."""
+    src = _packed(ip)
+    if outer == 4:
+        mixed = sport ^ (struct.unpack("<I", src[-4:])[0] >> 16)
+    else:
+        low = struct.unpack("<I", src[-4:])[0] if ip.version == 6 else struct.unpack("<I", src)[0] >> 16
+        mixed = (low & 0xFFFF) ^ struct.unpack("<H", struct.pack(">H", sport))[0]
+    return struct.unpack(">H", struct.pack("<H", mixed & 0xFFFF))[0]
+
+
+def _packed(ip):
+    return socket.inet_pton(socket.AF_INET if ip.version == 4 else socket.AF_INET6, ip.src)
+
+
+def _ntop6(packed):
+    return socket.inet_ntop(socket.AF_INET6, packed)
+
+
+def expected_forward(frame, out, svc, real):
+    """What IPVS or Katran sends the real for the client's frame (fields only the switch can know, the
+    outer IP ID of IPVS and its GUE source port, the flow's hash, are taken from `out` and checked apart)."""
+    eth = Ether(frame)
+    ip = eth.payload
+    katran = real.encap == "katran"
+    inner = inner_after_hop(ip, katran)
+    mac = real.mac or eth.dst
+    if real.forward == "dr":
+        eth.dst, eth.src = mac, eth.dst
+        if ip.version == 4:
+            ip.ttl -= 1
+            del ip.chksum
+        else:
+            ip.hlim -= 1
+        return bytes(eth)
+    outer = real.address.version
+    got = Ether(out).payload
+    ds = ds_of(ip)
+    if not katran and ds & 3 == 3:
+        ds = (ds & ~3) | 2
+    proto = {"ipip": IPPROTO["ipip4"] if ip.version == 4 else IPPROTO["ipip6"], "gue": 17, "gre": 47}[real.tun_type]
+    inner_proto = 4 if ip.version == 4 else 41
+    if katran and real.tun_type == "ipip":
+        src = katran_ipip_source(ip, ip.payload.sport, outer)
+    else:
+        src = str(svc.source_address(outer))
+    ttl = KATRAN_TTL if katran else (inner.ttl if ip.version == 4 else inner.hlim)
+    if real.tun_type == "gue" and katran:
+        payload = UDP(sport=katran_gue_sport(ip, ip.payload.sport, outer), dport=real.tun_port or 6080, chksum=0) / Raw(
+            bytes(inner)
+        )
+    elif real.tun_type == "gue":
+        assert 32768 <= got.payload.sport < 61000, "udp_flow_src_port's ephemeral range"
+        csum = None if real.tun_flags != "nocsum" else 0
+        payload = UDP(sport=got.payload.sport, dport=real.tun_port, chksum=csum) / Raw(
+            bytes([0, inner_proto, 0, 0]) + bytes(inner)
+        )
+    elif real.tun_type == "gre":
+        payload = GRE(chksum_present=int(real.tun_flags == "csum"), proto=0x0800 if ip.version == 4 else 0x86DD) / Raw(
+            bytes(inner)
+        )
+    else:
+        payload = Raw(bytes(inner))
+    if outer == 4:
+        df = not katran and ip.version == 4 and bool(ip.flags.DF)
+        assert katran or got.id != 0
+        head = IP(src=src, dst=str(real.address), tos=ds, ttl=ttl, proto=proto, flags="DF" if df else 0,
+                  id=0 if katran else got.id)
+    else:
+        head = IPv6(src=src, dst=str(real.address), tc=ds, hlim=ttl, nh=proto)
+    return bytes(Ether(dst=mac, src=eth.dst, type=0x0800 if outer == 4 else 0x86DD) / head / payload)
+
+
+def expected_icmp(frame, out, svc, reason, mtu):
+    """The ICMP error Linux's icmp_send / icmpv6_send would send the client, quoting the packet (TTL already
+    decremented for `too_big`, as IPVS checks the MTU after decrement_ttl) up to 576 / 1280 bytes."""
+    eth = Ether(frame)
+    ip = eth.payload
+    quoted = inner_after_hop(ip, katran=reason != "too_big")
+    got = Ether(out).payload
+    if ip.version == 4:
+        icmp = ICMP(type=11, code=0) if reason == "ttl_exceeded" else ICMP(type=3, code=4, nexthopmtu=mtu)
+        head = IP(src=str(svc.source_address(4)), dst=ip.src, tos=0xC0 | (ip.tos & 0x1E), ttl=ICMP_TTL, id=got.id)
+        body = icmp / Raw(bytes(quoted)[:548])
+    else:
+        icmp = ICMPv6TimeExceeded(code=0) if reason == "ttl_exceeded" else ICMPv6PacketTooBig(mtu=mtu)
+        head = IPv6(src=str(svc.source_address(6)), dst=ip.src, hlim=ICMP_TTL)
+        body = icmp / Raw(bytes(quoted)[:1232])
+    return bytes(Ether(dst=eth.src, src=eth.dst, type=eth.type) / head / body)
+
+
+def run_capture(path=CAPTURE, config=CONFIG, seed=7):
+    """(switch, [(frame in, frame out, verdict, detail)]) for every packet of the capture."""
+    switch = Switch.from_config(config, seed=seed)
+    rows = []
+    with open_capture(path) as reader:
+        for batch in reader.batches():
+            before = [batch.packet(i) for i in range(len(batch))]
+            switch.process(batch)
+            rows += [(before[i], batch.packet(i), *batch.result(i)) for i in range(len(batch))]
+    return switch, rows
+
+
+def check_row(switch, frame, out, verdict, detail):
+    if verdict in ("new", "forward"):
+        svc, real = switch.reals[detail]
+        assert out == expected_forward(frame, out, svc, real), (real, Ether(frame).summary())
+    elif verdict == "icmp":
+        ip = Ether(frame).payload
+        svc = next(s for s, _ in switch.reals if str(s.vip) == ip.dst)
+        reason = DROP_REASONS[detail]
+        real_mtus = {svc.mtu - _overhead(r) for s, r in switch.reals if s is svc}
+        mtus = [m if ip.version == 4 else max(m, 1280) for m in real_mtus] or [0]
+        assert any(out == expected_icmp(frame, out, svc, reason, m) for m in mtus), Ether(frame).summary()
+    else:
+        assert out == frame, (verdict, detail)
+
+
+def _overhead(real):
+    if real.forward != "tun":
+        return 0
+    n = 20 if real.address.version == 4 else 40
+    if real.tun_type == "gue":
+        n += 8 + (0 if real.encap == "katran" else 4)
+    elif real.tun_type == "gre":
+        n += 8 if real.tun_flags == "csum" else 4
+    return n
+
+
+def test_every_output_packet_of_the_forwarding_sample_is_what_the_oracle_builds():
+    switch, rows = run_capture()
+    verdicts = {}
+    for frame, out, verdict, detail in rows:
+        check_row(switch, frame, out, verdict, detail)
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    stats = switch.stats()
+    # The sample holds each case: both TTL 1 SYNs answered, DF / IPv6 full-size segments over a tunnel's
+    # MTU answered, Katran's and the no-DF datagram's dropped without an answer.
+    assert stats["dropped"]["ttl_exceeded"] == 2 and stats["dropped"]["too_big"] >= 2
+    assert stats["dropped"]["too_big_dropped"] >= 2 and stats["icmp"] == 4 + stats["dropped"]["too_big"] - 2
+    methods = {r.forward + "/" + r.tun_type + "/" + r.encap for s, r in switch.reals}
+    used = {r.forward + "/" + r.tun_type + "/" + r.encap for i, (s, r) in enumerate(switch.reals)
+            if switch.real_counters()[i]["in_pkts"]}
+    assert used == methods, "every method of the config carried packets"
+
+
+def test_the_same_capture_config_and_seed_give_the_same_bytes(tmp_path):
+    outs = []
+    for k in range(2):
+        replay(CAPTURE, Switch.from_config(CONFIG, seed=3), tmp_path / f"out{k}.pcap")
+        outs.append((tmp_path / f"out{k}.pcap").read_bytes())
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_tshark_finds_no_bad_checksum_and_no_malformed_packet(tmp_path):
+    replay(CAPTURE, Switch.from_config(CONFIG, seed=3), tmp_path / "out.pcap")
+    checks = [f"{p}.check_checksum:TRUE" for p in ("ip", "tcp", "udp")]  # ICMP and GRE: always checked
+    args = [a for c in checks for a in ("-o", c)]
+    text = subprocess.run(["tshark", "-r", str(tmp_path / "out.pcap"), "-q", "-z", "expert,warn", *args],
+                          capture_output=True, text=True, check=True).stdout
+    bad = [line for line in text.splitlines() if "checksum" in line.lower() or "Malformed" in line]
+    assert not bad, text
+    # The only warnings: the segments the switch answered instead of forwarding are missing downstream.
+    warns = [line for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert all("Previous segment(s) not captured" in line for line in warns), text
+
+
+def test_conntrack_and_services_name_the_methods_as_ipvsadm_does():
+    switch, _ = run_capture()
+    snapshot = switch.snapshot()
+    text = services_text(snapshot, 4096)
+    assert "Route" in text and "Tunnel" in text and "Masq" not in text
+    table = conntrack_text(snapshot)
+    assert table.splitlines()[1].split()[-1] == "Forward"
+    assert {line.split()[-1] for line in table.splitlines()[2:]} == {"Route", "Tunnel"}
+
+
+def test_a_dr_flow_moves_by_ipvs_input_only_rows():
+    """IPVS sets NOOUTPUT on dr/tun connections: a client's FIN on ESTABLISHED gives FIN_WAIT (INPUT-ONLY),
+    not NAT's CLOSE_WAIT, until a packet from the real's side is seen."""
+    doc = {"service": [{"vip": "10.0.0.100:80", "real": [
+        {"address": "10.1.0.1:80", "forward": "dr", "mac": "02:00:00:00:00:01"}]}]}
+    switch = Switch(configmod.from_dict(doc, {"rr"}), seed=1)
+    client = Ether() / IP(src="172.16.0.1", dst="10.0.0.100")
+    frames = [client / TCP(sport=1000, dport=80, flags=f) for f in ("S", "A", "FA")]
+    batch = Batch.from_frames([bytes(f) for f in frames], 1)
+    switch.process(batch)
+    assert [row["state"] for row in switch.conntrack()] == ["FIN_WAIT"]
+
+
+@pytest.mark.parametrize(("real", "key", "words"), [
+    ({"forward": "dr"}, "mac", "missing"),
+    ({"forward": "masq", "mac": "02:00:00:00:00:01"}, "mac", "only dr and tun"),
+    ({"forward": "tun", "tun_type": "gue"}, "tun_port", "missing"),
+    ({"forward": "tun", "tun_type": "ipip", "tun_flags": "csum"}, "tun_flags", "only an IPVS gue or gre"),
+    ({"forward": "tun", "encap": "katran", "tun_type": "gre"}, "encap", "ipip or gue"),
+    ({"forward": "route"}, "forward", "not one of"),
+    ({"forward": "dr", "mac": "02:00:00:00:00"}, "mac", "not a MAC"),
+    ({"forward": "tun", "address": "[2001:db8::1]:80"}, "source_address", "IPv6 address"),
+    ({"forward": "dr", "mac": "02:00:00:00:00:01", "address": "10.1.0.1:8080"}, "address", "owns the VIP"),
+])
+def test_a_bad_forwarding_key_is_one_error_naming_it(real, key, words):
+    entry = {"address": "10.1.0.1:80", **real}
+    doc = {"service": [{"vip": "10.0.0.100:80", "real": [entry]}]}
+    with pytest.raises(ConfigError) as caught:
+        configmod.from_dict(doc, schedulers.catalog())
+    assert caught.value.key.endswith(key) and words in str(caught.value)
+
+
+METHODS = [
+    {"forward": "dr", "mac": "02:00:00:00:00:09"},
+    {"forward": "tun"},
+    {"forward": "tun", "tun_type": "gue", "tun_port": 6080, "tun_flags": "csum"},
+    {"forward": "tun", "tun_type": "gue", "tun_port": 6080},
+    {"forward": "tun", "tun_type": "gre", "tun_flags": "csum"},
+    {"forward": "tun", "tun_type": "gre"},
+    {"forward": "tun", "encap": "katran"},
+    {"forward": "tun", "encap": "katran", "tun_type": "gue"},
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(method=st.sampled_from(METHODS), v6=st.booleans(), outer6=st.booleans(), udp=st.booleans(),
+       ttl=st.integers(0, 255), tos=st.integers(0, 255), df=st.booleans(), size=st.integers(0, 1500),
+       sport=st.integers(1, 65535), mtu=st.sampled_from([1280, 1400, 1500, 9000]))
+def test_any_packet_through_any_method_is_what_the_oracle_builds(method, v6, outer6, udp, ttl, tos, df, size,
+                                                                  sport, mtu):
+    """Generated packets (either family, TCP or UDP, any TTL, DSCP/ECN, DF, size) through each method and
+    family of real: forwarded, answered or dropped exactly as the oracle says."""
+    real_family = 6 if (outer6 and method["forward"] == "tun") else (6 if v6 and method["forward"] == "dr" else 4)
+    if method["forward"] == "dr":
+        real_family = 6 if v6 else 4
+    address = "[2001:db8:1::5]:80" if real_family == 6 else "10.1.0.5:80"
+    vip = "[2001:db8::100]:80" if v6 else "10.0.0.100:80"
+    doc = {"service": [{"vip": vip, "protocol": "udp" if udp else "tcp", "mtu": mtu,
+                        "source_address": ["10.0.0.2", "2001:db8::2"], "real": [{"address": address, **method}]}]}
+    switch = Switch(configmod.from_dict(doc, {"rr"}), seed=5)
+    svc, real = switch.reals[0]
+    l3 = (IPv6(src="2001:db8:ff::1", dst="2001:db8::100", hlim=ttl, tc=tos) if v6 else
+          IP(src="172.16.9.1", dst="10.0.0.100", ttl=ttl, tos=tos, flags="DF" if df else 0, id=77))
+    l4 = UDP(sport=sport, dport=80) if udp else TCP(sport=sport, dport=80, flags="S")
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe") / l3 / l4 / Raw(bytes(size)))
+    batch = Batch.from_frames([frame], 1)
+    switch.process(batch)
+    verdict, detail = batch.result(0)
+    out = batch.packet(0)
+    katran = real.encap == "katran"
+    ip_len = len(frame) - 14
+    if not katran and ttl <= 1:
+        assert (verdict, out) == ("icmp", expected_icmp(frame, out, svc, "ttl_exceeded", 0))
+    elif ip_len + _overhead(real) > mtu:
+        if katran or (not v6 and not df):
+            assert (verdict, out) == ("drop", frame)
+        else:
+            limit = mtu - _overhead(real)
+            assert (verdict, out) == ("icmp", expected_icmp(frame, out, svc, "too_big",
+                                                           max(limit, 1280) if v6 else limit))
+    else:
+        assert verdict == "new" and out == expected_forward(frame, out, svc, real)
+
+
+def _frames_for_the_forward_harness():
+    """Well-formed client frames to the forward harness's VIPs (either family, TTLs around 1, sizes
+    around its 1280 MTU), each maybe with a few bytes overwritten or cut short."""
+    good = st.builds(
+        lambda v6, ttl, size, sport, df: bytes(
+            Ether(dst="02:00:00:00:00:fe")
+            / (IPv6(src="2001:db8:ff::1", dst="2001:db8::100", hlim=ttl) / UDP(sport=sport, dport=80) if v6 else
+               IP(src="172.16.0.1", dst="10.0.0.100", ttl=ttl, flags="DF" if df else 0)
+               / TCP(sport=sport, dport=80, flags="S"))
+            / Raw(bytes(size))),
+        st.booleans(), st.integers(0, 3), st.integers(0, 1300), st.integers(1, 65535), st.booleans())
+    edited = st.builds(lambda frame, edits, cut: bytes(edits.get(k, b) for k, b in enumerate(frame))[:cut],
+                       good, st.dictionaries(st.integers(14, 60), st.integers(0, 255), max_size=3),
+                       st.integers(0, 1400))
+    return st.one_of(good, edited)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=st.lists(_frames_for_the_forward_harness(), min_size=1, max_size=6),
+       linktype=st.sampled_from([1, 101, 113, 276, 0, 228, 229]))
+def test_the_forward_fuzz_harness_holds_on_client_frames(frames, linktype):
+    """fuzz/common.py's run_forward (the atheris 'forward' harness): dropped and passed frames unchanged,
+    every packet one verdict, reasons adding up, on every link type (a raw-IP type takes the frame's
+    bytes after the Ethernet header)."""
+    sys.path.insert(0, str(PCAPS.parent / "fuzz"))
+    from common import LINKTYPES, encode, run_forward
+
+    frames = [f if linktype == 1 else f[14:] for f in frames]
+    run_forward(encode(LINKTYPES[LINKTYPES.index(linktype)], frames))
