@@ -33,6 +33,8 @@ cdef class Batch:
     cdef uint16_t* linktype               # DLT_* of the packet's interface
     cdef uint8_t* verdict                 # Verdict, set by the datapath
     cdef int32_t* detail
+    cdef uint16_t* headroom               # free bytes right before packet i: a tunnel's headers go there
+    cdef uint16_t reserve                 # the headroom push leaves before each packet it copies
 
     cdef void clear(self) noexcept nogil
     # frame may be data + data_len itself (read into place, not copied)

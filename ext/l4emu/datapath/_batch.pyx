@@ -11,12 +11,18 @@ NS = _types.NS          # nanoseconds per second, for the Python side (timestamp
 # Room for a full batch of typical packets; one packet larger than what is left waits for the next
 # batch, and a packet larger than the whole buffer grows it (records are at most 256 KiB).
 DEFAULT_DATA_BYTES = 1 << 20
+# Room left before each packet copied in, so that a tunnel prepends its headers in place (moving only
+# the link header) instead of copying the packet: the largest outer headers the switch writes are
+# IPv6 + UDP + GUE, 52 bytes; 64 keeps packets 8-byte aligned as they were.
+DEFAULT_HEADROOM = 64
 
 
 cdef class Batch:
-    def __cinit__(self, Py_ssize_t capacity=4096, Py_ssize_t data_bytes=DEFAULT_DATA_BYTES):
-        if capacity < 1 or data_bytes < 1:
-            raise ValueError("batch capacity and data bytes must be at least 1")
+    def __cinit__(self, Py_ssize_t capacity=4096, Py_ssize_t data_bytes=DEFAULT_DATA_BYTES,
+                  int headroom=DEFAULT_HEADROOM):
+        if capacity < 1 or data_bytes < 1 or not 0 <= headroom <= 0xFFFF:
+            raise ValueError("batch capacity and data bytes must be at least 1, headroom 0 to 65535")
+        self.reserve = headroom
         self.capacity = capacity
         self.n = 0
         self.offset = <uint64_t*>calloc(capacity, sizeof(uint64_t))
@@ -27,10 +33,11 @@ cdef class Batch:
         self.linktype = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.verdict = <uint8_t*>calloc(capacity, sizeof(uint8_t))
         self.detail = <int32_t*>calloc(capacity, sizeof(int32_t))
+        self.headroom = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.data_cap = data_bytes
         self.data = <uint8_t*>calloc(self.data_cap, 1)
         if not (self.offset and self.caplen and self.origlen and self.ts_ns and self.iface
-                and self.linktype and self.verdict and self.detail and self.data):
+                and self.linktype and self.verdict and self.detail and self.headroom and self.data):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -42,6 +49,7 @@ cdef class Batch:
         free(self.linktype)
         free(self.verdict)
         free(self.detail)
+        free(self.headroom)
         free(self.data)
 
     cdef void clear(self) noexcept nogil:
@@ -53,18 +61,22 @@ cdef class Batch:
         """Copy one packet in: 0 done, 1 the batch is full (try again after clear), -1 out of memory."""
         cdef Py_ssize_t i = self.n
         cdef uint8_t* grown
+        cdef bint in_place = frame == self.data + self.data_len     # a source read it there (TUN): no headroom
+        cdef uint32_t before = 0 if in_place else self.reserve
         if i == self.capacity:
             return 1
-        if self.data_len + caplen > self.data_cap:
+        if self.data_len + before + caplen > self.data_cap:
             if i > 0:
                 return 1
-            grown = <uint8_t*>realloc(self.data, caplen)
+            grown = <uint8_t*>realloc(self.data, before + caplen)
             if grown == NULL:
                 return -1
             self.data = grown
-            self.data_cap = caplen
-        if frame != self.data + self.data_len:       # a source may have read it into place (TUN)
+            self.data_cap = before + caplen
+        self.data_len += before
+        if not in_place:
             memcpy(self.data + self.data_len, frame, caplen)
+        self.headroom[i] = before
         self.offset[i] = self.data_len
         self.caplen[i] = caplen
         self.origlen[i] = origlen
@@ -95,6 +107,7 @@ cdef class Batch:
             self.data_cap = cap
         self.offset[i] = self.data_len
         self.caplen[i] = size
+        self.headroom[i] = 0
         self.data_len = want
         return self.data + self.offset[i]
 
@@ -110,7 +123,7 @@ cdef class Batch:
         cdef const uint8_t[::1] view
         cdef uint8_t* grown
         frames = [bytes(f) for f in frames]
-        cdef Batch batch = Batch(max(count, 1), max(sum(len(f) for f in frames), 1))
+        cdef Batch batch = Batch(max(count, 1), max(sum(len(f) for f in frames), 1), 0)
         for i in range(count):
             frame = frames[i]
             if len(frame) > batch.data_cap - batch.data_len:
@@ -200,6 +213,7 @@ cdef class Batch:
         memcpy(self.linktype, source.linktype, n * sizeof(uint16_t))
         memcpy(self.verdict, source.verdict, n * sizeof(uint8_t))
         memcpy(self.detail, source.detail, n * sizeof(int32_t))
+        memcpy(self.headroom, source.headroom, n * sizeof(uint16_t))
         self.n = n
         self.data_len = source.data_len
 
@@ -215,4 +229,5 @@ cdef class Batch:
         self.linktype, bigger.linktype = bigger.linktype, self.linktype
         self.verdict, bigger.verdict = bigger.verdict, self.verdict
         self.detail, bigger.detail = bigger.detail, self.detail
+        self.headroom, bigger.headroom = bigger.headroom, self.headroom
         self.capacity = capacity

@@ -6,7 +6,7 @@ datagram) to a service with no flow is scheduled, everything else passes untouch
 move by IPVS's table; timeouts run on the packet clock.
 """
 from libc.stdlib cimport realloc, free
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memmove
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
 from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
@@ -690,14 +690,21 @@ cdef class Datapath:
             self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
             return
         tos = dsfield(p, l3, fam)
-        q = self.cur.room(i, l3 + overhead + kept)
-        if q == NULL:
-            self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
-            return
-        p = self.cur.data + old                            # the buffer may have moved
+        if self.cur.headroom[i] >= overhead:       # in place: only the link header moves, into the headroom
+            q = p - overhead
+            memmove(q, p, l3)
+            self.cur.offset[i] = self.cur.offset[i] - overhead
+            self.cur.headroom[i] = <uint16_t>(self.cur.headroom[i] - overhead)
+            self.cur.caplen[i] = l3 + overhead + kept
+        else:                                       # no headroom (a TUN read, from_frames): a copy, at the end
+            q = self.cur.room(i, l3 + overhead + kept)
+            if q == NULL:
+                self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+                return
+            p = self.cur.data + old                 # the buffer may have moved
+            memcpy(q, p, l3)
+            memcpy(q + l3 + overhead, p + l3, kept)
         self.cur.origlen[i] = l3 + overhead + ip_len
-        memcpy(q, p, l3)
-        memcpy(q + l3 + overhead, p + l3, kept)
         if not real.katran:
             decrement_ttl(q, l3 + overhead, fam)
         ttl = q[l3 + overhead + (IP4_TTL if fam == 4 else IP6_HOP_LIMIT)]
