@@ -137,7 +137,8 @@ def summary_text(summary: dict) -> str:
         + (f", {summary['answer']:,} of them as captured from the service side" if summary.get("answer") else "")
         + f"), {summary['passed']:,} passed untouched",
         f"dropped      {sum(dropped.values()):,}"
-        + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
+        + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else "")
+        + (f", {summary['icmp']:,} of them answered with an ICMP error" if summary.get("icmp") else ""),
         *_columns("new conns", [f"{real:<24} {n:>9,}" for real, n in summary["new_connections"].items()]),
         *_columns(
             "unattributed",
