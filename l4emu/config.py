@@ -45,7 +45,11 @@ TUN_FLAGS = ("nocsum", "csum", "remcsum")  # ipvsadm --tun-nocsum / --tun-csum /
 ENCAPS = ("ipvs", "katran")
 FORWARD_KEYS = ("forward", "mac", "tun_type", "tun_port", "tun_flags", "encap")
 DEFAULT_MTU = 1500
-MTU_RANGE = (1280, 65535)  # IPv6's minimum link MTU up to the largest IP length
+MTU_RANGE = (1280, 65535)
+FRAGMENT_POLICIES = (
+    "drop",
+    "3tuple",
+)  # what a fragment for a VIP gets (docs/forwarding.md)  # IPv6's minimum link MTU up to the largest IP length
 MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -106,6 +110,7 @@ class Service:
     mtu: int = DEFAULT_MTU  # the route MTU towards the reals (dr, tun; docs/forwarding.md)
     # The switch's own addresses (tunnel outer source, ICMP errors' source); by default the VIP.
     source_addresses: tuple[IPAddress, ...] = ()
+    fragments: str = "drop"  # FRAGMENT_POLICIES
 
     def source_address(self, family: int) -> IPAddress | None:
         """The switch's address of this family (the VIP for its own family when none is given)."""
@@ -336,6 +341,7 @@ def _service(raw, key: str, schedulers) -> Service:
             "capture_servers",
             "mtu",
             "source_address",
+            "fragments",
         },
     )
     if "vip" not in raw:
@@ -378,8 +384,29 @@ def _service(raw, key: str, schedulers) -> Service:
     if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
         raise ConfigError(f"{key}.mtu", f"{mtu} is out of range {MTU_RANGE[0]}-{MTU_RANGE[1]}")
     sources = _source_addresses(raw.get("source_address", []), f"{key}.source_address")
+    fragments = _typed(raw.get("fragments", "drop"), str, f"{key}.fragments")
+    if fragments not in FRAGMENT_POLICIES:
+        raise ConfigError(f"{key}.fragments", f"{fragments!r} is not one of {', '.join(FRAGMENT_POLICIES)}")
+    if fragments == "3tuple" and any(real.forward == "masq" for real in reals):
+        raise ConfigError(
+            f"{key}.fragments",
+            "3tuple sends fragments on with no connection, which only dr and tun reals can take "
+            "(a masq real's replies would find none to translate them)",
+        )
     service = Service(
-        vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size, capture_servers, mtu, sources
+        vip,
+        port,
+        protocol,
+        scheduler,
+        reals,
+        persistence,
+        netmask,
+        flags,
+        table_size,
+        capture_servers,
+        mtu,
+        sources,
+        fragments,
     )
     for i, real in enumerate(reals):
         if real.forward != "masq" and real.port != port:

@@ -101,6 +101,7 @@ class Switch:
             svc.mtu,
             four.packed if four else bytes(4),
             six.packed if six else bytes(16),
+            svc.fragments,
         )
         for k, real in enumerate(svc.reals):
             if real.forward != "masq":

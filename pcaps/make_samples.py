@@ -19,7 +19,7 @@ from pathlib import Path
 
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 HERE = Path(__file__).resolve().parent
@@ -346,6 +346,8 @@ def plan_clients(services):
 
 
 FULL_SEGMENT = 1460         # an IPv4 TCP segment of 1500 bytes, the Ethernet MTU
+FRAGMENT_SIZE = 1400        # IPv4 fragments that still fit the MTU once tunnelled
+IPV6_MIN_MTU = 1280
 
 
 def client_side(packets, client):
@@ -365,7 +367,8 @@ def plan_forwarding(services):
     """forwarding.pcap: the clients' side of HTTP (IPv4, IPv6) and DNS conversations for
     pcaps/forwarding.toml, where every real is reached by dr or a tunnel; plus what a forwarding hop
     must answer: TTL / hop limit 1, full-size segments with DF (and IPv6) that no longer fit once
-    tunnelled, an ECN CE mark, and a full-size UDP datagram without DF."""
+    tunnelled, an ECN CE mark, and a full-size UDP datagram without DF; and fragmented datagrams
+    (IPv4 UDP, IPv6 TCP) for services that schedule fragments by 3-tuple."""
     plan = Plan(services, seed=15, tick=1000)
     vip, vport, _ = services[("tcp", 4)]
     vip6, vport6, _ = services[("tcp", 6)]
@@ -392,6 +395,16 @@ def plan_forwarding(services):
         query, _ = dns(0x1500 + k, f"host{k}.example.com", "192.0.2.15")
         plan.fixed(start, [(start, ethernet()(None, client, dns_vip) / UDP(sport=plan.port(client), dport=dns_port)
                             / (query if k < 3 else bytes(1472)))])       # the last two: 1500 bytes, no DF
+    for k, client in enumerate((CLIENTS[0], CLIENTS[5], CLIENTS[4])):    # to both reals, by 3-tuple
+        start = plan.start(0, 9)
+        big = IP(id=0x1500 + k, src=client, dst=dns_vip) / UDP(sport=plan.port(client), dport=dns_port) / bytes(3000)
+        plan.fixed(start, [(start + n * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / frag)
+                           for n, frag in enumerate(fragment(big, fragsize=FRAGMENT_SIZE))])
+    client, start = CLIENTS6[1], plan.start(0, 9)          # and an IPv6 one to the IPv6 HTTP service
+    big6 = IPv6(src=client, dst=vip6) / IPv6ExtHdrFragment(id=0x15) / TCP(sport=plan.port(client), dport=vport6,
+                                                                           flags="PA") / bytes(2000)
+    plan.fixed(start, [(start + n * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / frag)
+                       for n, frag in enumerate(fragment6(big6, IPV6_MIN_MTU))])
     start = plan.start(9, 10)
     plan.fixed(start, [(start, df_ethernet(None, CLIENTS[5], vip, ttl=1) /
                         TCP(sport=plan.port(CLIENTS[5]), dport=vport, flags="S", seq=1, options=[("MSS", 1460)])),

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6
+from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -355,3 +355,61 @@ def test_the_forward_fuzz_harness_holds_on_client_frames(frames, linktype):
 
     frames = [f if linktype == 1 else f[14:] for f in frames]
     run_forward(encode(LINKTYPES[LINKTYPES.index(linktype)], frames))
+
+
+def fragment_rows(rows):
+    """The rows of the sample whose input is an IP fragment, by datagram (source, destination, IP ID)."""
+    datagrams: dict[tuple, list] = {}
+    for frame, out, verdict, detail in rows:
+        eth = Ether(frame)
+        if eth.haslayer(IPv6ExtHdrFragment):
+            key = (eth[IPv6].src, eth[IPv6].dst, eth[IPv6ExtHdrFragment].id)
+        elif eth.haslayer(IP) and (eth[IP].flags.MF or eth[IP].frag):
+            key = (eth[IP].src, eth[IP].dst, eth[IP].id)
+        else:
+            continue
+        datagrams.setdefault(key, []).append((frame, out, verdict, detail))
+    return datagrams
+
+
+def test_3tuple_sends_every_fragment_of_a_datagram_to_one_real_whatever_the_secret():
+    """Maglev's policy: each fragment by (source, destination, protocol) under a fixed key, so every
+    fragment of a datagram reaches one real, switches with other secrets agree, both reals get some,
+    and each fragment leaves exactly as the oracle tunnels or routes it."""
+    switch, rows = run_capture(seed=7)
+    other = fragment_rows(run_capture(seed=8)[1])
+    datagrams = fragment_rows(rows)
+    assert len(datagrams) == 4 and sum(len(d) for d in datagrams.values()) == 11
+    reals = set()
+    for key, fragments in datagrams.items():
+        assert {v for _, _, v, _ in fragments} == {"forward"}
+        assert len({d for _, _, _, d in fragments} | {d for _, _, _, d in other[key]}) == 1
+        reals.add(fragments[0][3])
+        for frame, out, verdict, detail in fragments:
+            check_row(switch, frame, out, verdict, detail)
+    assert len(reals) == 3, "both reals of the DNS service and one of the IPv6 service"
+
+
+@pytest.mark.parametrize("policy", ["drop", "3tuple"])
+def test_a_tiny_first_fragment_is_dropped_and_drop_drops_them_all(policy):
+    """A first fragment that splits the UDP header (RFC 1858) is dropped under 3tuple; under drop
+    (the default, Katran's and DPVS's) every fragment for the VIP is."""
+    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": policy, "real": [
+        {"address": "10.1.0.1:53", "forward": "dr", "mac": "02:00:00:00:00:01"}]}]}
+    switch = Switch(configmod.from_dict(doc, {"rr"}), seed=1)
+    head = Ether() / IP(src="172.16.0.1", dst="10.0.0.100", proto=17, flags="MF", id=9)
+    tiny = bytes(head / Raw(bytes(UDP(sport=5, dport=53, len=1000))[:4]))
+    rest = bytes(Ether() / IP(src="172.16.0.1", dst="10.0.0.100", proto=17, frag=1, id=9) / Raw(bytes(992)))
+    batch = Batch.from_frames([tiny, rest], 1)
+    switch.process(batch)
+    assert batch.result(0) == ("drop", DROP_REASONS.index("fragment"))
+    assert batch.result(1)[0] == ("drop" if policy == "drop" else "forward")
+    assert batch.packet(0) == tiny
+
+
+def test_3tuple_needs_reals_that_take_packets_without_a_connection():
+    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "3tuple",
+                        "real": [{"address": "10.1.0.1:53"}]}]}
+    with pytest.raises(ConfigError, match="only dr and tun reals") as caught:
+        configmod.from_dict(doc, {"rr"})
+    assert caught.value.key == "service[0].fragments"

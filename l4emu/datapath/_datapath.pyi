@@ -15,6 +15,7 @@ FORWARD_NAMES: tuple[str, ...]
 TUN_TYPES: dict[str, int]
 TUN_FLAGS: dict[str, int]
 DEFAULT_MTU: int
+FRAGMENT_POLICIES: dict[str, int]
 PARSED_LINKTYPES: dict[int, str]
 
 class Datapath:
@@ -63,7 +64,9 @@ class Datapath:
         netmask: builtins.bytes | None = None,
         capture_servers: Sequence[tuple[builtins.bytes, int]] = (),
     ) -> int: ...
-    def set_forwarding(self, service: int, mtu: int, source4: builtins.bytes, source6: builtins.bytes) -> None: ...
+    def set_forwarding(
+        self, service: int, mtu: int, source4: builtins.bytes, source6: builtins.bytes, fragments: str = "drop"
+    ) -> None: ...
     def set_real_forwarding(
         self,
         index: int,

@@ -63,5 +63,8 @@ cdef class Datapath:
                       uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
                           uint8_t v, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil
+    cdef void fragment(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                       int32_t* detail) noexcept nogil
     cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
                         uint8_t* verdict, int32_t* detail) noexcept nogil

@@ -17,6 +17,7 @@ from l4emu.schedulers._core cimport Scheduler
 from l4emu.datapath._persist cimport find_template, note_template
 from l4emu.datapath._icmp cimport rewrite_icmp_error
 from l4emu.datapath._forward cimport *
+from l4emu.datapath._fragments cimport first_fragment_has_ports, pick_by_hash, three_tuple_hash
 
 # The names of _types.pxd's vocabularies, each bound to its enum (checked complete at import).
 STATE_NAMES = name_table({
@@ -37,6 +38,7 @@ DROP_REASONS = name_table({
 FORWARD_NAMES = name_table({FWD_MASQ: "Masq", FWD_DR: "Route", FWD_TUN: "Tunnel"}, N_FWD, "FwdMethod")
 TUN_TYPES = {"ipip": TUN_IPIP, "gue": TUN_GUE, "gre": TUN_GRE}
 TUN_FLAGS = {"nocsum": 0, "csum": TUNF_CSUM, "remcsum": TUNF_REMCSUM}
+FRAGMENT_POLICIES = {"drop": FRAG_DROP, "3tuple": FRAG_3TUPLE}
 DEFAULT_MTU = 1500
 PASS_REASONS = name_table({
     P_NOT_IP: "not_ip", P_OTHER_PROTOCOL: "other_protocol", P_NO_SERVICE: "no_service", P_FRAGMENT: "fragment",
@@ -214,6 +216,7 @@ cdef class Datapath:
         s.persist_ns = <uint64_t>(persistence_s * NS)
         s.persist_mask = _addr16(persistence_mask or b"\xff" * 16)
         s.mtu = DEFAULT_MTU
+        s.fragments = FRAG_DROP
         s.source4 = _addr16(vip)
         s.source6 = _addr16(vip)
         self.t.hooks[self.n_services] = scheduler.hook()
@@ -414,11 +417,17 @@ cdef class Datapath:
 
     cdef int classify(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
                       PacketInfo* info) noexcept nogil:
-        """Parse; a fragment is dropped if it is for a VIP (no reassembly yet), else passed."""
+        """Parse; a fragment for a VIP goes by its service's policy (3tuple: kept, its service in
+        info.reason) or is dropped; one for no VIP is passed."""
         cdef int r = parse_packet(p, caplen, origlen, linktype, info)
+        cdef int32_t svc
         if r == PARSED and self.n_aliases and not info.icmp_error:
             self.alias_destination(info)
         if r == PARSE_FRAGMENT:
+            svc = self.fragment_service(&info.key)
+            if svc >= 0 and self.t.services[svc].fragments == FRAG_3TUPLE:
+                info.reason = svc
+                return PARSE_FRAGMENT
             if self.find_service(&info.key, True) >= 0:
                 info.reason = D_FRAGMENT
                 return PARSE_DROP
@@ -441,6 +450,9 @@ cdef class Datapath:
             self.table.advance(ts)
         self.packets += 1
         self.bytes += origlen
+        if parsed == PARSE_FRAGMENT:
+            self.fragment(p, info, origlen, verdict, detail)
+            return
         if parsed != PARSED:
             self.finish(verdict, detail, V_DROP if parsed == PARSE_DROP else V_PASS, info.reason)
             return
@@ -625,6 +637,32 @@ cdef class Datapath:
         rewrite(p, info, True, real.addr, real.port)
         self.finish(verdict, detail, V_NEW, f.real)
 
+    cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil:
+        """The service of a fragment's VIP and protocol (a fragment has no port to tell services apart)."""
+        cdef uint32_t k
+        cdef size_t alen = 4 if key.family == 4 else 16
+        for k in range(self.n_services):
+            if (self.t.services[k].family == key.family and self.t.services[k].proto == key.proto
+                    and memcmp(self.t.services[k].vip, key.dst, alen) == 0):
+                return k
+        return -1
+
+    cdef void fragment(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                       int32_t* detail) noexcept nogil:
+        """Maglev's 3-tuple policy: the real by a fixed hash of (source, destination, protocol), so that
+        every fragment of a datagram, and every instance of a cluster, agrees; no flow is made. The
+        service's reals are dr or tun (config): the fragment goes on whole by the real's method."""
+        cdef Service* s = &self.t.services[info.reason]
+        cdef uint64_t h = three_tuple_hash(&info.key)
+        cdef int32_t pick = pick_by_hash(&self.t.reals[s.first_real], s.n_reals, h)
+        if pick < 0:
+            self.finish(verdict, detail, V_DROP, D_NO_REAL)
+            return
+        if info.frag_offset == 0 and not first_fragment_has_ports(info):
+            self.finish(verdict, detail, V_DROP, D_FRAGMENT)        # a tiny first fragment (RFC 1858)
+            return
+        self.forward(p, info, &self.t.reals[s.first_real + pick], h, origlen, V_FORWARD, verdict, detail)
+
     # ---- forwarding methods other than NAT (dr, tun): _forward.pxd writes the bytes --------------
     cdef void forward(self, uint8_t* p, PacketInfo* info, Real* real, uint64_t h, uint32_t origlen, uint8_t v,
                       uint8_t* verdict, int32_t* detail) noexcept nogil:
@@ -647,7 +685,8 @@ cdef class Datapath:
                 return
         if ip_len + overhead > s.mtu and not info.len_from_capture:
             mtu = s.mtu - overhead
-            if not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8))):
+            if (not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)))
+                    or info.frag_offset):           # IPVS: packet too big only for a first fragment
                 self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)     # a drop leaves the bytes as they came
             else:
                 decrement_ttl(p, l3, fam)           # IPVS checks the MTU after decrement_ttl: the quote shows it
@@ -786,10 +825,12 @@ cdef class Datapath:
         self.cur.origlen[i] = size
         self.finish(verdict, detail, V_ICMP, reason)
 
-    def set_forwarding(self, uint32_t service, uint32_t mtu, bytes source4, bytes source6):
-        """A service's route MTU towards its reals and the switch's own addresses (outer sources, ICMP)."""
+    def set_forwarding(self, uint32_t service, uint32_t mtu, bytes source4, bytes source6, str fragments="drop"):
+        """A service's route MTU towards its reals, the switch's own addresses (outer sources, ICMP) and
+        what a fragment for its VIP gets (FRAGMENT_POLICIES)."""
         if service >= self.n_services:
             raise IndexError(f"no service {service}")
+        self.t.services[service].fragments = FRAGMENT_POLICIES[fragments]
         self.t.services[service].mtu = mtu
         self.t.services[service].source4 = _addr16(source4)
         self.t.services[service].source6 = _addr16(source6)

@@ -14,7 +14,6 @@ cdef enum:
     SLL_PROTOCOL = 14           # Linux cooked header: protocol field
     SLL2_PROTOCOL = 0
     IP4_TOS = 1
-    IP4_ID = 4
     IP4_TTL = 8
     IP6_HOP_LIMIT = 7
     IP4_DF = 0x4000

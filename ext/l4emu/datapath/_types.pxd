@@ -71,6 +71,12 @@ cdef enum FwdMethod:
     FWD_TUN = 2
     N_FWD = 3
 
+# Service.fragments: what a fragment for the service's VIP gets.
+cdef enum FragPolicy:
+    FRAG_DROP = 0           # counted drop (Katran, DPVS)
+    FRAG_3TUPLE = 1         # the real by a fixed hash of (source, destination, protocol) (Maglev 4.3)
+    N_FRAG_POLICIES = 2
+
 # Real.tun_type (ipvsadm --tun-type).
 cdef enum TunType:
     TUN_IPIP = 0
@@ -108,6 +114,9 @@ ctypedef struct PacketInfo:
     uint8_t tcp_flags
     uint8_t len_from_capture  # BIG TCP/GSO: IP length 0 (or an IPv6 jumbo option): the capture gave the length
     uint8_t dst_in_rthdr      # IPv6: a routing header with segments left holds the L4 pseudo-header's destination
+    uint8_t more_frags        # a fragment (PARSE_FRAGMENT): MF set
+    uint32_t frag_offset      # ... its payload's offset in the datagram, bytes
+    uint32_t frag_id          # ... the datagram's IP ID (IPv4: 16 bits; IPv6: the fragment header's 32)
     int reason
 
 ctypedef struct Flow:
@@ -135,6 +144,7 @@ ctypedef struct Service:
     uint8_t persist_mask[16]    # IPVS -M: the client address bits a template keeps
     uint32_t mtu            # the route MTU towards the reals (dr, tun)
     uint8_t source4[16]     # the switch's own addresses: tunnel outer source, ICMP errors' source
+    uint8_t fragments       # FragPolicy: what a fragment for the VIP gets
     uint8_t source6[16]
 
 # Where a service meets its clients: its VIP, and the capture's original servers (`capture_servers`),
