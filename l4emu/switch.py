@@ -290,5 +290,8 @@ class Switch:
         passed = [f"passed untouched: {PASS_TEXT[name]}" for name in PASS_REASONS]
         dropped = [f"dropped: {DROP_TEXT[name]}" for name in DROP_REASONS]
         icmp = [f"ICMP error sent back for a packet {DROP_TEXT[name]}" for name in DROP_REASONS]
-        table = [[], passed, new, forward, reply, dropped, answer, icmp]
+        more = [
+            f"a further fragment of the packet before it, to {r.endpoint} (no DF, over the MTU)" for _, r in self.reals
+        ]
+        table = [[], passed, new, forward, reply, dropped, answer, icmp, more]
         return [[text.encode() for text in row] for row in table]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
+from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -155,20 +155,35 @@ def expected_icmp(frame, out, svc, reason, mtu):
     return bytes(Ether(dst=eth.src, src=eth.dst, type=eth.type) / head / body)
 
 
-def run_capture(path=CAPTURE, config=CONFIG, seed=7):
-    """(switch, [(frame in, frame out, verdict, detail)]) for every packet of the capture."""
+def run_capture(path=CAPTURE, config=CONFIG, seed=7, fragments=None):
+    """(switch, [(frame in, frame out, verdict, detail)]) for every packet of the capture; the fragments
+    the switch made of a packet (verdict more) go into `fragments`, by the packet's row."""
     switch = Switch.from_config(config, seed=seed)
     rows = []
     with open_capture(path) as reader:
         for batch in reader.batches():
             before = [batch.packet(i) for i in range(len(batch))]
             switch.process(batch)
-            rows += [(before[i], batch.packet(i), *batch.result(i)) for i in range(len(batch))]
+            k = 0
+            for i in range(len(batch)):
+                verdict, detail = batch.result(i)
+                if verdict == "more":
+                    if fragments is not None:
+                        fragments.setdefault(len(rows) - 1, []).append(batch.packet(i))
+                    continue
+                rows.append((before[k], batch.packet(i), verdict, detail))
+                k += 1
+            assert k == len(before)
     return switch, rows
 
 
-def check_row(switch, frame, out, verdict, detail):
-    if verdict in ("new", "forward"):
+def check_row(switch, frame, out, verdict, detail, more=()):
+    if verdict in ("new", "forward") and more:       # no DF and too big: Linux's ip_fragment on output
+        svc, real = switch.reals[detail]
+        whole = Ether(expected_forward(frame, out, svc, real))
+        pieces = fragment(whole[IP], fragsize=(svc.mtu - 20) & ~7)
+        assert [out, *more] == [bytes(Ether(dst=whole.dst, src=whole.src) / piece) for piece in pieces]
+    elif verdict in ("new", "forward"):
         svc, real = switch.reals[detail]
         assert out == expected_forward(frame, out, svc, real), (real, Ether(frame).summary())
     elif verdict == "icmp":
@@ -194,16 +209,20 @@ def _overhead(real):
 
 
 def test_every_output_packet_of_the_forwarding_sample_is_what_the_oracle_builds():
-    switch, rows = run_capture()
+    fragments: dict[int, list] = {}
+    switch, rows = run_capture(fragments=fragments)
     verdicts = {}
-    for frame, out, verdict, detail in rows:
-        check_row(switch, frame, out, verdict, detail)
+    for k, (frame, out, verdict, detail) in enumerate(rows):
+        check_row(switch, frame, out, verdict, detail, fragments.get(k, ()))
         verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    # The no-DF 1500-byte datagrams that went to the gue real left in two fragments each.
+    assert fragments and switch.stats()["fragments_made"] == sum(len(more) for more in fragments.values())
+    assert all(len(more) == 1 and Ether(rows[k][0])[IP].len == 1500 for k, more in fragments.items())
     stats = switch.stats()
     # The sample holds each case: both TTL 1 SYNs answered, DF / IPv6 full-size segments over a tunnel's
-    # MTU answered, Katran's and the no-DF datagram's dropped without an answer.
+    # MTU answered, Katran's dropped without an answer.
     assert stats["dropped"]["ttl_exceeded"] == 2 and stats["dropped"]["too_big"] >= 2
-    assert stats["dropped"]["too_big_dropped"] >= 2 and stats["icmp"] == 4 + stats["dropped"]["too_big"] - 2
+    assert stats["dropped"]["too_big_dropped"] >= 1 and stats["icmp"] == 4 + stats["dropped"]["too_big"] - 2
     methods = {r.forward + "/" + r.tun_type + "/" + r.encap for s, r in switch.reals}
     used = {r.forward + "/" + r.tun_type + "/" + r.encap for i, (s, r) in enumerate(switch.reals)
             if switch.real_counters()[i]["in_pkts"]}
@@ -316,7 +335,11 @@ def test_any_packet_through_any_method_is_what_the_oracle_builds(method, v6, out
     if not katran and ttl <= 1:
         assert (verdict, out) == ("icmp", expected_icmp(frame, out, svc, "ttl_exceeded", 0))
     elif ip_len + _overhead(real) > mtu:
-        if katran or (not v6 and not df):
+        if not katran and not v6 and not df and real.address.version == 4:
+            more = [batch.packet(k) for k in range(1, len(batch))]
+            assert verdict == "new" and {batch.result(k)[0] for k in range(1, len(batch))} == {"more"}
+            check_row(switch, frame, out, verdict, detail, more)
+        elif katran or (not v6 and not df):
             assert (verdict, out) == ("drop", frame)
         else:
             limit = mtu - _overhead(real)
@@ -413,3 +436,16 @@ def test_3tuple_needs_reals_that_take_packets_without_a_connection():
     with pytest.raises(ConfigError, match="only dr and tun reals") as caught:
         configmod.from_dict(doc, {"rr"})
     assert caught.value.key == "service[0].fragments"
+
+
+def test_inside_shows_what_the_reals_receive_fragments_included(tmp_path):
+    """--inside: the tunnelled and routed packets as the reals get them, the switch's fragments in
+    their place after the first; nothing the switch answered or dropped."""
+    summary = replay(CAPTURE, Switch.from_config(CONFIG, seed=7), tmp_path / "out.pcap", inside=tmp_path / "in.pcap")
+    fragments: dict[int, list] = {}
+    _, rows = run_capture(seed=7, fragments=fragments)
+    sent = [out for k, (_, out, verdict, _) in enumerate(rows) if verdict in ("new", "forward")
+            for out in [out, *fragments.get(k, [])]]
+    with open_capture(tmp_path / "in.pcap") as reader:
+        inside = [batch.packet(i) for batch in reader.batches() for i in range(len(batch))]
+    assert inside == sent and summary["inside_written"] == len(sent)

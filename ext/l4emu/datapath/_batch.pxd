@@ -16,7 +16,10 @@ cdef enum Verdict:
     # V_ICMP: the switch answered the client with an ICMP error (time exceeded, fragmentation needed /
     # packet too big), written in the packet's place; detail: the drop reason of the packet it quotes
     V_ICMP = 7
-    V_LAST = 8
+    # V_MORE: one more packet the switch wrote after the one before it (a fragment of it, when it no
+    # longer fit the MTU and had no DF); detail: the real's index
+    V_MORE = 8
+    V_LAST = 9
 
 
 cdef class Batch:
@@ -42,3 +45,6 @@ cdef class Batch:
                   uint16_t iface, uint16_t linktype) noexcept nogil
     # A packet that grows or is replaced gets fresh room at the end of the buffer (see room())
     cdef uint8_t* room(self, Py_ssize_t i, uint32_t size) noexcept nogil
+    # ... and a packet that becomes several gets new slots right after it (see insert())
+    cdef Py_ssize_t insert(self, Py_ssize_t i, uint32_t size) noexcept nogil
+    cdef int grow_arrays(self, Py_ssize_t capacity) noexcept nogil

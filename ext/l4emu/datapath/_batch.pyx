@@ -1,12 +1,13 @@
 """Batch: packets as flat C arrays over one owned buffer, so no Python object exists per packet."""
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from l4emu.datapath cimport _types
 from l4emu.datapath._types cimport name_table
 
 # Verdict's names, each bound to its enum (checked complete at import).
 VERDICT_NAMES = name_table({V_UNSEEN: "unseen", V_PASS: "pass", V_NEW: "new", V_FORWARD: "forward", V_REPLY: "reply",
-                            V_DROP: "drop", V_ANSWER: "answer", V_ICMP: "icmp"}, V_LAST, "Verdict")
+                            V_DROP: "drop", V_ANSWER: "answer", V_ICMP: "icmp", V_MORE: "more"}, V_LAST,
+                           "Verdict")
 NS = _types.NS          # nanoseconds per second, for the Python side (timestamps are in nanoseconds)
 # Room for a full batch of typical packets; one packet larger than what is left waits for the next
 # batch, and a packet larger than the whole buffer grows it (records are at most 256 KiB).
@@ -110,6 +111,80 @@ cdef class Batch:
         self.headroom[i] = 0
         self.data_len = want
         return self.data + self.offset[i]
+
+    cdef Py_ssize_t insert(self, Py_ssize_t i, uint32_t size) noexcept nogil:
+        """A new packet slot right after packet i, holding `size` fresh bytes at the end of the buffer,
+        with packet i's time, interface and link type, verdict unseen; the packets after i move up
+        one. Returns its index (i + 1), or -1 when memory runs out. Every array and the buffer may
+        move: pointers into them are stale afterwards."""
+        cdef Py_ssize_t k, tail = self.n - i - 1
+        if self.n == self.capacity and self.grow_arrays(2 * self.capacity) < 0:
+            return -1
+        if self.room(self.n, size) == NULL:      # fresh bytes, in the slot past the end for now
+            return -1
+        k = self.n
+        memmove(&self.offset[i + 2], &self.offset[i + 1], tail * sizeof(uint64_t))
+        memmove(&self.caplen[i + 2], &self.caplen[i + 1], tail * sizeof(uint32_t))
+        memmove(&self.origlen[i + 2], &self.origlen[i + 1], tail * sizeof(uint32_t))
+        memmove(&self.ts_ns[i + 2], &self.ts_ns[i + 1], tail * sizeof(uint64_t))
+        memmove(&self.iface[i + 2], &self.iface[i + 1], tail * sizeof(uint16_t))
+        memmove(&self.linktype[i + 2], &self.linktype[i + 1], tail * sizeof(uint16_t))
+        memmove(&self.verdict[i + 2], &self.verdict[i + 1], tail * sizeof(uint8_t))
+        memmove(&self.detail[i + 2], &self.detail[i + 1], tail * sizeof(int32_t))
+        memmove(&self.headroom[i + 2], &self.headroom[i + 1], tail * sizeof(uint16_t))
+        self.offset[i + 1] = self.data_len - size
+        self.caplen[i + 1] = size
+        self.origlen[i + 1] = size
+        self.ts_ns[i + 1] = self.ts_ns[i]
+        self.iface[i + 1] = self.iface[i]
+        self.linktype[i + 1] = self.linktype[i]
+        self.verdict[i + 1] = V_UNSEEN
+        self.detail[i + 1] = 0
+        self.headroom[i + 1] = 0
+        self.n = k + 1
+        return i + 1
+
+    cdef int grow_arrays(self, Py_ssize_t capacity) noexcept nogil:
+        """Room for `capacity` packets in every array; 0, or -1 when memory runs out (nothing lost)."""
+        cdef void* q
+        q = realloc(self.offset, capacity * sizeof(uint64_t))
+        if q == NULL:
+            return -1
+        self.offset = <uint64_t*>q
+        q = realloc(self.caplen, capacity * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        self.caplen = <uint32_t*>q
+        q = realloc(self.origlen, capacity * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        self.origlen = <uint32_t*>q
+        q = realloc(self.ts_ns, capacity * sizeof(uint64_t))
+        if q == NULL:
+            return -1
+        self.ts_ns = <uint64_t*>q
+        q = realloc(self.iface, capacity * sizeof(uint16_t))
+        if q == NULL:
+            return -1
+        self.iface = <uint16_t*>q
+        q = realloc(self.linktype, capacity * sizeof(uint16_t))
+        if q == NULL:
+            return -1
+        self.linktype = <uint16_t*>q
+        q = realloc(self.verdict, capacity * sizeof(uint8_t))
+        if q == NULL:
+            return -1
+        self.verdict = <uint8_t*>q
+        q = realloc(self.detail, capacity * sizeof(int32_t))
+        if q == NULL:
+            return -1
+        self.detail = <int32_t*>q
+        q = realloc(self.headroom, capacity * sizeof(uint16_t))
+        if q == NULL:
+            return -1
+        self.headroom = <uint16_t*>q
+        self.capacity = capacity
+        return 0
 
     @staticmethod
     def from_frames(frames, int linktype, timestamps_ns=None, wire_lengths=None):

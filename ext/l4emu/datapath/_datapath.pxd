@@ -59,10 +59,14 @@ cdef class Datapath:
     cdef Batch cur
     cdef Py_ssize_t cur_i
     cdef uint16_t ip_id                   # the IP ID of the next header the switch writes itself
+    cdef Py_ssize_t inserted              # packets the switch added to the batch in this process() call
+    cdef readonly uint64_t fragments_made  # fragments written for packets that no longer fit (verdict more)
+    cdef int fragment_out(self, uint32_t l3, uint32_t mtu, int32_t real, uint32_t base_offset,
+                          bint last_more) noexcept nogil
     cdef void forward(self, uint8_t* p, PacketInfo* info, Real* real, uint64_t h, uint32_t origlen, uint8_t v,
                       uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
-                          uint8_t v, uint8_t* verdict, int32_t* detail) noexcept nogil
+                          uint8_t v, uint8_t* verdict, int32_t* detail, bint split) noexcept nogil
     cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil
     cdef void fragment(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
                        int32_t* detail) noexcept nogil

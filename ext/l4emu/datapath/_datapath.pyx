@@ -7,7 +7,7 @@ move by IPVS's table; timeouts run on the packet clock.
 """
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcmp, memcpy, memmove
-from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP
+from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
 from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
                                         make_ref, prefetch_flow, prefetch_slot, ref_index, ref_is_reply, slot_room)
@@ -290,6 +290,9 @@ cdef class Datapath:
         Packets go in windows: parse and hash a window and prefetch its index slots, then prefetch
         the flow records those slots name, then handle each packet in order. The table is only
         read ahead, never changed ahead, so the result is that of one packet at a time.
+
+        A packet the switch fragments gets new slots right after it (verdict `more`): the packets after
+        it move up, and the returned index counts them, so a caller goes on from it as before.
         """
         cdef PacketInfo info[WINDOW]
         cdef int parsed[WINDOW]
@@ -300,11 +303,12 @@ cdef class Datapath:
             raise IndexError(f"packets {start}..{stop} are outside the batch of {batch.n}")
         self.started = True
         self.cur = batch
+        self.inserted = 0
         with nogil:
             while base < stop:
                 m = <int>min(<Py_ssize_t>WINDOW, stop - base)
                 for j in range(m):
-                    i = base + j
+                    i = base + j + self.inserted
                     parsed[j] = self.classify(batch.data + batch.offset[i], batch.caplen[i],
                                               batch.origlen[i], batch.linktype[i], &info[j])
                     if parsed[j] == PARSED:
@@ -314,15 +318,15 @@ cdef class Datapath:
                     if parsed[j] == PARSED:
                         prefetch_flow(self.table, h[j])
                 for j in range(m):
-                    i = base + j
+                    i = base + j + self.inserted
                     if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
-                        stop = i
+                        stop = base + j
                         break
                     self.cur_i = i
                     self.handle(batch.data + batch.offset[i], &info[j], parsed[j], h[j], batch.ts_ns[i],
                                 batch.origlen[i], &batch.verdict[i], &batch.detail[i])
                 base += m
-        return stop
+        return stop + self.inserted
 
     def advance_clock(self, uint64_t now_ns):
         """Move the packet clock forward without a packet (events and samples between packets)."""
@@ -475,7 +479,7 @@ cdef class Datapath:
                 if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
                     self.table.remove(idx, R_NODEST)
                     self.new_flow(p, info, -1, ev, h, origlen, verdict, detail)
-                    if verdict[0] == V_NEW:
+                    if self.cur.verdict[self.cur_i] == V_NEW:      # (the arrays may have moved)
                         self.rescheduled += 1
                     else:
                         self.broken += 1
@@ -675,6 +679,7 @@ cdef class Datapath:
         cdef uint32_t overhead = tunnel_overhead(real) if real.forward == FWD_TUN else 0
         cdef uint32_t mtu
         cdef bint ipvs = not (real.forward == FWD_TUN and real.katran)
+        cdef bint split = False
         cdef int fam = info.key.family
         if ipvs:
             if not ttl_left(p, l3, fam):
@@ -685,25 +690,34 @@ cdef class Datapath:
                 return
         if ip_len + overhead > s.mtu and not info.len_from_capture:
             mtu = s.mtu - overhead
-            if (not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)))
+            if (ipvs and fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) and not info.icmp_error
+                    and info.end <= info.caplen and (real.family == 4 if real.forward == FWD_TUN else
+                                                     (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
+                split = True                        # IPVS: no DF, so Linux fragments it on the way out
+            elif (not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)))
                     or info.frag_offset):           # IPVS: packet too big only for a first fragment
                 self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)     # a drop leaves the bytes as they came
             else:
                 decrement_ttl(p, l3, fam)           # IPVS checks the MTU after decrement_ttl: the quote shows it
                 self.icmp_back(p, info, s, D_TOO_BIG, max(mtu, <uint32_t>IPV6_MIN_MTU) if fam == 6 else mtu,
                                verdict, detail)
-            return
+                return
+            if not split:
+                return
         if real.forward == FWD_DR:
             decrement_ttl(p, l3, fam)
             next_hop_mac(p, self.cur.linktype[self.cur_i], real)
             real.in_pkts += 1
             real.in_bytes += origlen
-            self.finish(verdict, detail, v, real - self.t.reals)
+            if split and self.fragment_out(l3, s.mtu, real - self.t.reals, info.frag_offset, info.more_frags) < 0:
+                v = V_DROP
+            self.finish(&self.cur.verdict[self.cur_i], &self.cur.detail[self.cur_i], v,   # the arrays may have moved
+                        D_NO_MEMORY if v == V_DROP else real - self.t.reals)
             return
-        self.encapsulate(p, info, real, s, h, v, verdict, detail)
+        self.encapsulate(p, info, real, s, h, v, verdict, detail, split)
 
     cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
-                          uint8_t v, uint8_t* verdict, int32_t* detail) noexcept nogil:
+                          uint8_t v, uint8_t* verdict, int32_t* detail, bint split) noexcept nogil:
         """IPVS ip_vs_tunnel_xmit (ipip, gue, gre) or Katran's encap: the IP packet (Ethernet padding left
         behind; IPVS: its TTL one less) after new outer headers, in fresh room at the end of the batch.
         What cannot be sent is dropped with its bytes as they came."""
@@ -793,7 +807,49 @@ cdef class Datapath:
             finish_l4_checksum(q, l3, u, outer, overhead - hdr + ip_len, IPPROTO_UDP, UDP_CSUM)
         real.in_pkts += 1
         real.in_bytes += self.cur.origlen[i]
-        self.finish(verdict, detail, v, real - self.t.reals)
+        if split and self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False) < 0:
+            v = V_DROP
+        self.finish(&self.cur.verdict[i], &self.cur.detail[i], v,     # the arrays may have moved
+                    D_NO_MEMORY if v == V_DROP else real - self.t.reals)
+
+    cdef int fragment_out(self, uint32_t l3, uint32_t mtu, int32_t real, uint32_t base_offset,
+                          bint last_more) noexcept nogil:
+        """Fragment the IPv4 packet (no options past the first fragment's header: the caller checks)
+        at l3 of the current slot to `mtu`, as Linux's ip_fragment does on output: payloads of
+        (mtu - header) & ~7 bytes, the header copied with its ID, offsets and MF set, checksums
+        computed; the first fragment stays in the slot, the others follow it (verdict more).
+        base_offset and last_more: the packet's own place when it is a fragment itself. 0, or -1 when
+        memory runs out (the fragments made so far are marked dropped)."""
+        cdef Py_ssize_t i = self.cur_i, j = i
+        cdef uint8_t* pkt = self.cur.data + self.cur.offset[i]
+        cdef uint32_t hlen = (pkt[l3] & 0x0F) * 4, total = load16(pkt + l3 + IP4_TOTAL_LEN)
+        cdef uint32_t per = (mtu - hlen) & ~(<uint32_t>7), payload = total - hlen, start, length
+        cdef uint8_t* q
+        start = per
+        while start < payload:
+            length = min(per, payload - start)
+            j = self.cur.insert(j, l3 + hlen + length)
+            if j < 0:
+                while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:
+                    self.cur.verdict[i + 1] = V_DROP
+                    self.cur.detail[i + 1] = D_NO_MEMORY
+                    i += 1
+                return -1
+            pkt = self.cur.data + self.cur.offset[i]    # the buffer may have moved
+            q = self.cur.data + self.cur.offset[j]
+            memcpy(q, pkt, l3 + hlen)
+            memcpy(q + l3 + hlen, pkt + l3 + hlen + start, length)
+            write_fragment_header(q + l3, hlen, length, base_offset + start,
+                                  start + length < payload or last_more)
+            self.cur.verdict[j] = V_MORE
+            self.cur.detail[j] = real
+            self.inserted += 1
+            self.fragments_made += 1
+            start += per
+        pkt = self.cur.data + self.cur.offset[i]
+        write_fragment_header(pkt + l3, hlen, per, base_offset, True)
+        self.cur.caplen[i] = self.cur.origlen[i] = l3 + hlen + per
+        return 0
 
     cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
                         uint8_t* verdict, int32_t* detail) noexcept nogil:
@@ -873,14 +929,17 @@ cdef class Datapath:
         cdef Real* real
         cdef uint8_t v
         cdef uint8_t* p
+        for i in range(after.n):                    # the fragments the switch made: slots in the copy too
+            if after.verdict[i] == V_MORE and before.n < after.n and before.insert(i - 1, after.caplen[i]) < 0:
+                raise MemoryError()
         if before.n != after.n:
             raise ValueError(f"the copy holds {before.n} packets, the batch {after.n}")
         for i in range(after.n):
             v = after.verdict[i]
             before.detail[i] = after.detail[i]
-            before.verdict[i] = v if v == V_NEW or v == V_FORWARD or v == V_REPLY else V_DROP
+            before.verdict[i] = v if v == V_NEW or v == V_FORWARD or v == V_REPLY or v == V_MORE else V_DROP
             p = before.data + before.offset[i]
-            if v == V_NEW or v == V_FORWARD:
+            if v == V_NEW or v == V_FORWARD or v == V_MORE:
                 if after.caplen[i] != before.caplen[i]:     # it grew (a tunnel): fresh room, as in `after`
                     p = before.room(i, after.caplen[i])
                     if p == NULL:
@@ -912,7 +971,7 @@ cdef class Datapath:
             "connections": self.table.used, "peak_connections": self.table.peak,
             **self.table.removed_by_reason(), "insert_failed": self.table.insert_failed,
             "rescheduled": self.rescheduled, "broken": self.broken, "blackholed": self.blackholed,
-            "clock_ns": self.clock_ns,
+            "clock_ns": self.clock_ns, "fragments_made": self.fragments_made,
         }
 
     def unattributed(self):

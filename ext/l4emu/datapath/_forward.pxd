@@ -17,6 +17,7 @@ cdef enum:
     IP4_TTL = 8
     IP6_HOP_LIMIT = 7
     IP4_DF = 0x4000
+    IP4_MF = 0x2000
     IPPROTO_IPIP = 4            # IPv4 in IP
     IPPROTO_IPV6_ENCAP = 41     # IPv6 in IP
     IPPROTO_GRE = 47
@@ -195,6 +196,16 @@ cdef inline void finish_l4_checksum(uint8_t* q, uint32_t l3, uint32_t l4, int fa
     if c == 0 and proto == IPPROTO_UDP:
         c = 0xFFFF
     store16(q + l4 + csum_at, c)
+
+
+cdef inline void write_fragment_header(uint8_t* ip, uint32_t hlen, uint32_t length, uint32_t offset,
+                                       bint more) noexcept nogil:
+    """Make the IPv4 header at ip that of a fragment: `length` payload bytes at `offset`, MF as told,
+    DF kept as it was, the header checksum computed whole."""
+    store16(ip + IP4_TOTAL_LEN, hlen + length)
+    store16(ip + IP4_FRAG, (load16(ip + IP4_FRAG) & IP4_DF) | (IP4_MF if more else 0) | (offset >> 3))
+    store16(ip + IP4_CSUM, 0)
+    store16(ip + IP4_CSUM, ~fold(sum_bytes(0, ip, hlen)) & 0xFFFF)
 
 
 cdef inline uint32_t write_icmp_error(uint8_t* q, const uint8_t* p, uint32_t l3, uint32_t quote,
