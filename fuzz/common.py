@@ -100,6 +100,7 @@ def check_invariants(switch: Switch) -> None:
     """What must hold after any input: every packet has one verdict, the table stays in its bounds."""
     s = switch.stats()
     verdicts = s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"] + s["icmp"]
+    verdicts += s["fragments_held"] + s["fragments_expired"]     # track: waiting, or never sent
     if s["packets"] != verdicts:
         raise AssertionError(f"{s['packets']} packets but {verdicts} verdicts: {s}")
     # An ICMP error the switch sends stands for a dropped packet: its reason is counted with the drops.
@@ -122,6 +123,7 @@ max_connections = 4
 [[service]]
 vip = "10.0.0.100:80"
 mtu = 1280
+fragments = "track"
 source_address = ["10.0.0.2", "2001:db8::2"]
   [[service.real]]
   address = "10.1.0.1:80"
@@ -140,6 +142,7 @@ source_address = ["10.0.0.2", "2001:db8::2"]
 [[service]]
 vip = "[2001:db8::100]:80"
 protocol = "udp"
+fragments = "3tuple"
 source_address = ["10.0.0.2", "2001:db8::2"]
   [[service.real]]
   address = "10.1.0.4:80"
@@ -156,7 +159,7 @@ _FORWARD_CONFIG = configmod.from_dict(tomllib.loads(FORWARD_CONFIG), schedulers.
 def run_forward(data: bytes) -> Switch:
     """The forward harness's body: run_frames on reals reached by dr and tunnels, where a forwarded
     frame may grow (encapsulation) and an answered one is replaced (icmp)."""
-    return run_frames(data, Switch(_FORWARD_CONFIG, seed=1), resized=("new", "forward", "icmp"))
+    return run_frames(data, Switch(_FORWARD_CONFIG, seed=1), resized=("new", "forward", "icmp", "more"))
 
 
 def run_frames(data: bytes, switch: Switch | None = None, resized=()) -> Switch:

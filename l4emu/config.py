@@ -45,11 +45,8 @@ TUN_FLAGS = ("nocsum", "csum", "remcsum")  # ipvsadm --tun-nocsum / --tun-csum /
 ENCAPS = ("ipvs", "katran")
 FORWARD_KEYS = ("forward", "mac", "tun_type", "tun_port", "tun_flags", "encap")
 DEFAULT_MTU = 1500
-MTU_RANGE = (1280, 65535)
-FRAGMENT_POLICIES = (
-    "drop",
-    "3tuple",
-)  # what a fragment for a VIP gets (docs/forwarding.md)  # IPv6's minimum link MTU up to the largest IP length
+MTU_RANGE = (1280, 65535)  # IPv6's minimum link MTU up to the largest IP length
+FRAGMENT_POLICIES = ("drop", "3tuple", "track")  # what a fragment for a VIP gets (docs/forwarding.md)
 MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

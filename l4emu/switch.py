@@ -32,6 +32,8 @@ DROP_TEXT = {
     "too_big_dropped": "over the MTU, dropped without an ICMP error (encap katran, or no DF)",
     "tunnel_link_type": "the capture's link type cannot carry the tunnel's outer address family",
     "no_memory": "out of memory for a longer packet",
+    "fragment_overflow": "a fragment ahead of its first found the waiting room full (fragments = track)",
+    "fragment_held": "a fragment ahead of its first, waiting for it (fragments = track): written after it",
 }
 PASS_TEXT = {
     "not_ip": "not IP",

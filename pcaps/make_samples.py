@@ -413,6 +413,37 @@ def plan_forwarding(services):
     return plan
 
 
+def plan_fragments(services):
+    """fragments.pcap: fragmented datagrams for fragments.toml's tracking services: UDP over IPv4 in
+    order, in reverse and with the first fragment in the middle; TCP over IPv6 in order and
+    reversed; and one datagram whose first fragment never comes (it waits, and is forgotten after
+    30 s on the packet clock, when a last early fragment arrives 40 s on)."""
+    plan = Plan(services, seed=16, tick=1000)
+    dns_vip, dns_port, _ = services[("udp", 4)]
+    vip6, vport6, _ = services[("tcp", 6)]
+    orders = [(0, 1, 2), (2, 1, 0), (1, 0, 2)]
+    for k in range(6):
+        client, start = CLIENTS[k], plan.start(0, 5)
+        big = IP(id=0x1600 + k, src=client, dst=dns_vip) / UDP(sport=plan.port(client), dport=dns_port) / bytes(3000)
+        pieces = fragment(big, fragsize=FRAGMENT_SIZE)
+        plan.fixed(start, [(start + n * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / pieces[m])
+                           for n, m in enumerate(orders[k % 3])])
+    for k, client in enumerate(CLIENTS6 * 2):    # a SYN opens the connection, then a fragmented segment
+        start, cport = plan.start(0, 5), plan.port(client)
+        syn = ethernet()(None, client, vip6) / TCP(sport=cport, dport=vport6, flags="S", seq=1)
+        big6 = IPv6(src=client, dst=vip6) / IPv6ExtHdrFragment(id=0x1600 + k) / TCP(
+            sport=cport, dport=vport6, flags="A", seq=2, ack=1) / bytes(2000)
+        pieces = fragment6(big6, IPV6_MIN_MTU)
+        plan.fixed(start, [(start, syn)] + [(start + (n + 1) * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / piece)
+                                           for n, piece in enumerate(pieces if k < 2 else pieces[::-1])])
+    lost = fragment(IP(id=0x16FF, src=CLIENTS[0], dst=dns_vip) / UDP(sport=9, dport=dns_port) / bytes(3000),
+                    fragsize=FRAGMENT_SIZE)
+    start = plan.start(5, 6)
+    plan.fixed(start, [(start, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / lost[1]),
+                       (start + 40 * 10**9, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / lost[2])])
+    return plan
+
+
 def write_pcap(path, packets):
     """Classic pcap, microsecond, Ethernet: the format most tools read."""
     with open(path, "wb") as f:
@@ -457,6 +488,7 @@ def main():
     write_pcap(HERE / "front.pcap", plan_front(services).packets())
     write_pcap(HERE / "behind.pcap", plan_behind(services).packets())
     write_pcap(HERE / "forwarding.pcap", plan_forwarding(load_services(HERE / "forwarding.toml")).packets())
+    write_pcap(HERE / "fragments.pcap", plan_fragments(load_services(HERE / "fragments.toml")).packets())
 
 
 if __name__ == "__main__":

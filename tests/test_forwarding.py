@@ -363,7 +363,12 @@ def _frames_for_the_forward_harness():
     edited = st.builds(lambda frame, edits, cut: bytes(edits.get(k, b) for k, b in enumerate(frame))[:cut],
                        good, st.dictionaries(st.integers(14, 60), st.integers(0, 255), max_size=3),
                        st.integers(0, 1400))
-    return st.one_of(good, edited)
+    pieces = st.builds(
+        lambda k, ident, sport: bytes(Ether(dst="02:00:00:00:00:fe") / fragment(
+            IP(src="172.16.0.1", dst="10.0.0.100", id=ident) / TCP(sport=sport, dport=80, flags="S") / bytes(1800),
+            fragsize=600)[k]),
+        st.integers(0, 3), st.integers(0, 2), st.integers(1, 3))     # fragments of a few datagrams, any order
+    return st.one_of(good, edited, pieces)
 
 
 @settings(max_examples=150, deadline=None)
@@ -449,3 +454,106 @@ def test_inside_shows_what_the_reals_receive_fragments_included(tmp_path):
     with open_capture(tmp_path / "in.pcap") as reader:
         inside = [batch.packet(i) for batch in reader.batches() for i in range(len(batch))]
     assert inside == sent and summary["inside_written"] == len(sent)
+
+
+TRACKED, TRACK_CONFIG = PCAPS / "fragments.pcap", PCAPS / "fragments.toml"
+
+
+def _datagram_key(frame):
+    eth = Ether(frame)
+    if eth.haslayer(IPv6ExtHdrFragment):
+        return eth[IPv6].src, eth[IPv6ExtHdrFragment].id
+    if eth.haslayer(IP) and (eth[IP].flags.MF or eth[IP].frag):
+        return eth[IP].src, eth[IP].id
+    return None
+
+
+def test_track_sends_each_datagram_whole_to_its_first_fragments_real():
+    """Cilium's policy with a waiting room: the first fragment opens (or finds) the connection; the later
+    ones follow it to the same real, NATed (address only; the first fragment's L4 checksum takes the
+    whole change) or routed; those that came first are written right after it. Reassembled by scapy,
+    each datagram is the client's, addressed to the real, its TCP/UDP checksum valid."""
+    switch = Switch.from_config(TRACK_CONFIG, seed=1)
+    outputs, inputs = [], {}
+    with open_capture(TRACKED) as reader:
+        for batch in reader.batches():
+            for i in range(len(batch)):
+                key = _datagram_key(batch.packet(i))
+                if key:
+                    inputs.setdefault(key, []).append(batch.packet(i))
+            switch.process(batch)
+            outputs += [(batch.packet(i), *batch.result(i)) for i in range(len(batch))]
+    lost = (CLIENTS_LOST, 0x16FF)
+    by_datagram: dict[tuple, list] = {}
+    real = {}
+    for out, verdict, detail in outputs:
+        key = _datagram_key(out)
+        if key is None or verdict == "drop":
+            continue
+        assert verdict in ("new", "forward", "more")
+        by_datagram.setdefault(key, []).append(Ether(out))
+        real.setdefault(key, set()).add(detail)
+    assert set(by_datagram) == set(inputs) - {lost}
+    for key, pieces in by_datagram.items():
+        assert len(pieces) == len(inputs[key]) and len(real[key]) == 1
+        svc, cfg = switch.reals[real[key].pop()]
+        if pieces[0].haslayer(IPv6):
+            whole = _defragment6(pieces)
+        else:
+            for piece in pieces:
+                fresh = IP(bytes(piece[IP]))
+                del fresh.chksum
+                assert IP(bytes(fresh)).chksum == piece[IP].chksum
+            whole = _defragment4(pieces)
+        l4 = whole.payload
+        if cfg.forward == "masq":
+            assert str(whole.dst) == str(cfg.address) and l4.dport == cfg.port
+        else:       # dr: the VIP stays, the real's MAC on every fragment
+            assert str(whole.dst) == str(svc.vip) and {piece.dst for piece in pieces} == {cfg.mac}
+        original = l4.chksum
+        del l4.chksum
+        assert (IP if whole.version == 4 else IPv6)(bytes(whole)).payload.chksum == original
+    stats = switch.stats()
+    assert stats["fragments_expired"] == 1 and stats["fragments_held"] == 1      # the lost datagram's two
+    assert stats["fragments_released"] >= 6 and stats["dropped"] == {}
+
+
+CLIENTS_LOST = "172.16.0.1"
+
+
+def _defragment4(pieces):
+    """The datagram from IPv4 fragments (any order), as the real's stack reassembles it."""
+    pieces = sorted(pieces, key=lambda e: e[IP].frag)
+    data = b"".join(bytes(e[IP].payload)[: e[IP].len - e[IP].ihl * 4] for e in pieces)
+    head = pieces[0][IP].copy()
+    head.remove_payload()
+    head.flags, head.frag, head.len, head.chksum = 0, 0, None, None
+    return IP(bytes(head / Raw(data)))
+
+
+def _defragment6(pieces):
+    """The packet from IPv6 fragments (any order)."""
+    pieces = sorted(pieces, key=lambda e: e[IPv6ExtHdrFragment].offset)
+    data = b"".join(bytes(e[IPv6ExtHdrFragment].payload) for e in pieces)
+    first = pieces[0]
+    head = IPv6(src=first[IPv6].src, dst=first[IPv6].dst, nh=first[IPv6ExtHdrFragment].nh,
+                hlim=first[IPv6].hlim)
+    return IPv6(bytes(head / Raw(data)))
+
+
+def test_a_fragment_flood_keeps_the_waiting_room_bounded_and_established_flows_going():
+    """100k fragments of never-completed datagrams against a track service: the waiting room never
+    holds more than its bound, the overflow is counted, and an established flow's packets still go."""
+    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "track",
+                        "real": [{"address": "10.1.0.11:53"}]}]}
+    switch = Switch(configmod.from_dict(doc, {"rr"}), seed=1)
+    flow = bytes(Ether() / IP(src="172.16.9.9", dst="10.0.0.100") / UDP(sport=7, dport=53) / b"q")
+    flood = [bytes(Ether() / IP(src="172.16.0.1", dst="10.0.0.100", proto=17, id=k & 0xFFFF, frag=100)
+                   / Raw(bytes(64))) for k in range(1000)]
+    for r in range(100):
+        batch = Batch.from_frames(flood + [flow], 1, [10**9 + r] * (len(flood) + 1))
+        switch.process(batch)
+        assert batch.result(len(flood))[0] in ("new", "forward")
+    stats = switch.stats()
+    assert stats["fragments_held"] <= 64 and stats["dropped"]["fragment_overflow"] >= 100 * 1000 - 64
+    assert stats["forward"] + stats["new"] == 100

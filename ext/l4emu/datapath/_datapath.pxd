@@ -5,6 +5,7 @@ from l4emu.datapath._types cimport *
 from l4emu.datapath._flowtable cimport FlowTable
 from l4emu.schedulers._core cimport SchedulerHook
 from l4emu.datapath._batch cimport Batch, V_LAST
+from l4emu.datapath._fragments cimport FragEntry, HeldFragment, FRAG_HOLD_SLOTS
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:
@@ -67,6 +68,18 @@ cdef class Datapath:
                       uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
                           uint8_t v, uint8_t* verdict, int32_t* detail, bint split) noexcept nogil
+    # track: datagrams by their first fragment, and the fragments waiting for theirs (_fragments.pxd)
+    cdef FragEntry* frag_table
+    cdef HeldFragment held[FRAG_HOLD_SLOTS]
+    cdef uint32_t held_bytes
+    cdef readonly uint64_t fragments_held, fragments_released, fragments_expired, frag_track_forgotten
+    cdef FragEntry* frag_lookup(self, const PacketInfo* info) noexcept nogil
+    cdef void first_fragment_done(self, PacketInfo* info) noexcept nogil
+    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, uint32_t origlen, uint8_t* verdict,
+                            int32_t* detail) noexcept nogil
+    cdef void hold(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                   int32_t* detail) noexcept nogil
+    cdef void expire_held(self) noexcept nogil
     cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil
     cdef void fragment(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
                        int32_t* detail) noexcept nogil

@@ -5,7 +5,7 @@ DNATed to its real, one whose tuple is a reply key is SNATed back to the VIP, a 
 datagram) to a service with no flow is scheduled, everything else passes untouched. TCP states
 move by IPVS's table; timeouts run on the packet clock.
 """
-from libc.stdlib cimport realloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memcmp, memcpy, memmove
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
@@ -17,7 +17,7 @@ from l4emu.schedulers._core cimport Scheduler
 from l4emu.datapath._persist cimport find_template, note_template
 from l4emu.datapath._icmp cimport rewrite_icmp_error
 from l4emu.datapath._forward cimport *
-from l4emu.datapath._fragments cimport first_fragment_has_ports, pick_by_hash, three_tuple_hash
+from l4emu.datapath._fragments cimport *
 
 # The names of _types.pxd's vocabularies, each bound to its enum (checked complete at import).
 STATE_NAMES = name_table({
@@ -32,13 +32,13 @@ DROP_REASONS = name_table({
     D_FRAGMENT: "fragment", D_TCP_NOT_SYN: "tcp_not_syn", D_NO_REAL: "no_real", D_TABLE_FULL: "table_full",
     D_REPLY_CLASH: "reply_clash", D_PROBE_LIMIT: "probe_limit", D_TTL_EXCEEDED: "ttl_exceeded",
     D_TOO_BIG: "too_big", D_TOO_BIG_DROPPED: "too_big_dropped", D_TUNNEL_LINK: "tunnel_link_type",
-    D_NO_MEMORY: "no_memory",
+    D_NO_MEMORY: "no_memory", D_FRAG_OVERFLOW: "fragment_overflow", D_FRAG_HELD: "fragment_held",
 }, N_DROP_REASONS, "DropReason")
 # ipvsadm's names of the forwarding methods (the Forward column); FullNat as Alibaba's LVS writes it.
 FORWARD_NAMES = name_table({FWD_MASQ: "Masq", FWD_DR: "Route", FWD_TUN: "Tunnel"}, N_FWD, "FwdMethod")
 TUN_TYPES = {"ipip": TUN_IPIP, "gue": TUN_GUE, "gre": TUN_GRE}
 TUN_FLAGS = {"nocsum": 0, "csum": TUNF_CSUM, "remcsum": TUNF_REMCSUM}
-FRAGMENT_POLICIES = {"drop": FRAG_DROP, "3tuple": FRAG_3TUPLE}
+FRAGMENT_POLICIES = {"drop": FRAG_DROP, "3tuple": FRAG_3TUPLE, "track": FRAG_TRACK}
 DEFAULT_MTU = 1500
 PASS_REASONS = name_table({
     P_NOT_IP: "not_ip", P_OTHER_PROTOCOL: "other_protocol", P_NO_SERVICE: "no_service", P_FRAGMENT: "fragment",
@@ -181,8 +181,15 @@ cdef class Datapath:
         self.sloppy_tcp = sloppy_tcp
         self.expire_nodest_conn = expire_nodest_conn
         self.schedulers = []
+        self.frag_table = <FragEntry*>calloc(FRAG_TRACK_SLOTS, sizeof(FragEntry))
+        if self.frag_table == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
+        cdef int k
+        for k in range(FRAG_HOLD_SLOTS):
+            free(self.held[k].data)
+        free(self.frag_table)
         free(self.fronts)
         free(self.unattributed_front)
         free(self.unattributed_real)
@@ -325,6 +332,8 @@ cdef class Datapath:
                     self.cur_i = i
                     self.handle(batch.data + batch.offset[i], &info[j], parsed[j], h[j], batch.ts_ns[i],
                                 batch.origlen[i], &batch.verdict[i], &batch.detail[i])
+                    if info[j].fragment and parsed[j] == PARSED:     # track: a first fragment went through
+                        self.first_fragment_done(&info[j])
                 base += m
         return stop + self.inserted
 
@@ -432,6 +441,18 @@ cdef class Datapath:
             if svc >= 0 and self.t.services[svc].fragments == FRAG_3TUPLE:
                 info.reason = svc
                 return PARSE_FRAGMENT
+            if svc >= 0 and self.t.services[svc].fragments == FRAG_TRACK:
+                info.reason = svc
+                if info.frag_offset:
+                    return PARSE_FRAGMENT           # a later fragment: it follows its datagram's first
+                if not first_fragment_has_ports(info):
+                    info.reason = D_FRAGMENT        # a tiny first fragment (RFC 1858)
+                    return PARSE_DROP
+                info.key.sport = load16(p + info.l4 + L4_SPORT)     # the first: a packet like any other
+                info.key.dport = load16(p + info.l4 + L4_DPORT)
+                if info.key.proto == IPPROTO_TCP:
+                    info.tcp_flags = p[info.l4 + TCP_FLAGS]
+                return PARSED
             if self.find_service(&info.key, True) >= 0:
                 info.reason = D_FRAGMENT
                 return PARSE_DROP
@@ -641,6 +662,132 @@ cdef class Datapath:
         rewrite(p, info, True, real.addr, real.port)
         self.finish(verdict, detail, V_NEW, f.real)
 
+    # ---- track: Cilium's policy, with a bounded waiting room ------------------------------------
+    cdef FragEntry* frag_lookup(self, const PacketInfo* info) noexcept nogil:
+        """The datagram of a fragment, if its first fragment went through within FRAG_TIMEOUT_S."""
+        cdef uint64_t slot = (three_tuple_hash(&info.key) ^ info.frag_id) % FRAG_TRACK_SLOTS
+        cdef int k
+        cdef FragEntry* e
+        for k in range(FRAG_TRACK_PROBE):
+            e = &self.frag_table[(slot + k) % FRAG_TRACK_SLOTS]
+            if e.expires_ns > self.clock_ns and same_datagram(e.src, e.dst, e.id, e.proto, e.family, info):
+                return e
+        return NULL
+
+    cdef void first_fragment_done(self, PacketInfo* info) noexcept nogil:
+        """A first fragment reached a real: remember its datagram (the oldest of a full probe window is
+        forgotten), and send the fragments that waited for it right after it."""
+        cdef uint8_t v = self.cur.verdict[self.cur_i]
+        cdef uint64_t slot = (three_tuple_hash(&info.key) ^ info.frag_id) % FRAG_TRACK_SLOTS
+        cdef FragEntry* e
+        cdef FragEntry* oldest = NULL
+        cdef HeldFragment* f
+        cdef PacketInfo later
+        cdef Py_ssize_t i = self.cur_i, j
+        cdef int32_t real = self.cur.detail[i]
+        cdef int k
+        if v != V_NEW and v != V_FORWARD:
+            return
+        for k in range(FRAG_TRACK_PROBE):
+            e = &self.frag_table[(slot + k) % FRAG_TRACK_SLOTS]
+            if e.expires_ns <= self.clock_ns or same_datagram(e.src, e.dst, e.id, e.proto, e.family, info):
+                oldest = e
+                break
+            if oldest == NULL or e.expires_ns < oldest.expires_ns:
+                oldest = e
+        if (oldest.expires_ns > self.clock_ns
+                and not same_datagram(oldest.src, oldest.dst, oldest.id, oldest.proto, oldest.family, info)):
+            self.frag_track_forgotten += 1
+        memcpy(oldest.src, info.key.src, 16)
+        memcpy(oldest.dst, info.key.dst, 16)
+        oldest.id = info.frag_id
+        oldest.proto = info.key.proto
+        oldest.family = info.key.family
+        oldest.real = real
+        oldest.expires_ns = self.clock_ns + <uint64_t>FRAG_TIMEOUT_S * NS
+        self.expire_held()
+        for k in range(FRAG_HOLD_SLOTS):
+            f = &self.held[k]
+            if f.data == NULL or not same_datagram(f.src, f.dst, f.id, f.proto, f.family, info):
+                continue
+            while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:    # after what is already there
+                i += 1
+            j = self.cur.insert(i, f.size)
+            if j < 0:
+                break                               # it waits on, until it expires
+            memcpy(self.cur.data + self.cur.offset[j], f.data, f.size)
+            self.cur.origlen[j] = f.origlen
+            self.inserted += 1
+            self.cur_i = j
+            if parse_packet(self.cur.data + self.cur.offset[j], f.size, f.origlen, self.cur.linktype[j],
+                            &later) == PARSE_FRAGMENT:
+                self.send_fragment(self.cur.data + self.cur.offset[j], &later, &self.t.reals[real], f.origlen,
+                                   &self.cur.verdict[j], &self.cur.detail[j])
+            if self.cur.verdict[j] == V_FORWARD:
+                self.cur.verdict[j] = V_MORE        # counted as forwarded; written after its first fragment
+            self.cur_i = i = j
+            self.held_bytes -= f.size
+            self.fragments_held -= 1
+            self.fragments_released += 1
+            free(f.data)
+            f.data = NULL
+        self.cur_i = i
+
+    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, uint32_t origlen, uint8_t* verdict,
+                            int32_t* detail) noexcept nogil:
+        """A later fragment to its datagram's real: masq DNATs its address, dr and tun forward it whole."""
+        if real.forward != FWD_MASQ:
+            self.forward(p, info, real, three_tuple_hash(&info.key), origlen, V_FORWARD, verdict, detail)
+            return
+        rewrite_destination_address(p, info, real.addr)
+        real.in_pkts += 1
+        real.in_bytes += origlen
+        self.finish(verdict, detail, V_FORWARD, real - self.t.reals)
+
+    cdef void hold(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                   int32_t* detail) noexcept nogil:
+        """A fragment ahead of its first: a copy waits (its slot writes nothing) in a room of
+        FRAG_HOLD_SLOTS fragments and FRAG_HOLD_BYTES bytes; a full room drops it, counted."""
+        cdef uint32_t size = info.caplen
+        cdef HeldFragment* f = NULL
+        cdef int k
+        self.expire_held()
+        for k in range(FRAG_HOLD_SLOTS):
+            if self.held[k].data == NULL:
+                f = &self.held[k]
+                break
+        if f == NULL or self.held_bytes + size > FRAG_HOLD_BYTES:
+            self.finish(verdict, detail, V_DROP, D_FRAG_OVERFLOW)
+            return
+        f.data = <uint8_t*>malloc(size if size else 1)
+        if f.data == NULL:
+            self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+            return
+        memcpy(f.data, p, size)
+        f.size = size
+        f.origlen = origlen
+        f.id = info.frag_id
+        f.proto = info.key.proto
+        f.family = info.key.family
+        memcpy(f.src, info.key.src, 16)
+        memcpy(f.dst, info.key.dst, 16)
+        f.expires_ns = self.clock_ns + <uint64_t>FRAG_TIMEOUT_S * NS
+        self.held_bytes += size
+        self.fragments_held += 1
+        verdict[0] = V_DROP                         # nothing to write now; counted when it leaves or expires
+        detail[0] = D_FRAG_HELD
+
+    cdef void expire_held(self) noexcept nogil:
+        """Forget the fragments whose first never came within FRAG_TIMEOUT_S (Linux: ipfrag_time)."""
+        cdef int k
+        for k in range(FRAG_HOLD_SLOTS):
+            if self.held[k].data != NULL and self.held[k].expires_ns <= self.clock_ns:
+                free(self.held[k].data)
+                self.held[k].data = NULL
+                self.held_bytes -= self.held[k].size
+                self.fragments_held -= 1
+                self.fragments_expired += 1
+
     cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil:
         """The service of a fragment's VIP and protocol (a fragment has no port to tell services apart)."""
         cdef uint32_t k
@@ -658,7 +805,16 @@ cdef class Datapath:
         service's reals are dr or tun (config): the fragment goes on whole by the real's method."""
         cdef Service* s = &self.t.services[info.reason]
         cdef uint64_t h = three_tuple_hash(&info.key)
-        cdef int32_t pick = pick_by_hash(&self.t.reals[s.first_real], s.n_reals, h)
+        cdef int32_t pick
+        cdef FragEntry* e
+        if s.fragments == FRAG_TRACK:
+            e = self.frag_lookup(info)
+            if e != NULL:
+                self.send_fragment(p, info, &self.t.reals[e.real], origlen, verdict, detail)
+            else:
+                self.hold(p, info, origlen, verdict, detail)
+            return
+        pick = pick_by_hash(&self.t.reals[s.first_real], s.n_reals, h)
         if pick < 0:
             self.finish(verdict, detail, V_DROP, D_NO_REAL)
             return
@@ -972,6 +1128,8 @@ cdef class Datapath:
             **self.table.removed_by_reason(), "insert_failed": self.table.insert_failed,
             "rescheduled": self.rescheduled, "broken": self.broken, "blackholed": self.blackholed,
             "clock_ns": self.clock_ns, "fragments_made": self.fragments_made,
+            "fragments_held": self.fragments_held, "fragments_released": self.fragments_released,
+            "fragments_expired": self.fragments_expired, "fragment_datagrams_forgotten": self.frag_track_forgotten,
         }
 
     def unattributed(self):

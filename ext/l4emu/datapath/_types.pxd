@@ -42,7 +42,9 @@ cdef enum DropReason:
     D_TOO_BIG_DROPPED = 16  # over the MTU, dropped without an ICMP error (encap = katran, or no DF: no fragmenter)
     D_TUNNEL_LINK = 17      # the capture's link type cannot say the tunnel's outer family (BSD null, IPv4/IPv6 types)
     D_NO_MEMORY = 18        # the batch could not grow to hold a longer packet
-    N_DROP_REASONS = 19
+    D_FRAG_OVERFLOW = 19    # track: a fragment ahead of its first found the waiting room full
+    D_FRAG_HELD = 20        # track: waiting for its first fragment (not counted as a drop: it leaves later or expires)
+    N_DROP_REASONS = 21
 
 # Why a packet passed untouched (Batch.detail when verdict is V_PASS); _datapath.pyx names each (PASS_REASONS).
 cdef enum PassReason:
@@ -75,7 +77,8 @@ cdef enum FwdMethod:
 cdef enum FragPolicy:
     FRAG_DROP = 0           # counted drop (Katran, DPVS)
     FRAG_3TUPLE = 1         # the real by a fixed hash of (source, destination, protocol) (Maglev 4.3)
-    N_FRAG_POLICIES = 2
+    FRAG_TRACK = 2          # the first fragment's flow, remembered by (source, destination, protocol, IP ID) (Cilium)
+    N_FRAG_POLICIES = 3
 
 # Real.tun_type (ipvsadm --tun-type).
 cdef enum TunType:
@@ -114,7 +117,8 @@ ctypedef struct PacketInfo:
     uint8_t tcp_flags
     uint8_t len_from_capture  # BIG TCP/GSO: IP length 0 (or an IPv6 jumbo option): the capture gave the length
     uint8_t dst_in_rthdr      # IPv6: a routing header with segments left holds the L4 pseudo-header's destination
-    uint8_t more_frags        # a fragment (PARSE_FRAGMENT): MF set
+    uint8_t fragment          # an IP fragment (the parser said PARSE_FRAGMENT)
+    uint8_t more_frags        # a fragment: MF set
     uint32_t frag_offset      # ... its payload's offset in the datagram, bytes
     uint32_t frag_id          # ... the datagram's IP ID (IPv4: 16 bits; IPv6: the fragment header's 32)
     int reason
