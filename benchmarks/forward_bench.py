@@ -10,6 +10,10 @@ fresh copy of the batch (the copy is not timed), methods in turn round by round.
 is 9000 (a jumbo-frame network between switch and reals, as Katran assumes), so that every size
 is forwarded, never answered with an ICMP error. It prints the median ns per packet of the rounds
 and the ratio to masq at the same size.
+
+Then fragments (docs/forwarding.md#fragments-for-a-vip): ns per datagram of 3,000 bytes in three
+IPv4 fragments to a UDP service of dr reals, for `3tuple` and for `track` (fragments in order, and
+reversed so that two wait for their first), beside the same datagram unfragmented.
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ import statistics
 import struct
 import time
 
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from l4emu import config as configmod
 from l4emu.datapath._batch import DEFAULT_HEADROOM, NS, Batch
+from l4emu.datapath._datapath import DROP_REASONS
 from l4emu.switch import Switch
 
 VIP, PORT = "10.0.0.100", 80
@@ -96,6 +101,46 @@ class Case:
         return statistics.median(self.times) / BATCH * 1e9
 
 
+FRAG_DATAGRAMS = 1024           # datagrams per batch (each from its own client)
+
+
+def fragment_frames(policy: str, reverse: bool) -> list[bytes]:
+    """One 3,000-byte datagram per client, whole (policy "none") or in three fragments."""
+    frames = []
+    for k in range(FRAG_DATAGRAMS):
+        datagram = (IP(src=f"172.16.{k >> 8}.{k & 0xFF}", dst=VIP, id=k) / UDP(sport=1024 + k, dport=53)
+                    / bytes(3000 - 28))
+        pieces = [datagram] if policy == "none" else fragment(datagram, fragsize=1400)
+        frames += [bytes(Ether() / piece) for piece in (pieces[::-1] if reverse else pieces)]
+    return frames
+
+
+def fragment_case(policy: str, reverse: bool, rounds: int) -> float:
+    """ns per datagram: a fresh switch each round (track remembers datagrams), the batch timed."""
+    document = {"table": {"max_connections": 4 * FRAG_DATAGRAMS},     # small: a fresh one is not page faults
+                "service": [{"vip": f"{VIP}:53", "protocol": "udp", "mtu": JUMBO_MTU,
+                             "fragments": "drop" if policy == "none" else policy,
+                             "real": [{"address": f"10.1.0.{k}:53", "forward": "dr", "mac": "02:00:00:00:00:01"}
+                                      for k in range(1, 5)]}]}
+    config = configmod.from_dict(document, {"rr"})
+    frames = fragment_frames(policy, reverse)
+    template = Batch(len(frames), len(frames) * (len(frames[0]) + DEFAULT_HEADROOM))
+    for frame in frames:
+        template.append(frame, 2 * NS)
+    work = Batch(len(frames))
+    times = []
+    for _ in range(rounds):
+        switch = Switch(config, seed=1)
+        work.copy_from(template)
+        started = time.perf_counter()
+        switch.process(work)
+        times.append(time.perf_counter() - started)
+    held = ("drop", DROP_REASONS.index("fragment_held"))      # reversed: waited, then written after the first
+    verdicts = {work.result(i) if work.result(i) == held else work.result(i)[0] for i in range(len(work))}
+    assert verdicts <= {"new", "forward", "more", held}, (policy, verdicts, switch.stats()["dropped"])
+    return statistics.median(times) / FRAG_DATAGRAMS * 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", type=int, default=10_000)
@@ -115,6 +160,14 @@ def main() -> None:
     for name, row in results.items():
         cells = [f"{ns:>10.1f} ns {ns / masq:>5.2f}x" for ns, masq in zip(row, results["masq"], strict=True)]
         print(f"  {name:<14}" + "".join(f"{cell:>20}" for cell in cells))
+    print(f"fragments, ns per 3,000-byte datagram (three IPv4 fragments; median of {args.rounds} batches of "
+          f"{FRAG_DATAGRAMS:,} datagrams), ratio to the datagram unfragmented")
+    whole = fragment_case("none", False, args.rounds)
+    print(f"  {'unfragmented':<22}{whole:>10.1f} ns  1.00x")
+    for policy, reverse in (("3tuple", False), ("track", False), ("track", True)):
+        ns = fragment_case(policy, reverse, args.rounds)
+        label = f"{policy}" + (", reversed" if reverse else "")
+        print(f"  {label:<22}{ns:>10.1f} ns {ns / whole:>5.2f}x")
 
 if __name__ == "__main__":
     main()
