@@ -384,6 +384,8 @@ def _service(raw, key: str, schedulers) -> Service:
     fragments = _typed(raw.get("fragments", "drop"), str, f"{key}.fragments")
     if fragments not in FRAGMENT_POLICIES:
         raise ConfigError(f"{key}.fragments", f"{fragments!r} is not one of {', '.join(FRAGMENT_POLICIES)}")
+    if fragments != "drop" and any(real.emulated for real in reals):
+        raise ConfigError(f"{key}.fragments", 'a service of emulated reals takes fragments = "drop" only, for now')
     if fragments == "3tuple" and any(real.forward == "masq" for real in reals):
         raise ConfigError(
             f"{key}.fragments",

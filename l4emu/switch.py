@@ -126,7 +126,9 @@ class Switch:
     def process(self, batch: Batch, start: int = 0, until_ns: int = 0, end: int = -1) -> int:
         """Run packets start..end (default: all) through the switch, rewriting them in place; returns where
         it stopped. With until_ns, it stops before the first packet at or past that moment on the packet
-        clock, so a caller can change the switch at an exact moment and go on from the returned index."""
+        clock, so a caller can change the switch at an exact moment and go on from the returned index.
+        Fragments the switch makes or releases (verdict "more") get slots right after their packet: the
+        returned index counts them (docs/forwarding.md)."""
         return self._datapath.process(batch, start, until_ns, end)
 
     def advance_clock(self, now_ns: int) -> None:

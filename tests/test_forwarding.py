@@ -557,3 +557,11 @@ def test_a_fragment_flood_keeps_the_waiting_room_bounded_and_established_flows_g
     stats = switch.stats()
     assert stats["fragments_held"] <= 64 and stats["dropped"]["fragment_overflow"] >= 100 * 1000 - 64
     assert stats["forward"] + stats["new"] == 100
+
+
+def test_a_service_of_emulated_reals_keeps_dropping_fragments():
+    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "track",
+                        "real": [{"address": "10.1.0.1:53", "emulated": True, "app": "echo"}]}]}
+    with pytest.raises(ConfigError, match="emulated reals") as caught:
+        configmod.from_dict(doc, {"rr"})
+    assert caught.value.key == "service[0].fragments"

@@ -335,6 +335,7 @@ cdef class Datapath:
                     if info[j].fragment and parsed[j] == PARSED:     # track: a first fragment went through
                         self.first_fragment_done(&info[j])
                 base += m
+        self.cur = None                             # the batch is the caller's again
         return stop + self.inserted
 
     def advance_clock(self, uint64_t now_ns):
