@@ -565,3 +565,28 @@ def test_a_service_of_emulated_reals_keeps_dropping_fragments():
     with pytest.raises(ConfigError, match="emulated reals") as caught:
         configmod.from_dict(doc, {"rr"})
     assert caught.value.key == "service[0].fragments"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_track_translates_a_nat_reals_fragmented_reply_back_to_the_vip(reverse):
+    """The real's answer in fragments (first fragment first, or last): the first is SNATed through the
+    connection like any reply, the later ones follow it by (real, client, protocol, IP ID), address only;
+    reassembled, the client gets the VIP's datagram with a valid checksum."""
+    switch = Switch.from_config(TRACK_CONFIG, seed=1)
+    query = bytes(Ether() / IP(src="172.16.5.5", dst="10.0.0.100") / UDP(sport=4444, dport=53) / b"query")
+    batch = Batch.from_frames([query], 1)
+    switch.process(batch)
+    verdict, real_index = batch.result(0)
+    svc, real = switch.reals[real_index]
+    answer = IP(src=str(real.address), dst="172.16.5.5", id=77) / UDP(sport=real.port, dport=4444) / bytes(2500)
+    pieces = [bytes(Ether() / piece) for piece in fragment(answer, fragsize=1000)]
+    batch = Batch.from_frames(pieces[::-1] if reverse else pieces, 1, [10**9] * len(pieces))
+    switch.process(batch)
+    out = [Ether(batch.packet(i)) for i in range(len(batch)) if batch.result(i)[0] in ("reply", "more")]
+    assert len(out) == len(pieces) and verdict == "new"
+    whole = _defragment4(out)
+    assert (str(whole.src), whole.sport, str(whole.dst), whole.dport) == (str(svc.vip), svc.port, "172.16.5.5", 4444)
+    original = whole[UDP].chksum
+    del whole[UDP].chksum
+    assert IP(bytes(whole))[UDP].chksum == original
+    assert bytes(whole[UDP].payload) == bytes(2500)

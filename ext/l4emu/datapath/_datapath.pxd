@@ -75,8 +75,9 @@ cdef class Datapath:
     cdef readonly uint64_t fragments_held, fragments_released, fragments_expired, frag_track_forgotten
     cdef FragEntry* frag_lookup(self, const PacketInfo* info) noexcept nogil
     cdef void first_fragment_done(self, PacketInfo* info) noexcept nogil
-    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, uint32_t origlen, uint8_t* verdict,
-                            int32_t* detail) noexcept nogil
+    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, bint reply, uint32_t origlen,
+                            uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef int32_t masq_real_of_address(self, const PacketKey* key) noexcept nogil
     cdef void hold(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
                    int32_t* detail) noexcept nogil
     cdef void expire_held(self) noexcept nogil

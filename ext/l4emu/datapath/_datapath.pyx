@@ -454,6 +454,20 @@ cdef class Datapath:
                 if info.key.proto == IPPROTO_TCP:
                     info.tcp_flags = p[info.l4 + TCP_FLAGS]
                 return PARSED
+            if svc < 0:
+                svc = self.masq_real_of_address(&info.key)       # a NAT real's datagram to a client
+                if svc >= 0:
+                    info.reason = svc
+                    if info.frag_offset:
+                        return PARSE_FRAGMENT
+                    if first_fragment_has_ports(info):
+                        info.key.sport = load16(p + info.l4 + L4_SPORT)
+                        info.key.dport = load16(p + info.l4 + L4_DPORT)
+                        if info.key.proto == IPPROTO_TCP:
+                            info.tcp_flags = p[info.l4 + TCP_FLAGS]
+                        return PARSED
+                    info.reason = P_FRAGMENT
+                    return PARSE_PASS
             if self.find_service(&info.key, True) >= 0:
                 info.reason = D_FRAGMENT
                 return PARSE_DROP
@@ -687,7 +701,7 @@ cdef class Datapath:
         cdef Py_ssize_t i = self.cur_i, j
         cdef int32_t real = self.cur.detail[i]
         cdef int k
-        if v != V_NEW and v != V_FORWARD:
+        if v != V_NEW and v != V_FORWARD and not (v == V_REPLY and self.t.reals[real].forward == FWD_MASQ):
             return
         for k in range(FRAG_TRACK_PROBE):
             e = &self.frag_table[(slot + k) % FRAG_TRACK_SLOTS]
@@ -705,6 +719,7 @@ cdef class Datapath:
         oldest.proto = info.key.proto
         oldest.family = info.key.family
         oldest.real = real
+        oldest.reply = v == V_REPLY
         oldest.expires_ns = self.clock_ns + <uint64_t>FRAG_TIMEOUT_S * NS
         self.expire_held()
         for k in range(FRAG_HOLD_SLOTS):
@@ -722,9 +737,9 @@ cdef class Datapath:
             self.cur_i = j
             if parse_packet(self.cur.data + self.cur.offset[j], f.size, f.origlen, self.cur.linktype[j],
                             &later) == PARSE_FRAGMENT:
-                self.send_fragment(self.cur.data + self.cur.offset[j], &later, &self.t.reals[real], f.origlen,
-                                   &self.cur.verdict[j], &self.cur.detail[j])
-            if self.cur.verdict[j] == V_FORWARD:
+                self.send_fragment(self.cur.data + self.cur.offset[j], &later, &self.t.reals[real], v == V_REPLY,
+                                   f.origlen, &self.cur.verdict[j], &self.cur.detail[j])
+            if self.cur.verdict[j] == V_FORWARD or self.cur.verdict[j] == V_REPLY:
                 self.cur.verdict[j] = V_MORE        # counted as forwarded; written after its first fragment
             self.cur_i = i = j
             self.held_bytes -= f.size
@@ -734,13 +749,20 @@ cdef class Datapath:
             f.data = NULL
         self.cur_i = i
 
-    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, uint32_t origlen, uint8_t* verdict,
-                            int32_t* detail) noexcept nogil:
-        """A later fragment to its datagram's real: masq DNATs its address, dr and tun forward it whole."""
+    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, bint reply, uint32_t origlen,
+                            uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """A later fragment to its datagram's real: masq DNATs its address, dr and tun forward it whole;
+        or (reply) a later fragment of the real's datagram to the client: masq SNATs it back to the VIP."""
+        if reply:
+            rewrite_fragment_address(p, info, False, self.t.services[real.service].vip)
+            real.out_pkts += 1
+            real.out_bytes += origlen
+            self.finish(verdict, detail, V_REPLY, real - self.t.reals)
+            return
         if real.forward != FWD_MASQ:
             self.forward(p, info, real, three_tuple_hash(&info.key), origlen, V_FORWARD, verdict, detail)
             return
-        rewrite_destination_address(p, info, real.addr)
+        rewrite_fragment_address(p, info, True, real.addr)
         real.in_pkts += 1
         real.in_bytes += origlen
         self.finish(verdict, detail, V_FORWARD, real - self.t.reals)
@@ -789,6 +811,19 @@ cdef class Datapath:
                 self.fragments_held -= 1
                 self.fragments_expired += 1
 
+    cdef int32_t masq_real_of_address(self, const PacketKey* key) noexcept nogil:
+        """The track service whose NAT real sends this fragment (by address and protocol: a later fragment
+        has no port), or -1."""
+        cdef uint32_t k
+        cdef Service* s
+        cdef size_t alen = 4 if key.family == 4 else 16
+        for k in range(self.n_reals):
+            s = &self.t.services[self.t.reals[k].service]
+            if (s.fragments == FRAG_TRACK and self.t.reals[k].forward == FWD_MASQ and s.proto == key.proto
+                    and self.t.reals[k].family == key.family and memcmp(self.t.reals[k].addr, key.src, alen) == 0):
+                return self.t.reals[k].service
+        return -1
+
     cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil:
         """The service of a fragment's VIP and protocol (a fragment has no port to tell services apart)."""
         cdef uint32_t k
@@ -811,7 +846,7 @@ cdef class Datapath:
         if s.fragments == FRAG_TRACK:
             e = self.frag_lookup(info)
             if e != NULL:
-                self.send_fragment(p, info, &self.t.reals[e.real], origlen, verdict, detail)
+                self.send_fragment(p, info, &self.t.reals[e.real], e.reply, origlen, verdict, detail)
             else:
                 self.hold(p, info, origlen, verdict, detail)
             return

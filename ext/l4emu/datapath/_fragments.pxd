@@ -31,6 +31,7 @@ ctypedef struct FragEntry:      # a datagram whose first fragment opened or foun
     uint64_t expires_ns         # 0: unused
     uint8_t proto
     uint8_t family
+    uint8_t reply               # the real's datagram to the client (NAT: SNAT back to the VIP)
 
 
 ctypedef struct HeldFragment:   # a fragment that came before its first: a copy, waiting
@@ -52,11 +53,12 @@ cdef inline bint same_datagram(const uint8_t* src, const uint8_t* dst, uint32_t 
             and memcmp(src, info.key.src, alen) == 0 and memcmp(dst, info.key.dst, alen) == 0)
 
 
-cdef inline void rewrite_destination_address(uint8_t* p, const PacketInfo* info, const uint8_t* addr) noexcept nogil:
-    """DNAT of a fragment past the first: the address only (IPv4: and the header checksum); the L4
-    checksum, in the first fragment, took the whole change there."""
+cdef inline void rewrite_fragment_address(uint8_t* p, const PacketInfo* info, bint dst_side,
+                                          const uint8_t* addr) noexcept nogil:
+    """DNAT (dst_side) or SNAT of a fragment past the first: the address only (IPv4: and the header
+    checksum); the L4 checksum, in the first fragment, took the whole change there."""
     cdef uint32_t alen = 4 if info.key.family == 4 else 16
-    cdef uint8_t* a = p + info.l3 + (IP4_DST if info.key.family == 4 else IP6_DST)
+    cdef uint8_t* a = p + info.l3 + addr_offset(info.key.family, dst_side)
     if info.key.family == 4:
         apply_diff(p + info.l3 + IP4_CSUM, diff_words(0, a, addr, alen))
     memcpy(a, addr, alen)
