@@ -285,7 +285,8 @@ class Switch:
     def comment_table(self) -> list[list[bytes]]:
         """Per verdict and detail, the text --annotate writes into each packet's pcapng comment."""
         new = [f"new flow, {svc.scheduler} -> {r.endpoint}" for svc, r in self.reals]
-        forward = [f"forward, DNAT to {r.endpoint}" for _, r in self.reals]
+        how = {"masq": "DNAT to", "dr": "routed to", "tun": "tunnelled to"}  # the real's forwarding method
+        forward = [f"forward, {how[r.forward]} {r.endpoint}" for _, r in self.reals]
         reply = [f"reply from {r.endpoint}, SNAT to VIP {svc.endpoint}" for svc, r in self.reals]
         answer = [
             f"answer of {r.endpoint} as captured from the service side, leaves from VIP {svc.endpoint}"
@@ -295,7 +296,9 @@ class Switch:
         dropped = [f"dropped: {DROP_TEXT[name]}" for name in DROP_REASONS]
         icmp = [f"ICMP error sent back for a packet {DROP_TEXT[name]}" for name in DROP_REASONS]
         more = [
-            f"a further fragment of the packet before it, to {r.endpoint} (no DF, over the MTU)" for _, r in self.reals
+            f"a fragment written after the packet before it, {how[r.forward]} {r.endpoint} (a piece of it, no DF "
+            f"over the MTU; or one that waited for it, its first fragment)"
+            for _, r in self.reals
         ]
         table = [[], passed, new, forward, reply, dropped, answer, icmp, more]
         return [[text.encode() for text in row] for row in table]

@@ -139,6 +139,16 @@ def summary_text(summary: dict) -> str:
         f"dropped      {sum(dropped.values()):,}"
         + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else "")
         + (f", {summary['icmp']:,} of them answered with an ICMP error" if summary.get("icmp") else ""),
+        *(
+            [
+                f"fragments    {summary['fragments_made']:,} made (no DF, over the MTU), "
+                f"{summary['fragments_released']:,} released after their first, "
+                f"{summary['fragments_held']:,} waiting, {summary['fragments_expired']:,} expired"
+            ]
+            if any(summary.get(name) for name in ("fragments_made", "fragments_released", "fragments_held"))
+            or summary.get("fragments_expired")
+            else []
+        ),
         *_columns("new conns", [f"{real:<24} {n:>9,}" for real, n in summary["new_connections"].items()]),
         *_columns(
             "unattributed",
