@@ -167,4 +167,5 @@ if __name__ == "__main__":
     base = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "corpus"
     print(f"make_corpus: {write(base / 'datapath', datapath_seeds())} datapath seeds, "
           f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds, "
-          f"{write(base / 'hosts', hosts_seeds())} hosts seeds in {base}")
+          f"{write(base / 'hosts', hosts_seeds())} hosts seeds, "
+          f"{write(base / 'forward', datapath_seeds())} forward seeds in {base}")

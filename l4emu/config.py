@@ -47,6 +47,16 @@ DISTRIBUTIONS = ("fixed", "exponential", "lognormal", "empirical")
 MAX_WORKERS = 1 << 16
 MAX_SERVICE_TIME_S = 3600.0  # a request served for more than an hour is a typo
 MAX_RESPONSE_BYTES = 1 << 30
+# Forwarding methods (docs/forwarding.md): IPVS's NAT, direct routing and tunnels.
+FORWARD_METHODS = ("masq", "dr", "tun")
+TUN_TYPES = ("ipip", "gue", "gre")  # ipvsadm --tun-type
+TUN_FLAGS = ("nocsum", "csum", "remcsum")  # ipvsadm --tun-nocsum / --tun-csum / --tun-remcsum
+ENCAPS = ("ipvs", "katran")
+FORWARD_KEYS = ("forward", "mac", "tun_type", "tun_port", "tun_flags", "encap")
+DEFAULT_MTU = 1500
+MTU_RANGE = (1280, 65535)  # IPv6's minimum link MTU up to the largest IP length
+FRAGMENT_POLICIES = ("drop", "3tuple", "track")  # what a fragment for a VIP gets (docs/forwarding.md)
+MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # A cluster of switch instances behind ECMP (l4emu/cluster/): its limits and vocabularies.
@@ -166,6 +176,12 @@ class Real:
     workers: int = 0
     service_time: Distribution = field(default_factory=lambda: Distribution.fixed(0.0))
     response_bytes: Distribution | None = None
+    forward: str = "masq"  # FORWARD_METHODS: how packets reach it (IPVS -m, -g, -i)
+    mac: str = ""  # dr, tun: the Ethernet destination the switch writes ("" keeps the frame's)
+    tun_type: str = "ipip"  # tun: TUN_TYPES
+    tun_port: int = 0  # tun with gue: the UDP destination port
+    tun_flags: str = "nocsum"  # tun with gue or gre: TUN_FLAGS
+    encap: str = "ipvs"  # tun: "katran" writes Katran's outer headers instead of IPVS's
 
     @property
     def endpoint(self) -> str:
@@ -198,6 +214,17 @@ class Service:
     mh_table_size: int = MH_TABLE_SIZE  # Maglev lookup table slots (a prime)
     # The servers a capture was taken with, behind another load balancer: they stand for the VIP.
     capture_servers: tuple[tuple[IPAddress, int], ...] = ()
+    mtu: int = DEFAULT_MTU  # the route MTU towards the reals (dr, tun; docs/forwarding.md)
+    # The switch's own addresses (tunnel outer source, ICMP errors' source); by default the VIP.
+    source_addresses: tuple[IPAddress, ...] = ()
+    fragments: str = "drop"  # FRAGMENT_POLICIES
+
+    def source_address(self, family: int) -> IPAddress | None:
+        """The switch's address of this family (the VIP for its own family when none is given)."""
+        for address in self.source_addresses:
+            if address.version == family:
+                return address
+        return self.vip if self.vip.version == family else None
 
     @property
     def endpoint(self) -> str:
@@ -296,12 +323,19 @@ def _typed(value, kind, key: str):
 
 
 def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
-    raw = _take(raw, key, {"address", "weight", "upper_threshold", "lower_threshold", "emulated", *EMULATION_KEYS})
+    raw = _take(
+        raw,
+        key,
+        {"address", "weight", "upper_threshold", "lower_threshold", "emulated", *EMULATION_KEYS, *FORWARD_KEYS},
+    )
     if "address" not in raw:
         raise ConfigError(f"{key}.address", "missing")
     address, port = parse_endpoint(raw["address"], f"{key}.address")
-    if address.version != family:
-        raise ConfigError(f"{key}.address", f"IPv{address.version} real for an IPv{family} VIP (NAT keeps the family)")
+    forwarding = _forwarding(raw, key)
+    if address.version != family and forwarding["forward"] != "tun":
+        raise ConfigError(
+            f"{key}.address", f"IPv{address.version} real for an IPv{family} VIP (only a tunnel changes the family)"
+        )
     weight = _typed(raw.get("weight", 1), int, f"{key}.weight")
     if not 0 <= weight <= MAX_WEIGHT:
         raise ConfigError(f"{key}.weight", f"{weight} is out of range 0-{MAX_WEIGHT}")
@@ -313,7 +347,55 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
         thresholds.append(value)
     if thresholds[1] and thresholds[1] > thresholds[0]:
         raise ConfigError(f"{key}.lower_threshold", f"{thresholds[1]} is above upper_threshold {thresholds[0]}")
-    return Real(address, port, weight, *thresholds, **_emulation(raw, key, protocol))
+    emulation = _emulation(raw, key, protocol)
+    if emulation["emulated"] and forwarding["forward"] != "masq":
+        raise ConfigError(f"{key}.forward", "an emulated real takes masq only, for now (docs/forwarding.md)")
+    return Real(address, port, weight, thresholds[0], thresholds[1], **emulation, **forwarding)
+
+
+def _forwarding(raw: dict, key: str) -> dict:
+    """forward, mac, tun_type, tun_port, tun_flags, encap: each checked, and only where its method uses it."""
+    forward = _typed(raw.get("forward", "masq"), str, f"{key}.forward")
+    if forward not in FORWARD_METHODS:
+        raise ConfigError(f"{key}.forward", f"{forward!r} is not one of {', '.join(FORWARD_METHODS)}")
+    tunnel_keys = [name for name in ("tun_type", "tun_port", "tun_flags", "encap") if name in raw]
+    if tunnel_keys and forward != "tun":
+        raise ConfigError(f"{key}.{tunnel_keys[0]}", 'only a tunnel has this (forward = "tun")')
+    if "mac" in raw and forward == "masq":
+        raise ConfigError(f"{key}.mac", 'only dr and tun write a MAC (forward = "dr" or "tun")')
+    mac = _typed(raw.get("mac", ""), str, f"{key}.mac")
+    if mac and not MAC.match(mac):
+        raise ConfigError(f"{key}.mac", f"{mac!r} is not a MAC address like 02:00:00:00:00:01")
+    if forward == "dr" and not mac:
+        raise ConfigError(f"{key}.mac", "missing: direct routing changes only the destination MAC, to this one")
+    tun_type = _typed(raw.get("tun_type", "ipip"), str, f"{key}.tun_type")
+    if tun_type not in TUN_TYPES:
+        raise ConfigError(f"{key}.tun_type", f"{tun_type!r} is not one of {', '.join(TUN_TYPES)}")
+    encap = _typed(raw.get("encap", "ipvs"), str, f"{key}.encap")
+    if encap not in ENCAPS:
+        raise ConfigError(f"{key}.encap", f"{encap!r} is not one of {', '.join(ENCAPS)}")
+    if encap == "katran" and tun_type == "gre":
+        raise ConfigError(f"{key}.encap", "Katran encapsulates in ipip or gue, not gre")
+    port = _typed(raw.get("tun_port", 0), int, f"{key}.tun_port")
+    if "tun_port" in raw and (tun_type != "gue" or not 1 <= port <= 65535):
+        raise ConfigError(f"{key}.tun_port", f"{port} is not a UDP port 1-65535 of a gue tunnel")
+    if tun_type == "gue" and encap == "ipvs" and not port:
+        raise ConfigError(f"{key}.tun_port", "missing: an IPVS gue tunnel needs its destination port")
+    flags = _typed(raw.get("tun_flags", "nocsum"), str, f"{key}.tun_flags")
+    if flags not in TUN_FLAGS:
+        raise ConfigError(f"{key}.tun_flags", f"{flags!r} is not one of {', '.join(TUN_FLAGS)}")
+    if "tun_flags" in raw and (tun_type == "ipip" or encap == "katran"):
+        raise ConfigError(f"{key}.tun_flags", "only an IPVS gue or gre tunnel has checksum flags")
+    if flags == "remcsum" and tun_type != "gue":
+        raise ConfigError(f"{key}.tun_flags", "remcsum is a gue option (IPVS)")
+    return {
+        "forward": forward,
+        "mac": mac.lower(),
+        "tun_type": tun_type,
+        "tun_port": port,
+        "tun_flags": flags,
+        "encap": encap,
+    }
 
 
 def _emulation(raw: dict, key: str, protocol: str) -> dict:
@@ -400,6 +482,9 @@ def _service(raw, key: str, schedulers) -> Service:
             "scheduler_flags",
             "mh_table_size",
             "capture_servers",
+            "mtu",
+            "source_address",
+            "fragments",
         },
     )
     if "vip" not in raw:
@@ -438,7 +523,67 @@ def _service(raw, key: str, schedulers) -> Service:
             f"{table_size} is not a prime from {MH_TABLE_RANGE[0]} to {MH_TABLE_RANGE[1]} (65537 is a good one)",
         )
     capture_servers = _capture_servers(raw.get("capture_servers", []), vip, port, f"{key}.capture_servers")
-    return Service(vip, port, protocol, scheduler, reals, persistence, netmask, flags, table_size, capture_servers)
+    mtu = _typed(raw.get("mtu", DEFAULT_MTU), int, f"{key}.mtu")
+    if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        raise ConfigError(f"{key}.mtu", f"{mtu} is out of range {MTU_RANGE[0]}-{MTU_RANGE[1]}")
+    sources = _source_addresses(raw.get("source_address", []), f"{key}.source_address")
+    fragments = _typed(raw.get("fragments", "drop"), str, f"{key}.fragments")
+    if fragments not in FRAGMENT_POLICIES:
+        raise ConfigError(f"{key}.fragments", f"{fragments!r} is not one of {', '.join(FRAGMENT_POLICIES)}")
+    if fragments != "drop" and any(real.emulated for real in reals):
+        raise ConfigError(f"{key}.fragments", 'a service of emulated reals takes fragments = "drop" only, for now')
+    if fragments == "3tuple" and any(real.forward == "masq" for real in reals):
+        raise ConfigError(
+            f"{key}.fragments",
+            "3tuple sends fragments on with no connection, which only dr and tun reals can take "
+            "(a masq real's replies would find none to translate them)",
+        )
+    service = Service(
+        vip,
+        port,
+        protocol,
+        scheduler,
+        reals,
+        persistence,
+        netmask,
+        flags,
+        table_size,
+        capture_servers,
+        mtu,
+        sources,
+        fragments,
+    )
+    for i, real in enumerate(reals):
+        if real.forward != "masq" and real.port != port:
+            raise ConfigError(
+                f"{key}.real[{i}].address", f"port {real.port}: a {real.forward} real owns the VIP, port {port} too"
+            )
+        if real.forward == "tun" and service.source_address(real.address.version) is None:
+            raise ConfigError(
+                f"{key}.source_address",
+                f"real[{i}] is tunnelled over IPv{real.address.version}: "
+                f"name the switch's IPv{real.address.version} address",
+            )
+    return service
+
+
+def _source_addresses(value, key: str) -> tuple:
+    """One address or a list of them, at most one per family."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list):
+        raise ConfigError(key, f'expected an address or a list like ["10.0.0.2", "2001:db8::2"], got {value!r}')
+    addresses: list[IPAddress] = []
+    for i, text in enumerate(values):
+        try:
+            address = parse_address(text) if isinstance(text, str) else None
+        except ValueError:
+            address = None
+        if address is None:
+            raise ConfigError(f"{key}[{i}]", f"{text!r} is not an IP address")
+        if any(a.version == address.version for a in addresses):
+            raise ConfigError(f"{key}[{i}]", f"a second IPv{address.version} address: give one per family")
+        addresses.append(address)
+    return tuple(addresses)
 
 
 def _capture_servers(value, vip: IPAddress, port: int, key: str) -> tuple:

@@ -328,6 +328,11 @@ def summarize(switch: Switch, capture, output, written: int, elapsed: float, err
         "passed": stats["passed"],
         "passed_by_reason": stats["passed_by_reason"],
         "dropped": stats["dropped"],
+        "icmp": stats["icmp"],  # dropped packets the switch answered (time exceeded, fragmentation needed)
+        **{
+            name: stats[name]
+            for name in ("fragments_made", "fragments_released", "fragments_held", "fragments_expired")
+        },
         "new_connections": stats["new_connections"],
         "peak_connections": stats["peak_connections"],
         "final_connections": final,

@@ -28,6 +28,13 @@ DROP_TEXT = {
     "table_full": "connection table full",
     "reply_clash": "the real's reply tuple is taken by another connection",
     "probe_limit": "no free index slot within the probe bound (colliding keys)",
+    "ttl_exceeded": "TTL ran out where the switch forwards (ICMP time exceeded sent)",
+    "too_big": "over the MTU with DF or IPv6 (ICMP fragmentation needed / packet too big sent)",
+    "too_big_dropped": "over the MTU, dropped without an ICMP error (encap katran, or no DF)",
+    "tunnel_link_type": "the capture's link type cannot carry the tunnel's outer address family",
+    "no_memory": "out of memory for a longer packet",
+    "fragment_overflow": "a fragment ahead of its first found the waiting room full (fragments = track)",
+    "fragment_held": "a fragment ahead of its first, waiting for it (fragments = track): written after it",
 }
 PASS_TEXT = {
     "not_ip": "not IP",
@@ -75,7 +82,7 @@ class Switch:
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
         wrap = make_scheduler or (lambda scheduler: scheduler)
         for svc in config.services:
-            self._datapath.add_service(
+            index = self._datapath.add_service(
                 svc.vip.packed,
                 svc.vip.version,
                 svc.port,
@@ -90,6 +97,7 @@ class Switch:
                 _mask_bytes(svc.persistence_netmask, svc.vip.version),
                 [(address.packed, port) for address, port in svc.capture_servers],
             )
+            self._set_forwarding(index, svc, len(self.reals))
             self.reals.extend((svc, r) for r in svc.reals)
         # Emulated reals answer for themselves (l4emu/hosts/, imported only then: start-up); their generator
         # is drawn last, and only when there are some, so configs without them keep every seeded result.
@@ -99,6 +107,29 @@ class Switch:
 
             self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64)))
 
+    def _set_forwarding(self, index: int, svc: configmod.Service, first_real: int) -> None:
+        """The service's MTU and the switch's addresses, and each real's method (docs/forwarding.md)."""
+        four, six = svc.source_address(4), svc.source_address(6)
+        self._datapath.set_forwarding(
+            index,
+            svc.mtu,
+            four.packed if four else bytes(4),
+            six.packed if six else bytes(16),
+            svc.fragments,
+        )
+        for k, real in enumerate(svc.reals):
+            if real.forward != "masq":
+                self._datapath.set_real_forwarding(
+                    first_real + k,
+                    real.forward,
+                    real.address.version,
+                    real.tun_type,
+                    real.tun_flags,
+                    real.tun_port,
+                    real.encap == "katran",
+                    bytes.fromhex(real.mac.replace(":", "")),
+                )
+
     @classmethod
     def from_config(cls, path=None, seed: int | None = None) -> Switch:
         """From a TOML file (None: the embedded default config)."""
@@ -107,7 +138,9 @@ class Switch:
     def process(self, batch: Batch, start: int = 0, until_ns: int = 0, end: int = -1) -> int:
         """Run packets start..end (default: all) through the switch, rewriting them in place; returns where
         it stopped. With until_ns, it stops before the first packet at or past that moment on the packet
-        clock, so a caller can change the switch at an exact moment and go on from the returned index."""
+        clock, so a caller can change the switch at an exact moment and go on from the returned index.
+        Fragments the switch makes or releases (verdict "more") get slots right after their packet: the
+        returned index counts them (docs/forwarding.md)."""
         return self._datapath.process(batch, start, until_ns, end)
 
     def emulation_datapath(self) -> Datapath:
@@ -203,6 +236,7 @@ class Switch:
         self._datapath.expire_due()
         now = self._datapath.clock_ns
         labels = [(svc.protocol.upper(), svc.endpoint, real.endpoint) for svc, real in self.reals]
+        methods = [counters["forward"] for counters in self._datapath.real_counters()]
         rows = []
         for real_index, client, cport, state, expires_ns in self._datapath.flows():
             protocol, virtual, destination = labels[real_index]
@@ -219,6 +253,7 @@ class Switch:
                     "source": source,
                     "virtual": virtual,
                     "destination": destination,
+                    "forward": methods[real_index],
                 }
             )
             if self.hosts is not None:  # the flow names its socket by number, as the host numbers it
@@ -236,7 +271,7 @@ class Switch:
         for svc in self.config.services:
             reals = []
             for real in svc.reals:
-                reals.append({"address": real.endpoint, "forward": "Masq", **per_real[k]})
+                reals.append({"address": real.endpoint, **per_real[k]})
                 k += 1
             out.append(
                 {
@@ -267,7 +302,8 @@ class Switch:
     def comment_table(self) -> list[list[bytes]]:
         """Per verdict and detail, the text --annotate writes into each packet's pcapng comment."""
         new = [f"new flow, {svc.scheduler} -> {r.endpoint}" for svc, r in self.reals]
-        forward = [f"forward, DNAT to {r.endpoint}" for _, r in self.reals]
+        how = {"masq": "DNAT to", "dr": "routed to", "tun": "tunnelled to"}  # the real's forwarding method
+        forward = [f"forward, {how[r.forward]} {r.endpoint}" for _, r in self.reals]
         reply = [f"reply from {r.endpoint}, SNAT to VIP {svc.endpoint}" for svc, r in self.reals]
         answer = [
             f"answer of {r.endpoint} as captured from the service side, leaves from VIP {svc.endpoint}"
@@ -275,5 +311,11 @@ class Switch:
         ]
         passed = [f"passed untouched: {PASS_TEXT[name]}" for name in PASS_REASONS]
         dropped = [f"dropped: {DROP_TEXT[name]}" for name in DROP_REASONS]
-        table = [[], passed, new, forward, reply, dropped, answer]
+        icmp = [f"ICMP error sent back for a packet {DROP_TEXT[name]}" for name in DROP_REASONS]
+        more = [
+            f"a fragment written after the packet before it, {how[r.forward]} {r.endpoint} (a piece of it, no DF "
+            f"over the MTU; or one that waited for it, its first fragment)"
+            for _, r in self.reals
+        ]
+        table = [[], passed, new, forward, reply, dropped, answer, icmp, more]
         return [[text.encode() for text in row] for row in table]

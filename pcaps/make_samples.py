@@ -19,7 +19,7 @@ from pathlib import Path
 
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 HERE = Path(__file__).resolve().parent
@@ -345,6 +345,105 @@ def plan_clients(services):
     return plan
 
 
+FULL_SEGMENT = 1460         # an IPv4 TCP segment of 1500 bytes, the Ethernet MTU
+FRAGMENT_SIZE = 1400        # IPv4 fragments that still fit the MTU once tunnelled
+IPV6_MIN_MTU = 1280
+
+
+def client_side(packets, client):
+    """What a dr or tun switch sees of a conversation: the client's packets (the reals answer it
+    straight from the VIP, around the switch)."""
+    return [(t, pkt) for t, pkt in packets if pkt.haslayer(IP) and pkt[IP].src == client
+            or pkt.haslayer(IPv6) and pkt[IPv6].src == client]
+
+
+def df_ethernet(src_host, src, dst, **fields):
+    """Ethernet to the switch, IPv4 with DF as Linux clients send TCP (path MTU discovery)."""
+    frame = Ether(src=ROUTER_MAC if src_host is None else mac_of(src_host), dst=SWITCH_MAC)
+    return frame / (IPv6(src=src, dst=dst, **fields) if ":" in src else IP(src=src, dst=dst, flags="DF", **fields))
+
+
+def plan_forwarding(services):
+    """forwarding.pcap: the clients' side of HTTP (IPv4, IPv6) and DNS conversations for
+    pcaps/forwarding.toml, where every real is reached by dr or a tunnel; plus what a forwarding hop
+    must answer: TTL / hop limit 1, full-size segments with DF (and IPv6) that no longer fit once
+    tunnelled, an ECN CE mark, and a full-size UDP datagram without DF; and fragmented datagrams
+    (IPv4 UDP, IPv6 TCP) for services that schedule fragments by 3-tuple."""
+    plan = Plan(services, seed=15, tick=1000)
+    vip, vport, _ = services[("tcp", 4)]
+    vip6, vport6, _ = services[("tcp", 6)]
+    dns_vip, dns_port, _ = services[("udp", 4)]
+    for k in range(14):
+        client, start = CLIENTS[k % len(CLIENTS)], plan.start(0, 9)
+        tos = {"tos": 0x03} if k == 3 else {}           # ECN CE: an IPVS tunnel writes ECT(0) outside
+        request = http(vip, "the VIP")[0]
+        request += b"x" * (FULL_SEGMENT - len(request)) if k % 5 == 4 else b""
+        head = df_ethernet(None, client, vip, **tos)
+        rev = df_ethernet(vip, vip, client)
+        packets = tcp_exchange(plan.timing(), start, (head, plan.port(client), vport), (rev, vport, 0), request,
+                               b"HTTP/1.1 200 OK\r\n\r\n")
+        plan.fixed(start, client_side(packets, client))
+    for k in range(6):
+        client, start = CLIENTS6[k % 2], plan.start(0, 9)
+        request = http(vip6, "the VIP")[0]
+        request += b"x" * (FULL_SEGMENT - 20 - len(request)) if k % 3 == 2 else b""
+        packets = tcp_exchange(plan.timing(), start, (df_ethernet(None, client, vip6), plan.port(client), vport6),
+                               (df_ethernet(vip6, vip6, client), vport6, 0), request, b"HTTP/1.1 200 OK\r\n\r\n")
+        plan.fixed(start, client_side(packets, client))
+    for k in range(5):
+        client, start = CLIENTS[k], plan.start(0, 9)
+        query, _ = dns(0x1500 + k, f"host{k}.example.com", "192.0.2.15")
+        plan.fixed(start, [(start, ethernet()(None, client, dns_vip) / UDP(sport=plan.port(client), dport=dns_port)
+                            / (query if k < 3 else bytes(1472)))])       # the last two: 1500 bytes, no DF
+    for k, client in enumerate((CLIENTS[0], CLIENTS[5], CLIENTS[4])):    # to both reals, by 3-tuple
+        start = plan.start(0, 9)
+        big = IP(id=0x1500 + k, src=client, dst=dns_vip) / UDP(sport=plan.port(client), dport=dns_port) / bytes(3000)
+        plan.fixed(start, [(start + n * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / frag)
+                           for n, frag in enumerate(fragment(big, fragsize=FRAGMENT_SIZE))])
+    client, start = CLIENTS6[1], plan.start(0, 9)          # and an IPv6 one to the IPv6 HTTP service
+    big6 = IPv6(src=client, dst=vip6) / IPv6ExtHdrFragment(id=0x15) / TCP(sport=plan.port(client), dport=vport6,
+                                                                           flags="PA") / bytes(2000)
+    plan.fixed(start, [(start + n * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / frag)
+                       for n, frag in enumerate(fragment6(big6, IPV6_MIN_MTU))])
+    start = plan.start(9, 10)
+    plan.fixed(start, [(start, df_ethernet(None, CLIENTS[5], vip, ttl=1) /
+                        TCP(sport=plan.port(CLIENTS[5]), dport=vport, flags="S", seq=1, options=[("MSS", 1460)])),
+                       (start + 1000, df_ethernet(None, CLIENTS6[0], vip6, hlim=1) /
+                        TCP(sport=plan.port(CLIENTS6[0]), dport=vport6, flags="S", seq=1, options=[("MSS", 1440)]))])
+    return plan
+
+
+def plan_fragments(services):
+    """fragments.pcap: fragmented datagrams for fragments.toml's tracking services: UDP over IPv4 in
+    order, in reverse and with the first fragment in the middle; TCP over IPv6 in order and
+    reversed; and one datagram whose first fragment never comes (it waits, and is forgotten after
+    30 s on the packet clock, when a last early fragment arrives 40 s on)."""
+    plan = Plan(services, seed=16, tick=1000)
+    dns_vip, dns_port, _ = services[("udp", 4)]
+    vip6, vport6, _ = services[("tcp", 6)]
+    orders = [(0, 1, 2), (2, 1, 0), (1, 0, 2)]
+    for k in range(6):
+        client, start = CLIENTS[k], plan.start(0, 5)
+        big = IP(id=0x1600 + k, src=client, dst=dns_vip) / UDP(sport=plan.port(client), dport=dns_port) / bytes(3000)
+        pieces = fragment(big, fragsize=FRAGMENT_SIZE)
+        plan.fixed(start, [(start + n * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / pieces[m])
+                           for n, m in enumerate(orders[k % 3])])
+    for k, client in enumerate(CLIENTS6 * 2):    # a SYN opens the connection, then a fragmented segment
+        start, cport = plan.start(0, 5), plan.port(client)
+        syn = ethernet()(None, client, vip6) / TCP(sport=cport, dport=vport6, flags="S", seq=1)
+        big6 = IPv6(src=client, dst=vip6) / IPv6ExtHdrFragment(id=0x1600 + k) / TCP(
+            sport=cport, dport=vport6, flags="A", seq=2, ack=1) / bytes(2000)
+        pieces = fragment6(big6, IPV6_MIN_MTU)
+        plan.fixed(start, [(start, syn)] + [(start + (n + 1) * 1000, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / piece)
+                                           for n, piece in enumerate(pieces if k < 2 else pieces[::-1])])
+    lost = fragment(IP(id=0x16FF, src=CLIENTS[0], dst=dns_vip) / UDP(sport=9, dport=dns_port) / bytes(3000),
+                    fragsize=FRAGMENT_SIZE)
+    start = plan.start(5, 6)
+    plan.fixed(start, [(start, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / lost[1]),
+                       (start + 40 * 10**9, Ether(src=ROUTER_MAC, dst=SWITCH_MAC) / lost[2])])
+    return plan
+
+
 def write_pcap(path, packets):
     """Classic pcap, microsecond, Ethernet: the format most tools read."""
     with open(path, "wb") as f:
@@ -388,6 +487,8 @@ def main():
     write_pcap(HERE / "clients.pcap", plan_clients(load_services(HERE / "emulated.toml")).packets())
     write_pcap(HERE / "front.pcap", plan_front(services).packets())
     write_pcap(HERE / "behind.pcap", plan_behind(services).packets())
+    write_pcap(HERE / "forwarding.pcap", plan_forwarding(load_services(HERE / "forwarding.toml")).packets())
+    write_pcap(HERE / "fragments.pcap", plan_fragments(load_services(HERE / "fragments.toml")).packets())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 NS: int
 VERDICT_NAMES: tuple[str, ...]
 DEFAULT_DATA_BYTES: int
+DEFAULT_HEADROOM: int
 
 class Batch:
     """Packets in one buffer with their timestamps, interfaces, link types and results."""
@@ -13,7 +14,7 @@ class Batch:
     def n(self) -> int: ...
     @property
     def capacity(self) -> int: ...
-    def __init__(self, capacity: int = 4096, data_bytes: int = ...) -> None: ...
+    def __init__(self, capacity: int = 4096, data_bytes: int = ..., headroom: int = ...) -> None: ...
     @staticmethod
     def from_frames(
         frames: Iterable[bytes],

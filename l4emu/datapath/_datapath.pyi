@@ -11,6 +11,11 @@ from l4emu.schedulers._core import Scheduler
 STATE_NAMES: tuple[str, ...]
 DROP_REASONS: tuple[str, ...]
 PASS_REASONS: tuple[str, ...]
+FORWARD_NAMES: tuple[str, ...]
+TUN_TYPES: dict[str, int]
+TUN_FLAGS: dict[str, int]
+DEFAULT_MTU: int
+FRAGMENT_POLICIES: dict[str, int]
 PARSED_LINKTYPES: dict[int, str]
 
 class Datapath:
@@ -58,6 +63,20 @@ class Datapath:
         persistence: float = 0,
         netmask: builtins.bytes | None = None,
         capture_servers: Sequence[tuple[builtins.bytes, int]] = (),
+    ) -> int: ...
+    def set_forwarding(
+        self, service: int, mtu: int, source4: builtins.bytes, source6: builtins.bytes, fragments: str = "drop"
+    ) -> None: ...
+    def set_real_forwarding(
+        self,
+        index: int,
+        method: str,
+        family: int,
+        tun_type: str = "ipip",
+        tun_flags: str = "nocsum",
+        tun_port: int = 0,
+        katran: bool = False,
+        mac: builtins.bytes = b"",
     ) -> None: ...
     def set_real(self, index: int, weight: int | None = None, down: bool | None = None) -> None: ...
     def process(self, batch: Batch, start: int = 0, until_ns: int = 0, end: int = -1) -> int: ...

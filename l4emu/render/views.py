@@ -15,6 +15,9 @@ def conntrack_text(snapshot: dict) -> str:
     longer holds (closed, or still waiting to be accepted)."""
     rows = snapshot["connections"]
     with_handles = bool(snapshot.get("sockets"))
+    with_forward = any(row.get("forward", "Masq") != "Masq" for row in rows)
+    if with_forward:  # a method other than NAT: one more column, the method as ipvsadm -L -n names it
+        return _conntrack_with_forward(rows, with_handles)
     width = max([18] + [len(row["destination"]) for row in rows]) if with_handles else 0
     head = "pro expire state       source             virtual            "
     lines = ["IPVS connection entries", head + (f"{'destination':<{width}} handle" if with_handles else "destination")]
@@ -31,6 +34,29 @@ def conntrack_text(snapshot: dict) -> str:
             lines.append(f"{cells}{row['destination']:<{width}} {'' if handle is None else handle}".rstrip())
         else:
             lines.append(cells + row["destination"])
+    return "\n".join(lines)
+
+
+def _conntrack_with_forward(rows: list[dict], with_handles: bool) -> str:
+    """`ipvsadm -L -n -c` with a Forward column (Masq, Route, Tunnel) after the destination, and the
+    handle column last when there are emulated reals."""
+    width = max([18] + [len(row["destination"]) for row in rows])
+    head = "pro expire state       source             virtual            "
+    head += f"{'destination':<{width}} Forward" + (" handle" if with_handles else "")
+    lines = ["IPVS connection entries", head]
+    for row in rows:
+        cells = "%-3s %-6s %-11s %-18s %-18s %-*s %-7s" % (
+            row["protocol"],
+            _expire(row["expires_in_s"]),
+            row["state"],
+            row["source"],
+            row["virtual"],
+            width,
+            row["destination"],
+            row.get("forward", "Masq"),
+        )
+        handle = row.get("handle") if with_handles else None
+        lines.append(f"{cells} {'' if handle is None else handle}".rstrip())
     return "\n".join(lines)
 
 
@@ -111,7 +137,18 @@ def summary_text(summary: dict) -> str:
         + (f", {summary['answer']:,} of them as captured from the service side" if summary.get("answer") else "")
         + f"), {summary['passed']:,} passed untouched",
         f"dropped      {sum(dropped.values()):,}"
-        + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
+        + (" (" + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else "")
+        + (f", {summary['icmp']:,} of them answered with an ICMP error" if summary.get("icmp") else ""),
+        *(
+            [
+                f"fragments    {summary['fragments_made']:,} made (no DF, over the MTU), "
+                f"{summary['fragments_released']:,} released after their first, "
+                f"{summary['fragments_held']:,} waiting, {summary['fragments_expired']:,} expired"
+            ]
+            if any(summary.get(name) for name in ("fragments_made", "fragments_released", "fragments_held"))
+            or summary.get("fragments_expired")
+            else []
+        ),
         *_columns("new conns", [f"{real:<24} {n:>9,}" for real, n in summary["new_connections"].items()]),
         *_columns(
             "unattributed",

@@ -13,7 +13,13 @@ cdef enum Verdict:
     # V_ANSWER: the flow's answer as the capture recorded it, from the VIP or a capture server: the
     # real's reply in the switch's model (written from the VIP); detail: real index
     V_ANSWER = 6
-    V_LAST = 7
+    # V_ICMP: the switch answered the client with an ICMP error (time exceeded, fragmentation needed /
+    # packet too big), written in the packet's place; detail: the drop reason of the packet it quotes
+    V_ICMP = 7
+    # V_MORE: one more packet the switch wrote after the one before it (a fragment of it, when it no
+    # longer fit the MTU and had no DF); detail: the real's index
+    V_MORE = 8
+    V_LAST = 9
 
 
 cdef class Batch:
@@ -30,8 +36,15 @@ cdef class Batch:
     cdef uint16_t* linktype               # DLT_* of the packet's interface
     cdef uint8_t* verdict                 # Verdict, set by the datapath
     cdef int32_t* detail
+    cdef uint16_t* headroom               # free bytes right before packet i: a tunnel's headers go there
+    cdef uint16_t reserve                 # the headroom push leaves before each packet it copies
 
     cdef void clear(self) noexcept nogil
     # frame may be data + data_len itself (read into place, not copied)
     cdef int push(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
                   uint16_t iface, uint16_t linktype) noexcept nogil
+    # A packet that grows or is replaced gets fresh room at the end of the buffer (see room())
+    cdef uint8_t* room(self, Py_ssize_t i, uint32_t size) noexcept nogil
+    # ... and a packet that becomes several gets new slots right after it (see insert())
+    cdef Py_ssize_t insert(self, Py_ssize_t i, uint32_t size) noexcept nogil
+    cdef int grow_arrays(self, Py_ssize_t capacity) noexcept nogil

@@ -1,22 +1,29 @@
 """Batch: packets as flat C arrays over one owned buffer, so no Python object exists per packet."""
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from l4emu.datapath cimport _types
 from l4emu.datapath._types cimport name_table
 
 # Verdict's names, each bound to its enum (checked complete at import).
 VERDICT_NAMES = name_table({V_UNSEEN: "unseen", V_PASS: "pass", V_NEW: "new", V_FORWARD: "forward", V_REPLY: "reply",
-                            V_DROP: "drop", V_ANSWER: "answer"}, V_LAST, "Verdict")
+                            V_DROP: "drop", V_ANSWER: "answer", V_ICMP: "icmp", V_MORE: "more"}, V_LAST,
+                           "Verdict")
 NS = _types.NS          # nanoseconds per second, for the Python side (timestamps are in nanoseconds)
 # Room for a full batch of typical packets; one packet larger than what is left waits for the next
 # batch, and a packet larger than the whole buffer grows it (records are at most 256 KiB).
 DEFAULT_DATA_BYTES = 1 << 20
+# Room left before each packet copied in, so that a tunnel prepends its headers in place (moving only
+# the link header) instead of copying the packet: the largest outer headers the switch writes are
+# IPv6 + UDP + GUE, 52 bytes; 64 keeps packets 8-byte aligned as they were.
+DEFAULT_HEADROOM = 64
 
 
 cdef class Batch:
-    def __cinit__(self, Py_ssize_t capacity=4096, Py_ssize_t data_bytes=DEFAULT_DATA_BYTES):
-        if capacity < 1 or data_bytes < 1:
-            raise ValueError("batch capacity and data bytes must be at least 1")
+    def __cinit__(self, Py_ssize_t capacity=4096, Py_ssize_t data_bytes=DEFAULT_DATA_BYTES,
+                  int headroom=DEFAULT_HEADROOM):
+        if capacity < 1 or data_bytes < 1 or not 0 <= headroom <= 0xFFFF:
+            raise ValueError("batch capacity and data bytes must be at least 1, headroom 0 to 65535")
+        self.reserve = headroom
         self.capacity = capacity
         self.n = 0
         self.offset = <uint64_t*>calloc(capacity, sizeof(uint64_t))
@@ -27,10 +34,11 @@ cdef class Batch:
         self.linktype = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.verdict = <uint8_t*>calloc(capacity, sizeof(uint8_t))
         self.detail = <int32_t*>calloc(capacity, sizeof(int32_t))
+        self.headroom = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.data_cap = data_bytes
         self.data = <uint8_t*>calloc(self.data_cap, 1)
         if not (self.offset and self.caplen and self.origlen and self.ts_ns and self.iface
-                and self.linktype and self.verdict and self.detail and self.data):
+                and self.linktype and self.verdict and self.detail and self.headroom and self.data):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -42,6 +50,7 @@ cdef class Batch:
         free(self.linktype)
         free(self.verdict)
         free(self.detail)
+        free(self.headroom)
         free(self.data)
 
     cdef void clear(self) noexcept nogil:
@@ -53,18 +62,22 @@ cdef class Batch:
         """Copy one packet in: 0 done, 1 the batch is full (try again after clear), -1 out of memory."""
         cdef Py_ssize_t i = self.n
         cdef uint8_t* grown
+        cdef bint in_place = frame == self.data + self.data_len     # a source read it there (TUN): no headroom
+        cdef uint32_t before = 0 if in_place else self.reserve
         if i == self.capacity:
             return 1
-        if self.data_len + caplen > self.data_cap:
+        if self.data_len + before + caplen > self.data_cap:
             if i > 0:
                 return 1
-            grown = <uint8_t*>realloc(self.data, caplen)
+            grown = <uint8_t*>realloc(self.data, before + caplen)
             if grown == NULL:
                 return -1
             self.data = grown
-            self.data_cap = caplen
-        if frame != self.data + self.data_len:       # a source may have read it into place (TUN)
+            self.data_cap = before + caplen
+        self.data_len += before
+        if not in_place:
             memcpy(self.data + self.data_len, frame, caplen)
+        self.headroom[i] = before
         self.offset[i] = self.data_len
         self.caplen[i] = caplen
         self.origlen[i] = origlen
@@ -75,6 +88,102 @@ cdef class Batch:
         self.detail[i] = 0
         self.data_len += caplen
         self.n = i + 1
+        return 0
+
+    cdef uint8_t* room(self, Py_ssize_t i, uint32_t size) noexcept nogil:
+        """Give packet i `size` fresh bytes at the end of the buffer and point it there (caplen = size);
+        returns them, or NULL when memory runs out. The old bytes stay where they were, dead, until
+        the batch is cleared. The buffer may move: every pointer into it is stale afterwards.
+
+        This is how a packet grows (encapsulation) or is replaced (an ICMP error) without the
+        in-place rewrite of every other packet paying for it: sinks follow offset[i] anyway."""
+        cdef Py_ssize_t want = self.data_len + size, cap
+        cdef uint8_t* grown
+        if want > self.data_cap:
+            cap = max(want, 2 * self.data_cap)
+            grown = <uint8_t*>realloc(self.data, cap)
+            if grown == NULL:
+                return NULL
+            self.data = grown
+            self.data_cap = cap
+        self.offset[i] = self.data_len
+        self.caplen[i] = size
+        self.headroom[i] = 0
+        self.data_len = want
+        return self.data + self.offset[i]
+
+    cdef Py_ssize_t insert(self, Py_ssize_t i, uint32_t size) noexcept nogil:
+        """A new packet slot right after packet i, holding `size` fresh bytes at the end of the buffer,
+        with packet i's time, interface and link type, verdict unseen; the packets after i move up
+        one. Returns its index (i + 1), or -1 when memory runs out. Every array and the buffer may
+        move: pointers into them are stale afterwards."""
+        cdef Py_ssize_t k, tail = self.n - i - 1
+        if self.n == self.capacity and self.grow_arrays(2 * self.capacity) < 0:
+            return -1
+        if self.room(self.n, size) == NULL:      # fresh bytes, in the slot past the end for now
+            return -1
+        k = self.n
+        memmove(&self.offset[i + 2], &self.offset[i + 1], tail * sizeof(uint64_t))
+        memmove(&self.caplen[i + 2], &self.caplen[i + 1], tail * sizeof(uint32_t))
+        memmove(&self.origlen[i + 2], &self.origlen[i + 1], tail * sizeof(uint32_t))
+        memmove(&self.ts_ns[i + 2], &self.ts_ns[i + 1], tail * sizeof(uint64_t))
+        memmove(&self.iface[i + 2], &self.iface[i + 1], tail * sizeof(uint16_t))
+        memmove(&self.linktype[i + 2], &self.linktype[i + 1], tail * sizeof(uint16_t))
+        memmove(&self.verdict[i + 2], &self.verdict[i + 1], tail * sizeof(uint8_t))
+        memmove(&self.detail[i + 2], &self.detail[i + 1], tail * sizeof(int32_t))
+        memmove(&self.headroom[i + 2], &self.headroom[i + 1], tail * sizeof(uint16_t))
+        self.offset[i + 1] = self.data_len - size
+        self.caplen[i + 1] = size
+        self.origlen[i + 1] = size
+        self.ts_ns[i + 1] = self.ts_ns[i]
+        self.iface[i + 1] = self.iface[i]
+        self.linktype[i + 1] = self.linktype[i]
+        self.verdict[i + 1] = V_UNSEEN
+        self.detail[i + 1] = 0
+        self.headroom[i + 1] = 0
+        self.n = k + 1
+        return i + 1
+
+    cdef int grow_arrays(self, Py_ssize_t capacity) noexcept nogil:
+        """Room for `capacity` packets in every array; 0, or -1 when memory runs out (nothing lost)."""
+        cdef void* q
+        q = realloc(self.offset, capacity * sizeof(uint64_t))
+        if q == NULL:
+            return -1
+        self.offset = <uint64_t*>q
+        q = realloc(self.caplen, capacity * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        self.caplen = <uint32_t*>q
+        q = realloc(self.origlen, capacity * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        self.origlen = <uint32_t*>q
+        q = realloc(self.ts_ns, capacity * sizeof(uint64_t))
+        if q == NULL:
+            return -1
+        self.ts_ns = <uint64_t*>q
+        q = realloc(self.iface, capacity * sizeof(uint16_t))
+        if q == NULL:
+            return -1
+        self.iface = <uint16_t*>q
+        q = realloc(self.linktype, capacity * sizeof(uint16_t))
+        if q == NULL:
+            return -1
+        self.linktype = <uint16_t*>q
+        q = realloc(self.verdict, capacity * sizeof(uint8_t))
+        if q == NULL:
+            return -1
+        self.verdict = <uint8_t*>q
+        q = realloc(self.detail, capacity * sizeof(int32_t))
+        if q == NULL:
+            return -1
+        self.detail = <int32_t*>q
+        q = realloc(self.headroom, capacity * sizeof(uint16_t))
+        if q == NULL:
+            return -1
+        self.headroom = <uint16_t*>q
+        self.capacity = capacity
         return 0
 
     @staticmethod
@@ -89,7 +198,7 @@ cdef class Batch:
         cdef const uint8_t[::1] view
         cdef uint8_t* grown
         frames = [bytes(f) for f in frames]
-        cdef Batch batch = Batch(max(count, 1), max(sum(len(f) for f in frames), 1))
+        cdef Batch batch = Batch(max(count, 1), max(sum(len(f) for f in frames), 1), 0)
         for i in range(count):
             frame = frames[i]
             if len(frame) > batch.data_cap - batch.data_len:
@@ -179,6 +288,7 @@ cdef class Batch:
         memcpy(self.linktype, source.linktype, n * sizeof(uint16_t))
         memcpy(self.verdict, source.verdict, n * sizeof(uint8_t))
         memcpy(self.detail, source.detail, n * sizeof(int32_t))
+        memcpy(self.headroom, source.headroom, n * sizeof(uint16_t))
         self.n = n
         self.data_len = source.data_len
 
@@ -194,4 +304,5 @@ cdef class Batch:
         self.linktype, bigger.linktype = bigger.linktype, self.linktype
         self.verdict, bigger.verdict = bigger.verdict, self.verdict
         self.detail, bigger.detail = bigger.detail, self.detail
+        self.headroom, bigger.headroom = bigger.headroom, self.headroom
         self.capacity = capacity

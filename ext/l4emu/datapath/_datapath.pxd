@@ -4,6 +4,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from l4emu.datapath._types cimport *
 from l4emu.datapath._flowtable cimport FlowTable
 from l4emu.schedulers._core cimport SchedulerHook
+from l4emu.datapath._batch cimport Batch, V_LAST
+from l4emu.datapath._fragments cimport FragEntry, HeldFragment, FRAG_HOLD_SLOTS
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:
@@ -34,7 +36,7 @@ cdef class Datapath:
     cdef readonly uint64_t clock_ns       # the packet clock: the newest timestamp seen
     cdef bint started
     cdef readonly uint64_t packets, bytes
-    cdef uint64_t verdicts[8]
+    cdef uint64_t verdicts[V_LAST]
     cdef uint64_t drops[N_DROP_REASONS]
     cdef uint64_t passes[N_PASS_REASONS]
 
@@ -60,3 +62,34 @@ cdef class Datapath:
     cdef uint32_t answer_ref(self, PacketInfo* info, int32_t* front, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil
     cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil
+    # Forwarding methods other than NAT (_forward.pxd). A packet that grows or is answered moves to fresh
+    # room in the batch being processed: `cur` and `cur_i` name it (process() sets them per packet).
+    cdef Batch cur
+    cdef Py_ssize_t cur_i
+    cdef uint16_t ip_id                   # the IP ID of the next header the switch writes itself
+    cdef Py_ssize_t inserted              # packets the switch added to the batch in this process() call
+    cdef readonly uint64_t fragments_made  # fragments written for packets that no longer fit (verdict more)
+    cdef int fragment_out(self, uint32_t l3, uint32_t mtu, int32_t real, uint32_t base_offset,
+                          bint last_more) noexcept nogil
+    cdef void forward(self, uint8_t* p, PacketInfo* info, Real* real, uint64_t h, uint32_t origlen, uint8_t v,
+                      uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
+                          uint8_t v, uint8_t* verdict, int32_t* detail, bint split) noexcept nogil
+    # track: datagrams by their first fragment, and the fragments waiting for theirs (_fragments.pxd)
+    cdef FragEntry* frag_table
+    cdef HeldFragment held[FRAG_HOLD_SLOTS]
+    cdef uint32_t held_bytes
+    cdef readonly uint64_t fragments_held, fragments_released, fragments_expired, frag_track_forgotten
+    cdef FragEntry* frag_lookup(self, const PacketInfo* info) noexcept nogil
+    cdef void first_fragment_done(self, PacketInfo* info) noexcept nogil
+    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, bint reply, uint32_t origlen,
+                            uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef int32_t masq_real_of_address(self, const PacketKey* key) noexcept nogil
+    cdef void hold(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                   int32_t* detail) noexcept nogil
+    cdef void expire_held(self) noexcept nogil
+    cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil
+    cdef void fragment(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                       int32_t* detail) noexcept nogil
+    cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
+                        uint8_t* verdict, int32_t* detail) noexcept nogil

@@ -5,9 +5,9 @@ DNATed to its real, one whose tuple is a reply key is SNATed back to the VIP, a 
 datagram) to a service with no flow is scheduled, everything else passes untouched. TCP states
 move by IPVS's table; timeouts run on the packet clock.
 """
-from libc.stdlib cimport realloc, free
-from libc.string cimport memcmp, memcpy
-from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
+from libc.stdlib cimport calloc, malloc, realloc, free
+from libc.string cimport memcmp, memcpy, memmove
+from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
 from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
                                         make_ref, prefetch_flow, prefetch_slot, ref_index, ref_is_reply, slot_room)
@@ -16,6 +16,8 @@ from l4emu.datapath._headers cimport parse_packet, PARSED, PARSE_PASS, PARSE_DRO
 from l4emu.schedulers._core cimport Scheduler
 from l4emu.datapath._persist cimport find_template, note_template
 from l4emu.datapath._icmp cimport rewrite_icmp_error
+from l4emu.datapath._forward cimport *
+from l4emu.datapath._fragments cimport *
 
 # The names of _types.pxd's vocabularies, each bound to its enum (checked complete at import).
 STATE_NAMES = name_table({
@@ -28,8 +30,16 @@ DROP_REASONS = name_table({
     D_TRUNCATED_IPV6_EXT: "truncated_ipv6_ext", D_TRUNCATED_TCP: "truncated_tcp",
     D_BAD_TCP_OFFSET: "bad_tcp_offset", D_TRUNCATED_UDP: "truncated_udp", D_BAD_UDP_LENGTH: "bad_udp_length",
     D_FRAGMENT: "fragment", D_TCP_NOT_SYN: "tcp_not_syn", D_NO_REAL: "no_real", D_TABLE_FULL: "table_full",
-    D_REPLY_CLASH: "reply_clash", D_PROBE_LIMIT: "probe_limit",
+    D_REPLY_CLASH: "reply_clash", D_PROBE_LIMIT: "probe_limit", D_TTL_EXCEEDED: "ttl_exceeded",
+    D_TOO_BIG: "too_big", D_TOO_BIG_DROPPED: "too_big_dropped", D_TUNNEL_LINK: "tunnel_link_type",
+    D_NO_MEMORY: "no_memory", D_FRAG_OVERFLOW: "fragment_overflow", D_FRAG_HELD: "fragment_held",
 }, N_DROP_REASONS, "DropReason")
+# ipvsadm's names of the forwarding methods (the Forward column); FullNat as Alibaba's LVS writes it.
+FORWARD_NAMES = name_table({FWD_MASQ: "Masq", FWD_DR: "Route", FWD_TUN: "Tunnel"}, N_FWD, "FwdMethod")
+TUN_TYPES = {"ipip": TUN_IPIP, "gue": TUN_GUE, "gre": TUN_GRE}
+TUN_FLAGS = {"nocsum": 0, "csum": TUNF_CSUM, "remcsum": TUNF_REMCSUM}
+FRAGMENT_POLICIES = {"drop": FRAG_DROP, "3tuple": FRAG_3TUPLE, "track": FRAG_TRACK}
+DEFAULT_MTU = 1500
 PASS_REASONS = name_table({
     P_NOT_IP: "not_ip", P_OTHER_PROTOCOL: "other_protocol", P_NO_SERVICE: "no_service", P_FRAGMENT: "fragment",
     P_UNATTRIBUTED: "unattributed",
@@ -47,6 +57,7 @@ cdef enum:
     EV_RST = 3
     DIR_INPUT = 0           # client -> real (IPVS's INPUT rows)
     DIR_OUTPUT = 4          # real -> client (OUTPUT rows)
+    DIR_INPUT_ONLY = 8      # client -> real while the real's side was never seen (dr, tun: INPUT-ONLY rows)
     WINDOW = 16             # packets parsed and prefetched ahead of their handling
 
 # IPVS's short state names (ip_vs_proto_tcp.c), for its table below.
@@ -64,7 +75,7 @@ cdef enum:
     sSA = S_SYNACK
 
 # IPVS's tcp_states (current kernels), rows [direction + event], columns: the current state.
-cdef uint8_t NEXT_STATE[8][11]
+cdef uint8_t NEXT_STATE[12][11]
 NEXT_STATE[:] = [
     # sNO  sES  sSS  sSR  sFW  sTW  sCL  sCW  sLA  sLI  sSA            INPUT
     [sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR],    # syn
@@ -76,6 +87,11 @@ NEXT_STATE[:] = [
     [sTW, sFW, sSS, sTW, sFW, sTW, sCL, sTW, sLA, sLI, sTW],    # fin
     [sES, sES, sSS, sES, sFW, sTW, sCL, sCW, sLA, sES, sES],    # ack
     [sCL, sCL, sSS, sCL, sCL, sTW, sCL, sCL, sCL, sCL, sCL],    # rst
+    #                                                                 INPUT-ONLY
+    [sSR, sES, sES, sSR, sSR, sSR, sSR, sSR, sSR, sSR, sSR],    # syn
+    [sCL, sFW, sSS, sTW, sFW, sTW, sCL, sCW, sLA, sLI, sTW],    # fin
+    [sCL, sES, sSS, sES, sFW, sTW, sCL, sCW, sCL, sLI, sES],    # ack
+    [sCL, sCL, sCL, sSR, sCL, sCL, sCL, sCL, sLA, sLI, sCL],    # rst
 ]
 
 
@@ -165,8 +181,15 @@ cdef class Datapath:
         self.sloppy_tcp = sloppy_tcp
         self.expire_nodest_conn = expire_nodest_conn
         self.schedulers = []
+        self.frag_table = <FragEntry*>calloc(FRAG_TRACK_SLOTS, sizeof(FragEntry))
+        if self.frag_table == NULL:
+            raise MemoryError()
 
     def __dealloc__(self):
+        cdef int k
+        for k in range(FRAG_HOLD_SLOTS):
+            free(self.held[k].data)
+        free(self.frag_table)
         free(self.fronts)
         free(self.unattributed_front)
         free(self.unattributed_real)
@@ -199,6 +222,10 @@ cdef class Datapath:
         s.n_reals = n
         s.persist_ns = <uint64_t>(persistence_s * NS)
         s.persist_mask = _addr16(persistence_mask or b"\xff" * 16)
+        s.mtu = DEFAULT_MTU
+        s.fragments = FRAG_DROP
+        s.source4 = _addr16(vip)
+        s.source6 = _addr16(vip)
         self.t.hooks[self.n_services] = scheduler.hook()
         self.schedulers.append(scheduler)
         for k in range(n):
@@ -270,6 +297,9 @@ cdef class Datapath:
         Packets go in windows: parse and hash a window and prefetch its index slots, then prefetch
         the flow records those slots name, then handle each packet in order. The table is only
         read ahead, never changed ahead, so the result is that of one packet at a time.
+
+        A packet the switch fragments gets new slots right after it (verdict `more`): the packets after
+        it move up, and the returned index counts them, so a caller goes on from it as before.
         """
         cdef PacketInfo info[WINDOW]
         cdef int parsed[WINDOW]
@@ -279,11 +309,13 @@ cdef class Datapath:
         if start < 0 or start > stop or stop > batch.n:
             raise IndexError(f"packets {start}..{stop} are outside the batch of {batch.n}")
         self.started = True
+        self.cur = batch
+        self.inserted = 0
         with nogil:
             while base < stop:
                 m = <int>min(<Py_ssize_t>WINDOW, stop - base)
                 for j in range(m):
-                    i = base + j
+                    i = base + j + self.inserted
                     parsed[j] = self.classify(batch.data + batch.offset[i], batch.caplen[i],
                                               batch.origlen[i], batch.linktype[i], &info[j])
                     if parsed[j] == PARSED:
@@ -293,14 +325,18 @@ cdef class Datapath:
                     if parsed[j] == PARSED:
                         prefetch_flow(self.table, h[j])
                 for j in range(m):
-                    i = base + j
+                    i = base + j + self.inserted
                     if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
-                        stop = i
+                        stop = base + j
                         break
+                    self.cur_i = i
                     self.handle(batch.data + batch.offset[i], &info[j], parsed[j], h[j], batch.ts_ns[i],
                                 batch.origlen[i], &batch.verdict[i], &batch.detail[i])
+                    if info[j].fragment and parsed[j] == PARSED:     # track: a first fragment went through
+                        self.first_fragment_done(&info[j])
                 base += m
-        return stop
+        self.cur = None                             # the batch is the caller's again
+        return stop + self.inserted
 
     cdef int process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype, uint64_t ts,
                          PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil:
@@ -429,11 +465,43 @@ cdef class Datapath:
 
     cdef int classify(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
                       PacketInfo* info) noexcept nogil:
-        """Parse; a fragment is dropped if it is for a VIP (no reassembly yet), else passed."""
+        """Parse; a fragment for a VIP goes by its service's policy (3tuple: kept, its service in
+        info.reason) or is dropped; one for no VIP is passed."""
         cdef int r = parse_packet(p, caplen, origlen, linktype, info)
+        cdef int32_t svc
         if r == PARSED and self.n_aliases and not info.icmp_error:
             self.alias_destination(info)
         if r == PARSE_FRAGMENT:
+            svc = self.fragment_service(&info.key)
+            if svc >= 0 and self.t.services[svc].fragments == FRAG_3TUPLE:
+                info.reason = svc
+                return PARSE_FRAGMENT
+            if svc >= 0 and self.t.services[svc].fragments == FRAG_TRACK:
+                info.reason = svc
+                if info.frag_offset:
+                    return PARSE_FRAGMENT           # a later fragment: it follows its datagram's first
+                if not first_fragment_has_ports(info):
+                    info.reason = D_FRAGMENT        # a tiny first fragment (RFC 1858)
+                    return PARSE_DROP
+                info.key.sport = load16(p + info.l4 + L4_SPORT)     # the first: a packet like any other
+                info.key.dport = load16(p + info.l4 + L4_DPORT)
+                if info.key.proto == IPPROTO_TCP:
+                    info.tcp_flags = p[info.l4 + TCP_FLAGS]
+                return PARSED
+            if svc < 0:
+                svc = self.masq_real_of_address(&info.key)       # a NAT real's datagram to a client
+                if svc >= 0:
+                    info.reason = svc
+                    if info.frag_offset:
+                        return PARSE_FRAGMENT
+                    if first_fragment_has_ports(info):
+                        info.key.sport = load16(p + info.l4 + L4_SPORT)
+                        info.key.dport = load16(p + info.l4 + L4_DPORT)
+                        if info.key.proto == IPPROTO_TCP:
+                            info.tcp_flags = p[info.l4 + TCP_FLAGS]
+                        return PARSED
+                    info.reason = P_FRAGMENT
+                    return PARSE_PASS
             if self.find_service(&info.key, True) >= 0:
                 info.reason = D_FRAGMENT
                 return PARSE_DROP
@@ -456,6 +524,9 @@ cdef class Datapath:
             self.table.advance(ts)
         self.packets += 1
         self.bytes += origlen
+        if parsed == PARSE_FRAGMENT:
+            self.fragment(p, info, origlen, verdict, detail)
+            return
         if parsed != PARSED:
             self.finish(verdict, detail, V_DROP if parsed == PARSE_DROP else V_PASS, info.reason)
             return
@@ -478,7 +549,7 @@ cdef class Datapath:
                 if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
                     self.table.remove(idx, R_NODEST)
                     self.new_flow(p, info, -1, ev, h, origlen, verdict, detail)
-                    if verdict[0] == V_NEW:
+                    if self.cur.verdict[self.cur_i] == V_NEW:      # (the arrays may have moved)
                         self.rescheduled += 1
                     else:
                         self.broken += 1
@@ -498,9 +569,12 @@ cdef class Datapath:
             f = &self.table.flows[idx]
         real = &self.t.reals[f.real]
         old = f.state
+        if ref_is_reply(ref):
+            f.flags &= ~F_NOOUTPUT                  # IPVS: an output packet ends the input-only rows
         if info.key.proto == IPPROTO_TCP:
             if ev >= 0:
-                self.set_state(f, NEXT_STATE[(DIR_OUTPUT if ref_is_reply(ref) else DIR_INPUT) + ev][f.state])
+                self.set_state(f, NEXT_STATE[(DIR_OUTPUT if ref_is_reply(ref) else
+                                              DIR_INPUT_ONLY if f.flags & F_NOOUTPUT else DIR_INPUT) + ev][f.state])
             if f.state == S_ESTABLISHED:
                 self.table.assure(idx)
         elif ref_is_reply(ref):
@@ -510,11 +584,13 @@ cdef class Datapath:
             self.table.reschedule(idx)
         s = &self.t.services[real.service]
         if ref_is_reply(ref):
-            if not (front >= 0 and self.fronts[front].is_vip):    # an answer from the VIP leaves as it came
-                rewrite(p, info, False, s.vip, s.vport)
+            if not (front >= 0 and self.fronts[front].is_vip) and real.forward == FWD_MASQ:
+                rewrite(p, info, False, s.vip, s.vport)     # an answer from the VIP leaves as it came
             real.out_pkts += 1
             real.out_bytes += origlen
             self.finish(verdict, detail, V_ANSWER if front >= 0 else V_REPLY, f.real)
+        elif real.forward != FWD_MASQ:
+            self.forward(p, info, real, h, origlen, V_FORWARD, verdict, detail)
         else:
             rewrite(p, info, True, real.addr, real.port)
             real.in_pkts += 1
@@ -531,6 +607,12 @@ cdef class Datapath:
             return
         f = &self.table.flows[ref_index(ref)]
         real = &self.t.reals[f.real]
+        if real.forward != FWD_MASQ:                # IPVS: sent on by the flow's method, untranslated
+            if ref_is_reply(ref):
+                self.finish(verdict, detail, V_PASS, P_OTHER_PROTOCOL)
+            else:
+                self.forward(p, info, real, 0, origlen, V_FORWARD, verdict, detail)
+            return
         if ref_is_reply(ref):
             rewrite_icmp_error(p, info.caplen, info, True, self.t.services[real.service].vip,
                                self.t.services[real.service].vport)
@@ -601,6 +683,8 @@ cdef class Datapath:
         f.proto = info.key.proto
         f.family = info.key.family
         f.real = s.first_real + pick
+        if real.forward != FWD_MASQ:
+            f.flags |= F_NOOUTPUT
         if info.key.proto == IPPROTO_UDP:
             f.state = S_UDP
         elif ev >= 0:
@@ -619,16 +703,445 @@ cdef class Datapath:
         if s.persist_ns:
             note_template(self.table, s, &info.key, f.real, template, self.clock_ns)
         real.conns += 1
+        if real.forward != FWD_MASQ:
+            self.forward(p, info, real, h, origlen, V_NEW, verdict, detail)
+            return
         real.in_pkts += 1
         real.in_bytes += origlen
         rewrite(p, info, True, real.addr, real.port)
         self.finish(verdict, detail, V_NEW, f.real)
 
+    # ---- track: Cilium's policy, with a bounded waiting room ------------------------------------
+    cdef FragEntry* frag_lookup(self, const PacketInfo* info) noexcept nogil:
+        """The datagram of a fragment, if its first fragment went through within FRAG_TIMEOUT_S."""
+        cdef uint64_t slot = (three_tuple_hash(&info.key) ^ info.frag_id) % FRAG_TRACK_SLOTS
+        cdef int k
+        cdef FragEntry* e
+        for k in range(FRAG_TRACK_PROBE):
+            e = &self.frag_table[(slot + k) % FRAG_TRACK_SLOTS]
+            if e.expires_ns > self.clock_ns and same_datagram(e.src, e.dst, e.id, e.proto, e.family, info):
+                return e
+        return NULL
+
+    cdef void first_fragment_done(self, PacketInfo* info) noexcept nogil:
+        """A first fragment reached a real: remember its datagram (the oldest of a full probe window is
+        forgotten), and send the fragments that waited for it right after it."""
+        cdef uint8_t v = self.cur.verdict[self.cur_i]
+        cdef uint64_t slot = (three_tuple_hash(&info.key) ^ info.frag_id) % FRAG_TRACK_SLOTS
+        cdef FragEntry* e
+        cdef FragEntry* oldest = NULL
+        cdef HeldFragment* f
+        cdef PacketInfo later
+        cdef Py_ssize_t i = self.cur_i, j
+        cdef int32_t real = self.cur.detail[i]
+        cdef int k
+        if v != V_NEW and v != V_FORWARD and not (v == V_REPLY and self.t.reals[real].forward == FWD_MASQ):
+            return
+        for k in range(FRAG_TRACK_PROBE):
+            e = &self.frag_table[(slot + k) % FRAG_TRACK_SLOTS]
+            if e.expires_ns <= self.clock_ns or same_datagram(e.src, e.dst, e.id, e.proto, e.family, info):
+                oldest = e
+                break
+            if oldest == NULL or e.expires_ns < oldest.expires_ns:
+                oldest = e
+        if (oldest.expires_ns > self.clock_ns
+                and not same_datagram(oldest.src, oldest.dst, oldest.id, oldest.proto, oldest.family, info)):
+            self.frag_track_forgotten += 1
+        memcpy(oldest.src, info.key.src, 16)
+        memcpy(oldest.dst, info.key.dst, 16)
+        oldest.id = info.frag_id
+        oldest.proto = info.key.proto
+        oldest.family = info.key.family
+        oldest.real = real
+        oldest.reply = v == V_REPLY
+        oldest.expires_ns = self.clock_ns + <uint64_t>FRAG_TIMEOUT_S * NS
+        self.expire_held()
+        for k in range(FRAG_HOLD_SLOTS):
+            f = &self.held[k]
+            if f.data == NULL or not same_datagram(f.src, f.dst, f.id, f.proto, f.family, info):
+                continue
+            while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:    # after what is already there
+                i += 1
+            j = self.cur.insert(i, f.size)
+            if j < 0:
+                break                               # it waits on, until it expires
+            memcpy(self.cur.data + self.cur.offset[j], f.data, f.size)
+            self.cur.origlen[j] = f.origlen
+            self.inserted += 1
+            self.cur_i = j
+            if parse_packet(self.cur.data + self.cur.offset[j], f.size, f.origlen, self.cur.linktype[j],
+                            &later) == PARSE_FRAGMENT:
+                self.send_fragment(self.cur.data + self.cur.offset[j], &later, &self.t.reals[real], v == V_REPLY,
+                                   f.origlen, &self.cur.verdict[j], &self.cur.detail[j])
+            if self.cur.verdict[j] == V_FORWARD or self.cur.verdict[j] == V_REPLY:
+                self.cur.verdict[j] = V_MORE        # counted as forwarded; written after its first fragment
+            self.cur_i = i = j
+            self.held_bytes -= f.size
+            self.fragments_held -= 1
+            self.fragments_released += 1
+            free(f.data)
+            f.data = NULL
+        self.cur_i = i
+
+    cdef void send_fragment(self, uint8_t* p, PacketInfo* info, Real* real, bint reply, uint32_t origlen,
+                            uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """A later fragment to its datagram's real: masq DNATs its address, dr and tun forward it whole;
+        or (reply) a later fragment of the real's datagram to the client: masq SNATs it back to the VIP."""
+        if reply:
+            rewrite_fragment_address(p, info, False, self.t.services[real.service].vip)
+            real.out_pkts += 1
+            real.out_bytes += origlen
+            self.finish(verdict, detail, V_REPLY, real - self.t.reals)
+            return
+        if real.forward != FWD_MASQ:
+            self.forward(p, info, real, three_tuple_hash(&info.key), origlen, V_FORWARD, verdict, detail)
+            return
+        rewrite_fragment_address(p, info, True, real.addr)
+        real.in_pkts += 1
+        real.in_bytes += origlen
+        self.finish(verdict, detail, V_FORWARD, real - self.t.reals)
+
+    cdef void hold(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                   int32_t* detail) noexcept nogil:
+        """A fragment ahead of its first: a copy waits (its slot writes nothing) in a room of
+        FRAG_HOLD_SLOTS fragments and FRAG_HOLD_BYTES bytes; a full room drops it, counted."""
+        cdef uint32_t size = info.caplen
+        cdef HeldFragment* f = NULL
+        cdef int k
+        self.expire_held()
+        for k in range(FRAG_HOLD_SLOTS):
+            if self.held[k].data == NULL:
+                f = &self.held[k]
+                break
+        if f == NULL or self.held_bytes + size > FRAG_HOLD_BYTES:
+            self.finish(verdict, detail, V_DROP, D_FRAG_OVERFLOW)
+            return
+        f.data = <uint8_t*>malloc(size if size else 1)
+        if f.data == NULL:
+            self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+            return
+        memcpy(f.data, p, size)
+        f.size = size
+        f.origlen = origlen
+        f.id = info.frag_id
+        f.proto = info.key.proto
+        f.family = info.key.family
+        memcpy(f.src, info.key.src, 16)
+        memcpy(f.dst, info.key.dst, 16)
+        f.expires_ns = self.clock_ns + <uint64_t>FRAG_TIMEOUT_S * NS
+        self.held_bytes += size
+        self.fragments_held += 1
+        verdict[0] = V_DROP                         # nothing to write now; counted when it leaves or expires
+        detail[0] = D_FRAG_HELD
+
+    cdef void expire_held(self) noexcept nogil:
+        """Forget the fragments whose first never came within FRAG_TIMEOUT_S (Linux: ipfrag_time)."""
+        cdef int k
+        for k in range(FRAG_HOLD_SLOTS):
+            if self.held[k].data != NULL and self.held[k].expires_ns <= self.clock_ns:
+                free(self.held[k].data)
+                self.held[k].data = NULL
+                self.held_bytes -= self.held[k].size
+                self.fragments_held -= 1
+                self.fragments_expired += 1
+
+    cdef int32_t masq_real_of_address(self, const PacketKey* key) noexcept nogil:
+        """The track service whose NAT real sends this fragment (by address and protocol: a later fragment
+        has no port), or -1."""
+        cdef uint32_t k
+        cdef Service* s
+        cdef size_t alen = 4 if key.family == 4 else 16
+        for k in range(self.n_reals):
+            s = &self.t.services[self.t.reals[k].service]
+            if (s.fragments == FRAG_TRACK and self.t.reals[k].forward == FWD_MASQ and s.proto == key.proto
+                    and self.t.reals[k].family == key.family and memcmp(self.t.reals[k].addr, key.src, alen) == 0):
+                return self.t.reals[k].service
+        return -1
+
+    cdef int32_t fragment_service(self, const PacketKey* key) noexcept nogil:
+        """The service of a fragment's VIP and protocol (a fragment has no port to tell services apart)."""
+        cdef uint32_t k
+        cdef size_t alen = 4 if key.family == 4 else 16
+        for k in range(self.n_services):
+            if (self.t.services[k].family == key.family and self.t.services[k].proto == key.proto
+                    and memcmp(self.t.services[k].vip, key.dst, alen) == 0):
+                return k
+        return -1
+
+    cdef void fragment(self, uint8_t* p, PacketInfo* info, uint32_t origlen, uint8_t* verdict,
+                       int32_t* detail) noexcept nogil:
+        """Maglev's 3-tuple policy: the real by a fixed hash of (source, destination, protocol), so that
+        every fragment of a datagram, and every instance of a cluster, agrees; no flow is made. The
+        service's reals are dr or tun (config): the fragment goes on whole by the real's method."""
+        cdef Service* s = &self.t.services[info.reason]
+        cdef uint64_t h = three_tuple_hash(&info.key)
+        cdef int32_t pick
+        cdef FragEntry* e
+        if s.fragments == FRAG_TRACK:
+            e = self.frag_lookup(info)
+            if e != NULL:
+                self.send_fragment(p, info, &self.t.reals[e.real], e.reply, origlen, verdict, detail)
+            else:
+                self.hold(p, info, origlen, verdict, detail)
+            return
+        pick = pick_by_hash(&self.t.reals[s.first_real], s.n_reals, h)
+        if pick < 0:
+            self.finish(verdict, detail, V_DROP, D_NO_REAL)
+            return
+        if info.frag_offset == 0 and not first_fragment_has_ports(info):
+            self.finish(verdict, detail, V_DROP, D_FRAGMENT)        # a tiny first fragment (RFC 1858)
+            return
+        self.forward(p, info, &self.t.reals[s.first_real + pick], h, origlen, V_FORWARD, verdict, detail)
+
+    # ---- forwarding methods other than NAT (dr, tun): _forward.pxd writes the bytes --------------
+    cdef void forward(self, uint8_t* p, PacketInfo* info, Real* real, uint64_t h, uint32_t origlen, uint8_t v,
+                      uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """Send a client's packet to its real by the real's method, as IPVS's xmit functions do: TTL
+        first (an expiring packet gets ICMP time exceeded), then the MTU (DF or IPv6: ICMP
+        fragmentation needed / packet too big quoting it), then DR's MAC or the tunnel's headers.
+        Katran's encapsulation touches no TTL and sends no ICMP: what does not fit is dropped."""
+        cdef Service* s = &self.t.services[real.service]
+        cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
+        cdef uint32_t overhead = tunnel_overhead(real) if real.forward == FWD_TUN else 0
+        cdef uint32_t mtu
+        cdef bint ipvs = not (real.forward == FWD_TUN and real.katran)
+        cdef bint split = False
+        cdef int fam = info.key.family
+        if ipvs:
+            if not ttl_left(p, l3, fam):
+                if info.icmp_error:                 # never an ICMP error about an ICMP error (RFC 1122 3.2.2)
+                    self.finish(verdict, detail, V_DROP, D_TTL_EXCEEDED)
+                else:
+                    self.icmp_back(p, info, s, D_TTL_EXCEEDED, 0, verdict, detail)
+                return
+        if ip_len + overhead > s.mtu and not info.len_from_capture:
+            mtu = s.mtu - overhead
+            if (ipvs and fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) and not info.icmp_error
+                    and info.end <= info.caplen and (real.family == 4 if real.forward == FWD_TUN else
+                                                     (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
+                split = True                        # IPVS: no DF, so Linux fragments it on the way out
+            elif (not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)))
+                    or info.frag_offset):           # IPVS: packet too big only for a first fragment
+                self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)     # a drop leaves the bytes as they came
+            else:
+                decrement_ttl(p, l3, fam)           # IPVS checks the MTU after decrement_ttl: the quote shows it
+                self.icmp_back(p, info, s, D_TOO_BIG, max(mtu, <uint32_t>IPV6_MIN_MTU) if fam == 6 else mtu,
+                               verdict, detail)
+                return
+            if not split:
+                return
+        if real.forward == FWD_DR:
+            decrement_ttl(p, l3, fam)
+            next_hop_mac(p, self.cur.linktype[self.cur_i], real)
+            real.in_pkts += 1
+            real.in_bytes += origlen
+            if split and self.fragment_out(l3, s.mtu, real - self.t.reals, info.frag_offset, info.more_frags) < 0:
+                v = V_DROP
+            self.finish(&self.cur.verdict[self.cur_i], &self.cur.detail[self.cur_i], v,   # the arrays may have moved
+                        D_NO_MEMORY if v == V_DROP else real - self.t.reals)
+            return
+        self.encapsulate(p, info, real, s, h, v, verdict, detail, split)
+
+    cdef void encapsulate(self, uint8_t* p, PacketInfo* info, Real* real, Service* s, uint64_t h,
+                          uint8_t v, uint8_t* verdict, int32_t* detail, bint split) noexcept nogil:
+        """IPVS ip_vs_tunnel_xmit (ipip, gue, gre) or Katran's encap: the IP packet (Ethernet padding left
+        behind; IPVS: its TTL one less) after new outer headers, in fresh room at the end of the batch.
+        What cannot be sent is dropped with its bytes as they came."""
+        cdef Py_ssize_t i = self.cur_i
+        cdef uint16_t linktype = self.cur.linktype[i]
+        cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
+        cdef uint32_t kept = (info.end if info.end < info.caplen else info.caplen) - l3
+        cdef uint32_t overhead = tunnel_overhead(real)
+        cdef int fam = info.key.family, outer = real.family
+        cdef uint32_t hdr = IP4_HEADER_LEN if outer == 4 else IP6_HEADER_LEN, u = l3 + hdr
+        cdef uint64_t old = self.cur.offset[i]
+        cdef bint whole = info.end <= info.caplen
+        cdef uint8_t tos, ttl, proto, inner_proto = IPPROTO_IPIP if fam == 4 else IPPROTO_IPV6_ENCAP
+        cdef uint8_t katran_src[16]
+        cdef const uint8_t* src
+        cdef uint8_t* q
+        if outer != fam and not (linktype == LINKTYPE_ETHERNET or linktype == LINKTYPE_LINUX_SLL
+                                 or linktype == LINKTYPE_LINUX_SLL2 or linktype == LINKTYPE_RAW
+                                 or linktype == DLT_RAW_BSD or linktype == DLT_RAW_OPENBSD):
+            self.finish(verdict, detail, V_DROP, D_TUNNEL_LINK)
+            return
+        if ip_len + overhead - (IP4_HEADER_LEN if outer == 4 else 0) > 0xFFFF:     # longer than a length field
+            self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
+            return
+        tos = dsfield(p, l3, fam)
+        if self.cur.headroom[i] >= overhead:       # in place: only the link header moves, into the headroom
+            q = p - overhead
+            memmove(q, p, l3)
+            self.cur.offset[i] = self.cur.offset[i] - overhead
+            self.cur.headroom[i] = <uint16_t>(self.cur.headroom[i] - overhead)
+            self.cur.caplen[i] = l3 + overhead + kept
+        else:                                       # no headroom (a TUN read, from_frames): a copy, at the end
+            q = self.cur.room(i, l3 + overhead + kept)
+            if q == NULL:
+                self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+                return
+            p = self.cur.data + old                 # the buffer may have moved
+            memcpy(q, p, l3)
+            memcpy(q + l3 + overhead, p + l3, kept)
+        self.cur.origlen[i] = l3 + overhead + ip_len
+        if not real.katran:
+            decrement_ttl(q, l3 + overhead, fam)
+        ttl = q[l3 + overhead + (IP4_TTL if fam == 4 else IP6_HOP_LIMIT)]
+        if outer != fam:
+            set_link_family(q, l3, linktype, outer)
+        next_hop_mac(q, linktype, real)
+        if real.tun_type == TUN_GUE:
+            proto = IPPROTO_UDP
+            store16(q + u + UDP_LEN, overhead - hdr + ip_len)
+            store16(q + u + UDP_CSUM, 0)
+            if real.katran:                         # Katran's GUE: UDP straight before the inner IP header
+                store16(q + u + L4_SPORT, katran_gue_sport(&info.key, outer))
+                store16(q + u + L4_DPORT, real.tun_port if real.tun_port else KATRAN_GUE_PORT)
+            else:
+                store16(q + u + L4_SPORT, flow_src_port(h))
+                store16(q + u + L4_DPORT, real.tun_port)
+                q[u + UDP_HEADER_LEN] = 0           # version 0, no control, no options
+                q[u + UDP_HEADER_LEN + 1] = inner_proto
+                store16(q + u + UDP_HEADER_LEN + 2, 0)
+        elif real.tun_type == TUN_GRE:
+            proto = IPPROTO_GRE
+            store16(q + u, GRE_FLAG_CSUM if real.tun_flags & TUNF_CSUM else 0)
+            store16(q + u + 2, ETHERTYPE_IPV4 if fam == 4 else ETHERTYPE_IPV6)
+            if real.tun_flags & TUNF_CSUM:
+                store16(q + u + GRE_HEADER_LEN, 0)
+                store16(q + u + GRE_HEADER_LEN + 2, 0)
+                if whole:
+                    store16(q + u + GRE_HEADER_LEN,
+                            ~fold(sum_bytes(0, q + u, overhead - hdr + ip_len)) & 0xFFFF)
+        else:
+            proto = inner_proto
+        if real.katran:
+            if real.tun_type == TUN_GUE:
+                src = &s.source4[0] if outer == 4 else &s.source6[0]
+            else:
+                katran_ipip_source(katran_src, &info.key, outer)
+                src = katran_src
+            write_outer_ip(q, l3, outer, tos, overhead - hdr + ip_len, 0, False, KATRAN_TTL, proto, src,
+                           real.addr)
+        else:
+            self.ip_id += 1
+            write_outer_ip(q, l3, outer, ecn_encapsulate(tos), overhead - hdr + ip_len, self.ip_id,
+                           fam == 4 and (q[l3 + overhead + IP4_FRAG] & (IP4_DF >> 8)), ttl, proto,
+                           &s.source4[0] if outer == 4 else &s.source6[0], real.addr)
+        if (real.tun_type == TUN_GUE and not real.katran and real.tun_flags & (TUNF_CSUM | TUNF_REMCSUM)
+                and whole):
+            finish_l4_checksum(q, l3, u, outer, overhead - hdr + ip_len, IPPROTO_UDP, UDP_CSUM)
+        real.in_pkts += 1
+        real.in_bytes += self.cur.origlen[i]
+        if split and self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False) < 0:
+            v = V_DROP
+        self.finish(&self.cur.verdict[i], &self.cur.detail[i], v,     # the arrays may have moved
+                    D_NO_MEMORY if v == V_DROP else real - self.t.reals)
+
+    cdef int fragment_out(self, uint32_t l3, uint32_t mtu, int32_t real, uint32_t base_offset,
+                          bint last_more) noexcept nogil:
+        """Fragment the IPv4 packet (no options past the first fragment's header: the caller checks)
+        at l3 of the current slot to `mtu`, as Linux's ip_fragment does on output: payloads of
+        (mtu - header) & ~7 bytes, the header copied with its ID, offsets and MF set, checksums
+        computed; the first fragment stays in the slot, the others follow it (verdict more).
+        base_offset and last_more: the packet's own place when it is a fragment itself. 0, or -1 when
+        memory runs out (the fragments made so far are marked dropped)."""
+        cdef Py_ssize_t i = self.cur_i, j = i
+        cdef uint8_t* pkt = self.cur.data + self.cur.offset[i]
+        cdef uint32_t hlen = (pkt[l3] & 0x0F) * 4, total = load16(pkt + l3 + IP4_TOTAL_LEN)
+        cdef uint32_t per = (mtu - hlen) & ~(<uint32_t>7), payload = total - hlen, start, length
+        cdef uint8_t* q
+        start = per
+        while start < payload:
+            length = min(per, payload - start)
+            j = self.cur.insert(j, l3 + hlen + length)
+            if j < 0:
+                while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:
+                    self.cur.verdict[i + 1] = V_DROP
+                    self.cur.detail[i + 1] = D_NO_MEMORY
+                    i += 1
+                return -1
+            pkt = self.cur.data + self.cur.offset[i]    # the buffer may have moved
+            q = self.cur.data + self.cur.offset[j]
+            memcpy(q, pkt, l3 + hlen)
+            memcpy(q + l3 + hlen, pkt + l3 + hlen + start, length)
+            write_fragment_header(q + l3, hlen, length, base_offset + start,
+                                  start + length < payload or last_more)
+            self.cur.verdict[j] = V_MORE
+            self.cur.detail[j] = real
+            self.inserted += 1
+            self.fragments_made += 1
+            start += per
+        pkt = self.cur.data + self.cur.offset[i]
+        write_fragment_header(pkt + l3, hlen, per, base_offset, True)
+        self.cur.caplen[i] = self.cur.origlen[i] = l3 + hlen + per
+        return 0
+
+    cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
+                        uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """Put, in the packet's place, the ICMP error a forwarding hop sends its sender (Linux icmp_send
+        and icmpv6_send: from the switch's address, quoting as much as fits in 576 / 1280 bytes)."""
+        cdef Py_ssize_t i = self.cur_i
+        cdef int fam = info.key.family
+        cdef uint32_t l3 = info.l3
+        cdef uint32_t quote = (info.end if info.end < info.caplen else info.caplen) - l3
+        cdef uint32_t size
+        cdef uint64_t old = self.cur.offset[i]
+        cdef uint8_t* q
+        quote = min(quote, <uint32_t>(ICMP4_QUOTE_MAX if fam == 4 else ICMP6_QUOTE_MAX))
+        size = l3 + (IP4_HEADER_LEN if fam == 4 else IP6_HEADER_LEN) + ICMP_HEADER_LEN + quote
+        q = self.cur.room(i, size)
+        if q == NULL:
+            self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+            return
+        p = self.cur.data + old
+        self.ip_id += 1
+        if reason == D_TTL_EXCEEDED:
+            write_icmp_error(q, p, l3, quote, self.cur.linktype[i], fam, ICMP4_TIME_EXCEEDED if fam == 4 else
+                             ICMP6_TIME_EXCEEDED, 0, 0, &s.source4[0] if fam == 4 else &s.source6[0], self.ip_id)
+        elif fam == 4:
+            write_icmp_error(q, p, l3, quote, self.cur.linktype[i], 4, ICMP4_UNREACH, ICMP4_FRAG_NEEDED, mtu & 0xFFFF,
+                             s.source4, self.ip_id)
+        else:
+            write_icmp_error(q, p, l3, quote, self.cur.linktype[i], 6, ICMP6_PACKET_TOO_BIG, 0, mtu, s.source6, 0)
+        self.cur.origlen[i] = size
+        self.finish(verdict, detail, V_ICMP, reason)
+
+    def set_forwarding(self, uint32_t service, uint32_t mtu, bytes source4, bytes source6, str fragments="drop"):
+        """A service's route MTU towards its reals, the switch's own addresses (outer sources, ICMP) and
+        what a fragment for its VIP gets (FRAGMENT_POLICIES)."""
+        if service >= self.n_services:
+            raise IndexError(f"no service {service}")
+        self.t.services[service].fragments = FRAGMENT_POLICIES[fragments]
+        self.t.services[service].mtu = mtu
+        self.t.services[service].source4 = _addr16(source4)
+        self.t.services[service].source6 = _addr16(source6)
+
+    def set_real_forwarding(self, uint32_t index, str method, int family, str tun_type="ipip",
+                            str tun_flags="nocsum", int tun_port=0, bint katran=False, bytes mac=b""):
+        """A real's forwarding method ("masq", "dr", "tun"), its own address family (a tunnel may carry
+        IPv4 in IPv6 and back), the tunnel's type, flags and GUE port, and the Ethernet destination."""
+        cdef Real* r
+        if index >= self.n_reals:
+            raise IndexError(f"no real {index}")
+        if self.started:
+            raise RuntimeError("forwarding is fixed once packets have been processed")
+        r = &self.t.reals[index]
+        r.forward = {"masq": FWD_MASQ, "dr": FWD_DR, "tun": FWD_TUN}[method]
+        r.family = family
+        r.tun_type = TUN_TYPES[tun_type]
+        r.tun_flags = TUN_FLAGS[tun_flags]
+        r.tun_port = tun_port
+        r.katran = katran
+        r.has_mac = len(mac) == ETH_ADDR_LEN
+        if r.has_mac:
+            memcpy(r.mac, <const uint8_t*>mac, ETH_ADDR_LEN)
+
     cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil:
         verdict[0] = v
         detail[0] = d
         self.verdicts[v] += 1
-        if v == V_DROP:
+        if v == V_DROP or v == V_ICMP:              # an ICMP error stands for a dropped packet
             self.drops[d] += 1
         elif v == V_PASS:
             self.passes[d] += 1
@@ -642,14 +1155,22 @@ cdef class Datapath:
         cdef Real* real
         cdef uint8_t v
         cdef uint8_t* p
+        for i in range(after.n):                    # the fragments the switch made: slots in the copy too
+            if after.verdict[i] == V_MORE and before.n < after.n and before.insert(i - 1, after.caplen[i]) < 0:
+                raise MemoryError()
         if before.n != after.n:
             raise ValueError(f"the copy holds {before.n} packets, the batch {after.n}")
         for i in range(after.n):
             v = after.verdict[i]
             before.detail[i] = after.detail[i]
-            before.verdict[i] = v if v == V_NEW or v == V_FORWARD or v == V_REPLY else V_DROP
+            before.verdict[i] = v if v == V_NEW or v == V_FORWARD or v == V_REPLY or v == V_MORE else V_DROP
             p = before.data + before.offset[i]
-            if v == V_NEW or v == V_FORWARD:
+            if v == V_NEW or v == V_FORWARD or v == V_MORE:
+                if after.caplen[i] != before.caplen[i]:     # it grew (a tunnel): fresh room, as in `after`
+                    p = before.room(i, after.caplen[i])
+                    if p == NULL:
+                        raise MemoryError()
+                    before.origlen[i] = after.origlen[i]
                 memcpy(p, after.data + after.offset[i], after.caplen[i])
             elif v == V_ANSWER and parse_packet(p, before.caplen[i], before.origlen[i], before.linktype[i],
                                                 &info) == PARSED:
@@ -669,14 +1190,16 @@ cdef class Datapath:
             "packets": self.packets, "bytes": self.bytes,
             "new": self.verdicts[<int>V_NEW], "forward": self.verdicts[<int>V_FORWARD],
             "reply": self.verdicts[<int>V_REPLY], "answer": self.verdicts[<int>V_ANSWER],
-            "passed": self.verdicts[<int>V_PASS],
+            "passed": self.verdicts[<int>V_PASS], "icmp": self.verdicts[<int>V_ICMP],
             "dropped_total": self.verdicts[<int>V_DROP],
             "dropped": {DROP_REASONS[k]: self.drops[k] for k in range(N_DROP_REASONS) if self.drops[k]},
             "passed_by_reason": {PASS_REASONS[k]: self.passes[k] for k in range(N_PASS_REASONS) if self.passes[k]},
             "connections": self.table.used, "peak_connections": self.table.peak,
             **self.table.removed_by_reason(), "insert_failed": self.table.insert_failed,
             "rescheduled": self.rescheduled, "broken": self.broken, "blackholed": self.blackholed,
-            "clock_ns": self.clock_ns,
+            "clock_ns": self.clock_ns, "fragments_made": self.fragments_made,
+            "fragments_held": self.fragments_held, "fragments_released": self.fragments_released,
+            "fragments_expired": self.fragments_expired, "fragment_datagrams_forgotten": self.frag_track_forgotten,
         }
 
     def unattributed(self):
@@ -694,7 +1217,7 @@ cdef class Datapath:
             "active": self.t.reals[k].active, "inactive": self.t.reals[k].inactive,
             "conns": self.t.reals[k].conns, "in_pkts": self.t.reals[k].in_pkts,
             "out_pkts": self.t.reals[k].out_pkts, "in_bytes": self.t.reals[k].in_bytes,
-            "out_bytes": self.t.reals[k].out_bytes,
+            "out_bytes": self.t.reals[k].out_bytes, "forward": FORWARD_NAMES[self.t.reals[k].forward],
         } for k in range(self.n_reals)]
 
     def flows(self):

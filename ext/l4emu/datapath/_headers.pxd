@@ -105,6 +105,10 @@ cdef inline int parse_ipv4(const uint8_t* p, uint32_t caplen, uint32_t wire_end,
     info.l4 = l3 + ihl
     end[0] = l3 + total
     if load16(p + l3 + IP4_FRAG) & 0x3FFF:                     # MF set or a fragment offset
+        info.fragment = 1
+        info.more_frags = (load16(p + l3 + IP4_FRAG) & 0x2000) != 0
+        info.frag_offset = (load16(p + l3 + IP4_FRAG) & 0x1FFF) * 8
+        info.frag_id = load16(p + l3 + IP4_ID)
         return PARSE_FRAGMENT
     return PARSED
 
@@ -187,6 +191,10 @@ cdef inline int parse_ipv6(const uint8_t* p, uint32_t caplen, uint32_t wire_end,
                 return _drop(info, D_TRUNCATED_IPV6_EXT)
             info.key.proto = p[off]
             info.l4 = off + 8
+            info.fragment = 1
+            info.more_frags = load16(p + off + 2) & 1
+            info.frag_offset = load16(p + off + 2) & 0xFFF8
+            info.frag_id = (load16(p + off + 4) << 16) | load16(p + off + 6)
             return PARSE_FRAGMENT
         else:
             break
@@ -232,6 +240,10 @@ cdef inline int parse_packet(const uint8_t* p, uint32_t caplen, uint32_t origlen
     info.icmp_error = 0
     info.len_from_capture = 0
     info.dst_in_rthdr = 0
+    info.fragment = 0
+    info.more_frags = 0
+    info.frag_offset = 0
+    info.frag_id = 0
     info.caplen = caplen
     r = link_layer(p, caplen, linktype, &info.l3, &ethertype)
     if r < 0:
@@ -245,6 +257,8 @@ cdef inline int parse_packet(const uint8_t* p, uint32_t caplen, uint32_t origlen
         r = parse_ipv6(p, caplen, wire_end, info, &end)
     else:
         return _pass(info, P_NOT_IP)
+    if r == PARSE_FRAGMENT:
+        info.end = end                  # a fragment is forwarded whole, by the service's fragment policy
     if r != PARSED:
         return r
     info.end = end

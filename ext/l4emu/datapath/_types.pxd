@@ -36,7 +36,15 @@ cdef enum DropReason:
     D_TABLE_FULL = 11
     D_REPLY_CLASH = 12
     D_PROBE_LIMIT = 13      # no free index slot within MAX_PROBE of the key's home (colliding keys)
-    N_DROP_REASONS = 14
+    # Forwarding (dr, tun): the first two leave an ICMP error in the packet's place (V_ICMP).
+    D_TTL_EXCEEDED = 14     # TTL / hop limit ran out where the switch forwards: ICMP time exceeded sent
+    D_TOO_BIG = 15          # over the MTU with DF (IPv4) or IPv6: ICMP fragmentation needed / packet too big sent
+    D_TOO_BIG_DROPPED = 16  # over the MTU, dropped without an ICMP error (encap = katran, or no DF: no fragmenter)
+    D_TUNNEL_LINK = 17      # the capture's link type cannot say the tunnel's outer family (BSD null, IPv4/IPv6 types)
+    D_NO_MEMORY = 18        # the batch could not grow to hold a longer packet
+    D_FRAG_OVERFLOW = 19    # track: a fragment ahead of its first found the waiting room full
+    D_FRAG_HELD = 20        # track: waiting for its first fragment (not counted as a drop: it leaves later or expires)
+    N_DROP_REASONS = 21
 
 # Why a packet passed untouched (Batch.detail when verdict is V_PASS); _datapath.pyx names each (PASS_REASONS).
 cdef enum PassReason:
@@ -53,9 +61,35 @@ cdef enum FlowFlag:
     F_ASSURED = 2       # saw a completed handshake (TCP) or a reply (UDP): never evicted for room
     F_BLACKHOLED = 4    # sent to its real after the real went down (counted once)
     F_TEMPLATE = 8      # a persistence template (client net -> real), not a connection
+    F_NOOUTPUT = 16     # IPVS IP_VS_CONN_F_NOOUTPUT: dr/tun, no packet of the real's side seen yet
 
 cdef enum:
     TEMPLATE_PROTO = 0x80   # or-ed into a template's protocol: no packet's key can ever match it
+
+# Real.forward: the forwarding method (IPVS's Masq, Route, Tunnel; DPVS's full-NAT).
+cdef enum FwdMethod:
+    FWD_MASQ = 0
+    FWD_DR = 1
+    FWD_TUN = 2
+    N_FWD = 3
+
+# Service.fragments: what a fragment for the service's VIP gets.
+cdef enum FragPolicy:
+    FRAG_DROP = 0           # counted drop (Katran, DPVS)
+    FRAG_3TUPLE = 1         # the real by a fixed hash of (source, destination, protocol) (Maglev 4.3)
+    FRAG_TRACK = 2          # the first fragment's flow, remembered by (source, destination, protocol, IP ID) (Cilium)
+    N_FRAG_POLICIES = 3
+
+# Real.tun_type (ipvsadm --tun-type).
+cdef enum TunType:
+    TUN_IPIP = 0
+    TUN_GUE = 1
+    TUN_GRE = 2
+
+# Real.tun_flags (ipvsadm --tun-nocsum / --tun-csum / --tun-remcsum; nocsum is none of them).
+cdef enum TunFlag:
+    TUNF_CSUM = 1
+    TUNF_REMCSUM = 2
 
 # Real.flags
 cdef enum RealFlag:
@@ -83,6 +117,10 @@ ctypedef struct PacketInfo:
     uint8_t tcp_flags
     uint8_t len_from_capture  # BIG TCP/GSO: IP length 0 (or an IPv6 jumbo option): the capture gave the length
     uint8_t dst_in_rthdr      # IPv6: a routing header with segments left holds the L4 pseudo-header's destination
+    uint8_t fragment          # an IP fragment (the parser said PARSE_FRAGMENT)
+    uint8_t more_frags        # a fragment: MF set
+    uint32_t frag_offset      # ... its payload's offset in the datagram, bytes
+    uint32_t frag_id          # ... the datagram's IP ID (IPv4: 16 bits; IPv6: the fragment header's 32)
     int reason
 
 ctypedef struct Flow:
@@ -108,6 +146,10 @@ ctypedef struct Service:
     uint32_t n_reals
     uint64_t persist_ns     # IPVS -p: 0 = no persistence
     uint8_t persist_mask[16]    # IPVS -M: the client address bits a template keeps
+    uint32_t mtu            # the route MTU towards the reals (dr, tun)
+    uint8_t source4[16]     # the switch's own addresses: tunnel outer source, ICMP errors' source
+    uint8_t fragments       # FragPolicy: what a fragment for the VIP gets
+    uint8_t source6[16]
 
 # Where a service meets its clients: its VIP, and the capture's original servers (`capture_servers`),
 # which stand for the VIP: clients' packets to them are the service's, their packets are answers.
@@ -133,6 +175,13 @@ ctypedef struct Real:
     uint64_t conns          # new connections scheduled to it
     uint32_t persistent     # persistence templates pointing at it (IPVS's PersistConn)
     uint64_t in_pkts, out_pkts, in_bytes, out_bytes
+    uint8_t forward         # FwdMethod
+    uint8_t tun_type        # TunType
+    uint8_t tun_flags       # TunFlag bits
+    uint8_t katran          # encap = "katran": Katran's outer source, TTL 64, no DF, no ICMP
+    uint16_t tun_port       # GUE destination port
+    uint8_t has_mac
+    uint8_t mac[6]          # dr, tun: the Ethernet destination (the real's, or the next hop's)
 
 
 cdef inline tuple name_table(dict names, Py_ssize_t count, str vocabulary):

@@ -25,6 +25,7 @@ cdef enum:
 cdef enum:
     IP4_HEADER_LEN = 20         # without options
     IP4_TOTAL_LEN = 2
+    IP4_ID = 4
     IP4_FRAG = 6                # flags and fragment offset
     IP4_PROTO = 9
     IP4_CSUM = 10

@@ -1,0 +1,173 @@
+"""Each forwarding method's cost per packet beside masq (NAT), in one run, at three packet sizes.
+
+    python benchmarks/forward_bench.py [--flows 10000] [--rounds 101]
+
+The in-memory datapath (one core, no file I/O) on a warm table of established flows: for each
+method, a switch whose one service reaches its reals by that method takes the clients' ACKs of
+`--flows` flows in batches of 4,096 packets filled as the capture reader fills them (with headroom:
+a tunnel prepends its headers in place), spread over the whole table. Each round starts from a
+fresh copy of the batch (the copy is not timed), methods in turn round by round. The service's MTU
+is 9000 (a jumbo-frame network between switch and reals, as Katran assumes), so that every size
+is forwarded, never answered with an ICMP error. It prints the median ns per packet of the rounds
+and the ratio to masq at the same size.
+
+Then fragments (docs/forwarding.md#fragments-for-a-vip): ns per datagram of 3,000 bytes in three
+IPv4 fragments to a UDP service of dr reals, for `3tuple` and for `track` (fragments in order, and
+reversed so that two wait for their first), beside the same datagram unfragmented.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import struct
+import time
+
+from scapy.layers.inet import IP, TCP, UDP, fragment
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from l4emu import config as configmod
+from l4emu.datapath._batch import DEFAULT_HEADROOM, NS, Batch
+from l4emu.datapath._datapath import DROP_REASONS
+from l4emu.switch import Switch
+
+VIP, PORT = "10.0.0.100", 80
+REALS = [f"10.1.0.{k}:{PORT}" for k in range(1, 5)]
+SIZES = (64, 576, 1500)         # IP packet bytes
+BATCH = 4096                    # the capture reader's batch
+JUMBO_MTU = 9000
+METHODS = {
+    "masq": {},
+    "dr": {"forward": "dr", "mac": "02:00:00:00:00:01"},
+    "tun ipip": {"forward": "tun"},
+    "tun gue": {"forward": "tun", "tun_type": "gue", "tun_port": 6080},
+    "tun gue csum": {"forward": "tun", "tun_type": "gue", "tun_port": 6080, "tun_flags": "csum"},
+    "tun gre": {"forward": "tun", "tun_type": "gre"},
+    "tun katran": {"forward": "tun", "encap": "katran"},
+}
+
+
+def method_switch(method: dict, flows: int) -> Switch:
+    document = {"table": {"max_connections": max(flows, 1 << 16)},
+                "service": [{"vip": f"{VIP}:{PORT}", "mtu": JUMBO_MTU, "source_address": "10.0.0.2",
+                             "real": [{"address": real, **method} for real in REALS]}]}
+    return Switch(configmod.from_dict(document, {"rr"}), seed=1)
+
+
+def flow_frames(n: int, flags: str, size: int) -> list[bytes]:
+    """n client -> VIP frames of `size` IP bytes, one per flow (client 172.16.x.y, distinct ports)."""
+    template = bytearray(bytes(Ether() / IP(src="172.16.0.1", dst=VIP, flags="DF")
+                               / TCP(sport=1024, dport=PORT, flags=flags) / Raw(bytes(max(0, size - 40)))))
+    frames = []
+    for k in range(n):
+        frame = bytearray(template)
+        frame[26:30] = struct.pack("!I", 0xAC100000 + (k >> 14))
+        frame[34:36] = struct.pack("!H", 1024 + (k & 0x3FFF))
+        frame[24:26] = b"\0\0"                      # IPv4 checksum again, for the new source
+        frame[24:26] = struct.pack("!H", ~_sum(frame[14:34]) & 0xFFFF)
+        frames.append(bytes(frame))
+    return frames
+
+
+def _sum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+class Case:
+    """One method at one size: a switch with a warm table and the batch of ACKs it is timed on."""
+
+    def __init__(self, method: dict, flows: int, size: int):
+        self.switch = method_switch(method, flows)
+        self.switch.process(Batch.from_frames(flow_frames(flows, "S", 40), 1, [NS] * flows))
+        acks = flow_frames(flows, "A", size)
+        self.template = Batch(BATCH, BATCH * (len(acks[0]) + DEFAULT_HEADROOM))    # as the capture reader fills it
+        for k in range(BATCH):
+            self.template.append(acks[(k * 7919) % flows], 2 * NS)
+        self.work = Batch(BATCH)
+        self.times: list[float] = []
+
+    def run(self) -> None:
+        self.work.copy_from(self.template)
+        started = time.perf_counter()
+        self.switch.process(self.work)
+        self.times.append(time.perf_counter() - started)
+        verdicts = {self.work.result(i)[0] for i in range(0, BATCH, 997)}
+        assert verdicts == {"forward"}, verdicts
+
+    def ns(self) -> float:
+        return statistics.median(self.times) / BATCH * 1e9
+
+
+FRAG_DATAGRAMS = 1024           # datagrams per batch (each from its own client)
+
+
+def fragment_frames(policy: str, reverse: bool) -> list[bytes]:
+    """One 3,000-byte datagram per client, whole (policy "none") or in three fragments."""
+    frames = []
+    for k in range(FRAG_DATAGRAMS):
+        datagram = (IP(src=f"172.16.{k >> 8}.{k & 0xFF}", dst=VIP, id=k) / UDP(sport=1024 + k, dport=53)
+                    / bytes(3000 - 28))
+        pieces = [datagram] if policy == "none" else fragment(datagram, fragsize=1400)
+        frames += [bytes(Ether() / piece) for piece in (pieces[::-1] if reverse else pieces)]
+    return frames
+
+
+def fragment_case(policy: str, reverse: bool, rounds: int) -> float:
+    """ns per datagram: a fresh switch each round (track remembers datagrams), the batch timed."""
+    document = {"table": {"max_connections": 4 * FRAG_DATAGRAMS},     # small: a fresh one is not page faults
+                "service": [{"vip": f"{VIP}:53", "protocol": "udp", "mtu": JUMBO_MTU,
+                             "fragments": "drop" if policy == "none" else policy,
+                             "real": [{"address": f"10.1.0.{k}:53", "forward": "dr", "mac": "02:00:00:00:00:01"}
+                                      for k in range(1, 5)]}]}
+    config = configmod.from_dict(document, {"rr"})
+    frames = fragment_frames(policy, reverse)
+    template = Batch(len(frames), len(frames) * (len(frames[0]) + DEFAULT_HEADROOM))
+    for frame in frames:
+        template.append(frame, 2 * NS)
+    work = Batch(len(frames))
+    times = []
+    for _ in range(rounds):
+        switch = Switch(config, seed=1)
+        work.copy_from(template)
+        started = time.perf_counter()
+        switch.process(work)
+        times.append(time.perf_counter() - started)
+    held = ("drop", DROP_REASONS.index("fragment_held"))      # reversed: waited, then written after the first
+    verdicts = {work.result(i) if work.result(i) == held else work.result(i)[0] for i in range(len(work))}
+    assert verdicts <= {"new", "forward", "more", held}, (policy, verdicts, switch.stats()["dropped"])
+    return statistics.median(times) / FRAG_DATAGRAMS * 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=101)
+    args = parser.parse_args()
+    print(f"forwarding methods, ns per packet (median of {args.rounds} batches of {BATCH:,}, "
+          f"warm table of {args.flows:,} flows), ratio to masq")
+    print(f"  {'method':<14}" + "".join(f"{f'{size} B':>20}" for size in SIZES))
+    results: dict[str, list[float]] = {name: [] for name in METHODS}
+    for size in SIZES:          # methods in turn, round by round: the machine's drift hits them alike
+        cases = {name: Case(method, args.flows, size) for name, method in METHODS.items()}
+        for _ in range(args.rounds):
+            for case in cases.values():
+                case.run()
+        for name, case in cases.items():
+            results[name].append(case.ns())
+    for name, row in results.items():
+        cells = [f"{ns:>10.1f} ns {ns / masq:>5.2f}x" for ns, masq in zip(row, results["masq"], strict=True)]
+        print(f"  {name:<14}" + "".join(f"{cell:>20}" for cell in cells))
+    print(f"fragments, ns per 3,000-byte datagram (three IPv4 fragments; median of {args.rounds} batches of "
+          f"{FRAG_DATAGRAMS:,} datagrams), ratio to the datagram unfragmented")
+    whole = fragment_case("none", False, args.rounds)
+    print(f"  {'unfragmented':<22}{whole:>10.1f} ns  1.00x")
+    for policy, reverse in (("3tuple", False), ("track", False), ("track", True)):
+        ns = fragment_case(policy, reverse, args.rounds)
+        label = f"{policy}" + (", reversed" if reverse else "")
+        print(f"  {label:<22}{ns:>10.1f} ns {ns / whole:>5.2f}x")
+
+if __name__ == "__main__":
+    main()
