@@ -226,3 +226,18 @@ def test_the_restamper_forgets_each_connection_once_both_sides_closed():
                 emulator.client(batch.packet(i), ts, origlen, iface, linktype)
     assert emulator.answers > 0
     assert emulator.restamp_entries() == 0
+
+
+def test_expire_nodest_conn_with_emulated_reals_breaks_the_down_reals_connections(tmp_path):
+    """expire_nodest_conn drops a down real's flow and reschedules its next packet, here one packet at a
+    time through the emulate loop (the datapath read the verdict from a batch the loop does not use)."""
+    config = tmp_path / "lb.toml"
+    config.write_text('[table]\nexpire_nodest_conn = true\n[[service]]\nvip = "10.0.0.100:80"\nscheduler = "rr"\n'
+                      '  [[service.real]]\n  address = "10.1.0.1:8080"\n  emulated = true\n'
+                      '  [[service.real]]\n  address = "10.1.0.2:8080"\n  emulated = true\n')
+    run_cli("gen", "-c", config, "--rate", "200", "--duration", "2", "--requests-per-conn", "5", "--think-time",
+            "0.2", "--seed", "1", "-o", tmp_path / "clients.pcap")
+    out = run_cli("replay", tmp_path / "clients.pcap", "-c", config, "--event", "0.5:down:10.1.0.2:8080",
+                  "--seed", "1", "--json")
+    (effect,) = json.loads(out.stdout)["events"]
+    assert effect["connections_on_real"] > 0 and effect["broken"] == effect["connections_on_real"]

@@ -549,7 +549,8 @@ cdef class Datapath:
                 if self.expire_nodest_conn:             # IPVS: expire it, the packet may get a new real
                     self.table.remove(idx, R_NODEST)
                     self.new_flow(p, info, -1, ev, h, origlen, verdict, detail)
-                    if self.cur.verdict[self.cur_i] == V_NEW:      # (the arrays may have moved)
+                    # a batch's arrays may have moved (fragments inserted); one packet's verdict has not
+                    if (self.cur.verdict[self.cur_i] if self.cur is not None else verdict[0]) == V_NEW:
                         self.rescheduled += 1
                     else:
                         self.broken += 1
