@@ -332,8 +332,6 @@ def compare(
             capture, config_path, events, seed, capture_servers, plot, as_json, instances, consistency, ecmp
         )
         return
-    from l4emu import config as configmod
-    from l4emu import schedulers
     from l4emu.compare import compare as run_compare
     from l4emu.events import parse_event
     from l4emu.render import report, views
@@ -342,14 +340,7 @@ def compare(
         _refuse_overwriting(capture, {"--plot": plot})
     try:
         events = [parse_event(e) for e in events]
-        known = schedulers.catalog()  # built-in names without a plugin scan
-        chosen = [n.strip() for n in names.split(",") if n.strip()]
-        unknown = [n for n in chosen if n not in known]
-        if not chosen or unknown:
-            raise configmod.ConfigError(
-                "--schedulers",
-                f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
-            )
+        chosen = scheduler_list(names)
         config = _build_config(config_path, (), (), None, capture_servers)
         if config.cluster.instances > 1:  # the config describes a cluster: compare its designs
             _compare_cluster(capture, config_path, [str(e) for e in events], seed, capture_servers, plot, as_json)
@@ -365,24 +356,31 @@ def compare(
         write_plot(lambda: report.compare_plot(result, plot), plot)
 
 
-def _compare_simulated(config_path, names: str, seed, plot, as_json: bool, flags: dict) -> None:
-    """compare --simulate: the same workload and seed through each scheduler."""
+def scheduler_list(names: str) -> list[str]:
+    """--schedulers a,b,c: built-in names (no plugin scan), at least one, each known."""
     from l4emu import config as configmod
     from l4emu import schedulers
+
+    known = schedulers.catalog()
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in known]
+    if not chosen or unknown:
+        raise configmod.ConfigError(
+            "--schedulers",
+            f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
+        )
+    return chosen
+
+
+def _compare_simulated(config_path, names: str, seed, plot, as_json: bool, flags: dict) -> None:
+    """compare --simulate: the same workload and seed through each scheduler."""
     from l4emu.cli.simulate import load_workload
     from l4emu.compare import with_scheduler
     from l4emu.render import report, views
     from l4emu.simulate import simulate as run_simulate
 
     try:
-        known = schedulers.catalog()
-        chosen = [n.strip() for n in names.split(",") if n.strip()]
-        unknown = [n for n in chosen if n not in known]
-        if not chosen or unknown:
-            raise configmod.ConfigError(
-                "--schedulers",
-                f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
-            )
+        chosen = scheduler_list(names)
         config, workload = load_workload(config_path, {**flags, "seed": seed})
         results = [run_simulate(with_scheduler(config, name), workload, workload.seed) for name in chosen]
     except (L4emuError, OSError) as exc:
