@@ -3,7 +3,7 @@ queueing theory (tests/queueing.py), to the power-of-two-choices literature, and
 
 Tolerances: means within 5% of theory, as the issue asks. The runs are long enough for that: an M/M/1
 queue at rho = 0.8 needs most (its response times are strongly correlated); 800,000 requests there
-put one run's mean within about 1.5% (three seeds gave 50.5, 49.9 and 50.2 ms against 50).
+put one run's mean within about 1.5% (two seeds gave 50.5 and 49.9 ms against 50).
 """
 from __future__ import annotations
 
