@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -356,20 +357,28 @@ def compare(
         write_plot(lambda: report.compare_plot(result, plot), plot)
 
 
-def scheduler_list(names: str) -> list[str]:
-    """--schedulers a,b,c: built-in names (no plugin scan), at least one, each known."""
+def name_list(text: str, known: Sequence[str], option: str, what: str, unique: bool = False) -> list[str]:
+    """A comma-separated option (--schedulers, --consistency): at least one name, each known (listed in
+    the order of `known` when not); `unique` drops repeats."""
     from l4emu import config as configmod
-    from l4emu import schedulers
 
-    known = schedulers.catalog()
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    if unique:
+        chosen = list(dict.fromkeys(chosen))
     unknown = [n for n in chosen if n not in known]
     if not chosen or unknown:
         raise configmod.ConfigError(
-            "--schedulers",
-            f"unknown scheduler(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(sorted(known))})",
+            option,
+            f"unknown {what}(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(known)})",
         )
     return chosen
+
+
+def scheduler_list(names: str) -> list[str]:
+    """--schedulers a,b,c: built-in names (no plugin scan)."""
+    from l4emu import schedulers
+
+    return name_list(names, sorted(schedulers.catalog()), "--schedulers", "scheduler")
 
 
 def _compare_simulated(config_path, names: str, seed, plot, as_json: bool, flags: dict) -> None:
@@ -407,14 +416,7 @@ def _compare_cluster(
         config = _build_config(config_path, (), (), None, capture_servers)
         designs = list(config.cluster.consistency)
         if consistency is not None:
-            designs = list(dict.fromkeys(n.strip() for n in consistency.split(",") if n.strip()))
-            unknown = [n for n in designs if n not in configmod.CONSISTENCY_DESIGNS]
-            if not designs or unknown:
-                raise configmod.ConfigError(
-                    "--consistency",
-                    f"unknown design(s) {', '.join(unknown) or '(none given)'} "
-                    f"(known: {', '.join(configmod.CONSISTENCY_DESIGNS)})",
-                )
+            designs = name_list(consistency, configmod.CONSISTENCY_DESIGNS, "--consistency", "design", unique=True)
         result = run_cluster(capture, config, designs, parsed, instances, ecmp, seed)
     except (L4emuError, OSError) as exc:
         fail(str(exc))

@@ -78,6 +78,13 @@ cdef struct AddrKey:
     uint8_t pad[7]
 
 
+cdef inline void addr_key(AddrKey* key, const uint8_t* addr, uint8_t family) noexcept:
+    """The key of a host's or a client's address (IPv4 in the first four bytes, the rest zero)."""
+    memset(key, 0, sizeof(AddrKey))
+    memcpy(key.addr, addr, 4 if family == 4 else 16)
+    key.family = family
+
+
 cdef struct AddrRec:
     AddrKey key
     uint32_t hash
@@ -304,9 +311,7 @@ cdef class Engine:
         cdef uint8_t last = addr[3 if family == 4 else 15]
         if not self.addr_filter[last >> 3] & (1 << (last & 7)):
             return -1
-        memset(&key, 0, sizeof(key))
-        memcpy(key.addr, addr, 4 if family == 4 else 16)
-        key.family = family
+        addr_key(&key, addr, family)
         r = slab_find(&self.by_address, &key)
         return -1 if r < 0 else <int>(<AddrRec*>rec(&self.by_address, r)).host
 
@@ -346,9 +351,7 @@ cdef class Engine:
     cdef Peer* peer_of(self, const uint8_t* addr, uint8_t family) noexcept:
         cdef AddrKey key
         cdef int r
-        memset(&key, 0, sizeof(key))
-        memcpy(key.addr, addr, 4 if family == 4 else 16)
-        key.family = family
+        addr_key(&key, addr, family)
         r = slab_find(&self.peers, &key)
         return NULL if r < 0 else <Peer*>rec(&self.peers, r)
 
@@ -356,9 +359,7 @@ cdef class Engine:
         """The client's Peer record, made when missing (-1: out of memory); the caller fills its link."""
         cdef AddrKey key
         cdef int r
-        memset(&key, 0, sizeof(key))
-        memcpy(key.addr, addr, 4 if family == 4 else 16)
-        key.family = family
+        addr_key(&key, addr, family)
         r = slab_find(&self.peers, &key)
         if r >= 0:
             return r
