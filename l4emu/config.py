@@ -43,6 +43,7 @@ APPS = ("http", "echo", "discard")  # an emulated real's application (l4emu/host
 SYN_OVERFLOW = ("drop", "reset")
 MAX_BACKLOG = 65535  # net.core.somaxconn's ceiling
 EMULATION_KEYS = ("app", "backlog", "accept_rate", "syn_overflow", "workers", "service_time", "response_bytes")
+TCP_ONLY_KEYS = ("accept_rate", "syn_overflow")  # an emulated UDP real takes the other emulation keys
 DISTRIBUTIONS = ("fixed", "exponential", "lognormal", "empirical")
 MAX_WORKERS = 1 << 16
 MAX_SERVICE_TIME_S = 3600.0  # a request served for more than an hour is a typo
@@ -167,10 +168,10 @@ class Real:
     lower_threshold: int = 0  # IPVS -y: new flows again under this many (0 = 3/4 of the upper)
     emulated: bool = False  # answered by an emulated host (l4emu/hosts/) instead of written out or sent on
     app: str = "http"  # emulated: what answers (APPS)
-    backlog: int = 128  # emulated TCP: listen() backlog, Linux semantics
+    backlog: int = 128  # emulated TCP: listen() backlog, Linux semantics; UDP with workers: datagrams waiting
     accept_rate: float = 0  # emulated TCP: accepts per second on the packet clock (0: at once)
     syn_overflow: str = "drop"  # emulated TCP: "reset" is Linux's tcp_abort_on_overflow = 1
-    # Capacity of an emulated TCP real's application: requests served at once (0: as many as come, each
+    # Capacity of an emulated real's application (TCP, or UDP request-reply): requests served at once (0: as many as come, each
     # answered at once: the default), how long each takes on the packet clock, how big each answer's body is
     # (None: the "served by" text).
     workers: int = 0
@@ -405,9 +406,14 @@ def _emulation(raw: dict, key: str, protocol: str) -> dict:
     given = [name for name in EMULATION_KEYS if name in raw]
     if given and not emulated:
         raise ConfigError(f"{key}.{given[0]}", "only an emulated real has this (add emulated = true)")
-    if protocol == "udp" and set(given) - {"app"}:
-        name = sorted(set(given) - {"app"})[0]
-        raise ConfigError(f"{key}.{name}", "a UDP real has no listen queue; only app applies")
+    if protocol == "udp" and set(given) & set(TCP_ONLY_KEYS):
+        name = sorted(set(given) & set(TCP_ONLY_KEYS))[0]
+        raise ConfigError(f"{key}.{name}", "a UDP real has no listen queue; app and its capacity apply")
+    if protocol == "udp" and "backlog" in raw and not raw.get("workers"):
+        raise ConfigError(
+            f"{key}.backlog",
+            "a UDP real has no listen queue; its backlog is the datagrams waiting for workers (give workers)",
+        )
     app = _typed(raw.get("app", "http"), str, f"{key}.app")
     if app not in APPS:
         raise ConfigError(f"{key}.app", f"{app!r} is not one of {', '.join(APPS)}")

@@ -35,17 +35,24 @@ def percentile(sorted_values: list[int], p: float) -> float:
 
 
 def check_emulated(config: configmod.Config, workload: Workload) -> None:
-    """Every real of a service the clients connect to must answer for itself."""
+    """Every real of a service the clients connect to must answer for itself (UDP: as a request-reply
+    app, which its capacity keys make it: each answer says which request it answers and when it ends)."""
     for target in (workload.target, workload.target6):
         if target is None:
             continue
         for svc in config.services:
-            if (svc.vip, svc.port) == target and svc.protocol == "tcp":
+            if (svc.vip, svc.port) == target and svc.protocol == workload.protocol:
                 plain = [real.endpoint for real in svc.reals if not real.emulated]
                 if plain:
                     raise OptionError(
-                        f"simulate: TCP {svc.endpoint} has reals that are not emulated ({', '.join(plain)}): "
-                        "give them emulated = true (and workers, service_time for their capacity)"
+                        f"simulate: {svc.protocol.upper()} {svc.endpoint} has reals that are not emulated "
+                        f"({', '.join(plain)}): give them emulated = true (and workers, service_time for their capacity)"
+                    )
+                bare = [real.endpoint for real in svc.reals if not (real.workers or real.response_bytes)]
+                if svc.protocol == "udp" and bare:
+                    raise OptionError(
+                        f"simulate: UDP {svc.endpoint} has reals without capacity ({', '.join(bare)}): give them "
+                        "workers or response_bytes, which make a UDP real answer requests (docs/simulate.md)"
                     )
 
 
@@ -67,7 +74,7 @@ def simulate(
 
     check_emulated(config, workload)
     switch = Switch(config, seed)
-    clients = Clients(**model_arguments(workload))
+    clients = Clients(timeout_ns=round(workload.timeout * NS), **model_arguments(workload))
     writer = (
         open_writer(output, [Interface(LINKTYPE[workload.linktype], SNAPLEN, True)], nanosecond=True, fmt=fmt)
         if output
@@ -79,8 +86,10 @@ def simulate(
         engine = switch.hosts.engine
         samples: list[tuple[int, list, list[int]]] = []
 
+        queues = engine.udp_capacity if workload.protocol == "udp" else engine.capacity
+
         def on_sample(now: int) -> None:
-            samples.append((now, engine.capacity(), [r["active"] for r in switch.real_counters()]))
+            samples.append((now, queues(), [r["active"] for r in switch.real_counters()]))
             if on_progress:
                 on_progress(now)
 
@@ -101,12 +110,15 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
     times_by_real: dict[int, list[int]] = {}
     for real, ns in clients.response_times():
         times_by_real.setdefault(real, []).append(ns)
-    capacity = {(host, port): row for host, port, *row in switch.hosts.engine.capacity()}
+    udp = workload.protocol == "udp"
+    engine = switch.hosts.engine
+    rows = engine.udp_capacity() if udp else engine.capacity()
+    capacity = {(host, port): row for host, port, *row in rows}
     host_of = {address: h for h, address in enumerate(switch.hosts.addresses)}
     snapshot = {row["host"]: row["counters"] for row in switch.sockets()}
     reals = []
     for index, (svc, real) in enumerate(switch.reals):
-        if not real.emulated or svc.protocol != "tcp":
+        if not real.emulated or svc.protocol != workload.protocol:
             continue
         times = sorted(times_by_real.get(index, []))
         row = capacity.get((host_of[real.address.packed], real.port))
@@ -117,10 +129,13 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
             "requests": len(times),
             **_times(times),
             "workers": real.workers,
-            "refused": counters.get("listen_drops", 0),  # SYNs a full queue dropped (Linux ListenDrops)
         }
+        if udp:  # request datagrams a full wait queue dropped (Linux Udp RcvbufErrors)
+            entry["dropped"] = row[-1] if row is not None else 0
+        else:
+            entry["refused"] = counters.get("listen_drops", 0)  # SYNs a full queue dropped (Linux ListenDrops)
         if row is not None:
-            workers, served, waited, queue_max, _, _, queue_area, busy_area = row
+            workers, served, waited, queue_max, _, _, queue_area, busy_area = row[:8]
             entry.update(
                 served=served,
                 waited=waited,
@@ -131,8 +146,10 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
         reals.append(entry)
     everything = sorted(ns for _, ns in clients.response_times())
     series_reals = [r["real"] for r in reals]
+    late = {"late_answers": clients.late} if udp else {}  # datagrams for a request the client gave up
     return {
         "workload": workload.describe(),
+        "protocol": workload.protocol,
         "schedulers": sorted({svc.scheduler for svc in config.services}),
         "output": str(output) if output else None,
         "span_s": round(span_ns / NS, 6),
@@ -143,6 +160,7 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
         **_times(everything),
         "failed_requests": clients.failed_requests,
         "failures": clients.failures(),
+        **late,
         "syn_retransmits": clients.syn_retransmits,
         "packets": {"clients": clients.packets, "answers": switch_answers(switch, clients)},
         "reals": reals,

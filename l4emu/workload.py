@@ -24,12 +24,15 @@ from l4emu.config import (
 )
 
 ARRIVALS = ("poisson", "fixed", "capture")
+PROTOCOLS = ("tcp", "udp")
 LINKTYPES = ("ethernet", "raw")
 DEFAULT_CLIENTS_V4 = "172.16.0.0/12"
 DEFAULT_CLIENTS_V6 = "2001:db8:c::/64"
 DEFAULT_REQUEST_BYTES = 128
 DEFAULT_RESPONSE_BYTES = 1000
 DEFAULT_RTT_S = 0.001
+DEFAULT_TIMEOUT_S = 5.0  # a UDP client's wait for its answer: glibc's resolver waits 5 s (RES_TIMEOUT)
+UDP_REQUEST_HEADER_BYTES = 8  # a UDP request: "L4RQ" and its id, which every answer datagram echoes
 # A request is one segment: the IPv6 MSS on a 1500-byte link (1500 - 40 - 20), so both families fit.
 MAX_REQUEST_BYTES = 1440
 MAX_RESPONSE_BYTES = 1 << 30
@@ -58,6 +61,8 @@ KEYS = {
     "clients_v6",
     "seed",
     "linktype",
+    "protocol",
+    "timeout",
 }
 
 
@@ -83,6 +88,8 @@ class Workload:
     clients_v6: ipaddress.IPv6Network = ipaddress.IPv6Network(DEFAULT_CLIENTS_V6)
     seed: int = 0
     linktype: str = "ethernet"
+    protocol: str = "tcp"  # PROTOCOLS: TCP connections, or UDP request datagrams to a request-reply service
+    timeout: float = DEFAULT_TIMEOUT_S  # udp: seconds a client waits for a whole answer, then gives up
 
     @property
     def ipv6_clients(self) -> int:
@@ -95,6 +102,8 @@ class Workload:
 
     def describe(self) -> str:
         how = f"SYN times of {self.capture}" if self.arrival == "capture" else f"{self.arrival} {self.rate:g}/s"
+        if self.protocol == "udp":
+            how = f"UDP {how}"
         targets = ", ".join(format_endpoint(*t) for t in (self.target, self.target6) if t)
         return (
             f"{how}"
@@ -172,7 +181,7 @@ def _network(raw: dict, name: str, default: str, version: int):
     return net
 
 
-def _target(raw: dict, name: str, config: Config, family: int) -> tuple[IPAddress, int] | None:
+def _target(raw: dict, name: str, config: Config, family: int, protocol: str) -> tuple[IPAddress, int] | None:
     if name in raw:
         address, port = parse_endpoint(raw[name], f"workload.{name}")
         if address.version != family:
@@ -180,7 +189,7 @@ def _target(raw: dict, name: str, config: Config, family: int) -> tuple[IPAddres
             raise ConfigError(f"workload.{name}", f"{raw[name]} is IPv{address.version}: give it as {other}")
         return address, port
     for svc in config.services:
-        if svc.protocol == "tcp" and svc.vip.version == family:
+        if svc.protocol == protocol and svc.vip.version == family:
             return svc.vip, svc.port
     return None
 
@@ -188,17 +197,19 @@ def _target(raw: dict, name: str, config: Config, family: int) -> tuple[IPAddres
 def _build(raw: dict, config: Config, where) -> Workload:
     clients = _integer(raw, "clients", 100, 1, MAX_CLIENTS)
     share = _number(raw, "ipv6_share", 0.0, 0.0, 1.0)
-    target = _target(raw, "target", config, 4)
-    target6 = _target(raw, "target6", config, 6)
+    protocol = _choice(raw, "protocol", "tcp", PROTOCOLS)
+    target = _target(raw, "target", config, 4, protocol)
+    target6 = _target(raw, "target6", config, 6, protocol)
     n6 = round(clients * share)
+    kind = protocol.upper()
     if share > 0 and target6 is None:
         raise ConfigError(
             "workload.ipv6_share",
-            f"{share:g} of the clients are IPv6, but no TCP service has an IPv6 VIP (or give target6)",
+            f"{share:g} of the clients are IPv6, but no {kind} service has an IPv6 VIP (or give target6)",
         )
     if share < 1 and target is None:
         raise ConfigError(
-            "workload.ipv6_share", "IPv4 clients need an IPv4 TCP service (or give target, or ipv6_share = 1)"
+            "workload.ipv6_share", f"IPv4 clients need an IPv4 {kind} service (or give target, or ipv6_share = 1)"
         )
     if (share > 0 and n6 == 0) or (share < 1 and n6 == clients):
         raise ConfigError("workload.clients", f"{clients} clients are too few for an IPv6 share of {share:g}")
@@ -225,7 +236,10 @@ def _build(raw: dict, config: Config, where) -> Workload:
     request_size = parse_distribution(
         raw.get("request_size", DEFAULT_REQUEST_BYTES), "workload.request_size", high=MAX_REQUEST_BYTES
     )
-    smallest = min(len(request_template(t, b"")) for t in (target, target6) if t)
+    if protocol == "udp":
+        smallest = UDP_REQUEST_HEADER_BYTES
+    else:
+        smallest = min(len(request_template(t, b"")) for t in (target, target6) if t)
     if request_size.kind in ("fixed", "empirical") and min(request_size.values or (request_size.mean,)) < smallest:
         raise ConfigError(
             "workload.request_size",
@@ -253,6 +267,8 @@ def _build(raw: dict, config: Config, where) -> Workload:
         clients_v6=nets[1],
         seed=seed,
         linktype=_choice(raw, "linktype", "ethernet", LINKTYPES),
+        protocol=protocol,
+        timeout=_number(raw, "timeout", DEFAULT_TIMEOUT_S, 0.0, MAX_SECONDS, above=True),
     )
 
 

@@ -57,6 +57,16 @@ WORKLOAD_OPTIONS = [
         help="Bytes of each answer the clients acknowledge [workload.response_size; 1000].",
     ),
     click.option("--rtt", type=float, help="Round-trip time in seconds [workload.rtt; 0.001]."),
+    click.option(
+        "--protocol",
+        type=click.Choice(["tcp", "udp"]),
+        help="TCP connections, or UDP request datagrams (request-reply) [workload.protocol; tcp].",
+    ),
+    click.option(
+        "--timeout",
+        type=float,
+        help="UDP: seconds a client waits for a whole answer before it gives up [workload.timeout; 5].",
+    ),
     click.option("--ipv6-share", type=float, help="Share of IPv6 clients, 0 to 1 [workload.ipv6_share; 0]."),
     click.option(
         "--linktype",

@@ -72,6 +72,7 @@ def model_arguments(workload: Workload) -> dict:
         head=REQUEST_HEAD,
         tail4=tails[0],
         tail6=tails[1],
+        udp=workload.protocol == "udp",
     )
 
 

@@ -58,22 +58,22 @@ class Hosts:
                 continue
             host = hosts[real.address.packed]
             name = endpoint(real.address.packed, real.port)
+            capacity = {}
+            if real.workers or real.response_bytes is not None:
+                # drawn after everything above, so configs without capacity keep their bytes
+                capacity = {
+                    "workers": real.workers,
+                    "service": _dist(real.service_time),
+                    "response": _dist(real.response_bytes) if real.response_bytes is not None else None,
+                    "seed64": rng.getrandbits(64),
+                }
             if svc.protocol == "tcp":
                 interval = int(NS / real.accept_rate) if real.accept_rate else 0
-                capacity = {}
-                if real.workers or real.response_bytes is not None:
-                    # drawn after everything above, so configs without capacity keep their bytes
-                    capacity = {
-                        "workers": real.workers,
-                        "service": _dist(real.service_time),
-                        "response": _dist(real.response_bytes) if real.response_bytes is not None else None,
-                        "seed64": rng.getrandbits(64),
-                    }
                 self.engine.listen(
                     host, real.port, real.app, real.backlog, interval, real.syn_overflow == "reset", name, **capacity
                 )
-            else:
-                self.engine.bind_udp(host, real.port, real.app, name)
+            else:  # with capacity, request-reply: each datagram a request for a worker (hosts/_udp.pxi)
+                self.engine.bind_udp(host, real.port, real.app, name, backlog=real.backlog, **capacity)
             by_real.append(host)
         self.engine.set_reals(by_real)
         self.addresses = list(hosts)

@@ -83,13 +83,16 @@ def compare_text(result: dict) -> str:
 
 def simulate_text(result: dict) -> str:
     """The clients' experience per real and in total: requests, response times, queues, utilisation."""
+    udp = result.get("protocol") == "udp"
+    lost = "dropped" if udp else "refused"  # requests a real's full queue turned away: datagrams, or SYNs
     lines = [
         f"workload   {result['workload']}; scheduler {', '.join(result['schedulers'])}",
-        f"simulated  {result['span_s']:g} s: {result['sessions']:,} sessions, {result['connections']:,} connections, "
+        f"simulated  {result['span_s']:g} s: {result['sessions']:,} sessions, {result['connections']:,} "
+        f"{'sockets' if udp else 'connections'}, "
         f"{result['requests']:,} requests, {result['answered']:,} answered",
         "",
         f"  {'real':<24} {'requests':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'queue':>6} {'max q':>6} {'util':>6} {'refused':>8}",
+        f"{'queue':>6} {'max q':>6} {'util':>6} {lost:>8}",
     ]
     for r in result["reals"]:
         queue = (
@@ -99,7 +102,7 @@ def simulate_text(result: dict) -> str:
         )
         lines.append(
             f"  {r['real']:<24} {r['requests']:>9,} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r['max_ms']:>8.2f} {queue} {r['refused']:>8,}"
+            f"{r['max_ms']:>8.2f} {queue} {r[lost]:>8,}"
         )
     lines.append(
         f"  {'all':<24} {result['answered']:>9,} {result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} "
@@ -110,8 +113,10 @@ def simulate_text(result: dict) -> str:
         "",
         "response time: from the request's first byte at the switch to the answer's last byte, plus the round trip;",
         "queue: requests waiting for a worker (time average, then the longest); util: busy workers' share.",
+        *(["dropped: request datagrams that found the wait queue (backlog) full."] if udp else []),
         f"failures   {', '.join(f'{k} {v:,}' for k, v in failed.items()) or 'none'}"
-        + (f"; {result['syn_retransmits']:,} SYNs sent again" if result["syn_retransmits"] else ""),
+        + (f"; {result['syn_retransmits']:,} SYNs sent again" if result["syn_retransmits"] else "")
+        + (f"; {result['late_answers']:,} answer datagrams came too late" if result.get("late_answers") else ""),
         f"packets    {result['packets']['clients']:,} from clients, {result['packets']['answers']:,} from reals"
         + (f", written to {result['output']}" if result["output"] else ""),
         f"time       {result['cpu_s']:.3f} s of CPU",

@@ -5,7 +5,7 @@ from l4emu.clients._gen cimport Generator, Conv, MAX_FRAME
 from l4emu.datapath._types cimport PacketInfo
 
 cdef enum:
-    N_FAILURES = 4
+    N_FAILURES = 5
 
 cdef class Clients(Generator):
     cdef uint64_t rtt
@@ -17,7 +17,8 @@ cdef class Clients(Generator):
     cdef uint64_t n_records, cap_records
     cdef uint64_t fails[N_FAILURES]
     cdef uint8_t scratch[MAX_FRAME]
-    cdef readonly uint64_t syn_retransmits, failed_requests, stray
+    cdef readonly uint64_t syn_retransmits, failed_requests, stray, late
+    cdef uint64_t timeout_ns
 
     cdef int _table(self, uint32_t size) except -1
     cdef void _insert(self, uint64_t key, uint32_t slot) noexcept nogil
@@ -35,6 +36,9 @@ cdef class Clients(Generator):
     cdef uint32_t emit(self, uint8_t* out, uint64_t* ts, uint32_t* slot) except? 0
     cdef uint32_t _send(self, uint32_t slot, uint64_t now, uint8_t* out) except? 0
     cdef uint32_t _payload_at(self, const Conv* c) noexcept nogil
+    cdef uint32_t _udp_send(self, uint32_t slot, uint64_t now, uint8_t* out) except? 0
+    cdef int _udp_next(self, uint32_t slot, uint64_t now) except -1
+    cdef int _udp_receive(self, const uint8_t* frame, const PacketInfo* info, uint64_t now) except -1
     cdef int receive(self, const uint8_t* frame, uint32_t caplen, uint16_t linktype, uint64_t now) except -1
     cdef uint32_t _slot_of(self, const PacketInfo* info) noexcept nogil
     cdef int _read(self, Conv* c, const uint8_t* p, uint32_t n, uint64_t now) except -1

@@ -17,11 +17,13 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 from l4emu.clients._gen cimport (ACK_EVERY, APP_DELAY_NS, ETH_HEADER_LEN, P_FIN, P_HANDSHAKE_ACK,
-                                 P_LAST_ACK, P_REQUEST, P_RESPONSE_ACK, P_SYN, Conv, Event, Generator, add_be)
+                                 P_LAST_ACK, P_REQUEST, P_RESPONSE_ACK, P_SYN, UDP_ANSWER_HEADER, UDP_ID_LEN, UDP_MAGIC_LEN,
+                                 Conv, Event, Generator, add_be)
 from l4emu.datapath._headers cimport PARSED, parse_packet
 from l4emu.datapath._types cimport NS, PacketInfo
-from l4emu.datapath._wire cimport (IP4_HEADER_LEN, IP6_HEADER_LEN, IPPROTO_TCP, LINKTYPE_RAW, TCP_ACK,
-                                   TCP_DATA_OFFSET, TCP_FIN, TCP_FLAGS, TCP_HEADER_LEN, TCP_PSH, TCP_RST, TCP_SYN)
+from l4emu.datapath._wire cimport (IP4_HEADER_LEN, IP6_HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, LINKTYPE_RAW,
+                                   TCP_ACK, TCP_DATA_OFFSET, TCP_FIN, TCP_FLAGS, TCP_HEADER_LEN, TCP_PSH, TCP_RST,
+                                   TCP_SYN, UDP_HEADER_LEN)
 
 cdef enum:
     # The closed loop's waiting phases, beside the generator's (P_SYN ... P_DONE, whose packet is due).
@@ -29,6 +31,7 @@ cdef enum:
     C_AWAIT_RESPONSE = 17   # the request is out, its answer not complete; no event
     C_FIN_WAIT = 18         # we closed first: our FIN is out, the server's not yet in
     C_CLOSING = 19          # the server closed first: our FIN is out, its ACK not yet in
+    C_UDP_WAIT = 20         # UDP: the request is out; the pending event is the client giving up on it
     TCP_SEQ = 4
     TCP_ACK_NUM = 8
     INITIAL_RTO_NS = NS     # RFC 6298 2.1, Linux TCP_TIMEOUT_INIT (1 s), doubled per retransmission
@@ -43,16 +46,19 @@ cdef enum:
 
 cdef uint64_t NO_KEY = UINT64_MAX
 cdef const char* HEADER_END = b"\r\n\r\n"
+cdef const char* ANSWER_MAGIC = b"L4RA"     # a UDP answer datagram's first bytes (hosts/_udp.pxi)
 # Where an answer's length is read from, in lower case, with the end of the line before it.
 cdef const char* LENGTH_NAME = b"\ncontent-length:"
 
-# Why a connection ended without all its answers (Clients.failures()).
+# Why a connection ended without all its answers (Clients.failures()); UDP clients' one cause is the last.
 FAILURES = ("refused", "reset", "timed_out", "cut_short")
+UDP_FAILURES = ("unanswered",)
 cdef enum Failure:
     F_REFUSED = 0           # a RST answered the SYN (no listener, or a full queue with syn_overflow = reset)
     F_RESET = 1             # a RST on an established connection
     F_TIMED_OUT = 2         # no SYN-ACK after every retransmission (a full backlog drops SYNs)
-    F_CUT_SHORT = 3         # the server closed before its answer was whole (N_FAILURES: _clients.pxd)
+    F_CUT_SHORT = 3         # the server closed before its answer was whole
+    F_UNANSWERED = 4        # UDP: no whole answer within the timeout (N_FAILURES: _clients.pxd)
 
 
 cdef inline uint32_t get32(const uint8_t* p) noexcept nogil:
@@ -77,11 +83,12 @@ cdef class Clients(Generator):
     time and connection), `answer` takes a packet the switch sends them, `note_real` tells a connection
     which real the switch chose for it; `response_times` and `failures` are the outcome."""
 
-    def __init__(self, **model):
+    def __init__(self, *, uint64_t timeout_ns=0, **model):
         """The Generator's model (keywords of l4emu.clients._gen.Generator); rtt_ns is the round trip
-        between a client and the switch."""
+        between a client and the switch; timeout_ns how long a UDP client waits for a whole answer."""
         super().__init__(**model)
         self.rtt = model["rtt_ns"]
+        self.timeout_ns = timeout_ns
         self._table(FIRST_TABLE)
         self.rec_ns = <uint64_t*>malloc(FIRST_RECORDS * sizeof(uint64_t))
         self.rec_real = <int32_t*>malloc(FIRST_RECORDS * sizeof(int32_t))
@@ -167,7 +174,7 @@ cdef class Clients(Generator):
         if c.conns_left:
             self._open(c, now + APP_DELAY_NS + self._seconds(&self.think.d))
             self._connect(slot)
-            self._schedule(slot, c.ts, P_SYN)
+            self._schedule(slot, c.ts, P_REQUEST if self.udp else P_SYN)
         else:
             self.free_slots[self.n_free] = slot
             self.n_free += 1
@@ -245,6 +252,8 @@ cdef class Clients(Generator):
         """The due event's packet (0: it sent none) and the conversation's next phase."""
         cdef Conv* c = &self.convs[slot]
         cdef uint32_t n, size
+        if self.udp:
+            return self._udp_send(slot, now, out)
         c.ip_id += 1
         if c.phase == P_SYN or c.phase == C_SYN_SENT:
             if c.phase == C_SYN_SENT:
@@ -294,6 +303,60 @@ cdef class Clients(Generator):
             return 0
         return n
 
+    cdef uint32_t _udp_send(self, uint32_t slot, uint64_t now, uint8_t* out) except? 0:
+        """UDP: the request datagram (then the client waits up to the timeout), or, when the timeout
+        comes first, the request given up (counted) and the session's next one."""
+        cdef Conv* c = &self.convs[slot]
+        cdef uint32_t size
+        if c.phase == P_REQUEST:
+            c.ip_id += 1
+            size = self._udp_request(c, out + self._l4_at(c) + UDP_HEADER_LEN)
+            self.requests_sent += 1
+            c.request_ns = now
+            self._schedule(slot, now + self.timeout_ns, C_UDP_WAIT)
+            return self._datagram(c, out, size)
+        if c.phase == C_UDP_WAIT:
+            self.fails[<int>F_UNANSWERED] += 1
+            self.failed_requests += 1
+            self._udp_next(slot, now)
+        return 0
+
+    cdef int _udp_next(self, uint32_t slot, uint64_t now) except -1:
+        """The request in flight is over (answered, or given up) as the client sees it at `now` on the
+        switch's clock: the next one after the think time, or the socket closes (_end)."""
+        cdef Conv* c = &self.convs[slot]
+        c.seq += 1                                  # an answer to the old id is late from now on
+        c.requests_left -= 1
+        if c.requests_left:
+            self._schedule(slot, now + APP_DELAY_NS + self._seconds(&self.think.d), P_REQUEST)
+            return 0
+        return self._end(slot, now)
+
+    cdef int _udp_receive(self, const uint8_t* frame, const PacketInfo* info, uint64_t now) except -1:
+        """A datagram to a UDP client: a part of the answer to its request in flight, the last when it
+        says nothing more comes (then recorded). One for another id, or for a socket that closed, is late
+        (its request was given up)."""
+        cdef uint32_t slot = self._slot_of(info), ulen, remaining
+        cdef const uint8_t* payload = frame + info.l4 + UDP_HEADER_LEN
+        cdef Conv* c
+        ulen = (<uint32_t>frame[info.l4 + 4] << 8) | frame[info.l4 + 5]
+        if (ulen < UDP_HEADER_LEN + UDP_ANSWER_HEADER or info.l4 + ulen > info.end
+                or memcmp(payload, ANSWER_MAGIC, UDP_MAGIC_LEN) != 0):
+            self.stray += 1
+            return 0
+        if slot == NOT_FOUND:
+            self.late += 1                          # its socket closed when the client gave up
+            return 0
+        c = &self.convs[slot]
+        if c.phase != C_UDP_WAIT or get32(payload + UDP_MAGIC_LEN) != c.seq:
+            self.late += 1
+            return 0
+        remaining = get32(payload + UDP_MAGIC_LEN + UDP_ID_LEN)
+        if remaining == 0:
+            self._answer_done(c, now)
+            self._udp_next(slot, now + self.rtt)    # the client has it half a round trip later
+        return 0
+
     cdef uint32_t _payload_at(self, const Conv* c) noexcept nogil:
         return (0 if self.linktype == LINKTYPE_RAW else ETH_HEADER_LEN) + \
             (IP4_HEADER_LEN if c.family == 4 else IP6_HEADER_LEN) + TCP_HEADER_LEN
@@ -309,9 +372,11 @@ cdef class Clients(Generator):
         cdef uint8_t flags
         cdef bint fin
         if (parse_packet(frame, caplen, caplen, linktype, &info) != PARSED or info.icmp_error
-                or info.key.proto != IPPROTO_TCP or info.end > caplen):
+                or info.key.proto != (IPPROTO_UDP if self.udp else IPPROTO_TCP) or info.end > caplen):
             self.stray += 1
             return 0
+        if self.udp:
+            return self._udp_receive(frame, &info, now)
         slot = self._slot_of(&info)
         if slot == NOT_FOUND:
             self.stray += 1
@@ -480,4 +545,7 @@ cdef class Clients(Generator):
         return [(self.rec_real[i], self.rec_ns[i]) for i in range(self.n_records)]
 
     def failures(self):
+        """Requests or connections that failed, by cause (the UDP clients' causes, or TCP's)."""
+        if self.udp:
+            return {name: self.fails[<int>F_UNANSWERED + k] for k, name in enumerate(UDP_FAILURES)}
         return {name: self.fails[k] for k, name in enumerate(FAILURES)}

@@ -42,6 +42,12 @@ cdef enum:
     SEGMENT_NS = 12000          # one full segment at 1 Gb/s: the gap between the response's segments
     FIRST_CAPACITY = 1024
     PAD_BYTE = 0x78             # 'x': the request path's padding
+    UDP_MAGIC_LEN = 4           # a UDP request: "L4RQ", its id (u32), padding (hosts/_udp.pxi)
+    UDP_ID_LEN = 4
+    UDP_REQUEST_HEADER = 8
+    UDP_ANSWER_HEADER = 12      # an answer datagram: "L4RA", the id, the answer's bytes still to come (u32)
+    UDP_DATA_V4 = 1460          # an answer datagram's data at most: 1500 - 20 - 8 - 12 (no fragments)
+    UDP_DATA_V6 = 1440
 
 cdef enum Phase:
     P_SYN = 0
@@ -95,6 +101,7 @@ cdef class Generator:
     cdef Rng rng
     cdef _Sampler think, request, response
     cdef int arrival, linktype
+    cdef bint udp                   # the clients send UDP requests (request-reply), not TCP connections
     cdef double rate, duration_s, t_s
     cdef uint64_t start_ns, rtt_ns, k, next_arrival, order
     cdef bint have_arrival
@@ -127,6 +134,11 @@ cdef class Generator:
     cdef int _grow_heap(self, uint32_t cap) except -1 nogil
     cdef void _sift_down(self) noexcept nogil
     cdef uint32_t _frame(self, const Conv* c, uint8_t* out, uint8_t flags, uint32_t payload) noexcept nogil
+    cdef uint32_t _l4_at(self, const Conv* c) noexcept nogil
+    cdef uint32_t _ip(self, const Conv* c, uint8_t* out, uint8_t proto, uint32_t seg_len) noexcept nogil
+    cdef uint32_t _datagram(self, const Conv* c, uint8_t* out, uint32_t payload) noexcept nogil
+    cdef uint32_t _udp_request(self, const Conv* c, uint8_t* payload) noexcept nogil
+    cdef uint32_t _udp_packet(self, Conv* c, uint8_t* out) noexcept nogil
     cdef uint32_t _request(self, const Conv* c, uint8_t* payload) noexcept nogil
     cdef uint32_t _packet(self, Conv* c, uint8_t* out) noexcept nogil
     cdef int _fill(self, Batch batch) except -1 nogil

@@ -16,9 +16,9 @@ from l4emu.datapath._headers cimport PARSED, parse_packet
 from l4emu.datapath._types cimport NS, PacketInfo
 from l4emu.datapath._wire cimport (ETHERTYPE_IPV4, ETHERTYPE_IPV6, IP4_CSUM, IP4_DST, IP4_FRAG, IP4_HEADER_LEN,
                                    IP4_PROTO, IP4_SRC, IP4_TOTAL_LEN, IP6_DST, IP6_HEADER_LEN, IP6_NEXT,
-                                   IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_TCP, L4_DPORT, L4_SPORT, LINKTYPE_ETHERNET,
-                                   LINKTYPE_RAW, TCP_ACK, TCP_CSUM, TCP_DATA_OFFSET, TCP_FIN, TCP_FLAGS,
-                                   TCP_HEADER_LEN, TCP_PSH, TCP_SYN)
+                                   IP6_PAYLOAD_LEN, IP6_SRC, IPPROTO_TCP, IPPROTO_UDP, L4_DPORT, L4_SPORT,
+                                   LINKTYPE_ETHERNET, LINKTYPE_RAW, TCP_ACK, TCP_CSUM, TCP_DATA_OFFSET, TCP_FIN,
+                                   TCP_FLAGS, TCP_HEADER_LEN, TCP_PSH, TCP_SYN, UDP_CSUM, UDP_HEADER_LEN, UDP_LEN)
 
 DIST_KINDS = {"fixed": DIST_FIXED, "exponential": DIST_EXPONENTIAL, "lognormal": DIST_LOGNORMAL,
               "empirical": DIST_EMPIRICAL}
@@ -28,6 +28,9 @@ ARRIVALS = {"poisson": A_POISSON, "fixed": A_FIXED, "capture": A_CAPTURE}
 # The balancer's MAC (locally administered, "L4"), and the clients' prefix: 02:00 + client number.
 cdef uint8_t LB_MAC[6]
 LB_MAC[:] = [0x02, 0x4C, 0x34, 0x00, 0x00, 0x01]
+
+cdef const char* REQUEST_MAGIC = b"L4RQ"
+
 
 cdef inline bint earlier(const Event* a, const Event* b) noexcept nogil:
     return a.ts < b.ts or (a.ts == b.ts and a.order < b.order)
@@ -69,9 +72,10 @@ cdef class Generator:
     def __init__(self, *, uint64_t seed64, int arrival, double rate, double duration_s, uint64_t start_ns,
                  arrivals, uint32_t clients, uint32_t ipv6_clients, bytes base4, bytes base6, target4, target6,
                  uint32_t requests, uint32_t connections, think, request, response, uint64_t rtt_ns,
-                 bint raw_ip, bytes head, bytes tail4, bytes tail6):
+                 bint raw_ip, bytes head, bytes tail4, bytes tail6, bint udp=False):
         """targetN: (packed address, port) or None; think/request/response: (kind, mean, sigma, values);
-        arrivals: sorted capture times in ns (A_CAPTURE); tailN: the request's bytes after the padding."""
+        arrivals: sorted capture times in ns (A_CAPTURE); tailN: the request's bytes after the padding;
+        udp: each request is a datagram (its id, then padding) to a request-reply service instead."""
         cdef Py_ssize_t i
         if not 1 <= clients or ipv6_clients > clients or requests < 1 or connections < 1 or rate <= 0:
             raise ValueError("clients, requests and connections must be at least 1, rate above 0")
@@ -83,6 +87,7 @@ cdef class Generator:
         self.arrival, self.rate, self.duration_s, self.start_ns = arrival, rate, duration_s, start_ns
         self.rtt_ns = rtt_ns
         self.linktype = LINKTYPE_RAW if raw_ip else LINKTYPE_ETHERNET
+        self.udp = udp
         self.clients, self.n6, self.requests, self.conns = clients, ipv6_clients, requests, connections
         memcpy(self.base4, <const uint8_t*>base4, 4)
         memcpy(self.base6, <const uint8_t*>base6, 16)
@@ -197,7 +202,7 @@ cdef class Generator:
         c.flow_label = <uint32_t>rng_next(&self.rng) & 0xFFFFF
         c.requests_left = self.requests
         c.resp_left = 0
-        c.phase = P_SYN
+        c.phase = P_REQUEST if self.udp else P_SYN    # UDP: no handshake, the request goes first
         c.ts = ts
         self.conversations += 1
         if c.family == 6:
@@ -257,15 +262,17 @@ cdef class Generator:
             i = child
         self.heap[i] = e
 
-    cdef uint32_t _frame(self, const Conv* c, uint8_t* out, uint8_t flags, uint32_t payload) noexcept nogil:
-        """Headers around `payload` bytes already at their place; checksums filled. Returns the frame's length."""
+    cdef uint32_t _l4_at(self, const Conv* c) noexcept nogil:
+        """Where a packet's TCP or UDP header starts: after the link header and the IP header."""
+        return (0 if self.linktype == LINKTYPE_RAW else ETH_HEADER_LEN) + \
+            (IP4_HEADER_LEN if c.family == 4 else IP6_HEADER_LEN)
+
+    cdef uint32_t _ip(self, const Conv* c, uint8_t* out, uint8_t proto, uint32_t seg_len) noexcept nogil:
+        """The link and IP headers of a packet carrying seg_len bytes of `proto`; returns the sum of its
+        pseudo-header (addresses, protocol, length) for the transport checksum."""
         cdef uint32_t l3 = 0 if self.linktype == LINKTYPE_RAW else ETH_HEADER_LEN
         cdef uint32_t ip_len = IP4_HEADER_LEN if c.family == 4 else IP6_HEADER_LEN
-        cdef uint32_t l4 = l3 + ip_len
-        cdef uint32_t tcp_len = TCP_HEADER_LEN + (SYN_OPTIONS_LEN if flags & TCP_SYN else 0)
-        cdef uint32_t seg_len = tcp_len + payload
         cdef uint8_t* ip = out + l3
-        cdef uint8_t* tcp = out + l4
         cdef uint8_t* src
         cdef uint8_t* dst
         cdef uint32_t alen = 4 if c.family == 4 else 16
@@ -282,7 +289,7 @@ cdef class Generator:
             store16(ip + IP4_ID, c.ip_id)
             store16(ip + IP4_FRAG, IP4_DONT_FRAGMENT)
             ip[IP4_TTL] = TTL
-            ip[IP4_PROTO] = IPPROTO_TCP
+            ip[IP4_PROTO] = proto
             src, dst = ip + IP4_SRC, ip + IP4_DST
             memcpy(src, self.base4, 4)
             add_be(src, 4, c.client - self.n6 + 1)
@@ -294,12 +301,23 @@ cdef class Generator:
             ip[2] = <uint8_t>(c.flow_label >> 8)
             ip[3] = <uint8_t>c.flow_label
             store16(ip + IP6_PAYLOAD_LEN, seg_len)
-            ip[IP6_NEXT] = IPPROTO_TCP
+            ip[IP6_NEXT] = proto
             ip[IP6_HOP_LIMIT] = TTL
             src, dst = ip + IP6_SRC, ip + IP6_DST
             memcpy(src, self.base6, 16)
             add_be(src, 16, c.client + 1)
             memcpy(dst, self.target6, 16)
+        acc = sum_bytes(0, src, alen)
+        acc = sum_bytes(acc, dst, alen)
+        return acc + proto + seg_len
+
+    cdef uint32_t _frame(self, const Conv* c, uint8_t* out, uint8_t flags, uint32_t payload) noexcept nogil:
+        """Headers around `payload` bytes already at their place; checksums filled. Returns the frame's length."""
+        cdef uint32_t l4 = self._l4_at(c)
+        cdef uint32_t tcp_len = TCP_HEADER_LEN + (SYN_OPTIONS_LEN if flags & TCP_SYN else 0)
+        cdef uint32_t seg_len = tcp_len + payload
+        cdef uint8_t* tcp = out + l4
+        cdef uint32_t acc = self._ip(c, out, IPPROTO_TCP, seg_len)
         store16(tcp + L4_SPORT, c.sport)
         store16(tcp + L4_DPORT, self.port4 if c.family == 4 else self.port6)
         put32(tcp + TCP_SEQ, c.seq)
@@ -316,12 +334,59 @@ cdef class Generator:
             tcp[28], tcp[29], tcp[30], tcp[31] = TCP_OPT_NOP, TCP_OPT_WSCALE, 3, WINDOW_SCALE
         else:
             store16(tcp + TCP_WINDOW, WINDOW)
-        acc = sum_bytes(0, src, alen)
-        acc = sum_bytes(acc, dst, alen)
-        acc += IPPROTO_TCP + seg_len
         acc = sum_bytes(acc, tcp, seg_len)
         store16(tcp + TCP_CSUM, ~fold(acc) & 0xFFFF)
         return l4 + seg_len
+
+    cdef uint32_t _datagram(self, const Conv* c, uint8_t* out, uint32_t payload) noexcept nogil:
+        """A UDP datagram around `payload` bytes already at their place; checksums filled."""
+        cdef uint32_t l4 = self._l4_at(c)
+        cdef uint32_t seg_len = UDP_HEADER_LEN + payload
+        cdef uint8_t* udp = out + l4
+        cdef uint32_t acc = self._ip(c, out, IPPROTO_UDP, seg_len)
+        cdef uint16_t csum
+        store16(udp + L4_SPORT, c.sport)
+        store16(udp + L4_DPORT, self.port4 if c.family == 4 else self.port6)
+        store16(udp + UDP_LEN, seg_len)
+        store16(udp + UDP_CSUM, 0)
+        csum = ~fold(sum_bytes(acc, udp, seg_len)) & 0xFFFF
+        store16(udp + UDP_CSUM, csum if csum else 0xFFFF)   # RFC 768: zero would mean "no checksum"
+        return l4 + seg_len
+
+    cdef uint32_t _udp_request(self, const Conv* c, uint8_t* payload) noexcept nogil:
+        """A UDP request: "L4RQ", its id (the conversation's request number), padded to the drawn size."""
+        cdef double want = dist_sample(&self.request.d, &self.rng)
+        cdef uint32_t size = UDP_REQUEST_HEADER
+        if want > size:
+            size = <uint32_t>llround(want) if want < MAX_PAYLOAD else MAX_PAYLOAD
+        memcpy(payload, REQUEST_MAGIC, UDP_MAGIC_LEN)
+        put32(payload + UDP_MAGIC_LEN, c.seq)
+        memset(payload + UDP_REQUEST_HEADER, PAD_BYTE, size - UDP_REQUEST_HEADER)
+        return size
+
+    cdef uint32_t _udp_packet(self, Conv* c, uint8_t* out) noexcept nogil:
+        """gen: c's next request datagram; the one after leaves once its answer is in (an RTT and the
+        answer's datagrams later) and the think time has passed."""
+        cdef uint32_t n, size, per = UDP_DATA_V4 if c.family == 4 else UDP_DATA_V6
+        cdef double answer = dist_sample(&self.response.d, &self.rng)
+        cdef uint64_t bytes_ = <uint64_t>llround(answer) if answer >= 1 else 0
+        cdef uint64_t after
+        c.ip_id += 1
+        size = self._udp_request(c, out + self._l4_at(c) + UDP_HEADER_LEN)
+        n = self._datagram(c, out, size)
+        c.seq += 1
+        self.requests_sent += 1
+        after = self.rtt_ns + (1 + (bytes_ - 1) // per if bytes_ else 1) * SEGMENT_NS + APP_DELAY_NS
+        c.requests_left -= 1
+        if c.requests_left:
+            c.ts += after + self._seconds(&self.think.d)
+        else:
+            c.conns_left -= 1
+            if c.conns_left:
+                self._open(c, c.ts + after + self._seconds(&self.think.d))
+            else:
+                c.phase = P_DONE
+        return n
 
     cdef uint32_t _request(self, const Conv* c, uint8_t* payload) noexcept nogil:
         """The HTTP request, its path padded to the drawn size (within one segment)."""
@@ -410,7 +475,7 @@ cdef class Generator:
             c = &self.convs[slot]
             ts = c.ts
             out = batch.data + batch.data_len
-            n = self._packet(c, out)
+            n = self._udp_packet(c, out) if self.udp else self._packet(c, out)
             batch.push(out, n, n, ts, 0, <uint16_t>self.linktype)     # built in place: no copy
             if self.packets == 0:
                 self.first_ns = ts

@@ -51,7 +51,8 @@ cdef enum Counter:
     C_UDP_CLOSED_PORT = 13
     C_DATAGRAMS_OUT = 14
     C_UNREADABLE = 15
-    N_COUNTERS = 16
+    C_UDP_RCVBUF_ERRORS = 16    # request datagrams a full wait queue dropped (Linux Udp RcvbufErrors)
+    N_COUNTERS = 17
 
 # Conn.flags
 cdef enum ConnFlag:
@@ -159,6 +160,28 @@ ctypedef struct UdpSock:
     uint64_t received, answered
     uint8_t* text           # app "http": the fixed answer
     uint32_t text_len
+    # Request-reply (capacity: workers or response_bytes set, _udp.pxi): each datagram is a request
+    # served by a worker for a drawn service time, waiting in a queue of at most `backlog` datagrams
+    # (the socket's receive buffer) when all are busy, answered with `response` bytes in datagrams.
+    uint8_t sized
+    uint8_t sized_response  # response bytes drawn per answer (else the answer is `text`)
+    uint32_t workers, busy, backlog
+    uint32_t wq_head, wq_tail, wq_len   # jobs waiting for a worker, oldest first (job + 1)
+    Rng rng
+    Dist service
+    Dist response
+    uint64_t served, waited, queue_max, dropped, last_ns
+    double queue_area, busy_area
+
+# A request datagram of a request-reply UDP socket, waiting for a worker or in service.
+ctypedef struct UdpJob:
+    uint8_t peer[16]
+    uint32_t sock
+    uint32_t next           # the socket's wait queue, or the free list (job + 1)
+    uint32_t peer_rec       # the client's Peer record + 1: its link is kept until the answer is out
+    uint8_t id[4]           # the request's first four bytes, echoed in every answer datagram
+    uint16_t peer_port
+    uint8_t family
 
 ctypedef struct Host:
     uint8_t addr[16]
@@ -231,6 +254,13 @@ cdef class Engine:
     cdef uint64_t step_at
     cdef int32_t cur_peer           # the Peer of the packet being received (-1: none)
     cdef uint8_t addr_filter[32]    # bit b: some host's address ends in byte b (most lookups end here)
+    # Request-reply UDP sockets (_udp.pxi): their requests, and a heap of the services in progress
+    # (end time, job), earliest first.
+    cdef UdpJob* jobs
+    cdef uint32_t n_jobs, jobs_cap, free_job
+    cdef uint64_t* uj_when
+    cdef uint32_t* uj_job
+    cdef uint32_t n_uj, uj_cap
 
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept
     cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,

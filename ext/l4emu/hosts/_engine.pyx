@@ -26,6 +26,7 @@ from l4emu.hosts._table cimport (slab_init, slab_free, slab_find, slab_add, slab
 include "_wire.pxi"
 include "_apps.pxi"
 include "_tcp.pxi"
+include "_udp.pxi"
 
 FIRST_HANDLE = FIRST_FD
 STATE_NAMES = name_table({
@@ -39,7 +40,7 @@ COUNTER_NAMES = name_table({
     C_LISTEN_DROPS: "listen_drops", C_LISTEN_OVERFLOWS: "listen_overflows", C_ACCEPTED: "accepted",
     C_OUT_OF_ORDER: "out_of_order", C_SYN_RECV_EXPIRED: "syn_recv_expired", C_TIME_WAIT_ENDED: "time_wait_ended",
     C_NOT_FOR_US: "not_for_us", C_UDP_CLOSED_PORT: "udp_closed_port", C_DATAGRAMS_OUT: "datagrams_out",
-    C_UNREADABLE: "unreadable",
+    C_UNREADABLE: "unreadable", C_UDP_RCVBUF_ERRORS: "udp_rcvbuf_errors",
 }, N_COUNTERS, "Counter")
 APPS = name_table({APP_HTTP: "http", APP_ECHO: "echo", APP_DISCARD: "discard"}, N_APPS, "AppKind")
 # An HTTP listener's answers, each rendered once (status, reason, Connection: close).
@@ -173,6 +174,11 @@ cdef class Engine:
             free(<void*>self.listeners[k].response.values)
         for k in range(self.n_udps):
             free(self.udps[k].text)
+            free(<void*>self.udps[k].service.values)
+            free(<void*>self.udps[k].response.values)
+        free(self.jobs)
+        free(self.uj_when)
+        free(self.uj_job)
         free(self.hosts)
         free(self.listeners)
         free(self.udps)
@@ -286,8 +292,11 @@ cdef class Engine:
                              lst.busy, lst.queue_area, lst.busy_area))
         return rows
 
-    def bind_udp(self, uint32_t host, uint16_t port, str app, str name):
-        """bind(2) a UDP socket (the first setting of a port stays)."""
+    def bind_udp(self, uint32_t host, uint16_t port, str app, str name, uint32_t workers=0, service=None,
+                 response=None, uint64_t seed64=0, uint32_t backlog=0):
+        """bind(2) a UDP socket (the first setting of a port stays). Capacity (`workers` or `response`
+        given) makes it request-reply (_udp.pxi): `service` and `response` as in listen(), `backlog`
+        datagrams waiting for a worker at most."""
         cdef UdpSock* u
         if self._socket(host, port, PROTO_KEY_UDP, self.n_udps) == 0:
             return
@@ -302,7 +311,23 @@ cdef class Engine:
         u.text = copy_bytes(text)
         u.text_len = len(text)
         u.handle = take_handle(&self.hosts[host])
+        if workers or response is not None:
+            udp_capacity(u, workers, backlog, service, response, seed64)
         self.n_udps += 1
+
+    def udp_capacity(self):
+        """Per request-reply UDP socket with workers, in config order: (host, port, workers, served, waited,
+        longest wait queue, queue length now, busy now, time integrals of queue length and of busy workers
+        in ns, datagrams dropped by a full queue)."""
+        cdef uint32_t k
+        cdef UdpSock* u
+        rows = []
+        for k in range(self.n_udps):
+            u = &self.udps[k]
+            if u.sized and u.workers:
+                rows.append((u.host, u.port, u.workers, u.served, u.waited, u.queue_max, u.wq_len, u.busy,
+                             u.queue_area, u.busy_area, u.dropped))
+        return rows
 
     # ---- lookups ----------------------------------------------------------------------------------
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept:
@@ -485,7 +510,9 @@ cdef class Engine:
             else:
                 u = &self.udps[s]
                 u.received += 1
-                if u.app == APP_ECHO or u.app == APP_HTTP:
+                if u.sized:
+                    udp_request(self, h, <uint32_t>s, seg, now)
+                elif u.app == APP_ECHO or u.app == APP_HTTP:
                     udp_answer(self, h, seg, seg.payload if u.app == APP_ECHO else u.text,
                                seg.plen if u.app == APP_ECHO else u.text_len)
                     u.answered += 1
@@ -522,6 +549,8 @@ cdef class Engine:
             self.step_at = self.t_when[0]
             self.count(conn.key.host, C_SYN_RECV_EXPIRED if conn.state == T_SYN_RECV else C_TIME_WAIT_ENDED, 1)
             remove_conn(self, c)
+        if self.n_uj:
+            udp_advance(self, now)              # request-reply UDP services ending (_udp.pxi)
         if self.n_out > first + 1:
             sort_by_time(self, first)           # accepts' and services' answers, by their moments
 
@@ -535,6 +564,8 @@ cdef class Engine:
                     best = self.listeners[k].ready_ns
         if self.n_timers and self.t_when[0] < best:
             best = self.t_when[0]
+        if self.n_uj and self.uj_when[0] < best:
+            best = self.uj_when[0]
         return best
 
     def next_deadline(self):
@@ -547,6 +578,8 @@ cdef class Engine:
                 best, any_ = self.listeners[k].ready_ns, True
         if self.n_timers and (not any_ or self.t_when[0] < best):
             best, any_ = self.t_when[0], True
+        if self.n_uj and (not any_ or self.uj_when[0] < best):
+            best, any_ = self.uj_when[0], True
         return best if any_ else None
 
     # ---- snapshots (plain data) -------------------------------------------------------------------
