@@ -230,7 +230,9 @@ cdef class Clients(Generator):
     # ---- what the clients send ------------------------------------------------------------------
     cdef uint32_t emit(self, uint8_t* out, uint64_t* ts, uint32_t* slot) except? 0:
         """The next packet into out (MAX_FRAME bytes), its time and its conversation; 0: none pending.
-        A retransmission timer that gives up ends its connection and the next packet comes instead."""
+        A retransmission timer that gives up ends its connection and the next packet comes instead;
+        a UDP client giving up on a request returns 0 (the driver asks again), so that the hosts' clocks
+        run up to each such moment before the clients go past it."""
         cdef Event e
         cdef uint32_t n
         while True:
@@ -247,6 +249,8 @@ cdef class Clients(Generator):
                 self.last_ns = e.ts
                 self.packets += 1
                 return n
+            if self.udp:
+                return 0
 
     cdef uint32_t _send(self, uint32_t slot, uint64_t now, uint8_t* out) except? 0:
         """The due event's packet (0: it sent none) and the conversation's next phase."""
@@ -529,6 +533,8 @@ cdef class Clients(Generator):
         cdef uint64_t ts
         cdef uint32_t slot
         cdef uint32_t n = self.emit(self.scratch, &ts, &slot)
+        while n == 0 and self.next_time() != NO_KEY:
+            n = self.emit(self.scratch, &ts, &slot)
         return (bytes(self.scratch[:n]), ts, slot) if n else None
 
     def answer(self, const uint8_t[::1] frame, uint64_t ts, uint16_t linktype):
