@@ -349,6 +349,16 @@ vip = "[2001:db8::100]:80"
   [[service.real]]
   address = "[2001:db8:1::1]:8080"
   emulated = true
+[[service]]
+vip = "10.0.0.100:9000"
+protocol = "udp"
+  [[service.real]]
+  address = "10.1.0.13:9000"
+  emulated = true
+  workers = 1
+  backlog = 2
+  service_time = 0.5
+  response_bytes = { dist = "empirical", values = [0, 1460, 1461, 5000] }
 """), schedulers.catalog())
 
 

@@ -171,9 +171,9 @@ class Real:
     backlog: int = 128  # emulated TCP: listen() backlog, Linux semantics; UDP with workers: datagrams waiting
     accept_rate: float = 0  # emulated TCP: accepts per second on the packet clock (0: at once)
     syn_overflow: str = "drop"  # emulated TCP: "reset" is Linux's tcp_abort_on_overflow = 1
-    # Capacity of an emulated real's application (TCP, or UDP request-reply): requests served at once (0: as many as come, each
-    # answered at once: the default), how long each takes on the packet clock, how big each answer's body is
-    # (None: the "served by" text).
+    # Capacity of an emulated real's application (TCP, or UDP request-reply): requests served at once (0: as
+    # many as come, each answered at once: the default), how long each takes on the packet clock, how big each
+    # answer's body is (None: the "served by" text).
     workers: int = 0
     service_time: Distribution = field(default_factory=lambda: Distribution.fixed(0.0))
     response_bytes: Distribution | None = None

@@ -46,7 +46,8 @@ def check_emulated(config: configmod.Config, workload: Workload) -> None:
                 if plain:
                     raise OptionError(
                         f"simulate: {svc.protocol.upper()} {svc.endpoint} has reals that are not emulated "
-                        f"({', '.join(plain)}): give them emulated = true (and workers, service_time for their capacity)"
+                        f"({', '.join(plain)}): give them emulated = true "
+                        "(and workers, service_time for their capacity)"
                     )
                 bare = [real.endpoint for real in svc.reals if not (real.workers or real.response_bytes)]
                 if svc.protocol == "udp" and bare:

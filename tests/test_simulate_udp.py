@@ -227,3 +227,27 @@ def test_the_clients_read_any_datagram_safely(tmp_path, datagrams, udp_len):
     else:
         assert len(clients.response_times()) == int(answered)
     assert clients.stray + clients.late + len(clients.response_times()) <= len(datagrams) + 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payloads=st.lists(st.binary(max_size=12), min_size=1, max_size=8),
+       gaps=st.lists(st.integers(0, 12), min_size=8, max_size=8))
+def test_the_hosts_harness_takes_any_request_datagrams(payloads, gaps):
+    """The fuzz harness's hosts body (fuzz/common.py: a request-reply real with one worker, room for two
+    waiting, 0.5 s each) on datagrams of any length, some together, some apart: each is served or dropped,
+    each served one answered in one to four datagrams, and the harness's invariants hold."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
+    from common import encode, run_hosts
+
+    src = IP(src="172.16.0.9", dst="10.0.0.100")
+    frames = [raw(Ether() / src / UDP(sport=4000 + k, dport=PORT) / p) for k, p in enumerate(payloads)]
+    switch = run_hosts(encode(1, frames, gaps[: len(frames)]))
+    [(_, _, workers, served, waited, queue_max, waiting, busy, _, _, dropped)] = switch.hosts.engine.udp_capacity()
+    assert served + dropped == len(frames) and waiting == busy == 0 and queue_max <= 2
+    assert dropped <= max(0, len(frames) - 3) and waited <= served
+    host = next(h for h in switch.sockets() if h["host"] == "10.1.0.13")
+    assert served <= host["counters"].get("datagrams_out", 0) <= 4 * served
+    assert host["counters"].get("udp_rcvbuf_errors", 0) == dropped

@@ -51,6 +51,7 @@ class Generator:
         head: bytes,
         tail4: bytes,
         tail6: bytes,
+        udp: bool = ...,
     ) -> None: ...
     def fill(self, batch: Batch) -> int: ...
 

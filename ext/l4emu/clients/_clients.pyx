@@ -17,8 +17,8 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 from l4emu.clients._gen cimport (ACK_EVERY, APP_DELAY_NS, ETH_HEADER_LEN, P_FIN, P_HANDSHAKE_ACK,
-                                 P_LAST_ACK, P_REQUEST, P_RESPONSE_ACK, P_SYN, UDP_ANSWER_HEADER, UDP_ID_LEN, UDP_MAGIC_LEN,
-                                 Conv, Event, Generator, add_be)
+                                 P_LAST_ACK, P_REQUEST, P_RESPONSE_ACK, P_SYN, UDP_ANSWER_HEADER, UDP_ID_LEN,
+                                 UDP_MAGIC_LEN, Conv, Event, Generator, add_be)
 from l4emu.datapath._headers cimport PARSED, parse_packet
 from l4emu.datapath._types cimport NS, PacketInfo
 from l4emu.datapath._wire cimport (IP4_HEADER_LEN, IP6_HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, LINKTYPE_RAW,
