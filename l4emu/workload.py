@@ -198,6 +198,8 @@ def _build(raw: dict, config: Config, where) -> Workload:
     clients = _integer(raw, "clients", 100, 1, MAX_CLIENTS)
     share = _number(raw, "ipv6_share", 0.0, 0.0, 1.0)
     protocol = _choice(raw, "protocol", "tcp", PROTOCOLS)
+    if protocol == "tcp" and "timeout" in raw:
+        raise ConfigError("workload.timeout", 'only UDP clients give up on a request (protocol = "udp")')
     target = _target(raw, "target", config, 4, protocol)
     target6 = _target(raw, "target6", config, 6, protocol)
     n6 = round(clients * share)

@@ -189,6 +189,8 @@ def test_udp_reals_need_capacity_and_keep_tcp_keys_to_tcp(tmp_path):
     assert failed.returncode == 2 and "backlog: a UDP real has no listen queue" in failed.stderr
     failed = run_cli("simulate", "-c", tmp_path / "bare.toml", "--rate", "10", "--protocol", "tcp", check=False)
     assert failed.returncode == 2 and "IPv4 clients need an IPv4 TCP service" in failed.stderr
+    failed = run_cli("simulate", "-c", tmp_path / "bare.toml", "--protocol", "tcp", "--timeout", "1", check=False)
+    assert failed.returncode == 2 and "--timeout: only UDP clients give up on a request" in failed.stderr
 
 
 def one_udp_client(tmp_path) -> Clients:
