@@ -90,3 +90,15 @@ def test_site_events_parse_and_refuse_what_they_cannot_name():
     for bad in ("5:site-down:", "5:site-up:a:b"):
         with pytest.raises(EventError, match="the site's name"):
             parse_event(bad)
+
+
+def test_serve_refuses_an_unknown_site_and_an_address_it_cannot_bind_in_one_line():
+    from conftest import PCAPS, run_cli
+
+    unknown = run_cli("gslb", "serve", "-c", PCAPS / "gslb.toml", "--down", "north", check=False)
+    assert unknown.returncode == 2 and "--down north: no site 'north'" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1
+    # 10.53.0.1 is no address of this host (the live test gives it one, in a namespace)
+    unbound = run_cli("gslb", "serve", "-c", PCAPS / "gslb.toml", check=False)
+    assert unbound.returncode == 2 and "10.53.0.1:53: cannot listen" in unbound.stderr, unbound.stderr
+    assert unbound.stderr.count("\n") == 1

@@ -126,3 +126,38 @@ def switchover(config_path, ttl, clients, resolvers, seed, as_json):
     except L4emuError as exc:
         fail(str(exc))
     click.echo(views.to_json(result) if as_json else render.switchover_text(result))
+
+
+@gslb.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The GSLB config: its records' listen addresses are bound (UDP and TCP).",
+)
+@click.option("--down", "down", multiple=True, metavar="SITE", help="A site that starts down (repeatable).")
+@click.option("--seed", type=int, help="Seed of the sites' switches.")
+def serve(config_path, down, seed):
+    """Answer DNS on the records' listen addresses (UDP and TCP) until SIGINT or SIGTERM, as the emulated
+    authority answers in replay: `dig @10.53.0.1 www.example.com` in a lab (docs/gslb.md)."""
+    import signal
+    import threading
+
+    from l4emu.gslb.serve import Server
+
+    stop = threading.Event()
+    try:
+        server = Server(_load(config_path), down, seed)
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    for name in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(name, lambda *_: stop.set())
+    click.echo(f"serving DNS on {', '.join(server.endpoints)} (udp, tcp)", err=True)
+    try:
+        server.run(stop.is_set)
+    finally:
+        server.close()
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(server.authority.counters.items()) if n)
+    click.echo(f"answered: {counts or 'nothing'}", err=True)
