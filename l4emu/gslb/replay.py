@@ -2,8 +2,9 @@
 emulated authoritative server (the answer written right after its query), every other packet goes
 through the switch of the site whose VIP or real it names, or passes untouched.
 
-Packets are taken one at a time (a DNS answer must follow its query in the output), each through the
-same datapath as a plain replay; their cost does not depend on how many flows or sites there are.
+Each span of packets between events goes through every up site's switch in C, a batch at a time (a
+site passes what is not its own untouched); Python then looks only at the packets no site took and at
+the new connections. Per packet the cost does not depend on how many flows there are.
 """
 
 from __future__ import annotations
@@ -41,33 +42,54 @@ class GslbReplay:
             for record in config.records
         }
 
-    def packet(self, batch: Batch, i: int, out: list) -> int:
-        """Packet i: answered, through its site, dropped or passed; returns the index after it (and after
-        any fragments its switch made). Answers go to `out` as (frame, ts, iface, linktype)."""
+    def span(self, batch: Batch, start: int, end: int, out: list) -> None:
+        """Packets start..end through every site that is up, each whole span in C; then, in Python, only
+        what no site took (a DNS query to answer, a packet of a down site to drop) and the new connections
+        (whose client and site the tally counts). Answers go to `out` as (after index, frame, ts, iface,
+        linktype). A site's switch passes what is not its own untouched, and a site's addresses are its
+        own, so each packet is taken by one site at most: an earlier site's verdict is kept."""
+        owner = [NO_SITE] * (end - start)
+        for k, switch in enumerate(self.sites.switches):
+            if self.sites.down[k]:
+                continue
+            before = batch.results()[start:end]
+            stopped = switch.process(batch, start, 0, end)
+            assert stopped == end, "a site's switch makes no fragment slots (config: masq, fragments = drop)"
+            after = batch.results()[start:end]
+            for j, (verdict, detail) in enumerate(before):
+                if owner[j] != NO_SITE:
+                    batch.set_result(start + j, VERDICT[verdict], detail)
+                elif after[j][0] != "pass":
+                    owner[j] = k
+        for j, (verdict, _) in enumerate(batch.results()[start:end]):
+            if owner[j] == NO_SITE:
+                self._unowned(batch, start + j, out)
+            elif verdict == "new":
+                self._new(batch, start + j, owner[j])
+
+    def _unowned(self, batch: Batch, i: int, out: list) -> None:
+        """A packet no site took: a DNS query is answered, a down site's packet dropped, the rest passes."""
+        batch.set_result(i, VERDICT["pass"], 0)
         frame = batch.packet(i)
         ts, _origlen, iface, linktype = batch.meta(i)
         dgram = wire.parse(frame, linktype)
         if dgram is None:
-            batch.set_result(i, VERDICT["pass"], 0)
-            return i + 1
+            return
         if (dgram.dst, dgram.dport) in self.listens:
-            batch.set_result(i, VERDICT["pass"], 0)
-            self._query(frame, dgram, ts, iface, linktype, out)
-            return i + 1
+            self._query(frame, dgram, ts, iface, linktype, i, out)
+            return
         k = self.sites.route(dgram.src, dgram.dst)
-        if k == NO_SITE:
-            batch.set_result(i, VERDICT["pass"], 0)
-            return i + 1
-        if self.sites.down[k]:
+        if k != NO_SITE and self.sites.down[k]:
             batch.set_result(i, VERDICT["drop"], DROP_NO_REAL)
             self.tally.dropped_down[k] += 1
-            return i + 1
-        after = self.sites.switches[k].process(batch, i, 0, i + 1)
-        if batch.result(i)[0] == "new":
-            self.tally.connection(dgram.src, k, ts)
-        return after
 
-    def _query(self, frame: bytes, dgram: wire.Datagram, ts: int, iface: int, linktype: int, out: list) -> None:
+    def _new(self, batch: Batch, i: int, site: int) -> None:
+        """A new connection at a site: its client (the rewritten packet's source) for the tally."""
+        dgram = wire.parse(batch.packet(i), batch.meta(i)[3])
+        if dgram is not None:
+            self.tally.connection(dgram.src, site, batch.timestamp_ns(i))
+
+    def _query(self, frame: bytes, dgram: wire.Datagram, ts: int, iface: int, linktype: int, i: int, out: list) -> None:
         if dgram.proto != wire.UDP:  # DNS over TCP needs a TCP peer: not emulated in replay (docs/gslb.md)
             self.tally.dns["tcp_passed"] += 1
             return
@@ -82,7 +104,8 @@ class GslbReplay:
             r = outcome.record
             self.tally.answer(tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen))
         if response is not None:
-            out.append((wire.answer_frame(frame, linktype, dgram, response), ts + ANSWER_DELAY_NS, iface, linktype))
+            answer = wire.answer_frame(frame, linktype, dgram, response)
+            out.append((i, answer, ts + ANSWER_DELAY_NS, iface, linktype))
 
 
 def replay(
@@ -105,18 +128,20 @@ def replay(
         try:
             for batch in reader.batches():
                 answers: list[tuple] = []  # (after packet i, frame, ts, iface, linktype)
+                if start_ns is None and len(batch):
+                    start_ns = batch.timestamp_ns(0)
                 i = 0
                 while i < len(batch):
-                    ts = batch.timestamp_ns(i)
-                    if start_ns is None:
-                        start_ns = ts
-                    while applied < len(ordered) and start_ns + int(ordered[applied].at_s * NS) <= ts:
-                        _apply(run, ordered[applied], start_ns + int(ordered[applied].at_s * NS))
+                    assert start_ns is not None, "a batch with packets set it"
+                    moment = start_ns + int(ordered[applied].at_s * NS) if applied < len(ordered) else None
+                    stop = _first_at(batch, i, moment) if moment is not None else len(batch)
+                    if stop > i:
+                        run.span(batch, i, stop, answers)
+                    if stop < len(batch):  # the packet clock reached the next event
+                        assert moment is not None
+                        _apply(run, ordered[applied], moment)
                         applied += 1
-                    made: list = []
-                    after = run.packet(batch, i, made)
-                    answers.extend((after - 1, *a) for a in made)
-                    i = after
+                    i = stop
                 if writer is not None:
                     _write(writer, batch, answers)
         finally:
@@ -128,6 +153,14 @@ def replay(
     return summary(
         run, capture, output, writer.packets_written if writer else 0, time.perf_counter() - started, error, warnings
     )
+
+
+def _first_at(batch: Batch, start: int, moment: int) -> int:
+    """The first packet from `start` at or past `moment` (len(batch): none), as the plain replay stops."""
+    for i in range(start, len(batch)):
+        if batch.timestamp_ns(i) >= moment:
+            return i
+    return len(batch)
 
 
 def _apply(run: GslbReplay, event: Event, moment_ns: int) -> None:
