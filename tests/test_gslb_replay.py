@@ -148,3 +148,34 @@ def test_the_cli_prints_the_table_and_json(tmp_path):
     assert bad.returncode == 2 and "no site 'north'" in bad.stderr and bad.stderr.count("\n") == 1
     plain = run_cli("replay", str(CAPTURE), "--event", "1:site-down:east", check=False)
     assert plain.returncode == 2 and "a site event needs a GSLB" in plain.stderr
+
+
+def test_answers_keep_the_querys_vlan_tag_and_come_over_ipv6_too(tmp_path):
+    from scapy.all import IPv6, Dot1Q
+
+    config = tmp_path / "gslb.toml"
+    config.write_text(CONFIG.read_text() + '\n[[gslb]]\nlisten = "[2001:db8:53::1]:53"\ndomain = "www.example.com"\n'
+                      'policy = "topology"\nvips = { east = "10.10.0.100:80", west = "10.20.0.100:80" }\n')
+    e = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe")
+    q = DNS(id=99, rd=1, qd=DNSQR(qname="www.example.com"))
+    frames = [e / Dot1Q(vlan=10) / IP(src="192.168.1.1", dst="10.53.0.1") / UDP(sport=4000, dport=53) / q,
+              e / IPv6(src="2001:db8:ff::10", dst="2001:db8:53::1") / UDP(sport=4001, dport=53) / q]
+    capture = tmp_path / "q.pcap"
+    with PcapWriter(str(capture), linktype=1) as writer:
+        for k, p in enumerate(frames):
+            p.time = 1_700_000_000 + k
+            writer.write(p)
+    out = tmp_path / "out.pcap"
+    replay(capture, gslbconfig.load(config, schedulers.catalog()), out, seed=1)
+    tagged, answer4, _, answer6 = PcapReader(str(out))
+    assert Dot1Q in answer4 and answer4[Dot1Q].vlan == 10 and answer4[IP].dst == "192.168.1.1"
+    assert answer6[IPv6].src == "2001:db8:53::1" and answer6[UDP].dport == 4001
+    # 192.168.1.1 is west's; no site claims the IPv6 client: the first healthy site answers
+    for answer, vip in ((answer4, "10.20.0.100"), (answer6, "10.10.0.100")):
+        fresh = answer.copy()
+        for layer in (IP, UDP):
+            if layer in fresh:
+                del fresh[layer].chksum
+        assert raw(Ether(raw(fresh))) == raw(answer)
+        response = dns.message.from_wire(bytes(answer[UDP].payload))
+        assert response.id == 99 and response.answer[0][0].address == vip
