@@ -106,3 +106,10 @@ def test_serve_refuses_an_unknown_site_and_an_address_it_cannot_bind_in_one_line
     unbound = run_cli("gslb", "serve", "-c", PCAPS / "gslb.toml", check=False)
     assert unbound.returncode == 2 and "10.53.0.1:53: cannot listen" in unbound.stderr, unbound.stderr
     assert unbound.stderr.count("\n") == 1
+
+
+def test_a_plain_command_given_a_gslb_config_says_which_command_reads_it():
+    from conftest import PCAPS, run_cli
+
+    done = run_cli("check", PCAPS / "gslb.toml", check=False)
+    assert done.returncode == 2 and "a GSLB config" in done.stderr and "l4emu gslb check" in done.stderr

@@ -179,3 +179,33 @@ def test_answers_keep_the_querys_vlan_tag_and_come_over_ipv6_too(tmp_path):
         assert raw(Ether(raw(fresh))) == raw(answer)
         response = dns.message.from_wire(bytes(answer[UDP].payload))
         assert response.id == 99 and response.answer[0][0].address == vip
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from l4emu.datapath._batch import Batch  # noqa: E402
+from l4emu.gslb.replay import GslbReplay  # noqa: E402
+
+HOSTILE_RUN = GslbReplay(load(), seed=1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=80), st.integers(0, 70), st.booleans()), min_size=1, max_size=6))
+def test_hostile_frames_to_the_listen_address_are_answered_well_passed_or_dropped(cases):
+    """Random DNS payloads, frames cut anywhere, UDP lengths that lie: every answer a valid frame whose
+    checksums are right and whose DNS message parses, never an exception."""
+    e = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe")
+    frames = []
+    for payload, cut, lie in cases:
+        frame = raw(e / IP(src="172.16.0.1", dst="10.53.0.1") / UDP(sport=5000, dport=53, len=7 if lie else None) / payload)
+        frames.append(frame[: max(14, len(frame) - cut)] if cut > 60 else frame)
+    batch = Batch.from_frames(frames, 1, [10**9 * (k + 1) for k in range(len(frames))])
+    answers = []
+    HOSTILE_RUN.span(batch, 0, len(batch), answers)
+    for _, frame, _, _, _ in answers:
+        pkt = Ether(frame)
+        fresh = pkt.copy()
+        del fresh[IP].chksum, fresh[UDP].chksum
+        assert raw(Ether(raw(fresh))) == frame
+        assert dns.message.from_wire(bytes(pkt[UDP].payload)).flags & dns.flags.QR
