@@ -76,6 +76,8 @@ def test_clients_connect_through_the_site_they_were_answered_with(replayed):
     assert (by_site["east"]["queries_answered"], by_site["east"]["connections"], by_site["east"]["clients"]) == (4, 4, 4)
     assert (by_site["west"]["queries_answered"], by_site["west"]["connections"], by_site["west"]["clients"]) == (8, 8, 8)
     assert summary["dns"]["FORMERR"] == summary["dns"]["NXDOMAIN"] == summary["dns"]["NODATA"] == 1
+    # each site's own packets only (9 a conversation), though every switch saw them all go by
+    assert [(s["packets"], s["dropped"]) for s in summary["sites"]] == [(36, 0), (72, 0)]
 
 
 def test_the_failed_sites_clients_are_timed_as_they_move(replayed):

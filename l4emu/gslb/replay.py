@@ -15,6 +15,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from l4emu.datapath._batch import NS, VERDICT_NAMES, Batch
+from l4emu.datapath._datapath import DROP_REASONS
 from l4emu.events import Event
 from l4emu.gslb import wire
 from l4emu.gslb.config import GslbConfig
@@ -24,7 +25,7 @@ from l4emu.gslb.tally import Failure, Tally
 from l4emu.io import open_capture, open_writer
 
 VERDICT = {name: number for number, name in enumerate(VERDICT_NAMES)}
-DROP_NO_REAL = 10  # DROP_REASONS.index("no_real"): a down site has no real to give
+DROP_NO_REAL = DROP_REASONS.index("no_real")  # a down site has no real to give
 ANSWER_DELAY_NS = 1000  # the authority answers 1 us after the query, as emulated hosts do
 
 
@@ -62,10 +63,15 @@ class GslbReplay:
                 elif after[j][0] != "pass":
                     owner[j] = k
         for j, (verdict, _) in enumerate(batch.results()[start:end]):
-            if owner[j] == NO_SITE:
+            k = owner[j]
+            if k == NO_SITE:
                 self._unowned(batch, start + j, out)
-            elif verdict == "new":
-                self._new(batch, start + j, owner[j])
+                continue
+            self.tally.packets[k] += 1
+            if verdict == "new":
+                self._new(batch, start + j, k)
+            elif verdict == "drop":
+                self.tally.dropped[k] += 1
 
     def _unowned(self, batch: Batch, i: int, out: list) -> None:
         """A packet no site took: a DNS query is answered, a down site's packet dropped, the rest passes."""
@@ -201,7 +207,6 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
     events = [e.report(ttl) if isinstance(e, Failure) else e for e in run.tally.events]
     sites = []
     for k, name in enumerate(run.sites.names):
-        stats = run.sites.switches[k].stats()
         sites.append(
             {
                 "site": name,
@@ -211,8 +216,8 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
                 "connections_broken": run.tally.broken[k],
                 "dropped_while_down": run.tally.dropped_down[k],
                 "down_at_end": run.sites.down[k],
-                "packets": stats["packets"],
-                "dropped": stats["dropped"],
+                "packets": run.tally.packets[k],  # the site's own: its switch passes the others' untouched
+                "dropped": run.tally.dropped[k],  # by its switch (no real, table full, ...)
             }
         )
     return {

@@ -46,6 +46,8 @@ class Tally:
         self.connections = [0] * n_sites
         self.broken = [0] * n_sites
         self.dropped_down = [0] * n_sites  # packets for a site while it was down
+        self.packets = [0] * n_sites  # packets the site's switch took (new, forward, reply, drop, ...)
+        self.dropped = [0] * n_sites  # ... and dropped
         self.last_site: dict[bytes, int] = {}
         self.failures: list[Failure] = []
         self.events: list[Failure | dict] = []  # in order: a site-down's Failure, or what another event found
