@@ -704,6 +704,11 @@ def _netmask(value, family: int, key: str) -> int:
 def from_dict(raw: dict, schedulers) -> Config:
     """Validate a parsed TOML document; `schedulers` are the names that exist (a mapping of names
     to the flags each accepts also checks scheduler_flags; schedulers.catalog() gives one)."""
+    for key in ("site", "gslb"):
+        if key in raw:  # l4emu/gslb/config.py reads those
+            raise ConfigError(
+                key, "a GSLB config ([[site]], [[gslb]]): give it to `l4emu gslb check` or `l4emu gslb replay`"
+            )
     raw = _take(raw, "", {"service", "table", "timeouts", "workload", "cluster"})
     workload = raw.get("workload", {})
     if not isinstance(workload, dict):

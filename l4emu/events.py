@@ -11,6 +11,9 @@ ACTIONS = ("down", "up", "weight")
 # empty), add a new one. Real events may also be spelled real-down, real-up, real-weight beside them.
 LB_ACTIONS = ("lb-down", "lb-up", "lb-add", "permute")  # permute:N: N buckets pass their reals round (Cheetah's test)
 REAL_SPELLINGS = {"real-down": "down", "real-up": "up", "real-weight": "weight"}
+# A GSLB's sites (l4emu/gslb/): a whole data centre fails (its connections break, the GSLB stops answering
+# with it) and comes back. T:site-down:NAME, T:site-up:NAME.
+SITE_ACTIONS = ("site-down", "site-up")
 
 
 class EventError(L4emuError, ValueError):
@@ -24,8 +27,11 @@ class Event:
     endpoint: str  # "ip:port" (IPv6 as "[ip]:port") of the real ("" for an instance event)
     weight: int | None = None
     instance: int | None = None  # lb-down, lb-up: the cluster's instance K; permute: how many buckets
+    site: str = ""  # site-down, site-up: the GSLB site's name
 
     def __str__(self) -> str:
+        if self.action in SITE_ACTIONS:
+            return f"{self.at_s:g}:{self.action}:{self.site}"
         if self.action in LB_ACTIONS:
             return f"{self.at_s:g}:{self.action}" + (f":{self.instance}" if self.instance is not None else "")
         tail = f":{self.weight}" if self.action == "weight" else ""
@@ -35,6 +41,8 @@ class Event:
         """Change the switch; returns the connections the real held at that moment."""
         if self.action in LB_ACTIONS:
             raise EventError(f"--event {self}: an instance event needs a cluster (l4emu compare --cluster N)")
+        if self.action in SITE_ACTIONS:
+            raise EventError(f"--event {self}: a site event needs a GSLB's sites (l4emu gslb replay)")
         indexes = switch.set_real(self.endpoint, weight=self.weight, down={"down": True, "up": False}.get(self.action))
         counters = switch.real_counters()
         return sum(counters[i]["active"] + counters[i]["inactive"] for i in indexes)
@@ -42,7 +50,7 @@ class Event:
 
 def parse_event(text: str) -> Event:
     """T:down:IP:PORT, T:up:IP:PORT or T:weight:IP:PORT:W (T in seconds after the first packet); for a
-    cluster also T:lb-down:K, T:lb-up:K and T:lb-add."""
+    cluster also T:lb-down:K, T:lb-up:K and T:lb-add; for a GSLB's sites T:site-down:NAME and T:site-up:NAME."""
     when, _, rest = text.partition(":")
     action, _, target = rest.partition(":")
     action = REAL_SPELLINGS.get(action, action)
@@ -54,8 +62,12 @@ def parse_event(text: str) -> Event:
         raise EventError(f"--event {text!r}: the time must not be negative")
     if action in LB_ACTIONS:
         return _instance_event(text, at_s, action, target)
+    if action in SITE_ACTIONS:
+        if not target or ":" in target:
+            raise EventError(f"--event {text!r}: {action} ends with :NAME, the site's name")
+        return Event(at_s, action, "", site=target)
     if action not in ACTIONS:
-        known = ", ".join((*ACTIONS, *LB_ACTIONS))
+        known = ", ".join((*ACTIONS, *LB_ACTIONS, *SITE_ACTIONS))
         raise EventError(f"--event {text!r}: the action is one of {known}, not {action!r}")
     weight = None
     if action == "weight":

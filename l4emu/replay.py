@@ -121,12 +121,15 @@ def replay(
 
 
 def event_needs_no_cluster(event: Event) -> None:
-    """lb-down, lb-up and lb-add change a cluster's instances: one switch has none."""
+    """lb-down, lb-up and lb-add change a cluster's instances, site-down and site-up a GSLB's sites: one
+    switch has neither."""
     if event.instance is not None or event.action.startswith("lb-"):
         raise EventError(
             f"--event {event}: a cluster event (lb-down, lb-up, lb-add, permute) needs a cluster: "
             "l4emu compare CAPTURE --cluster N"
         )
+    if event.site:
+        raise EventError(f"--event {event}: a site event needs a GSLB's sites: l4emu gslb replay CAPTURE -c GSLB.toml")
 
 
 def _batches(reader, switch: Switch, clock: _Moments, writer, inner, annotate: bool, comments, progress) -> None:

@@ -444,6 +444,57 @@ def plan_fragments(services):
     return plan
 
 
+def load_gslb(path):
+    """gslb.toml's sites, as Plan keys them (("site", name): its first service), its listen address and domain."""
+    with open(path, "rb") as f:
+        config = tomllib.load(f)
+    sites = {}
+    for site in config["site"]:
+        svc = site["service"][0]
+        vip, vport = split_endpoint(svc["vip"])
+        sites[("site", site["name"])] = (vip, vport, [split_endpoint(r["address"]) for r in svc["real"]])
+    record = config["gslb"][0]
+    return sites, split_endpoint(record["listen"]), record["domain"]
+
+
+def plan_gslb(sites, listen, domain):
+    """gslb.pcap: clients that ask the GSLB for the domain, then connect to their site's VIP. East's
+    clients come back after 10 s and connect to west, as they would once east failed (--event 8:site-down:east)."""
+    plan = Plan(sites, 16, 1000)
+    link = ethernet()
+    east = ["172.16.0.1", "172.16.0.2", "172.16.1.7", "172.16.2.9"]
+    west = ["192.168.50.10", "192.168.50.11", "192.168.7.1", "192.168.9.9"]
+
+    def query(client, start, name=domain, qtype="A", payload=None):
+        qid = plan.rng.randrange(65536)
+        message = payload if payload is not None else DNS(id=qid, rd=1, qd=DNSQR(qname=name, qtype=qtype))
+        packet = link(None, client, listen[0]) / UDP(sport=plan.port(client), dport=listen[1]) / message
+        plan.fixed(start, [(start, packet)])
+
+    def visit(client, site, start):
+        query(client, start)
+        connect_at = start + plan.timing().us(2000, 30000)
+        vip, vport, _ = sites[("site", site)]
+        tm, cport = plan.timing(), plan.port(client)
+
+        def build(real):
+            fwd = (link(None, client, vip), cport, vport)
+            rev = (link(real[0], real[0], client), real[1], cport)
+            return tcp_exchange(tm, connect_at, fwd, rev, *http(vip, f"{real[0]}:{real[1]}"))
+        plan.items.append((connect_at, ("site", site), build, 0))
+
+    for client in east:
+        visit(client, "east", plan.start(0, 4))
+    for client in west:
+        visit(client, "west", plan.start(0, 4))
+    for client in east:  # after east's failure: asked again, answered west
+        visit(client, "west", plan.start(10, 14))
+    query(west[0], plan.start(4, 6), name="nosuch.example.com")   # NXDOMAIN
+    query(west[1], plan.start(4, 6), qtype="AAAA")                # NOERROR, no answer: the record is A only
+    query(west[2], plan.start(4, 6), payload=bytes.fromhex("beef01000001000000000000c00c00010001"))  # a pointer loop: FORMERR
+    return plan
+
+
 def write_pcap(path, packets):
     """Classic pcap, microsecond, Ethernet: the format most tools read."""
     with open(path, "wb") as f:
@@ -489,6 +540,7 @@ def main():
     write_pcap(HERE / "behind.pcap", plan_behind(services).packets())
     write_pcap(HERE / "forwarding.pcap", plan_forwarding(load_services(HERE / "forwarding.toml")).packets())
     write_pcap(HERE / "fragments.pcap", plan_fragments(load_services(HERE / "fragments.toml")).packets())
+    write_pcap(HERE / "gslb.pcap", plan_gslb(*load_gslb(HERE / "gslb.toml")).packets())
 
 
 if __name__ == "__main__":

@@ -193,6 +193,8 @@ def check_events(config: configmod.Config, events: Sequence[Event], instances: i
     for event in sorted(events, key=lambda e: e.at_s):
         if event.action == "permute":
             continue
+        if event.site:
+            raise EventError(f"--event {event}: a site event needs a GSLB's sites: l4emu gslb replay")
         if event.action == "lb-add":
             count += 1
             if count > configmod.MAX_INSTANCES:

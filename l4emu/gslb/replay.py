@@ -1,0 +1,238 @@
+"""Replay a capture through a GSLB and its sites: DNS queries to a listen address are answered by the
+emulated authoritative server (the answer written right after its query), every other packet goes
+through the switch of the site whose VIP or real it names, or passes untouched.
+
+Each span of packets between events goes through every up site's switch in C, a batch at a time (a
+site passes what is not its own untouched); Python then looks only at the packets no site took and at
+the new connections. Per packet the cost does not depend on how many flows there are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from ipaddress import ip_address
+from pathlib import Path
+
+from l4emu.datapath._batch import NS, VERDICT_NAMES, Batch
+from l4emu.datapath._datapath import DROP_REASONS
+from l4emu.events import Event
+from l4emu.gslb import wire
+from l4emu.gslb.config import GslbConfig
+from l4emu.gslb.server import Authority
+from l4emu.gslb.sites import NO_SITE, Sites
+from l4emu.gslb.tally import Failure, Tally
+from l4emu.io import open_capture, open_writer
+
+VERDICT = {name: number for number, name in enumerate(VERDICT_NAMES)}
+DROP_NO_REAL = DROP_REASONS.index("no_real")  # a down site has no real to give
+ANSWER_DELAY_NS = 1000  # the authority answers 1 us after the query, as emulated hosts do
+
+
+class GslbReplay:
+    """The sites, the authority and the tally of one run."""
+
+    def __init__(self, config: GslbConfig, seed: int | None = None):
+        self.config, self.seed = config, seed
+        self.sites = Sites(config, seed)
+        self.authority = Authority(config, self.sites.healthy, self.sites.load)
+        self.tally = Tally(len(config.sites))
+        self.listens = {(listen[0].packed, listen[1]) for listen in self.authority.listens}
+        self.site_of_answer = {
+            (record.listen, record.domain, record.rdtype): [self.sites.index(a.site) for a in record.answers]
+            for record in config.records
+        }
+
+    def span(self, batch: Batch, start: int, end: int, out: list) -> None:
+        """Packets start..end through every site that is up, each whole span in C; then, in Python, only
+        what no site took (a DNS query to answer, a packet of a down site to drop) and the new connections
+        (whose client and site the tally counts). Answers go to `out` as (after index, frame, ts, iface,
+        linktype). A site's switch passes what is not its own untouched, and a site's addresses are its
+        own, so each packet is taken by one site at most: an earlier site's verdict is kept."""
+        owner = [NO_SITE] * (end - start)
+        for k, switch in enumerate(self.sites.switches):
+            if self.sites.down[k]:
+                continue
+            before = batch.results()[start:end]
+            stopped = switch.process(batch, start, 0, end)
+            assert stopped == end, "a site's switch makes no fragment slots (config: masq, fragments = drop)"
+            after = batch.results()[start:end]
+            for j, (verdict, detail) in enumerate(before):
+                if owner[j] != NO_SITE:
+                    batch.set_result(start + j, VERDICT[verdict], detail)
+                elif after[j][0] != "pass":
+                    owner[j] = k
+        for j, (verdict, _) in enumerate(batch.results()[start:end]):
+            k = owner[j]
+            if k == NO_SITE:
+                self._unowned(batch, start + j, out)
+                continue
+            self.tally.packets[k] += 1
+            if verdict == "new":
+                self._new(batch, start + j, k)
+            elif verdict == "drop":
+                self.tally.dropped[k] += 1
+
+    def _unowned(self, batch: Batch, i: int, out: list) -> None:
+        """A packet no site took: a DNS query is answered, a down site's packet dropped, the rest passes."""
+        batch.set_result(i, VERDICT["pass"], 0)
+        frame = batch.packet(i)
+        ts, _origlen, iface, linktype = batch.meta(i)
+        dgram = wire.parse(frame, linktype)
+        if dgram is None:
+            return
+        if (dgram.dst, dgram.dport) in self.listens:
+            self._query(frame, dgram, ts, iface, linktype, i, out)
+            return
+        k = self.sites.route(dgram.src, dgram.dst)
+        if k != NO_SITE and self.sites.down[k]:
+            batch.set_result(i, VERDICT["drop"], DROP_NO_REAL)
+            self.tally.dropped_down[k] += 1
+
+    def _new(self, batch: Batch, i: int, site: int) -> None:
+        """A new connection at a site: its client (the rewritten packet's source) for the tally."""
+        dgram = wire.parse(batch.packet(i), batch.meta(i)[3])
+        if dgram is not None:
+            self.tally.connection(dgram.src, site, batch.timestamp_ns(i))
+
+    def _query(self, frame: bytes, dgram: wire.Datagram, ts: int, iface: int, linktype: int, i: int, out: list) -> None:
+        if dgram.proto != wire.UDP:  # DNS over TCP needs a TCP peer: not emulated in replay (docs/gslb.md)
+            self.tally.dns["tcp_passed"] += 1
+            return
+        if not wire.answerable_link(linktype):
+            self.tally.dns["link_not_answered"] += 1
+            return
+        client = ip_address(dgram.src)
+        listen = (ip_address(dgram.dst), dgram.dport)
+        response, outcome = self.authority.respond(dgram.payload(frame), client, listen)
+        self.tally.dns["queries"] += 1
+        if outcome.record is not None and outcome.chosen:
+            r = outcome.record
+            self.tally.answer(tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen))
+        if response is not None:
+            answer = wire.answer_frame(frame, linktype, dgram, response)
+            out.append((i, answer, ts + ANSWER_DELAY_NS, iface, linktype))
+
+
+def replay(
+    capture: str | Path,
+    config: GslbConfig,
+    output: str | Path | None = None,
+    events: Sequence[Event] = (),
+    seed: int | None = None,
+    fmt: str | None = None,
+) -> dict:
+    """Every packet of `capture` through the GSLB and its sites; returns the summary (render/gslb.py)."""
+    run = GslbReplay(config, seed)
+    run.sites.check(events)
+    ordered = sorted(events, key=lambda e: e.at_s)
+    applied = 0
+    started = time.perf_counter()
+    start_ns: int | None = None
+    with open_capture(capture) as reader:
+        writer = open_writer(output, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if output else None
+        try:
+            for batch in reader.batches():
+                answers: list[tuple] = []  # (after packet i, frame, ts, iface, linktype)
+                if start_ns is None and len(batch):
+                    start_ns = batch.timestamp_ns(0)
+                i = 0
+                while i < len(batch):
+                    assert start_ns is not None, "a batch with packets set it"
+                    moment = start_ns + int(ordered[applied].at_s * NS) if applied < len(ordered) else None
+                    stop = _first_at(batch, i, moment) if moment is not None else len(batch)
+                    if stop > i:
+                        run.span(batch, i, stop, answers)
+                    if stop < len(batch):  # the packet clock reached the next event
+                        assert moment is not None
+                        _apply(run, ordered[applied], moment)
+                        applied += 1
+                    i = stop
+                if writer is not None:
+                    _write(writer, batch, answers)
+        finally:
+            if writer is not None:
+                writer.close()
+        error = reader.error
+        warnings = list(reader.warnings)
+    warnings += [f"--event {e}: never applied, the capture ended first" for e in ordered[applied:]]
+    return summary(
+        run, capture, output, writer.packets_written if writer else 0, time.perf_counter() - started, error, warnings
+    )
+
+
+def _first_at(batch: Batch, start: int, moment: int) -> int:
+    """The first packet from `start` at or past `moment` (len(batch): none), as the plain replay stops."""
+    for i in range(start, len(batch)):
+        if batch.timestamp_ns(i) >= moment:
+            return i
+    return len(batch)
+
+
+def _apply(run: GslbReplay, event: Event, moment_ns: int) -> None:
+    found = run.sites.apply(event, moment_ns)
+    site = run.sites.index(event.site) if event.site else -1
+    run.tally.event(found, site, moment_ns, event.action == "site-down")
+
+
+def _write(writer, batch: Batch, answers: list[tuple]) -> None:
+    """The batch as it is, or with each answer right after its query (a copy of the batch, only then)."""
+    if not answers:
+        writer.write(batch)
+        return
+    out = Batch(len(batch) + len(answers))
+    pending = iter(answers)
+    upcoming = next(pending, None)
+
+    def put(frame: bytes, ts: int, iface: int, linktype: int, origlen: int, verdict: str, detail: int) -> None:
+        if not out.append(frame, ts, iface, linktype, origlen):
+            writer.write(out)
+            out.reset()
+            out.append(frame, ts, iface, linktype, origlen)
+        out.set_result(len(out) - 1, VERDICT[verdict], detail)
+
+    for i in range(len(batch)):
+        ts, origlen, iface, linktype = batch.meta(i)
+        put(batch.packet(i), ts, iface, linktype, origlen, *batch.result(i))
+        while upcoming is not None and upcoming[0] == i:
+            frame, ats, aiface, alink = upcoming[1:]
+            put(frame, ats, aiface, alink, len(frame), "pass", 0)
+            upcoming = next(pending, None)
+    writer.write(out)
+
+
+def summary(run: GslbReplay, capture, output, written: int, elapsed: float, error, warnings: list[str]) -> dict:
+    """Plain data: the DNS counts, per site what it answered, received and lost, each event's effects."""
+    ttl = min(record.ttl for record in run.config.records)  # the shortest: what clients may obey at best
+    events = [e.report(ttl) if isinstance(e, Failure) else e for e in run.tally.events]
+    sites = []
+    for k, name in enumerate(run.sites.names):
+        sites.append(
+            {
+                "site": name,
+                "queries_answered": run.tally.answered[k],
+                "clients": len(run.tally.clients[k]),
+                "connections": run.tally.connections[k],
+                "connections_broken": run.tally.broken[k],
+                "dropped_while_down": run.tally.dropped_down[k],
+                "down_at_end": run.sites.down[k],
+                "packets": run.tally.packets[k],  # the site's own: its switch passes the others' untouched
+                "dropped": run.tally.dropped[k],  # by its switch (no real, table full, ...)
+            }
+        )
+    return {
+        "capture": str(capture),
+        "output": str(output) if output else None,
+        "seed": run.seed,
+        "written": written,
+        "dns": dict(sorted(run.authority.counters.items())) | dict(run.tally.dns),
+        "records": [
+            {"domain": r.domain, "type": r.rdtype, "listen": r.listen_text, "ttl": r.ttl, "policy": r.policy}
+            for r in run.config.records
+        ],
+        "sites": sites,
+        "events": events,
+        "elapsed_s": round(elapsed, 6),
+        "warnings": warnings,
+        "error": str(error) if error else None,
+    }
