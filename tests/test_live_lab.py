@@ -114,8 +114,9 @@ def live_process_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *ext
 class Running:
     """A lab with backends and `l4emu live` in it; everything stops and goes in stop(), whatever happened."""
 
-    def __init__(self, prefix: str, tun: str, workdir: Path):
+    def __init__(self, prefix: str, tun: str, workdir: Path, *live_args: str):
         self.lab = Lab.from_config(None, prefix, tun)
+        self.live_args = live_args
         self.workdir = workdir
         self.control = str(workdir / "l4emu.sock")
         self.live = None
@@ -136,7 +137,7 @@ class Running:
             self.servers.append(proc)
         self.live = subprocess.Popen(
             [sys.executable, "-m", "l4emu.cli", "live", "--netns", self.lab.lb, "--tun", self.lab.tun,
-             "--control", self.control, "--control-group", "nogroup"],
+             "--control", self.control, "--control-group", "nogroup", *self.live_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: os.path.exists(self.control) or self.live.poll() is not None, what="the control socket")
         assert self.live.poll() is None, self.live.communicate()

@@ -18,6 +18,7 @@ from l4emu.io.pcap.writer import CaptureWriter
 from l4emu.io.tun._io import LINKTYPE_RAW, TunIO
 from l4emu.io.tun.device import Tun
 from l4emu.live.control import ControlServer
+from l4emu.live.metrics import MetricsServer
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 
@@ -39,22 +40,24 @@ class Live:
         pcap_out: str | None = None,
         user: str | None = None,
         snaplen: int = 0,
+        metrics: str | None = None,
     ):
         self.switch, self.tun = switch, tun
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self.writer: CaptureWriter | None = None
         self.finisher: Finisher | None = None
         self.stopping = False
         self.error: str | None = None
         try:
-            self._open(control_path, control_group, pcap_out, user, snaplen)
+            self._open(control_path, control_group, pcap_out, user, snaplen, metrics)
         except BaseException:
             if self.writer is not None:
                 self.writer.abort()  # a .part file made before the failure goes again (and the socket)
             self.close()
             raise
 
-    def _open(self, control_path, control_group, pcap_out, user, snaplen) -> None:
+    def _open(self, control_path, control_group, pcap_out, user, snaplen, metrics) -> None:
         switch = self.switch
         self.batch = Batch(BATCH)
         # A monotonic clock (as the datapath needs) that starts at wall-clock time, for --pcap-out.
@@ -85,6 +88,9 @@ class Live:
                 self.finisher = Finisher(part, pcap_out if part else None, control_path)
                 if part and self.writer is not None:
                     self.writer.rename = self.finisher.rename
+        if metrics:  # after the helper's fork (a fork copies no HTTP thread), before root goes (ports < 1024)
+            self.metrics = MetricsServer(metrics, self.metrics_snapshot)
+        if user:
             drop_privileges(user)
 
     def _now(self) -> None:
@@ -123,6 +129,16 @@ class Live:
                 "tun": self.tun_counters(),
             }
         return {**self.switch.snapshot(), "tun": self.tun_counters()}
+
+    def metrics_snapshot(self) -> dict:
+        """What a --metrics scrape renders (l4emu/render/metrics.py), taken between batches."""
+        self._now()
+        return {
+            "services": self.switch.services(),
+            "stats": self.switch.stats(),
+            "table": self.switch.table_info(),
+            "tun": self.tun_counters(),
+        }
 
     def tun_counters(self) -> dict:
         io = self.io
@@ -195,6 +211,8 @@ class Live:
             epoll.register(wake_r.fileno(), select.EPOLLIN)
             if self.control:
                 self.control.register(epoll)
+            if self.metrics:
+                epoll.register(self.metrics.fd, select.EPOLLIN)
             while not self.stopping:
                 for fd, events in epoll.poll(self._poll_timeout()):
                     if fd == self.tun.fd:
@@ -203,6 +221,8 @@ class Live:
                         wake_r.recv(256)
                     elif self.control and self.control.owns(fd):
                         self.control.on_event(fd, events)
+                    elif self.metrics and fd == self.metrics.fd:
+                        self.metrics.serve()
                 if self.control:
                     self.control.expire()
                 self._emulate_until_now()
@@ -254,8 +274,13 @@ class Live:
     def close(self) -> None:
         """Remove the socket, finish the capture, close the TUN: each step even when one before failed."""
         try:
-            if self.control is not None:
-                self.control.close()
+            try:
+                if self.metrics is not None:
+                    self.metrics.close()
+            finally:
+                self.metrics = None
+                if self.control is not None:
+                    self.control.close()
         finally:
             self.control = None
             try:
