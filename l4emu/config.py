@@ -784,6 +784,11 @@ def load(path: str | Path | None, schedulers: Collection[str] | Mapping[str, tup
             raise ConfigError("", exc.strerror or str(exc), source) from None
         except UnicodeDecodeError as exc:  # a capture or other binary file given as -c
             raise ConfigError("", f"not a TOML config ({not_text(exc)})", source) from None
+    return loads(text, source, schedulers)
+
+
+def loads(text: str, source: str, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> Config:
+    """A config from TOML text; `source` names it in messages (a live switch gets `l4emu apply`'s file so)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

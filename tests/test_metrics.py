@@ -24,7 +24,8 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
 
 
 def snapshot_of(switch) -> dict:
-    return {"services": switch.services(), "stats": switch.stats(), "table": switch.table_info(), "tun": TUN}
+    return {"services": switch.services(), "stats": switch.stats(), "table": switch.table_info(), "tun": TUN,
+            "reloads": {"applied": 3, "refused": 1}}
 
 
 def scrape_once(snapshot) -> str:
@@ -67,6 +68,7 @@ def test_a_scrape_reads_the_switch_counters(switch, harness):
     assert got[("node_ipvs_backend_connections_active", labels)] == 2       # SYN_RECV is active; rr: 2 each
     assert got[("node_ipvs_backend_weight", labels)] == 1
     assert got[("l4emu_tun_write_errors_total", ())] == 2
+    assert got[("l4emu_reloads_total", (("result", "refused"),))] == 1
     assert got[("l4emu_drops_total", (("reason", "table_full"),))] == 0      # every reason, from the start
 
 

@@ -106,7 +106,8 @@ def live(
         switch = Switch.from_config(config_path, seed)
         tun = open_tun(tun_name, create, offload)
         try:
-            runner = Live(switch, tun, control_path, control_group, pcap_out, user, snaplen, metrics)
+            reload_path = str(config_path) if config_path else None  # what SIGHUP re-reads
+            runner = Live(switch, tun, control_path, control_group, pcap_out, user, snaplen, metrics, reload_path)
         except BaseException:
             tun.close()
             raise
@@ -116,7 +117,7 @@ def live(
         f"live on {tun_name}: offloads {','.join(tun.offloads) or 'off'}"
         + (f", control {control_path}" if control_path else "")
         + (f", metrics http://{runner.metrics.address}/metrics" if runner.metrics else "")
-        + "; SIGINT or SIGTERM stops",
+        + "; SIGHUP reloads the config, SIGINT or SIGTERM stops",
         err=True,
     )
     summary = runner.run()

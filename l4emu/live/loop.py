@@ -9,16 +9,20 @@ import select
 import signal
 import socket
 import time
+from pathlib import Path
 
+from l4emu import config as configmod
+from l4emu import reconfig, schedulers
 from l4emu.datapath._batch import Batch
 from l4emu.emulate import BatchSink, Emulator
-from l4emu.errors import OptionError
+from l4emu.errors import L4emuError, OptionError
 from l4emu.io import Interface, WriteError, open_writer
 from l4emu.io.pcap.writer import CaptureWriter
 from l4emu.io.tun._io import LINKTYPE_RAW, TunIO
 from l4emu.io.tun.device import Tun
 from l4emu.live.control import ControlServer
 from l4emu.live.metrics import MetricsServer
+from l4emu.render import ipvsadm
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 
@@ -41,8 +45,12 @@ class Live:
         user: str | None = None,
         snaplen: int = 0,
         metrics: str | None = None,
+        config_path: str | None = None,
     ):
         self.switch, self.tun = switch, tun
+        self.config_path = config_path  # what SIGHUP re-reads (None: the embedded default)
+        self.reload_requested = False
+        self.reloads = {"applied": 0, "refused": 0}  # by apply or SIGHUP (a dry run is neither)
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self.writer: CaptureWriter | None = None
@@ -114,6 +122,12 @@ class Live:
                 or "unchanged",
             )
             return {"endpoint": request["endpoint"], "weight": weight, "down": down}
+        if op == "apply":
+            return self.apply(
+                str(request["toml"]), str(request.get("source") or "new config"), bool(request.get("dry_run"))
+            )
+        if op == "config":
+            return reconfig.config_data(self.switch.config)
         if op == "conntrack":
             return self.switch.conntrack()
         if op == "services":
@@ -130,6 +144,42 @@ class Live:
             }
         return {**self.switch.snapshot(), "tun": self.tun_counters()}
 
+    def apply(self, text: str, source: str, dry_run: bool = False) -> dict:
+        """Reload from TOML text (l4emu apply, SIGHUP): the diff as plain data; ConfigError if it cannot be."""
+        try:
+            config = configmod.loads(text, source, schedulers.catalog())
+            diff = self.switch.plan(config, source) if dry_run else self.switch.apply(config, source)
+        except L4emuError:
+            self.reloads["refused"] += not dry_run
+            raise
+        self.reloads["applied"] += not dry_run
+        lines = ipvsadm.diff_lines(diff.as_dict())
+        if not dry_run:
+            self.plugins = [s for s in self.switch.schedulers if hasattr(s, "errors")]
+            self.plugin_errors_logged = [0] * len(self.plugins)
+            log.info("reload from %s: %s", source, f"{len(lines)} change(s)" if lines else "no change")
+            for line in lines:
+                log.info("reload: %s", line)
+        return {"source": source, "applied": not dry_run, **diff.as_dict(), "ipvsadm": lines}
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read -c; a config that cannot be read or applied is logged and the running one kept."""
+        self.reload_requested = False
+        source = self.config_path or "default config"
+        try:
+            text = (
+                Path(self.config_path).read_text(encoding="utf-8")
+                if self.config_path
+                else configmod.DEFAULT_CONFIG.read_text(encoding="utf-8")
+            )
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("SIGHUP: %s: %s; the running config stays", source, getattr(exc, "strerror", None) or exc)
+            return
+        try:
+            self.apply(text, source)
+        except L4emuError as exc:
+            log.error("SIGHUP: %s; the running config stays", exc)
+
     def metrics_snapshot(self) -> dict:
         """What a --metrics scrape renders (l4emu/render/metrics.py), taken between batches."""
         self._now()
@@ -138,6 +188,7 @@ class Live:
             "stats": self.switch.stats(),
             "table": self.switch.table_info(),
             "tun": self.tun_counters(),
+            "reloads": dict(self.reloads),
         }
 
     def tun_counters(self) -> dict:
@@ -204,6 +255,7 @@ class Live:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         epoll = select.epoll()
         try:
@@ -225,6 +277,9 @@ class Live:
                         self.metrics.serve()
                 if self.control:
                     self.control.expire()
+                if self.reload_requested:
+                    self._now()
+                    self._reload()
                 self._emulate_until_now()
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -265,6 +320,10 @@ class Live:
         if deadline is None:
             return 1.0
         return min(1.0, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))
+
+    def _hangup(self, signum, frame) -> None:
+        log.info("SIGHUP: reloading %s", self.config_path or "the default config")
+        self.reload_requested = True
 
     def _stop(self, signum, frame) -> None:
         if not self.stopping:

@@ -39,7 +39,7 @@ def _split(endpoint: str) -> tuple[str, str]:
 
 
 def families(snapshot: dict, drop_reasons, pass_reasons) -> Iterator[Metric]:
-    """The metric families of one snapshot ({"services", "stats", "table", "tun"}); every reason of the
+    """The metric families of one snapshot ({"services", "stats", "table", "tun", "reloads"}); every reason of the
     datapath's vocabularies appears, at 0 until it happens, so a rate() has a series from the start."""
     services, stats, table, tun = snapshot["services"], snapshot["stats"], snapshot["table"], snapshot["tun"]
     reals = [(svc, real) for svc in services for real in svc["reals"]]
@@ -71,6 +71,12 @@ def families(snapshot: dict, drop_reasons, pass_reasons) -> Iterator[Metric]:
         nodest.add_metric([outcome], stats[outcome])
     yield nodest
     yield from _tun(tun)
+    reloads = CounterMetricFamily(
+        "l4emu_reloads_total", "Config reloads (l4emu apply, SIGHUP), applied or refused.", labels=["result"]
+    )
+    for result in ("applied", "refused"):
+        reloads.add_metric([result], snapshot["reloads"][result])
+    yield reloads
 
 
 def _by_reason(name: str, doc: str, reasons, counts: dict) -> CounterMetricFamily:
