@@ -28,7 +28,8 @@ pytestmark = [
 REALS = ("10.1.0.1", "10.1.0.2", "10.1.0.3")
 VIP = "10.0.0.100"
 # http.server without the reverse-DNS lookup in server_bind (which would wait on a resolver the lab cannot
-# reach), and with /slow: 20 chunks of 1000 bytes, 0.1 s apart, so a transfer is open for 2 s.
+# reach), and with /slow: 20 chunks of 1000 bytes, 0.25 s apart, so a transfer is open for 5 s (several
+# control requests, each a new process on a loaded machine, must see it open).
 SERVER = """
 import http.server, socketserver, sys, time
 class Server(http.server.ThreadingHTTPServer):
@@ -44,7 +45,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         for _ in range(20):
             self.wfile.write(b"x" * 1000)
             self.wfile.flush()
-            time.sleep(0.1)
+            time.sleep(0.25)
 handler = lambda *a: Handler(*a, directory=sys.argv[2])
 server = Server((sys.argv[1], 8080), handler)
 print("ready", flush=True)
