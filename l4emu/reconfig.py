@@ -8,6 +8,7 @@ which old real each new one continues.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from l4emu.config import Config, ConfigError, Real, Service
@@ -23,6 +24,7 @@ SERVICE_FIELDS = (
     "source_addresses",
     "fragments",
     "capture_servers",
+    "check",
 )
 REAL_FIELDS = (
     "weight",
@@ -80,9 +82,11 @@ def config_data(config: Config) -> dict:
 
 
 def _plain(value):
-    """Addresses and tuples of them as strings and lists (JSON for the control socket)."""
+    """Addresses and tuples of them as strings and lists, a health check as a table (JSON for the control socket)."""
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     return value if isinstance(value, str | int | float | bool) or value is None else str(value)
 
 

@@ -222,6 +222,10 @@ class Switch:
             self._datapath.set_real(index, weight=weight, down=down)
         return matches
 
+    def set_real_at(self, index: int, weight: int | None = None, down: bool | None = None) -> None:
+        """As set_real, for the one real at this index (a health check checks a real of one service)."""
+        self._datapath.set_real(index, weight=weight, down=down)
+
     @property
     def clock_ns(self) -> int:
         return self._datapath.clock_ns

@@ -25,7 +25,9 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
 
 def snapshot_of(switch) -> dict:
     return {"services": switch.services(), "stats": switch.stats(), "table": switch.table_info(), "tun": TUN,
-            "reloads": {"applied": 3, "refused": 1}}
+            "reloads": {"applied": 3, "refused": 1},
+            "health": [{"vip": "10.0.0.100:80", "protocol": "TCP", "address": "10.1.0.2:8080", "healthy": False,
+                        "success": 4, "failure": 2, "down": 1, "up": 0}]}
 
 
 def scrape_once(snapshot) -> str:
@@ -69,6 +71,10 @@ def test_a_scrape_reads_the_switch_counters(switch, harness):
     assert got[("node_ipvs_backend_weight", labels)] == 1
     assert got[("l4emu_tun_write_errors_total", ())] == 2
     assert got[("l4emu_reloads_total", (("result", "refused"),))] == 1
+    checked = (("local_address", "10.0.0.100"), ("local_mark", ""), ("local_port", "80"), ("proto", "TCP"),
+               ("remote_address", "10.1.0.2"), ("remote_port", "8080"))
+    assert got[("l4emu_backend_healthy", checked)] == 0
+    assert got[("l4emu_health_transitions_total", tuple(sorted((*checked, ("to", "down")))))] == 1
     assert got[("l4emu_drops_total", (("reason", "table_full"),))] == 0      # every reason, from the start
 
 

@@ -21,6 +21,7 @@ from l4emu.io.pcap.writer import CaptureWriter
 from l4emu.io.tun._io import LINKTYPE_RAW, TunIO
 from l4emu.io.tun.device import Tun
 from l4emu.live.control import ControlServer
+from l4emu.live.health import HealthChecks
 from l4emu.live.metrics import MetricsServer
 from l4emu.render import ipvsadm
 from l4emu.replay import summarize
@@ -84,6 +85,7 @@ class Live:
         self.emulator = (
             Emulator(switch, outside=BatchSink(self._answers), restamp=False) if switch.hosts is not None else None
         )
+        self.health = HealthChecks(switch)  # [service.check]: none until a service has one
         self.write_errors_logged = 0
         # Python plugin schedulers collect their exceptions (the packet path cannot raise): logged as they come.
         self.plugins = [s for s in switch.schedulers if hasattr(s, "errors")]
@@ -155,6 +157,7 @@ class Live:
         self.reloads["applied"] += not dry_run
         lines = ipvsadm.diff_lines(diff.as_dict())
         if not dry_run:
+            self.health.rebuild(self.switch)
             self.plugins = [s for s in self.switch.schedulers if hasattr(s, "errors")]
             self.plugin_errors_logged = [0] * len(self.plugins)
             log.info("reload from %s: %s", source, f"{len(lines)} change(s)" if lines else "no change")
@@ -189,6 +192,7 @@ class Live:
             "table": self.switch.table_info(),
             "tun": self.tun_counters(),
             "reloads": dict(self.reloads),
+            "health": self.health.snapshot(),
         }
 
     def tun_counters(self) -> dict:
@@ -265,6 +269,7 @@ class Live:
                 self.control.register(epoll)
             if self.metrics:
                 epoll.register(self.metrics.fd, select.EPOLLIN)
+            self.health.register(epoll)
             while not self.stopping:
                 for fd, events in epoll.poll(self._poll_timeout()):
                     if fd == self.tun.fd:
@@ -275,11 +280,14 @@ class Live:
                         self.control.on_event(fd, events)
                     elif self.metrics and fd == self.metrics.fd:
                         self.metrics.serve()
+                    elif self.health.owns(fd):
+                        self.health.on_event(fd, events)
                 if self.control:
                     self.control.expire()
                 if self.reload_requested:
                     self._now()
                     self._reload()
+                self.health.run_due()
                 self._emulate_until_now()
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -317,9 +325,11 @@ class Live:
 
     def _poll_timeout(self) -> float:
         deadline = self.emulator.hosts.next_deadline() if self.emulator is not None else None
+        checks = self.health.timeout()
+        wait = 1.0 if checks is None else min(1.0, checks)
         if deadline is None:
-            return 1.0
-        return min(1.0, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))
+            return wait
+        return min(wait, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))
 
     def _hangup(self, signum, frame) -> None:
         log.info("SIGHUP: reloading %s", self.config_path or "the default config")
@@ -334,6 +344,8 @@ class Live:
         """Remove the socket, finish the capture, close the TUN: each step even when one before failed."""
         try:
             try:
+                if getattr(self, "health", None) is not None:
+                    self.health.close()
                 if self.metrics is not None:
                     self.metrics.close()
             finally:

@@ -69,6 +69,10 @@ def _what(changed: dict) -> str:
 
 
 def _shown(value) -> str:
+    if isinstance(value, dict):  # a health check: keepalived's, no ipvsadm option
+        return " ".join(f"{k}={_number(v)}" for k, v in value.items())
+    if value is None:
+        return "none"
     if isinstance(value, list):
         return "[" + ", ".join(map(str, value)) + "]" if value else "none"
     return _number(value)

@@ -77,6 +77,30 @@ def families(snapshot: dict, drop_reasons, pass_reasons) -> Iterator[Metric]:
     for result in ("applied", "refused"):
         reloads.add_metric([result], snapshot["reloads"][result])
     yield reloads
+    yield from _health(snapshot["health"])
+
+
+def _health(checked: list[dict]) -> Iterator[Metric]:
+    """Per checked real ([service.check]): its health, checks by result, transitions by direction."""
+    healthy = GaugeMetricFamily(
+        "l4emu_backend_healthy", "1 while the real passes its health check (checked reals only).", labels=BACKEND_LABELS
+    )
+    checks = CounterMetricFamily(
+        "l4emu_health_checks_total", "Health check attempts, by result.", labels=[*BACKEND_LABELS, "result"]
+    )
+    transitions = CounterMetricFamily(
+        "l4emu_health_transitions_total", "Reals marked down or up by their check.", labels=[*BACKEND_LABELS, "to"]
+    )
+    for real in checked:
+        local_address, local_port = _split(real["vip"])
+        remote_address, remote_port = _split(real["address"])
+        values = [local_address, local_port, remote_address, remote_port, real["protocol"], ""]
+        healthy.add_metric(values, 1 if real["healthy"] else 0)
+        for result in ("success", "failure"):
+            checks.add_metric([*values, result], real[result])
+        for to in ("down", "up"):
+            transitions.add_metric([*values, to], real[to])
+    yield from (healthy, checks, transitions)
 
 
 def _by_reason(name: str, doc: str, reasons, counts: dict) -> CounterMetricFamily:
