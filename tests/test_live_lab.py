@@ -262,11 +262,16 @@ def test_udp_bursts_over_ipv6_arrive_whole_through_gso_writes(tmp_path):
         assert control.request(sock, "stats")["tun"]["gso_out"] > 0
 
 
+def established(running) -> list[dict]:
+    """The VIP's ESTABLISHED flows, asked in-process (quick: a CLI process may take seconds on a loaded machine)."""
+    return [row for row in control.request(running.control, "conntrack")
+            if row["state"] == "ESTABLISHED" and row["virtual"] == f"{VIP}:80"]
+
+
 def test_control_lists_established_flows_and_refuses_admin_from_nobody(running):
     transfer = running.curl("/slow", "-o", "/dev/null", background=True)
     try:
-        wait_for(lambda: "ESTABLISHED" in l4emu("conntrack", "--control", running.control).stdout,
-                 what="an established flow")
+        wait_for(lambda: established(running), what="an established flow")
         assert re.search(r"TCP \d\d:\d\d  ESTABLISHED 172\.16\.0\.2:\d+ +10\.0\.0\.100:80 +10\.1\.0\.\d:8080",
                          l4emu("conntrack", "--control", running.control).stdout)
         # Read-only requests are open to the socket's group (nogroup here); admin ones are not.
@@ -283,11 +288,8 @@ def test_control_lists_established_flows_and_refuses_admin_from_nobody(running):
 def test_drained_real_takes_no_new_connections_and_finishes_open_ones(running):
     transfer = running.curl("/slow", background=True)
     try:
-        wait_for(lambda: "ESTABLISHED" in l4emu("conntrack", "--control", running.control).stdout,
-                 what="the slow transfer")
-        line = next(r for r in l4emu("conntrack", "--control", running.control).stdout.splitlines()
-                    if "ESTABLISHED" in r)
-        drained = line.split()[-1]
+        wait_for(lambda: established(running), what="the slow transfer")
+        drained = established(running)[0]["destination"]
         l4emu("real", "set", drained, "--weight", "0", "--control", running.control)
         before = {real: len(running.log(real)) for real in REALS}
         for _ in range(4):
