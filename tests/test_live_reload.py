@@ -118,6 +118,12 @@ def test_iperf3_runs_unbroken_across_ten_reloads(running):
     assert stats["broken"] == 0 and stats["nodest"] == 0
     # What apply printed: ipvsadm's steps (the first reload raises the flow's real's weight).
     assert f"-e -t 10.0.0.100:5201 -r {flow_real}:5201 -m -w 3    # weight 1 -> 3" in shown[0]
+    # What needs a restart is refused with the key, and the switch goes on as it was.
+    bad = lab.workdir / "bad.toml"
+    bad.write_text(config().replace("[table]\n", "[table]\nmax_connections = 1000\n"))
+    refused = l4emu("apply", str(bad), "--control", lab.control, check=False)
+    assert refused.returncode == 2 and f"{bad}: table.max_connections: 1048576 -> 1000" in refused.stderr
+    assert lab.live.poll() is None
     # The running config, as ipvsadm-save prints it, is the last one applied.
     saved = l4emu("save", "--control", lab.control).stdout
     assert saved == l4emu("save", "-c", str(lb_toml)).stdout and "-A -t 10.0.0.100:5201 -s sh\n" in saved

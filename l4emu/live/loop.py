@@ -125,9 +125,11 @@ class Live:
             )
             return {"endpoint": request["endpoint"], "weight": weight, "down": down}
         if op == "apply":
-            return self.apply(
-                str(request["toml"]), str(request.get("source") or "new config"), bool(request.get("dry_run"))
-            )
+            source = str(request.get("source") or "new config")
+            try:
+                return self.apply(str(request["toml"]), source, bool(request.get("dry_run")))
+            except L4emuError as exc:  # one the control socket does not know (a plugin that fails): refused too
+                raise ValueError(str(exc)) from None
         if op == "config":
             return reconfig.config_data(self.switch.config)
         if op == "conntrack":
