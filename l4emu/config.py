@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from l4emu import checks
 from l4emu.errors import L4emuError
 
 if TYPE_CHECKING:
@@ -219,6 +220,7 @@ class Service:
     # The switch's own addresses (tunnel outer source, ICMP errors' source); by default the VIP.
     source_addresses: tuple[IPAddress, ...] = ()
     fragments: str = "drop"  # FRAGMENT_POLICIES
+    check: checks.HealthCheck | None = None  # [service.check]: live mode's health checks of its reals
 
     def source_address(self, family: int) -> IPAddress | None:
         """The switch's address of this family (the VIP for its own family when none is given)."""
@@ -491,6 +493,7 @@ def _service(raw, key: str, schedulers) -> Service:
             "mtu",
             "source_address",
             "fragments",
+            "check",
         },
     )
     if "vip" not in raw:
@@ -544,6 +547,11 @@ def _service(raw, key: str, schedulers) -> Service:
             "3tuple sends fragments on with no connection, which only dr and tun reals can take "
             "(a masq real's replies would find none to translate them)",
         )
+    check = None
+    if "check" in raw:
+        check = checks.parse(raw["check"], f"{key}.check", protocol, ConfigError, _typed, _take)
+        if any(real.emulated for real in reals):
+            raise ConfigError(f"{key}.check", "emulated reals are not checked (their health is their state)")
     service = Service(
         vip,
         port,
@@ -558,6 +566,7 @@ def _service(raw, key: str, schedulers) -> Service:
         mtu,
         sources,
         fragments,
+        check,
     )
     for i, real in enumerate(reals):
         if real.forward != "masq" and real.port != port:
@@ -795,6 +804,11 @@ def load(path: str | Path | None, schedulers: Collection[str] | Mapping[str, tup
             raise ConfigError("", exc.strerror or str(exc), source) from None
         except UnicodeDecodeError as exc:  # a capture or other binary file given as -c
             raise ConfigError("", f"not a TOML config ({not_text(exc)})", source) from None
+    return loads(text, source, schedulers)
+
+
+def loads(text: str, source: str, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> Config:
+    """A config from TOML text; `source` names it in messages (a live switch gets `l4emu apply`'s file so)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable
 
 from l4emu import config as configmod
-from l4emu import schedulers
+from l4emu import reconfig, schedulers
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._datapath import DROP_REASONS, PASS_REASONS, STATE_NAMES, Datapath
 
@@ -68,9 +68,23 @@ class Switch:
         # The seeded generator is the only source of randomness, so a seeded replay repeats exactly.
         self.random = random.Random(seed)
         secret = self.random.randbytes(16) if seed is not None else os.urandom(16)
+        self._wrap = make_scheduler or (lambda scheduler: scheduler)
+        self._datapath, self.reals = self._build(config, config.max_connections, secret)
+        # Emulated reals answer for themselves (l4emu/hosts/, imported only then: start-up); their generator
+        # is drawn last, and only when there are some, so configs without them keep every seeded result.
+        self.hosts = None
+        if any(real.emulated for _, real in self.reals):
+            from l4emu.hosts import Hosts
+
+            self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64)))
+
+    def _build(
+        self, config: configmod.Config, max_connections: int, secret: bytes
+    ) -> tuple[Datapath, list[tuple[configmod.Service, configmod.Real]]]:
+        """A datapath with the config's services, reals and settings (and its reals, in datapath order)."""
         try:
-            self._datapath = Datapath(
-                config.max_connections,
+            datapath = Datapath(
+                max_connections,
                 secret,
                 [config.timeouts[name.lower()] for name in STATE_NAMES],
                 config.conn_reuse_mode,
@@ -79,15 +93,14 @@ class Switch:
             )
         except MemoryError as exc:  # the table is allocated whole, at its maximum
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
-        self.reals: list[tuple[configmod.Service, configmod.Real]] = []
-        wrap = make_scheduler or (lambda scheduler: scheduler)
+        reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:
-            index = self._datapath.add_service(
+            index = datapath.add_service(
                 svc.vip.packed,
                 svc.vip.version,
                 svc.port,
                 PROTO_NUMBERS[svc.protocol],
-                wrap(
+                self._wrap(
                     schedulers.create(
                         svc.scheduler, svc.scheduler_flags, svc.mh_table_size, self.random.getrandbits(64)
                     )
@@ -97,20 +110,32 @@ class Switch:
                 _mask_bytes(svc.persistence_netmask, svc.vip.version),
                 [(address.packed, port) for address, port in svc.capture_servers],
             )
-            self._set_forwarding(index, svc, len(self.reals))
-            self.reals.extend((svc, r) for r in svc.reals)
-        # Emulated reals answer for themselves (l4emu/hosts/, imported only then: start-up); their generator
-        # is drawn last, and only when there are some, so configs without them keep every seeded result.
-        self.hosts = None
-        if any(real.emulated for _, real in self.reals):
-            from l4emu.hosts import Hosts
+            self._set_forwarding(datapath, index, svc, len(reals))
+            reals.extend((svc, r) for r in svc.reals)
+        return datapath, reals
 
-            self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64)))
+    def plan(self, config: configmod.Config, source: str = "") -> reconfig.Diff:
+        """What apply(config) would change (nothing is changed); ConfigError for what needs a restart."""
+        reconfig.check_reloadable(self.config, config, source)
+        return reconfig.diff(self.config, config)
 
-    def _set_forwarding(self, index: int, svc: configmod.Service, first_real: int) -> None:
+    def apply(self, config: configmod.Config, source: str = "") -> reconfig.Diff:
+        """Reload: go on under `config` without dropping the table (l4emu apply, SIGHUP). Flows keep their
+        reals; those of a removed real (or service) are expired at once; kept reals keep their counters
+        and down marks. Returns what changed; raises ConfigError for what needs a restart (`source`
+        names the file in the message)."""
+        changes = self.plan(config, source)
+        fresh, reals = self._build(config, 1, bytes(16))  # its one-entry table gives way to the running one
+        fresh.take_over(
+            self._datapath, reconfig.real_map(self.config, config), reconfig.forget_templates(self.config, config)
+        )
+        self._datapath, self.reals, self.config = fresh, reals, config
+        return changes
+
+    def _set_forwarding(self, datapath: Datapath, index: int, svc: configmod.Service, first_real: int) -> None:
         """The service's MTU and the switch's addresses, and each real's method (docs/forwarding.md)."""
         four, six = svc.source_address(4), svc.source_address(6)
-        self._datapath.set_forwarding(
+        datapath.set_forwarding(
             index,
             svc.mtu,
             four.packed if four else bytes(4),
@@ -119,7 +144,7 @@ class Switch:
         )
         for k, real in enumerate(svc.reals):
             if real.forward != "masq":
-                self._datapath.set_real_forwarding(
+                datapath.set_real_forwarding(
                     first_real + k,
                     real.forward,
                     real.address.version,
@@ -196,6 +221,10 @@ class Switch:
         for index in matches:
             self._datapath.set_real(index, weight=weight, down=down)
         return matches
+
+    def set_real_at(self, index: int, weight: int | None = None, down: bool | None = None) -> None:
+        """As set_real, for the one real at this index (a health check checks a real of one service)."""
+        self._datapath.set_real(index, weight=weight, down=down)
 
     @property
     def clock_ns(self) -> int:

@@ -145,8 +145,8 @@ def test_compare_plot_has_a_panel_per_service_and_says_what_each_event_did(tmp_p
 def test_top_level_help_cuts_no_description():
     text = run_cli("--help").stdout
     listed = dict(re.findall(r"^  (\w+)\s+(.+)$", text.split("Commands:")[1], re.M))
-    assert set(listed) == {"check", "compare", "config", "conntrack", "gen", "gslb", "lab", "live", "real", "replay",
-                           "simulate", "sockets", "stats", "sweep"}
+    assert set(listed) == {"apply", "check", "compare", "config", "conntrack", "gen", "gslb", "lab", "live", "real",
+                           "replay", "save", "simulate", "sockets", "stats", "sweep"}
     assert not [line for line in listed.values() if line.endswith("...")], listed
 
 

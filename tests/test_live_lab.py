@@ -28,7 +28,8 @@ pytestmark = [
 REALS = ("10.1.0.1", "10.1.0.2", "10.1.0.3")
 VIP = "10.0.0.100"
 # http.server without the reverse-DNS lookup in server_bind (which would wait on a resolver the lab cannot
-# reach), and with /slow: 20 chunks of 1000 bytes, 0.1 s apart, so a transfer is open for 2 s.
+# reach), and with /slow: 20 chunks of 1000 bytes, 0.25 s apart, so a transfer is open for 5 s (several
+# control requests, each a new process on a loaded machine, must see it open).
 SERVER = """
 import http.server, socketserver, sys, time
 class Server(http.server.ThreadingHTTPServer):
@@ -44,7 +45,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         for _ in range(20):
             self.wfile.write(b"x" * 1000)
             self.wfile.flush()
-            time.sleep(0.1)
+            time.sleep(0.25)
 handler = lambda *a: Handler(*a, directory=sys.argv[2])
 server = Server((sys.argv[1], 8080), handler)
 print("ready", flush=True)
@@ -114,8 +115,9 @@ def live_process_in_lab(config: Path, prefix: str, tun: str, workdir: Path, *ext
 class Running:
     """A lab with backends and `l4emu live` in it; everything stops and goes in stop(), whatever happened."""
 
-    def __init__(self, prefix: str, tun: str, workdir: Path):
+    def __init__(self, prefix: str, tun: str, workdir: Path, *live_args: str):
         self.lab = Lab.from_config(None, prefix, tun)
+        self.live_args = live_args
         self.workdir = workdir
         self.control = str(workdir / "l4emu.sock")
         self.live = None
@@ -136,7 +138,7 @@ class Running:
             self.servers.append(proc)
         self.live = subprocess.Popen(
             [sys.executable, "-m", "l4emu.cli", "live", "--netns", self.lab.lb, "--tun", self.lab.tun,
-             "--control", self.control, "--control-group", "nogroup"],
+             "--control", self.control, "--control-group", "nogroup", *self.live_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: os.path.exists(self.control) or self.live.poll() is not None, what="the control socket")
         assert self.live.poll() is None, self.live.communicate()
@@ -260,11 +262,16 @@ def test_udp_bursts_over_ipv6_arrive_whole_through_gso_writes(tmp_path):
         assert control.request(sock, "stats")["tun"]["gso_out"] > 0
 
 
+def established(running) -> list[dict]:
+    """The VIP's ESTABLISHED flows, asked in-process (quick: a CLI process may take seconds on a loaded machine)."""
+    return [row for row in control.request(running.control, "conntrack")
+            if row["state"] == "ESTABLISHED" and row["virtual"] == f"{VIP}:80"]
+
+
 def test_control_lists_established_flows_and_refuses_admin_from_nobody(running):
     transfer = running.curl("/slow", "-o", "/dev/null", background=True)
     try:
-        wait_for(lambda: "ESTABLISHED" in l4emu("conntrack", "--control", running.control).stdout,
-                 what="an established flow")
+        wait_for(lambda: established(running), what="an established flow")
         assert re.search(r"TCP \d\d:\d\d  ESTABLISHED 172\.16\.0\.2:\d+ +10\.0\.0\.100:80 +10\.1\.0\.\d:8080",
                          l4emu("conntrack", "--control", running.control).stdout)
         # Read-only requests are open to the socket's group (nogroup here); admin ones are not.
@@ -281,11 +288,8 @@ def test_control_lists_established_flows_and_refuses_admin_from_nobody(running):
 def test_drained_real_takes_no_new_connections_and_finishes_open_ones(running):
     transfer = running.curl("/slow", background=True)
     try:
-        wait_for(lambda: "ESTABLISHED" in l4emu("conntrack", "--control", running.control).stdout,
-                 what="the slow transfer")
-        line = next(r for r in l4emu("conntrack", "--control", running.control).stdout.splitlines()
-                    if "ESTABLISHED" in r)
-        drained = line.split()[-1]
+        wait_for(lambda: established(running), what="the slow transfer")
+        drained = established(running)[0]["destination"]
         l4emu("real", "set", drained, "--weight", "0", "--control", running.control)
         before = {real: len(running.log(real)) for real in REALS}
         for _ in range(4):

@@ -39,6 +39,8 @@ LAZY_COMMANDS = {
     "live": ("l4emu.cli.live:live", "Run the switch on a TUN device (live traffic)."),
     "real": ("l4emu.cli.live:real", "Change a real of a running `l4emu live`."),
     "lab": ("l4emu.cli.live:lab", "Build or remove the network-namespace lab."),
+    "apply": ("l4emu.cli.operate:apply", "Reload a running `l4emu live`'s config; print ipvsadm steps."),
+    "save": ("l4emu.cli.operate:save", "Print a running switch's config, as ipvsadm-save does."),
     "gen": ("l4emu.cli.simulate:gen", "Write emulated clients' packets (a workload) to a capture."),
     "simulate": ("l4emu.cli.simulate:simulate", "Emulated clients to emulated reals: response times."),
 }

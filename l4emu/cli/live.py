@@ -63,6 +63,12 @@ def _fail(message: str, code: int = 2):
     help="Ask the TUN for checksum and segmentation offloads (64 KiB super-packets).",
 )
 @click.option("--seed", type=int, help="Seed for the hash secret and random choices.")
+@click.option(
+    "--metrics",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (node_exporter's IPVS names and l4emu's own); "
+    "port 0 picks a free one (printed at start).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option(
     "--log-level",
@@ -84,6 +90,7 @@ def live(
     netns,
     offload,
     seed,
+    metrics,
     as_json,
     log_level,
 ):
@@ -99,7 +106,8 @@ def live(
         switch = Switch.from_config(config_path, seed)
         tun = open_tun(tun_name, create, offload)
         try:
-            runner = Live(switch, tun, control_path, control_group, pcap_out, user, snaplen)
+            reload_path = str(config_path) if config_path else None  # what SIGHUP re-reads
+            runner = Live(switch, tun, control_path, control_group, pcap_out, user, snaplen, metrics, reload_path)
         except BaseException:
             tun.close()
             raise
@@ -108,7 +116,8 @@ def live(
     click.echo(
         f"live on {tun_name}: offloads {','.join(tun.offloads) or 'off'}"
         + (f", control {control_path}" if control_path else "")
-        + "; SIGINT or SIGTERM stops",
+        + (f", metrics http://{runner.metrics.address}/metrics" if runner.metrics else "")
+        + "; SIGHUP reloads the config, SIGINT or SIGTERM stops",
         err=True,
     )
     summary = runner.run()

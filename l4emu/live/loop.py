@@ -9,15 +9,21 @@ import select
 import signal
 import socket
 import time
+from pathlib import Path
 
+from l4emu import config as configmod
+from l4emu import reconfig, schedulers
 from l4emu.datapath._batch import Batch
 from l4emu.emulate import BatchSink, Emulator
-from l4emu.errors import OptionError
+from l4emu.errors import L4emuError, OptionError
 from l4emu.io import Interface, WriteError, open_writer
 from l4emu.io.pcap.writer import CaptureWriter
 from l4emu.io.tun._io import LINKTYPE_RAW, TunIO
 from l4emu.io.tun.device import Tun
 from l4emu.live.control import ControlServer
+from l4emu.live.health import HealthChecks
+from l4emu.live.metrics import MetricsServer
+from l4emu.render import ipvsadm
 from l4emu.replay import summarize
 from l4emu.switch import Switch
 
@@ -39,22 +45,28 @@ class Live:
         pcap_out: str | None = None,
         user: str | None = None,
         snaplen: int = 0,
+        metrics: str | None = None,
+        config_path: str | None = None,
     ):
         self.switch, self.tun = switch, tun
+        self.config_path = config_path  # what SIGHUP re-reads (None: the embedded default)
+        self.reload_requested = False
+        self.reloads = {"applied": 0, "refused": 0}  # by apply or SIGHUP (a dry run is neither)
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self.writer: CaptureWriter | None = None
         self.finisher: Finisher | None = None
         self.stopping = False
         self.error: str | None = None
         try:
-            self._open(control_path, control_group, pcap_out, user, snaplen)
+            self._open(control_path, control_group, pcap_out, user, snaplen, metrics)
         except BaseException:
             if self.writer is not None:
                 self.writer.abort()  # a .part file made before the failure goes again (and the socket)
             self.close()
             raise
 
-    def _open(self, control_path, control_group, pcap_out, user, snaplen) -> None:
+    def _open(self, control_path, control_group, pcap_out, user, snaplen, metrics) -> None:
         switch = self.switch
         self.batch = Batch(BATCH)
         # A monotonic clock (as the datapath needs) that starts at wall-clock time, for --pcap-out.
@@ -73,6 +85,7 @@ class Live:
         self.emulator = (
             Emulator(switch, outside=BatchSink(self._answers), restamp=False) if switch.hosts is not None else None
         )
+        self.health = HealthChecks(switch)  # [service.check]: none until a service has one
         self.write_errors_logged = 0
         # Python plugin schedulers collect their exceptions (the packet path cannot raise): logged as they come.
         self.plugins = [s for s in switch.schedulers if hasattr(s, "errors")]
@@ -85,6 +98,9 @@ class Live:
                 self.finisher = Finisher(part, pcap_out if part else None, control_path)
                 if part and self.writer is not None:
                     self.writer.rename = self.finisher.rename
+        if metrics:  # after the helper's fork (a fork copies no HTTP thread), before root goes (ports < 1024)
+            self.metrics = MetricsServer(metrics, self.metrics_snapshot)
+        if user:
             drop_privileges(user)
 
     def _now(self) -> None:
@@ -108,6 +124,14 @@ class Live:
                 or "unchanged",
             )
             return {"endpoint": request["endpoint"], "weight": weight, "down": down}
+        if op == "apply":
+            source = str(request.get("source") or "new config")
+            try:
+                return self.apply(str(request["toml"]), source, bool(request.get("dry_run")))
+            except L4emuError as exc:  # one the control socket does not know (a plugin that fails): refused too
+                raise ValueError(str(exc)) from None
+        if op == "config":
+            return reconfig.config_data(self.switch.config)
         if op == "conntrack":
             return self.switch.conntrack()
         if op == "services":
@@ -123,6 +147,55 @@ class Live:
                 "tun": self.tun_counters(),
             }
         return {**self.switch.snapshot(), "tun": self.tun_counters()}
+
+    def apply(self, text: str, source: str, dry_run: bool = False) -> dict:
+        """Reload from TOML text (l4emu apply, SIGHUP): the diff as plain data; ConfigError if it cannot be."""
+        try:
+            config = configmod.loads(text, source, schedulers.catalog())
+            diff = self.switch.plan(config, source) if dry_run else self.switch.apply(config, source)
+        except L4emuError:
+            self.reloads["refused"] += not dry_run
+            raise
+        self.reloads["applied"] += not dry_run
+        lines = ipvsadm.diff_lines(diff.as_dict())
+        if not dry_run:
+            self.health.rebuild(self.switch)
+            self.plugins = [s for s in self.switch.schedulers if hasattr(s, "errors")]
+            self.plugin_errors_logged = [0] * len(self.plugins)
+            log.info("reload from %s: %s", source, f"{len(lines)} change(s)" if lines else "no change")
+            for line in lines:
+                log.info("reload: %s", line)
+        return {"source": source, "applied": not dry_run, **diff.as_dict(), "ipvsadm": lines}
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read -c; a config that cannot be read or applied is logged and the running one kept."""
+        self.reload_requested = False
+        source = self.config_path or "default config"
+        try:
+            text = (
+                Path(self.config_path).read_text(encoding="utf-8")
+                if self.config_path
+                else configmod.DEFAULT_CONFIG.read_text(encoding="utf-8")
+            )
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("SIGHUP: %s: %s; the running config stays", source, getattr(exc, "strerror", None) or exc)
+            return
+        try:
+            self.apply(text, source)
+        except L4emuError as exc:
+            log.error("SIGHUP: %s; the running config stays", exc)
+
+    def metrics_snapshot(self) -> dict:
+        """What a --metrics scrape renders (l4emu/render/metrics.py), taken between batches."""
+        self._now()
+        return {
+            "services": self.switch.services(),
+            "stats": self.switch.stats(),
+            "table": self.switch.table_info(),
+            "tun": self.tun_counters(),
+            "reloads": dict(self.reloads),
+            "health": self.health.snapshot(),
+        }
 
     def tun_counters(self) -> dict:
         io = self.io
@@ -188,6 +261,7 @@ class Live:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         epoll = select.epoll()
         try:
@@ -195,6 +269,9 @@ class Live:
             epoll.register(wake_r.fileno(), select.EPOLLIN)
             if self.control:
                 self.control.register(epoll)
+            if self.metrics:
+                epoll.register(self.metrics.fd, select.EPOLLIN)
+            self.health.register(epoll)
             while not self.stopping:
                 for fd, events in epoll.poll(self._poll_timeout()):
                     if fd == self.tun.fd:
@@ -203,8 +280,16 @@ class Live:
                         wake_r.recv(256)
                     elif self.control and self.control.owns(fd):
                         self.control.on_event(fd, events)
+                    elif self.metrics and fd == self.metrics.fd:
+                        self.metrics.serve()
+                    elif self.health.owns(fd):
+                        self.health.on_event(fd, events)
                 if self.control:
                     self.control.expire()
+                if self.reload_requested:
+                    self._now()
+                    self._reload()
+                self.health.run_due()
                 self._emulate_until_now()
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -242,9 +327,15 @@ class Live:
 
     def _poll_timeout(self) -> float:
         deadline = self.emulator.hosts.next_deadline() if self.emulator is not None else None
+        checks = self.health.timeout()
+        wait = 1.0 if checks is None else min(1.0, checks)
         if deadline is None:
-            return 1.0
-        return min(1.0, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))
+            return wait
+        return min(wait, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))
+
+    def _hangup(self, signum, frame) -> None:
+        log.info("SIGHUP: reloading %s", self.config_path or "the default config")
+        self.reload_requested = True
 
     def _stop(self, signum, frame) -> None:
         if not self.stopping:
@@ -254,8 +345,15 @@ class Live:
     def close(self) -> None:
         """Remove the socket, finish the capture, close the TUN: each step even when one before failed."""
         try:
-            if self.control is not None:
-                self.control.close()
+            try:
+                if getattr(self, "health", None) is not None:
+                    self.health.close()
+                if self.metrics is not None:
+                    self.metrics.close()
+            finally:
+                self.metrics = None
+                if self.control is not None:
+                    self.control.close()
         finally:
             self.control = None
             try:

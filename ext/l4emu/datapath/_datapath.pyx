@@ -288,6 +288,90 @@ cdef class Datapath:
         if hook.changed != NULL:
             hook.changed(hook.state, &self.t.reals[s.first_real], s.n_reals)
 
+    def take_over(self, Datapath old, real_map, forget_templates=()):
+        """Go on from `old` under this datapath's services and reals (a reload): its connection table, its
+        counters, its fragment state. `real_map[k]` is the index here of old real k, or -1 for a real that is
+        gone: its connections and templates are removed at once (counted as nodest, as IPVS's
+        expire_nodest_conn would), every other flow keeps its real. A kept real keeps its counters and its
+        down mark; weights, thresholds and forwarding are this datapath's. Persistence templates of the old
+        services in `forget_templates` (whose persistence changed) are removed too."""
+        cdef uint32_t k, n = old.table.next_unused
+        cdef Flow* f
+        cdef Real* r
+        cdef Real* was
+        cdef int32_t to
+        cdef int pass_
+        if len(real_map) != old.n_reals:
+            raise ValueError(f"real_map: {old.n_reals} entries expected")
+        if self.started or self.table.used:
+            raise ValueError("take_over wants a fresh datapath (no packet through it yet)")
+        for k in range(old.n_reals):
+            if not -1 <= real_map[k] < <int64_t>self.n_reals:
+                raise ValueError(f"real_map[{k}] = {real_map[k]}: no such real here")
+        forget = set(forget_templates)
+        for pass_ in range(2):      # connections first: their templates must still be found to be released
+            for k in range(n):
+                f = &old.table.flows[k]
+                if not (f.flags & F_IN_USE) or bool(f.flags & F_TEMPLATE) != (pass_ == 1):
+                    continue
+                if real_map[f.real] < 0 or (pass_ == 1 and old.t.reals[f.real].service in forget):
+                    old.table.remove(k, R_NODEST)
+        for k in range(n):
+            f = &old.table.flows[k]
+            if f.flags & F_IN_USE:
+                f.real = <uint32_t>real_map[f.real]
+        for k in range(old.n_reals):
+            to = real_map[k]
+            if to < 0:
+                continue
+            r, was = &self.t.reals[to], &old.t.reals[k]
+            r.flags = (r.flags & ~RF_DOWN) | (was.flags & RF_DOWN)
+            r.active, r.inactive, r.conns, r.persistent = was.active, was.inactive, was.conns, was.persistent
+            r.in_pkts, r.out_pkts, r.in_bytes, r.out_bytes = was.in_pkts, was.out_pkts, was.in_bytes, was.out_bytes
+            check_threshold(r)
+            self.unattributed_real[to] = old.unattributed_real[k]
+        self._take_counters(old, real_map)
+        self.table = old.table
+        self.table.bind(self.t.reals, self.t.services, on_flow_removed, &self.t)
+        for k in range(self.n_services):
+            if self.t.hooks[k].changed != NULL:
+                self.t.hooks[k].changed(self.t.hooks[k].state, &self.t.reals[self.t.services[k].first_real],
+                                        self.t.services[k].n_reals)
+
+    cdef void _take_counters(self, Datapath old, real_map):
+        """take_over's rest: the switch-wide counters, the clock, the fronts' counts and the fragment state
+        (the two datapaths swap their fragment tables, so each frees its own)."""
+        cdef uint32_t k, j
+        cdef FragEntry* frags
+        cdef HeldFragment held
+        self.packets, self.bytes, self.clock_ns, self.started = old.packets, old.bytes, old.clock_ns, old.started
+        self.rescheduled, self.broken, self.blackholed = old.rescheduled, old.broken, old.blackholed
+        memcpy(self.verdicts, old.verdicts, sizeof(self.verdicts))
+        memcpy(self.drops, old.drops, sizeof(self.drops))
+        memcpy(self.passes, old.passes, sizeof(self.passes))
+        self.ip_id, self.fragments_made = old.ip_id, old.fragments_made
+        self.fragments_held, self.fragments_released = old.fragments_held, old.fragments_released
+        self.fragments_expired, self.frag_track_forgotten = old.fragments_expired, old.frag_track_forgotten
+        for k in range(self.n_fronts):
+            for j in range(old.n_fronts):
+                if (memcmp(self.fronts[k].addr, old.fronts[j].addr, 16) == 0 and self.fronts[k].port
+                        == old.fronts[j].port and self.fronts[k].proto == old.fronts[j].proto):
+                    self.unattributed_front[k] = old.unattributed_front[j]
+        frags = self.frag_table
+        self.frag_table = old.frag_table
+        old.frag_table = frags
+        for k in range(FRAG_TRACK_SLOTS):
+            if self.frag_table[k].expires_ns:
+                if real_map[self.frag_table[k].real] < 0:
+                    self.frag_table[k].expires_ns = 0
+                else:
+                    self.frag_table[k].real = <uint32_t>real_map[self.frag_table[k].real]
+        for k in range(FRAG_HOLD_SLOTS):
+            held = self.held[k]
+            self.held[k] = old.held[k]
+            old.held[k] = held
+        self.held_bytes, old.held_bytes = old.held_bytes, self.held_bytes
+
     def process(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0, Py_ssize_t end=-1):
         """Run packets start..end (default: to the last) through the switch, rewriting in place;
         returns where it stopped.
