@@ -118,10 +118,12 @@ def check_invariants(switch: Switch) -> None:
 
 
 # The same services reached by dr and every tunnel (docs/forwarding.md), with a small MTU so that
-# the ICMP errors and drops of the forwarding path happen on short inputs too.
+# the ICMP errors and drops of the forwarding path happen on short inputs too; and full-NAT ones, with
+# so few local ports that they run out.
 FORWARD_CONFIG = """
 [table]
 max_connections = 4
+local_port_range = [1025, 1026]
 [[service]]
 vip = "10.0.0.100:80"
 mtu = 1280
@@ -154,6 +156,18 @@ source_address = ["10.0.0.2", "2001:db8::2"]
   [[service.real]]
   address = "[2001:db8:1::5]:80"
   forward = "tun"
+[[service]]
+vip = "10.0.0.101:80"
+local_addresses = ["10.0.0.21", "10.0.0.22"]
+  [[service.real]]
+  address = "10.1.0.6:8080"
+  forward = "fullnat"
+[[service]]
+vip = "[2001:db8::101]:80"
+  [[service.real]]
+  address = "[2001:db8:1::6]:8080"
+  forward = "fullnat"
+  local_addresses = ["2001:db8::21"]
 """
 _FORWARD_CONFIG = configmod.from_dict(tomllib.loads(FORWARD_CONFIG), schedulers.catalog())
 
