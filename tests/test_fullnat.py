@@ -3,7 +3,9 @@ the packet DPVS would write (both ends translated, TTL - 1, TOA after the fixed 
 client's packets that acknowledge the real's SYN-ACK, the SYN-ACK's MSS lowered by TOA's length), and
 the switch's bytes must equal it, checksums included; the way back must reach the client from the VIP."""
 
+import shutil
 import socket
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -21,6 +23,7 @@ from l4emu import schedulers
 from l4emu.config import ConfigError
 from l4emu.datapath._batch import Batch
 from l4emu.render.views import conntrack_text, services_text
+from l4emu.replay import replay
 from l4emu.switch import Switch
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -80,6 +83,13 @@ def rebuilt(frame):
     if IPv6 in pkt:
         del pkt[IPv6].plen
     return bytes(Ether(bytes(pkt)))
+
+
+def ip_rebuilt(frame):
+    """The frame with its IPv4 header checksum computed again (a fragment's UDP checksum covers the datagram)."""
+    pkt = Ether(frame)
+    del pkt[IP].chksum
+    return bytes(pkt)
 
 
 def l3(frame):
@@ -370,3 +380,81 @@ local_addresses = ["10.0.0.11"]
     with pytest.raises(ConfigError) as err:
         configmod.from_dict(tomllib.loads(text), schedulers.catalog())
     assert err.value.key == "table.local_port_range"
+
+
+PCAPS = Path(__file__).resolve().parent.parent / "pcaps"
+
+
+def test_sample_capture_through_fullnat_toml():
+    """pcaps/front.pcap (clients and the VIP's answers) through pcaps/fullnat.toml: every packet sent to a
+    real leaves from a local address of its pool with TTL - 1 and valid checksums, TOA exactly in the
+    packets that acknowledge the VIP's SYN-ACK (for the reals with toa), the answers as they came."""
+    from l4emu.io import open_capture
+
+    config = configmod.load(PCAPS / "fullnat.toml", schedulers.catalog())
+    switch = Switch(config, seed=1)
+    fdata = {}                                                      # client (address, port) -> SYN-ACK seq + 1
+    checked = toa_seen = 0
+    with open_capture(PCAPS / "front.pcap") as reader:
+        for batch in reader.batches():
+            before = [batch.packet(i) for i in range(len(batch))]
+            switch.process(batch)
+            for i, old in enumerate(before):
+                verdict, detail = batch.result(i)
+                pkt_in, out = Ether(old), batch.packet(i)
+                if verdict == "answer" and TCP in pkt_in and pkt_in[TCP].flags == "SA":
+                    fdata[(l3(old).dst, pkt_in[TCP].dport)] = pkt_in[TCP].seq + 1
+                if verdict not in ("new", "forward"):
+                    assert verdict != "answer" or out == old
+                    continue
+                svc, real = switch.reals[detail]
+                net_in, net_out = l3(old), l3(out)
+                pool = {str(a) for a in (real.local_addresses or svc.local_addresses)}
+                assert net_out.src in pool and net_out.dst == str(real.address)
+                hops = (net_in.ttl, net_out.ttl) if IP in pkt_in else (net_in.hlim, net_out.hlim)
+                assert hops[1] == hops[0] - 1 and out == rebuilt(out)
+                if TCP in pkt_in:
+                    seg = pkt_in[TCP]
+                    options = Ether(out)[TCP].options
+                    acked = fdata.get((net_in.src, seg.sport)) == seg.ack and not seg.flags.S and not seg.flags.R
+                    if real.toa and acked:
+                        assert options[0] == (TOA_KIND, toa_value(net_in.version, net_in.src, seg.sport))
+                        toa_seen += 1
+                    else:
+                        assert not options or options[0][0] != TOA_KIND
+                checked += 1
+    assert checked > 50 and toa_seen > 5 and switch.stats()["toa_added"] == toa_seen
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_tshark_finds_every_checksum_good(tmp_path):
+    out = tmp_path / "fullnat.pcap"
+    config = configmod.load(PCAPS / "fullnat.toml", schedulers.catalog())
+    replay(PCAPS / "front.pcap", Switch(config, seed=1), out)
+    fields = subprocess.run(
+        ["tshark", "-r", str(out), "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
+         "-o", "udp.check_checksum:TRUE", "-T", "fields", "-e", "ip.checksum.status",
+         "-e", "tcp.checksum.status", "-e", "udp.checksum.status", "-e", "tcp.option_kind"],
+        capture_output=True, text=True, check=True).stdout
+    statuses = [s for line in fields.splitlines() for s in line.split("\t")[:3] if s]
+    assert statuses and "0" not in statuses      # 0 = Bad, 1 = Good
+    assert any("254" in line.split("\t")[3].split(",") for line in fields.splitlines() if line.count("\t") >= 3)
+
+
+def test_over_the_mtu_fragmented_or_answered():
+    """DPVS checks the route MTU first: IPv4 without DF is fragmented on the way out (verdict more, each
+    piece from the local address), with DF the client gets ICMP fragmentation needed."""
+    switch = make_switch(4, mtu=1280)
+    c = Ether(**MACS) / IP(src="192.0.2.1", dst="10.0.0.100")
+    big = c / UDP(sport=7, dport=80) / Raw(bytes(1400))
+    udp = make_switch(4, protocol="udp", mtu=1280)
+    outs = run(udp, [big])
+    assert [v for _, (v, _) in outs] == ["new", "more"]
+    pieces = [IP(bytes(Ether(o)[IP])) for o, _ in outs]
+    assert {p.src for p in pieces} == {"10.0.0.11"} and all(o == ip_rebuilt(o) for o, _ in outs)
+    assert sum(len(p.payload) for p in pieces) == 1408 and pieces[0].flags.MF and not pieces[1].flags.MF
+    df = c.copy()
+    df[IP].flags = "DF"
+    [(out, (verdict, _))] = run(switch, [df / TCP(sport=7, dport=80, flags="S") / Raw(bytes(1400))])
+    assert verdict == "icmp" and Ether(out)[ICMP].type == 3 and Ether(out)[ICMP].code == 4
+    assert Ether(out)[ICMP].nexthopmtu == 1280

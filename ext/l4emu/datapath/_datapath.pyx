@@ -174,6 +174,36 @@ cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, cons
     memcpy(pt, newport, 2)
 
 
+cdef inline void rewrite_both(uint8_t* p, const PacketInfo* info, const uint8_t* src, uint16_t sport,
+                              const uint8_t* dst, uint16_t dport) noexcept nogil:
+    """Full-NAT: both addresses and both ports at once, one RFC 1624 update per checksum."""
+    cdef int fam = info.key.family
+    cdef uint32_t alen = 4 if fam == 4 else 16
+    cdef uint8_t* s_at = p + info.l3 + addr_offset(fam, False)
+    cdef uint8_t* d_at = p + info.l3 + addr_offset(fam, True)
+    cdef uint8_t ports[4]
+    cdef uint32_t ds, dd, d
+    cdef uint8_t* csum = p + info.l4 + l4_csum_offset(info.key.proto)
+    ports[0] = <uint8_t>(sport >> 8)
+    ports[1] = <uint8_t>sport
+    ports[2] = <uint8_t>(dport >> 8)
+    ports[3] = <uint8_t>dport
+    ds = diff_words(0, s_at, src, alen)
+    dd = diff_words(0, d_at, dst, alen)
+    if fam == 4:
+        apply_diff(p + info.l3 + IP4_CSUM, ds + dd)
+    d = diff_words(ds + (0 if info.dst_in_rthdr else dd), p + info.l4 + L4_SPORT, ports, 4)
+    if info.key.proto == IPPROTO_TCP:
+        apply_diff(csum, d)
+    elif load16(csum) != 0:                         # UDP: zero means "no checksum" and stays so
+        apply_diff(csum, d)
+        if load16(csum) == 0:
+            csum[0] = csum[1] = 0xFF
+    memcpy(s_at, src, alen)
+    memcpy(d_at, dst, alen)
+    memcpy(p + info.l4 + L4_SPORT, ports, 4)
+
+
 cdef class Datapath:
     def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
                   bint sloppy_tcp=False, bint expire_nodest_conn=False):
@@ -1222,8 +1252,7 @@ cdef class Datapath:
                 return
         if not self.routed(p, info, s, verdict, detail):
             return
-        rewrite(p, info, False, self.t.laddrs[f.laddr].addr, f.lport)
-        rewrite(p, info, True, real.addr, real.port)
+        rewrite_both(p, info, self.t.laddrs[f.laddr].addr, f.lport, real.addr, real.port)
         real.in_pkts += 1
         real.in_bytes += origlen
         if (info.key.proto == IPPROTO_TCP and real.toa and (f.flags & F_FDATA)
@@ -1278,8 +1307,7 @@ cdef class Datapath:
         """The real's answer to the local address goes back from the VIP to the client (DPVS
         __dp_vs_out_xmit_fnat4/6); its SYN-ACK offers an MSS that leaves room for TOA (tcp_out_adjust_mss)."""
         cdef uint32_t limit
-        rewrite(p, info, False, s.vip, s.vport)
-        rewrite(p, info, True, f.client, f.cport)
+        rewrite_both(p, info, s.vip, s.vport, f.client, f.cport)
         if (real.toa and info.key.proto == IPPROTO_TCP
                 and (info.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)):
             limit = info.l4 + (p[info.l4 + TCP_DATA_OFFSET] >> 4) * 4
