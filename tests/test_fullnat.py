@@ -458,3 +458,24 @@ def test_over_the_mtu_fragmented_or_answered():
     [(out, (verdict, _))] = run(switch, [df / TCP(sport=7, dport=80, flags="S") / Raw(bytes(1400))])
     assert verdict == "icmp" and Ether(out)[ICMP].type == 3 and Ether(out)[ICMP].code == 4
     assert Ether(out)[ICMP].nexthopmtu == 1280
+
+
+def test_inside_view_shows_the_reals_answering_their_local_address(tmp_path):
+    """--inside: what the reals saw and sent; a full-NAT real's answer goes to the local address and
+    port its flow was given (the way in came from there)."""
+    from scapy.utils import rdpcap
+
+    config = configmod.load(PCAPS / "fullnat.toml", schedulers.catalog())
+    inside = tmp_path / "inside.pcap"
+    replay(PCAPS / "front.pcap", Switch(config, seed=1), tmp_path / "out.pcap", inside=inside)
+    reals = {(str(r.address), r.port) for svc in config.services for r in svc.reals}
+    sent, answered = set(), 0
+    for pkt in rdpcap(str(inside)):
+        net = pkt[IP] if IP in pkt else pkt[IPv6]
+        seg = pkt[TCP] if TCP in pkt else pkt[UDP]
+        if (net.dst, seg.dport) in reals:
+            sent.add((net.src, seg.sport, net.dst, seg.dport))
+        elif (net.src, seg.sport) in reals:
+            assert (net.dst, seg.dport, net.src, seg.sport) in sent, "an answer to where the flow came from"
+            answered += 1
+    assert answered > 20

@@ -110,3 +110,4 @@ cdef class Datapath:
                          uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void fullnat_out(self, uint8_t* p, PacketInfo* info, Flow* f, Real* real, Service* s) noexcept nogil
     cdef bint insert_toa(self, uint8_t* p, PacketInfo* info, Flow* f, Service* s) noexcept nogil
+    cdef Flow* fullnat_flow_of_answer(self, const PacketInfo* info, const Real* real) noexcept nogil

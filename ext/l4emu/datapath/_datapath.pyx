@@ -6,7 +6,7 @@ datagram) to a service with no flow is scheduled, everything else passes untouch
 move by IPVS's table; timeouts run on the packet clock.
 """
 from libc.stdlib cimport calloc, malloc, realloc, free
-from libc.string cimport memcmp, memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove, memset
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
 from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
@@ -1421,6 +1421,7 @@ cdef class Datapath:
         cdef Py_ssize_t i
         cdef PacketInfo info
         cdef Real* real
+        cdef Flow* f
         cdef uint8_t v
         cdef uint8_t* p
         for i in range(after.n):                    # the fragments the switch made: slots in the copy too
@@ -1443,8 +1444,31 @@ cdef class Datapath:
             elif v == V_ANSWER and parse_packet(p, before.caplen[i], before.origlen[i], before.linktype[i],
                                                 &info) == PARSED:
                 real = &self.t.reals[after.detail[i]]
-                rewrite(p, &info, False, real.addr, real.port)
+                f = self.fullnat_flow_of_answer(&info, real)
+                if f != NULL:                       # a full-NAT real answered its local address and port
+                    rewrite_both(p, &info, real.addr, real.port, self.t.laddrs[f.laddr].addr, f.lport)
+                else:
+                    rewrite(p, &info, False, real.addr, real.port)
                 before.verdict[i] = V_REPLY
+
+    cdef Flow* fullnat_flow_of_answer(self, const PacketInfo* info, const Real* real) noexcept nogil:
+        """The full-NAT flow a captured answer (VIP or capture server -> client) belongs to, or NULL."""
+        cdef PacketKey fwd
+        cdef uint32_t ref
+        cdef const Service* s = &self.t.services[real.service]
+        if real.forward != FWD_FULLNAT:
+            return NULL
+        memset(&fwd, 0, sizeof(PacketKey))
+        memcpy(fwd.src, info.key.dst, 16)
+        memcpy(fwd.dst, s.vip, 16)
+        fwd.sport = info.key.dport
+        fwd.dport = s.vport
+        fwd.proto = info.key.proto
+        fwd.family = info.key.family
+        ref = key_lookup(self.table, &fwd, key_hash(self.table, &fwd))
+        if ref == 0 or ref_is_reply(ref):
+            return NULL
+        return &self.table.flows[ref_index(ref)]
 
     # ---- snapshots (plain Python data; inspection never borrows internals) --------------------
     def expire_due(self):

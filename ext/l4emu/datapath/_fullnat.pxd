@@ -2,7 +2,7 @@
 # and the TOA TCP option that tells the real who the client was. Every helper takes the bytes it may
 # touch as a pointer whose length its caller checked.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from l4emu.datapath._types cimport PacketInfo
 from l4emu.datapath._checksum cimport apply_diff, diff_words, load16, store16
 from l4emu.datapath._wire cimport *
@@ -83,9 +83,8 @@ cdef inline void write_toa(uint8_t* q, uint32_t l3, uint32_t l4, int family, con
     cdef uint8_t old_len[4]
     cdef uint8_t new_len[4]
     cdef uint8_t zeros[TOA_LEN6]
-    cdef uint32_t d, k, length
-    for k in range(TOA_LEN6):
-        zeros[k] = 0
+    cdef uint32_t d, length
+    memset(zeros, 0, TOA_LEN6)
     opt[0] = TCPOPT_TOA
     opt[1] = <uint8_t>n
     store16(opt + 2, cport)
