@@ -322,6 +322,21 @@ def test_toa_writing_against_oracle(family, options, payload, acked, headroom):
         assert switch.stats()["toa_no_room"] == 1
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(family=st.sampled_from([4, 6]), options=st.binary(max_size=40), payload=st.binary(max_size=64))
+def test_fuzz_harness_on_arbitrary_option_bytes(family, options, payload):
+    """fuzz/common.py's forward harness (each frame in an exactly-sized batch, so a read past its end
+    is caught under AddressSanitizer) on full-NAT conversations whose SYN-ACK and ACK carry any bytes as
+    options: the MSS parse and TOA's writing stay in bounds and the invariants hold."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
+    from common import check_invariants, encode, fullnat_conversation, run_forward
+
+    switch = run_forward(encode(1, fullnat_conversation(family, options, payload), [1, 1, 1]))
+    check_invariants(switch)
+    stats = switch.stats()
+    assert stats["new"] == 1 and stats["toa_added"] + stats["toa_no_room"] <= 1
+
+
 def test_fuzz_harness_covers_fullnat():
     """fuzz/common.py's forward harness has full-NAT services; their frames keep every invariant."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
