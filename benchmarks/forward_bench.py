@@ -9,7 +9,10 @@ a tunnel prepends its headers in place), spread over the whole table. Each round
 fresh copy of the batch (the copy is not timed), methods in turn round by round. The service's MTU
 is 9000 (a jumbo-frame network between switch and reals, as Katran assumes), so that every size
 is forwarded, never answered with an ICMP error. It prints the median ns per packet of the rounds
-and the ratio to masq at the same size.
+and the ratio to masq at the same size. Full-NAT takes its local ports from four local addresses;
+"fullnat" times the ACKs of flows whose SYN-ACK the switch has not seen (no TOA to write, as for
+every packet past the first exchange), "fullnat + TOA" those of flows whose SYN-ACK it has seen, so
+that every ACK gets the option (DPVS writes it into each packet that acknowledges the SYN-ACK).
 
 Then fragments (docs/forwarding.md#fragments-for-a-vip): ns per datagram of 3,000 bytes in three
 IPv4 fragments to a UDP service of dr reals, for `3tuple` and for `track` (fragments in order, and
@@ -36,6 +39,7 @@ REALS = [f"10.1.0.{k}:{PORT}" for k in range(1, 5)]
 SIZES = (64, 576, 1500)         # IP packet bytes
 BATCH = 4096                    # the capture reader's batch
 JUMBO_MTU = 9000
+LOCALS = [f"10.0.0.{k}" for k in range(11, 15)]     # fullnat: 4 x 64,511 ports, for 200k flows
 METHODS = {
     "masq": {},
     "dr": {"forward": "dr", "mac": "02:00:00:00:00:01"},
@@ -44,6 +48,8 @@ METHODS = {
     "tun gue csum": {"forward": "tun", "tun_type": "gue", "tun_port": 6080, "tun_flags": "csum"},
     "tun gre": {"forward": "tun", "tun_type": "gre"},
     "tun katran": {"forward": "tun", "encap": "katran"},
+    "fullnat": {"forward": "fullnat", "local_addresses": LOCALS},
+    "fullnat + TOA": {"forward": "fullnat", "local_addresses": LOCALS, "answered": True},
 }
 
 
@@ -55,9 +61,11 @@ def method_switch(method: dict, flows: int) -> Switch:
 
 
 def flow_frames(n: int, flags: str, size: int) -> list[bytes]:
-    """n client -> VIP frames of `size` IP bytes, one per flow (client 172.16.x.y, distinct ports)."""
+    """n client -> VIP frames of `size` IP bytes, one per flow (client 172.16.x.y, distinct ports); an ACK
+    acknowledges sequence number 1 (the SYN-ACKs below send 0)."""
     template = bytearray(bytes(Ether() / IP(src="172.16.0.1", dst=VIP, flags="DF")
-                               / TCP(sport=1024, dport=PORT, flags=flags) / Raw(bytes(max(0, size - 40)))))
+                               / TCP(sport=1024, dport=PORT, flags=flags, ack=1 if "A" in flags else 0)
+                               / Raw(bytes(max(0, size - 40)))))
     frames = []
     for k in range(n):
         frame = bytearray(template)
@@ -65,6 +73,22 @@ def flow_frames(n: int, flags: str, size: int) -> list[bytes]:
         frame[34:36] = struct.pack("!H", 1024 + (k & 0x3FFF))
         frame[24:26] = b"\0\0"                      # IPv4 checksum again, for the new source
         frame[24:26] = struct.pack("!H", ~_sum(frame[14:34]) & 0xFFFF)
+        frames.append(bytes(frame))
+    return frames
+
+
+def synacks(syns: Batch) -> list[bytes]:
+    """Each real's SYN-ACK (sequence number 0) to the SYN the switch sent it: addresses and ports swapped."""
+    frames = []
+    for i in range(len(syns)):
+        frame = bytearray(syns.packet(i))
+        frame[26:34] = frame[30:34] + frame[26:30]
+        frame[34:38] = frame[36:38] + frame[34:36]
+        frame[38:42] = bytes(4)
+        frame[47] = 0x12
+        frame[50:52] = b"\0\0"
+        pseudo = frame[26:34] + struct.pack("!HH", 6, len(frame) - 34)
+        frame[50:52] = struct.pack("!H", ~_sum(pseudo + frame[34:]) & 0xFFFF)
         frames.append(bytes(frame))
     return frames
 
@@ -80,8 +104,13 @@ class Case:
     """One method at one size: a switch with a warm table and the batch of ACKs it is timed on."""
 
     def __init__(self, method: dict, flows: int, size: int):
+        method = dict(method)
+        answered = method.pop("answered", False)
         self.switch = method_switch(method, flows)
-        self.switch.process(Batch.from_frames(flow_frames(flows, "S", 40), 1, [NS] * flows))
+        syns = Batch.from_frames(flow_frames(flows, "S", 40), 1, [NS] * flows)
+        self.switch.process(syns)
+        if answered:
+            self.switch.process(Batch.from_frames(synacks(syns), 1, [NS] * flows))
         acks = flow_frames(flows, "A", size)
         self.template = Batch(BATCH, BATCH * (len(acks[0]) + DEFAULT_HEADROOM))    # as the capture reader fills it
         for k in range(BATCH):

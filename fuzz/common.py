@@ -118,10 +118,12 @@ def check_invariants(switch: Switch) -> None:
 
 
 # The same services reached by dr and every tunnel (docs/forwarding.md), with a small MTU so that
-# the ICMP errors and drops of the forwarding path happen on short inputs too.
+# the ICMP errors and drops of the forwarding path happen on short inputs too; and full-NAT ones, with
+# so few local ports that they run out.
 FORWARD_CONFIG = """
 [table]
 max_connections = 4
+local_port_range = [1025, 1026]
 [[service]]
 vip = "10.0.0.100:80"
 mtu = 1280
@@ -154,6 +156,18 @@ source_address = ["10.0.0.2", "2001:db8::2"]
   [[service.real]]
   address = "[2001:db8:1::5]:80"
   forward = "tun"
+[[service]]
+vip = "10.0.0.101:80"
+local_addresses = ["10.0.0.21", "10.0.0.22"]
+  [[service.real]]
+  address = "10.1.0.6:8080"
+  forward = "fullnat"
+[[service]]
+vip = "[2001:db8::101]:80"
+  [[service.real]]
+  address = "[2001:db8:1::6]:8080"
+  forward = "fullnat"
+  local_addresses = ["2001:db8::21"]
 """
 _FORWARD_CONFIG = configmod.from_dict(tomllib.loads(FORWARD_CONFIG), schedulers.catalog())
 
@@ -162,6 +176,31 @@ def run_forward(data: bytes) -> Switch:
     """The forward harness's body: run_frames on reals reached by dr and tunnels, where a forwarded
     frame may grow (encapsulation) and an answered one is replaced (icmp)."""
     return run_frames(data, Switch(_FORWARD_CONFIG, seed=1), resized=("new", "forward", "icmp", "more"))
+
+
+def fullnat_conversation(family: int, options: bytes, payload: bytes = b"") -> list[bytes]:
+    """Frames for FORWARD_CONFIG's full-NAT services: a SYN, the real's SYN-ACK (its options as given) to the
+    first local address and port the switch lends, and the client's ACK of it (its options as given), which
+    takes TOA if it has room: the option writing and the MSS parsing on arbitrary option bytes."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    vip, real, local, client = (
+        ("10.0.0.101", "10.1.0.6", "10.0.0.21", "192.0.2.9")
+        if family == 4
+        else ("2001:db8::101", "2001:db8:1::6", "2001:db8::21", "2001:db8:9::9")
+    )
+    net = IP if family == 4 else IPv6
+    link = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")     # no address resolution by scapy
+    options = options[: len(options) - len(options) % 4]
+    doff = 5 + len(options) // 4
+    syn = link / net(src=client, dst=vip) / TCP(sport=4000, dport=80, flags="S", seq=1)
+    synack = link / net(src=real, dst=local) / TCP(sport=8080, dport=1025, flags="SA", seq=77, ack=2,
+                                                       dataofs=doff) / (options + payload)
+    ack = link / net(src=client, dst=vip) / TCP(sport=4000, dport=80, flags="A", seq=2, ack=78,
+                                                   dataofs=doff) / (options + payload)
+    return [bytes(syn), bytes(synack), bytes(ack)]
 
 
 def run_frames(data: bytes, switch: Switch | None = None, resized=()) -> Switch:

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
-from common import MAX_FRAMES, encode, encode_records  # noqa: E402
+from common import MAX_FRAMES, encode, encode_records, fullnat_conversation  # noqa: E402
 from malformed import CATALOGUE, well_formed_variants  # noqa: E402
 from pcapio_build import epb, idb, pb, pcap, shb, spb  # noqa: E402
 
@@ -55,6 +55,14 @@ def datapath_seeds():
     good = [case.frame for case in well_formed_variants() if case.linktype == 1]
     seeds += [encode(1, good + [case.frame], [0] * (len(good) + 1)) for case in CATALOGUE if case.linktype == 1]
     return seeds + icmp_seeds()
+
+
+def forward_seeds():
+    """The datapath's seeds, and full-NAT conversations whose ACK takes TOA (or has no room for it)."""
+    mss = bytes([2, 4, 5, 0xB4])
+    full = bytes([1, 1, 8, 10]) + bytes(8) + bytes([1, 1, 8, 10]) + bytes(8) + bytes([1, 1, 8, 10]) + bytes(8)
+    return datapath_seeds() + [encode(1, fullnat_conversation(family, options, b"GET"), [1, 1, 1])
+                               for family in (4, 6) for options in (b"", mss, full)]
 
 
 def hosts_seeds():
@@ -168,4 +176,4 @@ if __name__ == "__main__":
     print(f"make_corpus: {write(base / 'datapath', datapath_seeds())} datapath seeds, "
           f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds, "
           f"{write(base / 'hosts', hosts_seeds())} hosts seeds, "
-          f"{write(base / 'forward', datapath_seeds())} forward seeds in {base}")
+          f"{write(base / 'forward', forward_seeds())} forward seeds in {base}")

@@ -49,12 +49,13 @@ DISTRIBUTIONS = ("fixed", "exponential", "lognormal", "empirical")
 MAX_WORKERS = 1 << 16
 MAX_SERVICE_TIME_S = 3600.0  # a request served for more than an hour is a typo
 MAX_RESPONSE_BYTES = 1 << 30
-# Forwarding methods (docs/forwarding.md): IPVS's NAT, direct routing and tunnels.
-FORWARD_METHODS = ("masq", "dr", "tun")
+# Forwarding methods (docs/forwarding.md): IPVS's NAT, direct routing and tunnels; DPVS's full-NAT.
+FORWARD_METHODS = ("masq", "dr", "tun", "fullnat")
 TUN_TYPES = ("ipip", "gue", "gre")  # ipvsadm --tun-type
 TUN_FLAGS = ("nocsum", "csum", "remcsum")  # ipvsadm --tun-nocsum / --tun-csum / --tun-remcsum
 ENCAPS = ("ipvs", "katran")
-FORWARD_KEYS = ("forward", "mac", "tun_type", "tun_port", "tun_flags", "encap")
+FORWARD_KEYS = ("forward", "mac", "tun_type", "tun_port", "tun_flags", "encap", "local_addresses", "toa")
+LOCAL_PORT_RANGE = (1025, 65535)  # DPVS sa_pool's default range of the ports a local address lends
 DEFAULT_MTU = 1500
 MTU_RANGE = (1280, 65535)  # IPv6's minimum link MTU up to the largest IP length
 FRAGMENT_POLICIES = ("drop", "3tuple", "track")  # what a fragment for a VIP gets (docs/forwarding.md)
@@ -184,6 +185,10 @@ class Real:
     tun_port: int = 0  # tun with gue: the UDP destination port
     tun_flags: str = "nocsum"  # tun with gue or gre: TUN_FLAGS
     encap: str = "ipvs"  # tun: "katran" writes Katran's outer headers instead of IPVS's
+    # fullnat: the switch's addresses that stand for the clients (empty: the service's), and whether a TOA TCP
+    # option carries the client's address and port to the real
+    local_addresses: tuple[IPAddress, ...] = ()
+    toa: bool = True
 
     @property
     def endpoint(self) -> str:
@@ -221,6 +226,7 @@ class Service:
     source_addresses: tuple[IPAddress, ...] = ()
     fragments: str = "drop"  # FRAGMENT_POLICIES
     check: checks.HealthCheck | None = None  # [service.check]: live mode's health checks of its reals
+    local_addresses: tuple[IPAddress, ...] = ()  # fullnat: the pool of its reals that name none of their own
 
     def source_address(self, family: int) -> IPAddress | None:
         """The switch's address of this family (the VIP for its own family when none is given)."""
@@ -257,6 +263,7 @@ class Config:
     conn_reuse_mode: bool = True
     sloppy_tcp: bool = False
     expire_nodest_conn: bool = False
+    local_port_range: tuple[int, int] = LOCAL_PORT_RANGE  # fullnat: the ports each local address lends
     # [workload] as written: emulated clients only (l4emu/workload.py checks it), so replay never parses it
     workload: dict = field(default_factory=dict)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
@@ -334,7 +341,7 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
     if "address" not in raw:
         raise ConfigError(f"{key}.address", "missing")
     address, port = parse_endpoint(raw["address"], f"{key}.address")
-    forwarding = _forwarding(raw, key)
+    forwarding = _forwarding(raw, key, family)
     if address.version != family and forwarding["forward"] != "tun":
         raise ConfigError(
             f"{key}.address", f"IPv{address.version} real for an IPv{family} VIP (only a tunnel changes the family)"
@@ -356,15 +363,18 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
     return Real(address, port, weight, thresholds[0], thresholds[1], **emulation, **forwarding)
 
 
-def _forwarding(raw: dict, key: str) -> dict:
-    """forward, mac, tun_type, tun_port, tun_flags, encap: each checked, and only where its method uses it."""
+def _forwarding(raw: dict, key: str, family: int) -> dict:
+    """forward, mac, the tunnel's keys, local_addresses, toa: each checked, and only where its method uses it."""
     forward = _typed(raw.get("forward", "masq"), str, f"{key}.forward")
     if forward not in FORWARD_METHODS:
         raise ConfigError(f"{key}.forward", f"{forward!r} is not one of {', '.join(FORWARD_METHODS)}")
     tunnel_keys = [name for name in ("tun_type", "tun_port", "tun_flags", "encap") if name in raw]
     if tunnel_keys and forward != "tun":
         raise ConfigError(f"{key}.{tunnel_keys[0]}", 'only a tunnel has this (forward = "tun")')
-    if "mac" in raw and forward == "masq":
+    fullnat_keys = [name for name in ("local_addresses", "toa") if name in raw]
+    if fullnat_keys and forward != "fullnat":
+        raise ConfigError(f"{key}.{fullnat_keys[0]}", 'only a full-NAT real has this (forward = "fullnat")')
+    if "mac" in raw and forward in ("masq", "fullnat"):
         raise ConfigError(f"{key}.mac", 'only dr and tun write a MAC (forward = "dr" or "tun")')
     mac = _typed(raw.get("mac", ""), str, f"{key}.mac")
     if mac and not MAC.match(mac):
@@ -398,7 +408,27 @@ def _forwarding(raw: dict, key: str) -> dict:
         "tun_port": port,
         "tun_flags": flags,
         "encap": encap,
+        "local_addresses": _local_addresses(raw.get("local_addresses", []), family, f"{key}.local_addresses"),
+        "toa": _typed(raw.get("toa", True), bool, f"{key}.toa"),
     }
+
+
+def _local_addresses(value, family: int, key: str) -> tuple:
+    """A list of the switch's addresses of the VIP's family (DPVS laddr), none twice."""
+    if not isinstance(value, list) or not all(isinstance(text, str) for text in value):
+        raise ConfigError(key, f'expected a list of addresses like ["10.0.0.11", "10.0.0.12"], got {value!r}')
+    addresses: list[IPAddress] = []
+    for i, text in enumerate(value):
+        try:
+            address = parse_address(text)
+        except ValueError:
+            raise ConfigError(f"{key}[{i}]", f"{text!r} is not an IP address") from None
+        if address.version != family:
+            raise ConfigError(f"{key}[{i}]", f"{text} is IPv{address.version}; the VIP and its reals are IPv{family}")
+        if address in addresses:
+            raise ConfigError(f"{key}[{i}]", f"{text} is listed twice")
+        addresses.append(address)
+    return tuple(addresses)
 
 
 def _emulation(raw: dict, key: str, protocol: str) -> dict:
@@ -494,6 +524,7 @@ def _service(raw, key: str, schedulers) -> Service:
             "source_address",
             "fragments",
             "check",
+            "local_addresses",
         },
     )
     if "vip" not in raw:
@@ -541,6 +572,21 @@ def _service(raw, key: str, schedulers) -> Service:
         raise ConfigError(f"{key}.fragments", f"{fragments!r} is not one of {', '.join(FRAGMENT_POLICIES)}")
     if fragments != "drop" and any(real.emulated for real in reals):
         raise ConfigError(f"{key}.fragments", 'a service of emulated reals takes fragments = "drop" only, for now')
+    local = _local_addresses(raw.get("local_addresses", []), vip.version, f"{key}.local_addresses")
+    fullnat = [i for i, real in enumerate(reals) if real.forward == "fullnat"]
+    if local and not fullnat:
+        raise ConfigError(
+            f"{key}.local_addresses", 'only a service with a full-NAT real (forward = "fullnat") takes them'
+        )
+    for i in fullnat:
+        if not (local or reals[i].local_addresses):
+            raise ConfigError(
+                f"{key}.local_addresses",
+                f"missing: real[{i}] is full-NAT and takes the client's place from a local address "
+                "(give them here or on the real)",
+            )
+    if fullnat and fragments != "drop":
+        raise ConfigError(f"{key}.fragments", 'a service with full-NAT reals drops fragments, as DPVS does ("drop")')
     if fragments == "3tuple" and any(real.forward == "masq" for real in reals):
         raise ConfigError(
             f"{key}.fragments",
@@ -567,9 +613,10 @@ def _service(raw, key: str, schedulers) -> Service:
         sources,
         fragments,
         check,
+        local,
     )
     for i, real in enumerate(reals):
-        if real.forward != "masq" and real.port != port:
+        if real.forward in ("dr", "tun") and real.port != port:
             raise ConfigError(
                 f"{key}.real[{i}].address", f"port {real.port}: a {real.forward} real owns the VIP, port {port} too"
             )
@@ -723,7 +770,9 @@ def from_dict(raw: dict, schedulers) -> Config:
     if not isinstance(workload, dict):
         raise ConfigError("workload", f"expected a table, got {type(workload).__name__}")
     table = _take(
-        raw.get("table", {}), "table", {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn"}
+        raw.get("table", {}),
+        "table",
+        {"max_connections", "conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn", "local_port_range"},
     )
     max_conns = _typed(table.get("max_connections", Config.max_connections), int, "table.max_connections")
     if not 1 <= max_conns <= MAX_CONNECTIONS:
@@ -748,6 +797,14 @@ def from_dict(raw: dict, schedulers) -> Config:
     cluster = cluster_settings(raw.get("cluster", {}))
     if cluster.instances > 1 and any(real.emulated for svc in services for real in svc.reals):
         raise ConfigError("cluster.instances", "a cluster runs without emulated reals for now (remove emulated = true)")
+    reals = [(i, k, real) for i, svc in enumerate(services) for k, real in enumerate(svc.reals)]
+    if any(real.emulated for _, _, real in reals):
+        for i, k, real in reals:
+            if real.forward == "fullnat":
+                raise ConfigError(
+                    f"service[{i}].real[{k}].forward",
+                    "full-NAT runs without emulated reals for now (docs/forwarding.md)",
+                )
     return Config(
         services=services,
         max_connections=max_conns,
@@ -755,9 +812,22 @@ def from_dict(raw: dict, schedulers) -> Config:
         conn_reuse_mode=_typed(table.get("conn_reuse_mode", True), bool, "table.conn_reuse_mode"),
         sloppy_tcp=_typed(table.get("sloppy_tcp", False), bool, "table.sloppy_tcp"),
         expire_nodest_conn=_typed(table.get("expire_nodest_conn", False), bool, "table.expire_nodest_conn"),
+        local_port_range=_port_range(table.get("local_port_range", list(LOCAL_PORT_RANGE)), "table.local_port_range"),
         workload=workload,
         cluster=cluster,
     )
+
+
+def _port_range(value, key: str) -> tuple[int, int]:
+    """[low, high]: the ports 1-65535 each local address lends to full-NAT flows."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not 1 <= value[0] <= value[1] <= 65535
+    ):
+        raise ConfigError(key, f"expected [low, high] with 1 <= low <= high <= 65535, got {value!r}")
+    return (value[0], value[1])
 
 
 def cluster_settings(raw) -> ClusterSettings:

@@ -35,6 +35,7 @@ DROP_TEXT = {
     "no_memory": "out of memory for a longer packet",
     "fragment_overflow": "a fragment ahead of its first found the waiting room full (fragments = track)",
     "fragment_held": "a fragment ahead of its first, waiting for it (fragments = track): written after it",
+    "local_ports_exhausted": "every local address of the full-NAT real's pool had all its ports lent",
 }
 PASS_TEXT = {
     "not_ip": "not IP",
@@ -142,7 +143,17 @@ class Switch:
             six.packed if six else bytes(16),
             svc.fragments,
         )
+        shared_pool = None  # the service's local addresses, a pool made once for the reals naming none
         for k, real in enumerate(svc.reals):
+            pool = -1
+            if real.forward == "fullnat":
+                low, high = self.config.local_port_range
+                if real.local_addresses:
+                    pool = self._datapath.add_local_pool([a.packed for a in real.local_addresses], low, high)
+                else:
+                    if shared_pool is None:
+                        shared_pool = self._datapath.add_local_pool([a.packed for a in svc.local_addresses], low, high)
+                    pool = shared_pool
             if real.forward != "masq":
                 datapath.set_real_forwarding(
                     first_real + k,
@@ -153,6 +164,8 @@ class Switch:
                     real.tun_port,
                     real.encap == "katran",
                     bytes.fromhex(real.mac.replace(":", "")),
+                    pool,
+                    real.toa,
                 )
 
     @classmethod
@@ -331,7 +344,7 @@ class Switch:
     def comment_table(self) -> list[list[bytes]]:
         """Per verdict and detail, the text --annotate writes into each packet's pcapng comment."""
         new = [f"new flow, {svc.scheduler} -> {r.endpoint}" for svc, r in self.reals]
-        how = {"masq": "DNAT to", "dr": "routed to", "tun": "tunnelled to"}  # the real's forwarding method
+        how = {"masq": "DNAT to", "dr": "routed to", "tun": "tunnelled to", "fullnat": "full-NAT to"}  # its method
         forward = [f"forward, {how[r.forward]} {r.endpoint}" for _, r in self.reals]
         reply = [f"reply from {r.endpoint}, SNAT to VIP {svc.endpoint}" for svc, r in self.reals]
         answer = [

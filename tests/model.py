@@ -70,6 +70,7 @@ class ModelSwitch:
                 flow["state"] = NEXT[(direction, event)][flow["state"]]
             verdict = "forward" if direction == "in" else "reply"
         flow["expires"] = self.clock + TIMEOUT[flow["state"]]
+        pkt[IP].ttl -= 1                        # NAT routes both ways (IPVS, Linux ip_forward); TTL 1 is not generated
         if verdict == "reply":
             pkt[IP].src, l4.sport = flow["vip"]
         else:

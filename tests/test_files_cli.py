@@ -214,4 +214,4 @@ def test_a_table_too_big_for_memory_is_one_line_naming_the_key(tmp_path):
                           capture_output=True, text=True, preexec_fn=limit_memory)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        "l4emu: error: table.max_connections: cannot allocate a table for 50000000 connections (4.6 GiB)"]
+        "l4emu: error: table.max_connections: cannot allocate a table for 50000000 connections (5.0 GiB)"]

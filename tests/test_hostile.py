@@ -61,8 +61,11 @@ def hostile_switch(seed: int = 1) -> Switch:
 
 def counters_add_up(switch, packets: int) -> None:
     s = switch.stats()
-    assert s["packets"] == packets == s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"]
-    assert s["dropped_total"] == sum(s["dropped"].values()) and s["passed"] == sum(s["passed_by_reason"].values())
+    verdicts = s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"] + s["icmp"]
+    assert s["packets"] == packets == verdicts
+    # an ICMP error the switch sends (TTL ran out) stands for a dropped packet: its reason counts with the drops
+    assert s["dropped_total"] + s["icmp"] == sum(s["dropped"].values())
+    assert s["passed"] == sum(s["passed_by_reason"].values())
     table = switch.table_info()
     assert table["used"] <= table["peak"] <= switch.config.max_connections
 
@@ -184,8 +187,9 @@ def _addr_slices(family: int, dst: bool):
 
 
 def _assert_translated(before: bytes, after: bytes, family: int, dst: bool, addr: bytes, port: int) -> None:
-    """Only the address, the port and the checksums changed, to the expected values; every checksum
-    is as valid as it was (RFC 1624 keeps a good one good and a bad one bad)."""
+    """Only the address, the port, the TTL / hop limit (one less: NAT routes the packet) and the checksums
+    changed, to the expected values; every checksum is as valid as it was (RFC 1624 keeps a good one good
+    and a bad one bad)."""
     ip_len = 20 if family == 4 else 40
     l4 = 14 + ((before[14] & 0x0F) * 4 if family == 4 else ip_len)
     proto = before[14 + 9] if family == 4 else before[14 + 6]
@@ -194,6 +198,7 @@ def _assert_translated(before: bytes, after: bytes, family: int, dst: bool, addr
     expected = bytearray(before)
     expected[_addr_slices(family, dst)] = addr
     expected[port_at:port_at + 2] = port.to_bytes(2, "big")
+    expected[_hop_at(family)] = before[_hop_at(family)] - 1
     mask = [csum, csum + 1] + ([14 + 10, 14 + 11] if family == 4 else [])
     for k in mask:
         expected[k] = after[k]
@@ -204,6 +209,11 @@ def _assert_translated(before: bytes, after: bytes, family: int, dst: bool, addr
         assert ok_after[2]                      # UDP "no checksum" stays 0
     else:
         assert ok_before[1] == ok_after[1]
+
+
+def _hop_at(family: int) -> int:
+    """Where the TTL (IPv4) or hop limit (IPv6) sits in an Ethernet frame."""
+    return 14 + (8 if family == 4 else 7)
 
 
 def _client_packet(family, proto, sport, payload):
@@ -264,6 +274,9 @@ def test_a_valid_packet_with_one_field_broken(case):
     verdict, detail = batch.result(0)
     out = batch.packet(0)
     counters_add_up(switch, packets + 1)
+    if verdict == "icmp":                       # TTL / hop limit 1 or 0: ICMP time exceeded in its place
+        assert field in ("ttl", "hlim") and frame[_hop_at(family)] <= 1
+        return
     if verdict in ("pass", "drop"):
         assert out == frame
         assert field is not None and field not in BENIGN, f"{field} broken: {verdict} {detail}"

@@ -12,6 +12,7 @@ STATE_NAMES: tuple[str, ...]
 DROP_REASONS: tuple[str, ...]
 PASS_REASONS: tuple[str, ...]
 FORWARD_NAMES: tuple[str, ...]
+FORWARD_METHODS: dict[str, int]
 TUN_TYPES: dict[str, int]
 TUN_FLAGS: dict[str, int]
 DEFAULT_MTU: int
@@ -77,7 +78,11 @@ class Datapath:
         tun_port: int = 0,
         katran: bool = False,
         mac: builtins.bytes = b"",
+        pool: int = -1,
+        toa: bool = True,
     ) -> None: ...
+    def add_local_pool(self, addresses: Sequence[builtins.bytes], low: int, high: int) -> int: ...
+    def local_addresses(self) -> list[tuple[builtins.bytes, int, int, int]]: ...
     def set_real(self, index: int, weight: int | None = None, down: bool | None = None) -> None: ...
     def take_over(self, old: Datapath, real_map: list[int], forget_templates: Iterable[int] = ()) -> None: ...
     def process(self, batch: Batch, start: int = 0, until_ns: int = 0, end: int = -1) -> int: ...

@@ -6,12 +6,14 @@ from l4emu.datapath._flowtable cimport FlowTable
 from l4emu.schedulers._core cimport SchedulerHook
 from l4emu.datapath._batch cimport Batch, V_LAST
 from l4emu.datapath._fragments cimport FragEntry, HeldFragment, FRAG_HOLD_SLOTS
+from l4emu.datapath._fullnat cimport LocalAddr, LocalPool
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:
     Service* services
     SchedulerHook* hooks                  # one per service
     Real* reals
+    LocalAddr* laddrs                     # fullnat: a removed flow gives its local port back
 
 
 @cython.final
@@ -94,3 +96,19 @@ cdef class Datapath:
                        int32_t* detail) noexcept nogil
     cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
                         uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef bint routed(self, uint8_t* p, PacketInfo* info, Service* s, uint8_t* verdict, int32_t* detail) noexcept nogil
+    # fullnat (_fullnat.pxd): local addresses with their ports, the pools reals take them from, TOA
+    cdef uint32_t n_laddrs
+    cdef LocalPool* pools
+    cdef uint32_t n_pools
+    cdef uint32_t* pool_members           # each pool's local addresses (indexes into t.laddrs), pool after pool
+    cdef uint32_t n_members
+    cdef readonly uint64_t toa_added      # TOA options written
+    cdef readonly uint64_t toa_no_room    # ... not written: the TCP header's 40 bytes of options were too full
+    cdef readonly uint64_t toa_too_big    # ... not written: the packet would no longer fit the route MTU
+    cdef bint take_local_port(self, Real* real, uint16_t* laddr, uint16_t* port) noexcept nogil
+    cdef void fullnat_in(self, uint8_t* p, PacketInfo* info, Flow* f, Real* real, uint32_t origlen, uint8_t v,
+                         uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef void fullnat_out(self, uint8_t* p, PacketInfo* info, Flow* f, Real* real, Service* s) noexcept nogil
+    cdef bint insert_toa(self, uint8_t* p, PacketInfo* info, Flow* f, Service* s) noexcept nogil
+    cdef Flow* fullnat_flow_of_answer(self, const PacketInfo* info, const Real* real) noexcept nogil

@@ -6,7 +6,7 @@ datagram) to a service with no flow is scheduled, everything else passes untouch
 move by IPVS's table; timeouts run on the packet clock.
 """
 from libc.stdlib cimport calloc, malloc, realloc, free
-from libc.string cimport memcmp, memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove, memset
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
 from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
 from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
@@ -18,6 +18,7 @@ from l4emu.datapath._persist cimport find_template, note_template
 from l4emu.datapath._icmp cimport rewrite_icmp_error
 from l4emu.datapath._forward cimport *
 from l4emu.datapath._fragments cimport *
+from l4emu.datapath._fullnat cimport *
 
 # The names of _types.pxd's vocabularies, each bound to its enum (checked complete at import).
 STATE_NAMES = name_table({
@@ -33,9 +34,12 @@ DROP_REASONS = name_table({
     D_REPLY_CLASH: "reply_clash", D_PROBE_LIMIT: "probe_limit", D_TTL_EXCEEDED: "ttl_exceeded",
     D_TOO_BIG: "too_big", D_TOO_BIG_DROPPED: "too_big_dropped", D_TUNNEL_LINK: "tunnel_link_type",
     D_NO_MEMORY: "no_memory", D_FRAG_OVERFLOW: "fragment_overflow", D_FRAG_HELD: "fragment_held",
+    D_NO_LOCAL_PORT: "local_ports_exhausted",
 }, N_DROP_REASONS, "DropReason")
 # ipvsadm's names of the forwarding methods (the Forward column); FullNat as Alibaba's LVS writes it.
-FORWARD_NAMES = name_table({FWD_MASQ: "Masq", FWD_DR: "Route", FWD_TUN: "Tunnel"}, N_FWD, "FwdMethod")
+FORWARD_NAMES = name_table({FWD_MASQ: "Masq", FWD_DR: "Route", FWD_TUN: "Tunnel", FWD_FULLNAT: "FullNat"}, N_FWD,
+                           "FwdMethod")
+FORWARD_METHODS = {"masq": FWD_MASQ, "dr": FWD_DR, "tun": FWD_TUN, "fullnat": FWD_FULLNAT}
 TUN_TYPES = {"ipip": TUN_IPIP, "gue": TUN_GUE, "gre": TUN_GRE}
 TUN_FLAGS = {"nocsum": 0, "csum": TUNF_CSUM, "remcsum": TUNF_REMCSUM}
 FRAGMENT_POLICIES = {"drop": FRAG_DROP, "3tuple": FRAG_3TUPLE, "track": FRAG_TRACK}
@@ -131,6 +135,8 @@ cdef void on_flow_removed(void* ctx, Flow* f, int why) noexcept nogil:
     cdef SchedulerHook* hook = &t.hooks[r.service]
     if f.flags & F_TEMPLATE:
         return
+    if r.forward == FWD_FULLNAT:
+        port_give_back(&t.laddrs[f.laddr], f.lport)
     if is_active(f.state):
         r.active -= 1
     else:
@@ -168,6 +174,36 @@ cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, cons
     memcpy(pt, newport, 2)
 
 
+cdef inline void rewrite_both(uint8_t* p, const PacketInfo* info, const uint8_t* src, uint16_t sport,
+                              const uint8_t* dst, uint16_t dport) noexcept nogil:
+    """Full-NAT: both addresses and both ports at once, one RFC 1624 update per checksum."""
+    cdef int fam = info.key.family
+    cdef uint32_t alen = 4 if fam == 4 else 16
+    cdef uint8_t* s_at = p + info.l3 + addr_offset(fam, False)
+    cdef uint8_t* d_at = p + info.l3 + addr_offset(fam, True)
+    cdef uint8_t ports[4]
+    cdef uint32_t ds, dd, d
+    cdef uint8_t* csum = p + info.l4 + l4_csum_offset(info.key.proto)
+    ports[0] = <uint8_t>(sport >> 8)
+    ports[1] = <uint8_t>sport
+    ports[2] = <uint8_t>(dport >> 8)
+    ports[3] = <uint8_t>dport
+    ds = diff_words(0, s_at, src, alen)
+    dd = diff_words(0, d_at, dst, alen)
+    if fam == 4:
+        apply_diff(p + info.l3 + IP4_CSUM, ds + dd)
+    d = diff_words(ds + (0 if info.dst_in_rthdr else dd), p + info.l4 + L4_SPORT, ports, 4)
+    if info.key.proto == IPPROTO_TCP:
+        apply_diff(csum, d)
+    elif load16(csum) != 0:                         # UDP: zero means "no checksum" and stays so
+        apply_diff(csum, d)
+        if load16(csum) == 0:
+            csum[0] = csum[1] = 0xFF
+    memcpy(s_at, src, alen)
+    memcpy(d_at, dst, alen)
+    memcpy(p + info.l4 + L4_SPORT, ports, 4)
+
+
 cdef class Datapath:
     def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
                   bint sloppy_tcp=False, bint expire_nodest_conn=False):
@@ -190,6 +226,11 @@ cdef class Datapath:
         for k in range(FRAG_HOLD_SLOTS):
             free(self.held[k].data)
         free(self.frag_table)
+        for k in range(<int>self.n_laddrs):
+            free(self.t.laddrs[k].ring)
+        free(self.t.laddrs)
+        free(self.pools)
+        free(self.pool_members)
         free(self.fronts)
         free(self.unattributed_front)
         free(self.unattributed_real)
@@ -242,7 +283,7 @@ cdef class Datapath:
         self.n_reals += n
         self._add_fronts(vip, family, port, proto, capture_servers)
         self.n_services += 1
-        self.table.bind(self.t.reals, self.t.services, on_flow_removed, &self.t)
+        self.table.bind(self.t.reals, self.t.services, self.t.laddrs, on_flow_removed, &self.t)
         return self.n_services - 1
 
     def _add_fronts(self, bytes vip, int family, int port, int proto, capture_servers):
@@ -669,43 +710,67 @@ cdef class Datapath:
             self.table.reschedule(idx)
         s = &self.t.services[real.service]
         if ref_is_reply(ref):
-            if not (front >= 0 and self.fronts[front].is_vip) and real.forward == FWD_MASQ:
-                rewrite(p, info, False, s.vip, s.vport)     # an answer from the VIP leaves as it came
+            if real.forward == FWD_MASQ or real.forward == FWD_FULLNAT:
+                if front < 0:                           # the real's answer: the switch routes it back
+                    if not self.routed(p, info, s, verdict, detail):
+                        return
+                    if real.forward == FWD_FULLNAT:
+                        self.fullnat_out(p, info, f, real, s)
+                    else:
+                        rewrite(p, info, False, s.vip, s.vport)
+                elif not self.fronts[front].is_vip:    # an answer from the VIP leaves as it came
+                    rewrite(p, info, False, s.vip, s.vport)
+                if (real.forward == FWD_FULLNAT and info.key.proto == IPPROTO_TCP
+                        and (info.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)):
+                    f.fdata_seq = tcp_seq(p, info) + 1  # DPVS tcp_out_init_seq: TOA goes where this is acked
+                    f.flags |= F_FDATA
             real.out_pkts += 1
             real.out_bytes += origlen
             self.finish(verdict, detail, V_ANSWER if front >= 0 else V_REPLY, f.real)
-        elif real.forward != FWD_MASQ:
-            self.forward(p, info, real, h, origlen, V_FORWARD, verdict, detail)
-        else:
+        elif real.forward == FWD_MASQ:
+            if not self.routed(p, info, s, verdict, detail):
+                return
             rewrite(p, info, True, real.addr, real.port)
             real.in_pkts += 1
             real.in_bytes += origlen
             self.finish(verdict, detail, V_FORWARD, f.real)
+        elif real.forward == FWD_FULLNAT:
+            self.fullnat_in(p, info, f, real, origlen, V_FORWARD, verdict, detail)
+        else:
+            self.forward(p, info, real, h, origlen, V_FORWARD, verdict, detail)
 
     cdef void icmp_error(self, uint8_t* p, PacketInfo* info, uint32_t ref, uint32_t origlen, uint8_t* verdict,
                          int32_t* detail) noexcept nogil:
         """Translate an ICMP error with the flow it quotes; it never opens or refreshes a flow."""
         cdef Flow* f
         cdef Real* real
+        cdef Service* s
         if ref == 0 or self.table.flows[ref_index(ref)].expires_ns <= self.clock_ns:
             self.finish(verdict, detail, V_PASS, P_OTHER_PROTOCOL)
             return
         f = &self.table.flows[ref_index(ref)]
         real = &self.t.reals[f.real]
-        if real.forward != FWD_MASQ:                # IPVS: sent on by the flow's method, untranslated
+        s = &self.t.services[real.service]
+        if real.forward == FWD_DR or real.forward == FWD_TUN:     # IPVS: sent on by the flow's method, untranslated
             if ref_is_reply(ref):
                 self.finish(verdict, detail, V_PASS, P_OTHER_PROTOCOL)
             else:
                 self.forward(p, info, real, 0, origlen, V_FORWARD, verdict, detail)
             return
+        if not self.routed(p, info, s, verdict, detail):
+            return
+        # fullnat translates both ends of the error and of its quote: the client's side too
         if ref_is_reply(ref):
-            rewrite_icmp_error(p, info.caplen, info, True, self.t.services[real.service].vip,
-                               self.t.services[real.service].vport)
+            rewrite_icmp_error(p, info.caplen, info, True, s.vip, s.vport)
+            if real.forward == FWD_FULLNAT:
+                rewrite_icmp_error(p, info.caplen, info, False, f.client, f.cport)
             real.out_pkts += 1
             real.out_bytes += origlen
             self.finish(verdict, detail, V_REPLY, f.real)
         else:
             rewrite_icmp_error(p, info.caplen, info, False, real.addr, real.port)
+            if real.forward == FWD_FULLNAT:
+                rewrite_icmp_error(p, info.caplen, info, True, self.t.laddrs[f.laddr].addr, f.lport)
             real.in_pkts += 1
             real.in_bytes += origlen
             self.finish(verdict, detail, V_FORWARD, f.real)
@@ -722,6 +787,9 @@ cdef class Datapath:
         cdef PacketKey reply
         cdef int64_t idx, template = -1
         cdef Flow* f
+        cdef bint fullnat
+        cdef uint16_t laddr = 0, lport = 0
+        cdef int refused = -1
         if svc < 0:
             svc = self.find_service(&info.key, False)
         if svc < 0:
@@ -744,23 +812,35 @@ cdef class Datapath:
             self.finish(verdict, detail, V_DROP, D_NO_REAL)
             return
         real = &self.t.reals[s.first_real + pick]
+        fullnat = real.forward == FWD_FULLNAT
         reply = info.key                            # the reply key this flow would own
         memcpy(reply.src, real.addr, 16)
-        memcpy(reply.dst, info.key.src, 16)
         reply.sport = real.port
-        reply.dport = info.key.sport
+        if fullnat:                                 # the real answers a local address and port (DPVS laddr)
+            if not self.take_local_port(real, &laddr, &lport):
+                self.finish(verdict, detail, V_DROP, D_NO_LOCAL_PORT)
+                return
+            memcpy(reply.dst, self.t.laddrs[laddr].addr, 16)
+            reply.dport = lport
+        else:
+            memcpy(reply.dst, info.key.src, 16)
+            reply.dport = info.key.sport
         hr = key_hash(self.table, &reply)
+        idx = -1
         if key_lookup(self.table, &reply, hr):
-            self.finish(verdict, detail, V_DROP, D_REPLY_CLASH)
-            return
+            refused = D_REPLY_CLASH
         # Colliding keys (a hash flood) fill a probe run: refuse before alloc, which could evict.
-        if not (slot_room(self.table, h) and slot_room(self.table, hr)):
+        elif not (slot_room(self.table, h) and slot_room(self.table, hr)):
             self.table.insert_failed += 1
-            self.finish(verdict, detail, V_DROP, D_PROBE_LIMIT)
-            return
-        idx = self.table.alloc(self.clock_ns)
-        if idx < 0:
-            self.finish(verdict, detail, V_DROP, D_TABLE_FULL)
+            refused = D_PROBE_LIMIT
+        else:
+            idx = self.table.alloc(self.clock_ns)
+            if idx < 0:
+                refused = D_TABLE_FULL
+        if refused >= 0:
+            if fullnat:
+                port_give_back(&self.t.laddrs[laddr], lport)
+            self.finish(verdict, detail, V_DROP, refused)
             return
         f = &self.table.flows[idx]
         memcpy(f.client, info.key.src, 16)
@@ -768,7 +848,9 @@ cdef class Datapath:
         f.proto = info.key.proto
         f.family = info.key.family
         f.real = s.first_real + pick
-        if real.forward != FWD_MASQ:
+        f.laddr = laddr
+        f.lport = lport
+        if real.forward == FWD_DR or real.forward == FWD_TUN:
             f.flags |= F_NOOUTPUT
         if info.key.proto == IPPROTO_UDP:
             f.state = S_UDP
@@ -778,6 +860,8 @@ cdef class Datapath:
             f.state = S_NONE
         f.expires_ns = self.clock_ns + self.timeout_ns[<int>f.state]
         if self.table.insert(<uint32_t>idx) < 0:          # both keys' last free slot was the same one
+            if fullnat:
+                port_give_back(&self.t.laddrs[laddr], lport)
             self.finish(verdict, detail, V_DROP, D_PROBE_LIMIT)
             return
         if is_active(f.state):
@@ -788,8 +872,13 @@ cdef class Datapath:
         if s.persist_ns:
             note_template(self.table, s, &info.key, f.real, template, self.clock_ns)
         real.conns += 1
+        if fullnat:
+            self.fullnat_in(p, info, f, real, origlen, V_NEW, verdict, detail)
+            return
         if real.forward != FWD_MASQ:
             self.forward(p, info, real, h, origlen, V_NEW, verdict, detail)
+            return
+        if not self.routed(p, info, s, verdict, detail):
             return
         real.in_pkts += 1
         real.in_bytes += origlen
@@ -872,6 +961,9 @@ cdef class Datapath:
                             uint8_t* verdict, int32_t* detail) noexcept nogil:
         """A later fragment to its datagram's real: masq DNATs its address, dr and tun forward it whole;
         or (reply) a later fragment of the real's datagram to the client: masq SNATs it back to the VIP."""
+        if not (real.forward == FWD_DR or real.forward == FWD_TUN or   # NAT routes it: TTL - 1
+                self.routed(p, info, &self.t.services[real.service], verdict, detail)):
+            return
         if reply:
             rewrite_fragment_address(p, info, False, self.t.services[real.service].vip)
             real.out_pkts += 1
@@ -1192,6 +1284,175 @@ cdef class Datapath:
         self.cur.origlen[i] = size
         self.finish(verdict, detail, V_ICMP, reason)
 
+    cdef bint routed(self, uint8_t* p, PacketInfo* info, Service* s, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """A packet NAT sends on is routed: IPVS's __ip_vs_get_out_rt (to the real) and Linux's ip_forward
+        (the real's answer, back through the switch) take one from its TTL / hop limit, and one that arrives
+        with 1 or 0 gets ICMP time exceeded in its place. False: it is not sent on."""
+        if ttl_left(p, info.l3, info.key.family):
+            decrement_ttl(p, info.l3, info.key.family)
+            return True
+        if info.icmp_error or self.cur is None:     # never an error about an error; no batch to write one in
+            self.finish(verdict, detail, V_DROP, D_TTL_EXCEEDED)
+        else:
+            self.icmp_back(p, info, s, D_TTL_EXCEEDED, 0, verdict, detail)
+        return False
+
+    # ---- fullnat: DPVS's full-NAT, local addresses, TOA (_fullnat.pxd writes the bytes) ----------
+    cdef bint take_local_port(self, Real* real, uint16_t* laddr, uint16_t* port) noexcept nogil:
+        """DPVS dp_vs_laddr_bind: the pool's next local address round robin, and the next one while it has
+        no free port, up to LADDR_MAX_TRIALS addresses. False: every one tried was full."""
+        cdef LocalPool* pool = &self.pools[real.pool]
+        cdef uint32_t _trial, a
+        for _trial in range(min(pool.n, <uint32_t>LADDR_MAX_TRIALS)):
+            pool.cursor = pool.cursor + 1 if pool.cursor + 1 < pool.n else 0
+            a = self.pool_members[pool.first + pool.cursor]
+            if port_take(&self.t.laddrs[a], port):
+                laddr[0] = <uint16_t>a
+                return True
+        return False
+
+    cdef void fullnat_in(self, uint8_t* p, PacketInfo* info, Flow* f, Real* real, uint32_t origlen, uint8_t v,
+                         uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """DPVS __dp_vs_xmit_fnat4/6: the route MTU first (DF or IPv6: ICMP fragmentation needed / packet
+        too big; IPv4 without DF: fragmented on the way out), then the TTL, then both ends rewritten (the
+        client's address and port become the local ones), and TOA in the client's packets that
+        acknowledge the real's SYN-ACK."""
+        cdef Service* s = &self.t.services[real.service]
+        cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
+        cdef int fam = info.key.family
+        cdef bint split = False
+        if ip_len > s.mtu and not info.len_from_capture:
+            if fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)):
+                if info.end > info.caplen or (p[l3] & 0x0F) * 4 != IP4_HEADER_LEN or self.cur is None:
+                    self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)     # what l4emu does not fragment
+                    return
+                split = True
+            elif self.cur is None:
+                self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
+                return
+            else:
+                self.icmp_back(p, info, s, D_TOO_BIG, max(s.mtu, <uint32_t>IPV6_MIN_MTU) if fam == 6 else s.mtu,
+                               verdict, detail)
+                return
+        if not self.routed(p, info, s, verdict, detail):
+            return
+        rewrite_both(p, info, self.t.laddrs[f.laddr].addr, f.lport, real.addr, real.port)
+        real.in_pkts += 1
+        real.in_bytes += origlen
+        if (info.key.proto == IPPROTO_TCP and real.toa and (f.flags & F_FDATA)
+                and acks_first_data(p, info, f.fdata_seq)):
+            if split or info.len_from_capture or ip_len + toa_length(fam) > s.mtu:
+                self.toa_too_big += 1               # DPVS: EDPVS_FRAG, sent on without it
+            else:
+                self.insert_toa(p, info, f, s)
+        if split and self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False) < 0:
+            v = V_DROP
+        if self.cur is not None:                    # the batch's arrays may have moved (fragments)
+            self.finish(&self.cur.verdict[self.cur_i], &self.cur.detail[self.cur_i], v,
+                        D_NO_MEMORY if v == V_DROP else real - self.t.reals)
+        else:
+            self.finish(verdict, detail, v, real - self.t.reals)
+
+    cdef bint insert_toa(self, uint8_t* p, PacketInfo* info, Flow* f, Service* s) noexcept nogil:
+        """DPVS tcp_in_add_toa: TOA right after the fixed TCP header, the options and data moved down
+        (here the headers move up into the batch's headroom instead, or the packet moves to fresh room);
+        skipped and counted when the options have no room for it (Ethernet padding is left behind)."""
+        cdef Py_ssize_t i = self.cur_i
+        cdef uint32_t n = toa_length(info.key.family)
+        cdef uint32_t head = info.l4 + TCP_HEADER_LEN
+        cdef uint32_t kept = info.end if info.end < info.caplen else info.caplen
+        cdef uint64_t old
+        cdef uint8_t* q
+        if ((p[info.l4 + TCP_DATA_OFFSET] >> 4) * 4 + n > TCP_MAX_HEADER_LEN or self.cur is None
+                or (info.key.family == 4 and info.end - info.l3 + n > 0xFFFF)):
+            self.toa_no_room += 1                   # DPVS: EDPVS_NOROOM, sent on without it
+            return False
+        if self.cur.headroom[i] >= n:               # in place: the headers move up into the headroom
+            q = p - n
+            memmove(q, p, head)
+            self.cur.offset[i] = self.cur.offset[i] - n
+            self.cur.headroom[i] = <uint16_t>(self.cur.headroom[i] - n)
+            self.cur.caplen[i] = kept + n
+        else:                                       # no headroom: a copy at the end of the batch
+            old = self.cur.offset[i]
+            q = self.cur.room(i, kept + n)
+            if q == NULL:
+                self.toa_no_room += 1
+                return False
+            p = self.cur.data + old                 # the buffer may have moved
+            memcpy(q, p, head)
+            memcpy(q + head + n, p + head, kept - head)
+        self.cur.origlen[i] = info.end + n
+        write_toa(q, info.l3, info.l4, info.key.family, f.client, f.cport)
+        self.toa_added += 1
+        return True
+
+    cdef void fullnat_out(self, uint8_t* p, PacketInfo* info, Flow* f, Real* real, Service* s) noexcept nogil:
+        """The real's answer to the local address goes back from the VIP to the client (DPVS
+        __dp_vs_out_xmit_fnat4/6); its SYN-ACK offers an MSS that leaves room for TOA (tcp_out_adjust_mss)."""
+        cdef uint32_t limit
+        rewrite_both(p, info, s.vip, s.vport, f.client, f.cport)
+        if (real.toa and info.key.proto == IPPROTO_TCP
+                and (info.tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)):
+            limit = info.l4 + (p[info.l4 + TCP_DATA_OFFSET] >> 4) * 4
+            lower_mss(p, info.l4, limit if limit < info.caplen else info.caplen, toa_length(info.key.family))
+
+    def add_local_pool(self, addresses, uint32_t low, uint32_t high):
+        """A pool of local addresses (packed bytes) for fullnat reals; returns its index. An address given
+        again (in another pool) is the same address with the same ports: its allocator is shared."""
+        cdef uint32_t k, a
+        cdef LocalAddr* la
+        if self.started:
+            raise RuntimeError("local addresses are fixed once packets have been processed")
+        if not addresses or not 1 <= low <= high <= 65535:
+            raise ValueError("a pool needs addresses and a port range within 1-65535")
+        members = []
+        for address in addresses:
+            padded = _addr16(address)
+            for a in range(self.n_laddrs):
+                if bytes(self.t.laddrs[a].addr[:16]) == padded:
+                    break
+            else:
+                if self.n_laddrs >= 0xFFFF:
+                    raise ValueError("at most 65535 local addresses")
+                la = <LocalAddr*>realloc(self.t.laddrs, (self.n_laddrs + 1) * sizeof(LocalAddr))
+                if la == NULL:
+                    raise MemoryError()
+                self.t.laddrs = la
+                la = &self.t.laddrs[self.n_laddrs]
+                la.addr = padded
+                la.family = 4 if len(address) == 4 else 6
+                la.size = la.n_free = high - low + 1
+                la.head = 0
+                la.flows = 0
+                la.ring = <uint16_t*>malloc(la.size * sizeof(uint16_t))
+                if la.ring == NULL:
+                    raise MemoryError()
+                for k in range(la.size):
+                    la.ring[k] = <uint16_t>(low + k)
+                a = self.n_laddrs
+                self.n_laddrs += 1
+            members.append(a)
+        self.pools = <LocalPool*>realloc(self.pools, (self.n_pools + 1) * sizeof(LocalPool))
+        self.pool_members = <uint32_t*>realloc(self.pool_members, (self.n_members + len(members)) * sizeof(uint32_t))
+        if self.pools == NULL or self.pool_members == NULL:
+            raise MemoryError()
+        self.pools[self.n_pools].first = self.n_members
+        self.pools[self.n_pools].n = len(members)
+        self.pools[self.n_pools].cursor = len(members) - 1     # DPVS starts at the list's first address
+        for a in members:
+            self.pool_members[self.n_members] = a
+            self.n_members += 1
+        self.n_pools += 1
+        self.table.bind(self.t.reals, self.t.services, self.t.laddrs, on_flow_removed, &self.t)
+        return self.n_pools - 1
+
+    def local_addresses(self):
+        """Per local address, in the order first given: (address bytes, ports, ports in use, flows given)."""
+        cdef uint32_t k
+        return [(bytes(self.t.laddrs[k].addr[:4 if self.t.laddrs[k].family == 4 else 16]), self.t.laddrs[k].size,
+                 self.t.laddrs[k].size - self.t.laddrs[k].n_free, self.t.laddrs[k].flows) for k in range(self.n_laddrs)]
+
     def set_forwarding(self, uint32_t service, uint32_t mtu, bytes source4, bytes source6, str fragments="drop"):
         """A service's route MTU towards its reals, the switch's own addresses (outer sources, ICMP) and
         what a fragment for its VIP gets (FRAGMENT_POLICIES)."""
@@ -1203,16 +1464,22 @@ cdef class Datapath:
         self.t.services[service].source6 = _addr16(source6)
 
     def set_real_forwarding(self, uint32_t index, str method, int family, str tun_type="ipip",
-                            str tun_flags="nocsum", int tun_port=0, bint katran=False, bytes mac=b""):
-        """A real's forwarding method ("masq", "dr", "tun"), its own address family (a tunnel may carry
-        IPv4 in IPv6 and back), the tunnel's type, flags and GUE port, and the Ethernet destination."""
+                            str tun_flags="nocsum", int tun_port=0, bint katran=False, bytes mac=b"",
+                            int pool=-1, bint toa=True):
+        """A real's forwarding method (FORWARD_METHODS), its own address family (a tunnel may carry
+        IPv4 in IPv6 and back), the tunnel's type, flags and GUE port, the Ethernet destination; fullnat:
+        its local address pool (add_local_pool) and whether TOA carries the client's address."""
         cdef Real* r
         if index >= self.n_reals:
             raise IndexError(f"no real {index}")
         if self.started:
             raise RuntimeError("forwarding is fixed once packets have been processed")
+        if (method == "fullnat") != (0 <= pool < <int>self.n_pools):
+            raise ValueError("a fullnat real, and only one, takes a local address pool (add_local_pool)")
         r = &self.t.reals[index]
-        r.forward = {"masq": FWD_MASQ, "dr": FWD_DR, "tun": FWD_TUN}[method]
+        r.forward = FORWARD_METHODS[method]
+        r.pool = pool if pool >= 0 else 0
+        r.toa = toa
         r.family = family
         r.tun_type = TUN_TYPES[tun_type]
         r.tun_flags = TUN_FLAGS[tun_flags]
@@ -1238,6 +1505,7 @@ cdef class Datapath:
         cdef Py_ssize_t i
         cdef PacketInfo info
         cdef Real* real
+        cdef Flow* f
         cdef uint8_t v
         cdef uint8_t* p
         for i in range(after.n):                    # the fragments the switch made: slots in the copy too
@@ -1260,8 +1528,31 @@ cdef class Datapath:
             elif v == V_ANSWER and parse_packet(p, before.caplen[i], before.origlen[i], before.linktype[i],
                                                 &info) == PARSED:
                 real = &self.t.reals[after.detail[i]]
-                rewrite(p, &info, False, real.addr, real.port)
+                f = self.fullnat_flow_of_answer(&info, real)
+                if f != NULL:                       # a full-NAT real answered its local address and port
+                    rewrite_both(p, &info, real.addr, real.port, self.t.laddrs[f.laddr].addr, f.lport)
+                else:
+                    rewrite(p, &info, False, real.addr, real.port)
                 before.verdict[i] = V_REPLY
+
+    cdef Flow* fullnat_flow_of_answer(self, const PacketInfo* info, const Real* real) noexcept nogil:
+        """The full-NAT flow a captured answer (VIP or capture server -> client) belongs to, or NULL."""
+        cdef PacketKey fwd
+        cdef uint32_t ref
+        cdef const Service* s = &self.t.services[real.service]
+        if real.forward != FWD_FULLNAT:
+            return NULL
+        memset(&fwd, 0, sizeof(PacketKey))
+        memcpy(fwd.src, info.key.dst, 16)
+        memcpy(fwd.dst, s.vip, 16)
+        fwd.sport = info.key.dport
+        fwd.dport = s.vport
+        fwd.proto = info.key.proto
+        fwd.family = info.key.family
+        ref = key_lookup(self.table, &fwd, key_hash(self.table, &fwd))
+        if ref == 0 or ref_is_reply(ref):
+            return NULL
+        return &self.table.flows[ref_index(ref)]
 
     # ---- snapshots (plain Python data; inspection never borrows internals) --------------------
     def expire_due(self):
@@ -1285,6 +1576,8 @@ cdef class Datapath:
             "clock_ns": self.clock_ns, "fragments_made": self.fragments_made,
             "fragments_held": self.fragments_held, "fragments_released": self.fragments_released,
             "fragments_expired": self.fragments_expired, "fragment_datagrams_forgotten": self.frag_track_forgotten,
+            **({"toa_added": self.toa_added, "toa_no_room": self.toa_no_room, "toa_too_big": self.toa_too_big}
+               if self.n_laddrs else {}),     # fullnat's, shown where there is a local address
         }
 
     def unattributed(self):

@@ -7,6 +7,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcmp, memcpy, memset
 from l4emu.datapath._siphash cimport siphash13
 from l4emu.datapath._types cimport *
+from l4emu.datapath._fullnat cimport LocalAddr
 
 cdef enum:
     WHEEL_SLOTS = 1024      # one-second buckets; longer timeouts wrap and are re-checked
@@ -59,12 +60,14 @@ cdef class FlowTable:
     cdef uint32_t ehead, etail
     cdef const Real* reals
     cdef const Service* services
+    cdef const LocalAddr* laddrs          # fullnat: a flow's reply key is addressed to one of these
     cdef removed_fn on_removed
     cdef void* removed_ctx
     cdef uint64_t removed[N_REMOVE_WHY]   # flows removed, by RemoveWhy
     cdef readonly uint64_t insert_failed
 
-    cdef void bind(self, const Real* reals, const Service* services, removed_fn cb, void* ctx) noexcept nogil
+    cdef void bind(self, const Real* reals, const Service* services, const LocalAddr* laddrs, removed_fn cb,
+                   void* ctx) noexcept nogil
     cdef int64_t alloc(self, uint64_t now) noexcept nogil
     cdef int insert(self, uint32_t idx) noexcept nogil
     cdef void remove(self, uint32_t idx, int why) noexcept nogil
@@ -124,6 +127,9 @@ cdef inline bint key_matches(FlowTable t, uint32_t ref, const PacketKey* key) no
     if f.proto != key.proto or f.family != key.family:
         return False
     if ref_is_reply(ref):
+        if r.forward == FWD_FULLNAT and not (f.flags & F_TEMPLATE):    # the real answers its local address
+            return (r.port == key.sport and f.lport == key.dport and memcmp(r.addr, key.src, alen) == 0
+                    and memcmp(t.laddrs[f.laddr].addr, key.dst, alen) == 0)
         return (r.port == key.sport and f.cport == key.dport
                 and memcmp(r.addr, key.src, alen) == 0 and memcmp(f.client, key.dst, alen) == 0)
     s = &t.services[r.service]

@@ -96,9 +96,11 @@ cdef class FlowTable:
         """Bytes the table allocated: flow records plus index (the wheel is a fixed 4 KiB)."""
         return self.capacity * sizeof(Flow) + (self.mask + 1) * sizeof(Slot) + sizeof(self.wheel)
 
-    cdef void bind(self, const Real* reals, const Service* services, removed_fn cb, void* ctx) noexcept nogil:
+    cdef void bind(self, const Real* reals, const Service* services, const LocalAddr* laddrs, removed_fn cb,
+                   void* ctx) noexcept nogil:
         self.reals = reals
         self.services = services
+        self.laddrs = laddrs
         self.on_removed = cb
         self.removed_ctx = ctx
 
@@ -111,9 +113,13 @@ cdef class FlowTable:
         fwd.sport = f.cport
         fwd.dport = s.vport
         memcpy(rep.src, r.addr, 16)
-        memcpy(rep.dst, f.client, 16)
+        if r.forward == FWD_FULLNAT and not (f.flags & F_TEMPLATE):    # the real answers its local address
+            memcpy(rep.dst, self.laddrs[f.laddr].addr, 16)
+            rep.dport = f.lport
+        else:
+            memcpy(rep.dst, f.client, 16)
+            rep.dport = f.cport
         rep.sport = r.port
-        rep.dport = f.cport
         fwd.proto = rep.proto = f.proto
         fwd.family = rep.family = f.family
 

@@ -44,7 +44,8 @@ cdef enum DropReason:
     D_NO_MEMORY = 18        # the batch could not grow to hold a longer packet
     D_FRAG_OVERFLOW = 19    # track: a fragment ahead of its first found the waiting room full
     D_FRAG_HELD = 20        # track: waiting for its first fragment (not counted as a drop: it leaves later or expires)
-    N_DROP_REASONS = 21
+    D_NO_LOCAL_PORT = 21    # fullnat: every local address of the real's pool has all its ports in use
+    N_DROP_REASONS = 22
 
 # Why a packet passed untouched (Batch.detail when verdict is V_PASS); _datapath.pyx names each (PASS_REASONS).
 cdef enum PassReason:
@@ -62,6 +63,7 @@ cdef enum FlowFlag:
     F_BLACKHOLED = 4    # sent to its real after the real went down (counted once)
     F_TEMPLATE = 8      # a persistence template (client net -> real), not a connection
     F_NOOUTPUT = 16     # IPVS IP_VS_CONN_F_NOOUTPUT: dr/tun, no packet of the real's side seen yet
+    F_FDATA = 32        # fullnat: the real's SYN-ACK was seen, fdata_seq holds its sequence number + 1
 
 cdef enum:
     TEMPLATE_PROTO = 0x80   # or-ed into a template's protocol: no packet's key can ever match it
@@ -71,7 +73,8 @@ cdef enum FwdMethod:
     FWD_MASQ = 0
     FWD_DR = 1
     FWD_TUN = 2
-    N_FWD = 3
+    FWD_FULLNAT = 3         # DPVS full-NAT: both addresses rewritten, the client's one from a local address pool
+    N_FWD = 4
 
 # Service.fragments: what a fragment for the service's VIP gets.
 cdef enum FragPolicy:
@@ -136,6 +139,9 @@ ctypedef struct Flow:
     uint8_t state           # ConnState
     uint8_t flags           # FlowFlag
     uint32_t controlled     # templates: connections it placed that are still in the table
+    uint32_t fdata_seq      # fullnat: the real's first data byte (its SYN-ACK's seq + 1): TOA goes where it is acked
+    uint16_t lport          # fullnat: the local port the real sees as the client's
+    uint16_t laddr          # fullnat: the local address, an index into the datapath's LocalAddr array
 
 ctypedef struct Service:
     uint8_t vip[16]
@@ -182,6 +188,8 @@ ctypedef struct Real:
     uint16_t tun_port       # GUE destination port
     uint8_t has_mac
     uint8_t mac[6]          # dr, tun: the Ethernet destination (the real's, or the next hop's)
+    uint8_t toa             # fullnat: write the client's address in a TOA TCP option (kind 254)
+    uint16_t pool           # fullnat: its local address pool, an index into the datapath's LocalPool array
 
 
 cdef inline tuple name_table(dict names, Py_ssize_t count, str vocabulary):
