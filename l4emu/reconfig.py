@@ -103,6 +103,13 @@ def check_reloadable(old: Config, new: Config, source: str = "") -> None:
             "restart l4emu live to resize it",
             source,
         )
+    if local_addresses(old) != local_addresses(new):
+        raise ConfigError(
+            "local_addresses",
+            "full-NAT's local addresses or local_port_range changed: the ports they lend belong to running "
+            "connections; restart l4emu live to change them",
+            source,
+        )
     for config in (old, new):
         for i, svc in enumerate(config.services):
             for j, real in enumerate(svc.reals):
@@ -114,6 +121,17 @@ def check_reloadable(old: Config, new: Config, source: str = "") -> None:
                         "restart l4emu live instead",
                         source,
                     )
+
+
+def local_addresses(config: Config) -> tuple:
+    """Full-NAT's local addresses in the order the datapath numbers them, and the ports each lends: a reload
+    carries their port allocators over only when these are the same."""
+    seen: dict[str, None] = {}
+    for svc in config.services:
+        for real in svc.reals:
+            if real.forward == "fullnat":
+                seen.update((str(a), None) for a in real.local_addresses or svc.local_addresses)
+    return (tuple(seen), config.local_port_range if seen else None)
 
 
 def _step(action: str, svc: Service, real: Real | None = None, changed: dict | None = None) -> dict:

@@ -111,7 +111,7 @@ class Switch:
                 _mask_bytes(svc.persistence_netmask, svc.vip.version),
                 [(address.packed, port) for address, port in svc.capture_servers],
             )
-            self._set_forwarding(datapath, index, svc, len(reals))
+            self._set_forwarding(datapath, index, svc, len(reals), config.local_port_range)
             reals.extend((svc, r) for r in svc.reals)
         return datapath, reals
 
@@ -133,7 +133,9 @@ class Switch:
         self._datapath, self.reals, self.config = fresh, reals, config
         return changes
 
-    def _set_forwarding(self, datapath: Datapath, index: int, svc: configmod.Service, first_real: int) -> None:
+    def _set_forwarding(
+        self, datapath: Datapath, index: int, svc: configmod.Service, first_real: int, ports: tuple[int, int]
+    ) -> None:
         """The service's MTU and the switch's addresses, and each real's method (docs/forwarding.md)."""
         four, six = svc.source_address(4), svc.source_address(6)
         datapath.set_forwarding(
@@ -147,12 +149,12 @@ class Switch:
         for k, real in enumerate(svc.reals):
             pool = -1
             if real.forward == "fullnat":
-                low, high = self.config.local_port_range
+                low, high = ports
                 if real.local_addresses:
-                    pool = self._datapath.add_local_pool([a.packed for a in real.local_addresses], low, high)
+                    pool = datapath.add_local_pool([a.packed for a in real.local_addresses], low, high)
                 else:
                     if shared_pool is None:
-                        shared_pool = self._datapath.add_local_pool([a.packed for a in svc.local_addresses], low, high)
+                        shared_pool = datapath.add_local_pool([a.packed for a in svc.local_addresses], low, high)
                     pool = shared_pool
             if real.forward != "masq":
                 datapath.set_real_forwarding(

@@ -494,3 +494,24 @@ def test_inside_view_shows_the_reals_answering_their_local_address(tmp_path):
             assert (net.dst, seg.dport, net.src, seg.sport) in sent, "an answer to where the flow came from"
             answered += 1
     assert answered > 20
+
+
+def test_a_reload_keeps_the_ports_running_connections_hold():
+    """apply() carries the local addresses' port rings over: the ports lent to running connections stay
+    lent (a new flow after the reload gets another one), and come back when those connections end."""
+    switch = make_switch(4, port_range=(5000, 5001))
+    first = run(switch, [conversation(4, cport=41000 + k)[0] for k in range(2)])
+    lent = {(l3(o).src, Ether(o)[TCP].sport) for o, _ in first}
+    switch.apply(switch.config)
+    assert [in_use for _, _, in_use, _ in switch._datapath.local_addresses()] == [1, 1]
+    after = run(switch, [conversation(4, cport=41002)[0]], t0=2 * 10**9)
+    assert (l3(after[0][0]).src, Ether(after[0][0])[TCP].sport) not in lent
+    run(switch, [conversation(4, cport=42000)[0]], t0=61 * 10**9)       # the first two expired (SYN_RECV, 60 s)
+    assert sum(in_use for _, _, in_use, _ in switch._datapath.local_addresses()) == 2
+
+
+def test_a_reload_that_changes_local_addresses_is_refused():
+    switch = make_switch(4)
+    changed = make_switch(4, port_range=(6000, 6100)).config
+    with pytest.raises(ConfigError, match=r"local_addresses: full-NAT's local addresses or local_port_range changed"):
+        switch.apply(changed)

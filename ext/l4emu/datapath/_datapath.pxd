@@ -63,6 +63,7 @@ cdef class Datapath:
     cdef int32_t real_of_source(self, const PacketKey* key) noexcept nogil
     cdef uint32_t answer_ref(self, PacketInfo* info, int32_t* front, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void set_state(self, Flow* f, uint8_t state) noexcept nogil
+    cdef void _take_local_addresses(self, Datapath old)
     cdef void _take_counters(self, Datapath old, real_map)
     cdef void finish(self, uint8_t* verdict, int32_t* detail, uint8_t v, int32_t d) noexcept nogil
     # Forwarding methods other than NAT (_forward.pxd). A packet that grows or is answered moves to fresh

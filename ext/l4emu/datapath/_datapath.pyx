@@ -349,6 +349,8 @@ cdef class Datapath:
         for k in range(old.n_reals):
             if not -1 <= real_map[k] < <int64_t>self.n_reals:
                 raise ValueError(f"real_map[{k}] = {real_map[k]}: no such real here")
+        if [a[:2] for a in self.local_addresses()] != [a[:2] for a in old.local_addresses()]:
+            raise ValueError("full-NAT's local addresses differ: their ports cannot be carried over")
         forget = set(forget_templates)
         for pass_ in range(2):      # connections first: their templates must still be found to be released
             for k in range(n):
@@ -372,12 +374,19 @@ cdef class Datapath:
             check_threshold(r)
             self.unattributed_real[to] = old.unattributed_real[k]
         self._take_counters(old, real_map)
+        self._take_local_addresses(old)
         self.table = old.table
-        self.table.bind(self.t.reals, self.t.services, on_flow_removed, &self.t)
+        self.table.bind(self.t.reals, self.t.services, self.t.laddrs, on_flow_removed, &self.t)
         for k in range(self.n_services):
             if self.t.hooks[k].changed != NULL:
                 self.t.hooks[k].changed(self.t.hooks[k].state, &self.t.reals[self.t.services[k].first_real],
                                         self.t.services[k].n_reals)
+
+    cdef void _take_local_addresses(self, Datapath old):
+        """take_over's full-NAT part: the two datapaths swap their local addresses' port rings, so the ports
+        running connections hold stay lent (each frees its own). The caller checked the addresses match."""
+        cdef LocalAddr* mine = self.t.laddrs
+        self.t.laddrs, old.t.laddrs = old.t.laddrs, mine
 
     cdef void _take_counters(self, Datapath old, real_map):
         """take_over's rest: the switch-wide counters, the clock, the fronts' counts and the fragment state
