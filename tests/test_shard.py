@@ -210,3 +210,18 @@ def test_refusals_are_one_line(tmp_path, args, message):
     run = run_cli("replay", PCAPS / "sample.pcap", *args, check=False)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and message in run.stderr, run.stderr
+
+
+def test_a_cut_capture_stops_alike(tmp_path):
+    """A capture cut mid-record: every packet before the fault is processed and written, as by one
+    worker, and the fault is the summary's error."""
+    capture = tmp_path / "cut.pcap"
+    capture.write_bytes((PCAPS / "sample.pcap").read_bytes()[:20000])
+    (single, one), (sharded, many) = _both(tmp_path, capture, _config(None, "sh"), 2)
+    assert many == one and single["error"] and sharded["error"] == single["error"]
+    _same_counters(single, sharded)
+
+
+def test_a_missing_capture_is_one_line(tmp_path):
+    run = run_cli("replay", tmp_path / "none.pcap", "--workers", 2, check=False)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "none.pcap: cannot open" in run.stderr

@@ -24,8 +24,8 @@ import tempfile
 import threading
 import time
 from array import array
-from multiprocessing.connection import wait
 from collections.abc import Sequence
+from multiprocessing.connection import wait
 from pathlib import Path
 from threading import BrokenBarrierError
 
@@ -96,7 +96,7 @@ def sharded_replay(capture: str | Path, config: Config, seed: int, workers: int,
     writer = open_writer(target, interfaces, nanosecond=nanosecond, fmt=fmt) if target is not None else None
     try:
         start = writer.start_at_offsets() if writer is not None else 0
-        results = _run_workers(capture, config, seed, workers, writer, start)
+        results = _run_workers(capture, config, seed, workers, writer, start, output)
         if writer is not None:
             firsts = [r["first"] for r in results if r["first"] is not None]
             if len({first[1] for first in firsts}) > 1:
@@ -208,12 +208,15 @@ class Meeting:
             file.close()
 
 
-def _run_workers(capture, config: Config, seed: int, workers: int, writer, start: int) -> list[dict]:
+def _run_workers(capture, config: Config, seed: int, workers: int, writer, start: int, shown=None) -> list[dict]:
     """Fork the workers, append their windows to the output, wait for each one's result; a worker that
-    fails stops the others."""
+    fails stops the others. `shown`: the output as errors name it (a device's output is assembled aside)."""
+    from l4emu.replay import summarize  # noqa: F401  (imported once here, not in every worker after the fork)
+    from l4emu.switch import Switch  # noqa: F401
+
     context = multiprocessing.get_context("fork")  # the config and tables are inherited, not pickled
     meeting = Meeting(context, workers, writer is not None)
-    plan = (capture, config, seed, workers, writer)
+    plan = (capture, config, seed, workers, writer, shown)
     pipes, processes = [], []
     for k in range(workers):
         receive, send = context.Pipe(duplex=False)
@@ -303,7 +306,7 @@ def _replay_share(k: int, plan, meeting: Meeting) -> dict:
     from l4emu.replay import summarize
     from l4emu.switch import Switch
 
-    capture, config, seed, workers, writer = plan
+    capture, config, seed, workers, writer, shown = plan
     started = time.perf_counter()
     switch = Switch(config, seed)
     dealer = Dealer(workers, k, *dealing(config))
@@ -333,7 +336,7 @@ def _replay_share(k: int, plan, meeting: Meeting) -> dict:
                 try:
                     data, count = encoder.encode(batch, False, None, linktype or 0)
                 except ValueError as exc:
-                    raise ShardError(f"{writer.path}: {exc}") from None
+                    raise ShardError(f"{shown}: {exc}") from None
                 account(batch, index, low, data, pcapng, halves[window % 2])
                 if used + len(data) > len(records):
                     records.extend(bytes(max(len(data), len(records))))
