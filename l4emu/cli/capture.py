@@ -250,6 +250,11 @@ def _sharded(
     except (L4emuError, OSError) as exc:
         fail(str(exc))
     click.echo(views.to_json(summary) if as_json else views.summary_text(summary))
+    if config.cluster.instances > 1:
+        summary["warnings"].append(
+            f"[cluster] instances = {config.cluster.instances}: replay runs one switch a worker; "
+            f"`l4emu compare {capture}` runs the cluster"
+        )
     for warning in summary["warnings"]:
         click.echo(f"l4emu: warning: {warning}", err=True)
     if summary["error"]:
