@@ -4,9 +4,12 @@ ICMP errors; dealing keeps a flow's packets together; --check-sharding; bad --wo
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.all import ICMP, IP, TCP, UDP, Ether, IPerror, TCPerror, rdpcap, wrpcap
 
 from conftest import PCAPS, run_cli
@@ -124,7 +127,7 @@ def _generated(path):
     wrpcap(str(path), packets)
 
 
-@pytest.mark.parametrize("scheduler", HASH_SCHEDULERS)
+@pytest.mark.parametrize("scheduler", (*HASH_SCHEDULERS, "dh"))
 def test_generated_capture_with_replies_and_icmp_errors(tmp_path, scheduler):
     capture = tmp_path / "flows.pcap"
     _generated(capture)
@@ -225,3 +228,31 @@ def test_a_cut_capture_stops_alike(tmp_path):
 def test_a_missing_capture_is_one_line(tmp_path):
     run = run_cli("replay", tmp_path / "none.pcap", "--workers", 2, check=False)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "none.pcap: cannot open" in run.stderr
+
+
+def test_a_failing_worker_stops_the_run_in_one_line(tmp_path):
+    """Two link types into a .pcap: the worker that meets the second fails, the others stop at their
+    barrier, no file is left and the error is one line (as one worker's)."""
+    out = tmp_path / "mixed.pcap"
+    run = run_cli("replay", PCAPS / "sample-ns.pcapng", "-o", out, "--workers", 2, check=False)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "several link types: write .pcapng" in run.stderr and str(out) in run.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@given(
+    client=st.integers(0x0B000000, 0xDFFFFFFF),
+    port=st.integers(1, 65535),
+    workers=st.integers(1, 64),
+    junk=st.binary(max_size=80),
+)
+@settings(max_examples=300, deadline=None)
+def test_dealing_any_client_and_any_bytes(client, port, workers, junk):
+    """A client's packets both ways go to one worker in range; any bytes at all get a worker in range."""
+    dealer = Dealer(workers, 0, *shard.dealing(_config(None, "sh")))
+    address = str(ipaddress.IPv4Address(client))
+    there = dealer.owner_of(bytes(ETH / IP(src=address, dst=VIP) / TCP(sport=port, dport=80)))
+    back = dealer.owner_of(bytes(ETH / IP(src=REALS[1], dst=address) / TCP(sport=8080, dport=port)))
+    assert there == back and 0 <= there < workers
+    for linktype in (1, 101, 113, 0):
+        assert 0 <= dealer.owner_of(junk, linktype) < workers
