@@ -23,7 +23,7 @@ from l4emu.switch import Switch
 
 HASH_SCHEDULERS = ("sh", "mh", "hrw")
 # Counters that are the run's, not the traffic's (peak: the workers' peaks summed, an upper bound).
-NOT_COMPARED = {"output", "elapsed_s", "packets_per_s", "workers", "warnings", "events", "inside_written", "peak_connections"}
+NOT_COMPARED = {"output", "elapsed_s", "packets_per_s", "workers", "peak_connections"}
 SAMPLES = {  # capture -> config (None: the embedded default the samples were made for)
     "sample.pcap": None,
     "sample-ns.pcapng": None,

@@ -31,9 +31,10 @@ from threading import BrokenBarrierError
 
 from l4emu.config import Config
 from l4emu.datapath._batch import Batch
+from l4emu.datapath._datapath import DROP_REASONS, PARSED_LINKTYPES, PASS_REASONS
 from l4emu.dist._shard import Dealer, account, first_written, place, window_bytes
 from l4emu.errors import L4emuError
-from l4emu.io import CaptureError, open_capture, open_writer
+from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
 
 WINDOW = 1 << 18  # capture packets per window: the workers meet once per window to place their records
 BATCH = 4096  # packets per batch, as replay reads them
@@ -112,10 +113,15 @@ def sharded_replay(capture: str | Path, config: Config, seed: int, workers: int,
     finally:
         if target != output and target is not None:
             shutil.rmtree(Path(target).parent, ignore_errors=True)
-    summary = merge([r["summary"] for r in results], time.perf_counter() - started)
+    summary = merge([r["summary"] for r in results], time.perf_counter() - started, key_orders(config))
     summary["output"] = str(output) if output else None
     summary["workers"] = workers
-    summary["warnings"] = [*results[0]["warnings"], *outcome_warnings(summary, capture)]
+    summary["events"], summary["inside_written"] = [], 0  # as replay() gives them without --event, --inside
+    summary["warnings"] = [
+        *results[0]["warnings"],
+        *unknown_link_types(capture, interfaces, PARSED_LINKTYPES),
+        *outcome_warnings(summary, capture),
+    ]
     return summary
 
 
@@ -137,8 +143,21 @@ def _copy_to(source: Path, device) -> None:
         raise ShardError(f"{device}: cannot write: {exc.strerror or exc}") from None
 
 
-def merge(summaries: Sequence[dict], elapsed: float) -> dict:
-    """One summary from the workers': counts summed (dicts key by key, in the first worker's order)."""
+def key_orders(config: Config) -> dict[str, list[str]]:
+    """The order one worker lists each per-name count in (only names with a count appear): reasons
+    in the datapath's order, senders as Switch.unattributed() lists them."""
+    fronts = [front for svc in config.services for front in svc.fronts]
+    reals = [real.endpoint for svc in config.services for real in svc.reals]
+    return {
+        "dropped": list(DROP_REASONS),
+        "passed_by_reason": list(PASS_REASONS),
+        "unattributed": fronts + reals,
+        "new_connections": reals,
+    }
+
+
+def merge(summaries: Sequence[dict], elapsed: float, orders: dict[str, list[str]]) -> dict:
+    """One summary from the workers': counts summed (per-name counts listed in `orders`' order)."""
     merged = dict(summaries[0])
     for key, value in merged.items():
         if key in NOT_SUMMED:
@@ -148,7 +167,8 @@ def merge(summaries: Sequence[dict], elapsed: float) -> dict:
             for summary in summaries:
                 for name, count in summary[key].items():
                     total[name] = total.get(name, 0) + count
-            merged[key] = total
+            rank = {name: k for k, name in reversed(list(enumerate(orders.get(key, []))))}
+            merged[key] = dict(sorted(total.items(), key=lambda item: rank.get(item[0], len(rank))))
         elif isinstance(value, int):
             merged[key] = sum(summary[key] for summary in summaries)
     merged["elapsed_s"] = round(elapsed, 6)
