@@ -256,3 +256,16 @@ def test_dealing_any_client_and_any_bytes(client, port, workers, junk):
     assert there == back and 0 <= there < workers
     for linktype in (1, 101, 113, 0):
         assert 0 <= dealer.owner_of(junk, linktype) < workers
+
+
+@pytest.mark.parametrize("sample", sorted(PCAPS.glob("*.pcap*")), ids=lambda p: p.name)
+def test_the_shard_fuzz_harness_on_the_samples_whole_and_cut(sample):
+    """fuzz/common.py's run_shard (the atheris 'shard' harness): each packet dealt once, whole or cut."""
+    import sys
+
+    sys.path.insert(0, str(PCAPS.parent / "fuzz"))
+    from common import run_shard
+
+    data = sample.read_bytes()
+    for end in (len(data), len(data) // 2 + 3, 100, 30):
+        run_shard(data[:end])
