@@ -260,6 +260,36 @@ def run_capture(data: bytes) -> Switch:
     return switch
 
 
+def run_shard(data: bytes) -> None:
+    """The shard harness's body: the pcap harness's input dealt to 3 workers by sharded replay's
+    Dealer (each scanning the bytes itself, as the workers do): every packet goes to exactly one
+    worker, with its capture index, whatever the bytes; the dealt packets are the ones fill reads."""
+    from array import array
+
+    from l4emu.dist._shard import Dealer
+    from l4emu.dist.shard import dealing
+
+    tables = dealing(small_switch().config)
+    plain = Scanner(data)
+    batch = Batch(4)
+    total = 0
+    while plain.fill(batch):
+        total += batch.n
+    owners: dict[int, int] = {}
+    for k in range(3):
+        scanner, dealer = Scanner(data), Dealer(3, k, *tables)
+        index = memoryview(array("Q", bytes(8 * 4))).cast("B").cast("Q")
+        while n := scanner.fill_kept(batch, dealer, index, 1 << 62):
+            for j in range(n):
+                if index[j] in owners or index[j] >= total:
+                    raise AssertionError(f"packet {index[j]} dealt twice or past the {total} read")
+                owners[index[j]] = k
+        if scanner.seen != total:
+            raise AssertionError(f"worker {k} read {scanner.seen} packets, the reader {total}")
+    if len(owners) != total:
+        raise AssertionError(f"{total - len(owners)} packets dealt to no worker")
+
+
 # The tun harness's input: records [len_hi][len_lo][bytes...], each a virtio-net header (10 bytes) and the
 # packet after it, as a TUN with IFF_VNET_HDR hands them over; the length is cut to what is left.
 MAX_RECORDS = 48
@@ -423,4 +453,11 @@ def run_hosts(data: bytes) -> Switch:
     return switch
 
 
-HARNESSES = {"datapath": run_frames, "pcap": run_capture, "tun": run_tun, "hosts": run_hosts, "forward": run_forward}
+HARNESSES = {
+    "datapath": run_frames,
+    "pcap": run_capture,
+    "tun": run_tun,
+    "hosts": run_hosts,
+    "forward": run_forward,
+    "shard": run_shard,
+}

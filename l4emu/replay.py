@@ -105,13 +105,7 @@ def replay(
         *unknown_link_types(capture, reader.interfaces, PARSED_LINKTYPES),
         *clock.past_the_end(),
     ]
-    if summary["unattributed"]:
-        summary["warnings"].append(unattributed_warning(run_name or capture, summary["unattributed"]))
-    if summary["translated"] == 0 and summary["passed_by_reason"].get("no_service"):
-        summary["warnings"].append(
-            f"{capture}: no packet was for a service of the config: if the capture was "
-            f"taken behind another load balancer, name its servers with --capture-servers"
-        )
+    summary["warnings"] += outcome_warnings(summary, capture, run_name)
     summary["inside_written"] = writers[1].packets_written if writers[1] is not None else 0
     if emulator is not None:
         summary["emulated"] = emulated_summary(switch, writers[1])
@@ -162,6 +156,19 @@ def _packets(reader, emulator: Emulator, clock: _Moments, progress) -> None:
                 clock.arrive(moment)
         if progress is not None:
             progress(reader.position, reader.size)
+
+
+def outcome_warnings(summary: dict, capture, run_name: str | None = None) -> list[str]:
+    """What the counters say a user should hear: unattributed answers, a capture for no service."""
+    warnings = []
+    if summary["unattributed"]:
+        warnings.append(unattributed_warning(run_name or capture, summary["unattributed"]))
+    if summary["translated"] == 0 and summary["passed_by_reason"].get("no_service"):
+        warnings.append(
+            f"{capture}: no packet was for a service of the config: if the capture was "
+            f"taken behind another load balancer, name its servers with --capture-servers"
+        )
+    return warnings
 
 
 def unattributed_warning(where, unattributed: dict[str, int]) -> str:

@@ -104,6 +104,17 @@ class Seconds(click.ParamType):
     metavar="T",
     help="Also write the state at T seconds after the first packet, beside --state-out as NAME@T.json (repeatable).",
 )
+@click.option(
+    "--workers",
+    default="1",
+    metavar="N",
+    help="Replay in N processes, flows dealt by client address (docs/replay.md: sharded replay).",
+)
+@click.option(
+    "--check-sharding",
+    is_flag=True,
+    help="With --workers N: also replay in one process and show how far each real's new connections differ.",
+)
 def replay(
     capture,
     output,
@@ -120,6 +131,8 @@ def replay(
     inside,
     capture_servers,
     at_times,
+    workers,
+    check_sharding,
 ):
     """Replay CAPTURE through the switch and summarize what it did.
 
@@ -132,6 +145,24 @@ def replay(
     if at_times and not state_out:
         fail("--at writes its states beside --state-out: give --state-out too")
     _refuse_overwriting(capture, {"-o": output, "--inside": inside, "--state-out": state_out})
+    workers = worker_count(workers)
+    if workers > 1 or check_sharding:
+        _refuse_with_workers(workers, check_sharding, annotate, events, inside, state_out, at_times)
+        _sharded(
+            capture,
+            output,
+            fmt,
+            config_path,
+            vips,
+            reals,
+            scheduler,
+            seed,
+            as_json,
+            capture_servers,
+            workers,
+            check_sharding,
+        )
+        return
     spellings = at_spellings(at_times)
     try:
         events = [parse_event(e) for e in events]
@@ -163,6 +194,65 @@ def replay(
     if switch.config.cluster.instances > 1:
         summary["warnings"].append(
             f"[cluster] instances = {switch.config.cluster.instances}: replay runs one switch; "
+            f"`l4emu compare {capture}` runs the cluster"
+        )
+    for warning in summary["warnings"]:
+        click.echo(f"l4emu: warning: {warning}", err=True)
+    if summary["error"]:
+        fail(summary["error"])
+
+
+def worker_count(text: str) -> int:
+    """--workers N: a whole number of processes, 1 to MAX_WORKERS (one line when it is not). The sharding
+    module is imported only when N is not 1 (start-up: tests/test_startup.py)."""
+    try:
+        workers = int(text.strip())
+    except ValueError:
+        fail(f"--workers {text!r}: not a whole number of worker processes")
+    if workers != 1:
+        from l4emu.dist.shard import MAX_WORKERS
+
+        if not 1 <= workers <= MAX_WORKERS:
+            fail(f"--workers {workers}: give 1 to {MAX_WORKERS} worker processes")
+    return workers
+
+
+def _refuse_with_workers(workers: int, check: bool, annotate, events, inside, state_out, at_times) -> None:
+    """What sharded replay does not do (yet): each a one-line refusal before any work."""
+    if check and workers == 1:
+        fail("--check-sharding compares --workers N (N > 1) with one worker: give --workers")
+    refused = {
+        "--annotate": annotate,
+        "--event": events,
+        "--inside": inside,
+        "--state-out": state_out,
+        "--at": at_times,
+    }
+    for flag, given in refused.items():
+        if given:
+            fail(f"{flag} works with one worker only: leave out --workers {workers} (sharded replay)")
+
+
+def _sharded(
+    capture, output, fmt, config_path, vips, reals, scheduler, seed, as_json, capture_servers, workers, check
+) -> None:
+    """replay --workers N: the capture's flows dealt to N processes; one summary, as one worker prints."""
+    from l4emu.dist.shard import check_sharding, sharded_replay
+    from l4emu.render import views
+
+    try:
+        config = _build_config(config_path, vips, reals, scheduler, capture_servers)
+        if any(real.emulated for svc in config.services for real in svc.reals):
+            fail(f"emulated reals work with one worker only: leave out --workers {workers}")
+        summary = sharded_replay(capture, config, seed, workers, output, fmt)
+        if check:
+            summary["sharding"] = check_sharding(summary, capture, config, seed)
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    click.echo(views.to_json(summary) if as_json else views.summary_text(summary))
+    if config.cluster.instances > 1:
+        summary["warnings"].append(
+            f"[cluster] instances = {config.cluster.instances}: replay runs one switch a worker; "
             f"`l4emu compare {capture}` runs the cluster"
         )
     for warning in summary["warnings"]:

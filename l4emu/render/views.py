@@ -157,7 +157,9 @@ def summary_text(summary: dict) -> str:
         ),
         f"table        peak {summary['peak_connections']:,}, final {summary['final_connections']:,} "
         f"of {summary['max_connections']:,}",
-        f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s",
+        f"time         {summary['elapsed_s']:.3f} s, {summary['packets_per_s']:,.0f} packets/s"
+        + (f" ({summary['workers']} workers)" if summary.get("workers", 1) > 1 else ""),
+        *_sharding_lines(summary.get("sharding")),
     ]
     emulated = summary.get("emulated")
     if emulated:
@@ -181,6 +183,20 @@ def summary_text(summary: dict) -> str:
     if summary.get("error"):
         lines.append(f"stopped      {summary['error']}")
     return "\n".join(lines)
+
+
+def _sharding_lines(check: dict | None) -> list[str]:
+    """--check-sharding: each real's new connections, sharded beside one worker's."""
+    if not check:
+        return []
+    rows = [
+        f"{row['real']:<24} {row['sharded']:>9,} vs {row['one_worker']:>9,} in one worker "
+        f"({row['difference_pct']:.2f}%)"
+        for row in check["reals"]
+    ]
+    worst, workers = check["max_difference_pct"], check["workers"]
+    title = f"largest difference {worst:.2f}% of a real's connections ({workers} workers)"
+    return _columns("sharding", [title, *rows])
 
 
 def _columns(title: str, rows: list[str], empty: str | None = "none") -> list[str]:

@@ -37,6 +37,9 @@ cdef class Batch:
     cdef uint8_t* verdict                 # Verdict, set by the datapath
     cdef int32_t* detail
     cdef uint16_t* headroom               # free bytes right before packet i: a tunnel's headers go there
+    # which pushed packet slot i came from (push numbers them 0, 1, ...; insert copies its neighbour's):
+    # sharded replay writes each capture packet's output in its place by it
+    cdef uint32_t* source
     cdef uint16_t reserve                 # the headroom push leaves before each packet it copies
 
     cdef void clear(self) noexcept nogil

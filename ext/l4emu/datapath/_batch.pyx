@@ -35,10 +35,11 @@ cdef class Batch:
         self.verdict = <uint8_t*>calloc(capacity, sizeof(uint8_t))
         self.detail = <int32_t*>calloc(capacity, sizeof(int32_t))
         self.headroom = <uint16_t*>calloc(capacity, sizeof(uint16_t))
+        self.source = <uint32_t*>calloc(capacity, sizeof(uint32_t))
         self.data_cap = data_bytes
         self.data = <uint8_t*>calloc(self.data_cap, 1)
         if not (self.offset and self.caplen and self.origlen and self.ts_ns and self.iface
-                and self.linktype and self.verdict and self.detail and self.headroom and self.data):
+                and self.linktype and self.verdict and self.detail and self.headroom and self.source and self.data):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -51,6 +52,7 @@ cdef class Batch:
         free(self.verdict)
         free(self.detail)
         free(self.headroom)
+        free(self.source)
         free(self.data)
 
     cdef void clear(self) noexcept nogil:
@@ -86,6 +88,7 @@ cdef class Batch:
         self.linktype[i] = linktype
         self.verdict[i] = V_UNSEEN
         self.detail[i] = 0
+        self.source[i] = <uint32_t>i
         self.data_len += caplen
         self.n = i + 1
         return 0
@@ -132,6 +135,7 @@ cdef class Batch:
         memmove(&self.verdict[i + 2], &self.verdict[i + 1], tail * sizeof(uint8_t))
         memmove(&self.detail[i + 2], &self.detail[i + 1], tail * sizeof(int32_t))
         memmove(&self.headroom[i + 2], &self.headroom[i + 1], tail * sizeof(uint16_t))
+        memmove(&self.source[i + 2], &self.source[i + 1], tail * sizeof(uint32_t))
         self.offset[i + 1] = self.data_len - size
         self.caplen[i + 1] = size
         self.origlen[i + 1] = size
@@ -141,6 +145,7 @@ cdef class Batch:
         self.verdict[i + 1] = V_UNSEEN
         self.detail[i + 1] = 0
         self.headroom[i + 1] = 0
+        self.source[i + 1] = self.source[i]
         self.n = k + 1
         return i + 1
 
@@ -183,6 +188,10 @@ cdef class Batch:
         if q == NULL:
             return -1
         self.headroom = <uint16_t*>q
+        q = realloc(self.source, capacity * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        self.source = <uint32_t*>q
         self.capacity = capacity
         return 0
 
@@ -289,6 +298,7 @@ cdef class Batch:
         memcpy(self.verdict, source.verdict, n * sizeof(uint8_t))
         memcpy(self.detail, source.detail, n * sizeof(int32_t))
         memcpy(self.headroom, source.headroom, n * sizeof(uint16_t))
+        memcpy(self.source, source.source, n * sizeof(uint32_t))
         self.n = n
         self.data_len = source.data_len
 
@@ -305,4 +315,5 @@ cdef class Batch:
         self.verdict, bigger.verdict = bigger.verdict, self.verdict
         self.detail, bigger.detail = bigger.detail, self.detail
         self.headroom, bigger.headroom = bigger.headroom, self.headroom
+        self.source, bigger.source = bigger.source, self.source
         self.capacity = capacity

@@ -108,6 +108,31 @@ class CaptureReader:
         if scanner.failed and self.error is None:
             self.error = self._fault()
 
+    def kept(self, batch, keeper, index, stop: int) -> int:
+        """Fill `batch` with the next packets `keeper` (a _read.PacketFilter) keeps, up to the packet
+        numbered `stop`; index[k] gets packet k's number in the capture. 0 at `stop`, the end or a fault."""
+        count = self._scanner.fill_kept(batch, keeper, index, stop)
+        self._sync_interfaces()
+        self.packets_read += count
+        if count == 0 and self._scanner.failed and self.error is None:
+            self.error = self._fault()
+        return count
+
+    @property
+    def seen(self) -> int:
+        """Packets `kept` has read, kept or not."""
+        return self._scanner.seen
+
+    @property
+    def latest_ns(self) -> int:
+        """The latest timestamp of the packets `kept` has read."""
+        return self._scanner.seen_ns
+
+    def skim(self) -> None:
+        """Read to the end, keeping no packet: every interface the file declares is in `interfaces`."""
+        self._scanner.skim()
+        self._sync_interfaces()
+
     def close(self):
         if self._map is None:
             return

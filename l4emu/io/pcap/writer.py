@@ -21,6 +21,7 @@ from l4emu.io.pcap._write import (
 )
 
 FORMATS = {".pcap": "pcap", ".pcapng": "pcapng"}
+PCAP_HEADER_BYTES = 24
 
 
 class WriteError(L4emuError):
@@ -211,6 +212,36 @@ class CaptureWriter:
             os.unlink(self._part)
         except OSError:  # gone already, or not ours to remove any more (privileges dropped)
             pass
+
+    def start_at_offsets(self) -> int:
+        """Sharded replay: workers write packets at offsets of part_path themselves. Write the header
+        as far as it is known before any packet (pcapng: the SHB and an IDB for every interface of
+        the list, which must be complete; pcap: nothing yet, its 24 bytes are left for the header,
+        which names the first written packet's link type: finish_at_offsets) and return where packets start."""
+        assert self._file is not None, "a new writer"
+        if self.format == "pcapng":
+            self._put(self._new_idbs())
+        else:
+            self._encoder.nanosecond = self._nanosecond(self.interfaces)
+        self._put(b"")
+        self._file.flush()
+        return self._file.tell() if self.format == "pcapng" else PCAP_HEADER_BYTES
+
+    def offsets_encoder(self) -> Encoder:
+        """An encoder for a worker of start_at_offsets: the records this writer would have made."""
+        encoder = Encoder(self.format == "pcapng")
+        encoder.nanosecond = self._encoder.nanosecond
+        for iface in self.interfaces[: self._idbs]:
+            encoder.add_interface(self._nanosecond([iface]))
+        return encoder
+
+    def finish_at_offsets(self, packets: int, first: tuple[int, int] | None) -> None:
+        """After the workers: the pcap header from the first written packet's (link type, interface),
+        then close as usual."""
+        self.packets_written = packets
+        if self.format == "pcap" and first is not None:
+            self._pcap_header(*first)  # at offset 0: this file object has written nothing else
+        self.close()
 
     @property
     def part_path(self) -> str:

@@ -1,0 +1,434 @@
+"""Sharded replay: one capture through N worker processes, each a whole Switch over its share of flows.
+
+Each worker maps the capture itself and keeps the packets whose client address hashes to it (the
+dealing runs in C while the file is scanned: there is no central dealer), so a flow, its replies,
+its fragments and the ICMP errors about it meet in one worker. A connection's fate then depends only
+on its own packets, as long as the scheduler's choice does too (sh, dh, mh, hrw; not rr, wlc, ...,
+where each worker schedules its own flows, as per-core IPVS/DPVS workers do).
+
+The output needs no merge pass: the capture is read in windows of WINDOW packets; after each window
+every worker has put the bytes each of its packets writes into a shared table (one entry per
+capture packet), the workers meet at a barrier, and each copies its records to their place in the
+one output file (mapped), after every earlier packet's. The file is byte for byte what one worker
+writes. Memory is flat in the capture's size: a window's table and records.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import os
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from array import array
+from collections.abc import Sequence
+from multiprocessing.connection import wait
+from pathlib import Path
+from threading import BrokenBarrierError
+
+from l4emu.config import Config
+from l4emu.datapath._batch import Batch
+from l4emu.datapath._datapath import DROP_REASONS, PARSED_LINKTYPES, PASS_REASONS
+from l4emu.dist._shard import Dealer, account, first_written, place, window_bytes
+from l4emu.errors import L4emuError
+from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
+
+WINDOW = 1 << 18  # capture packets per window: the workers meet once per window to place their records
+BATCH = 4096  # packets per batch, as replay reads them
+MAX_WORKERS = 64
+PROTOCOLS = {"tcp": 6, "udp": 17}
+# Counters that are not sums over workers: the run's, or the config's.
+STAGING_DIR = "/dev/shm"  # staging files in memory where there is a tmpfs for it
+STAGING_STEP = 16 << 20  # staging files grow in steps of this many bytes
+NOT_SUMMED = {"capture", "output", "seed", "max_connections", "elapsed_s", "packets_per_s", "error"}
+
+
+class ShardError(L4emuError):
+    """A sharded replay that cannot run, or a worker that failed: one line saying which and why."""
+
+
+def check_workers(workers: int) -> None:
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ShardError(f"--workers {workers}: give 1 to {MAX_WORKERS} worker processes")
+
+
+def _padded(address) -> bytes:
+    return address.packed.ljust(16, b"\0")
+
+
+def dealing(config: Config) -> tuple[list, list, bytes, bytes]:
+    """The Dealer's tables: the service side's endpoints and addresses, and the client address masks
+    (the coarsest persistence netmask of each family, so that a client network stays in one worker)."""
+    endpoints, addresses = [], []
+    prefix = {4: 32, 6: 128}
+    for svc in config.services:
+        proto = PROTOCOLS[svc.protocol]
+        fronts = [(svc.vip, svc.port), *svc.capture_servers]
+        for address, port in [*fronts, *((real.address, real.port) for real in svc.reals)]:
+            endpoints.append((address.version, _padded(address), port, proto))
+            addresses.append((address.version, _padded(address)))
+        addresses += [(a.version, _padded(a)) for a in svc.source_addresses]
+        if svc.persistence:
+            prefix[svc.vip.version] = min(prefix[svc.vip.version], svc.persistence_netmask)
+    masks = [
+        (((1 << bits) - 1) << (width - bits)).to_bytes(width // 8, "big").ljust(16, b"\xff")
+        for bits, width in ((prefix[4], 32), (prefix[6], 128))
+    ]
+    return endpoints, addresses, masks[0], masks[1]
+
+
+def sharded_replay(capture: str | Path, config: Config, seed: int, workers: int, output=None, fmt=None) -> dict:
+    """Replay `capture` in `workers` processes; the summary replay() would print (counters summed,
+    "peak_connections" the sum of the workers' peaks), plus "workers"."""
+    from l4emu.replay import outcome_warnings
+
+    check_workers(workers)
+    started = time.perf_counter()
+    with open_capture(capture) as reader:
+        if reader.format == "pcapng":  # every interface now: IDBs go before the workers' packets
+            reader.skim()
+        interfaces, nanosecond = list(reader.interfaces), reader.nanosecond
+    target = output
+    if output is not None and not _regular_target(output):  # a device or FIFO: assembled aside, then copied
+        target = Path(tempfile.mkdtemp(prefix="l4emu-shard-")) / ("out." + _format_of(output, fmt))
+    writer = open_writer(target, interfaces, nanosecond=nanosecond, fmt=fmt) if target is not None else None
+    try:
+        start = writer.start_at_offsets() if writer is not None else 0
+        results = _run_workers(capture, config, seed, workers, writer, start, output)
+        if writer is not None:
+            firsts = [r["first"] for r in results if r["first"] is not None]
+            if len({first[1] for first in firsts}) > 1:
+                raise ShardError(f"{output}: packets of several link types: write .pcapng")
+            first = min(firsts)[1:] if firsts else None
+            writer.finish_at_offsets(sum(r["written"] for r in results), first)
+            if target != output:
+                _copy_to(target, output)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        if target != output and target is not None:
+            shutil.rmtree(Path(target).parent, ignore_errors=True)
+    summary = merge([r["summary"] for r in results], time.perf_counter() - started, key_orders(config))
+    summary["output"] = str(output) if output else None
+    summary["workers"] = workers
+    summary["events"], summary["inside_written"] = [], 0  # as replay() gives them without --event, --inside
+    summary["warnings"] = [
+        *results[0]["warnings"],
+        *unknown_link_types(capture, interfaces, PARSED_LINKTYPES),
+        *outcome_warnings(summary, capture),
+    ]
+    return summary
+
+
+def _regular_target(path) -> bool:
+    return not (os.path.exists(path) and not os.path.isfile(path))
+
+
+def _format_of(path, fmt) -> str:
+    from l4emu.io.pcap.writer import output_format
+
+    return output_format(path, fmt)
+
+
+def _copy_to(source: Path, device) -> None:
+    try:
+        with open(source, "rb") as src, open(device, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except OSError as exc:
+        raise ShardError(f"{device}: cannot write: {exc.strerror or exc}") from None
+
+
+def key_orders(config: Config) -> dict[str, list[str]]:
+    """The order one worker lists each per-name count in (only names with a count appear): reasons
+    in the datapath's order, senders as Switch.unattributed() lists them."""
+    fronts = [front for svc in config.services for front in svc.fronts]
+    reals = [real.endpoint for svc in config.services for real in svc.reals]
+    return {
+        "dropped": list(DROP_REASONS),
+        "passed_by_reason": list(PASS_REASONS),
+        "unattributed": fronts + reals,
+        "new_connections": reals,
+    }
+
+
+def merge(summaries: Sequence[dict], elapsed: float, orders: dict[str, list[str]]) -> dict:
+    """One summary from the workers': counts summed (per-name counts listed in `orders`' order)."""
+    merged = dict(summaries[0])
+    for key, value in merged.items():
+        if key in NOT_SUMMED:
+            continue
+        if isinstance(value, dict):
+            total: dict = {}
+            for summary in summaries:
+                for name, count in summary[key].items():
+                    total[name] = total.get(name, 0) + count
+            rank = {name: k for k, name in reversed(list(enumerate(orders.get(key, []))))}
+            merged[key] = dict(sorted(total.items(), key=lambda item: rank.get(item[0], len(rank))))
+        elif isinstance(value, int):
+            merged[key] = sum(summary[key] for summary in summaries)
+    merged["elapsed_s"] = round(elapsed, 6)
+    merged["packets_per_s"] = round(merged["packets"] / elapsed) if elapsed > 0 else 0
+    return merged
+
+
+class Meeting:
+    """What the workers and the parent share, made before the fork: the barriers, each capture packet's
+    bytes out (a window's table, double-buffered), and two staging files, where the workers lay out a
+    window's records in file order for the parent to append to the output while they go on.
+
+    Per window w (half h = w % 2): workers account and meet at `accounted`; each waits on its
+    `drained` semaphore until the parent has appended window w - 2 from staging half h; they place
+    their records, set the half's size and meet the parent at `placed`; the parent appends the half,
+    then releases every worker's semaphore once. The parent never waits for a worker but at `placed`."""
+
+    def __init__(self, context, workers: int, output: bool):
+        self.accounted = context.Barrier(workers)
+        self.placed = context.Barrier(workers + 1)
+        self.drained = [context.Semaphore(0) for _ in range(workers)]
+        self.lengths = mmap.mmap(-1, 2 * WINDOW * 4)  # anonymous and shared
+        self.sizes = mmap.mmap(-1, 2 * 16 + 1)  # per half: its bytes and whether it is the last; aborted
+        self.staging = (
+            [tempfile.TemporaryFile(dir=STAGING_DIR if os.path.isdir(STAGING_DIR) else None) for _ in range(2)]
+            if output
+            else []
+        )
+
+    def abort(self) -> None:
+        self.sizes[32] = 1
+        for barrier in (self.accounted, self.placed):
+            barrier.abort()
+        for semaphore in self.drained:
+            semaphore.release()
+
+    def wait_drained(self, k: int) -> None:
+        self.drained[k].acquire()
+        if self.sizes[32]:
+            raise BrokenBarrierError
+
+    def set_drained(self) -> None:
+        for semaphore in self.drained:
+            semaphore.release()
+
+    def set_size(self, half: int, size: int, last: bool) -> None:
+        self.sizes[16 * half : 16 * half + 16] = struct.pack("=QQ", size, last)
+
+    def size(self, half: int) -> tuple[int, bool]:
+        size, last = struct.unpack_from("=QQ", self.sizes, 16 * half)
+        return size, bool(last)
+
+    def close(self) -> None:
+        self.lengths.close()
+        self.sizes.close()
+        for file in self.staging:
+            file.close()
+
+
+def _run_workers(capture, config: Config, seed: int, workers: int, writer, start: int, shown=None) -> list[dict]:
+    """Fork the workers, append their windows to the output, wait for each one's result; a worker that
+    fails stops the others. `shown`: the output as errors name it (a device's output is assembled aside)."""
+    from l4emu.replay import summarize  # noqa: F401  (imported once here, not in every worker after the fork)
+    from l4emu.switch import Switch  # noqa: F401
+
+    context = multiprocessing.get_context("fork")  # the config and tables are inherited, not pickled
+    meeting = Meeting(context, workers, writer is not None)
+    plan = (capture, config, seed, workers, writer, shown)
+    pipes, processes = [], []
+    for k in range(workers):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_worker, args=(k, plan, meeting, send), daemon=True)
+        process.start()
+        send.close()
+        pipes.append(receive)
+        processes.append(process)
+    appending: list = []
+    if writer is not None:
+        appender = threading.Thread(target=_append_windows, args=(meeting, writer.part_path, start, appending))
+        appender.start()
+    results: list = [None] * workers
+    failure = None
+    waiting = dict(zip(pipes, range(workers), strict=True))
+    try:
+        while waiting:  # a worker that dies closes its pipe: heard here, not left hanging at a barrier
+            for ready in wait(list(waiting)):
+                k = waiting.pop(ready)  # type: ignore[call-overload]  # wait() returns what it was given
+                try:
+                    status, value = pipes[k].recv()
+                except EOFError:
+                    processes[k].join()
+                    status, value = "error", f"worker {k} ended without a result (exit code {processes[k].exitcode})"
+                if status == "error" and failure is None:
+                    failure = value
+                    meeting.abort()
+                results[k] = value
+    finally:
+        if writer is not None:
+            if failure is not None:
+                meeting.abort()
+            appender.join()
+        for process in processes:
+            process.join()
+        meeting.close()
+    failure = failure or next(iter(appending), None)
+    if failure is not None:
+        raise ShardError(failure)
+    if any(result is None for result in results):
+        raise ShardError("a worker stopped when another failed")
+    return results
+
+
+def _append_windows(meeting: Meeting, path: str, start: int, failures: list) -> None:
+    """The parent's thread: each window, once placed, from its staging half to the output's end
+    (copied by the kernel); `failures` gets the one line if writing fails."""
+    try:
+        with open(path, "r+b") as out:
+            out.seek(start)
+            window = 0
+            while True:
+                meeting.placed.wait()
+                size, last = meeting.size(window % 2)
+                source = meeting.staging[window % 2].fileno()
+                done = 0
+                while done < size:
+                    done += os.sendfile(out.fileno(), source, done, size - done)
+                meeting.set_drained()
+                if last:
+                    return
+                window += 1
+    except BrokenBarrierError:  # a worker failed: it reports why
+        return
+    except OSError as exc:
+        failures.append(f"{path}: cannot write: {exc.strerror or exc}")
+        meeting.abort()
+
+
+def _worker(k: int, plan, meeting: Meeting, send) -> None:
+    try:
+        send.send(("ok", _replay_share(k, plan, meeting)))
+    except BrokenBarrierError:  # another worker (or the output) failed: it reports why
+        send.send(("stopped", None))
+    except L4emuError as exc:
+        meeting.abort()
+        send.send(("error", str(exc)))
+    except Exception as exc:  # noqa: BLE001 (a process boundary: the parent must hear, not hang)
+        meeting.abort()
+        send.send(("error", f"worker {k}: {type(exc).__name__}: {exc}"))
+    finally:
+        send.close()
+
+
+def _replay_share(k: int, plan, meeting: Meeting) -> dict:
+    """One worker: its share of the capture through its own Switch, its records placed window by window."""
+    from l4emu.replay import summarize
+    from l4emu.switch import Switch
+
+    capture, config, seed, workers, writer, shown = plan
+    started = time.perf_counter()
+    switch = Switch(config, seed)
+    dealer = Dealer(workers, k, *dealing(config))
+    table = memoryview(meeting.lengths).cast("I")
+    halves = (table[:WINDOW], table[WINDOW:])
+    index_bytes = memoryview(array("Q", bytes(8 * BATCH))).cast("B")
+    index = index_bytes.cast("Q")
+    batch = Batch(BATCH)
+    encoder = writer.offsets_encoder() if writer is not None else None
+    pcapng = writer is not None and writer.format == "pcapng"
+    staging = _Staging(meeting.staging)
+    records = bytearray(1 << 20)
+    written, first, linktype = 0, None, None
+    with open_capture(capture) as reader:
+        window = 0
+        while True:
+            low = window * WINDOW
+            stop = low + WINDOW if encoder is not None else 1 << 62
+            mine, used = array("Q"), 0
+            while n := reader.kept(batch, dealer, index, stop):
+                mine.frombytes(index_bytes[: 8 * n])
+                switch.process(batch)
+                if encoder is None:
+                    continue
+                if first is None and (first := first_written(batch, index)) is not None:
+                    linktype = first[1]
+                try:
+                    data, count = encoder.encode(batch, False, None, linktype or 0)
+                except ValueError as exc:
+                    raise ShardError(f"{shown}: {exc}") from None
+                account(batch, index, low, data, pcapng, halves[window % 2])
+                if used + len(data) > len(records):
+                    records.extend(bytes(max(len(data), len(records))))
+                records[used : used + len(data)] = data
+                used += len(data)
+                written += count
+            if encoder is None:
+                break
+            count = reader.seen - low
+            last = count < WINDOW
+            meeting.accounted.wait()
+            if window >= 2:
+                meeting.wait_drained(k)  # the parent has appended window - 2 from this half
+            total = window_bytes(halves[window % 2], count)
+            with staging.room(window % 2, total) as out, memoryview(records) as laid:
+                place(halves[window % 2], count, memoryview(mine).cast("B").cast("Q"), low, laid[:used], out, 0)
+            meeting.set_size(window % 2, total, last)
+            meeting.placed.wait()
+            if last:
+                break
+            window += 1
+        switch.advance_clock(reader.latest_ns)  # the clock one worker would end on: expiries as it sees them
+        error: CaptureError | None = reader.error
+        warnings = reader.warnings
+    staging.close()
+    summary = summarize(switch, capture, None, written, time.perf_counter() - started, error)
+    return {"summary": summary, "written": written, "first": first, "warnings": warnings}
+
+
+class _Staging:
+    """A worker's maps of the two staging files, grown (never shrunk) to hold a window."""
+
+    def __init__(self, files):
+        self.files = files
+        self.maps: list[mmap.mmap | None] = [None, None]
+
+    def room(self, half: int, size: int):
+        """A writable view of the half's first `size` bytes (every worker grows it alike for a window:
+        to the same size, rounded up, and only while the parent is not reading it)."""
+        if size == 0:
+            return memoryview(bytearray(0))
+        current = self.maps[half]
+        if current is None or len(current) < size:
+            fd = self.files[half].fileno()
+            want = -(-size // STAGING_STEP) * STAGING_STEP
+            if os.fstat(fd).st_size < want:
+                os.ftruncate(fd, want)
+            if current is not None:
+                current.close()
+            current = self.maps[half] = mmap.mmap(fd, want)
+        return memoryview(current)[:size]
+
+    def close(self) -> None:
+        for each in self.maps:
+            if each is not None:
+                each.close()
+
+
+def check_sharding(summary: dict, capture, config: Config, seed: int | None) -> dict:
+    """How far the sharded run's new connections per real are from one worker's (the capture replayed
+    again in this process, no output): zero for schedulers whose choice depends on the flow alone."""
+    from l4emu.replay import replay
+    from l4emu.switch import Switch
+
+    single = replay(capture, Switch(config, seed))
+    rows = []
+    for real, one in single["new_connections"].items():
+        many = summary["new_connections"].get(real, 0)
+        share = abs(many - one) / one * 100 if one else (100.0 if many else 0.0)
+        rows.append({"real": real, "one_worker": one, "sharded": many, "difference_pct": round(share, 2)})
+    return {
+        "workers": summary["workers"],
+        "reals": rows,
+        "max_difference_pct": max((row["difference_pct"] for row in rows), default=0.0),
+    }
