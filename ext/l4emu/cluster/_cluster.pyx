@@ -11,11 +11,10 @@ Katran, Beamer, GLB and Cheetah): packets from the service side do not cross the
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
-from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, madvise, mmap,
-                         munmap)
+from posix.mman cimport munmap
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_DROP
 from l4emu.datapath._datapath cimport Datapath
-from l4emu.datapath._flowtable cimport key_hash, key_lookup, prefetch_flow, prefetch_slot, ref_is_reply
+from l4emu.datapath._flowtable cimport key_hash, key_lookup, prefetch_flow, prefetch_slot, ref_is_reply, table_alloc
 from l4emu.datapath._headers cimport PARSED, PARSE_DROP
 from l4emu.datapath._types cimport *
 from l4emu.datapath._wire cimport (IPPROTO_TCP, TCP_ACK, TCP_DATA_OFFSET, TCP_FIN, TCP_HEADER_LEN, TCP_RST,
@@ -128,16 +127,6 @@ cdef class Steered(Scheduler):
         cdef SchedulerHook h = make_hook(steer_pick, steer_changed, &self.state)
         h.ended = steer_ended
         return h
-
-
-cdef void* table_alloc(size_t size) noexcept nogil:
-    """Zeroed memory on huge pages where the kernel allows, as the flow table's: lookups land
-    anywhere in the table, and 4 KiB pages would cost a TLB miss on nearly every packet."""
-    cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-    if p == MAP_FAILED:
-        return NULL
-    madvise(p, size, MADV_HUGEPAGE)
-    return p
 
 
 cdef inline int32_t service_of(const Service* services, uint32_t n, const PacketKey* key) noexcept nogil:
@@ -493,7 +482,7 @@ cdef class ClusterPath:
                         h[j] = key_hash(first.table, &info[j].key)
                         inst[j] = self.next_hop(h[j])
                         prefetch_slot((<Datapath>self.dps[inst[j]]).table, h[j])
-                        prefetch(&self.conns[h[j] & self.omask])
+                        self.prefetch_conn(h[j])
                 for j in range(m):
                     if svc[j] >= 0 and self.n_up:
                         prefetch_flow((<Datapath>self.dps[inst[j]]).table, h[j])
@@ -512,10 +501,18 @@ cdef class ClusterPath:
 
     cdef inline int next_hop(self, uint64_t h) noexcept nogil:
         """The router's choice of instance for a tuple's hash (n_up > 0): its top bits, which neither
-        the instances' index (low bits) nor the oracle's (from bit 16) start from."""
+        the instances' index (low bits) nor the oracle's (from bit 16) start from. The top 24 bits
+        divide as 32-bit numbers (the same remainder, a fraction of a 64-bit division's latency)."""
         if self.ecmp == ECMP_RESILIENT:
-            return self.ecmp_table[(h >> 40) % ECMP_BUCKETS]
-        return self.up_list[(h >> 40) % <uint64_t>self.n_up]
+            return self.ecmp_table[<uint32_t>(h >> 40) % ECMP_BUCKETS]
+        return self.up_list[<uint32_t>(h >> 40) % <uint32_t>self.n_up]
+
+    cdef inline void prefetch_conn(self, uint64_t fp) noexcept nogil:
+        """Read ahead the oracle's record at the hash's home slot: both cache lines it may straddle
+        (a 40-byte record starts at any multiple of 8 in a line; half of them end in the next)."""
+        cdef const char* at = <const char*>&self.conns[fp & self.omask]
+        prefetch(at)
+        prefetch(at + sizeof(Conn) - 1)
 
     cdef inline void one(self, uint8_t* p, PacketInfo* info, int parsed, int32_t svc, int k, uint64_t h,
                          uint64_t ts, uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
