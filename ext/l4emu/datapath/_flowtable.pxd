@@ -18,7 +18,7 @@ cdef enum:
     HUGE_PAGE = 2097152     # x86-64's transparent huge page
 
 
-cdef void* table_alloc(size_t size, size_t small_pages=*) noexcept nogil
+cdef void* table_alloc(size_t size, size_t small_pages=*, bint populate=*) noexcept nogil
 
 cdef enum RemoveWhy:
     R_EXPIRED = 0
