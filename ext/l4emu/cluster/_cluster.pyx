@@ -57,6 +57,7 @@ cdef enum:
     TCPOPT_TIMESTAMP_LEN = 10
     MIN_CONN_SLOTS = 1024
     WINDOW = 16                 # packets parsed and prefetched ahead of their handling (as the datapath)
+    CACHE_LINE = 64
 
 # Conn.flags
 cdef enum:
@@ -522,11 +523,12 @@ cdef class ClusterPath:
         return self.up_list[<uint32_t>(h >> 40) % <uint32_t>self.n_up]
 
     cdef inline void prefetch_conn(self, uint64_t fp) noexcept nogil:
-        """Read ahead the oracle's record at the hash's home slot: both cache lines it may straddle
-        (a 40-byte record starts at any multiple of 8 in a line; half of them end in the next)."""
+        """Read ahead the oracle's record at the hash's home slot, and the next cache line when it
+        straddles two (a 40-byte record starts at any multiple of 8 in a line; half end in the next)."""
         cdef const char* at = <const char*>&self.conns[fp & self.omask]
         prefetch(at)
-        prefetch(at + sizeof(Conn) - 1)
+        if (<size_t>at & (CACHE_LINE - 1)) + sizeof(Conn) > CACHE_LINE:
+            prefetch(at + sizeof(Conn) - 1)
 
     cdef inline void one(self, uint8_t* p, PacketInfo* info, int parsed, int32_t svc, int k, uint64_t h,
                          uint64_t ts, uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
