@@ -62,8 +62,11 @@ class Switch:
         config: configmod.Config,
         seed: int | None = None,
         make_scheduler: Callable[[schedulers.Scheduler], schedulers.Scheduler] | None = None,
+        grow_index: bool = False,
     ):
-        """`make_scheduler` wraps each service's scheduler (a cluster's instances take a steered one)."""
+        """`make_scheduler` wraps each service's scheduler (a cluster's instances take a steered one);
+        `grow_index`: the table's index starts small and grows with the flows (a cluster's instances,
+        each of which holds a share of the flows), rather than allocated at max_connections."""
         self.config = config
         self.seed = seed
         # The seeded generator is the only source of randomness, so a seeded replay repeats exactly.
@@ -91,8 +94,9 @@ class Switch:
                 config.conn_reuse_mode,
                 config.sloppy_tcp,
                 config.expire_nodest_conn,
+                grow_index,
             )
-        except MemoryError as exc:  # the table is allocated whole, at its maximum
+        except MemoryError as exc:  # the records are mapped whole, at their maximum
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
         reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:

@@ -95,7 +95,9 @@ class Cluster:
             steers.append(Steered(scheduler))
             return steers[-1]
 
-        switch = Switch(self.config, self.seed, make_scheduler=steer)
+        # Each instance sees a share of the flows: its index grows with them (N indexes allocated at
+        # max_connections would clear N times the memory of one switch's before the first packet is done).
+        switch = Switch(self.config, self.seed, make_scheduler=steer, grow_index=True)
         for event in self.real_events:
             event.apply(switch)
         for first in self.firsts:  # each service's lookup table built now, as a control plane would, not at a packet

@@ -52,6 +52,7 @@ class Datapath:
         conn_reuse_mode: bool = True,
         sloppy_tcp: bool = False,
         expire_nodest_conn: bool = False,
+        grow_index: bool = False,
     ) -> None: ...
     def add_service(
         self,

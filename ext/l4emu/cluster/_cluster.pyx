@@ -11,11 +11,10 @@ Katran, Beamer, GLB and Cheetah): packets from the service side do not cross the
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
-from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, madvise, mmap,
-                         munmap)
+from posix.mman cimport munmap
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_DROP
 from l4emu.datapath._datapath cimport Datapath
-from l4emu.datapath._flowtable cimport key_hash, key_lookup, prefetch_flow, prefetch_slot, ref_is_reply
+from l4emu.datapath._flowtable cimport key_hash, key_lookup, prefetch_flow, prefetch_slot, ref_is_reply, table_alloc
 from l4emu.datapath._headers cimport PARSED, PARSE_DROP
 from l4emu.datapath._types cimport *
 from l4emu.datapath._wire cimport (IPPROTO_TCP, TCP_ACK, TCP_DATA_OFFSET, TCP_FIN, TCP_HEADER_LEN, TCP_RST,
@@ -58,6 +57,7 @@ cdef enum:
     TCPOPT_TIMESTAMP_LEN = 10
     MIN_CONN_SLOTS = 1024
     WINDOW = 16                 # packets parsed and prefetched ahead of their handling (as the datapath)
+    CACHE_LINE = 64
 
 # Conn.flags
 cdef enum:
@@ -68,6 +68,7 @@ cdef enum:
     C_MOVED = 16            # counted once: ECMP sent it to another instance
     C_REDIRECTED = 32       # counted once: a real handed a packet of it on (second chance, daisy chain)
     C_MIDFLOW = 64          # first seen without a SYN (began before the capture)
+    C_JET_STAYS = 128       # jet: its cached hash says the horizon would leave it where it is
 
 # One connection as the cluster's oracle sees it (40 bytes, one cache line at most: the oracle reads one
 # record a packet). It is found by the tuple's 64-bit keyed hash alone, also its fingerprint: two tuples
@@ -75,14 +76,17 @@ cdef enum:
 ctypedef struct Conn:
     uint64_t fp             # the tuple's keyed hash (the instances' table hash)
     uint64_t last_ns
-    uint64_t pend_ns        # silkroad-delay: when the pending insert was started
+    # silkroad-delay: when the pending insert was started; jet: the generation of its instance's reals
+    # its cached hash is of (ClusterPath.reals_same)
+    uint64_t stamp
     int32_t real            # the real that holds the connection (its first real), -1 none yet
     # The design's own memory of the connection, -1 none: cheetah, the real its timestamp cookie
-    # names; maglev-global, the global table's entry; silkroad-delay, the real the pending insert holds.
+    # names; maglev-global, the global table's entry; silkroad-delay, the real the pending insert holds;
+    # jet, its cached hash (a service-local real).
     int32_t aux
     uint16_t flags          # 0: a free slot
     int16_t instance        # the instance of its last packet, -1 none
-    int16_t pend_instance   # silkroad-delay: where the insert is pending, -1 none
+    int16_t stamp_instance  # silkroad-delay: where the insert is pending; jet: whose reals; -1 none
     uint8_t proto
 
 
@@ -128,16 +132,6 @@ cdef class Steered(Scheduler):
         cdef SchedulerHook h = make_hook(steer_pick, steer_changed, &self.state)
         h.ended = steer_ended
         return h
-
-
-cdef void* table_alloc(size_t size) noexcept nogil:
-    """Zeroed memory on huge pages where the kernel allows, as the flow table's: lookups land
-    anywhere in the table, and 4 KiB pages would cost a TLB miss on nearly every packet."""
-    cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-    if p == MAP_FAILED:
-        return NULL
-    madvise(p, size, MADV_HUGEPAGE)
-    return p
 
 
 cdef inline int32_t service_of(const Service* services, uint32_t n, const PacketKey* key) noexcept nogil:
@@ -213,6 +207,10 @@ cdef class ClusterPath:
     cdef int32_t* avail                    # hash: the available reals, n_avail[s] of them
     cdef uint32_t* n_avail
     cdef Real* scratch                     # jet: a service's reals with the horizon taken in
+    # jet: per instance, its reals' weights and marks as last seen (n_reals each), and their generation
+    cdef int32_t* seen_weight
+    cdef uint8_t* seen_flags
+    cdef uint64_t reals_gen[MAX_INSTANCES]
     cdef readonly uint64_t insert_delay_ns
     cdef uint64_t idle_ns[2]               # when a connection with no packet ends: TCP, UDP
     # Counters
@@ -252,6 +250,8 @@ cdef class ClusterPath:
         self.conns = <Conn*>table_alloc(MIN_CONN_SLOTS * sizeof(Conn))
         self.real_conns = <uint64_t*>calloc(max(n_reals, 1), sizeof(uint64_t))
         self.scratch = <Real*>calloc(max(n_reals, 1), sizeof(Real))
+        self.seen_weight = <int32_t*>calloc(max(n_reals, 1) * MAX_INSTANCES, sizeof(int32_t))
+        self.seen_flags = <uint8_t*>calloc(max(n_reals, 1) * MAX_INSTANCES, sizeof(uint8_t))
         self.avail = <int32_t*>calloc(max(n_reals * n_services, 1), sizeof(int32_t))
         self.n_avail = <uint32_t*>calloc(max(n_services, 1), sizeof(uint32_t))
         if bucket_size:
@@ -261,6 +261,7 @@ cdef class ClusterPath:
             self.glb_primary = <int32_t*>malloc(n_services * GLB_ROWS * sizeof(int32_t))
             self.glb_secondary = <int32_t*>malloc(n_services * GLB_ROWS * sizeof(int32_t))
         if (self.conns == NULL or self.real_conns == NULL or self.scratch == NULL
+                or self.seen_weight == NULL or self.seen_flags == NULL
                 or self.avail == NULL
                 or self.n_avail == NULL or (bucket_size and (self.bucket_owner == NULL or self.bucket_prev == NULL))
                 or (design == DS_SECOND_CHANCE and (self.glb_primary == NULL or self.glb_secondary == NULL))):
@@ -278,6 +279,8 @@ cdef class ClusterPath:
             munmap(self.conns, (self.omask + 1) * sizeof(Conn))
         free(self.real_conns)
         free(self.scratch)
+        free(self.seen_weight)
+        free(self.seen_flags)
         free(self.avail)
         free(self.n_avail)
         free(self.bucket_owner)
@@ -310,6 +313,7 @@ cdef class ClusterPath:
         self.instances[k] = dp
         self.steered[k] = steers
         self.dps[k] = <void*>dp
+        self.reals_gen[k] += 1                  # a new instance: what jet's records keep of the old one is stale
         free(self.steers[k])
         self.steers[k] = <Steer**>malloc(max(self.n_services, 1) * sizeof(Steer*))
         if self.steers[k] == NULL:
@@ -493,7 +497,7 @@ cdef class ClusterPath:
                         h[j] = key_hash(first.table, &info[j].key)
                         inst[j] = self.next_hop(h[j])
                         prefetch_slot((<Datapath>self.dps[inst[j]]).table, h[j])
-                        prefetch(&self.conns[h[j] & self.omask])
+                        self.prefetch_conn(h[j])
                 for j in range(m):
                     if svc[j] >= 0 and self.n_up:
                         prefetch_flow((<Datapath>self.dps[inst[j]]).table, h[j])
@@ -512,10 +516,19 @@ cdef class ClusterPath:
 
     cdef inline int next_hop(self, uint64_t h) noexcept nogil:
         """The router's choice of instance for a tuple's hash (n_up > 0): its top bits, which neither
-        the instances' index (low bits) nor the oracle's (from bit 16) start from."""
+        the instances' index (low bits) nor the oracle's (from bit 16) start from. The top 24 bits
+        divide as 32-bit numbers (the same remainder, a fraction of a 64-bit division's latency)."""
         if self.ecmp == ECMP_RESILIENT:
-            return self.ecmp_table[(h >> 40) % ECMP_BUCKETS]
-        return self.up_list[(h >> 40) % <uint64_t>self.n_up]
+            return self.ecmp_table[<uint32_t>(h >> 40) % ECMP_BUCKETS]
+        return self.up_list[<uint32_t>(h >> 40) % <uint32_t>self.n_up]
+
+    cdef inline void prefetch_conn(self, uint64_t fp) noexcept nogil:
+        """Read ahead the oracle's record at the hash's home slot, and the next cache line when it
+        straddles two (a 40-byte record starts at any multiple of 8 in a line; half end in the next)."""
+        cdef const char* at = <const char*>&self.conns[fp & self.omask]
+        prefetch(at)
+        if (<size_t>at & (CACHE_LINE - 1)) + sizeof(Conn) > CACHE_LINE:
+            prefetch(at + sizeof(Conn) - 1)
 
     cdef inline void one(self, uint8_t* p, PacketInfo* info, int parsed, int32_t svc, int k, uint64_t h,
                          uint64_t ts, uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
@@ -568,9 +581,9 @@ cdef class ClusterPath:
         """A new connection on the record's tuple: everything but its hash starts again."""
         c.proto = proto
         c.real = c.aux = -1
-        c.instance = c.pend_instance = -1
+        c.instance = c.stamp_instance = -1
         c.last_ns = ts
-        c.pend_ns = 0
+        c.stamp = 0
         c.flags = C_USED if opened else C_USED | C_MIDFLOW
         self.connections += 1
         if not opened:
@@ -614,22 +627,25 @@ cdef class ClusterPath:
             if ref and not ref_is_reply(ref):
                 dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)
                 return self.took(verdict, detail)
-            pick = st.inner.pick(st.inner.state, &dp.t.reals[s.first_real], s.n_reals, &info.key, ts)
+            if self.design == DS_JET:
+                pick = self.jet_hash(dp, k, s, st, c, &info.key, ts)
+            else:
+                pick = st.inner.pick(st.inner.state, &dp.t.reals[s.first_real], s.n_reals, &info.key, ts)
             if pick < 0:
                 return self.stateless(-1, starts, verdict, detail)
             if self.design == DS_JET:
-                if self.horizon_pick(dp, s, st, &info.key, ts) == pick:
+                if c.flags & C_JET_STAYS:
                     return self.stateless(<int32_t>s.first_real + pick, starts, verdict, detail)
                 self.jet_tracked += 1           # horizon servers would take it: track it
             else:
-                if c.pend_instance != k:        # SilkRoad: the switch CPU starts the insert
-                    c.pend_instance = k
-                    c.pend_ns = ts
+                if c.stamp_instance != k:       # SilkRoad: the switch CPU starts the insert
+                    c.stamp_instance = k
+                    c.stamp = ts
                     c.aux = <int32_t>s.first_real + pick
-                if ts < c.pend_ns + self.insert_delay_ns:
+                if ts < c.stamp + self.insert_delay_ns:
                     return self.stateless(<int32_t>s.first_real + pick, starts, verdict, detail)
                 pick = c.aux - <int32_t>s.first_real      # the insert lands with its first choice
-                c.pend_instance = -1
+                c.stamp_instance = -1
             st.forced = pick
             dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)
             st.forced = -1
@@ -658,6 +674,42 @@ cdef class ClusterPath:
             return self.stateless(owner, starts, verdict, detail)
         self.redirect(c)                        # not a SYN, not local: the second chance
         return self.stateless(prev, starts, verdict, detail)
+
+    cdef int32_t jet_hash(self, Datapath dp, int k, Service* s, Steer* st, Conn* c, const PacketKey* key,
+                          uint64_t ts) noexcept nogil:
+        """JET's hash of a connection its instance does not track: the real it takes now (service-local,
+        -1 none), with C_JET_STAYS set when the horizon would leave it there. Both are functions of the
+        tuple and of the instance's reals (weights, down and overload marks) alone, so the record keeps
+        them while those stay as they were: the answers of hashing every packet, as JET does, for the
+        cost of comparing the reals."""
+        cdef int32_t pick
+        if self.reals_same(dp, k, s) and c.stamp_instance == k and c.stamp == self.reals_gen[k]:
+            return c.aux
+        pick = st.inner.pick(st.inner.state, &dp.t.reals[s.first_real], s.n_reals, key, ts)
+        c.flags &= ~C_JET_STAYS
+        if pick >= 0 and self.horizon_pick(dp, s, st, key, ts) == pick:
+            c.flags |= C_JET_STAYS
+        c.aux = pick
+        c.stamp = self.reals_gen[k]
+        c.stamp_instance = k
+        return pick
+
+    cdef bint reals_same(self, Datapath dp, int k, const Service* s) noexcept nogil:
+        """Are instance k's reals of the service as when last looked at? If not, they are remembered
+        and a new generation starts: every hash instance k's connections keep goes stale."""
+        cdef uint32_t i, at
+        cdef const Real* r
+        cdef bint same = True
+        for i in range(s.n_reals):
+            r = &dp.t.reals[s.first_real + i]
+            at = <uint32_t>k * self.n_reals + s.first_real + i
+            if self.seen_weight[at] != r.weight or self.seen_flags[at] != r.flags:
+                self.seen_weight[at] = r.weight
+                self.seen_flags[at] = r.flags
+                same = False
+        if not same:
+            self.reals_gen[k] += 1
+        return same
 
     cdef int32_t horizon_pick(self, Datapath dp, Service* s, Steer* st, const PacketKey* key,
                               uint64_t ts) noexcept nogil:
@@ -744,7 +796,7 @@ cdef class ClusterPath:
     cdef int grow(self) noexcept nogil:
         """Twice the slots, every record placed again by its hash (load stays under a half)."""
         cdef uint64_t i, j, new_mask = (self.omask + 1) * 2 - 1
-        cdef Conn* bigger = <Conn*>table_alloc((new_mask + 1) * sizeof(Conn))
+        cdef Conn* bigger = <Conn*>table_alloc((new_mask + 1) * sizeof(Conn), 0, True)    # filled at once
         if bigger == NULL:
             return -1
         for i in range(self.omask + 1):

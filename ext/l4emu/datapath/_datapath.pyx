@@ -206,9 +206,9 @@ cdef inline void rewrite_both(uint8_t* p, const PacketInfo* info, const uint8_t*
 
 cdef class Datapath:
     def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
-                  bint sloppy_tcp=False, bint expire_nodest_conn=False):
+                  bint sloppy_tcp=False, bint expire_nodest_conn=False, bint grow_index=False):
         cdef int i
-        self.table = FlowTable(max_connections, secret)
+        self.table = FlowTable(max_connections, secret, grow_index)
         if len(timeouts) != N_STATES:
             raise ValueError(f"timeouts: {N_STATES} values expected, in STATE_NAMES order")
         for i in range(N_STATES):

@@ -12,6 +12,14 @@ from l4emu.datapath._fullnat cimport LocalAddr
 cdef enum:
     WHEEL_SLOTS = 1024      # one-second buckets; longer timeouts wrap and are re-checked
     MAX_PROBE = 64          # linear-probe bound: a key that finds no room within it is refused
+    MIN_INDEX_SLOTS = 1024  # the smallest index, and where a growing one starts
+
+cdef enum:
+    SMALL_PAGE = 4096
+    HUGE_PAGE = 2097152     # x86-64's transparent huge page
+
+
+cdef void* table_alloc(size_t size, size_t small_pages=*, bint populate=*) noexcept nogil
 
 cdef enum RemoveWhy:
     R_EXPIRED = 0
@@ -48,6 +56,7 @@ cdef class FlowTable:
     cdef Flow* flows
     cdef Slot* slots
     cdef uint64_t mask
+    cdef uint64_t full_mask             # the index's mask at capacity (mask grows to it, or starts there)
     cdef readonly uint32_t capacity     # maximum flows
     cdef readonly uint32_t used
     cdef readonly uint32_t peak
@@ -78,6 +87,7 @@ cdef class FlowTable:
     cdef bint due(self, Flow* f, uint64_t now) noexcept nogil
     cdef void release_template(self, const Flow* conn) noexcept nogil
     cdef void keys_of(self, const Flow* f, PacketKey* fwd, PacketKey* rep) noexcept nogil
+    cdef int grow_index(self) noexcept nogil
     cdef int slot_put(self, uint64_t h, uint32_t ref) noexcept nogil
     cdef void slot_delete(self, uint64_t h, uint32_t ref) noexcept nogil
     cdef void timer_link(self, uint32_t idx) noexcept nogil

@@ -19,36 +19,64 @@ cdef extern from "<sys/mman.h>" nogil:
     int PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MADV_HUGEPAGE
 
 PROBE_LIMIT = MAX_PROBE     # index slots a lookup or insert looks at, at most
-cdef size_t HUGE_PAGE = 2 << 20
+
+cdef enum:
+    POPULATE_WRITE = 23     # madvise's MADV_POPULATE_WRITE (Linux 5.14), named here for older headers
 
 
-cdef void* table_alloc(size_t size) noexcept nogil:
+cdef void* table_alloc(size_t size, size_t small_pages=0, bint populate=False) noexcept nogil:
     """Zeroed memory on huge pages where the kernel allows: lookups land anywhere in tables of
     tens of MB, and 4 KiB pages would cost a TLB miss on nearly every packet. Pages are mapped on
-    first touch, so an oversized max_connections costs address space, not memory."""
-    cdef void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-    if p == MAP_FAILED:
+    first touch, so an oversized max_connections costs address space, not memory. The first
+    `small_pages` bytes stay on 4 KiB pages: a table that fills from its start and may stay small
+    (a cluster instance's records) would otherwise clear 2 MiB at its first record. `populate`: map
+    every page now, in one call (a table about to be filled whole, as a grown index is by its
+    rehash: a fault per 4 KiB page costs more than the clearing; kernels before 5.14 fault as usual)."""
+    cdef char* p
+    cdef char* start
+    if size < small_pages + HUGE_PAGE:
+        p = <char*>mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void*>p == MAP_FAILED:
+            return NULL
+        if populate:
+            madvise(p, size, POPULATE_WRITE)
+        return p
+    # Start on a huge-page boundary (map one more huge page, give back the ends): a mapping the kernel
+    # placed off the boundary gets no huge page at all in its first and last partial 2 MiB.
+    size = (size + SMALL_PAGE - 1) & ~(<size_t>SMALL_PAGE - 1)     # munmap takes whole pages
+    p = <char*>mmap(NULL, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if <void*>p == MAP_FAILED:
         return NULL
-    if size >= HUGE_PAGE:
-        madvise(p, size, MADV_HUGEPAGE)
-    return p
+    start = <char*>((<size_t>p + HUGE_PAGE - 1) & ~(<size_t>HUGE_PAGE - 1))
+    if start > p:
+        munmap(p, start - p)
+    if p + HUGE_PAGE > start:
+        munmap(start + size, p + HUGE_PAGE - start)
+    madvise(start + small_pages, size - small_pages, MADV_HUGEPAGE)
+    if populate:
+        madvise(start, size, POPULATE_WRITE)
+    return start
 
 
 cdef class FlowTable:
-    def __cinit__(self, uint32_t capacity, bytes secret):
-        cdef uint64_t slots = 1024
+    def __cinit__(self, uint32_t capacity, bytes secret, bint grow_index=False):
+        """grow_index: the index starts small and doubles as flows come (load stays at most 0.5), for
+        tables that will likely hold a share of max_connections (a cluster's instances); otherwise
+        it is allocated whole, and a hash flood meets the index at its final size from the start."""
+        cdef uint64_t slots = MIN_INDEX_SLOTS
         if capacity < 1 or capacity > 0x3FFFFFFF:
             raise ValueError(f"max_connections must be between 1 and {0x3FFFFFFF}, not {capacity}")
         if len(secret) != 16:
             raise ValueError("the hash secret is 16 bytes")
         while slots < <uint64_t>capacity * 4:      # two keys per flow, load factor at most 0.5
             slots <<= 1
-        self.mask = slots - 1
+        self.full_mask = slots - 1
+        self.mask = MIN_INDEX_SLOTS - 1 if grow_index else self.full_mask
         self.capacity = capacity
-        self.flows = <Flow*>table_alloc(capacity * sizeof(Flow))
-        self.slots = <Slot*>table_alloc(slots * sizeof(Slot))
+        self.flows = <Flow*>table_alloc(capacity * sizeof(Flow), HUGE_PAGE if grow_index else 0)
+        self.slots = <Slot*>table_alloc((self.mask + 1) * sizeof(Slot))
         if self.flows == NULL or self.slots == NULL:
-            size = capacity * sizeof(Flow) + slots * sizeof(Slot)
+            size = capacity * sizeof(Flow) + (self.mask + 1) * sizeof(Slot)
             raise MemoryError(f"cannot allocate a table for {capacity} connections ({size / 2**30:.1f} GiB)")
         self.k0 = int.from_bytes(secret[:8], "little")
         self.k1 = int.from_bytes(secret[8:], "little")
@@ -66,7 +94,7 @@ cdef class FlowTable:
 
     @property
     def slot_count(self):
-        """Index slots (a power of two, at least four per flow: two keys each, load at most 0.5)."""
+        """Index slots now (a power of two, at least four per flow: two keys each, load at most 0.5)."""
         return self.mask + 1
 
     def hash_key(self, bytes src, bytes dst, uint16_t sport, uint16_t dport, uint8_t proto):
@@ -93,8 +121,9 @@ cdef class FlowTable:
         return dict(sorted(counts.items()))
 
     def memory_bytes(self):
-        """Bytes the table allocated: flow records plus index (the wheel is a fixed 4 KiB)."""
-        return self.capacity * sizeof(Flow) + (self.mask + 1) * sizeof(Slot) + sizeof(self.wheel)
+        """Bytes the table takes at capacity: flow records plus the index at its full size (a growing
+        index reaches it as the table fills; the wheel is a fixed 4 KiB)."""
+        return self.capacity * sizeof(Flow) + (self.full_mask + 1) * sizeof(Slot) + sizeof(self.wheel)
 
     cdef void bind(self, const Real* reals, const Service* services, const LocalAddr* laddrs, removed_fn cb,
                    void* ctx) noexcept nogil:
@@ -122,6 +151,36 @@ cdef class FlowTable:
         rep.sport = r.port
         fwd.proto = rep.proto = f.proto
         fwd.family = rep.family = f.family
+
+    cdef int grow_index(self) noexcept nogil:
+        """Twice the index slots (more if a key finds no room within MAX_PROBE of its new home), every
+        key placed again by its hash's low half (slots are at most 2^32); -1 with the index as it was."""
+        cdef uint64_t size = self.mask + 1, i, j
+        cdef Slot* bigger
+        cdef int _probe
+        while size <= self.full_mask:
+            size *= 2
+            bigger = <Slot*>table_alloc(size * sizeof(Slot), 0, True)
+            if bigger == NULL:
+                return -1
+            for i in range(self.mask + 1):
+                if self.slots[i].ref == 0:
+                    continue
+                j = self.slots[i].hash32 & (size - 1)
+                for _probe in range(MAX_PROBE):
+                    if bigger[j].ref == 0:
+                        bigger[j] = self.slots[i]
+                        break
+                    j = (j + 1) & (size - 1)
+                else:
+                    break
+            else:
+                munmap(self.slots, (self.mask + 1) * sizeof(Slot))
+                self.slots = bigger
+                self.mask = size - 1
+                return 0
+            munmap(bigger, size * sizeof(Slot))
+        return -1
 
     cdef int slot_put(self, uint64_t h, uint32_t ref) noexcept nogil:
         cdef uint64_t i = h & self.mask
@@ -191,6 +250,8 @@ cdef class FlowTable:
     cdef int64_t alloc(self, uint64_t now) noexcept nogil:
         """A zeroed record marked in use, making room if needed; -1 when the table is full."""
         cdef uint32_t idx
+        if (<uint64_t>self.used + 1) * 4 > self.mask + 1 and self.mask < self.full_mask and self.grow_index() < 0:
+            self.full_mask = self.mask      # it stays at this size (inserts may find no room: counted drops)
         if self.free_head == 0 and self.next_unused == self.capacity:
             self.reap_bucket(<uint32_t>((now // NS) & (WHEEL_SLOTS - 1)), now)
             if self.free_head == 0 and self.ehead:
