@@ -129,8 +129,9 @@ def test_paths_in_a_spec_are_relative_to_the_spec(tmp_path):
 
 
 # ---- a real Dask scheduler and two workers, each in its own network namespace ------------------------------
-NETNS = ("l4sw-sched", "l4sw-w1", "l4sw-w2")
-BRIDGE, SUBNET = "l4swbr0", "10.231.0"
+_RUN = os.getpid() % 100000  # names and subnet of this run's own: concurrent runs on one machine do not clash
+NETNS = (f"l4s{_RUN}s", f"l4s{_RUN}a", f"l4s{_RUN}b")
+BRIDGE, SUBNET = f"l4s{_RUN}br", f"10.231.{_RUN % 250}"
 SCHEDULER_PORT = 8786
 
 
@@ -150,8 +151,8 @@ def dask_in_namespaces(tmp_path):
         ip("link", "set", BRIDGE, "up")
         for k, ns in enumerate(NETNS, start=2):
             ip("netns", "add", ns)
-            ip("link", "add", f"{ns}-h", "type", "veth", "peer", "name", "eth0", "netns", ns)
-            ip("link", "set", f"{ns}-h", "master", BRIDGE, "up")
+            ip("link", "add", f"{ns}h", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            ip("link", "set", f"{ns}h", "master", BRIDGE, "up")
             ip("-n", ns, "addr", "add", f"{SUBNET}.{k}/24", "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
             ip("-n", ns, "link", "set", "lo", "up")
@@ -211,4 +212,4 @@ def test_a_sweep_over_the_network_gives_the_serial_results(tmp_path, serial, sta
             ran = client.run(lambda dask_worker: len(dask_worker.data) + dask_worker.state.executed_count)
     assert result["engine"] == "dask" and result["rows"] == serial["rows"]
     assert len(ran) == 2 and all(n > 0 for n in ran.values()), ran
-    assert ip("netns", "list").stdout.count("l4sw-") == 0
+    assert not set(NETNS) & set(ip("netns", "list").stdout.split())
