@@ -55,7 +55,7 @@ ENCAPS = ("ipvs", "katran")
 FORWARD_KEYS = ("forward", "mac", "tun_type", "tun_port", "tun_flags", "encap")
 DEFAULT_MTU = 1500
 MTU_RANGE = (1280, 65535)  # IPv6's minimum link MTU up to the largest IP length
-FRAGMENT_POLICIES = ("drop", "3tuple", "track")  # what a fragment for a VIP gets (docs/forwarding.md)
+FRAGMENT_POLICIES = ("drop", "3tuple", "track", "reassemble")  # what a fragment for a VIP gets (docs/forwarding.md)
 MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -247,6 +247,15 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class Defrag:
+    """[defrag]: Linux's reassembly limits (fragments = "reassemble"; the sysctls of the same names)."""
+
+    ipfrag_high_thresh: int = 4 << 20  # bytes of fragments held; past it fragments are dropped
+    ipfrag_low_thresh: int = 0  # 0: as Linux since 4.17 (no eviction); else evict the oldest down to it
+    ipfrag_time: float = 30.0  # seconds a datagram waits for its fragments
+
+
+@dataclass(frozen=True)
 class Config:
     services: tuple[Service, ...]
     max_connections: int = 1 << 20
@@ -257,6 +266,7 @@ class Config:
     # [workload] as written: emulated clients only (l4emu/workload.py checks it), so replay never parses it
     workload: dict = field(default_factory=dict)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    defrag: Defrag = field(default_factory=Defrag)
 
 
 def format_endpoint(address: IPAddress, port: int) -> str:
@@ -698,7 +708,7 @@ def _netmask(value, family: int, key: str) -> int:
 def from_dict(raw: dict, schedulers) -> Config:
     """Validate a parsed TOML document; `schedulers` are the names that exist (a mapping of names
     to the flags each accepts also checks scheduler_flags; schedulers.catalog() gives one)."""
-    raw = _take(raw, "", {"service", "table", "timeouts", "workload", "cluster"})
+    raw = _take(raw, "", {"service", "table", "timeouts", "workload", "cluster", "defrag"})
     workload = raw.get("workload", {})
     if not isinstance(workload, dict):
         raise ConfigError("workload", f"expected a table, got {type(workload).__name__}")
@@ -737,7 +747,23 @@ def from_dict(raw: dict, schedulers) -> Config:
         expire_nodest_conn=_typed(table.get("expire_nodest_conn", False), bool, "table.expire_nodest_conn"),
         workload=workload,
         cluster=cluster,
+        defrag=defrag_settings(raw.get("defrag", {})),
     )
+
+
+def defrag_settings(raw) -> Defrag:
+    """[defrag]: ipfrag_high_thresh 1 KiB-1 GiB, ipfrag_low_thresh below it (or 0), ipfrag_time 1 s-1 h."""
+    raw = _take(raw, "defrag", {"ipfrag_high_thresh", "ipfrag_low_thresh", "ipfrag_time"})
+    high = _typed(raw.get("ipfrag_high_thresh", Defrag.ipfrag_high_thresh), int, "defrag.ipfrag_high_thresh")
+    if not 1 << 10 <= high <= 1 << 30:
+        raise ConfigError("defrag.ipfrag_high_thresh", f"{high} is out of range {1 << 10}-{1 << 30}")
+    low = _typed(raw.get("ipfrag_low_thresh", 0), int, "defrag.ipfrag_low_thresh")
+    if not 0 <= low < high:
+        raise ConfigError("defrag.ipfrag_low_thresh", f"{low} is not 0 or below ipfrag_high_thresh ({high})")
+    time = _typed(raw.get("ipfrag_time", Defrag.ipfrag_time), float, "defrag.ipfrag_time")
+    if not 1 <= time <= 3600:
+        raise ConfigError("defrag.ipfrag_time", f"{time} is out of range 1-3600 seconds")
+    return Defrag(high, low, time)
 
 
 def cluster_settings(raw) -> ClusterSettings:

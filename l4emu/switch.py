@@ -33,8 +33,10 @@ DROP_TEXT = {
     "too_big_dropped": "over the MTU, dropped without an ICMP error (encap katran, or no DF)",
     "tunnel_link_type": "the capture's link type cannot carry the tunnel's outer address family",
     "no_memory": "out of memory for a longer packet",
-    "fragment_overflow": "a fragment ahead of its first found the waiting room full (fragments = track)",
-    "fragment_held": "a fragment ahead of its first, waiting for it (fragments = track): written after it",
+    "fragment_overflow": "a fragment ahead of its first found the waiting room full (fragments = track), "
+    "or reassembly memory over ipfrag_high_thresh (reassemble)",
+    "fragment_held": "a fragment ahead of its first, waiting for it (fragments = track): written after it; "
+    "or waiting for the rest of its datagram (reassemble): written within it",
 }
 PASS_TEXT = {
     "not_ip": "not IP",
@@ -79,6 +81,8 @@ class Switch:
             )
         except MemoryError as exc:  # the table is allocated whole, at its maximum
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
+        defrag = config.defrag
+        self._datapath.set_defrag(defrag.ipfrag_high_thresh, defrag.ipfrag_low_thresh, defrag.ipfrag_time)
         self.reals: list[tuple[configmod.Service, configmod.Real]] = []
         wrap = make_scheduler or (lambda scheduler: scheduler)
         for svc in config.services:

@@ -6,6 +6,7 @@ from l4emu.datapath._flowtable cimport FlowTable
 from l4emu.schedulers._core cimport SchedulerHook
 from l4emu.datapath._batch cimport Batch, V_LAST
 from l4emu.datapath._fragments cimport FragEntry, HeldFragment, FRAG_HOLD_SLOTS
+from l4emu.datapath._reasm cimport Reassembler
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:
@@ -93,3 +94,10 @@ cdef class Datapath:
                        int32_t* detail) noexcept nogil
     cdef void icmp_back(self, uint8_t* p, PacketInfo* info, Service* s, int reason, uint32_t mtu,
                         uint8_t* verdict, int32_t* detail) noexcept nogil
+    # reassemble: Linux's defragmentation (_reasm.pyx); reasm_max: the largest fragment of the datagram
+    # being handled (0: not a reassembled one), which the MTU check and the way out go by
+    cdef readonly Reassembler reasm
+    cdef bytes secret                     # the connection table's, which keys the reassembly hash too
+    cdef uint32_t reasm_max
+    cdef void reassemble(self, uint8_t* p, PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil
