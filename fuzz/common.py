@@ -103,7 +103,7 @@ def check_invariants(switch: Switch) -> None:
     s = switch.stats()
     verdicts = s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"] + s["icmp"]
     verdicts += s["fragments_held"] + s["fragments_expired"]     # track: waiting, or never sent
-    verdicts += s["reasm_fragments_queued"]                       # reassemble: inside their datagram's verdict
+    verdicts += s.get("reasm_fragments_queued", 0)                # reassemble: inside their datagram's verdict
     if s["packets"] != verdicts:
         raise AssertionError(f"{s['packets']} packets but {verdicts} verdicts: {s}")
     # An ICMP error the switch sends stands for a dropped packet: its reason is counted with the drops.

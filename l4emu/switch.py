@@ -206,8 +206,11 @@ class Switch:
         return self._datapath.clock_ns
 
     def stats(self) -> dict:
-        """Counters: packets by verdict, drops and passes by reason, table sizes, per real."""
+        """Counters: packets by verdict, drops and passes by reason, table sizes, per real; Linux's
+        reassembly counters (reasm_*) when a service reassembles fragments."""
         counters = self._datapath.counters()
+        if not any(svc.fragments == "reassemble" for svc in self.config.services):
+            counters = {name: value for name, value in counters.items() if not name.startswith("reasm_")}
         per_real = self._datapath.real_counters()
         new: dict[str, int] = {}
         for i, (_, real) in enumerate(self.reals):  # a real serving several services: summed
