@@ -395,3 +395,20 @@ def test_the_forward_fuzz_harness_holds_on_reassembled_fragments(data):
             frames += [bytes(frame)] * data.draw(st.integers(1, 2))
     frames = data.draw(st.permutations(frames))
     run_forward(encode(1, frames, [data.draw(st.integers(0, 30)) for _ in frames]))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_nat_reals_fragmented_answer_is_reassembled_and_sent_back_from_the_vip(reverse):
+    switch = switch_for()
+    query = bytes(Ether() / IP(src="172.16.5.5", dst="10.0.0.100") / UDP(sport=4444, dport=53) / b"query")
+    assert run(switch, [query])[0][0] == ("new", 0)
+    answer = IP(src=REAL4, dst="172.16.5.5", id=91) / UDP(sport=53, dport=4444) / (bytes(range(250)) * 10)
+    frames = pieces_of(answer, 1000)
+    rows = run(switch, frames[::-1] if reverse else frames)
+    verdicts = [verdict for (verdict, _), _ in rows]
+    assert verdicts == ["drop"] * (len(frames) - 1) + ["reply"] + ["more"] * (len(frames) - 1)
+    out = written(rows)
+    assert sorted(len(f) for f in out) == sorted(len(f) for f in frames) and {p[IP].id for p in out} == {91}
+    whole = defragment(out)
+    assert (whole.src, whole.sport, whole.dst, whole.dport) == ("10.0.0.100", 53, "172.16.5.5", 4444)
+    assert checksums_hold(whole)
