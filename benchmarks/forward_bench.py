@@ -16,7 +16,14 @@ that every ACK gets the option (DPVS writes it into each packet that acknowledge
 
 Then fragments (docs/forwarding.md#fragments-for-a-vip): ns per datagram of 3,000 bytes in three
 IPv4 fragments to a UDP service of dr reals, for `3tuple` and for `track` (fragments in order, and
-reversed so that two wait for their first), beside the same datagram unfragmented.
+reversed so that two wait for their first) and for `reassemble` (Linux's defragmentation: the
+datagram rebuilt, scheduled whole and fragmented again as it came), beside the same datagram
+unfragmented.
+
+Last, a fragment flood against `reassemble`: `--flood` fragments (default 1,000,000) of datagrams
+that never complete, ten each, 64 bytes, in batches of 100,000 with one established flow's packet
+at the end of each: the reassembly memory held (never past ipfrag_high_thresh, 4 MiB), the
+fragments dropped over it, the flow's packets forwarded, and ns per flood fragment.
 """
 from __future__ import annotations
 
@@ -133,10 +140,10 @@ class Case:
 FRAG_DATAGRAMS = 1024           # datagrams per batch (each from its own client)
 
 
-def fragment_frames(policy: str, reverse: bool) -> list[bytes]:
+def fragment_frames(policy: str, reverse: bool, datagrams: int = FRAG_DATAGRAMS) -> list[bytes]:
     """One 3,000-byte datagram per client, whole (policy "none") or in three fragments."""
     frames = []
-    for k in range(FRAG_DATAGRAMS):
+    for k in range(datagrams):
         datagram = (IP(src=f"172.16.{k >> 8}.{k & 0xFF}", dst=VIP, id=k) / UDP(sport=1024 + k, dport=53)
                     / bytes(3000 - 28))
         pieces = [datagram] if policy == "none" else fragment(datagram, fragsize=1400)
@@ -144,7 +151,7 @@ def fragment_frames(policy: str, reverse: bool) -> list[bytes]:
     return frames
 
 
-def fragment_case(policy: str, reverse: bool, rounds: int) -> float:
+def fragment_case(policy: str, reverse: bool, rounds: int, datagrams: int = FRAG_DATAGRAMS) -> float:
     """ns per datagram: a fresh switch each round (track remembers datagrams), the batch timed."""
     document = {"table": {"max_connections": 4 * FRAG_DATAGRAMS},     # small: a fresh one is not page faults
                 "service": [{"vip": f"{VIP}:53", "protocol": "udp", "mtu": JUMBO_MTU,
@@ -152,10 +159,11 @@ def fragment_case(policy: str, reverse: bool, rounds: int) -> float:
                              "real": [{"address": f"10.1.0.{k}:53", "forward": "dr", "mac": "02:00:00:00:00:01"}
                                       for k in range(1, 5)]}]}
     config = configmod.from_dict(document, {"rr"})
-    frames = fragment_frames(policy, reverse)
-    template = Batch(len(frames), len(frames) * (len(frames[0]) + DEFAULT_HEADROOM))
+    frames = fragment_frames(policy, reverse, datagrams)
+    template = Batch(len(frames), sum(len(frame) + DEFAULT_HEADROOM for frame in frames))   # room for every one
     for frame in frames:
-        template.append(frame, 2 * NS)
+        if not template.append(frame, 2 * NS):
+            raise RuntimeError("the template batch is full")
     work = Batch(len(frames))
     times = []
     for _ in range(rounds):
@@ -167,13 +175,14 @@ def fragment_case(policy: str, reverse: bool, rounds: int) -> float:
     held = ("drop", DROP_REASONS.index("fragment_held"))      # reversed: waited, then written after the first
     verdicts = {work.result(i) if work.result(i) == held else work.result(i)[0] for i in range(len(work))}
     assert verdicts <= {"new", "forward", "more", held}, (policy, verdicts, switch.stats()["dropped"])
-    return statistics.median(times) / FRAG_DATAGRAMS * 1e9
+    return statistics.median(times) / datagrams * 1e9
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--flood", type=int, default=1_000_000, help="fragments in the flood (default 1,000,000)")
     args = parser.parse_args()
     print(f"forwarding methods, ns per packet (median of {args.rounds} batches of {BATCH:,}, "
           f"warm table of {args.flows:,} flows), ratio to masq")
@@ -193,10 +202,54 @@ def main() -> None:
           f"{FRAG_DATAGRAMS:,} datagrams), ratio to the datagram unfragmented")
     whole = fragment_case("none", False, args.rounds)
     print(f"  {'unfragmented':<22}{whole:>10.1f} ns  1.00x")
-    for policy, reverse in (("3tuple", False), ("track", False), ("track", True)):
+    for policy, reverse in (("3tuple", False), ("track", False), ("track", True), ("reassemble", False),
+                            ("reassemble", True)):
         ns = fragment_case(policy, reverse, args.rounds)
         label = f"{policy}" + (", reversed" if reverse else "")
         print(f"  {label:<22}{ns:>10.1f} ns {ns / whole:>5.2f}x")
+    print("  the same by datagrams per batch (a datagram written as several packets moves the batch's later")
+    print("  slots up once per piece: Batch.insert)")
+    for policy, reverse in (("none", False), ("track", True), ("reassemble", False)):
+        cells = [fragment_case(policy, reverse, args.rounds, n) for n in (32, 256, FRAG_DATAGRAMS)]
+        label = {"none": "unfragmented"}.get(policy, policy) + (", reversed" if reverse else "")
+        print(f"  {label:<22}" + "".join(f"{n:>6} {ns:>9.1f} ns" for n, ns in zip((32, 256, FRAG_DATAGRAMS), cells)))
+    flood(args.flood)
+
+
+FLOOD_BATCH = 100_000
+
+
+def flood(fragments: int) -> None:
+    """`fragments` fragments of never-completed datagrams against a reassemble service."""
+    document = {"service": [{"vip": f"{VIP}:53", "protocol": "udp", "fragments": "reassemble",
+                             "real": [{"address": "10.1.0.1:53"}]}]}
+    switch = Switch(configmod.from_dict(document, {"rr"}), seed=1)
+    flow = bytes(Ether() / IP(src="172.16.9.9", dst=VIP) / UDP(sport=7, dport=53) / b"q")
+    templates = [bytearray(bytes(Ether() / IP(src="172.16.0.1", dst=VIP, proto=17, flags="MF", frag=8 * k)
+                                 / Raw(bytes(64)))) for k in range(10)]
+    elapsed, sent, forwarded = 0.0, 0, 0
+    while sent < fragments:
+        batch = Batch(FLOOD_BATCH + 1, (FLOOD_BATCH + 1) * (len(templates[0]) + DEFAULT_HEADROOM))
+        for k in range(min(FLOOD_BATCH, fragments - sent)):
+            frame, datagram = templates[k % 10], (sent + k) // 10
+            struct.pack_into("!H", frame, 18, datagram & 0xFFFF)
+            frame[26:30] = bytes([172, 17, datagram >> 16 & 0xFF, 1])     # past 65,536 datagrams IDs repeat
+            frame[24:26] = b"\0\0"
+            struct.pack_into("!H", frame, 24, ~_sum(bytes(frame[14:34])) & 0xFFFF)
+            batch.append(bytes(frame), NS + sent + k)
+        batch.append(flow, NS + sent + FLOOD_BATCH)
+        started = time.perf_counter()
+        switch.process(batch)
+        elapsed += time.perf_counter() - started
+        forwarded += batch.result(len(batch) - 1)[0] in ("new", "forward")
+        sent += len(batch) - 1
+    stats = switch.stats()
+    print(f"fragment flood against reassemble: {sent:,} fragments of {sent // 10:,} never-completed datagrams")
+    print(f"  reassembly memory: peak {stats['reasm_peak_memory']:,} B, at the end {stats['reasm_memory']:,} B "
+          f"(ipfrag_high_thresh {switch.config.defrag.ipfrag_high_thresh:,} B) in {stats['reasm_queues']:,} queues")
+    print(f"  fragments dropped over the limit: {stats['reasm_over_memory']:,}; established flow: {forwarded} of "
+          f"{-(-sent // FLOOD_BATCH)} packets forwarded, {stats['connections']} connection(s)")
+    print(f"  {elapsed / sent * 1e9:.1f} ns per flood fragment")
 
 if __name__ == "__main__":
     main()

@@ -103,6 +103,7 @@ def check_invariants(switch: Switch) -> None:
     s = switch.stats()
     verdicts = s["new"] + s["forward"] + s["reply"] + s["answer"] + s["passed"] + s["dropped_total"] + s["icmp"]
     verdicts += s["fragments_held"] + s["fragments_expired"]     # track: waiting, or never sent
+    verdicts += s.get("reasm_fragments_queued", 0)                # reassemble: inside their datagram's verdict
     if s["packets"] != verdicts:
         raise AssertionError(f"{s['packets']} packets but {verdicts} verdicts: {s}")
     # An ICMP error the switch sends stands for a dropped packet: its reason is counted with the drops.
@@ -168,6 +169,32 @@ vip = "[2001:db8::101]:80"
   address = "[2001:db8:1::6]:8080"
   forward = "fullnat"
   local_addresses = ["2001:db8::21"]
+[[service]]
+vip = "10.0.0.100:53"
+protocol = "udp"
+fragments = "reassemble"
+mtu = 1280
+  [[service.real]]
+  address = "10.1.0.6:53"
+  [[service.real]]
+  address = "10.1.0.7:53"
+  forward = "dr"
+  mac = "02:00:00:00:00:07"
+[[service]]
+vip = "[2001:db8::101]:53"
+protocol = "udp"
+fragments = "reassemble"
+source_address = ["10.0.0.2", "2001:db8::2"]
+  [[service.real]]
+  address = "[2001:db8:1::6]:53"
+  forward = "dr"
+  mac = "02:00:00:00:00:06"
+  [[service.real]]
+  address = "10.1.0.8:53"
+  forward = "tun"
+[defrag]
+ipfrag_high_thresh = 16384
+ipfrag_time = 2
 """
 _FORWARD_CONFIG = configmod.from_dict(tomllib.loads(FORWARD_CONFIG), schedulers.catalog())
 

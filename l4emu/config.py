@@ -58,7 +58,7 @@ FORWARD_KEYS = ("forward", "mac", "tun_type", "tun_port", "tun_flags", "encap", 
 LOCAL_PORT_RANGE = (1025, 65535)  # DPVS sa_pool's default range of the ports a local address lends
 DEFAULT_MTU = 1500
 MTU_RANGE = (1280, 65535)  # IPv6's minimum link MTU up to the largest IP length
-FRAGMENT_POLICIES = ("drop", "3tuple", "track")  # what a fragment for a VIP gets (docs/forwarding.md)
+FRAGMENT_POLICIES = ("drop", "3tuple", "track", "reassemble")  # what a fragment for a VIP gets (docs/forwarding.md)
 MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
 # An address as the stdlib holds it (packed bytes, version); parsed and printed as inet_pton/ntop do.
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -256,6 +256,15 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class Defrag:
+    """[defrag]: Linux's reassembly limits (fragments = "reassemble"; the sysctls of the same names)."""
+
+    ipfrag_high_thresh: int = 4 << 20  # bytes of fragments held; past it fragments are dropped
+    ipfrag_low_thresh: int = 0  # 0: as Linux since 4.17 (no eviction); else evict the oldest down to it
+    ipfrag_time: float = 30.0  # seconds a datagram waits for its fragments
+
+
+@dataclass(frozen=True)
 class Config:
     services: tuple[Service, ...]
     max_connections: int = 1 << 20
@@ -267,6 +276,7 @@ class Config:
     # [workload] as written: emulated clients only (l4emu/workload.py checks it), so replay never parses it
     workload: dict = field(default_factory=dict)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    defrag: Defrag = field(default_factory=Defrag)
 
 
 def format_endpoint(address: IPAddress, port: int) -> str:
@@ -765,7 +775,7 @@ def from_dict(raw: dict, schedulers) -> Config:
             raise ConfigError(
                 key, "a GSLB config ([[site]], [[gslb]]): give it to `l4emu gslb check` or `l4emu gslb replay`"
             )
-    raw = _take(raw, "", {"service", "table", "timeouts", "workload", "cluster"})
+    raw = _take(raw, "", {"service", "table", "timeouts", "workload", "cluster", "defrag"})
     workload = raw.get("workload", {})
     if not isinstance(workload, dict):
         raise ConfigError("workload", f"expected a table, got {type(workload).__name__}")
@@ -815,6 +825,7 @@ def from_dict(raw: dict, schedulers) -> Config:
         local_port_range=_port_range(table.get("local_port_range", list(LOCAL_PORT_RANGE)), "table.local_port_range"),
         workload=workload,
         cluster=cluster,
+        defrag=defrag_settings(raw.get("defrag", {})),
     )
 
 
@@ -828,6 +839,19 @@ def _port_range(value, key: str) -> tuple[int, int]:
     ):
         raise ConfigError(key, f"expected [low, high] with 1 <= low <= high <= 65535, got {value!r}")
     return (value[0], value[1])
+def defrag_settings(raw) -> Defrag:
+    """[defrag]: ipfrag_high_thresh 1 KiB-1 GiB, ipfrag_low_thresh below it (or 0), ipfrag_time 1 s-1 h."""
+    raw = _take(raw, "defrag", {"ipfrag_high_thresh", "ipfrag_low_thresh", "ipfrag_time"})
+    high = _typed(raw.get("ipfrag_high_thresh", Defrag.ipfrag_high_thresh), int, "defrag.ipfrag_high_thresh")
+    if not 1 << 10 <= high <= 1 << 30:
+        raise ConfigError("defrag.ipfrag_high_thresh", f"{high} is out of range {1 << 10}-{1 << 30}")
+    low = _typed(raw.get("ipfrag_low_thresh", 0), int, "defrag.ipfrag_low_thresh")
+    if not 0 <= low < high:
+        raise ConfigError("defrag.ipfrag_low_thresh", f"{low} is not 0 or below ipfrag_high_thresh ({high})")
+    time = _typed(raw.get("ipfrag_time", Defrag.ipfrag_time), float, "defrag.ipfrag_time")
+    if not 1 <= time <= 3600:
+        raise ConfigError("defrag.ipfrag_time", f"{time} is out of range 1-3600 seconds")
+    return Defrag(high, low, time)
 
 
 def cluster_settings(raw) -> ClusterSettings:

@@ -33,8 +33,10 @@ DROP_TEXT = {
     "too_big_dropped": "over the MTU, dropped without an ICMP error (encap katran, or no DF)",
     "tunnel_link_type": "the capture's link type cannot carry the tunnel's outer address family",
     "no_memory": "out of memory for a longer packet",
-    "fragment_overflow": "a fragment ahead of its first found the waiting room full (fragments = track)",
-    "fragment_held": "a fragment ahead of its first, waiting for it (fragments = track): written after it",
+    "fragment_overflow": "a fragment ahead of its first found the waiting room full (fragments = track), "
+    "or reassembly memory over ipfrag_high_thresh (reassemble)",
+    "fragment_held": "a fragment ahead of its first, waiting for it (fragments = track): written after it; "
+    "or waiting for the rest of its datagram (reassemble): written within it",
     "local_ports_exhausted": "every local address of the full-NAT real's pool had all its ports lent",
 }
 PASS_TEXT = {
@@ -98,6 +100,8 @@ class Switch:
             )
         except MemoryError as exc:  # the records are mapped whole, at their maximum
             raise configmod.ConfigError("table.max_connections", str(exc)) from None
+        defrag = config.defrag
+        datapath.set_defrag(defrag.ipfrag_high_thresh, defrag.ipfrag_low_thresh, defrag.ipfrag_time)
         reals: list[tuple[configmod.Service, configmod.Real]] = []
         for svc in config.services:
             index = datapath.add_service(
@@ -250,8 +254,11 @@ class Switch:
         return self._datapath.clock_ns
 
     def stats(self) -> dict:
-        """Counters: packets by verdict, drops and passes by reason, table sizes, per real."""
+        """Counters: packets by verdict, drops and passes by reason, table sizes, per real; Linux's
+        reassembly counters (reasm_*) when a service reassembles fragments."""
         counters = self._datapath.counters()
+        if not any(svc.fragments == "reassemble" for svc in self.config.services):
+            counters = {name: value for name, value in counters.items() if not name.startswith("reasm_")}
         per_real = self._datapath.real_counters()
         new: dict[str, int] = {}
         for i, (_, real) in enumerate(self.reals):  # a real serving several services: summed

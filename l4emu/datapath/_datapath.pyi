@@ -6,6 +6,7 @@ from typing import Any
 
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._flowtable import FlowTable
+from l4emu.datapath._reasm import Reassembler
 from l4emu.schedulers._core import Scheduler
 
 STATE_NAMES: tuple[str, ...]
@@ -54,6 +55,9 @@ class Datapath:
         expire_nodest_conn: bool = False,
         grow_index: bool = False,
     ) -> None: ...
+    @property
+    def reasm(self) -> Reassembler: ...
+    def set_defrag(self, high_thresh: int, low_thresh: int = 0, timeout_s: float = 30.0) -> None: ...
     def add_service(
         self,
         vip: builtins.bytes,

@@ -7,6 +7,7 @@ from l4emu.schedulers._core cimport SchedulerHook
 from l4emu.datapath._batch cimport Batch, V_LAST
 from l4emu.datapath._fragments cimport FragEntry, HeldFragment, FRAG_HOLD_SLOTS
 from l4emu.datapath._fullnat cimport LocalAddr, LocalPool
+from l4emu.datapath._reasm cimport Reassembler
 
 # What the flow-removal callback needs, reachable without the GIL.
 ctypedef struct Tables:
@@ -113,3 +114,10 @@ cdef class Datapath:
     cdef void fullnat_out(self, uint8_t* p, PacketInfo* info, Flow* f, Real* real, Service* s) noexcept nogil
     cdef bint insert_toa(self, uint8_t* p, PacketInfo* info, Flow* f, Service* s) noexcept nogil
     cdef Flow* fullnat_flow_of_answer(self, const PacketInfo* info, const Real* real) noexcept nogil
+    # reassemble: Linux's defragmentation (_reasm.pyx); reasm_max: the largest fragment of the datagram
+    # being handled (0: not a reassembled one), which the MTU check and the way out go by
+    cdef readonly Reassembler reasm
+    cdef bytes secret                     # the connection table's, which keys the reassembly hash too
+    cdef uint32_t reasm_max
+    cdef void reassemble(self, uint8_t* p, PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil

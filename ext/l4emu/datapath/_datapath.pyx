@@ -19,6 +19,7 @@ from l4emu.datapath._icmp cimport rewrite_icmp_error
 from l4emu.datapath._forward cimport *
 from l4emu.datapath._fragments cimport *
 from l4emu.datapath._fullnat cimport *
+from l4emu.datapath._reasm cimport *
 
 # The names of _types.pxd's vocabularies, each bound to its enum (checked complete at import).
 STATE_NAMES = name_table({
@@ -42,7 +43,7 @@ FORWARD_NAMES = name_table({FWD_MASQ: "Masq", FWD_DR: "Route", FWD_TUN: "Tunnel"
 FORWARD_METHODS = {"masq": FWD_MASQ, "dr": FWD_DR, "tun": FWD_TUN, "fullnat": FWD_FULLNAT}
 TUN_TYPES = {"ipip": TUN_IPIP, "gue": TUN_GUE, "gre": TUN_GRE}
 TUN_FLAGS = {"nocsum": 0, "csum": TUNF_CSUM, "remcsum": TUNF_REMCSUM}
-FRAGMENT_POLICIES = {"drop": FRAG_DROP, "3tuple": FRAG_3TUPLE, "track": FRAG_TRACK}
+FRAGMENT_POLICIES = {"drop": FRAG_DROP, "3tuple": FRAG_3TUPLE, "track": FRAG_TRACK, "reassemble": FRAG_REASSEMBLE}
 DEFAULT_MTU = 1500
 PASS_REASONS = name_table({
     P_NOT_IP: "not_ip", P_OTHER_PROTOCOL: "other_protocol", P_NO_SERVICE: "no_service", P_FRAGMENT: "fragment",
@@ -220,6 +221,15 @@ cdef class Datapath:
         self.frag_table = <FragEntry*>calloc(FRAG_TRACK_SLOTS, sizeof(FragEntry))
         if self.frag_table == NULL:
             raise MemoryError()
+        self.secret = secret
+        self.reasm = Reassembler(secret)
+
+    def set_defrag(self, uint64_t high_thresh, uint64_t low_thresh=0, double timeout_s=30.0):
+        """Linux's defragmentation limits (ipfrag_high_thresh, ipfrag_low_thresh, ipfrag_time) for
+        fragments = "reassemble"; fixed once packets have been processed."""
+        if self.started:
+            raise RuntimeError("the defragmentation limits are fixed once packets have been processed")
+        self.reasm = Reassembler(self.secret, high_thresh, low_thresh, timeout_s)
 
     def __dealloc__(self):
         cdef int k
@@ -390,7 +400,7 @@ cdef class Datapath:
 
     cdef void _take_counters(self, Datapath old, real_map):
         """take_over's rest: the switch-wide counters, the clock, the fronts' counts and the fragment state
-        (the two datapaths swap their fragment tables, so each frees its own)."""
+        (the two datapaths swap their fragment tables and reassembly queues, so each frees its own)."""
         cdef uint32_t k, j
         cdef FragEntry* frags
         cdef HeldFragment held
@@ -421,6 +431,10 @@ cdef class Datapath:
             self.held[k] = old.held[k]
             old.held[k] = held
         self.held_bytes, old.held_bytes = old.held_bytes, self.held_bytes
+        fresh = self.reasm      # datagrams being reassembled go on, under this datapath's limits
+        self.reasm, old.reasm = old.reasm, fresh
+        self.reasm.high_thresh, self.reasm.low_thresh = fresh.high_thresh, fresh.low_thresh
+        self.reasm.timeout_ns = fresh.timeout_ns
 
     def process(self, Batch batch, Py_ssize_t start=0, uint64_t until_ns=0, Py_ssize_t end=-1):
         """Run packets start..end (default: to the last) through the switch, rewriting in place;
@@ -511,6 +525,7 @@ cdef class Datapath:
         if now_ns > self.clock_ns:
             self.clock_ns = now_ns
             self.table.advance(now_ns)
+            self.reasm.expire(now_ns)
 
     cdef int32_t find_service(self, const PacketKey* key, bint any_port) noexcept nogil:
         cdef uint32_t k
@@ -607,7 +622,8 @@ cdef class Datapath:
             self.alias_destination(info)
         if r == PARSE_FRAGMENT:
             svc = self.fragment_service(&info.key)
-            if svc >= 0 and self.t.services[svc].fragments == FRAG_3TUPLE:
+            if svc >= 0 and (self.t.services[svc].fragments == FRAG_3TUPLE
+                             or self.t.services[svc].fragments == FRAG_REASSEMBLE):
                 info.reason = svc
                 return PARSE_FRAGMENT
             if svc >= 0 and self.t.services[svc].fragments == FRAG_TRACK:
@@ -626,7 +642,7 @@ cdef class Datapath:
                 svc = self.masq_real_of_address(&info.key)       # a NAT real's datagram to a client
                 if svc >= 0:
                     info.reason = svc
-                    if info.frag_offset:
+                    if info.frag_offset or self.t.services[svc].fragments == FRAG_REASSEMBLE:
                         return PARSE_FRAGMENT
                     if first_fragment_has_ports(info):
                         info.key.sport = load16(p + info.l4 + L4_SPORT)
@@ -1032,14 +1048,15 @@ cdef class Datapath:
                 self.fragments_expired += 1
 
     cdef int32_t masq_real_of_address(self, const PacketKey* key) noexcept nogil:
-        """The track service whose NAT real sends this fragment (by address and protocol: a later fragment
+        """The track or reassemble service whose NAT real sends this fragment (by address and protocol: a later fragment
         has no port), or -1."""
         cdef uint32_t k
         cdef Service* s
         cdef size_t alen = 4 if key.family == 4 else 16
         for k in range(self.n_reals):
             s = &self.t.services[self.t.reals[k].service]
-            if (s.fragments == FRAG_TRACK and self.t.reals[k].forward == FWD_MASQ and s.proto == key.proto
+            if ((s.fragments == FRAG_TRACK or s.fragments == FRAG_REASSEMBLE) and self.t.reals[k].forward == FWD_MASQ
+                    and s.proto == key.proto
                     and self.t.reals[k].family == key.family and memcmp(self.t.reals[k].addr, key.src, alen) == 0):
                 return self.t.reals[k].service
         return -1
@@ -1063,6 +1080,9 @@ cdef class Datapath:
         cdef uint64_t h = three_tuple_hash(&info.key)
         cdef int32_t pick
         cdef FragEntry* e
+        if s.fragments == FRAG_REASSEMBLE:
+            self.reassemble(p, info, verdict, detail)
+            return
         if s.fragments == FRAG_TRACK:
             e = self.frag_lookup(info)
             if e != NULL:
@@ -1079,6 +1099,129 @@ cdef class Datapath:
             return
         self.forward(p, info, &self.t.reals[s.first_real + pick], h, origlen, V_FORWARD, verdict, detail)
 
+    # ---- reassemble: Linux's defragmentation before IPVS (_reasm.pyx) ------------------------------
+    cdef void reassemble(self, uint8_t* p, PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil:
+        """A fragment waits in its datagram's queue (its slot writes nothing); the one that completes the
+        datagram becomes it, in fresh room, and the datagram goes through the switch like any packet,
+        then leaves fragmented as it came (refragment; a tunnel's outer packet is fragmented by forward)."""
+        cdef Py_ssize_t i = self.cur_i
+        cdef PacketInfo whole
+        cdef int r, parsed
+        cdef uint32_t size, mtu
+        cdef uint8_t* q
+        cdef uint8_t v
+        cdef Real* real
+        if self.cur is None:                        # one packet at a time (the emulated hosts): no room to build in
+            self.finish(verdict, detail, V_DROP, D_FRAGMENT)
+            return
+        r = self.reasm.add(p, info, self.cur.linktype[i], self.clock_ns)
+        if r == RQ_QUEUED:
+            verdict[0] = V_DROP                     # nothing to write now: it leaves within its datagram
+            detail[0] = D_FRAG_HELD
+            return
+        if r != RQ_COMPLETE:
+            self.finish(verdict, detail, V_DROP, D_FRAG_OVERFLOW if r == RQ_NO_ROOM else
+                        D_TRUNCATED_IP if r == RQ_TRUNCATED else D_FRAGMENT)
+            return
+        size = self.reasm.size()
+        q = self.cur.room(i, size)
+        if q == NULL:
+            self.reasm.build(NULL)
+            self.finish(verdict, detail, V_DROP, D_NO_MEMORY)
+            return
+        self.reasm.build(q)
+        self.cur.caplen[i] = self.cur.origlen[i] = size
+        parsed = self.classify(q, size, size, self.cur.linktype[i], &whole)
+        self.packets -= 1                           # its fragments were counted as they came
+        self.bytes -= size
+        self.reasm_max = self.reasm.max_size
+        self.handle(q, &whole, parsed, key_hash(self.table, &whole.key) if parsed == PARSED else 0,
+                    self.clock_ns, size, &self.cur.verdict[i], &self.cur.detail[i])
+        self.reasm_max = 0
+        v = self.cur.verdict[i]
+        if v != V_NEW and v != V_FORWARD and v != V_REPLY:
+            return
+        real = &self.t.reals[self.cur.detail[i]]
+        if v != V_REPLY and real.forward == FWD_TUN:
+            return                                  # whole inside its tunnel
+        mtu = 0xFFFF if v == V_REPLY else self.t.services[real.service].mtu
+        if self.refragment(whole.l3, whole.key.family, mtu, self.cur.detail[i]) < 0:
+            self.finish(&self.cur.verdict[i], &self.cur.detail[i], V_DROP, D_NO_MEMORY)
+
+    cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil:
+        """The reassembled datagram in the current slot leaves as fragments, as Linux's ip_do_fragment and
+        ip6_fragment send a defragmented packet: in the sizes it came in when they all fit (the fast path
+        over its frag_list), else in pieces of (mtu - headers) & ~7, mtu at most its largest fragment
+        (IPCB frag_max_size); its IP ID kept, the first piece in the slot, the others after it (verdict
+        more); past the first piece, IPv4 options not to be copied become NOPs. 0, or -1 when the batch
+        cannot grow (the pieces made so far are marked dropped)."""
+        cdef Py_ssize_t i = self.cur_i, j = i
+        cdef uint64_t old = self.cur.offset[i]
+        cdef uint8_t* pkt = self.cur.data + old
+        cdef uint8_t* q
+        cdef uint32_t hdr = self.reasm.unfrag, extra = 0 if family == 4 else REASM_FRAG_HEADER_LEN
+        cdef uint32_t total = (load16(pkt + l3 + IP4_TOTAL_LEN) if family == 4 else
+                               IP6_HEADER_LEN + load16(pkt + l3 + IP6_PAYLOAD_LEN))
+        cdef uint32_t payload = total - hdr, space, k, n = self.reasm.n_sizes, start = 0, per
+        cdef bint fast = True
+        cdef uint32_t* sizes = self.reasm.sizes
+        mtu = min(mtu, self.reasm.max_size)
+        if family == 6 and mtu < IPV6_MIN_MTU:
+            mtu = IPV6_MIN_MTU
+        if mtu < hdr + extra + 8:
+            return -1
+        space = mtu - hdr - extra
+        for k in range(n):
+            start += sizes[k]
+            if sizes[k] > space or (k + 1 < n and sizes[k] & 7):
+                fast = False
+        if not fast or start != payload:            # ip_do_fragment's slow path
+            per = space & ~(<uint32_t>7)
+            n = 0
+            start = 0
+            while start < payload and n < REASM_MAX_PIECES:
+                sizes[n] = min(per, payload - start)
+                start += per
+                n += 1
+        start = sizes[0]
+        for k in range(1, n):
+            j = self.cur.insert(j, l3 + hdr + extra + sizes[k])
+            if j < 0:
+                while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:
+                    self.cur.verdict[i + 1] = V_DROP
+                    self.cur.detail[i + 1] = D_NO_MEMORY
+                    i += 1
+                return -1
+            pkt = self.cur.data + old               # the buffer may have moved
+            q = self.cur.data + self.cur.offset[j]
+            memcpy(q, pkt, l3 + hdr)
+            memcpy(q + l3 + hdr + extra, pkt + l3 + hdr + start, sizes[k])
+            if family == 4:
+                ip_options_fragment(q + l3, hdr)
+                write_fragment_header(q + l3, hdr, sizes[k], start, k + 1 < n)
+            else:
+                write_ipv6_fragment(q, l3, hdr, self.reasm.prevhdr, self.reasm.upper, self.reasm.id, start, sizes[k],
+                                    k + 1 < n)
+            self.cur.verdict[j] = V_MORE
+            self.cur.detail[j] = real
+            self.inserted += 1
+            self.fragments_made += 1
+            start += sizes[k]
+        if family == 4:
+            pkt = self.cur.data + old
+            write_fragment_header(pkt + l3, hdr, sizes[0], 0, n > 1)
+            self.cur.caplen[i] = self.cur.origlen[i] = l3 + hdr + sizes[0]
+            return 0
+        q = self.cur.room(i, l3 + hdr + extra + sizes[0])    # the first piece grows by its fragment header
+        if q == NULL:
+            return -1
+        pkt = self.cur.data + old
+        memcpy(q, pkt, l3 + hdr)
+        memcpy(q + l3 + hdr + extra, pkt + l3 + hdr, sizes[0])
+        write_ipv6_fragment(q, l3, hdr, self.reasm.prevhdr, self.reasm.upper, self.reasm.id, 0, sizes[0], n > 1)
+        self.cur.caplen[i] = self.cur.origlen[i] = l3 + hdr + extra + sizes[0]
+        return 0
+
     # ---- forwarding methods other than NAT (dr, tun): _forward.pxd writes the bytes --------------
     cdef void forward(self, uint8_t* p, PacketInfo* info, Real* real, uint64_t h, uint32_t origlen, uint8_t v,
                       uint8_t* verdict, int32_t* detail) noexcept nogil:
@@ -1091,8 +1234,10 @@ cdef class Datapath:
         cdef uint32_t overhead = tunnel_overhead(real) if real.forward == FWD_TUN else 0
         cdef uint32_t mtu
         cdef bint ipvs = not (real.forward == FWD_TUN and real.katran)
-        cdef bint split = False
+        cdef bint split = False, later = False
         cdef int fam = info.key.family
+        if self.reasm_max and real.forward == FWD_DR:
+            ip_len = self.reasm_max                 # IPCB frag_max_size: it leaves in pieces no larger
         if ipvs:
             if not ttl_left(p, l3, fam):
                 if info.icmp_error:                 # never an ICMP error about an ICMP error (RFC 1122 3.2.2)
@@ -1103,8 +1248,12 @@ cdef class Datapath:
         if ip_len + overhead > s.mtu and not info.len_from_capture:
             mtu = s.mtu - overhead
             if (ipvs and fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) and not info.icmp_error
-                    and info.end <= info.caplen and (real.family == 4 if real.forward == FWD_TUN else
-                                                     (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
+                    and self.reasm_max and real.forward == FWD_DR):
+                later = True                        # reassembled: refragmented after this (reassemble)
+            elif (ipvs and not (self.reasm_max and real.forward == FWD_DR)
+                    and (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) or self.reasm_max)
+                    and not info.icmp_error and info.end <= info.caplen
+                    and (real.family == 4 if real.forward == FWD_TUN else (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
                 split = True                        # IPVS: no DF, so Linux fragments it on the way out
             elif (not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)))
                     or info.frag_offset):           # IPVS: packet too big only for a first fragment
@@ -1114,7 +1263,7 @@ cdef class Datapath:
                 self.icmp_back(p, info, s, D_TOO_BIG, max(mtu, <uint32_t>IPV6_MIN_MTU) if fam == 6 else mtu,
                                verdict, detail)
                 return
-            if not split:
+            if not (split or later):
                 return
         if real.forward == FWD_DR:
             decrement_ttl(p, l3, fam)
@@ -1587,6 +1736,7 @@ cdef class Datapath:
             "fragments_expired": self.fragments_expired, "fragment_datagrams_forgotten": self.frag_track_forgotten,
             **({"toa_added": self.toa_added, "toa_no_room": self.toa_no_room, "toa_too_big": self.toa_too_big}
                if self.n_laddrs else {}),     # fullnat's, shown where there is a local address
+            **self.reasm.counters(),
         }
 
     def unattributed(self):

@@ -81,7 +81,8 @@ cdef enum FragPolicy:
     FRAG_DROP = 0           # counted drop (Katran, DPVS)
     FRAG_3TUPLE = 1         # the real by a fixed hash of (source, destination, protocol) (Maglev 4.3)
     FRAG_TRACK = 2          # the first fragment's flow, remembered by (source, destination, protocol, IP ID) (Cilium)
-    N_FRAG_POLICIES = 3
+    FRAG_REASSEMBLE = 3     # Linux's defragmentation before IPVS: the whole datagram goes through (_reasm.pyx)
+    N_FRAG_POLICIES = 4
 
 # Real.tun_type (ipvsadm --tun-type).
 cdef enum TunType:
