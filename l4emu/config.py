@@ -839,6 +839,8 @@ def _port_range(value, key: str) -> tuple[int, int]:
     ):
         raise ConfigError(key, f"expected [low, high] with 1 <= low <= high <= 65535, got {value!r}")
     return (value[0], value[1])
+
+
 def defrag_settings(raw) -> Defrag:
     """[defrag]: ipfrag_high_thresh 1 KiB-1 GiB, ipfrag_low_thresh below it (or 0), ipfrag_time 1 s-1 h."""
     raw = _take(raw, "defrag", {"ipfrag_high_thresh", "ipfrag_low_thresh", "ipfrag_time"})
