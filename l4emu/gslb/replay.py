@@ -108,7 +108,8 @@ class GslbReplay:
         self.tally.dns["queries"] += 1
         if outcome.record is not None and outcome.chosen:
             r = outcome.record
-            self.tally.answer(tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen))
+            sites = tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen)
+            self.tally.answer(sites, ts)
         if response is not None:
             answer = wire.answer_frame(frame, linktype, dgram, response)
             out.append((i, answer, ts + ANSWER_DELAY_NS, iface, linktype))
@@ -121,9 +122,13 @@ def replay(
     events: Sequence[Event] = (),
     seed: int | None = None,
     fmt: str | None = None,
+    timeline: list | None = None,
 ) -> dict:
-    """Every packet of `capture` through the GSLB and its sites; returns the summary (render/gslb.py)."""
+    """Every packet of `capture` through the GSLB and its sites; returns the summary (render/gslb.py).
+    A `timeline` list gets (ts_ns, tally.ANSWERED or tally.CONNECTED, site) for each answer and new
+    connection, in packet order (compare --gslb's series; watching does not change the run)."""
     run = GslbReplay(config, seed)
+    run.tally.timeline = timeline
     run.sites.check(events)
     ordered = sorted(events, key=lambda e: e.at_s)
     applied = 0

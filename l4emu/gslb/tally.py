@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from l4emu.datapath._batch import NS
 
 MOVED_SHARES = (0.5, 0.9, 0.99)
+ANSWERED, CONNECTED = 0, 1  # what a timeline entry records
 
 
 @dataclass
@@ -52,16 +53,21 @@ class Tally:
         self.failures: list[Failure] = []
         self.events: list[Failure | dict] = []  # in order: a site-down's Failure, or what another event found
         self.dns: Counter[str] = Counter()
+        self.timeline: list[tuple[int, int, int]] | None = None  # (ts, ANSWERED/CONNECTED, site) when kept
 
-    def answer(self, sites: tuple[int, ...]) -> None:
+    def answer(self, sites: tuple[int, ...], ts_ns: int) -> None:
         for k in sites:
             self.answered[k] += 1
+            if self.timeline is not None:
+                self.timeline.append((ts_ns, ANSWERED, k))
 
     def connection(self, client: bytes, site: int, ts_ns: int) -> None:
         """A new connection from `client` reached `site`'s switch."""
         self.clients[site].add(client)
         self.connections[site] += 1
         self.last_site[client] = site
+        if self.timeline is not None:
+            self.timeline.append((ts_ns, CONNECTED, site))
         for failure in self.failures:
             if site != failure.site and client in failure.clients and client not in failure.moved_after_s:
                 failure.moved_after_s[client] = (ts_ns - failure.at_ns) / NS
