@@ -211,3 +211,28 @@ def test_hostile_frames_to_the_listen_address_are_answered_well_passed_or_droppe
         del fresh[IP].chksum, fresh[UDP].chksum
         assert raw(Ether(raw(fresh))) == frame
         assert dns.message.from_wire(bytes(pkt[UDP].payload)).flags & dns.flags.QR
+
+
+def test_least_conn_answers_with_the_load_at_the_query_not_at_the_end_of_its_batch(tmp_path):
+    """East holds one established connection when the query comes and none once it is reset, all in one
+    batch: least_conn must answer west (the load at the query's moment)."""
+    from l4emu.gslb.compare import with_policy
+
+    client, asker, vip, real = "172.16.0.5", "172.16.0.6", "10.10.0.100", "10.11.0.1"
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    frames = [
+        eth / IP(src=client, dst=vip) / TCP(sport=40000, dport=80, flags="S", seq=1),
+        eth / IP(src=real, dst=client) / TCP(sport=8080, dport=40000, flags="SA", seq=100, ack=2),
+        eth / IP(src=client, dst=vip) / TCP(sport=40000, dport=80, flags="A", seq=2, ack=101),
+        eth / IP(src=asker, dst="10.53.0.1") / UDP(sport=5353, dport=53) / DNS(id=7, rd=1, qd=DNSQR(qname="www.example.com")),
+        eth / IP(src=client, dst=vip) / TCP(sport=40000, dport=80, flags="R", seq=2),
+    ]
+    capture, out = tmp_path / "lc.pcap", tmp_path / "out.pcap"
+    with PcapWriter(str(capture)) as writer:
+        for k, frame in enumerate(frames):
+            frame.time = 1.0 + k * 0.01
+            writer.write(frame)
+    summary = replay(capture, with_policy(load(), "least_conn"), out, seed=1)
+    answers = [p for p in PcapReader(str(out)) if UDP in p and p[UDP].sport == 53]
+    assert [a.address for a in dns.message.from_wire(bytes(answers[0][UDP].payload)).answer[0]] == ["10.20.0.100"]
+    assert [s["queries_answered"] for s in summary["sites"]] == [0, 1]

@@ -38,12 +38,43 @@ class GslbReplay:
         self.authority = Authority(config, self.sites.healthy, self.sites.load)
         self.tally = Tally(len(config.sites))
         self.listens = {(listen[0].packed, listen[1]) for listen in self.authority.listens}
+        self.listen_addresses = tuple({address for address, _ in self.listens})
+        # Answers that depend on what a span's packets do to the sites (a load, a real reaching its
+        # threshold) are given with the sites as they were at the query: spans are cut after each query.
+        self.state_moves = any(record.policy == "least_conn" for record in config.records) or any(
+            real.upper_threshold for site in config.sites for svc in site.config.services for real in svc.reals
+        )
         self.site_of_answer = {
             (record.listen, record.domain, record.rdtype): [self.sites.index(a.site) for a in record.answers]
             for record in config.records
         }
 
     def span(self, batch: Batch, start: int, end: int, out: list) -> None:
+        """Packets start..end; when answers depend on the sites' load (state_moves), cut after each DNS
+        query to a listen address, so that the authority answers it with the sites as they were at its
+        moment, not as they are at the end of the span."""
+        if not self.state_moves:
+            self._through_sites(batch, start, end, out)
+            return
+        i = start
+        for query in self._queries(batch, start, end):
+            self._through_sites(batch, i, query + 1, out)
+            i = query + 1
+        if end > i:
+            self._through_sites(batch, i, end, out)
+
+    def _queries(self, batch: Batch, start: int, end: int) -> list[int]:
+        found = []
+        for i in range(start, end):
+            frame = batch.packet(i)
+            if not any(address in frame for address in self.listen_addresses):  # a byte search: most packets
+                continue
+            dgram = wire.parse(frame, batch.meta(i)[3])
+            if dgram is not None and (dgram.dst, dgram.dport) in self.listens:
+                found.append(i)
+        return found
+
+    def _through_sites(self, batch: Batch, start: int, end: int, out: list) -> None:
         """Packets start..end through every site that is up, each whole span in C; then, in Python, only
         what no site took (a DNS query to answer, a packet of a down site to drop) and the new connections
         (whose client and site the tally counts). Answers go to `out` as (after index, frame, ts, iface,
@@ -53,16 +84,16 @@ class GslbReplay:
         for k, switch in enumerate(self.sites.switches):
             if self.sites.down[k]:
                 continue
-            before = batch.results()[start:end]
+            before = _results(batch, start, end)
             stopped = switch.process(batch, start, 0, end)
             assert stopped == end, "a site's switch makes no fragment slots (config: masq, fragments = drop)"
-            after = batch.results()[start:end]
+            after = _results(batch, start, end)
             for j, (verdict, detail) in enumerate(before):
                 if owner[j] != NO_SITE:
                     batch.set_result(start + j, VERDICT[verdict], detail)
                 elif after[j][0] != "pass":
                     owner[j] = k
-        for j, (verdict, _) in enumerate(batch.results()[start:end]):
+        for j, (verdict, _) in enumerate(_results(batch, start, end)):
             k = owner[j]
             if k == NO_SITE:
                 self._unowned(batch, start + j, out)
@@ -241,3 +272,8 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
         "warnings": warnings,
         "error": str(error) if error else None,
     }
+
+
+def _results(batch: Batch, start: int, end: int) -> list[tuple[str, int]]:
+    """(verdict, detail) of packets start..end: only the span's, so that many short spans stay linear."""
+    return [batch.result(i) for i in range(start, end)]
