@@ -236,3 +236,25 @@ def test_least_conn_answers_with_the_load_at_the_query_not_at_the_end_of_its_bat
     answers = [p for p in PcapReader(str(out)) if UDP in p and p[UDP].sport == 53]
     assert [a.address for a in dns.message.from_wire(bytes(answers[0][UDP].payload)).answer[0]] == ["10.20.0.100"]
     assert [s["queries_answered"] for s in summary["sites"]] == [0, 1]
+
+
+def test_resolution_time_runs_from_a_clients_first_refused_query_to_the_answer_with_an_address(tmp_path):
+    """Both sites down (fallback refuse): a client asks at 0 s and is refused, asks again after east is back
+    and resolves 2.5 s after its first query; another is refused and never asks again (unresolved)."""
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+    def ask(client, qid):
+        return eth / IP(src=client, dst="10.53.0.1") / UDP(sport=5353, dport=53) / DNS(id=qid, rd=1, qd=DNSQR(qname="www.example.com"))
+
+    frames = [(0.0, ask("172.16.0.5", 1)), (0.5, ask("192.168.0.5", 2)), (2.5, ask("172.16.0.5", 3)), (3.0, ask("172.16.0.9", 4))]
+    capture = tmp_path / "res.pcap"
+    with PcapWriter(str(capture)) as writer:
+        for t, frame in frames:
+            frame.time = 100 + t
+            writer.write(frame)
+    events = [parse_event(e) for e in ("0:site-down:east", "0:site-down:west", "2:site-up:east")]
+    summary = replay(capture, load(), events=events, seed=1)
+    assert summary["dns"]["REFUSED"] == 2 and summary["dns"]["NOERROR"] == 2
+    east = summary["sites"][0]["resolution"]
+    assert east["resolved"] == 2 and east["max_ms"] == pytest.approx(2500.001) and east["p50_ms"] == pytest.approx(0.001)
+    assert summary["resolution"]["unresolved"] == 1 and summary["sites"][1]["resolution"]["resolved"] == 0

@@ -68,7 +68,7 @@ def run_one(capture: str | Path, config: GslbConfig, policy: str, events: Sequen
     over_time = series(timeline, len(config.sites), start_ns, (last_ns - start_ns) / NS)
     # No elapsed time: measured on the wall clock it is the emulator's speed, and a repeated comparison
     # gives the same bytes.
-    kept = ("dns", "records", "sites", "events", "warnings", "error")
+    kept = ("dns", "records", "sites", "resolution", "events", "warnings", "error")
     return {"policy": policy, **{key: summary[key] for key in kept}, "over_time": over_time}
 
 

@@ -23,6 +23,7 @@ from l4emu.gslb.server import Authority
 from l4emu.gslb.sites import NO_SITE, Sites
 from l4emu.gslb.tally import Failure, Tally
 from l4emu.io import open_capture, open_writer
+from l4emu.simulate import MS, PERCENTILES, percentile
 
 VERDICT = {name: number for number, name in enumerate(VERDICT_NAMES)}
 DROP_NO_REAL = DROP_REASONS.index("no_real")  # a down site has no real to give
@@ -137,13 +138,18 @@ class GslbReplay:
         listen = (ip_address(dgram.dst), dgram.dport)
         response, outcome = self.authority.respond(dgram.payload(frame), client, listen)
         self.tally.dns["queries"] += 1
-        if outcome.record is not None and outcome.chosen:
-            r = outcome.record
+        r = outcome.record
+        sites: tuple[int, ...] = ()
+        if r is not None and outcome.chosen:
             sites = tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen)
             self.tally.answer(sites, ts)
         if response is not None:
             answer = wire.answer_frame(frame, linktype, dgram, response)
             out.append((i, answer, ts + ANSWER_DELAY_NS, iface, linktype))
+        if r is not None:
+            resolved = response is not None and sites and not outcome.truncated
+            key = (dgram.src, r.listen, r.domain, r.rdtype)
+            self.tally.query(key, ts, ts + ANSWER_DELAY_NS if resolved else None, sites[0] if sites else NO_SITE)
 
 
 def replay(
@@ -254,6 +260,7 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
                 "down_at_end": run.sites.down[k],
                 "packets": run.tally.packets[k],  # the site's own: its switch passes the others' untouched
                 "dropped": run.tally.dropped[k],  # by its switch (no real, table full, ...)
+                "resolution": resolution(run.tally.resolution_ns[k]),
             }
         )
     return {
@@ -267,11 +274,23 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
             for r in run.config.records
         ],
         "sites": sites,
+        "resolution": {
+            **resolution(sorted(ns for per_site in run.tally.resolution_ns for ns in per_site)),
+            "unresolved": len(run.tally.asked_at),  # clients whose last query for a record got no address
+        },
         "events": events,
         "elapsed_s": round(elapsed, 6),
         "warnings": warnings,
         "error": str(error) if error else None,
     }
+
+
+def resolution(times_ns: list[int]) -> dict:
+    """Clients' DNS resolution: how many, and p50/p90/p99/max in ms from a client's first query for a
+    record to the answer that gave it an address (retries after REFUSED, SERVFAIL or TC included)."""
+    ordered = sorted(times_ns)
+    figures = {f"p{p}_ms": round(percentile(ordered, p) / MS, 3) for p in PERCENTILES}
+    return {"resolved": len(ordered), **figures, "max_ms": round(ordered[-1] / MS, 3) if ordered else 0.0}
 
 
 def _results(batch: Batch, start: int, end: int) -> list[tuple[str, int]]:

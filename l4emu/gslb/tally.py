@@ -54,6 +54,18 @@ class Tally:
         self.events: list[Failure | dict] = []  # in order: a site-down's Failure, or what another event found
         self.dns: Counter[str] = Counter()
         self.timeline: list[tuple[int, int, int]] | None = None  # (ts, ANSWERED/CONNECTED, site) when kept
+        # Resolution: a client's first query for a record that got no address (REFUSED, SERVFAIL, TC) waits
+        # here until an answer with one; each resolution's time goes to the answered site.
+        self.asked_at: dict[tuple, int] = {}
+        self.resolution_ns: list[list[int]] = [[] for _ in range(n_sites)]
+
+    def query(self, key: tuple, ts_ns: int, answered_ns: int | None, site: int) -> None:
+        """A query for a record: `key` its client and record; `answered_ns` when an answer with an address
+        left (None: it got none), naming `site` first."""
+        if answered_ns is None:
+            self.asked_at.setdefault(key, ts_ns)
+            return
+        self.resolution_ns[site].append(answered_ns - self.asked_at.pop(key, ts_ns))
 
     def answer(self, sites: tuple[int, ...], ts_ns: int) -> None:
         for k in sites:

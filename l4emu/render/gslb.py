@@ -21,6 +21,11 @@ def gslb_text(summary: dict) -> str:
     dns = summary["dns"]
     outcomes = ", ".join(f"{name} {count:,}" for name, count in dns.items() if name != "queries" and count)
     lines.append(f"  DNS queries: {dns.get('queries', 0):,} ({outcomes or 'none'})")
+    res = summary["resolution"]
+    lines.append(
+        f"  resolution: {res['resolved']:,} resolved, p50 {res['p50_ms']:g} / p90 {res['p90_ms']:g} / "
+        f"p99 {res['p99_ms']:g} ms (first query to an answer with an address), {res['unresolved']:,} unresolved"
+    )
     lines.append("  site         answered  clients  connections  broken  dropped-while-down")
     for site in summary["sites"]:
         mark = " (down)" if site["down_at_end"] else ""
