@@ -7,6 +7,8 @@ DNS answers per second beside dnspython's own parse-and-render of the same query
 For 2k, 20k and 200k flows (benchmarks/peers.py's capture, 6 packets a flow). The GSLB's replay takes
 packets one at a time (each DNS answer must follow its query in the output), so it runs a Python step
 per packet where the plain replay hands the datapath whole batches: the ratio is that step's price.
+The same GSLB with policy least_conn, whose answers read the sites' load, also searches each packet
+for a listen address (to cut the span after a query): its column is that search's price.
 Best of --runs: the machine is shared, the best run the least disturbed.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import dns.message  # noqa: E402
 from l4emu import schedulers  # noqa: E402
 from l4emu.config import parse_address  # noqa: E402
 from l4emu.gslb import config as gslbconfig  # noqa: E402
+from l4emu.gslb.compare import with_policy  # noqa: E402
 from l4emu.gslb.replay import replay as gslb_replay  # noqa: E402
 from l4emu.gslb.server import Authority  # noqa: E402
 from l4emu.replay import replay  # noqa: E402
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     config = bench_gslb()
+    least_conn = with_policy(config, "least_conn")  # answers read the load: spans cut at each DNS query
     print(f"packets/s, plain replay (one switch) vs GSLB replay (its site's switch), best of {args.runs}")
     with tempfile.TemporaryDirectory() as workdir:
         for flows in SIZES:
@@ -64,8 +68,10 @@ def main() -> None:
             packets = make_bench_capture(capture, flows)
             plain = best(lambda: replay(capture, Switch(config.sites[0].config, seed=1)), args.runs)
             gslb = best(lambda: gslb_replay(capture, config, seed=1), args.runs)
+            least = best(lambda: gslb_replay(capture, least_conn, seed=1), args.runs)
             print(f"  {flows:>7,} flows ({packets:>9,} packets): plain {packets / plain:>11,.0f}  "
-                  f"gslb {packets / gslb:>11,.0f}  {plain / gslb:5.2f}x")
+                  f"gslb {packets / gslb:>11,.0f}  {plain / gslb:5.2f}x  "
+                  f"least_conn {packets / least:>11,.0f}  {plain / least:5.2f}x")
     print(f"DNS answers/s: the authority vs dnspython parsing the query and rendering a response, best of {args.runs}")
     wire = dns.message.make_query("www.example.com", "A").to_wire()
     client, listen = parse_address("172.16.0.1"), (parse_address("10.53.0.1"), 53)

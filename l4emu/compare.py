@@ -13,15 +13,23 @@ from l4emu.switch import Switch
 SAMPLES = 200  # active-connection samples over the capture's duration
 
 
-def capture_span_s(capture) -> float:
-    """Seconds from the first to the last packet (a quick pass over the file)."""
+def capture_bounds_ns(capture) -> tuple[int, int] | None:
+    """The first and the last packet's time (a quick pass over the file); None when it has none."""
     first = last = None
     with open_capture(capture) as reader:
         for batch in reader.batches():
+            if not len(batch):
+                continue
             if first is None:
                 first = batch.timestamp_ns(0)
             last = batch.timestamp_ns(len(batch) - 1)
-    return 0.0 if first is None else max(0.0, (last - first) / 1e9)
+    return None if first is None or last is None else (first, last)
+
+
+def capture_span_s(capture) -> float:
+    """Seconds from the first to the last packet."""
+    bounds = capture_bounds_ns(capture)
+    return 0.0 if bounds is None else max(0.0, (bounds[1] - bounds[0]) / 1e9)
 
 
 def with_scheduler(config: configmod.Config, name: str) -> configmod.Config:

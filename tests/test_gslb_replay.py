@@ -211,3 +211,50 @@ def test_hostile_frames_to_the_listen_address_are_answered_well_passed_or_droppe
         del fresh[IP].chksum, fresh[UDP].chksum
         assert raw(Ether(raw(fresh))) == frame
         assert dns.message.from_wire(bytes(pkt[UDP].payload)).flags & dns.flags.QR
+
+
+def test_least_conn_answers_with_the_load_at_the_query_not_at_the_end_of_its_batch(tmp_path):
+    """East holds one established connection when the query comes and none once it is reset, all in one
+    batch: least_conn must answer west (the load at the query's moment)."""
+    from l4emu.gslb.compare import with_policy
+
+    client, asker, vip, real = "172.16.0.5", "172.16.0.6", "10.10.0.100", "10.11.0.1"
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    frames = [
+        eth / IP(src=client, dst=vip) / TCP(sport=40000, dport=80, flags="S", seq=1),
+        eth / IP(src=real, dst=client) / TCP(sport=8080, dport=40000, flags="SA", seq=100, ack=2),
+        eth / IP(src=client, dst=vip) / TCP(sport=40000, dport=80, flags="A", seq=2, ack=101),
+        eth / IP(src=asker, dst="10.53.0.1") / UDP(sport=5353, dport=53) / DNS(id=7, rd=1, qd=DNSQR(qname="www.example.com")),
+        eth / IP(src=client, dst=vip) / TCP(sport=40000, dport=80, flags="R", seq=2),
+    ]
+    capture, out = tmp_path / "lc.pcap", tmp_path / "out.pcap"
+    with PcapWriter(str(capture)) as writer:
+        for k, frame in enumerate(frames):
+            frame.time = 1.0 + k * 0.01
+            writer.write(frame)
+    summary = replay(capture, with_policy(load(), "least_conn"), out, seed=1)
+    answers = [p for p in PcapReader(str(out)) if UDP in p and p[UDP].sport == 53]
+    assert [a.address for a in dns.message.from_wire(bytes(answers[0][UDP].payload)).answer[0]] == ["10.20.0.100"]
+    assert [s["queries_answered"] for s in summary["sites"]] == [0, 1]
+
+
+def test_resolution_time_runs_from_a_clients_first_refused_query_to_the_answer_with_an_address(tmp_path):
+    """Both sites down (fallback refuse): a client asks at 0 s and is refused, asks again after east is back
+    and resolves 2.5 s after its first query; another is refused and never asks again (unresolved)."""
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+    def ask(client, qid):
+        return eth / IP(src=client, dst="10.53.0.1") / UDP(sport=5353, dport=53) / DNS(id=qid, rd=1, qd=DNSQR(qname="www.example.com"))
+
+    frames = [(0.0, ask("172.16.0.5", 1)), (0.5, ask("192.168.0.5", 2)), (2.5, ask("172.16.0.5", 3)), (3.0, ask("172.16.0.9", 4))]
+    capture = tmp_path / "res.pcap"
+    with PcapWriter(str(capture)) as writer:
+        for t, frame in frames:
+            frame.time = 100 + t
+            writer.write(frame)
+    events = [parse_event(e) for e in ("0:site-down:east", "0:site-down:west", "2:site-up:east")]
+    summary = replay(capture, load(), events=events, seed=1)
+    assert summary["dns"]["REFUSED"] == 2 and summary["dns"]["NOERROR"] == 2
+    east = summary["sites"][0]["resolution"]
+    assert east["resolved"] == 2 and east["max_ms"] == pytest.approx(2500.001) and east["p50_ms"] == pytest.approx(0.001)
+    assert summary["resolution"]["unresolved"] == 1 and summary["sites"][1]["resolution"]["resolved"] == 0

@@ -101,3 +101,42 @@ def test_a_site_down_is_not_answered_and_refused_when_none_is_left(lab):
         assert "status: REFUSED" in dig("-b", CLIENTS[0], "www.example.com")  # fallback = "refuse"
     finally:
         stop(proc)
+
+
+def test_live_answers_dig_for_the_gslb_address_on_its_tun():
+    """`l4emu live --gslb` in the lab (namespaces l4g...t-*): the GSLB's listen address is routed into the
+    TUN like a VIP, and dig from the lab's client gets its site's VIP from the switch's own loop."""
+    from ipaddress import ip_address
+
+    from l4emu.live.lab import Lab
+
+    lab = Lab.from_config(None, f"{TAG}t", f"{TAG}t0")
+    lab.vips.append(ip_address("10.53.0.1"))
+    live = None
+    try:
+        lab.up()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        live = subprocess.Popen(
+            [sys.executable, "-m", "l4emu.cli", "live", "--netns", lab.lb, "--tun", lab.tun, "--gslb",
+             str(PCAPS / "gslb.toml"), "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env)
+        line = live.stderr.readline()
+        assert line.startswith(f"live on {lab.tun}"), line + (live.stderr.read() if live.poll() is not None else "")
+
+        def ask(*args):
+            return in_ns(lab.client, "dig", "@10.53.0.1", "+time=2", "+tries=2", *args).stdout
+
+        full = ask("www.example.com", "A")
+        assert "status: NOERROR" in full and "flags: qr aa rd" in full  # the lab's client is 172.16.0.2: east
+        assert "www.example.com.\t20\tIN\tA\t10.10.0.100" in full
+        assert ask("+short", "+subnet=192.168.7.0/24", "www.example.com").split() == ["10.20.0.100"]
+        assert "status: NXDOMAIN" in ask("nosuch.example.com")
+        live.terminate()
+        out, err = live.communicate(timeout=20)
+        assert live.returncode == 0, err
+        assert "dns          NOERROR 2, NXDOMAIN 1" in out, out
+    finally:
+        if live is not None and live.poll() is None:
+            live.kill()
+            live.wait()
+        lab.down()

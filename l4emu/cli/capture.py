@@ -387,6 +387,13 @@ DEFAULT_COMPARE = "rr,wlc,sh,mh,p2c"
 @click.option("--rate", type=float, help="With --simulate: sessions per second [workload.rate].")
 @click.option("--duration", type=float, help="With --simulate: seconds of arrivals [workload.duration].")
 @click.option("--clients", type=int, help="With --simulate: distinct client addresses [workload.clients].")
+@click.option(
+    "--gslb",
+    "policies",
+    metavar="POLICY,...",
+    help="CAPTURE through a GSLB config's sites once per GSLB policy (topology, rr, wrr, failover, least_conn, "
+    "hashed); events may be T:site-down:NAME (docs/gslb.md).",
+)
 def compare(
     capture,
     config_path,
@@ -403,10 +410,22 @@ def compare(
     rate,
     duration,
     clients,
+    policies,
 ):
     """Replay CAPTURE once per scheduler and compare how each spreads the load; with --cluster N (or a
     [cluster] of several instances), once per consistency design: what broke, moved and was redirected;
-    with --simulate, run the emulated clients once per scheduler and compare their response times."""
+    with --simulate, run the emulated clients once per scheduler and compare their response times;
+    with --gslb, once per GSLB policy: each site's answers, clients and connections side by side."""
+    if policies is not None:
+        others = {"--simulate": simulate, "--capture-servers": capture_servers, "--cluster": instances}
+        others |= {"--consistency": consistency, "--ecmp": ecmp, "--rate": rate, "--duration": duration}
+        given = [flag for flag, value in {**others, "--clients": clients}.items() if value not in (None, False)]
+        if given:
+            fail(f"compare --gslb: {', '.join(given)} do not go with it (the GSLB config names its sites)")
+        if capture is None or config_path is None:
+            fail("compare --gslb: give a CAPTURE and -c, the GSLB config ([[site]], [[gslb]])")
+        _compare_gslb(capture, config_path, policies, events, seed, plot, as_json)
+        return
     if simulate:
         if capture is not None or events or capture_servers:
             fail("compare --simulate: no capture, --event or --capture-servers (the clients are emulated)")
@@ -487,6 +506,33 @@ def _compare_simulated(config_path, names: str, seed, plot, as_json: bool, flags
     click.echo(views.to_json({"runs": results}) if as_json else report.simulate_compare_text(results))
     if plot:
         write_plot(lambda: report.simulate_plot(results, plot), plot)
+
+
+def _compare_gslb(capture, config_path, policies: str, events, seed, plot, as_json: bool) -> None:
+    """compare --gslb a,b: the capture through the GSLB and its sites once per policy."""
+    from l4emu.cli.gslb import load_config
+    from l4emu.events import parse_event
+    from l4emu.gslb.compare import compare as run_compare
+    from l4emu.gslb.config import POLICIES, POLICY_ALIASES
+    from l4emu.render import gslb as render
+    from l4emu.render import views
+
+    if plot is not None:
+        _refuse_overwriting(capture, {"--plot": plot})
+    try:
+        chosen = name_list(policies, [*POLICIES, *POLICY_ALIASES], "--gslb", "policy", unique=True)
+        parsed = [parse_event(e) for e in events]
+        result = run_compare(capture, load_config(config_path), chosen, parsed, seed)
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    click.echo(views.to_json(result) if as_json else render.compare_text(result))
+    for warning in dict.fromkeys(w for run in result["runs"] for w in run["warnings"]):
+        click.echo(f"l4emu: warning: {warning}", err=True)
+    errors = dict.fromkeys(run["error"] for run in result["runs"] if run["error"])
+    if errors:
+        fail("; ".join(errors))
+    if plot:
+        write_plot(lambda: render.compare_plot(result, plot), plot)
 
 
 def _compare_cluster(

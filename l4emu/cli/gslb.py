@@ -18,7 +18,8 @@ def gslb():
     """GSLB: DNS-based global load balancing across sites, before the L4 switch (docs/gslb.md)."""
 
 
-def _load(config_path: Path):
+def load_config(config_path: Path):
+    """A GSLB config, checked against the scheduler names that exist (no plugin scan)."""
     from l4emu import schedulers
     from l4emu.gslb import config as gslbconfig
 
@@ -30,7 +31,7 @@ def _load(config_path: Path):
 def check(config_path):
     """Validate a GSLB CONFIG ([[site]], [[gslb]], [cache]): one OK line, or the first problem (exit 2)."""
     try:
-        checked = _load(config_path)
+        checked = load_config(config_path)
     except L4emuError as exc:
         fail(str(exc))
     reals = sum(len(svc.reals) for site in checked.sites for svc in site.config.services)
@@ -77,7 +78,7 @@ def replay(capture, config_path, output, fmt, events, seed, as_json):
     _refuse_overwriting(capture, {"-o": output})
     try:
         parsed = [parse_event(e) for e in events]
-        summary = run_replay(capture, _load(config_path), output, parsed, seed, fmt)
+        summary = run_replay(capture, load_config(config_path), output, parsed, seed, fmt)
     except (L4emuError, OSError) as exc:
         fail(str(exc))
     click.echo(views.to_json(summary) if as_json else render.gslb_text(summary))
@@ -113,7 +114,7 @@ def switchover(config_path, ttl, clients, resolvers, seed, as_json):
     from l4emu.render import views
 
     try:
-        checked = _load(config_path) if config_path else None
+        checked = load_config(config_path) if config_path else None
         model = checked.cache if checked else CacheModel()
         model = dataclasses.replace(model, clients=clients or model.clients, resolvers=resolvers or model.resolvers)
         if model.resolvers > model.clients:
@@ -149,7 +150,7 @@ def serve(config_path, down, seed):
 
     stop = threading.Event()
     try:
-        server = Server(_load(config_path), down, seed)
+        server = Server(load_config(config_path), down, seed)
     except (L4emuError, OSError) as exc:
         fail(str(exc))
     for name in (signal.SIGINT, signal.SIGTERM):

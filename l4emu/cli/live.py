@@ -71,6 +71,13 @@ def _fail(message: str, code: int = 2):
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option(
+    "--gslb",
+    "gslb_path",
+    type=click.Path(dir_okay=False),
+    help="A GSLB config: UDP DNS queries to its records' listen addresses arriving on the TUN are answered.",
+)
+@click.option("--gslb-down", multiple=True, metavar="SITE", help="With --gslb: a site that is down (repeatable).")
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -92,6 +99,8 @@ def live(
     seed,
     metrics,
     as_json,
+    gslb_path,
+    gslb_down,
     log_level,
 ):
     """Run the switch on a TUN device until SIGINT/SIGTERM, then print the summary."""
@@ -100,14 +109,22 @@ def live(
     setup_logging(log_level)
     if snaplen and not pcap_out:
         _fail("--snaplen is for --pcap-out: give --pcap-out too")
+    if gslb_down and not gslb_path:
+        _fail("--gslb-down is for --gslb: give --gslb too")
     try:
+        dns = None
+        if gslb_path:
+            from l4emu.cli.gslb import load_config
+            from l4emu.gslb.tun import TunAnswerer
+
+            dns = TunAnswerer(load_config(gslb_path), gslb_down, seed)
         if netns:
             enter_netns(netns)
         switch = Switch.from_config(config_path, seed)
         tun = open_tun(tun_name, create, offload)
         try:
             reload_path = str(config_path) if config_path else None  # what SIGHUP re-reads
-            runner = Live(switch, tun, control_path, control_group, pcap_out, user, snaplen, metrics, reload_path)
+            runner = Live(switch, tun, control_path, control_group, pcap_out, user, snaplen, metrics, reload_path, dns)
         except BaseException:
             tun.close()
             raise
@@ -128,10 +145,18 @@ def live(
 
 def live_summary_text(summary: dict) -> str:
     t = summary["tun"]
-    return views.summary_text(summary) + (
-        f"\ntun          {t['name']}: {t['packets_in']:,} packets in ({t['gso_in']:,} GSO super-packets), "
-        f"{t['packets_out']:,} out ({t['gso_out']:,} GSO UDP writes), {t['write_errors']:,} write errors; "
-        f"offloads {','.join(t['offloads']) or 'off'}"
+    return (
+        views.summary_text(summary)
+        + (
+            f"\ntun          {t['name']}: {t['packets_in']:,} packets in ({t['gso_in']:,} GSO super-packets), "
+            f"{t['packets_out']:,} out ({t['gso_out']:,} GSO UDP writes), {t['write_errors']:,} write errors; "
+            f"offloads {','.join(t['offloads']) or 'off'}"
+        )
+        + (
+            f"\ndns          {', '.join(f'{k} {n:,}' for k, n in summary['dns'].items()) or 'no queries'}"
+            if "dns" in summary
+            else ""
+        )
     )
 
 

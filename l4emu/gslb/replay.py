@@ -23,6 +23,7 @@ from l4emu.gslb.server import Authority
 from l4emu.gslb.sites import NO_SITE, Sites
 from l4emu.gslb.tally import Failure, Tally
 from l4emu.io import open_capture, open_writer
+from l4emu.simulate import MS, PERCENTILES, percentile
 
 VERDICT = {name: number for number, name in enumerate(VERDICT_NAMES)}
 DROP_NO_REAL = DROP_REASONS.index("no_real")  # a down site has no real to give
@@ -38,12 +39,43 @@ class GslbReplay:
         self.authority = Authority(config, self.sites.healthy, self.sites.load)
         self.tally = Tally(len(config.sites))
         self.listens = {(listen[0].packed, listen[1]) for listen in self.authority.listens}
+        self.listen_addresses = tuple({address for address, _ in self.listens})
+        # Answers that depend on what a span's packets do to the sites (a load, a real reaching its
+        # threshold) are given with the sites as they were at the query: spans are cut after each query.
+        self.state_moves = any(record.policy == "least_conn" for record in config.records) or any(
+            real.upper_threshold for site in config.sites for svc in site.config.services for real in svc.reals
+        )
         self.site_of_answer = {
             (record.listen, record.domain, record.rdtype): [self.sites.index(a.site) for a in record.answers]
             for record in config.records
         }
 
     def span(self, batch: Batch, start: int, end: int, out: list) -> None:
+        """Packets start..end; when answers depend on the sites' load (state_moves), cut after each DNS
+        query to a listen address, so that the authority answers it with the sites as they were at its
+        moment, not as they are at the end of the span."""
+        if not self.state_moves:
+            self._through_sites(batch, start, end, out)
+            return
+        i = start
+        for query in self._queries(batch, start, end):
+            self._through_sites(batch, i, query + 1, out)
+            i = query + 1
+        if end > i:
+            self._through_sites(batch, i, end, out)
+
+    def _queries(self, batch: Batch, start: int, end: int) -> list[int]:
+        found = []
+        for i in range(start, end):
+            frame = batch.packet(i)
+            if not any(address in frame for address in self.listen_addresses):  # a byte search: most packets
+                continue
+            dgram = wire.parse(frame, batch.meta(i)[3])
+            if dgram is not None and (dgram.dst, dgram.dport) in self.listens:
+                found.append(i)
+        return found
+
+    def _through_sites(self, batch: Batch, start: int, end: int, out: list) -> None:
         """Packets start..end through every site that is up, each whole span in C; then, in Python, only
         what no site took (a DNS query to answer, a packet of a down site to drop) and the new connections
         (whose client and site the tally counts). Answers go to `out` as (after index, frame, ts, iface,
@@ -53,16 +85,16 @@ class GslbReplay:
         for k, switch in enumerate(self.sites.switches):
             if self.sites.down[k]:
                 continue
-            before = batch.results()[start:end]
+            before = _results(batch, start, end)
             stopped = switch.process(batch, start, 0, end)
             assert stopped == end, "a site's switch makes no fragment slots (config: masq, fragments = drop)"
-            after = batch.results()[start:end]
+            after = _results(batch, start, end)
             for j, (verdict, detail) in enumerate(before):
                 if owner[j] != NO_SITE:
                     batch.set_result(start + j, VERDICT[verdict], detail)
                 elif after[j][0] != "pass":
                     owner[j] = k
-        for j, (verdict, _) in enumerate(batch.results()[start:end]):
+        for j, (verdict, _) in enumerate(_results(batch, start, end)):
             k = owner[j]
             if k == NO_SITE:
                 self._unowned(batch, start + j, out)
@@ -106,12 +138,18 @@ class GslbReplay:
         listen = (ip_address(dgram.dst), dgram.dport)
         response, outcome = self.authority.respond(dgram.payload(frame), client, listen)
         self.tally.dns["queries"] += 1
-        if outcome.record is not None and outcome.chosen:
-            r = outcome.record
-            self.tally.answer(tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen))
+        r = outcome.record
+        sites: tuple[int, ...] = ()
+        if r is not None and outcome.chosen:
+            sites = tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen)
+            self.tally.answer(sites, ts)
         if response is not None:
             answer = wire.answer_frame(frame, linktype, dgram, response)
             out.append((i, answer, ts + ANSWER_DELAY_NS, iface, linktype))
+        if r is not None:
+            resolved = response is not None and sites and not outcome.truncated
+            key = (dgram.src, r.listen, r.domain, r.rdtype)
+            self.tally.query(key, ts, ts + ANSWER_DELAY_NS if resolved else None, sites[0] if sites else NO_SITE)
 
 
 def replay(
@@ -121,9 +159,13 @@ def replay(
     events: Sequence[Event] = (),
     seed: int | None = None,
     fmt: str | None = None,
+    timeline: list | None = None,
 ) -> dict:
-    """Every packet of `capture` through the GSLB and its sites; returns the summary (render/gslb.py)."""
+    """Every packet of `capture` through the GSLB and its sites; returns the summary (render/gslb.py).
+    A `timeline` list gets (ts_ns, tally.ANSWERED or tally.CONNECTED, site) for each answer and new
+    connection, in packet order (compare --gslb's series; watching does not change the run)."""
     run = GslbReplay(config, seed)
+    run.tally.timeline = timeline
     run.sites.check(events)
     ordered = sorted(events, key=lambda e: e.at_s)
     applied = 0
@@ -218,6 +260,7 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
                 "down_at_end": run.sites.down[k],
                 "packets": run.tally.packets[k],  # the site's own: its switch passes the others' untouched
                 "dropped": run.tally.dropped[k],  # by its switch (no real, table full, ...)
+                "resolution": resolution(run.tally.resolution_ns[k]),
             }
         )
     return {
@@ -231,8 +274,25 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
             for r in run.config.records
         ],
         "sites": sites,
+        "resolution": {
+            **resolution(sorted(ns for per_site in run.tally.resolution_ns for ns in per_site)),
+            "unresolved": len(run.tally.asked_at),  # clients whose last query for a record got no address
+        },
         "events": events,
         "elapsed_s": round(elapsed, 6),
         "warnings": warnings,
         "error": str(error) if error else None,
     }
+
+
+def resolution(times_ns: list[int]) -> dict:
+    """Clients' DNS resolution: how many, and p50/p90/p99/max in ms from a client's first query for a
+    record to the answer that gave it an address (retries after REFUSED, SERVFAIL or TC included)."""
+    ordered = sorted(times_ns)
+    figures = {f"p{p}_ms": round(percentile(ordered, p) / MS, 3) for p in PERCENTILES}
+    return {"resolved": len(ordered), **figures, "max_ms": round(ordered[-1] / MS, 3) if ordered else 0.0}
+
+
+def _results(batch: Batch, start: int, end: int) -> list[tuple[str, int]]:
+    """(verdict, detail) of packets start..end: only the span's, so that many short spans stay linear."""
+    return [batch.result(i) for i in range(start, end)]

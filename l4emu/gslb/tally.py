@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from l4emu.datapath._batch import NS
 
 MOVED_SHARES = (0.5, 0.9, 0.99)
+ANSWERED, CONNECTED = 0, 1  # what a timeline entry records
 
 
 @dataclass
@@ -52,16 +53,33 @@ class Tally:
         self.failures: list[Failure] = []
         self.events: list[Failure | dict] = []  # in order: a site-down's Failure, or what another event found
         self.dns: Counter[str] = Counter()
+        self.timeline: list[tuple[int, int, int]] | None = None  # (ts, ANSWERED/CONNECTED, site) when kept
+        # Resolution: a client's first query for a record that got no address (REFUSED, SERVFAIL, TC) waits
+        # here until an answer with one; each resolution's time goes to the answered site.
+        self.asked_at: dict[tuple, int] = {}
+        self.resolution_ns: list[list[int]] = [[] for _ in range(n_sites)]
 
-    def answer(self, sites: tuple[int, ...]) -> None:
+    def query(self, key: tuple, ts_ns: int, answered_ns: int | None, site: int) -> None:
+        """A query for a record: `key` its client and record; `answered_ns` when an answer with an address
+        left (None: it got none), naming `site` first."""
+        if answered_ns is None:
+            self.asked_at.setdefault(key, ts_ns)
+            return
+        self.resolution_ns[site].append(answered_ns - self.asked_at.pop(key, ts_ns))
+
+    def answer(self, sites: tuple[int, ...], ts_ns: int) -> None:
         for k in sites:
             self.answered[k] += 1
+            if self.timeline is not None:
+                self.timeline.append((ts_ns, ANSWERED, k))
 
     def connection(self, client: bytes, site: int, ts_ns: int) -> None:
         """A new connection from `client` reached `site`'s switch."""
         self.clients[site].add(client)
         self.connections[site] += 1
         self.last_site[client] = site
+        if self.timeline is not None:
+            self.timeline.append((ts_ns, CONNECTED, site))
         for failure in self.failures:
             if site != failure.site and client in failure.clients and client not in failure.moved_after_s:
                 failure.moved_after_s[client] = (ts_ns - failure.at_ns) / NS

@@ -47,8 +47,10 @@ class Live:
         snaplen: int = 0,
         metrics: str | None = None,
         config_path: str | None = None,
+        dns=None,
     ):
         self.switch, self.tun = switch, tun
+        self.dns = dns  # a GSLB's l4emu.gslb.tun.TunAnswerer: DNS queries the switch passed are answered
         self.config_path = config_path  # what SIGHUP re-reads (None: the embedded default)
         self.reload_requested = False
         self.reloads = {"applied": 0, "refused": 0}  # by apply or SIGHUP (a dry run is neither)
@@ -221,11 +223,14 @@ class Live:
             if len(self.batch) == 0:
                 return
             self.switch.process(self.batch)
+            answers = self.dns.answer(self.batch) if self.dns is not None else None
             if self.writer is not None:
                 self._record(self.batch)
             if self.emulator is not None:
                 self.emulator.intercept(self.batch)
             self.io.write_from(self.batch)  # empties the batch
+            if answers is not None:
+                self._answers(answers)  # the GSLB's DNS answers, in a batch of their own
             if self.emulator is not None:
                 self.emulator.flush()  # the hosts' answers, through the switch already
             self._log_errors()
@@ -380,6 +385,8 @@ class Live:
 
             summary["emulated"] = emulated_summary(self.switch, None)
             summary["emulated"]["answers"] = self.emulator.answers  # counted in packets, as in replay
+        if self.dns is not None:
+            summary["dns"] = dict(sorted((name, n) for name, n in self.dns.counters.items() if n))
         summary["error"] = self.error
         return summary
 

@@ -21,6 +21,11 @@ def gslb_text(summary: dict) -> str:
     dns = summary["dns"]
     outcomes = ", ".join(f"{name} {count:,}" for name, count in dns.items() if name != "queries" and count)
     lines.append(f"  DNS queries: {dns.get('queries', 0):,} ({outcomes or 'none'})")
+    res = summary["resolution"]
+    lines.append(
+        f"  resolution: {res['resolved']:,} resolved, p50 {res['p50_ms']:g} / p90 {res['p90_ms']:g} / "
+        f"p99 {res['p99_ms']:g} ms (first query to an answer with an address), {res['unresolved']:,} unresolved"
+    )
     lines.append("  site         answered  clients  connections  broken  dropped-while-down")
     for site in summary["sites"]:
         mark = " (down)" if site["down_at_end"] else ""
@@ -57,3 +62,83 @@ def switchover_text(result: dict) -> str:
     moved = ", ".join(f"{share} {_seconds(t)}" for share, t in result["clients_moved_within_s"].items())
     lines.append(f"  clients moved: {moved}")
     return "\n".join(lines)
+
+
+def compare_text(result: dict) -> str:
+    """compare --gslb: a row per site and policy (answered, clients, connections, broken), then each site
+    failure's switch-over per policy."""
+    lines = [
+        f"capture {result['capture']} ({result['span_s']:g} s of packets), seed {result['seed']}"
+        + (f", events: {', '.join(result['events'])}" if result["events"] else ""),
+        "",
+        f"  {'site':<12} {'policy':<11} {'answered':>8} {'clients':>8} {'connections':>11} {'broken':>6} "
+        f"{'dropped-while-down':>18}",
+    ]
+    for k, name in enumerate(result["sites"]):
+        for run in result["runs"]:
+            site = run["sites"][k]
+            lines.append(
+                f"  {name:<12} {run['policy']:<11} {site['queries_answered']:>8,} {site['clients']:>8,} "
+                f"{site['connections']:>11,} {site['connections_broken']:>6,} {site['dropped_while_down']:>18,}"
+            )
+    failures = [(run["policy"], e) for run in result["runs"] for e in run["events"] if "moved_within_s" in e]
+    if failures:
+        lines += ["", f"  {'event':<22} {'policy':<11} {'clients moved':>13}  50% / 90% / 99% after it (ttl)"]
+        for policy, event in failures:
+            moved = " / ".join(_seconds(t) for t in event["moved_within_s"].values())
+            lines.append(
+                f"  {event['event']:<22} {policy:<11} {event['clients_moved']:>6,} of {event['clients_on_site']:<4,}  "
+                f"{moved} (ttl {event['ttl_s']} s)"
+            )
+    lines += [
+        "",
+        "answered: queries whose answer named the site; clients and connections: what its switch received",
+        "(in a replay, where the capture's clients connected: the policies differ in what they answered).",
+    ]
+    return "\n".join(lines)
+
+
+def compare_plot(result: dict, path) -> None:
+    """A panel per policy: connections each site received over time (solid) and the queries answered with
+    it (dashed), each event a labelled dotted line. Written atomically; needs matplotlib."""
+    from l4emu.render.report import _pyplot, _save_atomically
+
+    plt = _pyplot()
+    runs = result["runs"]
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(7, 2.2 * len(runs) + 0.8), sharex=True, squeeze=False, layout="constrained"
+    )
+    for row, run in enumerate(runs):
+        ax = axes[row, 0]
+        times = [sample[0] for sample in run["over_time"]]
+        for k, name in enumerate(result["sites"]):
+            line = ax.plot(times, [s[1][k] for s in run["over_time"]], linewidth=1.4, label=f"{name} connections")
+            ax.plot(
+                times,
+                [s[2][k] for s in run["over_time"]],
+                linewidth=1,
+                linestyle="--",
+                color=line[0].get_color(),
+                label=f"{name} answered",
+            )
+        for j, mark in enumerate(result["event_marks"]):
+            ax.axvline(mark["t"], color="black", linestyle=":", linewidth=1)
+            ax.annotate(
+                mark["label"],
+                xy=(mark["t"], 1 - 0.12 * j),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -2),
+                textcoords="offset points",
+                fontsize=7,
+                va="top",
+            )
+        ax.set_title(f"policy {run['policy']}", fontsize=9, loc="left")
+        ax.set_ylabel("so far", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("seconds after the first packet")
+    axes[0, 0].legend(fontsize=7, ncol=2, loc="upper left")
+    _save_atomically(fig, path)
+    plt.close(fig)
