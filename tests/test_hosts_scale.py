@@ -13,7 +13,7 @@ import pytest
 
 from conftest import NS, make_switch
 from l4emu.datapath._batch import Batch
-from l4emu.emulate import Emulator
+from l4emu.emulate import BatchSink, Emulator
 from l4emu.hosts._engine import FIRST_HANDLE
 
 VIP = bytes([10, 0, 0, 100])
@@ -171,3 +171,31 @@ def test_the_link_table_keeps_only_clients_with_connections(tmp_path, keep_alive
     assert clients.engine.memory()["connections"] == 0
     assert clients.engine.memory()["peers"] == 0
     assert clients.emulator.restamp_entries() == 0
+
+
+def test_live_intercept_answers_in_batches_and_forgets_the_links(tmp_path):
+    """Live mode's path (switch.process, then Emulator.intercept, no re-stamping): each round's answers
+    reach the sink as one Batch, and the link table keeps only clients that still have a connection."""
+    switch = make_switch(CONFIG, tmp_path, 1)
+    answers: list[int] = []
+    emulator = Emulator(switch, outside=BatchSink(lambda batch: answers.append(len(batch))), restamp=False)
+    engine = switch.hosts.engine
+    n, t0 = 2000, NS
+
+    def round_(frames: list[bytes], t: int) -> int:
+        batch = Batch.from_frames(frames, 101, [t + k for k in range(len(frames))])
+        switch.process(batch)
+        taken = emulator.intercept(batch)
+        emulator.flush()
+        return taken
+
+    assert round_([frame(k, 4000, 7 * k, SYN) for k in range(n)], t0) == n
+    assert answers == [n]                                           # every SYN-ACK in one batch
+    assert engine.memory()["peers"] == n and engine.memory()["connections"] == n
+    # Half the clients give up: a RST in the window of their half-open request removes it.
+    assert round_([frame(k, 4000, 7 * k + 1, 0x04) for k in range(0, n, 2)], t0 + NS) == n // 2
+    assert answers == [n]                                           # a RST is not answered
+    assert engine.memory()["peers"] == n // 2
+    emulator.advance(t0 + 63 * NS + n)                              # the rest of the SYN queue expires
+    assert switch.sockets()[0]["counters"]["syn_recv_expired"] == n // 2
+    assert engine.memory()["peers"] == 0 and engine.memory()["connections"] == 0

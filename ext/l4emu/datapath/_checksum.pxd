@@ -1,5 +1,6 @@
 # Internet checksum helpers: RFC 1071 full sums and RFC 1624 incremental updates.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
 
 cdef inline uint32_t load16(const uint8_t* p) noexcept nogil:
@@ -30,14 +31,39 @@ cdef inline void apply_diff(uint8_t* field, uint32_t diff) noexcept nogil:
     store16(field, ~fold((~load16(field) & 0xFFFF) + diff) & 0xFFFF)
 
 
+cdef extern from *:
+    """
+    #define L4EMU_LITTLE_ENDIAN (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+    """
+    bint L4EMU_LITTLE_ENDIAN
+
+
 cdef inline uint32_t sum_bytes(uint32_t acc, const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    """RFC 1071 sum of n bytes (odd tail padded with zero)."""
+    """RFC 1071 sum of n bytes (odd tail padded with zero) added to acc. Four bytes at a time in the
+    machine's order, byte-swapped once at the end (RFC 1071 2(B)): the same one's complement sum
+    as two bytes at a time, so equal modulo 0xFFFF and zero only when that is, and fold() of it,
+    hence every checksum, is the same."""
+    cdef uint64_t t = 0, s
+    cdef uint32_t w
     cdef Py_ssize_t k = 0
-    while k + 1 < n:
-        acc += load16(p + k)
-        if acc > 0x7FFFFFFF:
-            acc = fold(acc)
+    while k + 4 <= n:
+        memcpy(&w, p + k, 4)
+        t += w
+        k += 4
+    t = (t & 0xFFFFFFFFULL) + (t >> 32)
+    t = (t & 0xFFFFFFFFULL) + (t >> 32)
+    t = (t & 0xFFFF) + (t >> 16)
+    t = (t & 0xFFFF) + (t >> 16)
+    t = (t & 0xFFFF) + (t >> 16)
+    if L4EMU_LITTLE_ENDIAN:
+        t = ((t & 0xFF) << 8) | (t >> 8)
+    if k + 1 < n:
+        t += load16(p + k)
         k += 2
     if k < n:
-        acc += <uint32_t>p[k] << 8
-    return acc
+        t += <uint32_t>p[k] << 8
+    s = <uint64_t>acc + t                   # below 2**33: folded to 16 bits, so callers may add to it
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return <uint32_t>s

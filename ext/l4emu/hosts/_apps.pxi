@@ -318,10 +318,15 @@ cdef inline uint64_t draw_bytes(const Dist* d, Rng* rng) noexcept:
 
 
 cdef inline int64_t find_blank_line(const uint8_t* p, uint32_t n) noexcept:
-    """Where the first CRLF CRLF starts, or -1."""
+    """Where the first CRLF CRLF starts, or -1 (memchr finds each CR)."""
     cdef uint32_t i = 0
+    cdef const uint8_t* cr
     while i + 4 <= n:
-        if p[i] == 13 and p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
+        cr = <const uint8_t*>memchr(p + i, 13, n - 3 - i)
+        if cr == NULL:
+            return -1
+        i = <uint32_t>(cr - p)
+        if p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
             return i
         i += 1
     return -1
@@ -402,6 +407,20 @@ cdef inline bint same_lower(const uint8_t* p, uint32_t n, const char* word) noex
     return word[n] == 0
 
 
+cdef inline uint32_t line_end_from(const uint8_t* head, uint32_t i, uint32_t n) noexcept:
+    """Where the first CRLF at or after i starts (n: none); memchr finds each CR."""
+    cdef const uint8_t* cr
+    while i < n:
+        cr = <const uint8_t*>memchr(head + i, 13, n - i)
+        if cr == NULL:
+            return n
+        i = <uint32_t>(cr - head)
+        if i + 1 < n and head[i + 1] == 10:
+            return i
+        i += 1
+    return n
+
+
 cdef int http_answer(const uint8_t* head, uint32_t n, uint32_t* body) noexcept:
     """The answer to one header block and the length of the body that follows it."""
     cdef uint32_t i, line_end, spaces = 0, second = 0, name_n, value_n, cl_n = 1, conn_n = 0
@@ -414,9 +433,7 @@ cdef int http_answer(const uint8_t* head, uint32_t n, uint32_t* body) noexcept:
     cdef bint http10, close
     body[0] = 0
     # The request line: exactly three words split on single spaces, the third HTTP/1.x.
-    line_end = 0
-    while line_end < n and not (head[line_end] == 13 and line_end + 1 < n and head[line_end + 1] == 10):
-        line_end += 1
+    line_end = line_end_from(head, 0, n)
     for i in range(line_end):
         if head[i] == 32:
             spaces += 1
@@ -429,9 +446,7 @@ cdef int http_answer(const uint8_t* head, uint32_t n, uint32_t* body) noexcept:
     i = line_end + 2
     while i <= n and line_end < n:
         line = head + i
-        line_end = i
-        while line_end < n and not (head[line_end] == 13 and line_end + 1 < n and head[line_end + 1] == 10):
-            line_end += 1
+        line_end = line_end_from(head, i, n)
         name_n = 0
         while i + name_n < line_end and head[i + name_n] != 58:
             name_n += 1

@@ -8,6 +8,7 @@ clock. Two views are appended to output Batches handed to sinks a batch at a tim
 the clients see (their packets as they arrive, re-stamped; answers after SNAT), `inside` what the
 real servers see (after DNAT; answers before SNAT). Verdict and detail stay with each packet.
 """
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, UINT64_MAX
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
@@ -20,7 +21,7 @@ from l4emu.datapath._checksum cimport store16, sum_bytes, fold
 from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE
 from l4emu.clients._clients cimport Clients
 from l4emu.clients._gen cimport MAX_FRAME
-from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_find, slab_add, slab_remove, rec, key_hash32,
+from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_add_hashed, slab_remove, rec, key_hash32,
                                  slab_bytes, prefetch_slot, prefetch_record, slab_find_hashed)
 from l4emu.datapath._headers cimport PARSED
 
@@ -86,6 +87,7 @@ cdef inline void stamp_key(StampKey* k, const Seg* seg, bint from_client) noexce
     k.family = seg.family
 
 
+@cython.final
 cdef class Loop:
     """The switch's datapath and its hosts, driven one packet at a time in C."""
     cdef Datapath dp
@@ -106,6 +108,8 @@ cdef class Loop:
     cdef readonly uint64_t superseded
     cdef Clients clients            # simulate: the emulated clients the answers go to (None: replay)
     cdef uint32_t client_slot       # ... and the connection of the client packet going through now
+    cdef StampKey hashed_key        # the re-stamping key hashed last, and its hash (0: none yet): a host's
+    cdef uint32_t hashed            # answers share the key of the client packet they answer
 
     def __cinit__(self, Datapath datapath, Engine hosts, fronts, outside, inside, bint restamp, bytes secret,
                   Py_ssize_t capacity=4096):
@@ -234,7 +238,7 @@ cdef class Loop:
             batch.detail[i] = 0
             if batch.ts_ns[i] > self.last_ts:
                 self.last_ts = batch.ts_ns[i]
-            self.deliver(h, p, batch.caplen[i], batch.ts_ns[i], batch.iface[i], batch.linktype[i], NULL, NULL)
+            self.deliver(h, p, batch.caplen[i], batch.ts_ns[i], batch.iface[i], batch.linktype[i], NULL, NULL, 0)
             self.hosts.prune_peers()
             taken += 1
         return taken
@@ -293,8 +297,8 @@ cdef class Loop:
     cdef inline int real_host(self, int32_t real) noexcept:
         return self.hosts.real_host[real] if 0 <= real < <int32_t>self.hosts.n_reals else -1
 
-    cdef void client(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint64_t ts, uint16_t iface,
-                     uint16_t linktype, Ahead* ahead):
+    cdef int client(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint64_t ts, uint16_t iface,
+                    uint16_t linktype, Ahead* ahead) except -1:
         """One packet as it arrives at the switch (replay: the next one of the capture; `ahead`: its
         parse, when run() read it ahead)."""
         cdef PacketInfo info
@@ -308,14 +312,15 @@ cdef class Loop:
             ok = read_segment(p, caplen, linktype, &info, &seg)
         if ok and (self.hosts.host_of(seg.src, seg.family) >= 0 or self.is_front(&seg)):
             self.superseded += 1    # e.g. a recorded server's replies: answering twice would fork the stream
-            return
+            return 0
         if self._room(caplen) < 0:
-            return
+            return 0
         memcpy(self.cur, p, caplen)
         if self.restamp and ok and seg.proto == IPPROTO_TCP:
             self.stamp_client(&info, &seg, ahead)
         self.through(caplen, origlen, iface, linktype, ts, False, ahead)
         self.hosts.prune_peers()
+        return 0
 
     cdef bint is_front(self, Seg* seg) noexcept:
         cdef uint32_t k
@@ -327,15 +332,16 @@ cdef class Loop:
                 return True
         return False
 
-    cdef void advance_to(self, uint64_t now):
+    cdef int advance_to(self, uint64_t now) except -1:
         cdef uint32_t first = self.hosts.n_out
         self.hosts.advance(now)
         self.send_answers(first, 0, True, -1)
         self.hosts.truncate(first)
         self.hosts.prune_peers()
+        return 0
 
-    cdef void through(self, uint32_t n, uint32_t origlen, uint16_t iface, uint16_t linktype, uint64_t ts,
-                      bint from_host, Ahead* ahead=NULL):
+    cdef int through(self, uint32_t n, uint32_t origlen, uint16_t iface, uint16_t linktype, uint64_t ts,
+                     bint from_host, Ahead* ahead=NULL) except -1:
         """The packet in `cur` through the datapath, into the views, and to a host when it is for one
         (`ahead`: its parse, read ahead)."""
         cdef uint8_t v = 0
@@ -364,7 +370,7 @@ cdef class Loop:
             if h >= 0:
                 readable = segment_after(self.after, n, origlen, parsed, &info, &seg)
                 self.deliver(h, self.after, n, ts, iface, linktype, &seg if readable else NULL,
-                             &info if readable else NULL)
+                             &info if readable else NULL, same_client(ahead, &seg) if readable else 0)
         elif v == V_REPLY or v == V_ANSWER:     # real -> client, SNAT
             if self.clients is not None:
                 self.clients.receive(self.after, n, linktype, ts)
@@ -389,12 +395,13 @@ cdef class Loop:
             if from_host and self.restamp and readable:
                 self.stamp_server(&seg)
             if h >= 0 and not from_host:
-                self.deliver(h, self.cur, n, ts, iface, linktype, &seg, &info)
+                self.deliver(h, self.cur, n, ts, iface, linktype, &seg, &info, same_client(ahead, &seg))
+        return 0
 
-    cdef void deliver(self, int h, const uint8_t* frame, uint32_t n, uint64_t ts, uint16_t iface, uint16_t linktype,
-                      Seg* read, PacketInfo* read_info):
-        """A packet to host h (`read`: the segment in it, when the caller has it); its answers back
-        through the datapath."""
+    cdef int deliver(self, int h, const uint8_t* frame, uint32_t n, uint64_t ts, uint16_t iface, uint16_t linktype,
+                     Seg* read, PacketInfo* read_info, uint32_t conn_hash) except -1:
+        """A packet to host h (`read`: the segment in it, when the caller has it; `conn_hash`: its client
+        half's hash in the connection table, 0: not known); its answers back through the datapath."""
         cdef PacketInfo info
         cdef Seg seg
         cdef uint32_t first
@@ -402,18 +409,21 @@ cdef class Loop:
         if read == NULL:
             if not read_segment(frame, n, linktype, &info, &seg):
                 self.hosts.count(h, C_UNREADABLE, 1)    # snapped, fragmented or not TCP/UDP: nothing to read
-                return
+                return 0
             read, read_info = &seg, &info
         if self.depth >= MAX_DEPTH:
-            return
+            return 0
         first = self.hosts.n_out
-        r = self.hosts.receive(h, read, ts, linktype, iface, frame, read_info.l3)
+        r = self.hosts.receive(h, read, ts, linktype, iface, frame, read_info.l3, conn_hash)
         self.depth += 1
-        self.send_answers(first, ts, False, r)
-        self.depth -= 1
+        try:
+            self.send_answers(first, ts, False, r)
+        finally:
+            self.depth -= 1
         self.hosts.truncate(first)
+        return 0
 
-    cdef void send_answers(self, uint32_t first, uint64_t ts, bint stamped, int to_peer):
+    cdef int send_answers(self, uint32_t first, uint64_t ts, bint stamped, int to_peer) except -1:
         """The hosts' answers first.. (to the step's end) back through the datapath: the k-th at ts + k us,
         or (`stamped`, the clocks' answers) each 1 us after its own moment. Answers to one received
         packet all go to its sender, whose Peer record is `to_peer` (-1: look each one up)."""
@@ -446,21 +456,31 @@ cdef class Loop:
             else:
                 at = ts + (j - first + 1) * REPLY_GAP_NS
             self.through(hlen + plen, hlen + plen, iface, linktype, at, True)
+        return 0
 
-    cdef void emit(self, int k, const uint8_t* frame, uint32_t n, uint32_t origlen, uint64_t ts, uint16_t iface,
-                   uint16_t linktype, uint8_t verdict, int32_t detail):
-        cdef Batch b = self.outside if k == 0 else self.inside
-        cdef int r
-        if b is None:
-            return
-        r = b.push(frame, n, origlen, ts, iface, linktype)
+    cdef inline int emit(self, int k, const uint8_t* frame, uint32_t n, uint32_t origlen, uint64_t ts,
+                         uint16_t iface, uint16_t linktype, uint8_t verdict, int32_t detail) except -1:
+        """A packet into view k (0: outside, 1: inside), when that view is kept."""
+        if k == 0:
+            if self.outside is not None:
+                return self.emit_to(self.outside, self.outside_sink, frame, n, origlen, ts, iface, linktype,
+                                    verdict, detail)
+        elif self.inside is not None:
+            return self.emit_to(self.inside, self.inside_sink, frame, n, origlen, ts, iface, linktype,
+                                verdict, detail)
+        return 0
+
+    cdef int emit_to(self, Batch b, sink, const uint8_t* frame, uint32_t n, uint32_t origlen, uint64_t ts,
+                     uint16_t iface, uint16_t linktype, uint8_t verdict, int32_t detail) except -1:
+        cdef int r = b.push(frame, n, origlen, ts, iface, linktype)
         if r == 1:
-            (self.outside_sink if k == 0 else self.inside_sink)(b)
+            sink(b)                             # full: handed over whole, then emptied
             b.clear()
             r = b.push(frame, n, origlen, ts, iface, linktype)
         if r == 0:
             b.verdict[b.n - 1] = verdict
             b.detail[b.n - 1] = detail
+        return 0
 
     # ---- re-stamping: the clients' ACKs in the emulated server's sequence space -------------------
     cdef void stamp_client(self, PacketInfo* info, Seg* seg, Ahead* ahead) noexcept:
@@ -472,11 +492,14 @@ cdef class Loop:
         cdef uint32_t nxt = 0
         cdef bint known = False
         cdef uint8_t fins = 0
+        cdef uint32_t h
         stamp_key(&key, seg, True)
         if ahead != NULL and ahead.stamp_hash and memcmp(&ahead.stamp_key, &key, sizeof(StampKey)) == 0:
-            r = slab_find_hashed(&self.stamps, &key, ahead.stamp_hash)
+            self.hashed_key, self.hashed = key, ahead.stamp_hash     # hashed ahead: the answers' key too
+            h = ahead.stamp_hash
         else:
-            r = slab_find(&self.stamps, &key)
+            h = self.stamp_hash(&key)
+        r = slab_find_hashed(&self.stamps, &key, h)
         if seg.flags & TCP_SYN and not seg.flags & TCP_ACK:
             if r >= 0:
                 slab_remove(&self.stamps, r)    # a new connection on this pair: forget the old one
@@ -490,28 +513,36 @@ cdef class Loop:
                 slab_remove(&self.stamps, r)    # the connection's last client packet
         elif seg.flags & TCP_FIN:
             if r < 0:
-                r = slab_add(&self.stamps, &key)
+                r = slab_add_hashed(&self.stamps, &key, h)
             if r >= 0:
                 (<Stamp*>rec(&self.stamps, r)).fins = fins | CLIENT_FIN
         if known and seg.flags & TCP_ACK:
             rewrite_ack(self.cur, info, seg, nxt)
+
+    cdef uint32_t stamp_hash(self, StampKey* key) noexcept:
+        """The key's hash in the re-stamping table, computed once for a run of packets of one connection."""
+        if not self.hashed or memcmp(key, &self.hashed_key, sizeof(StampKey)) != 0:
+            self.hashed_key = key[0]
+            self.hashed = key_hash32(&self.stamps, key)
+        return self.hashed
 
     cdef void stamp_server(self, Seg* seg) noexcept:
         """Learn from an emulated server's packet, taken as the client receives it (after SNAT)."""
         cdef StampKey key
         cdef int r
         cdef Stamp* s
-        cdef uint32_t end
+        cdef uint32_t end, h
         if seg.proto != IPPROTO_TCP or seg.flags & TCP_RST:
             return
         end = (seg.seq + seg.plen + (1 if seg.flags & TCP_SYN else 0) + (1 if seg.flags & TCP_FIN else 0))
         stamp_key(&key, seg, False)
-        r = slab_find(&self.stamps, &key)
+        h = self.stamp_hash(&key)
+        r = slab_find_hashed(&self.stamps, &key, h)
         s = <Stamp*>rec(&self.stamps, r) if r >= 0 else NULL
         if (s == NULL or not s.has_sent) and not seg.flags & TCP_SYN:
             return                              # a connection already forgotten (or never re-stamped)
         if s == NULL:
-            r = slab_add(&self.stamps, &key)
+            r = slab_add_hashed(&self.stamps, &key, h)
             if r < 0:
                 return
             s = <Stamp*>rec(&self.stamps, r)
@@ -520,6 +551,16 @@ cdef class Loop:
             s.has_sent = 1
         if seg.flags & TCP_FIN:
             s.fins |= SERVER_FIN
+
+
+cdef inline uint32_t same_client(Ahead* ahead, Seg* seg) noexcept:
+    """The connection table's hash read_ahead() made of the client's packet, if `seg` still has its
+    client address and port (0: not known)."""
+    if (ahead == NULL or not ahead.conn_hash or seg.family != ahead.info.key.family
+            or seg.sport != ahead.info.key.sport
+            or memcmp(seg.src, ahead.info.key.src, 4 if seg.family == 4 else 16) != 0):
+        return 0
+    return ahead.conn_hash
 
 
 cdef void rewrite_ack(uint8_t* p, PacketInfo* info, Seg* seg, uint32_t ack) noexcept:

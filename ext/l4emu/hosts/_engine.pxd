@@ -1,9 +1,11 @@
 # The emulated hosts' C types: hosts, listening and UDP sockets, connections as fixed-size records
 # in a keyed table, the timer heap, and the answers a step leaves for the emulate loop.
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from l4emu.datapath._types cimport PacketInfo
 from l4emu.hosts._table cimport Slab
 from l4emu.clients._random cimport Dist, Rng
+from l4emu.hosts._mt cimport MT
 
 # Connection states, named as `ss` names them (STATE_NAMES in _engine.pyx).
 cdef enum TcpState:
@@ -222,6 +224,9 @@ ctypedef struct Peer:
     uint8_t hdr_len
     uint8_t hdr[MAX_LINK_HEADER]
 
+
+# Final (no subclass): the emulate loop calls its methods directly, where the compiler can inline them.
+@cython.final
 cdef class Engine:
     cdef Host* hosts
     cdef uint32_t n_hosts
@@ -242,7 +247,7 @@ cdef class Engine:
     cdef uint32_t n_timers, timer_cap
     cdef uint32_t waiting           # listeners with a non-empty accept queue
     cdef uint64_t created
-    cdef list rngs                  # per host: its random.Random (one ISN per new connection)
+    cdef MT* isn                    # per host: its random.Random in C (one ISN per new connection)
     # The answers of the current step: packets in out_data, each at out_off, out_len, and the
     # moment it was made (advance: an accept's time).
     cdef uint8_t* out_data
@@ -253,6 +258,7 @@ cdef class Engine:
     cdef uint32_t n_out, out_slots
     cdef uint64_t step_at
     cdef int32_t cur_peer           # the Peer of the packet being received (-1: none)
+    cdef uint32_t cur_hash          # ... and the connection table's hash of its client half (client_hash)
     cdef uint8_t addr_filter[32]    # bit b: some host's address ends in byte b (most lookups end here)
     # Request-reply UDP sockets (_udp.pxi): their requests, and a heap of the services in progress
     # (end time, job), earliest first.
@@ -264,7 +270,7 @@ cdef class Engine:
 
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept
     cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,
-                     const uint8_t* frame, uint32_t l3) noexcept
+                     const uint8_t* frame, uint32_t l3, uint32_t conn_hash) noexcept
     cdef void advance(self, uint64_t now) noexcept
     cdef uint64_t next_due(self) noexcept    # UINT64_MAX: no clock has anything to do
     cdef Peer* peer_of(self, const uint8_t* addr, uint8_t family) noexcept
@@ -274,7 +280,7 @@ cdef class Engine:
     cdef void count(self, uint32_t h, int which, uint64_t by) noexcept
     cdef int socket_of(self, uint32_t host, uint16_t port, uint16_t proto) noexcept
     cdef int conn_of(self, uint32_t host, const uint8_t* peer, uint8_t family, uint16_t peer_port,
-                     uint16_t port) noexcept
+                     uint16_t port, uint32_t conn_hash) noexcept
     cdef Conn* conn(self, uint32_t k) noexcept
     cdef void _prune_later(self, uint32_t r) noexcept
     cdef void peer_ref(self, Conn* c, int by) noexcept

@@ -10,7 +10,7 @@ applications in _apps.pxi, reading and building packets in _wire.pxi.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t, UINT64_MAX
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memmove, memset
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 from l4emu.datapath._types cimport PacketInfo, NS
 from l4emu.datapath._wire cimport *
 from l4emu.datapath._headers cimport parse_packet, PARSED
@@ -20,8 +20,10 @@ from libc.stdio cimport snprintf
 from l4emu.clients._random cimport (DIST_EMPIRICAL, DIST_EXPONENTIAL, DIST_FIXED, DIST_LOGNORMAL, Dist,
                                     dist_sample, rng_seed)
 from l4emu.datapath._types cimport name_table
-from l4emu.hosts._table cimport (slab_init, slab_free, slab_find, slab_add, slab_remove, slab_bytes, rec,
-                                 key_hash32, MIN_RECORDS)
+from l4emu.datapath._siphash cimport siphash13
+from l4emu.hosts._mt cimport MT, mt_from_random, mt_next32
+from l4emu.hosts._table cimport (slab_init, slab_free, slab_find, slab_find_hashed, slab_add, slab_add_hashed,
+                                 slab_remove, slab_bytes, rec, key_hash32, MIN_RECORDS)
 
 include "_wire.pxi"
 include "_apps.pxi"
@@ -55,6 +57,7 @@ cdef enum:
     OUT_BYTES = 1 << 16
     ETHER_ADDR_LEN = 6
     ETHER_HEADER_LEN = 14
+    CONN_KEY_WORDS = 3      # sizeof(ConnKey) // 8 (checked in Engine.__cinit__)
 
 # The hashed bits of ConnKey's last word (little-endian): the peer's port and family, not the host's
 # side (host, port), so that a connection's hash is known from the client's packet alone.
@@ -138,15 +141,16 @@ cdef class Engine:
         cdef uint64_t k0, k1
         if len(secret) != 16:
             raise ValueError("the secret is 16 bytes")
+        if sizeof(ConnKey) != CONN_KEY_WORDS * 8:
+            raise SystemError("ConnKey is not CONN_KEY_WORDS words long")
         k0 = int.from_bytes(secret[:8], "little")
         k1 = int.from_bytes(secret[8:], "little")
         if (slab_init(&self.by_address, sizeof(AddrRec), sizeof(AddrKey) // 8, k0, k1) < 0
                 or slab_init(&self.sockets, sizeof(SockRec), sizeof(SockKey) // 8, k0, k1) < 0
-                or slab_init(&self.conns, sizeof(Conn), sizeof(ConnKey) // 8, k0, k1) < 0
+                or slab_init(&self.conns, sizeof(Conn), CONN_KEY_WORDS, k0, k1) < 0
                 or slab_init(&self.peers, sizeof(Peer), 3, k0, k1) < 0):
             raise MemoryError()
         self.conns.last_mask = CONN_HASHED
-        self.rngs = []
         self.cur_peer = -1
         self.out_cap = OUT_BYTES
         self.out_slots = OUT_SLOTS
@@ -180,6 +184,7 @@ cdef class Engine:
         free(self.uj_when)
         free(self.uj_job)
         free(self.hosts)
+        free(self.isn)
         free(self.listeners)
         free(self.udps)
         free(self.real_host)
@@ -197,7 +202,8 @@ cdef class Engine:
 
     # ---- set-up (Python, once per config) ------------------------------------------------------
     def add_host(self, bytes address, rng):
-        """A host with this address (4 or 16 bytes) and its generator of initial sequence numbers."""
+        """A host with this address (4 or 16 bytes) and its generator of initial sequence numbers (a
+        random.Random: the host draws from a copy of its state in C, getrandbits(32) each)."""
         cdef AddrKey key
         cdef int r
         cdef Host* h
@@ -210,6 +216,11 @@ cdef class Engine:
         if grown == NULL:
             raise MemoryError()
         self.hosts = grown
+        isn = <MT*>realloc(self.isn, (self.n_hosts + 1) * sizeof(MT))
+        if isn == NULL:
+            raise MemoryError()
+        self.isn = isn
+        mt_from_random(&self.isn[self.n_hosts], rng)
         h = &self.hosts[self.n_hosts]
         memset(h, 0, sizeof(Host))
         memcpy(h.addr, key.addr, 16)
@@ -221,7 +232,6 @@ cdef class Engine:
         (<AddrRec*>rec(&self.by_address, r)).host = self.n_hosts
         last = key.addr[3 if key.family == 4 else 15]
         self.addr_filter[last >> 3] |= 1 << (last & 7)
-        self.rngs.append(rng)
         self.n_hosts += 1
         return self.n_hosts - 1
 
@@ -349,20 +359,24 @@ cdef class Engine:
         return -1 if r < 0 else <int>(<SockRec*>rec(&self.sockets, r)).index
 
     cdef int conn_of(self, uint32_t host, const uint8_t* peer, uint8_t family, uint16_t peer_port,
-                     uint16_t port) noexcept:
+                     uint16_t port, uint32_t conn_hash) noexcept:
+        """The connection's record, or -1; `conn_hash`: client_hash of the same client half (0: not known)."""
         cdef ConnKey key
         memset(&key, 0, sizeof(key))
         key.host, key.port, key.peer_port, key.family = host, port, peer_port, family
         memcpy(key.peer, peer, 4 if family == 4 else 16)
-        return slab_find(&self.conns, &key)
+        return slab_find_hashed(&self.conns, &key, conn_hash if conn_hash else key_hash32(&self.conns, &key))
 
     cdef uint32_t client_hash(self, const uint8_t* peer, uint8_t family, uint16_t peer_port) noexcept:
-        """The connection table's hash of every connection of this client address and port."""
+        """The connection table's hash of every connection of this client address and port: key_hash32
+        of a ConnKey with no host side (its last word's hashed half is the client's, CONN_HASHED)."""
         cdef ConnKey key
+        cdef uint64_t words[CONN_KEY_WORDS]
         memset(&key, 0, sizeof(key))
         memcpy(key.peer, peer, 4 if family == 4 else 16)
         key.peer_port, key.family = peer_port, family
-        return key_hash32(&self.conns, &key)
+        memcpy(words, &key, sizeof(key))        # as key_hash32 reads it (no aliasing of the struct)
+        return <uint32_t>siphash13(self.conns.k0, self.conns.k1, words, CONN_KEY_WORDS)
 
     cdef Conn* conn(self, uint32_t k) noexcept:
         return <Conn*>rec(&self.conns, k)
@@ -479,17 +493,21 @@ cdef class Engine:
 
     # ---- one packet for a host ------------------------------------------------------------------
     cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,
-                     const uint8_t* frame, uint32_t l3) noexcept:
+                     const uint8_t* frame, uint32_t l3, uint32_t conn_hash) noexcept:
         """Everything host h sends in answer to one segment or datagram, left in the output; the sender's
-        link (link type, interface, the header `frame[:l3]`) is kept for the answers. Returns the
-        sender's Peer record (-1: none)."""
+        link (link type, interface, the header `frame[:l3]`) is kept for the answers. `conn_hash`: the
+        segment's client_hash when the caller has it (0: not known). Returns the sender's Peer record
+        (-1: none)."""
         cdef Host* host = &self.hosts[h]
         cdef uint32_t alen = 4 if host.family == 4 else 16
         cdef int s, c = -1, r = -1
         cdef UdpSock* u
         self.step_at = now
         if seg.proto == IPPROTO_TCP:
-            c = self.conn_of(h, seg.src, seg.family, seg.sport, seg.dport)
+            if not conn_hash:
+                conn_hash = self.client_hash(seg.src, seg.family, seg.sport)
+            self.cur_hash = conn_hash
+            c = self.conn_of(h, seg.src, seg.family, seg.sport, seg.dport, conn_hash)
             if c >= 0 and self.conn(c).peer:
                 r = <int>self.conn(c).peer - 1     # the connection's client: no lookup by address
         if r < 0:
@@ -622,7 +640,7 @@ cdef class Engine:
         if not tcp:
             k = self.socket_of(h, port, PROTO_KEY_UDP)
             return self.udps[k].handle if k >= 0 else None
-        k = self.conn_of(h, peer, 4 if len(peer) == 4 else 6, peer_port, port)
+        k = self.conn_of(h, peer, 4 if len(peer) == 4 else 6, peer_port, port, 0)
         return self.conn(k).handle if k >= 0 and self.conn(k).handle >= 0 else None
 
     def memory(self):
@@ -783,6 +801,13 @@ cdef void sort_by_time(Engine e, uint32_t first) noexcept:
 
 
 # ---- test and fuzz entry points (the same readers and builders the engine runs) ---------------------
+def isn_draws(rng, uint32_t n):
+    """n initial sequence numbers as a host draws them from a copy of `rng` (a random.Random)."""
+    cdef MT mt
+    mt_from_random(&mt, rng)
+    return [mt_next32(&mt) for _ in range(n)]
+
+
 def read_frame(frame, uint16_t linktype):
     """A host's reading of one frame: (family, src, dst, proto, sport, dport, seq, ack, flags, window,
     options, payload, ip packet) or None when it cannot be read whole."""

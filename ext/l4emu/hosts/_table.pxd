@@ -120,9 +120,13 @@ cdef inline int _grow_slots(Slab* s) noexcept nogil:
 
 cdef inline int slab_add(Slab* s, const void* key) noexcept nogil:
     """A new record for `key` (not present), zeroed after the key and hash; -1 out of memory."""
+    return slab_add_hashed(s, key, key_hash32(s, key))
+
+
+cdef inline int slab_add_hashed(Slab* s, const void* key, uint32_t h) noexcept nogil:
+    """slab_add for a key whose hash (key_hash32) the caller has already."""
     cdef uint32_t r, n
     cdef uint8_t* grown
-    cdef uint32_t h = key_hash32(s, key)
     if (s.used + 1) * 2 > s.mask + 1 and _grow_slots(s) < 0:
         return -1
     if s.free_head:

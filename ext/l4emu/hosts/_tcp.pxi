@@ -179,9 +179,8 @@ cdef void no_connection(Engine e, uint32_t h, Seg* seg, uint64_t now) noexcept:
     cdef ConnKey key
     cdef int c
     cdef Conn* conn
-    cdef uint32_t i, kind, length, mss_value = 0, shift = 0
+    cdef uint32_t i, kind, length, mss_value = 0, shift = 0, iss
     cdef bint has_mss = False, has_shift = False
-    cdef object iss
     if s < 0:
         if seg.flags & TCP_SYN and not seg.flags & TCP_ACK:
             e.count(h, C_CLOSED_PORT, 1)
@@ -220,14 +219,14 @@ cdef void no_connection(Engine e, uint32_t h, Seg* seg, uint64_t now) noexcept:
     memset(&key, 0, sizeof(key))
     key.host, key.port, key.peer_port, key.family = h, seg.dport, seg.sport, seg.family
     memcpy(key.peer, seg.src, 4 if seg.family == 4 else 16)
-    iss = e.rngs[h].getrandbits(32)         # the host's seeded generator: one draw per new connection
-    c = slab_add(&e.conns, &key)
+    iss = mt_next32(&e.isn[h])              # the host's seeded generator: one draw per new connection
+    c = slab_add_hashed(&e.conns, &key, e.cur_hash)     # receive() hashed the same client half
     if c < 0:
         return                              # out of memory: as a dropped SYN
     lst = &e.listeners[s]
     conn = e.conn(c)
     conn.listener = s
-    conn.iss = <uint32_t>iss
+    conn.iss = iss
     conn.irs = seg.seq
     conn.born_ns = now
     conn.order = e.created

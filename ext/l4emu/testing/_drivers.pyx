@@ -1,7 +1,7 @@
 """Test drivers: C entry points of the packet path that only tests, fuzzers and benchmarks call.
 
-They stay out of the production modules: a scheduler's pick without a datapath, and TunIO's
-checksum transforms without a TUN.
+They stay out of the production modules: a scheduler's pick without a datapath, TunIO's
+checksum transforms without a TUN, and the RFC 1071 sum every checksum is made of.
 """
 import ipaddress
 
@@ -9,6 +9,7 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
+from l4emu.datapath._checksum cimport fold, sum_bytes
 from l4emu.datapath._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
 from l4emu.datapath._wire cimport IPPROTO_TCP
 from l4emu.io.tun._io cimport TunIO, virtio_net_hdr
@@ -86,3 +87,8 @@ def partial_form(TunIO io, bytes packet):
     if io.partial[0] and len(buf):
         io.to_partial_form(&view[0], len(buf), 0)
     return bytes(buf)
+
+
+def ones_sum(bytes data, uint32_t acc=0):
+    """fold(sum_bytes(acc, data)): the folded RFC 1071 sum of data (odd tail padded) added to acc."""
+    return fold(sum_bytes(acc, <const uint8_t*><const char*>data, len(data)))
