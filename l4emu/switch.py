@@ -73,7 +73,7 @@ class Switch:
         self.random = random.Random(seed)
         secret = self.random.randbytes(16) if seed is not None else os.urandom(16)
         self._wrap = make_scheduler or (lambda scheduler: scheduler)
-        self._datapath, self.reals = self._build(config, config.max_connections, secret)
+        self._datapath, self.reals = self._build(config, config.max_connections, secret, grow_index)
         # Emulated reals answer for themselves (l4emu/hosts/, imported only then: start-up); their generator
         # is drawn last, and only when there are some, so configs without them keep every seeded result.
         self.hosts = None
@@ -83,7 +83,7 @@ class Switch:
             self.hosts = Hosts(self.reals, random.Random(self.random.getrandbits(64)))
 
     def _build(
-        self, config: configmod.Config, max_connections: int, secret: bytes
+        self, config: configmod.Config, max_connections: int, secret: bytes, grow_index: bool = False
     ) -> tuple[Datapath, list[tuple[configmod.Service, configmod.Real]]]:
         """A datapath with the config's services, reals and settings (and its reals, in datapath order)."""
         try:
