@@ -146,7 +146,7 @@ def test_top_level_help_cuts_no_description():
     text = run_cli("--help").stdout
     listed = dict(re.findall(r"^  (\w+)\s+(.+)$", text.split("Commands:")[1], re.M))
     assert set(listed) == {"apply", "check", "compare", "config", "conntrack", "gen", "gslb", "lab", "live", "real",
-                           "replay", "save", "simulate", "sockets", "stats", "sweep"}
+                           "replay", "report", "save", "simulate", "sockets", "stats", "sweep"}
     assert not [line for line in listed.values() if line.endswith("...")], listed
 
 

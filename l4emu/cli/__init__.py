@@ -3,7 +3,7 @@
 Start-up is part of every command's run time, so this module holds only the group and what the
 commands share (`fail`, `config_option`, `write_plot`); each command lives with its kin (capture.py: replay, compare;
 views.py: conntrack, sockets, stats; config.py: config, check; live.py: live, real, lab;
-simulate.py: gen, simulate: the emulated clients; sweep.py: sweep; gslb.py: gslb), is loaded
+simulate.py: gen, simulate: the emulated clients; sweep.py: sweep; gslb.py: gslb; report.py: report), is loaded
 only when named, and imports the parts of l4emu it uses when it runs. The short help of every command is
 kept here, so `l4emu --help` lists them all without loading any.
 tests/test_startup.py fails when a plain `l4emu replay` imports what it does not use.
@@ -29,6 +29,7 @@ def fail(message: str, code: int = 2):
 LAZY_COMMANDS = {
     "replay": ("l4emu.cli.capture:replay", "Replay a capture through the switch; summarize."),
     "compare": ("l4emu.cli.capture:compare", "Replay once per scheduler; compare the spread."),
+    "report": ("l4emu.cli.report:report", "Write an HTML report of a replay over time (or a state file)."),
     "sweep": ("l4emu.cli.sweep:sweep", "Replay a grid of what-ifs in parallel (Dask or processes)."),
     "gslb": ("l4emu.cli.gslb:gslb", "DNS load balancing across sites: replay, check, switch-over."),
     "conntrack": ("l4emu.cli.views:conntrack", "The connection table, like ipvsadm -L -n -c."),
