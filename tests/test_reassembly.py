@@ -18,6 +18,8 @@ from l4emu.config import ConfigError
 from l4emu.datapath._batch import Batch
 from l4emu.switch import Switch
 
+LINK = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # given: scapy would look addresses up (2 s each)
+
 REAL4, REAL6, REAL_MAC = "10.1.0.11", "2001:db8:1::5", "02:00:0a:01:00:0b"
 
 
@@ -48,8 +50,8 @@ def datagram(v6, size=3000, ident=77, src=None, payload=None):
 def pieces_of(packet, size):
     """Fragments of `packet` whose IP packets are at most `size` bytes, as Ethernet frames."""
     if IPv6 in packet:
-        return [bytes(Ether() / p) for p in fragment6(packet, size)]
-    return [bytes(Ether() / p) for p in fragment(packet, fragsize=size - 20)]
+        return [bytes(LINK / p) for p in fragment6(packet, size)]
+    return [bytes(LINK / p) for p in fragment(packet, fragsize=size - 20)]
 
 
 def run(switch, frames, ts=None):
@@ -209,7 +211,7 @@ def test_a_datagram_whose_fragments_come_too_far_apart_is_forgotten_after_ipfrag
 def test_a_tiny_first_fragment_is_dropped():
     """A first fragment of 8 bytes splits a TCP header (RFC 1858): dropped (`fragment`), the rest wait."""
     sent = IP(src="172.16.0.1", dst="10.0.0.100", id=8) / TCP(sport=1, dport=80, flags="S") / bytes(100)
-    tiny = [bytes(Ether() / p) for p in fragment(sent, fragsize=8)]
+    tiny = [bytes(LINK / p) for p in fragment(sent, fragsize=8)]
     switch = switch_for()
     rows = run(switch, tiny)
     assert rows[0][0] == ("drop", 8) and written(rows) == []
@@ -223,9 +225,9 @@ def test_a_fragment_flood_stays_under_the_memory_limit_and_established_flows_go_
     (or, with ipfrag_low_thresh, the oldest datagrams evicted), and a flow keeps going."""
     high = 1 << 20
     switch = switch_for(defrag={"ipfrag_high_thresh": high, "ipfrag_low_thresh": low})
-    flow = bytes(Ether() / IP(src="172.16.9.9", dst="10.0.0.100") / UDP(sport=7, dport=53) / b"q")
+    flow = bytes(LINK / IP(src="172.16.9.9", dst="10.0.0.100") / UDP(sport=7, dport=53) / b"q")
     # ten fragments of 64 bytes end to end, MF on every one: a datagram that never completes
-    templates = [bytearray(bytes(Ether() / IP(src="172.16.0.1", dst="10.0.0.100", proto=17, flags="MF", frag=8 * k)
+    templates = [bytearray(bytes(LINK / IP(src="172.16.0.1", dst="10.0.0.100", proto=17, flags="MF", frag=8 * k)
                                  / Raw(bytes(64)))) for k in range(10)]
     for r in range(100):
         flood = []
@@ -341,9 +343,9 @@ def _completes(fragments, v6):
 
 def raw_fragment(v6, offset, payload, more, ident=42):
     if v6:
-        return bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::100")
+        return bytes(LINK / IPv6(src="2001:db8::1", dst="2001:db8::100")
                      / IPv6ExtHdrFragment(id=ident, offset=offset // 8, m=int(more), nh=17) / Raw(payload))
-    return bytes(Ether() / IP(src="172.16.0.1", dst="10.0.0.100", id=ident, proto=17, frag=offset // 8,
+    return bytes(LINK / IP(src="172.16.0.1", dst="10.0.0.100", id=ident, proto=17, frag=offset // 8,
                               flags="MF" if more else 0) / Raw(payload))
 
 
@@ -400,7 +402,7 @@ def test_the_forward_fuzz_harness_holds_on_reassembled_fragments(data):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_a_nat_reals_fragmented_answer_is_reassembled_and_sent_back_from_the_vip(reverse):
     switch = switch_for()
-    query = bytes(Ether() / IP(src="172.16.5.5", dst="10.0.0.100") / UDP(sport=4444, dport=53) / b"query")
+    query = bytes(LINK / IP(src="172.16.5.5", dst="10.0.0.100") / UDP(sport=4444, dport=53) / b"query")
     assert run(switch, [query])[0][0] == ("new", 0)
     answer = IP(src=REAL4, dst="172.16.5.5", id=91) / UDP(sport=53, dport=4444) / (bytes(range(250)) * 10)
     frames = pieces_of(answer, 1000)
