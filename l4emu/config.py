@@ -8,7 +8,7 @@ import math
 import re
 import socket
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -493,6 +493,24 @@ def _emulation(raw: dict, key: str, protocol: str) -> dict:
     }
 
 
+def _check_emulated_neighbours(services: Sequence[Service], reals: list[tuple[int, int, Real]]) -> None:
+    """With emulated reals the switch runs one packet at a time between their answers (the emulate loop),
+    where there is no batch to build extra packets in: tunnels, rewritten MACs, full-NAT and held or
+    rebuilt fragments need one. So, for now, such a config forwards every real by masq and drops fragments."""
+    for i, k, real in reals:
+        if real.forward != "masq":
+            raise ConfigError(
+                f"service[{i}].real[{k}].forward",
+                f"{real.forward} runs without emulated reals in the config, for now (docs/forwarding.md)",
+            )
+    for i, svc in enumerate(services):
+        if svc.fragments != "drop":
+            raise ConfigError(
+                f"service[{i}].fragments",
+                f"{svc.fragments} runs without emulated reals in the config, for now (docs/forwarding.md)",
+            )
+
+
 def _check_hosts(services: tuple) -> None:
     """One address is one emulated host: emulated everywhere or nowhere; a shared socket has one setting."""
     emulated: dict[str, tuple[bool, str]] = {}
@@ -809,12 +827,7 @@ def from_dict(raw: dict, schedulers) -> Config:
         raise ConfigError("cluster.instances", "a cluster runs without emulated reals for now (remove emulated = true)")
     reals = [(i, k, real) for i, svc in enumerate(services) for k, real in enumerate(svc.reals)]
     if any(real.emulated for _, _, real in reals):
-        for i, k, real in reals:
-            if real.forward == "fullnat":
-                raise ConfigError(
-                    f"service[{i}].real[{k}].forward",
-                    "full-NAT runs without emulated reals for now (docs/forwarding.md)",
-                )
+        _check_emulated_neighbours(services, reals)
     return Config(
         services=services,
         max_connections=max_conns,

@@ -567,6 +567,21 @@ def test_a_service_of_emulated_reals_keeps_dropping_fragments():
     assert caught.value.key == "service[0].fragments"
 
 
+@pytest.mark.parametrize("other", [{"forward": "tun"}, {"forward": "dr", "mac": "02:00:00:00:00:09"},
+                                   {"fragments": "track"}, {"fragments": "reassemble"}])
+def test_a_config_with_emulated_reals_keeps_its_other_services_on_masq_without_fragments(other):
+    """The emulate loop runs the switch one packet at a time, with no batch to build in: a tunnel or dr real,
+    or fragments held or rebuilt, in another service of such a config crashed it or lost packets."""
+    real = {"address": "10.1.0.11:53", **{k: v for k, v in other.items() if k != "fragments"}}
+    neighbour = {"vip": "10.0.0.100:53", "protocol": "udp", "real": [real],
+                 **({"fragments": other["fragments"]} if "fragments" in other else {})}
+    doc = {"service": [{"vip": "10.0.0.100:80", "real": [{"address": "10.1.0.1:8080", "emulated": True}]},
+                       neighbour]}
+    with pytest.raises(ConfigError, match="runs without emulated reals in the config") as caught:
+        configmod.from_dict(doc, {"rr"})
+    assert caught.value.key == ("service[1].fragments" if "fragments" in other else "service[1].real[0].forward")
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_track_translates_a_nat_reals_fragmented_reply_back_to_the_vip(reverse):
     """The real's answer in fragments (first fragment first, or last): the first is SNATed through the
