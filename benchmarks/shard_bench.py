@@ -63,7 +63,7 @@ def one_size(workdir: Path, flows: int, counts: list[int], runs: int, env: dict)
             output = workdir / f"out{n}.pcap"
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            subprocess.run(command(capture, config, output, n), check=True, capture_output=True, env=env)
+            subprocess.run(command(capture, config, output, n), check=True, capture_output=True, env=env, cwd=workdir)
             times[n].append(time.perf_counter() - started)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[n].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
