@@ -8,16 +8,18 @@ import math
 import re
 import socket
 import tomllib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from l4emu import checks
 from l4emu.errors import L4emuError
 
 if TYPE_CHECKING:
     import random
+
+T = TypeVar("T")  # what parse() builds: a Config, or another loader's (the GSLB's)
 
 # IPVS default timeouts in seconds (net/netfilter/ipvs/ip_vs_proto_tcp.c, _udp.c), by state.
 DEFAULT_TIMEOUTS: dict[str, float] = {
@@ -907,25 +909,35 @@ def load(path: str | Path | None, schedulers: Collection[str] | Mapping[str, tup
         source = "default config"
     else:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError("", exc.strerror or str(exc), source) from None
-        except UnicodeDecodeError as exc:  # a capture or other binary file given as -c
-            raise ConfigError("", f"not a TOML config ({not_text(exc)})", source) from None
+        text = read_text(path)
     return loads(text, source, schedulers)
 
 
-def loads(text: str, source: str, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> Config:
-    """A config from TOML text; `source` names it in messages (a live switch gets `l4emu apply`'s file so)."""
+def read_text(path: str | Path) -> str:
+    """A config file's text; ConfigError naming the file when it cannot be read or is not text."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", exc.strerror or str(exc), str(path)) from None
+    except UnicodeDecodeError as exc:  # a capture or other binary file given as -c
+        raise ConfigError("", f"not a TOML config ({not_text(exc)})", str(path)) from None
+
+
+def parse(text: str, source: str, build: Callable[[dict], T]) -> T:
+    """TOML text through `build` (a from_dict); every ConfigError names `source`."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}", source) from None
     try:
-        return from_dict(raw, schedulers)
+        return build(raw)
     except ConfigError as exc:
         raise ConfigError(exc.key, exc.problem, source) from None
+
+
+def loads(text: str, source: str, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> Config:
+    """A config from TOML text; `source` names it in messages (a live switch gets `l4emu apply`'s file so)."""
+    return parse(text, source, lambda raw: from_dict(raw, schedulers))
 
 
 def not_text(exc: UnicodeDecodeError) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,21 +126,7 @@ def from_dict(raw: dict, schedulers) -> GslbConfig:
 
 def load(path: str | Path, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> GslbConfig:
     """Read a GSLB TOML file; errors name the file and the key."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", exc.strerror or str(exc), source) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError("", f"not a TOML config ({configmod.not_text(exc)})", source) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"not valid TOML: {exc}", source) from None
-    try:
-        return from_dict(raw, schedulers)
-    except ConfigError as exc:
-        raise ConfigError(exc.key, exc.problem, source) from None
+    return configmod.parse(configmod.read_text(path), str(path), lambda raw: from_dict(raw, schedulers))
 
 
 def _site(raw, key: str, shared: dict, schedulers) -> Site:

@@ -147,6 +147,17 @@ cdef void on_flow_removed(void* ctx, Flow* f, int why) noexcept nogil:
         hook.ended(hook.state, &t.reals[s.first_real], s.n_reals, f.real - s.first_real)
 
 
+cdef inline void apply_l4_diff(uint8_t* csum, uint8_t proto, uint32_t d) noexcept nogil:
+    """An RFC 1624 update of a TCP or UDP checksum; a UDP zero means "no checksum" and stays so, and a
+    computed zero is sent as 0xFFFF."""
+    if proto == IPPROTO_TCP:
+        apply_diff(csum, d)
+    elif load16(csum) != 0:
+        apply_diff(csum, d)
+        if load16(csum) == 0:
+            csum[0] = csum[1] = 0xFF
+
+
 cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, const uint8_t* addr,
                          uint16_t port) noexcept nogil:
     """Replace the destination (DNAT) or source (SNAT) address and port, checksums by RFC 1624."""
@@ -165,12 +176,7 @@ cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, cons
         d = 0                       # the pseudo-header holds the routing header's final address, not this one
     d = diff_words(d, pt, newport, 2)
     csum = p + info.l4 + l4_csum_offset(info.key.proto)
-    if info.key.proto == IPPROTO_TCP:
-        apply_diff(csum, d)
-    elif load16(csum) != 0:                         # UDP: zero means "no checksum" and stays so
-        apply_diff(csum, d)
-        if load16(csum) == 0:
-            csum[0] = csum[1] = 0xFF
+    apply_l4_diff(csum, info.key.proto, d)
     memcpy(a, addr, alen)
     memcpy(pt, newport, 2)
 
@@ -194,12 +200,7 @@ cdef inline void rewrite_both(uint8_t* p, const PacketInfo* info, const uint8_t*
     if fam == 4:
         apply_diff(p + info.l3 + IP4_CSUM, ds + dd)
     d = diff_words(ds + (0 if info.dst_in_rthdr else dd), p + info.l4 + L4_SPORT, ports, 4)
-    if info.key.proto == IPPROTO_TCP:
-        apply_diff(csum, d)
-    elif load16(csum) != 0:                         # UDP: zero means "no checksum" and stays so
-        apply_diff(csum, d)
-        if load16(csum) == 0:
-            csum[0] = csum[1] = 0xFF
+    apply_l4_diff(csum, info.key.proto, d)
     memcpy(s_at, src, alen)
     memcpy(d_at, dst, alen)
     memcpy(p + info.l4 + L4_SPORT, ports, 4)
