@@ -3,7 +3,9 @@
 TCP_CHECK connects; HTTP_GET connects, asks for `path` and compares the status code. A real is marked
 down when a check and its `retry` retries (`delay_before_retry` apart) all fail, and up again after
 `rise` checks in a row succeed (hysteresis); `inhibit_on_failure` sets its weight to 0 instead of
-marking it down, as keepalived does. Checks run in live mode only (l4emu/live/health.py).
+marking it down, as keepalived does. Live mode checks real hosts over sockets (l4emu/live/health.py);
+replay and simulate check emulated reals on the packet clock from their hosts' state
+(l4emu/emulated_checks.py).
 """
 
 from __future__ import annotations
@@ -67,3 +69,15 @@ def parse(raw, key: str, protocol: str, error: type[L4emuError], typed, take) ->
     elif {"path", "status_code"} & set(raw):
         raise error(f"{key}.{sorted({'path', 'status_code'} & set(raw))[0]}", 'only type = "http" has it')
     return HealthCheck(**values)
+
+
+def live_refusal(services) -> str | None:
+    """Why live mode cannot run these services' checks (None: it can): a live check connects over real
+    sockets, which an emulated real (answered inside l4emu) never accepts."""
+    for k, svc in enumerate(services):
+        if svc.check is not None and any(real.emulated for real in svc.reals):
+            return (
+                f"service[{k}].check: live checks connect to real hosts, and this service has emulated reals "
+                "(their checks run in replay and simulate, on the packet clock)"
+            )
+    return None

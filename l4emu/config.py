@@ -626,8 +626,6 @@ def _service(raw, key: str, schedulers) -> Service:
     check = None
     if "check" in raw:
         check = checks.parse(raw["check"], f"{key}.check", protocol, ConfigError, _typed, _take)
-        if any(real.emulated for real in reals):
-            raise ConfigError(f"{key}.check", "emulated reals are not checked (their health is their state)")
     service = Service(
         vip,
         port,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from l4emu.datapath._batch import NS, Batch
 from l4emu.datapath._datapath import PARSED_LINKTYPES
+from l4emu.emulated_checks import NEVER
 from l4emu.errors import OptionError
 from l4emu.events import Event, EventError, EventLog
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
@@ -17,6 +18,7 @@ from l4emu.switch import Switch
 
 if TYPE_CHECKING:
     from l4emu.emulate import Emulator
+    from l4emu.emulated_checks import EmulatedChecks
 
 
 def replay(
@@ -68,14 +70,17 @@ def replay(
             inner = open_writer(inside, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if inside else None
             writers.append(inner)
             emulator: Emulator | None = None
+            checks: EmulatedChecks | None = None
             if switch.hosts is not None:
                 from l4emu.emulate import BatchSink, Emulator  # emulated reals only (start-up: tests/test_startup.py)
+                from l4emu.emulated_checks import EmulatedChecks
 
                 emulator = Emulator(
                     switch,
                     writer and BatchSink.writer(writer, annotate, comments),
                     inner and BatchSink.writer(inner),
                 )
+                checks = EmulatedChecks(switch) or None  # [service.check] of emulated reals, on the packet clock
             clock = _Moments(
                 events,
                 sample_every_s,
@@ -84,6 +89,7 @@ def replay(
                 at,
                 on_at,
                 on_moment=emulator.advance if emulator is not None else None,
+                checks=checks,
             )
             if emulator is None:
                 _batches(reader, switch, clock, writer, inner, annotate, comments, progress)
@@ -111,6 +117,8 @@ def replay(
         summary["emulated"] = emulated_summary(switch, writers[1])
         summary["emulated"]["superseded"] = emulator.superseded
         summary["emulated"]["answers"] = emulator.answers  # they went through the switch too
+    if checks is not None:
+        summary["health"] = checks.summary()
     return summary
 
 
@@ -220,6 +228,7 @@ class _Moments:
         at=(),
         on_at=None,
         on_moment: Callable[[int], None] | None = None,
+        checks: EmulatedChecks | None = None,
     ):
         self.switch = switch
         self.events = sorted(events, key=lambda e: e.at_s)
@@ -234,6 +243,7 @@ class _Moments:
         self.on_moment = on_moment  # emulated hosts' clocks follow the switch's
         self.end_ns: int | None = None  # the packet clock when the capture ran out (finish())
         self.superseded = self.answers = 0  # emulated hosts' counts, set by _emulated
+        self.checks = checks  # emulated reals' health checks: their attempts are moments too
 
     def _next_moment(self) -> int:
         assert self.start_ns is not None, "the first packet sets the start"
@@ -242,6 +252,10 @@ class _Moments:
             moments.append(self.next_sample_ns)
         if self.at_done < len(self.at):
             moments.append(self.start_ns + int(self.at[self.at_done] * NS))
+        if self.checks is not None:
+            due = self.checks.next_due() if self.checks.start_ns is not None else self.start_ns
+            if due != NEVER:
+                moments.append(due)
         return max(1, min(moments)) if moments else 0
 
     def reach_start(self, ts: int) -> None:
@@ -288,6 +302,10 @@ class _Moments:
             event = self.events[len(self.log)]
             before = self.switch.stats()
             self.log.append(EventLog(event, moment, event.apply(self.switch), before))
+            if self.checks is not None:
+                self.checks.after_event(event.action, event.endpoint, event.weight)
+        if self.checks is not None:
+            self.checks.run_due(moment)
         if self.sample_ns and self.next_sample_ns <= moment:
             self.on_sample(moment)
             self.next_sample_ns = moment + self.sample_ns

@@ -71,6 +71,7 @@ def simulate(
     from l4emu.clients._clients import Clients
     from l4emu.clients.gen import LINKTYPE, SNAPLEN, model_arguments
     from l4emu.emulate import BatchSink, Emulator
+    from l4emu.emulated_checks import EmulatedChecks
     from l4emu.io import Interface, open_writer
 
     check_emulated(config, workload)
@@ -96,13 +97,18 @@ def simulate(
 
         span = workload.duration if math.isfinite(workload.duration) else 1.0
         started = time.process_time()
-        last = emulator.loop.simulate(clients, max(1, int(span * NS / SAMPLES)), on_sample)
+        checks = EmulatedChecks(switch)
+        on_timer = checks.run_due if checks else None
+        last = emulator.loop.simulate(clients, max(1, int(span * NS / SAMPLES)), on_sample, on_timer)
         cpu = time.process_time() - started
         emulator.flush()
     finally:
         if writer is not None:
             writer.close()
-    return _outcome(config, workload, switch, clients, samples, last, cpu, output)
+    result = _outcome(config, workload, switch, clients, samples, last, cpu, output)
+    if checks:
+        result["health"] = checks.summary()
+    return result
 
 
 def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, output) -> dict:

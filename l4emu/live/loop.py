@@ -13,6 +13,7 @@ from pathlib import Path
 
 from l4emu import config as configmod
 from l4emu import reconfig, schedulers
+from l4emu.checks import live_refusal
 from l4emu.datapath._batch import Batch
 from l4emu.emulate import BatchSink, Emulator
 from l4emu.errors import L4emuError, OptionError
@@ -87,6 +88,9 @@ class Live:
         self.emulator = (
             Emulator(switch, outside=BatchSink(self._answers), restamp=False) if switch.hosts is not None else None
         )
+        refusal = live_refusal(switch.config.services)
+        if refusal:
+            raise OptionError(refusal)
         self.health = HealthChecks(switch)  # [service.check]: none until a service has one
         self.write_errors_logged = 0
         # Python plugin schedulers collect their exceptions (the packet path cannot raise): logged as they come.
@@ -154,6 +158,9 @@ class Live:
         """Reload from TOML text (l4emu apply, SIGHUP): the diff as plain data; ConfigError if it cannot be."""
         try:
             config = configmod.loads(text, source, schedulers.catalog())
+            refusal = live_refusal(config.services)
+            if refusal:
+                raise OptionError(f"{source}: {refusal}")
             diff = self.switch.plan(config, source) if dry_run else self.switch.apply(config, source)
         except L4emuError:
             self.reloads["refused"] += not dry_run

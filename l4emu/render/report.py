@@ -121,6 +121,10 @@ def simulate_text(result: dict) -> str:
         + (f", written to {result['output']}" if result["output"] else ""),
         f"time       {result['cpu_s']:.3f} s of CPU",
     ]
+    if result.get("health"):
+        from l4emu.render.views import health_lines
+
+        lines += ["", *health_lines(result["health"])]
     return "\n".join(lines)
 
 

@@ -180,9 +180,23 @@ def summary_text(summary: dict) -> str:
             f"{effect['rescheduled']:,} moved, {effect['broken']:,} broken, "
             f"{effect['blackholed']:,} black-holed"
         )
+    lines += health_lines(summary.get("health"))
     if summary.get("error"):
         lines.append(f"stopped      {summary['error']}")
     return "\n".join(lines)
+
+
+def health_lines(health: dict | None) -> list[str]:
+    """Emulated reals' health checks: each checked real's counts, then every transition on the packet clock."""
+    if not health:
+        return []
+    rows = [
+        f"{r['real']:<24} {r['type']:<4} {'up' if r['healthy'] else 'DOWN':<4} {r['success']:,} passed, "
+        f"{r['failure']:,} failed, {r['down']:,} down, {r['up']:,} up"
+        for r in health["reals"]
+    ]
+    rows += [f"{t['at_s']:>10.3f} s  {t['real']} {t['state']}: {t['why']}" for t in health["transitions"]]
+    return _columns("health", rows)
 
 
 def _sharding_lines(check: dict | None) -> list[str]:

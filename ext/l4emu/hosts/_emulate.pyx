@@ -256,11 +256,14 @@ cdef class Loop:
         """Bytes of the re-stamping table (records and index)."""
         return slab_bytes(&self.stamps)
 
-    def simulate(self, Clients clients, uint64_t sample_every_ns=0, on_sample=None):
+    def simulate(self, Clients clients, uint64_t sample_every_ns=0, on_sample=None, on_timer=None):
         """The closed loop: the clients' packets and the hosts' clocks, whichever is due first, until
         both have nothing left; each answer reaches the clients as the switch sends it. `on_sample(t)`
-        is called every `sample_every_ns` of packet time (0: never). Returns the last moment."""
-        cdef uint64_t t_client, t_host, ts, next_sample = 0, last = 0
+        is called every `sample_every_ns` of packet time (0: never). `on_timer(t)` (health checks) is
+        called first at the first moment, then whenever the moment it returned (UINT64_MAX: never) is
+        reached, before a packet or clock step at that moment. Returns the last moment."""
+        cdef uint64_t t_client, t_host, ts, next_sample = 0, last = 0, t_next
+        cdef uint64_t timer_at = 0 if on_timer is not None else UINT64_MAX
         cdef uint32_t n, slot
         cdef uint8_t frame[MAX_FRAME]
         self.clients = clients
@@ -276,6 +279,10 @@ cdef class Loop:
                     while next_sample <= min(t_client, t_host):
                         on_sample(next_sample)
                         next_sample += sample_every_ns
+                t_next = min(t_client, t_host)
+                if timer_at <= t_next:
+                    timer_at = on_timer(timer_at if timer_at else t_next)
+                    continue
                 if t_host <= t_client:
                     self.advance_to(t_host)
                     last = t_host

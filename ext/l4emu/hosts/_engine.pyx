@@ -302,6 +302,22 @@ cdef class Engine:
                              lst.busy, lst.queue_area, lst.busy_area))
         return rows
 
+    def check_view(self, uint32_t real, uint16_t port):
+        """What a health check of a real's host meets on `port` now (l4emu/emulated_checks.py), or None
+        when nothing listens there: (app, SYN would be dropped, accept queue length, accept pace in ns,
+        next accept from (ns), workers, busy workers, requests waiting for one, mean service time in s)."""
+        cdef int h, k
+        cdef Listener* lst
+        if real >= self.n_reals or self.real_host[real] < 0:
+            return None
+        h = self.real_host[real]
+        k = self.socket_of(h, port, PROTO_KEY_TCP)
+        if k < 0:
+            return None
+        lst = &self.listeners[k]
+        return (APPS[lst.app], accept_queue_full(lst) or syn_queue_full(lst), lst.accept_count, lst.interval_ns,
+                lst.ready_ns, lst.workers, lst.busy, lst.wq_len, lst.service.mean)
+
     def bind_udp(self, uint32_t host, uint16_t port, str app, str name, uint32_t workers=0, service=None,
                  response=None, uint64_t seed64=0, uint32_t backlog=0):
         """bind(2) a UDP socket (the first setting of a port stays). Capacity (`workers` or `response`
