@@ -50,6 +50,14 @@ def record(capture, config: configmod.Config, events=(), seed: int | None = None
         "capacity": switch.table_info()["capacity"],
         "samples": taken,
         "summary": summary,
-        "event_marks": [event_mark(e) for e in events],
+        "event_marks": sorted([*map(event_mark, events), *health_marks(summary)], key=lambda m: m["t"]),
         "snapshot": snapshot,
     }
+
+
+def health_marks(summary: dict) -> list[dict]:
+    """Emulated reals' health-check transitions, marked as events are (seconds after the first packet)."""
+    return [
+        {"t": t["at_s"], "real": t["real"], "label": f"{t['real']} check {t['state']}"}
+        for t in summary.get("health", {}).get("transitions", ())
+    ]

@@ -189,3 +189,14 @@ def test_live_mode_refuses_checks_of_emulated_reals(tmp_path):
     assert "service[0].check: live checks connect to real hosts" in live_refusal(config.services)
     _, plain = load(tmp_path, config_text("", "", ""), "plain.toml")
     assert live_refusal(plain.services) is None
+
+
+def test_the_report_timeline_marks_the_transitions(tmp_path, capture):
+    from l4emu.timeline import record
+
+    _, config = load(tmp_path, config_text(HTTP_CHECK, OVERLOADED, ROOMY))
+    marks = record(capture, config, seed=1, samples=20)["event_marks"]
+    assert marks[:2] == [
+        {"t": 1.5, "real": SLOW, "label": f"{SLOW} check down"},
+        {"t": 8.5, "real": SLOW, "label": f"{SLOW} check up"},
+    ]
