@@ -200,3 +200,22 @@ def test_the_report_timeline_marks_the_transitions(tmp_path, capture):
         {"t": 1.5, "real": SLOW, "label": f"{SLOW} check down"},
         {"t": 8.5, "real": SLOW, "label": f"{SLOW} check up"},
     ]
+
+
+def test_checks_put_no_packet_in_the_outputs(tmp_path, capture):
+    """Reals that always pass: the outputs (both views) and the summary's counts are those of no check."""
+    outputs = {}
+    for name, check in (("checked", TCP_CHECK), ("plain", "")):
+        path, _ = load(tmp_path, config_text(check, "", ""), f"{name}.toml")
+        out, inside = tmp_path / f"{name}-out.pcap", tmp_path / f"{name}-in.pcap"
+        summary = json.loads(
+            run_cli("replay", capture, "-c", path, "--seed", "2", "-o", out, "--inside", inside, "--json").stdout
+        )
+        health = summary.pop("health", None)
+        if check:
+            assert health["transitions"] == [] and all(r["failure"] == 0 for r in health["reals"])
+            assert sum(r["success"] for r in health["reals"]) == 2 * 20  # one a second each, 0..19 s
+        for key in ("elapsed_s", "packets_per_s", "output", "inside_written"):
+            summary.pop(key)
+        outputs[name] = (out.read_bytes(), inside.read_bytes(), summary)
+    assert outputs["checked"] == outputs["plain"]
