@@ -228,8 +228,9 @@ def _build(raw: dict, config: Config, where) -> Workload:
     if protocol == "tcp" and "timeout" in raw:
         raise ConfigError("workload.timeout", 'only UDP clients give up on a request (protocol = "udp")')
     udp_share = _udp_share(raw, protocol)
-    target, target6 = _targets(raw, config, "tcp" if protocol == "mixed" else protocol, share)
-    udp_targets = _targets(raw, config, "udp", share) if protocol == "mixed" else (None, None)
+    mixed = protocol == "mixed"
+    target, target6 = _targets(raw, config, "tcp" if mixed else protocol, share, mixed)
+    udp_targets = _targets(raw, config, "udp", share, mixed) if mixed else (None, None)
     n6 = round(clients * share)
     if (share > 0 and n6 == 0) or (share < 1 and n6 == clients):
         raise ConfigError("workload.clients", f"{clients} clients are too few for an IPv6 share of {share:g}")
@@ -319,19 +320,22 @@ def _udp_share(raw: dict, protocol: str) -> float:
     return value
 
 
-def _targets(raw: dict, config: Config, protocol: str, share: float) -> tuple:
-    """The (IPv4, IPv6) targets of the `protocol` clients, checked against the IPv6 share."""
+def _targets(raw: dict, config: Config, protocol: str, share: float, mixed: bool) -> tuple:
+    """The (IPv4, IPv6) targets of the `protocol` clients, checked against the IPv6 share (a mixed
+    workload takes the services' VIPs only, so its errors do not offer target keys)."""
     target = _target(raw, "target", config, 4, protocol)
     target6 = _target(raw, "target6", config, 6, protocol)
     kind = protocol.upper()
     if share > 0 and target6 is None:
         raise ConfigError(
             "workload.ipv6_share",
-            f"{share:g} of the clients are IPv6, but no {kind} service has an IPv6 VIP (or give target6)",
+            f"{share:g} of the clients are IPv6, but no {kind} service has an IPv6 VIP"
+            + ("" if mixed else " (or give target6)"),
         )
     if share < 1 and target is None:
         raise ConfigError(
-            "workload.ipv6_share", f"IPv4 clients need an IPv4 {kind} service (or give target, or ipv6_share = 1)"
+            "workload.ipv6_share",
+            f"IPv4 clients need an IPv4 {kind} service" + ("" if mixed else " (or give target, or ipv6_share = 1)"),
         )
     return target, target6
 

@@ -112,6 +112,8 @@ def test_a_mix_is_checked_in_one_line(tmp_path):
     for *args, key in cases:
         proc = run_cli("simulate", "-c", bare, "--rate", "10", "--duration", "1", *args, check=False)
         assert proc.returncode == 2 and key in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    ipv6 = run_cli("simulate", "-c", config(tmp_path), "--ipv6-share", "0.3", check=False)
+    assert ipv6.returncode == 2 and ipv6.stderr.strip().endswith("no TCP service has an IPv6 VIP"), ipv6.stderr
     missing = run_cli("simulate", "-c", bare, "--protocol", "mixed", check=False)
     assert missing.returncode == 2 and "needs udp_share" in missing.stderr
     target = run_cli("gen", "-c", config(tmp_path, 'target = "10.0.0.100:80"\n'), "-o", tmp_path / "x.pcap",
