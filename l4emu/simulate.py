@@ -37,6 +37,11 @@ def percentile(sorted_values: list[int], p: float) -> float:
 def check_emulated(config: configmod.Config, workload: Workload) -> None:
     """Every real of a service the clients connect to must answer for itself (UDP: as a request-reply
     app, which its capacity keys make it: each answer says which request it answers and when it ends)."""
+    for part in workload.parts():
+        _check_part(config, part)
+
+
+def _check_part(config: configmod.Config, workload: Workload) -> None:
     for target in (workload.target, workload.target6):
         if target is None:
             continue
@@ -76,7 +81,8 @@ def simulate(
 
     check_emulated(config, workload)
     switch = Switch(config, seed)
-    clients = Clients(timeout_ns=round(workload.timeout * NS), **model_arguments(workload))
+    parts = workload.parts()
+    crowds = [Clients(timeout_ns=round(part.timeout * NS), **model_arguments(part)) for part in parts]
     writer = (
         open_writer(output, [Interface(LINKTYPE[workload.linktype], SNAPLEN, True)], nanosecond=True, fmt=fmt)
         if output
@@ -88,10 +94,11 @@ def simulate(
         engine = switch.hosts.engine
         samples: list[tuple[int, list, list[int]]] = []
 
-        queues = engine.udp_capacity if workload.protocol == "udp" else engine.capacity
+        tables: dict[str, Callable[[], list]] = {"tcp": engine.capacity, "udp": engine.udp_capacity}
 
         def on_sample(now: int) -> None:
-            samples.append((now, queues(), [r["active"] for r in switch.real_counters()]))
+            queues = [row for part in parts for row in tables[part.protocol]()]
+            samples.append((now, queues, [r["active"] for r in switch.real_counters()]))
             if on_progress:
                 on_progress(now)
 
@@ -99,13 +106,18 @@ def simulate(
         started = time.process_time()
         checks = EmulatedChecks(switch)
         on_timer = checks.run_due if checks else None
-        last = emulator.loop.simulate(clients, max(1, int(span * NS / SAMPLES)), on_sample, on_timer)
+        every = max(1, int(span * NS / SAMPLES))
+        more = crowds[1] if len(crowds) > 1 else None
+        last = emulator.loop.simulate(crowds[0], every, on_sample, on_timer, more)
         cpu = time.process_time() - started
         emulator.flush()
     finally:
         if writer is not None:
             writer.close()
-    result = _outcome(config, workload, switch, clients, samples, last, cpu, output)
+    if len(parts) == 1:
+        result = _outcome(config, workload, switch, crowds[0], samples, last, cpu, output)
+    else:
+        result = _mixed_outcome(config, workload, switch, crowds, samples, last, cpu, output)
     if checks:
         result["health"] = checks.summary()
     return result
@@ -114,10 +126,88 @@ def simulate(
 def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, output) -> dict:
     first = clients.first_ns
     span_ns = max(1, last - first)
-    times_by_real: dict[int, list[int]] = {}
-    for real, ns in clients.response_times():
-        times_by_real.setdefault(real, []).append(ns)
     udp = workload.protocol == "udp"
+    reals = _reals(switch, workload.protocol, clients.response_times(), span_ns)
+    everything = sorted(ns for _, ns in clients.response_times())
+    series_reals = [r["real"] for r in reals]
+    late = {"late_answers": clients.late} if udp else {}  # datagrams for a request the client gave up
+    return {
+        "workload": workload.describe(),
+        "protocol": workload.protocol,
+        "schedulers": sorted({svc.scheduler for svc in config.services}),
+        "output": str(output) if output else None,
+        "span_s": round(span_ns / NS, 6),
+        "sessions": clients.sessions,
+        "connections": clients.conversations,
+        "requests": clients.requests_sent,
+        "answered": len(everything),
+        **_times(everything),
+        "failed_requests": clients.failed_requests,
+        "failures": clients.failures(),
+        **late,
+        "syn_retransmits": clients.syn_retransmits,
+        "packets": {"clients": clients.packets, "answers": switch_answers(switch, clients)},
+        "reals": reals,
+        "queue_over_time": _queue_series(samples, first, series_reals, switch),
+        "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
+        "cpu_s": round(cpu, 3),
+    }
+
+
+def _mixed_outcome(config, workload, switch, crowds, samples, last: int, cpu: float, output) -> dict:
+    """A mixed workload's outcome: the whole (every request of either protocol), each protocol's clients
+    apart (by_protocol), and every real of either protocol's services."""
+    first = min(c.first_ns for c in crowds if c.packets) if any(c.packets for c in crowds) else 0
+    span_ns = max(1, last - first)
+    by_protocol = {}
+    reals = []
+    for part, clients in zip(workload.parts(), crowds, strict=True):
+        times = sorted(ns for _, ns in clients.response_times())
+        by_protocol[part.protocol] = {
+            "sessions": clients.sessions,
+            "connections": clients.conversations,
+            "requests": clients.requests_sent,
+            "answered": len(times),
+            **_times(times),
+            "failed_requests": clients.failed_requests,
+            "failures": clients.failures(),
+            **({"late_answers": clients.late} if part.protocol == "udp" else {}),
+            "packets": clients.packets,
+        }
+        reals += _reals(switch, part.protocol, clients.response_times(), span_ns)
+    everything = sorted(ns for c in crowds for _, ns in c.response_times())
+    tcp, udp = by_protocol["tcp"], by_protocol["udp"]
+    return {
+        "workload": workload.describe(),
+        "protocol": "mixed",
+        "schedulers": sorted({svc.scheduler for svc in config.services}),
+        "output": str(output) if output else None,
+        "span_s": round(span_ns / NS, 6),
+        "sessions": tcp["sessions"] + udp["sessions"],
+        "connections": tcp["connections"] + udp["connections"],
+        "requests": tcp["requests"] + udp["requests"],
+        "answered": len(everything),
+        **_times(everything),
+        "failed_requests": tcp["failed_requests"] + udp["failed_requests"],
+        "failures": {**tcp["failures"], **udp["failures"]},
+        "late_answers": udp["late_answers"],
+        "syn_retransmits": crowds[0].syn_retransmits,
+        "packets": {"clients": tcp["packets"] + udp["packets"], "answers": switch_answers(switch, None)},
+        "by_protocol": by_protocol,
+        "reals": reals,
+        "queue_over_time": _queue_series(samples, first, [r["real"] for r in reals], switch),
+        "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
+        "cpu_s": round(cpu, 3),
+    }
+
+
+def _reals(switch, protocol: str, response_times: list[tuple[int, int]], span_ns: int) -> list[dict]:
+    """Per emulated real of the protocol's services: its clients' requests and response times, refusals
+    (TCP) or drops (UDP), and its capacity's queue and utilisation over the span."""
+    times_by_real: dict[int, list[int]] = {}
+    for real, ns in response_times:
+        times_by_real.setdefault(real, []).append(ns)
+    udp = protocol == "udp"
     engine = switch.hosts.engine
     rows = engine.udp_capacity() if udp else engine.capacity()
     capacity = {(host, port): row for host, port, *row in rows}
@@ -125,7 +215,7 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
     snapshot = {row["host"]: row["counters"] for row in switch.sockets()}
     reals = []
     for index, (svc, real) in enumerate(switch.reals):
-        if not real.emulated or svc.protocol != workload.protocol:
+        if not real.emulated or svc.protocol != protocol:
             continue
         times = sorted(times_by_real.get(index, []))
         row = capacity.get((host_of[real.address.packed], real.port))
@@ -151,30 +241,7 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
                 utilisation=round(busy_area / (workers * span_ns), 4),
             )
         reals.append(entry)
-    everything = sorted(ns for _, ns in clients.response_times())
-    series_reals = [r["real"] for r in reals]
-    late = {"late_answers": clients.late} if udp else {}  # datagrams for a request the client gave up
-    return {
-        "workload": workload.describe(),
-        "protocol": workload.protocol,
-        "schedulers": sorted({svc.scheduler for svc in config.services}),
-        "output": str(output) if output else None,
-        "span_s": round(span_ns / NS, 6),
-        "sessions": clients.sessions,
-        "connections": clients.conversations,
-        "requests": clients.requests_sent,
-        "answered": len(everything),
-        **_times(everything),
-        "failed_requests": clients.failed_requests,
-        "failures": clients.failures(),
-        **late,
-        "syn_retransmits": clients.syn_retransmits,
-        "packets": {"clients": clients.packets, "answers": switch_answers(switch, clients)},
-        "reals": reals,
-        "queue_over_time": _queue_series(samples, first, series_reals, switch),
-        "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
-        "cpu_s": round(cpu, 3),
-    }
+    return reals
 
 
 def switch_answers(switch, clients) -> int:

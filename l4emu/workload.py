@@ -24,7 +24,7 @@ from l4emu.config import (
 )
 
 ARRIVALS = ("poisson", "fixed", "capture")
-PROTOCOLS = ("tcp", "udp")
+PROTOCOLS = ("tcp", "udp", "mixed")
 LINKTYPES = ("ethernet", "raw")
 DEFAULT_CLIENTS_V4 = "172.16.0.0/12"
 DEFAULT_CLIENTS_V6 = "2001:db8:c::/64"
@@ -63,7 +63,10 @@ KEYS = {
     "linktype",
     "protocol",
     "timeout",
+    "udp_share",
 }
+# A mixed workload's UDP sessions draw from their own seed: this odd constant (2^64 / golden ratio) apart.
+UDP_SEED_STEP = 0x9E3779B97F4A7C15
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,11 @@ class Workload:
     clients_v6: ipaddress.IPv6Network = ipaddress.IPv6Network(DEFAULT_CLIENTS_V6)
     seed: int = 0
     linktype: str = "ethernet"
-    protocol: str = "tcp"  # PROTOCOLS: TCP connections, or UDP request datagrams to a request-reply service
+    protocol: str = "tcp"  # PROTOCOLS: TCP connections, UDP request datagrams to a request-reply service, or both
     timeout: float = DEFAULT_TIMEOUT_S  # udp: seconds a client waits for a whole answer, then gives up
+    udp_share: float = 0.0  # mixed: the share of the sessions (of the rate) that are UDP
+    udp_target: tuple[IPAddress, int] | None = None  # mixed: where the UDP sessions go (target, target6: TCP)
+    udp_target6: tuple[IPAddress, int] | None = None
 
     @property
     def ipv6_clients(self) -> int:
@@ -100,11 +106,32 @@ class Workload:
     def connections_per_session(self) -> int:
         return 1 if self.keep_alive else self.requests_per_conn
 
+    def parts(self) -> tuple[Workload, ...]:
+        """One single-protocol workload per kind of client: itself, or (mixed) the TCP sessions and the UDP
+        sessions, each at its share of the rate. Splitting a Poisson process at random gives two independent
+        Poisson processes of those rates, so the two streams together are the whole workload's arrivals."""
+        if self.protocol != "mixed":
+            return (self,)
+        alone = dataclasses.replace(self, udp_share=0.0, udp_target=None, udp_target6=None)
+        tcp = dataclasses.replace(alone, protocol="tcp", rate=self.rate * (1 - self.udp_share))
+        udp = dataclasses.replace(
+            alone,
+            protocol="udp",
+            rate=self.rate * self.udp_share,
+            target=self.udp_target,
+            target6=self.udp_target6,
+            seed=(self.seed + UDP_SEED_STEP) % (MAX_SEED + 1),
+        )
+        return (tcp, udp)
+
     def describe(self) -> str:
         how = f"SYN times of {self.capture}" if self.arrival == "capture" else f"{self.arrival} {self.rate:g}/s"
         if self.protocol == "udp":
             how = f"UDP {how}"
-        targets = ", ".join(format_endpoint(*t) for t in (self.target, self.target6) if t)
+        elif self.protocol == "mixed":
+            how = f"TCP and UDP ({self.udp_share:.0%} UDP) {how}"
+        ends = (self.target, self.target6, self.udp_target, self.udp_target6)
+        targets = ", ".join(format_endpoint(*t) for t in ends if t)
         return (
             f"{how}"
             + (f" for {self.duration:g} s" if math.isfinite(self.duration) else "")
@@ -200,19 +227,11 @@ def _build(raw: dict, config: Config, where) -> Workload:
     protocol = _choice(raw, "protocol", "tcp", PROTOCOLS)
     if protocol == "tcp" and "timeout" in raw:
         raise ConfigError("workload.timeout", 'only UDP clients give up on a request (protocol = "udp")')
-    target = _target(raw, "target", config, 4, protocol)
-    target6 = _target(raw, "target6", config, 6, protocol)
+    udp_share = _udp_share(raw, protocol)
+    mixed = protocol == "mixed"
+    target, target6 = _targets(raw, config, "tcp" if mixed else protocol, share, mixed)
+    udp_targets = _targets(raw, config, "udp", share, mixed) if mixed else (None, None)
     n6 = round(clients * share)
-    kind = protocol.upper()
-    if share > 0 and target6 is None:
-        raise ConfigError(
-            "workload.ipv6_share",
-            f"{share:g} of the clients are IPv6, but no {kind} service has an IPv6 VIP (or give target6)",
-        )
-    if share < 1 and target is None:
-        raise ConfigError(
-            "workload.ipv6_share", f"IPv4 clients need an IPv4 {kind} service (or give target, or ipv6_share = 1)"
-        )
     if (share > 0 and n6 == 0) or (share < 1 and n6 == clients):
         raise ConfigError("workload.clients", f"{clients} clients are too few for an IPv6 share of {share:g}")
     nets = (_network(raw, "clients_v4", DEFAULT_CLIENTS_V4, 4), _network(raw, "clients_v6", DEFAULT_CLIENTS_V6, 6))
@@ -220,6 +239,10 @@ def _build(raw: dict, config: Config, where) -> Workload:
         if count > net.num_addresses - 2:  # neither the network's own address nor the last
             raise ConfigError(f"workload.{name}", f"{net} holds fewer than the {count:,} clients asked for")
     arrival = _choice(raw, "arrival", "capture" if "capture" in raw else "poisson", ARRIVALS)
+    if protocol == "mixed" and arrival == "capture":
+        raise ConfigError(
+            "workload.protocol", 'a mixed workload splits a rate (arrival "poisson" or "fixed"), not a capture\'s SYNs'
+        )
     capture = raw.get("capture")
     if arrival == "capture":
         if not isinstance(capture, (str, Path)) or not str(capture):
@@ -238,10 +261,9 @@ def _build(raw: dict, config: Config, where) -> Workload:
     request_size = parse_distribution(
         raw.get("request_size", DEFAULT_REQUEST_BYTES), "workload.request_size", high=MAX_REQUEST_BYTES
     )
-    if protocol == "udp":
-        smallest = UDP_REQUEST_HEADER_BYTES
-    else:
-        smallest = min(len(request_template(t, b"")) for t in (target, target6) if t)
+    smallest = UDP_REQUEST_HEADER_BYTES if protocol == "udp" else 0
+    if protocol != "udp":
+        smallest = max(smallest, min(len(request_template(t, b"")) for t in (target, target6) if t))
     if request_size.kind in ("fixed", "empirical") and min(request_size.values or (request_size.mean,)) < smallest:
         raise ConfigError(
             "workload.request_size",
@@ -271,7 +293,51 @@ def _build(raw: dict, config: Config, where) -> Workload:
         linktype=_choice(raw, "linktype", "ethernet", LINKTYPES),
         protocol=protocol,
         timeout=_number(raw, "timeout", DEFAULT_TIMEOUT_S, 0.0, MAX_SECONDS, above=True),
+        udp_share=udp_share,
+        udp_target=udp_targets[0] if share < 1 else None,
+        udp_target6=udp_targets[1] if share > 0 else None,
     )
+
+
+def _udp_share(raw: dict, protocol: str) -> float:
+    """protocol = "mixed" needs the UDP sessions' share, strictly between none and all; others take none."""
+    if protocol != "mixed":
+        if "udp_share" in raw:
+            raise ConfigError("workload.udp_share", 'only a mixed workload splits its sessions (protocol = "mixed")')
+        return 0.0
+    if "udp_share" not in raw:
+        raise ConfigError(
+            "workload.udp_share", 'protocol = "mixed" needs udp_share, the share of sessions that are UDP'
+        )
+    for name in ("target", "target6"):
+        if name in raw:
+            raise ConfigError(
+                f"workload.{name}", "a mixed workload goes to the first TCP and the first UDP service of each family"
+            )
+    value = _number(raw, "udp_share", 0.0, 0.0, 1.0, above=True)
+    if value >= 1:
+        raise ConfigError("workload.udp_share", 'all of the sessions is not a mix: give protocol = "udp"')
+    return value
+
+
+def _targets(raw: dict, config: Config, protocol: str, share: float, mixed: bool) -> tuple:
+    """The (IPv4, IPv6) targets of the `protocol` clients, checked against the IPv6 share (a mixed
+    workload takes the services' VIPs only, so its errors do not offer target keys)."""
+    target = _target(raw, "target", config, 4, protocol)
+    target6 = _target(raw, "target6", config, 6, protocol)
+    kind = protocol.upper()
+    if share > 0 and target6 is None:
+        raise ConfigError(
+            "workload.ipv6_share",
+            f"{share:g} of the clients are IPv6, but no {kind} service has an IPv6 VIP"
+            + ("" if mixed else " (or give target6)"),
+        )
+    if share < 1 and target is None:
+        raise ConfigError(
+            "workload.ipv6_share",
+            f"IPv4 clients need an IPv4 {kind} service" + ("" if mixed else " (or give target, or ipv6_share = 1)"),
+        )
+    return target, target6
 
 
 # The request: "GET /" + padding + the rest, so that any size from the headers' own length on is exact.

@@ -59,8 +59,13 @@ WORKLOAD_OPTIONS = [
     click.option("--rtt", type=float, help="Round-trip time in seconds [workload.rtt; 0.001]."),
     click.option(
         "--protocol",
-        type=click.Choice(["tcp", "udp"]),
-        help="TCP connections, or UDP request datagrams (request-reply) [workload.protocol; tcp].",
+        type=click.Choice(["tcp", "udp", "mixed"]),
+        help="TCP connections, UDP request datagrams (request-reply), or both [workload.protocol; tcp].",
+    ),
+    click.option(
+        "--udp-share",
+        type=float,
+        help="--protocol mixed: the share of sessions that are UDP, above 0 and below 1 [workload.udp_share].",
     ),
     click.option(
         "--timeout",

@@ -79,24 +79,41 @@ def model_arguments(workload: Workload) -> dict:
 def generate(workload: Workload, output: Path, fmt: str | None = None) -> dict:
     """Write the workload's client packets to `output`; a summary of what was written (plain data)."""
     started = time.perf_counter()
-    gen = generator(workload)
+    gens = [generator(part) for part in workload.parts()]
+    gen = gens[0]
     linktype = LINKTYPE[workload.linktype]
     batch = Batch(BATCH_PACKETS)
     with open_writer(output, [Interface(linktype, SNAPLEN, True)], nanosecond=True, fmt=fmt) as writer:
-        while not gen.done:
-            gen.fill(batch)
+        while not all(g.done for g in gens):
+            if len(gens) == 1:
+                gen.fill(batch)
+            else:
+                gen.fill_with(gens[1], batch)
             writer.write(batch)
             batch.reset()
     elapsed = time.perf_counter() - started
-    return {
+    packets = sum(g.packets for g in gens)
+    summary = {
         "output": str(output),
         "workload": workload.describe(),
-        "packets": gen.packets,
-        "sessions": gen.sessions,
-        "conversations": gen.conversations,
-        "conversations_ipv6": gen.conversations6,
-        "requests": gen.requests_sent,
-        "span_s": (gen.last_ns - gen.first_ns) / NS if gen.packets else 0.0,
+        "packets": packets,
+        "sessions": sum(g.sessions for g in gens),
+        "conversations": sum(g.conversations for g in gens),
+        "conversations_ipv6": sum(g.conversations6 for g in gens),
+        "requests": sum(g.requests_sent for g in gens),
+        "span_s": _span(gens),
         "elapsed_s": elapsed,
-        "packets_per_s": gen.packets / elapsed if elapsed > 0 else 0.0,
+        "packets_per_s": packets / elapsed if elapsed > 0 else 0.0,
     }
+    if len(gens) > 1:  # a mixed workload: each protocol's share of what was written
+        summary["by_protocol"] = {
+            part.protocol: {"packets": g.packets, "sessions": g.sessions, "requests": g.requests_sent}
+            for part, g in zip(workload.parts(), gens, strict=True)
+        }
+    return summary
+
+
+def _span(gens: list[Generator]) -> float:
+    """Seconds from the first packet written to the last, over every generator that wrote one."""
+    wrote = [g for g in gens if g.packets]
+    return (max(g.last_ns for g in wrote) - min(g.first_ns for g in wrote)) / NS if wrote else 0.0

@@ -35,4 +35,5 @@ class Loop:
         sample_every_ns: int = ...,
         on_sample: Callable[[int], None] | None = ...,
         on_timer: Callable[[int], int] | None = ...,
+        more: Clients | None = ...,
     ) -> int: ...

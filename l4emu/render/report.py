@@ -84,6 +84,7 @@ def compare_text(result: dict) -> str:
 def simulate_text(result: dict) -> str:
     """The clients' experience per real and in total: requests, response times, queues, utilisation."""
     udp = result.get("protocol") == "udp"
+    mixed = result.get("protocol") == "mixed"
     lost = "dropped" if udp else "refused"  # requests a real's full queue turned away: datagrams, or SYNs
     lines = [
         f"workload   {result['workload']}; scheduler {', '.join(result['schedulers'])}",
@@ -92,7 +93,7 @@ def simulate_text(result: dict) -> str:
         f"{result['requests']:,} requests, {result['answered']:,} answered",
         "",
         f"  {'real':<24} {'requests':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'queue':>6} {'max q':>6} {'util':>6} {lost:>8}",
+        f"{'queue':>6} {'max q':>6} {'util':>6} {'turned' if mixed else lost:>8}",
     ]
     for r in result["reals"]:
         queue = (
@@ -102,7 +103,12 @@ def simulate_text(result: dict) -> str:
         )
         lines.append(
             f"  {r['real']:<24} {r['requests']:>9,} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r['max_ms']:>8.2f} {queue} {r[lost]:>8,}"
+            f"{r['max_ms']:>8.2f} {queue} {r.get('dropped', r.get('refused', 0)):>8,}"
+        )
+    for name, part in result.get("by_protocol", {}).items():
+        lines.append(
+            f"  {'all ' + name.upper():<24} {part['answered']:>9,} {part['p50_ms']:>8.2f} {part['p90_ms']:>8.2f} "
+            f"{part['p99_ms']:>8.2f} {part['max_ms']:>8.2f}"
         )
     lines.append(
         f"  {'all':<24} {result['answered']:>9,} {result['p50_ms']:>8.2f} {result['p90_ms']:>8.2f} "
@@ -114,6 +120,11 @@ def simulate_text(result: dict) -> str:
         "response time: from the request's first byte at the switch to the answer's last byte, plus the round trip;",
         "queue: requests waiting for a worker (time average, then the longest); util: busy workers' share.",
         *(["dropped: request datagrams that found the wait queue (backlog) full."] if udp else []),
+        *(["turned: SYNs (TCP reals) or request datagrams (UDP reals) a full queue turned away."] if mixed else []),
+        *[
+            f"{name:<10} {part['sessions']:,} sessions, {part['requests']:,} requests, {part['answered']:,} answered"
+            for name, part in result.get("by_protocol", {}).items()
+        ],
         f"failures   {', '.join(f'{k} {v:,}' for k, v in failed.items()) or 'none'}"
         + (f"; {result['syn_retransmits']:,} SYNs sent again" if result["syn_retransmits"] else "")
         + (f"; {result['late_answers']:,} answer datagrams came too late" if result.get("late_answers") else ""),

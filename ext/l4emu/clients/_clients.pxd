@@ -19,6 +19,7 @@ cdef class Clients(Generator):
     cdef uint8_t scratch[MAX_FRAME]
     cdef readonly uint64_t syn_retransmits, failed_requests, stray, late
     cdef uint64_t timeout_ns
+    cdef Clients other              # a mixed workload: the clients of the other protocol (None: none)
 
     cdef int _table(self, uint32_t size) except -1
     cdef void _insert(self, uint64_t key, uint32_t slot) noexcept nogil

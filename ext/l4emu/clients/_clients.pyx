@@ -375,6 +375,9 @@ cdef class Clients(Generator):
         cdef Conv* c
         cdef uint8_t flags
         cdef bint fin
+        if (self.other is not None and parse_packet(frame, caplen, caplen, linktype, &info) == PARSED
+                and info.key.proto == (IPPROTO_TCP if self.udp else IPPROTO_UDP)):
+            return self.other.receive(frame, caplen, linktype, now)    # the other protocol's clients'
         if (parse_packet(frame, caplen, caplen, linktype, &info) != PARSED or info.icmp_error
                 or info.key.proto != (IPPROTO_UDP if self.udp else IPPROTO_TCP) or info.end > caplen):
             self.stray += 1
@@ -545,6 +548,13 @@ cdef class Clients(Generator):
     def chosen(self, uint32_t slot, int32_t real):
         """The switch sent connection `slot` to real `real` (the datapath's verdict detail)."""
         self.note_real(slot, real)
+
+    def pair(self, Clients other):
+        """A mixed workload: self and `other` speak different protocols, and each hands the other the
+        packets of its protocol (the switch's answers reach whichever clients the driver holds)."""
+        if other.udp == self.udp:
+            raise ValueError("paired clients must speak different protocols")
+        self.other, other.other = other, self
 
     def response_times(self):
         """[(real, response time in ns)] of every whole answer, in the order they completed."""

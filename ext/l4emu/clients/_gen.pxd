@@ -141,7 +141,8 @@ cdef class Generator:
     cdef uint32_t _udp_packet(self, Conv* c, uint8_t* out) noexcept nogil
     cdef uint32_t _request(self, const Conv* c, uint8_t* payload) noexcept nogil
     cdef uint32_t _packet(self, Conv* c, uint8_t* out) noexcept nogil
-    cdef int _fill(self, Batch batch) except -1 nogil
+    cdef int _fill(self, Batch batch, uint64_t until_ns) except -1 nogil
+    cdef uint64_t _next_ns(self) noexcept nogil
 
 
 cdef inline void add_be(uint8_t* p, int n, uint64_t v) noexcept nogil:

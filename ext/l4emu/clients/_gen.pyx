@@ -4,7 +4,7 @@ Conversations overlap in time, so each has one pending packet in a binary heap o
 order of scheduling): packets leave in time order, and the same seed gives the same bytes.
 """
 from libc.math cimport llround, log
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, UINT64_MAX
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
@@ -458,7 +458,9 @@ cdef class Generator:
                 c.phase = P_DONE
         return n
 
-    cdef int _fill(self, Batch batch) except -1 nogil:
+    cdef int _fill(self, Batch batch, uint64_t until_ns) except -1 nogil:
+        """Packets into the batch until it is full, every conversation has ended, or the next packet is
+        due after until_ns (the same draws in the same order wherever a fill stops)."""
         cdef uint32_t slot, n
         cdef uint64_t ts
         cdef Conv* c
@@ -470,6 +472,8 @@ cdef class Generator:
             if self.heap_n == 0:
                 return 0
             if batch.n >= batch.capacity or batch.data_cap - batch.data_len < MAX_FRAME:
+                return 0
+            if self.heap[0].ts > until_ns:
                 return 0
             slot = self.heap[0].slot
             c = &self.convs[slot]
@@ -500,7 +504,30 @@ cdef class Generator:
         if batch.data_cap < MAX_FRAME:
             raise ValueError(f"a batch for the generator needs at least {MAX_FRAME} bytes of data")
         with nogil:
-            self._fill(batch)
+            self._fill(batch, UINT64_MAX)
+        return batch.n - before
+
+    cdef uint64_t _next_ns(self) noexcept nogil:
+        """When the next packet is due (UINT64_MAX: none): the earlier of the heap's top and the next arrival."""
+        cdef uint64_t t = self.heap[0].ts if self.heap_n else UINT64_MAX
+        return min(t, self.next_arrival) if self.have_arrival else t
+
+    def fill_with(self, Generator other, Batch batch):
+        """Append the packets of self and `other` (a mixed workload's two protocols) in time order (ties:
+        self's first) until the batch is full or both have ended; how many were added."""
+        cdef Py_ssize_t before = batch.n
+        cdef uint64_t mine, theirs
+        if batch.data_cap < MAX_FRAME:
+            raise ValueError(f"a batch for the generator needs at least {MAX_FRAME} bytes of data")
+        with nogil:
+            while batch.n < batch.capacity and batch.data_cap - batch.data_len >= MAX_FRAME:
+                mine, theirs = self._next_ns(), other._next_ns()
+                if mine == UINT64_MAX and theirs == UINT64_MAX:
+                    break
+                if mine <= theirs:
+                    self._fill(batch, theirs)
+                else:
+                    other._fill(batch, mine - 1)
         return batch.n - before
 
     @property

@@ -256,20 +256,29 @@ cdef class Loop:
         """Bytes of the re-stamping table (records and index)."""
         return slab_bytes(&self.stamps)
 
-    def simulate(self, Clients clients, uint64_t sample_every_ns=0, on_sample=None, on_timer=None):
+    def simulate(self, Clients clients, uint64_t sample_every_ns=0, on_sample=None, on_timer=None,
+                 Clients more=None):
         """The closed loop: the clients' packets and the hosts' clocks, whichever is due first, until
-        both have nothing left; each answer reaches the clients as the switch sends it. `on_sample(t)`
-        is called every `sample_every_ns` of packet time (0: never). `on_timer(t)` (health checks) is
-        called first at the first moment, then whenever the moment it returned (UINT64_MAX: never) is
-        reached, before a packet or clock step at that moment. Returns the last moment."""
-        cdef uint64_t t_client, t_host, ts, next_sample = 0, last = 0, t_next
+        both have nothing left; each answer reaches the clients as the switch sends it. `more`: a mixed
+        workload's clients of the other protocol (paired with `clients`), whose packets interleave by
+        time (ties: `clients` first). `on_sample(t)` is called every `sample_every_ns` of packet time
+        (0: never). `on_timer(t)` (health checks) is called first at the first moment, then whenever
+        the moment it returned (UINT64_MAX: never) is reached, before a packet or clock step at that
+        moment. Returns the last moment."""
+        cdef uint64_t t_client, t_more, t_host, ts, next_sample = 0, last = 0, t_next
         cdef uint64_t timer_at = 0 if on_timer is not None else UINT64_MAX
         cdef uint32_t n, slot
         cdef uint8_t frame[MAX_FRAME]
+        cdef Clients sender
+        if more is not None:
+            clients.pair(more)
         self.clients = clients
         try:
             while True:
                 t_client = clients.next_time()
+                t_more = more.next_time() if more is not None else UINT64_MAX
+                sender = clients if t_client <= t_more else more
+                t_client = min(t_client, t_more)
                 t_host = self.hosts.next_due()
                 if t_client == UINT64_MAX and t_host == UINT64_MAX:
                     break
@@ -287,10 +296,11 @@ cdef class Loop:
                     self.advance_to(t_host)
                     last = t_host
                     continue
-                n = clients.emit(frame, &ts, &slot)
+                n = sender.emit(frame, &ts, &slot)
                 if n:
+                    self.clients = sender       # the datapath's verdict names this sender's connection
                     self.client_slot = slot
-                    self.client(frame, n, n, ts, 0, clients.linktype, NULL)
+                    self.client(frame, n, n, ts, 0, sender.linktype, NULL)
                     last = ts
         finally:
             self.clients = None
