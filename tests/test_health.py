@@ -55,7 +55,7 @@ def test_check_table_errors_name_the_key(tmp_path, check, message):
         make_switch(toml(["10.1.0.1:8080"], check), tmp_path)
 
 
-def test_udp_services_have_no_check(tmp_path):
+def test_udp_services_have_no_connecting_check_but_may_run_a_command(tmp_path):
     text = toml(["10.1.0.1:53"], 'type = "tcp"').replace('vip = "10.0.0.100:80"', 'vip = "10.0.0.100:53"\nprotocol = "udp"')
     with pytest.raises(ConfigError, match="service\\[0\\].check: tcp checks connect over TCP: a udp service"):
         make_switch(text, tmp_path)
@@ -234,8 +234,9 @@ class Pages(http.server.BaseHTTPRequestHandler):
 def self_signed(directory) -> tuple[str, str]:
     """A throwaway certificate and key made by the openssl CLI (as an operator would)."""
     cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=real.test"], check=True, capture_output=True, timeout=60)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=real.test"],
+                   check=True, capture_output=True, timeout=60)
     return cert, key
 
 
