@@ -16,9 +16,12 @@ import time
 
 import pytest
 from conftest import make_switch
-from hypothesis import given
+import hypothesis
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from l4emu import checks
+from l4emu.checks import HealthCheck
 from l4emu.config import ConfigError
 from l4emu.live.health import HealthChecks
 from l4emu.live.probes import status_code
@@ -438,3 +441,60 @@ def test_a_reload_that_changes_a_reals_check_is_an_edit_of_that_real(tmp_path):
     assert step["changed"]["check"][0] is None
     (line,) = ipvsadm.diff_lines(reconfig.diff(old, new).as_dict())
     assert line.startswith("-e -t 10.0.0.100:80 -r 10.1.0.1:80 -m -w 1    # check none -> type=misc")
+
+
+@given(st.binary(max_size=300), st.booleans())
+@example(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nx", True)
+@example(b"HTTP/1.1 200 OK\nA: b\n\nx", True)
+@example(b"HTTP/1.1 200", False)
+def test_an_answer_of_any_bytes_ends_the_attempt_as_the_status_and_digest_say(data, with_digest):
+    from l4emu.live import probes
+    wanted = hashlib.md5(b"x").hexdigest()
+    check = HealthCheck(type="http", digest=wanted if with_digest else "")
+    ours, real = socket.socketpair()
+    ours.setblocking(False)
+    attempt = probes.Connection(check, probes.Real("127.0.0.1", 80, 4, 80), ours, 0.0)
+    attempt.phase = "read"
+    real.sendall(data)
+    real.close()
+    try:
+        outcome = attempt.step(select.EPOLLIN)
+    finally:
+        attempt.release(0.0)
+    end = probes.HEAD_END.search(data)
+    ok = status_code(data) == 200 and (
+        not with_digest or (end is not None and hashlib.md5(data[end.end():]).hexdigest() == wanted))
+    assert outcome is not None and outcome.ok == ok
+
+
+CHECK_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.floats(allow_nan=True),
+                         st.text(max_size=12), st.sampled_from(["tcp", "http", "https", "misc", "true", "/x"]))
+
+
+@settings(max_examples=150, suppress_health_check=[hypothesis.HealthCheck.too_slow])    # a loaded machine
+@given(st.dictionaries(st.sampled_from(sorted(HealthCheck.__dataclass_fields__) + ["bogus"]), CHECK_VALUES,
+                       max_size=6), st.sampled_from(["tcp", "udp"]))
+def test_any_check_table_is_a_check_or_one_config_error(raw, protocol):
+    from l4emu import config as configmod
+    raw = {k: v for k, v in raw.items() if v is not None}
+    try:
+        check = checks.parse(raw, "service[0].check", protocol, ConfigError, configmod._typed, configmod._take)
+    except ConfigError as exc:
+        assert str(exc).startswith("service[0].check") and "\n" not in str(exc)
+        return
+    assert check.type in checks.CHECK_TYPES and (protocol == "tcp" or check.type == "misc")
+
+
+def test_a_reload_keeps_a_misc_dynamic_weight(tmp_path):
+    from l4emu import config as configmod
+    from l4emu import schedulers
+    check = f'type = "misc"\nmisc_path = "{exit_code_script(tmp_path, 9)}"\ndelay_loop = 30\nmisc_dynamic = true'
+    switch = make_switch(toml(["127.0.0.1:9"], check), tmp_path)
+    driver = Driver(HealthChecks(switch))
+    try:
+        driver.run(3, until=lambda: states(switch)["127.0.0.1:9"] == (False, 7))
+        switch.apply(configmod.load(tmp_path / "lb.toml", schedulers.catalog()))   # the config's weight (1) again
+        driver.checks.rebuild(switch)
+        assert states(switch) == {"127.0.0.1:9": (False, 7)}
+    finally:
+        driver.close()
