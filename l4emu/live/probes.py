@@ -108,7 +108,10 @@ class Connection(Probe):
     @classmethod
     def open(cls, check: HealthCheck, real: Real, now: float) -> Connection | Outcome:
         family = socket.AF_INET if real.family == 4 else socket.AF_INET6
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except OSError as exc:  # out of descriptors
+            return Outcome(False, exc.strerror or str(exc))
         err = sock.connect_ex((real.host, real.port))
         if err not in (0, errno.EINPROGRESS):
             sock.close()
@@ -225,9 +228,8 @@ class Command(Probe):
     its pidfd turns readable when it exits. Exit 0 is up, 1 down, 2-255 up (misc_dynamic: weight status - 2,
     as keepalived; without it, down)."""
 
-    def __init__(self, check: HealthCheck, process: subprocess.Popen, now: float):
-        self.check, self.process = check, process
-        self.fd = os.pidfd_open(process.pid)
+    def __init__(self, check: HealthCheck, process: subprocess.Popen, fd: int, now: float):
+        self.check, self.process, self.fd = check, process, fd
         self.mask, self.deadline = select.EPOLLIN, now + check.command_timeout
         self.name = shlex.split(check.misc_path)[0]
 
@@ -247,7 +249,13 @@ class Command(Probe):
             )
         except (OSError, ValueError) as exc:  # no such file, not executable, ...
             return Outcome(False, f"{argv[0]}: {getattr(exc, 'strerror', None) or exc}")
-        return cls(check, process, now)
+        try:
+            fd = os.pidfd_open(process.pid)
+        except OSError as exc:  # out of descriptors: no way to watch it, so stop it now rather than lose it
+            process.kill()
+            process.wait()
+            return Outcome(False, f"{argv[0]}: cannot watch it: {exc.strerror}")
+        return cls(check, process, fd, now)
 
     def step(self, events: int) -> Outcome | None:
         status = self.process.poll()
