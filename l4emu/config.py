@@ -191,6 +191,7 @@ class Real:
     # option carries the client's address and port to the real
     local_addresses: tuple[IPAddress, ...] = ()
     toa: bool = True
+    check: checks.HealthCheck | None = None  # [service.real.check]: this real's own, in place of the service's
 
     @property
     def endpoint(self) -> str:
@@ -227,7 +228,7 @@ class Service:
     # The switch's own addresses (tunnel outer source, ICMP errors' source); by default the VIP.
     source_addresses: tuple[IPAddress, ...] = ()
     fragments: str = "drop"  # FRAGMENT_POLICIES
-    check: checks.HealthCheck | None = None  # [service.check]: live mode's health checks of its reals
+    check: checks.HealthCheck | None = None  # [service.check]: live mode's checks of its reals (but a real's own)
     local_addresses: tuple[IPAddress, ...] = ()  # fullnat: the pool of its reals that name none of their own
 
     def source_address(self, family: int) -> IPAddress | None:
@@ -348,7 +349,16 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
     raw = _take(
         raw,
         key,
-        {"address", "weight", "upper_threshold", "lower_threshold", "emulated", *EMULATION_KEYS, *FORWARD_KEYS},
+        {
+            "address",
+            "weight",
+            "upper_threshold",
+            "lower_threshold",
+            "emulated",
+            "check",
+            *EMULATION_KEYS,
+            *FORWARD_KEYS,
+        },
     )
     if "address" not in raw:
         raise ConfigError(f"{key}.address", "missing")
@@ -372,7 +382,12 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
     emulation = _emulation(raw, key, protocol)
     if emulation["emulated"] and forwarding["forward"] != "masq":
         raise ConfigError(f"{key}.forward", "an emulated real takes masq only, for now (docs/forwarding.md)")
-    return Real(address, port, weight, thresholds[0], thresholds[1], **emulation, **forwarding)
+    check = None
+    if "check" in raw:
+        check = checks.parse(raw["check"], f"{key}.check", protocol, ConfigError, _typed, _take)
+        if emulation["emulated"] and check.type not in checks.EMULATED_TYPES:
+            raise ConfigError(f"{key}.check.type", checks.EMULATED_REFUSAL)
+    return Real(address, port, weight, thresholds[0], thresholds[1], **emulation, **forwarding, check=check)
 
 
 def _forwarding(raw: dict, key: str, family: int) -> dict:
@@ -626,6 +641,8 @@ def _service(raw, key: str, schedulers) -> Service:
     check = None
     if "check" in raw:
         check = checks.parse(raw["check"], f"{key}.check", protocol, ConfigError, _typed, _take)
+        if check.type not in checks.EMULATED_TYPES and any(real.emulated and real.check is None for real in reals):
+            raise ConfigError(f"{key}.check.type", checks.EMULATED_REFUSAL)
     service = Service(
         vip,
         port,

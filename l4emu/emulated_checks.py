@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import logging
 
+from l4emu import checks
 from l4emu.check_state import DOWN, CheckState
 from l4emu.datapath._batch import NS
 from l4emu.switch import Switch
@@ -38,14 +39,15 @@ class EmulatedCheck:
         self.index = index
         self.service = f"{svc.protocol.upper()} {svc.endpoint}"
         self.real = real.endpoint
-        self.port = svc.check.connect_port or real.port
+        check = checks.effective(svc, real)
+        self.port = check.connect_port or real.port
         self.weight = real.weight  # restored when an inhibited real comes back
-        self.state = CheckState(svc.check)
+        self.state = CheckState(check)
         self.host_down = False  # an event took the real down: its host does not answer
 
 
 class EmulatedChecks:
-    """The checks of every emulated real whose service has a `[service.check]`."""
+    """The checks of every emulated real with a check (its own `[service.real.check]`, else its service's)."""
 
     def __init__(self, switch: Switch):
         assert switch.hosts is not None, "emulated reals only"
@@ -53,7 +55,7 @@ class EmulatedChecks:
         self.targets = [
             EmulatedCheck(index, svc, real)
             for index, (svc, real) in enumerate(switch.reals)
-            if svc.check is not None and real.emulated and svc.protocol == "tcp"
+            if checks.effective(svc, real) is not None and real.emulated and svc.protocol == "tcp"
         ]
         self.timers: list[tuple[int, int]] = []  # (when in ns, target): each target's next attempt
         self.start_ns: int | None = None

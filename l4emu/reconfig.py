@@ -36,6 +36,7 @@ REAL_FIELDS = (
     "tun_port",
     "tun_flags",
     "encap",
+    "check",
 )
 # Switch-wide settings a reload may change (the table's size may not: it is allocated whole at start).
 SETTINGS = ("conn_reuse_mode", "sloppy_tcp", "expire_nodest_conn")
@@ -69,7 +70,7 @@ def service_data(svc: Service) -> dict:
 
 def real_data(real: Real) -> dict:
     """A real as plain data (what ipvsadm -a names)."""
-    return {"address": real.endpoint, **{name: getattr(real, name) for name in REAL_FIELDS}}
+    return {"address": real.endpoint, **{name: _plain(getattr(real, name)) for name in REAL_FIELDS}}
 
 
 def config_data(config: Config) -> dict:

@@ -184,6 +184,14 @@ def test_the_answer_delay_model():
     assert answer_delay(0, 3, NS // 10, NS // 20, workers=0, busy=0, waiting=0, service_s=0) == pytest.approx(0.35)
 
 
+def test_a_reals_own_check_is_judged_as_its_services_would_be(tmp_path):
+    own = OVERLOADED + "\n" + HTTP_CHECK.replace("[service.check]", "[service.real.check]")
+    result = run_simulate(tmp_path, config_text("", own, ROOMY))
+    moves = [(t["at_s"], t["real"], t["state"]) for t in result["health"]["transitions"]]
+    assert moves[:3] == [(1.5, SLOW, "down"), (8.5, SLOW, "up"), (10.0, SLOW, "down")]
+    assert [r["real"] for r in result["health"]["reals"]] == [SLOW]  # the other real has no check
+
+
 def test_live_mode_refuses_checks_of_emulated_reals(tmp_path):
     _, config = load(tmp_path, config_text(TCP_CHECK, "", ""))
     assert "service[0].check: live checks connect to real hosts" in live_refusal(config.services)

@@ -1,37 +1,29 @@
-"""Live health checks (keepalived's TCP_CHECK and HTTP_GET) from the switch's namespace to its reals.
+"""Live health checks (keepalived's TCP_CHECK, HTTP_GET, SSL_GET and MISC_CHECK) from the switch's namespace.
 
-Non-blocking sockets in the live loop's epoll and a heap of deadlines: a check never blocks the
-packet path. Each checked real runs one attempt at a time; results move it down or up through the
-hysteresis of its service's `[service.check]` (l4emu/checks.py), and the Switch hears of it as of an
-admin's `real set` (down mark, or weight 0 with inhibit_on_failure).
+Each attempt is a probe (l4emu/live/probes.py) on a descriptor in the live loop's epoll, with deadlines
+in a heap: a check never blocks the packet path. Each checked real runs one attempt at a time; results
+move it down or up through the hysteresis of its check (the real's `[service.real.check]`, else its
+service's `[service.check]`, l4emu/checks.py), and the Switch hears of it as of an admin's `real set`
+(down mark, or weight 0 with inhibit_on_failure; a misc_dynamic command's weight).
 """
 
 from __future__ import annotations
 
-import errno
 import heapq
 import itertools
 import logging
-import os
-import re
 import select
-import socket
 import time
 from dataclasses import dataclass, field
 
+from l4emu import checks
 from l4emu.checks import HealthCheck
+from l4emu.live import probes
+from l4emu.live.probes import Outcome
 from l4emu.reconfig import service_key
 from l4emu.switch import Switch
 
-MAX_STATUS_LINE = 4096  # bytes read for an answer's status line; a longer line fails the check
-STATUS_LINE = re.compile(rb"HTTP/\d\.\d (\d{3})(?: |\r|\n|$)")
 log = logging.getLogger("l4emu.live")
-
-
-def status_code(head: bytes) -> int | None:
-    """The status code of an HTTP answer's first line (None: not an HTTP status line)."""
-    match = STATUS_LINE.match(head)
-    return int(match.group(1)) if match else None
 
 
 @dataclass
@@ -41,27 +33,31 @@ class Target:
     key: tuple
     index: int  # the real's index in the Switch (changes with a reload)
     label: str  # "10.1.0.2:8080 (TCP 10.0.0.100:80)", for the log
-    address: tuple  # (host, port) to connect to
-    family: int
+    real: probes.Real
     check: HealthCheck
     weight: int  # the config's, restored when an inhibited real comes back
     healthy: bool = True
     attempt: int = 0  # failed attempts in the current check
     rises: int = 0  # checks in a row that succeeded while down
-    sock: socket.socket | None = None
-    inbuf: bytes = b""
-    deadline: float = 0.0
+    dynamic: int | None = None  # misc_dynamic: the weight the command's last exit status gave
+    probe: probes.Probe | None = None
+    mask: int = 0  # the events its probe's descriptor is registered for
     counts: dict = field(default_factory=lambda: {"success": 0, "failure": 0, "down": 0, "up": 0})
     last_error: str = ""
 
+    @property
+    def up_weight(self) -> int:
+        return self.weight if self.dynamic is None else self.dynamic
+
 
 class HealthChecks:
-    """The checks of every real whose service has a `[service.check]`; the live loop drives them."""
+    """The checks of every real that has one (its own or its service's); the live loop drives them."""
 
     def __init__(self, switch: Switch):
         self.switch = switch
         self.targets: dict[tuple, Target] = {}
         self.by_fd: dict[int, Target] = {}
+        self.leftovers: dict[int, probes.Leftover] = {}  # timed-out commands being stopped and reaped
         self.timers: list[tuple[float, int, tuple]] = []  # (when, seq, target key): the next attempt
         self.seq = itertools.count()
         self.epoll: select.epoll | None = None
@@ -77,113 +73,113 @@ class HealthChecks:
         old, self.targets, self.timers = self.targets, {}, []
         now = time.monotonic()
         for index, (svc, real) in enumerate(switch.reals):
-            if svc.check is None:
+            check = checks.effective(svc, real)
+            if check is None:
                 continue
             key = (service_key(svc), real.endpoint)
-            port = svc.check.connect_port or real.port
+            port = check.connect_port or real.port
             target = Target(
                 key,
                 index,
                 f"{real.endpoint} ({svc.protocol.upper()} {svc.endpoint})",
-                (str(real.address), port),
-                real.address.version,
-                svc.check,
+                probes.Real(str(real.address), port, real.address.version, real.port),
+                check,
                 real.weight,
             )
             kept = old.pop(key, None)
             if kept is not None:
                 target.healthy, target.rises, target.counts = kept.healthy, kept.rises, kept.counts
+                target.dynamic = kept.dynamic if check.misc_dynamic else None
                 self._abort(kept)
                 if not kept.healthy:
                     self._mark(target, healthy=False, why="still failing after the reload")
+                elif target.dynamic is not None:  # the reload set the config's weight: the command's again
+                    self.switch.set_real_at(index, weight=target.dynamic)
             self.targets[key] = target
-            heapq.heappush(self.timers, (now if kept is None else now + svc.check.delay_loop, next(self.seq), key))
+            heapq.heappush(self.timers, (now if kept is None else now + check.delay_loop, next(self.seq), key))
         for gone in old.values():
             self._abort(gone)
 
     def timeout(self) -> float | None:
         """Seconds until the next attempt or deadline (None: no checks)."""
-        due = [t.deadline for t in self.by_fd.values()]
+        due = [t.probe.deadline for t in self.by_fd.values() if t.probe is not None]
+        due += [leftover.deadline for leftover in self.leftovers.values()]
         if self.timers:
             due.append(self.timers[0][0])
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def owns(self, fd: int) -> bool:
-        return fd in self.by_fd
+        return fd in self.by_fd or fd in self.leftovers
 
     def run_due(self) -> None:
-        """Start the attempts that are due; fail those past their connect_timeout."""
+        """Start the attempts that are due; fail those past their deadline; SIGKILL overdue leftovers."""
         now = time.monotonic()
-        for target in [t for t in self.by_fd.values() if t.deadline <= now]:
-            self._done(target, False, f"no answer within {target.check.connect_timeout:g} s")
+        for target in [t for t in self.by_fd.values() if t.probe is not None and t.probe.deadline <= now]:
+            assert target.probe is not None
+            self._done(target, target.probe.expire())
+        for leftover in self.leftovers.values():
+            if leftover.deadline <= now:
+                leftover.overdue()
         while self.timers and self.timers[0][0] <= now:
             _, _, key = heapq.heappop(self.timers)
             due = self.targets.get(key)
-            if due is not None and due.sock is None:
+            if due is not None and due.probe is None:
                 self._start(due, now)
 
     def _start(self, target: Target, now: float) -> None:
-        family = socket.AF_INET if target.family == 4 else socket.AF_INET6
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        err = sock.connect_ex(target.address)
-        if err not in (0, errno.EINPROGRESS):
-            sock.close()
-            return self._done(target, False, os.strerror(err))
-        target.sock, target.inbuf, target.deadline = sock, b"", now + target.check.connect_timeout
-        self.by_fd[sock.fileno()] = target
+        started = probes.start(target.check, target.real, now)
+        if isinstance(started, Outcome):
+            return self._done(target, started)
+        target.probe, target.mask = started, started.mask
+        self.by_fd[started.fd] = target
         assert self.epoll is not None, "register() comes first"
-        self.epoll.register(sock.fileno(), select.EPOLLOUT)
+        self.epoll.register(started.fd, started.mask)
 
     def on_event(self, fd: int, events: int) -> None:
+        leftover = self.leftovers.get(fd)
+        if leftover is not None:
+            if leftover.exited():
+                self._unregister(fd)
+                leftover.close()
+                del self.leftovers[fd]
+            return
         target = self.by_fd[fd]
-        sock = target.sock
-        assert sock is not None
-        if events & select.EPOLLOUT:  # connected, or refused
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                return self._done(target, False, os.strerror(err))
-            if target.check.type == "tcp":
-                return self._done(target, True, "")
-            host = f"[{target.address[0]}]" if target.family == 6 else target.address[0]
-            request = f"GET {target.check.path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: l4emu-check\r\n\r\n"
-            try:
-                sock.send(request.encode())  # a few dozen bytes: a fresh socket's buffer takes them whole
-            except OSError as exc:
-                return self._done(target, False, exc.strerror or str(exc))
+        probe = target.probe
+        assert probe is not None
+        outcome = probe.step(events)
+        if outcome is not None:
+            return self._done(target, outcome)
+        if probe.mask != target.mask:
             assert self.epoll is not None
-            self.epoll.modify(fd, select.EPOLLIN)
-            return
-        try:
-            chunk = sock.recv(MAX_STATUS_LINE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            return self._done(target, False, exc.strerror or str(exc))
-        target.inbuf += chunk
-        if b"\n" not in target.inbuf and chunk and len(target.inbuf) < MAX_STATUS_LINE:
-            return
-        code = status_code(target.inbuf)
-        if code is None:
-            return self._done(target, False, "the answer is not HTTP")
-        wanted = target.check.status_code
-        self._done(target, code == wanted, "" if code == wanted else f"status {code}, not {wanted}")
+            self.epoll.modify(fd, probe.mask)
+            target.mask = probe.mask
+
+    def _unregister(self, fd: int) -> None:
+        if self.epoll is not None and not self.epoll.closed:  # the loop closes its epoll before close()
+            self.epoll.unregister(fd)
 
     def _abort(self, target: Target) -> None:
-        if target.sock is not None:
-            fd = target.sock.fileno()
-            self.by_fd.pop(fd, None)
-            if self.epoll is not None:
-                self.epoll.unregister(fd)
-            target.sock.close()
-            target.sock = None
+        """End its attempt: a command still running is stopped and reaped later (its pidfd stays watched)."""
+        probe, target.probe = target.probe, None
+        if probe is None:
+            return
+        self.by_fd.pop(probe.fd, None)
+        self._unregister(probe.fd)  # before release() closes it
+        leftover = probe.release(time.monotonic())
+        if leftover is not None:
+            self.leftovers[leftover.fd] = leftover
+            if self.epoll is not None and not self.epoll.closed:
+                self.epoll.register(leftover.fd, select.EPOLLIN)
 
-    def _done(self, target: Target, ok: bool, error: str) -> None:
+    def _done(self, target: Target, outcome: Outcome) -> None:
         """One attempt's result: retries, hysteresis, transitions, and when the next attempt comes."""
         self._abort(target)
         check, now = target.check, time.monotonic()
-        target.counts["success" if ok else "failure"] += 1
-        if ok:
+        target.counts["success" if outcome.ok else "failure"] += 1
+        if outcome.ok:
             target.attempt = 0
+            if outcome.weight is not None:
+                self._dynamic(target, outcome.weight)
             if not target.healthy:
                 target.rises += 1
                 if target.rises >= check.rise:
@@ -191,19 +187,30 @@ class HealthChecks:
             delay = check.delay_loop
         elif target.attempt < check.retry:
             target.attempt += 1
-            target.last_error = error
+            target.last_error = outcome.error
             delay = check.delay_before_retry
         else:
-            target.attempt, target.rises, target.last_error = 0, 0, error
+            target.attempt, target.rises, target.last_error = 0, 0, outcome.error
             if target.healthy:
-                self._mark(target, healthy=False, why=f"{error} ({check.retry + 1} attempt(s))")
+                self._mark(target, healthy=False, why=f"{outcome.error} ({check.retry + 1} attempt(s))")
             delay = check.delay_loop
         heapq.heappush(self.timers, (now + delay, next(self.seq), target.key))
+
+    def _dynamic(self, target: Target, weight: int) -> None:
+        """misc_dynamic: the weight an exit status gives, set now if the real is up (else when it comes up)."""
+        if weight == target.dynamic:
+            return
+        target.dynamic = weight
+        if target.healthy:
+            self.switch.set_real_at(target.index, weight=weight)
+        log.info("health: real %s weight %d (misc_dynamic: exit status %d)", target.label, weight, weight + 2)
 
     def _mark(self, target: Target, healthy: bool, why: str) -> None:
         """Tell the switch, log and count (a mark made again after a reload is not a new transition)."""
         if target.check.inhibit_on_failure:  # the weight says it; a down mark from before the reload goes
-            self.switch.set_real_at(target.index, weight=target.weight if healthy else 0, down=False)
+            self.switch.set_real_at(target.index, weight=target.up_weight if healthy else 0, down=False)
+        elif healthy and target.dynamic is not None:
+            self.switch.set_real_at(target.index, weight=target.dynamic, down=False)
         else:
             self.switch.set_real_at(target.index, down=not healthy)
         if target.healthy != healthy:
@@ -222,5 +229,10 @@ class HealthChecks:
         ]
 
     def close(self) -> None:
+        """Stop every attempt; commands still running are killed and reaped here."""
         for target in list(self.targets.values()):
             self._abort(target)
+        for fd, leftover in list(self.leftovers.items()):
+            self._unregister(fd)
+            leftover.kill()
+            del self.leftovers[fd]
