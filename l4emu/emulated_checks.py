@@ -40,6 +40,7 @@ class EmulatedCheck:
         self.service = f"{svc.protocol.upper()} {svc.endpoint}"
         self.real = real.endpoint
         check = checks.effective(svc, real)
+        assert check is not None, "only checked reals are targets"
         self.port = check.connect_port or real.port
         self.weight = real.weight  # restored when an inhibited real comes back
         self.state = CheckState(check)
