@@ -2,8 +2,8 @@
 
 keepalived's rules: a check fails when its attempt and `retry` retries (`delay_before_retry` apart) all
 fail, which marks a healthy real down; `rise` checks in a row that succeed bring a down real back. The
-emulated checks (l4emu/emulated_checks.py) use it on the packet clock. l4emu/live/health.py's
-HealthChecks._done holds the same rules inline (written first, for live mode); the two can share this.
+emulated checks (l4emu/emulated_checks.py) use it on the packet clock, the live checks
+(l4emu/live/health.py) on the monotonic clock.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from l4emu import checks
+from l4emu.check_state import UP, CheckState
 from l4emu.checks import HealthCheck
 from l4emu.live import probes
 from l4emu.live.probes import Outcome
@@ -36,14 +37,13 @@ class Target:
     real: probes.Real
     check: HealthCheck
     weight: int  # the config's, restored when an inhibited real comes back
-    healthy: bool = True
-    attempt: int = 0  # failed attempts in the current check
-    rises: int = 0  # checks in a row that succeeded while down
     dynamic: int | None = None  # misc_dynamic: the weight the command's last exit status gave
     probe: probes.Probe | None = None
     mask: int = 0  # the events its probe's descriptor is registered for
-    counts: dict = field(default_factory=lambda: {"success": 0, "failure": 0, "down": 0, "up": 0})
-    last_error: str = ""
+    state: CheckState = field(init=False)  # the hysteresis, shared with the emulated checks
+
+    def __post_init__(self) -> None:
+        self.state = CheckState(self.check)
 
     @property
     def up_weight(self) -> int:
@@ -88,11 +88,12 @@ class HealthChecks:
             )
             kept = old.pop(key, None)
             if kept is not None:
-                target.healthy, target.rises, target.counts = kept.healthy, kept.rises, kept.counts
+                state = target.state
+                state.healthy, state.rises, state.counts = kept.state.healthy, kept.state.rises, kept.state.counts
                 target.dynamic = kept.dynamic if check.misc_dynamic else None
                 self._abort(kept)
-                if not kept.healthy:
-                    self._mark(target, healthy=False, why="still failing after the reload")
+                if not state.healthy:
+                    self._mark(target, healthy=False, why="still failing after the reload", transition=False)
                 elif target.dynamic is not None:  # the reload set the config's weight: the command's again
                     self.switch.set_real_at(index, weight=target.dynamic)
             self.targets[key] = target
@@ -174,26 +175,12 @@ class HealthChecks:
     def _done(self, target: Target, outcome: Outcome) -> None:
         """One attempt's result: retries, hysteresis, transitions, and when the next attempt comes."""
         self._abort(target)
-        check, now = target.check, time.monotonic()
-        target.counts["success" if outcome.ok else "failure"] += 1
-        if outcome.ok:
-            target.attempt = 0
-            if outcome.weight is not None:
-                self._dynamic(target, outcome.weight)
-            if not target.healthy:
-                target.rises += 1
-                if target.rises >= check.rise:
-                    self._mark(target, healthy=True, why=f"{target.rises} check(s) in a row succeeded")
-            delay = check.delay_loop
-        elif target.attempt < check.retry:
-            target.attempt += 1
-            target.last_error = outcome.error
-            delay = check.delay_before_retry
-        else:
-            target.attempt, target.rises, target.last_error = 0, 0, outcome.error
-            if target.healthy:
-                self._mark(target, healthy=False, why=f"{outcome.error} ({check.retry + 1} attempt(s))")
-            delay = check.delay_loop
+        if outcome.ok and outcome.weight is not None:
+            self._dynamic(target, outcome.weight)
+        delay, turn, why = target.state.result(outcome.ok, outcome.error)
+        if turn is not None:
+            self._mark(target, healthy=turn == UP, why=why)
+        now = time.monotonic()
         heapq.heappush(self.timers, (now + delay, next(self.seq), target.key))
 
     def _dynamic(self, target: Target, weight: int) -> None:
@@ -201,21 +188,19 @@ class HealthChecks:
         if weight == target.dynamic:
             return
         target.dynamic = weight
-        if target.healthy:
+        if target.state.healthy:
             self.switch.set_real_at(target.index, weight=weight)
         log.info("health: real %s weight %d (misc_dynamic: exit status %d)", target.label, weight, weight + 2)
 
-    def _mark(self, target: Target, healthy: bool, why: str) -> None:
-        """Tell the switch, log and count (a mark made again after a reload is not a new transition)."""
+    def _mark(self, target: Target, healthy: bool, why: str, transition: bool = True) -> None:
+        """Tell the switch, and log a transition (a mark made again after a reload is not one)."""
         if target.check.inhibit_on_failure:  # the weight says it; a down mark from before the reload goes
             self.switch.set_real_at(target.index, weight=target.up_weight if healthy else 0, down=False)
         elif healthy and target.dynamic is not None:
             self.switch.set_real_at(target.index, weight=target.dynamic, down=False)
         else:
             self.switch.set_real_at(target.index, down=not healthy)
-        if target.healthy != healthy:
-            target.healthy = healthy
-            target.counts["up" if healthy else "down"] += 1
+        if transition:
             how = "weight 0 (inhibit_on_failure)" if target.check.inhibit_on_failure and not healthy else ""
             log.warning(
                 "health: real %s %s: %s%s", target.label, "up" if healthy else "down", why, f"; {how}" if how else ""
@@ -224,7 +209,13 @@ class HealthChecks:
     def snapshot(self) -> list[dict]:
         """Per checked real: its state and counts (for --metrics)."""
         return [
-            {"vip": t.key[0][1], "protocol": t.key[0][0].upper(), "address": t.key[1], "healthy": t.healthy, **t.counts}
+            {
+                "vip": t.key[0][1],
+                "protocol": t.key[0][0].upper(),
+                "address": t.key[1],
+                "healthy": t.state.healthy,
+                **t.state.counts,
+            }
             for t in self.targets.values()
         ]
 
