@@ -17,6 +17,7 @@ import re
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from l4emu.checks import HealthCheck
@@ -58,8 +59,9 @@ class Target:
 class HealthChecks:
     """The checks of every real whose service has a `[service.check]`; the live loop drives them."""
 
-    def __init__(self, switch: Switch):
+    def __init__(self, switch: Switch, on_change: Callable[[str, bool], None] | None = None):
         self.switch = switch
+        self.on_change = on_change  # told each transition (endpoint, healthy): the report marks them
         self.targets: dict[tuple, Target] = {}
         self.by_fd: dict[int, Target] = {}
         self.timers: list[tuple[float, int, tuple]] = []  # (when, seq, target key): the next attempt
@@ -213,6 +215,8 @@ class HealthChecks:
             log.warning(
                 "health: real %s %s: %s%s", target.label, "up" if healthy else "down", why, f"; {how}" if how else ""
             )
+            if self.on_change is not None:
+                self.on_change(target.key[1], healthy)
 
     def snapshot(self) -> list[dict]:
         """Per checked real: its state and counts (for --metrics)."""
