@@ -75,7 +75,7 @@ class Live:
         # A monotonic clock (as the datapath needs) that starts at wall-clock time, for --pcap-out.
         self.epoch_ns = time.time_ns() - time.monotonic_ns()
         self.io = TunIO(self.tun.fd, self.tun.vnet, BATCH, self.epoch_ns)
-        self.started = time.perf_counter()
+        self.started_at = time.perf_counter()  # for the summary a report asks for
         self.history = History(self._clock_ns())  # what `l4emu report --control` draws
         self.pcap_out = pcap_out
         owner = user_id(user) if user else None
@@ -211,7 +211,7 @@ class Live:
         and snapshot) in timeline.record's shape."""
         self._now()
         written = self.writer.packets_written if self.writer is not None else 0
-        elapsed = time.perf_counter() - self.started
+        elapsed = time.perf_counter() - self.started_at
         summary = summarize(self.switch, f"tun {self.tun.name}", self.pcap_out, written, elapsed, None)
         data = self.history.timeline(self.switch, self.switch.clock_ns, summary, f"live on {self.tun.name}")
         data["live"]["config"] = self.config_path or "the embedded config"
