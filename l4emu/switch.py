@@ -204,6 +204,12 @@ class Switch:
         """Per real, in config order: weight, state marks, ActiveConn/InActConn, --stats counters."""
         return self._datapath.real_counters()
 
+    def state_counts(self) -> dict[str, int]:
+        """Connections per state as the datapath names them (ESTABLISHED, TIME_WAIT, ..., UDP), every state
+        listed; persistence templates are left out (the reals' `persistent` counts them). Counters the packet
+        path keeps, not a scan: expired entries count until the timer wheel reaps them (within a second)."""
+        return self._datapath.state_counts()
+
     def table_info(self) -> dict:
         """The connection table's shape: entries used and at peak, capacity, index slots, bytes allocated."""
         table = self._datapath.table

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections import Counter
 from html.parser import HTMLParser
 
 import pytest
@@ -91,6 +92,29 @@ def test_the_page_shows_the_replays_numbers(timeline):
         assert [int(c) for c in events[effect["event"]]] == [effect[k] for k in figures]
     states = page.table("protocol and state")
     assert sum(int(v[0]) for v in states.values()) == summary["final_connections"]
+    # the states chart ends where the unsampled replay ends: its table, state by state
+    unsampled = Counter(row["state"] for row in switch.snapshot()["connections"])
+    assert timeline["samples"][-1]["states"] == unsampled and sum(unsampled.values()) > 10
+    areas = [a["data-name"] for t, a in page.tags if t == "polygon"]
+    assert set(areas) == {name for s in timeline["samples"] for name in s["states"]} >= set(unsampled)
+    # ... in the datapath's order of states (IPVS's), whichever sample saw each first
+    assert areas == [name for name in timeline["state_names"] if name in areas]
+
+
+def test_the_states_chart_stacks_the_samples(timeline):
+    page = Tables(report_html(timeline))
+    areas = {a["data-name"]: a["points"] for t, a in page.tags if t == "polygon"}
+    samples = timeline["samples"]
+    assert {"SYN_RECV", "ESTABLISHED", "TIME_WAIT", "UDP"} <= set(areas)
+    # the top edge of the last area is the total of every state at each sample: the table's
+    # entries (the default config has no persistence templates)
+    last = list(areas.values())[-1].split()[: len(samples)]
+    tops = [float(point.split(",")[1]) for point in last]
+    entries = [s["table_used"] for s in samples]
+    assert [sum(s["states"].values()) for s in samples] == entries
+    peak = max(entries)
+    # y = TOP + plot_h * (1 - v / y_max): the highest total is the highest point, the empty table the floor
+    assert min(tops) == tops[entries.index(peak)] and max(tops) == tops[entries.index(min(entries))]
 
 
 def test_the_series_add_up_to_the_totals(timeline):
@@ -112,7 +136,7 @@ def test_the_page_stands_alone(timeline):
     assert not [t for t, _ in tags if t in ("script", "link", "img", "iframe", "object")]
     assert not [a for _, a in tags if "src" in a or "href" in a]
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)
-    assert sum(t == "svg" for t, _ in tags) == 3  # new and active per real, table; no drop to draw
+    assert sum(t == "svg" for t, _ in tags) == 4  # new and active per real, table, states; no drop to draw
     assert "No packet was dropped." in page
     names = [a["data-name"] for t, a in tags if t == "polyline"]
     assert "entries" in names
@@ -128,7 +152,7 @@ def test_drops_by_reason_over_time(tmp_path):
     page = report_html(data, config_name="forwarding.toml")
     parsed = Tables(page)
     assert {k: int(v[0]) for k, v in parsed.table("reason").items()} == dropped
-    assert sum(t == "svg" for t, _ in parsed.tags) == 4
+    assert sum(t == "svg" for t, _ in parsed.tags) == 5
     lines = {a["data-name"]: a["points"] for t, a in parsed.tags if t == "polyline"}
     assert set(dropped) <= set(lines)
     # per interval: the drops over all samples add up to the total of each reason
@@ -148,12 +172,14 @@ def test_every_string_is_escaped(timeline):
     forged["summary"]["events"][0]["event"] = HOSTILE
     forged["snapshot"]["connections"][0]["state"] = HOSTILE
     forged["samples"][-1]["dropped"][HOSTILE] = 1
+    forged["samples"][-1]["states"][HOSTILE] = 1
     page = report_html(forged, config_name=HOSTILE)
     assert "<script" not in page and "&amp;amp;" in page
     parsed = Tables(page)
     assert HOSTILE in parsed.table("real")  # the reader sees the text as it was
     assert f"TCP {HOSTILE}" in parsed.table("protocol and state")
     assert HOSTILE in {a.get("data-name") for t, a in parsed.tags if t == "polyline"}
+    assert HOSTILE in {a.get("data-name") for t, a in parsed.tags if t == "polygon"}
     snapshot = json.loads(json.dumps(timeline["snapshot"]))
     snapshot["services"][0]["reals"][0]["address"] = HOSTILE
     snapshot["stats"]["dropped"][HOSTILE] = 3
@@ -182,8 +208,11 @@ def test_report_from_a_state_file(tmp_path):
 def test_report_refuses_bad_input(tmp_path):
     out = tmp_path / "r.html"
     for args, words in [
-        ((), "give a CAPTURE or --from STATE"),
-        ((SAMPLE, "--from", SAMPLE), "give a CAPTURE or --from STATE"),
+        ((), "give a CAPTURE, --from STATE or --control SOCK"),
+        ((SAMPLE, "--from", SAMPLE), "give a CAPTURE, --from STATE or --control SOCK"),
+        (("--from", SAMPLE, "--control", "x.sock"), "(one of them)"),
+        (("--control", "x.sock", "--seed", "3"), "--control: a live switch is reported as it is"),
+        (("--control", "/nonexistent/l4emu.sock"), "/nonexistent/l4emu.sock: No such file or directory"),
         (("--from", SAMPLE), "not a state file"),
         ((SAMPLE, "--event", "1:explode:1.2.3.4:80"), "--event"),
         ((SAMPLE, "--schedulers", "rr,nope"), "nope"),
@@ -217,8 +246,9 @@ def test_chromium_renders_the_report(tmp_path):
     run_cli("report", SAMPLE, "--event", EVENT, "--schedulers", "rr,mh", "--seed", "7", "-o", page)
     dom = _chromium("--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr
-    # the report's three (no drops in the sample), and one per scheduler and service compared (3 services)
-    assert dom.stdout.count("<svg") == 3 + 2 * 3
+    # the report's four (no drops in the sample), and one per scheduler and service compared (3 services)
+    assert dom.stdout.count("<svg") == 4 + 2 * 3
+    assert dom.stdout.count("<polygon") >= 3  # the states, stacked
     assert dom.stdout.count("<polyline") >= 3 * 4
     for real in ("10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"):
         assert f'data-name="{real} (TCP 10.0.0.100:80)"' in dom.stdout and f"<td>{real}</td>" in dom.stdout

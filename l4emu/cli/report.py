@@ -1,4 +1,5 @@
-"""`l4emu report`: one self-contained HTML page of a replay over time, or of a state file."""
+"""`l4emu report`: one self-contained HTML page of a replay over time, of a running live switch's recent
+past, or of a state file."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ from l4emu.errors import L4emuError
     help="Report a state file (`replay --state-out`) instead of a capture: one snapshot, no time series.",
 )
 @click.option(
+    "--control",
+    "control_path",
+    type=click.Path(dir_okay=False),
+    metavar="SOCK",
+    help="Report a running `l4emu live` (its --control socket): its last hour, sampled every second.",
+)
+@click.option(
     "--event", "events", multiple=True, metavar="T:ACTION:IP:PORT[:W]", help="As for replay; marked on the charts."
 )
 @click.option("--seed", type=int, help="Seed of the replay (default: drawn at random, shown in the page).")
@@ -32,21 +40,27 @@ from l4emu.errors import L4emuError
     metavar="NAME,...",
     help="Also replay once per scheduler and add compare's table and charts (e.g. rr,wlc,mh).",
 )
-def report(capture, config_path, output, state, events, seed, names):
+def report(capture, config_path, output, state, control_path, events, seed, names):
     """Write an HTML report (inline CSS and SVG, opens offline): per-real new and active connections,
-    drops by reason and table occupancy over time, connection states, the events marked; with
-    --schedulers, compare's results. With --from STATE, the one snapshot a state file holds."""
+    drops by reason, table occupancy and connections per state over time, the events marked; with
+    --schedulers, compare's results. With --control SOCK, a running live switch's recent past (its
+    ring of samples, one a second); with --from STATE, the one snapshot a state file holds."""
     from l4emu.io.pcap.writer import write_atomic
     from l4emu.render import html
 
-    if (capture is None) == (state is None):
-        fail("report: give a CAPTURE or --from STATE (one of them)")
+    if [capture, state, control_path].count(None) != 2:
+        fail("report: give a CAPTURE, --from STATE or --control SOCK (one of them)")
+    if (state is not None or control_path is not None) and (events or seed is not None or names or config_path):
+        how = "--from: a state file" if state is not None else "--control: a live switch"
+        fail(f"report {how} is reported as it is (no -c, --event, --seed or --schedulers)")
     if state is not None:
-        if events or seed is not None or names or config_path:
-            fail("report --from: a state file is reported as it is (no -c, --event, --seed or --schedulers)")
         from l4emu.cli.views import _load_state
 
         page = html.state_html(_load_state(state), str(state))
+    elif control_path is not None:
+        from l4emu.cli.live import ask
+
+        page = html.live_html(ask(control_path, "timeline"))
     else:
         from l4emu.cli.capture import _refuse_overwriting
 

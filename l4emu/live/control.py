@@ -18,7 +18,7 @@ from l4emu.errors import L4emuError, OptionError
 MAX_REQUEST = 1 << 20  # bytes in one request line (apply carries a whole config); longer is refused
 MAX_REPLY = 256 << 20  # a client stops reading a reply past this
 REQUEST_TIMEOUT_S = 2.0  # a peer must send its whole line this soon after connecting
-READ_OPS = ("conntrack", "services", "stats", "snapshot", "sockets", "config")
+READ_OPS = ("conntrack", "services", "stats", "snapshot", "sockets", "config", "timeline")
 ADMIN_OPS = ("set_real", "apply")
 log = logging.getLogger("l4emu.live")
 

@@ -14,6 +14,7 @@ import itertools
 import logging
 import select
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from l4emu import checks
@@ -53,8 +54,9 @@ class Target:
 class HealthChecks:
     """The checks of every real that has one (its own or its service's); the live loop drives them."""
 
-    def __init__(self, switch: Switch):
+    def __init__(self, switch: Switch, on_change: Callable[[str, bool], None] | None = None):
         self.switch = switch
+        self.on_change = on_change  # told each transition (endpoint, healthy): the report marks them
         self.targets: dict[tuple, Target] = {}
         self.by_fd: dict[int, Target] = {}
         self.leftovers: dict[int, probes.Leftover] = {}  # timed-out commands being stopped and reaped
@@ -205,6 +207,8 @@ class HealthChecks:
             log.warning(
                 "health: real %s %s: %s%s", target.label, "up" if healthy else "down", why, f"; {how}" if how else ""
             )
+            if self.on_change is not None:
+                self.on_change(target.key[1], healthy)
 
     def snapshot(self) -> list[dict]:
         """Per checked real: its state and counts (for --metrics)."""

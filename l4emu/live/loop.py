@@ -23,6 +23,7 @@ from l4emu.io.tun._io import LINKTYPE_RAW, TunIO
 from l4emu.io.tun.device import Tun
 from l4emu.live.control import ControlServer
 from l4emu.live.health import HealthChecks
+from l4emu.live.history import History
 from l4emu.live.metrics import MetricsServer
 from l4emu.render import ipvsadm
 from l4emu.replay import summarize
@@ -75,6 +76,8 @@ class Live:
         # A monotonic clock (as the datapath needs) that starts at wall-clock time, for --pcap-out.
         self.epoch_ns = time.time_ns() - time.monotonic_ns()
         self.io = TunIO(self.tun.fd, self.tun.vnet, BATCH, self.epoch_ns)
+        self.started_at = time.perf_counter()  # for the summary a report asks for
+        self.history = History(self._clock_ns())  # what `l4emu report --control` draws
         self.pcap_out = pcap_out
         owner = user_id(user) if user else None
         if control_path:
@@ -91,7 +94,7 @@ class Live:
         refusal = live_refusal(switch.config.services)
         if refusal:
             raise OptionError(refusal)
-        self.health = HealthChecks(switch)  # [service.check]: none until a service has one
+        self.health = HealthChecks(switch, self._health_changed)  # [service.check]: none until a service has one
         self.write_errors_logged = 0
         # Python plugin schedulers collect their exceptions (the packet path cannot raise): logged as they come.
         self.plugins = [s for s in switch.schedulers if hasattr(s, "errors")]
@@ -109,9 +112,22 @@ class Live:
         if user:
             drop_privileges(user)
 
+    def _clock_ns(self) -> int:
+        """Now on the live packet clock: monotonic, started at wall-clock time."""
+        return time.monotonic_ns() + self.epoch_ns
+
     def _now(self) -> None:
         """Bring the packet clock to now, so expiry and `expire` columns are right between packets."""
-        self.switch.advance_clock(time.monotonic_ns() + self.epoch_ns)
+        self.switch.advance_clock(self._clock_ns())
+
+    def _sample_if_due(self) -> None:
+        """One timeline sample a second (History), between batches."""
+        if self.history.due_in_s(self._clock_ns()) == 0:
+            self._now()
+            self.history.tick(self.switch, self.switch.clock_ns)
+
+    def _health_changed(self, endpoint: str, healthy: bool) -> None:
+        self.history.mark(self._clock_ns(), f"{endpoint} {'up' if healthy else 'down'} (health check)", endpoint)
 
     def _request(self, request: dict):
         op = request["op"]
@@ -123,12 +139,12 @@ class Live:
             if weight is not None and not isinstance(weight, int):
                 raise ValueError("weight must be an integer")
             self.switch.set_real(str(request["endpoint"]), weight=weight, down=down)
-            log.info(
-                "real %s: %s (control request)",
-                request["endpoint"],
+            what = (
                 ", ".join([f"weight {weight}"] * (weight is not None) + ["down" if down else "up"] * (down is not None))
-                or "unchanged",
+                or "unchanged"
             )
+            log.info("real %s: %s (control request)", request["endpoint"], what)
+            self.history.mark(self.switch.clock_ns, f"{request['endpoint']} {what}", str(request["endpoint"]))
             return {"endpoint": request["endpoint"], "weight": weight, "down": down}
         if op == "apply":
             source = str(request.get("source") or "new config")
@@ -138,6 +154,8 @@ class Live:
                 raise ValueError(str(exc)) from None
         if op == "config":
             return reconfig.config_data(self.switch.config)
+        if op == "timeline":
+            return self.timeline()
         if op == "conntrack":
             return self.switch.conntrack()
         if op == "services":
@@ -172,6 +190,7 @@ class Live:
             self.plugins = [s for s in self.switch.schedulers if hasattr(s, "errors")]
             self.plugin_errors_logged = [0] * len(self.plugins)
             log.info("reload from %s: %s", source, f"{len(lines)} change(s)" if lines else "no change")
+            self.history.mark(self._clock_ns(), f"reload: {len(lines)} change(s)")
             for line in lines:
                 log.info("reload: %s", line)
         return {"source": source, "applied": not dry_run, **diff.as_dict(), "ipvsadm": lines}
@@ -193,6 +212,18 @@ class Live:
             self.apply(text, source)
         except L4emuError as exc:
             log.error("SIGHUP: %s; the running config stays", exc)
+
+    def timeline(self) -> dict:
+        """The recent past for `l4emu report --control`: the ring of samples, the events, and now (summary
+        and snapshot) in timeline.record's shape."""
+        self._now()
+        written = self.writer.packets_written if self.writer is not None else 0
+        elapsed = time.perf_counter() - self.started_at
+        summary = summarize(self.switch, f"tun {self.tun.name}", self.pcap_out, written, elapsed, None)
+        data = self.history.timeline(self.switch, self.switch.clock_ns, summary, f"live on {self.tun.name}")
+        data["live"]["config"] = self.config_path or "the embedded config"
+        data["tun"] = self.tun_counters()
+        return data
 
     def metrics_snapshot(self) -> dict:
         """What a --metrics scrape renders (l4emu/render/metrics.py), taken between batches."""
@@ -303,6 +334,7 @@ class Live:
                     self._reload()
                 self.health.run_due()
                 self._emulate_until_now()
+                self._sample_if_due()
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
@@ -340,7 +372,8 @@ class Live:
     def _poll_timeout(self) -> float:
         deadline = self.emulator.hosts.next_deadline() if self.emulator is not None else None
         checks = self.health.timeout()
-        wait = 1.0 if checks is None else min(1.0, checks)
+        wait = min(1.0, self.history.due_in_s(self._clock_ns()))
+        wait = wait if checks is None else min(wait, checks)
         if deadline is None:
             return wait
         return min(wait, max(0.0, (deadline - time.monotonic_ns() - self.epoch_ns) / 1e9))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from html import escape
 
-from l4emu.render.svg import line_chart
+from l4emu.render.svg import X_LABEL, line_chart, stacked_chart
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px auto;max-width:960px;color:#222}
@@ -42,9 +43,22 @@ def _page(title: str, body: list[str]) -> str:
     )
 
 
-def _per_interval(cumulative: list[int]) -> list[int]:
-    """Counts per sampling interval from a cumulative counter (the first interval starts at 0)."""
-    return [now - before for before, now in zip([0, *cumulative], cumulative, strict=False)]
+def _per_interval(cumulative: list[int], from_first: bool = False) -> list[int]:
+    """Counts per sampling interval from a cumulative counter: the first interval starts at 0, or with
+    `from_first` at the first sample (a live ring's oldest sample is not where counting began). A counter
+    that went down was started again (a real removed and added back): the interval counts its new value."""
+    before = [*(cumulative[:1] if from_first else [0]), *cumulative]
+    return [now - then if now >= then else now for then, now in zip(before, cumulative, strict=False)]
+
+
+def _state_series(timeline: dict) -> list[tuple[str, list[int]]]:
+    """Connections per state over time, the states any sample saw, in the datapath's order (IPVS's)."""
+    samples = timeline["samples"]
+    seen = {name for s in samples for name in s.get("states", {})}
+    order = [name for name in timeline.get("state_names", ()) if name in seen] + sorted(
+        seen - set(timeline.get("state_names", ()))
+    )
+    return [(name, [s.get("states", {}).get(name, 0) for s in samples]) for name in order]
 
 
 def _names(reals: list[dict]) -> list[str]:
@@ -54,17 +68,20 @@ def _names(reals: list[dict]) -> list[str]:
 
 
 def _timeline_sections(timeline: dict) -> list[str]:
-    """The charts over time (per real new and active connections, drops by reason, table occupancy),
-    the per-real totals, TCP states and events."""
+    """The charts over time (per real new and active connections, drops by reason, table occupancy,
+    connections per state), the per-real totals, the states at the end and the events."""
     samples, reals = timeline["samples"], timeline["reals"]
     times = [s["t"] for s in samples]
     marks = [(m["t"], m["label"]) for m in timeline["event_marks"]]
     names = _names(reals)
     summary = timeline["summary"]
-    new = [(names[i], _per_interval([s["conns"][i] for s in samples])) for i in range(len(reals))]
+    from_first = "live" in timeline  # a live ring starts in the middle of the counters' life
+    x_label = timeline.get("x_label", X_LABEL)
+    new = [(names[i], _per_interval([s["conns"][i] for s in samples], from_first)) for i in range(len(reals))]
     active = [(names[i], [s["active"][i] for s in samples]) for i in range(len(reals))]
     reasons = sorted({reason for s in samples for reason in s["dropped"]})
-    drops = [(reason, _per_interval([s["dropped"].get(reason, 0) for s in samples])) for reason in reasons]
+    drops = [(reason, _per_interval([s["dropped"].get(reason, 0) for s in samples], from_first)) for reason in reasons]
+    by_state = _state_series(timeline)
     states = connection_states(timeline["snapshot"])
     final = samples[-1] if samples else {"conns": [0] * len(reals), "active": [0] * len(reals)}
     body = [
@@ -89,10 +106,10 @@ def _timeline_sections(timeline: dict) -> list[str]:
                 for i, r in enumerate(reals)
             ],
         ),
-        line_chart("New connections per real, per interval", times, new, marks, "new conns"),
-        line_chart("Active connections per real", times, active, marks, "active conns"),
+        line_chart("New connections per real, per interval", times, new, marks, "new conns", x_label),
+        line_chart("Active connections per real", times, active, marks, "active conns", x_label),
         "<h2>Drops by reason</h2>",
-        line_chart("Packets dropped per interval, by reason", times, drops, marks, "packets")
+        line_chart("Packets dropped per interval, by reason", times, drops, marks, "packets", x_label)
         if drops
         else '<p class="note">No packet was dropped.</p>',
         _table(["reason", "packets"], [[k, v] for k, v in sorted(summary["dropped"].items())]) if drops else "",
@@ -103,7 +120,19 @@ def _timeline_sections(timeline: dict) -> list[str]:
             [("entries", [s["table_used"] for s in samples])],
             marks,
             "entries",
+            x_label,
         ),
+        "<h2>Connection states over time</h2>",
+        stacked_chart(
+            "Connections per state (TCP as IPVS names its states; UDP entries as UDP), stacked",
+            times,
+            by_state,
+            marks,
+            "connections",
+            x_label,
+        )
+        if by_state
+        else '<p class="note">No connection was in the table at any sample.</p>',
         "<h2>Connection states at the end</h2>",
         _table(["protocol and state", "connections"], list(map(list, states.items())))
         if states
@@ -120,6 +149,8 @@ def _timeline_sections(timeline: dict) -> list[str]:
                 ],
             ),
         ]
+    elif marks:  # live: what changed the switch (control requests, reloads, health checks), when
+        body += ["<h2>Events</h2>", _table(["seconds", "event"], [[f"{t:g}", label] for t, label in marks])]
     return body
 
 
@@ -169,6 +200,19 @@ def report_html(timeline: dict, comparison: dict | None = None, config_name: str
     if comparison is not None:
         body += _compare_sections(comparison)
     return _page(f"l4emu report: {timeline['capture']}", body)
+
+
+def live_html(timeline: dict) -> str:
+    """The report of a running live switch: its ring of samples (l4emu/live/history.py) up to the moment
+    it answered, drawn as a replay's, with the control requests, reloads and health changes marked."""
+    live = timeline["live"]
+    oldest = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(live["oldest_sample_unix_s"]))
+    head = (
+        f'<p class="note">{escape(timeline["capture"])}, config {escape(live["config"])}: '
+        f"{len(timeline['samples'])} samples, one every {live['interval_s']:g} s from {oldest} (the switch keeps "
+        f"the last {live['max_samples']:,}), the last one taken when it answered; counts since it started.</p>"
+    )
+    return _page(f"l4emu report: {timeline['capture']}", [head, *_timeline_sections(timeline)])
 
 
 def state_html(snapshot: dict, source: str) -> str:

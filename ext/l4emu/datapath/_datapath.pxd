@@ -15,6 +15,8 @@ ctypedef struct Tables:
     SchedulerHook* hooks                  # one per service
     Real* reals
     LocalAddr* laddrs                     # fullnat: a removed flow gives its local port back
+    # connections (not templates) in each ConnState, kept as they move: a sample reads them, no table scan
+    uint32_t states[N_STATES]
 
 
 @cython.final

@@ -142,6 +142,7 @@ cdef void on_flow_removed(void* ctx, Flow* f, int why) noexcept nogil:
         r.active -= 1
     else:
         r.inactive -= 1
+    t.states[f.state] -= 1
     check_threshold(r)
     if hook.ended != NULL:
         hook.ended(hook.state, &t.reals[s.first_real], s.n_reals, f.real - s.first_real)
@@ -407,6 +408,7 @@ cdef class Datapath:
         cdef HeldFragment held
         self.packets, self.bytes, self.clock_ns, self.started = old.packets, old.bytes, old.clock_ns, old.started
         self.rescheduled, self.broken, self.blackholed = old.rescheduled, old.broken, old.blackholed
+        memcpy(self.t.states, old.t.states, sizeof(self.t.states))     # after take_over removed the gone reals'
         memcpy(self.verdicts, old.verdicts, sizeof(self.verdicts))
         memcpy(self.drops, old.drops, sizeof(self.drops))
         memcpy(self.passes, old.passes, sizeof(self.passes))
@@ -611,6 +613,8 @@ cdef class Datapath:
             else:
                 r.active -= 1
                 r.inactive += 1
+        self.t.states[f.state] -= 1
+        self.t.states[state] += 1
         f.state = state
 
     cdef int classify(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
@@ -894,6 +898,7 @@ cdef class Datapath:
             real.active += 1
         else:
             real.inactive += 1
+        self.t.states[f.state] += 1
         check_threshold(real)
         if s.persist_ns:
             note_template(self.table, s, &info.key, f.real, template, self.clock_ns)
@@ -1757,6 +1762,12 @@ cdef class Datapath:
             "out_pkts": self.t.reals[k].out_pkts, "in_bytes": self.t.reals[k].in_bytes,
             "out_bytes": self.t.reals[k].out_bytes, "forward": FORWARD_NAMES[self.t.reals[k].forward],
         } for k in range(self.n_reals)]
+
+    def state_counts(self):
+        """Connections in the table per state name (STATE_NAMES order; templates are not connections): the
+        counters the packet path keeps as flows move, so reading them costs the same for any table size."""
+        cdef int k
+        return {STATE_NAMES[k]: self.t.states[k] for k in range(N_STATES)}
 
     def flows(self):
         """Every tracked flow: (real index, client address bytes, client port, state name, expires_ns).
