@@ -4,8 +4,9 @@ the authoritative server's side of each connection, driven by the emulate loop (
 Each listen address is an emulated host with a "dns" listener on its port; its answers come from the
 authority (dnspython), each behind its 2-byte length (RFC 7766). The loop runs with a datapath that
 has no service, so every packet passes and the ones for a listen address reach its host; the clients'
-ACK numbers are re-stamped into the host's sequence space and what a capture recorded from a listen
-address over TCP is superseded (answering twice would fork the stream). ISNs come from the seed.
+ACK numbers are re-stamped into the host's sequence space (replay only: a capture's clients talked to
+another server) and what a capture recorded from a listen address over TCP is superseded (answering
+twice would fork the stream). ISNs come from the seed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class TcpResponder:
     """The TCP side of every listen address; `client()` takes one captured packet and returns what the
     clients' side of the wire holds instead: that packet (re-stamped) and the server's answers."""
 
-    def __init__(self, listens: set, seed: int | None, answer: Answer, timeouts_from: Config):
+    def __init__(self, listens: set, seed: int | None, answer: Answer, timeouts_from: Config, restamp: bool = True):
+        """`restamp`: move the clients' ACK numbers into the server's space (replay: the capture's clients
+        talked to another server; live: off, the clients talk to this one)."""
         draw = random.Random(f"{SEED_LABEL}/{seed}") if seed is not None else random.SystemRandom()
         self.engine = Engine(_bytes(draw, 16))
         self.addresses: list[bytes] = []
@@ -52,7 +55,7 @@ class TcpResponder:
         timeouts = [timeouts_from.timeouts[name.lower()] for name in STATE_NAMES]
         datapath = Datapath(LOOP_TABLE, _bytes(draw, 16), timeouts)
         self.out: list[Frame] = []
-        self.loop = Loop(datapath, self.engine, [], self._take, None, True, _bytes(draw, 16), LOOP_CAPACITY)
+        self.loop = Loop(datapath, self.engine, [], self._take, None, restamp, _bytes(draw, 16), LOOP_CAPACITY)
 
     def _take(self, batch: Batch) -> None:
         for i in range(len(batch)):
