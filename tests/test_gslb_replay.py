@@ -148,7 +148,7 @@ def test_a_site_failure_breaks_its_open_connections_and_drops_their_packets(tmp_
 def test_the_cli_prints_the_table_and_json(tmp_path):
     text = run_cli("gslb", "replay", str(CAPTURE), "-c", str(CONFIG), "--seed", "1", "--event", "8:site-down:east")
     assert "DNS queries: 15 (FORMERR 1, NODATA 2, NOERROR 13, NXDOMAIN 1)" in text.stdout  # outcomes: UDP and TCP
-    assert "DNS over TCP: 2 queries on 1 connections, 9 segments in, 5 out, 4 recorded server" in text.stdout
+    assert "DNS over TCP: 2 queries, 1 connections accepted, 9 segments in, 5 out, 4 recorded server" in text.stdout
     assert "4 of 4 clients moved (ttl 20 s)" in text.stdout
     data = json.loads(run_cli("gslb", "replay", str(CAPTURE), "-c", str(CONFIG), "--seed", "1", "--json").stdout)
     assert [s["connections"] for s in data["sites"]] == [4, 8]

@@ -27,7 +27,7 @@ def gslb_text(summary: dict) -> str:
         tcp = summary["dns_tcp"]
         rest = ", ".join(f"{name} {count:,}" for name, count in tcp.items() if name not in TCP_SHOWN and count)
         lines.append(
-            f"  DNS over TCP: {tcp.get('dns_queries', 0):,} queries on {tcp.get('accepted', 0):,} connections, "
+            f"  DNS over TCP: {tcp.get('dns_queries', 0):,} queries, {tcp.get('accepted', 0):,} connections accepted, "
             f"{tcp.get('segments_in', 0):,} segments in, {tcp.get('segments_out', 0):,} out, "
             f"{tcp['superseded']:,} recorded server segments superseded ({rest or 'no other count'})"
         )
