@@ -103,3 +103,10 @@ def test_dns_over_tcp_is_answered_on_the_tun_and_an_idle_connection_closed():
     closed = answerer.advance(11 * ms + 31 * 1000 * ms)
     assert closed is not None and len(closed) == 1 and IP(closed.packet(0))[TCP].flags == "FA"
     assert answerer.tcp_counters()["dns_idle_closed"] == 1
+    # the client never answers that FIN: the connection is forgotten 60 s on (no loss, no retransmission
+    # timer to end it), so an abandoned close cannot hold one of the listener's 150 places for ever
+    # (the first connection's LAST-ACK, whose last ACK this client never sent, ends first: 4 ms + 60 s)
+    assert answerer.next_deadline() == 4 * ms + 60 * 1000 * ms
+    assert answerer.advance(11 * ms + 100 * 1000 * ms) is None
+    assert answerer.tcp_counters()["dns_orphans_ended"] == 2 and answerer.next_deadline() is None
+    assert answerer.tcp.engine.host_state(0)[5] == []  # no connection left

@@ -4,7 +4,8 @@
 # behind its own length. The answer itself comes from Python (Engine.dns: the GSLB's authority, where
 # dnspython reads and writes the messages). Every connection's state is bounded: at most DNS_MAX_CONNS
 # open per listener (more SYNs are dropped), DNS_MAX_QUERIES answers per connection, DNS_IDLE_NS
-# without a message; each limit closes (FIN after what is queued) and is counted. A length shorter
+# without a message; each limit closes (FIN after what is queued) and is counted, and a closed one the
+# client never answers is forgotten DNS_ORPHAN_NS later (else it would hold its place). A length shorter
 # than a DNS header, or a message the authority will not answer, closes the connection, counted.
 # Included by _engine.pyx.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -17,6 +18,9 @@ cdef enum:
     DNS_MAX_MESSAGE = 0xFFFF        # what a 2-byte length can say
 
 cdef uint64_t DNS_IDLE_NS = 30 * <uint64_t>NS      # BIND's and Unbound's tcp-idle-timeout default (30 s)
+# The path has no loss, so no retransmission ends a close the client never answers: a closed connection
+# (FIN-WAIT, LAST-ACK) is forgotten this long after, as Linux's tcp_fin_timeout ends orphans (60 s).
+cdef uint64_t DNS_ORPHAN_NS = 60 * <uint64_t>NS
 
 
 cdef inline bint dns_conn_limited(Engine e, Listener* lst, uint32_t h) noexcept:
@@ -100,3 +104,16 @@ cdef void dns_idle(Engine e, uint32_t c, uint64_t now) noexcept:
     app_close(e, c)
     flush(e, c)
     free_idle(e, c)
+
+
+cdef inline void dns_closing(Engine e, uint32_t c) noexcept:
+    """The application closed: the idle time stops, and the close must end within DNS_ORPHAN_NS (the
+    client's FIN and ACK overwrite this with TIME-WAIT's deadline, or remove the connection)."""
+    set_deadline(e, c, e.step_at + DNS_ORPHAN_NS)
+
+
+cdef void dns_orphan_ended(Engine e, uint32_t c, uint64_t now) noexcept:
+    """A close the client never answered: forgotten, counted (no RST: the client is gone)."""
+    e.step_at = now
+    e.count(e.conn(c).key.host, C_DNS_ORPHANS_ENDED, 1)
+    remove_conn(e, c)

@@ -61,7 +61,8 @@ cdef enum Counter:
     C_DNS_QUERY_LIMIT = 20      # dns: connections closed after DNS_MAX_QUERIES answers
     C_DNS_IDLE_CLOSED = 21      # dns: connections closed after DNS_IDLE_NS without a message
     C_DNS_CONN_LIMIT = 22       # dns: SYNs dropped while DNS_MAX_CONNS connections were open
-    N_COUNTERS = 23
+    C_DNS_ORPHANS_ENDED = 23    # dns: closed by us, the client silent DNS_ORPHAN_NS after: forgotten
+    N_COUNTERS = 24
 
 # Conn.flags
 cdef enum ConnFlag:

@@ -45,7 +45,7 @@ COUNTER_NAMES = name_table({
     C_NOT_FOR_US: "not_for_us", C_UDP_CLOSED_PORT: "udp_closed_port", C_DATAGRAMS_OUT: "datagrams_out",
     C_UNREADABLE: "unreadable", C_UDP_RCVBUF_ERRORS: "udp_rcvbuf_errors", C_DNS_QUERIES: "dns_queries",
     C_DNS_BAD_LENGTH: "dns_bad_length", C_DNS_UNANSWERED: "dns_unanswered", C_DNS_QUERY_LIMIT: "dns_query_limit",
-    C_DNS_IDLE_CLOSED: "dns_idle_closed", C_DNS_CONN_LIMIT: "dns_conn_limit",
+    C_DNS_IDLE_CLOSED: "dns_idle_closed", C_DNS_CONN_LIMIT: "dns_conn_limit", C_DNS_ORPHANS_ENDED: "dns_orphans_ended",
 }, N_COUNTERS, "Counter")
 APPS = name_table({APP_HTTP: "http", APP_ECHO: "echo", APP_DISCARD: "discard", APP_DNS: "dns"}, N_APPS, "AppKind")
 # An HTTP listener's answers, each rendered once (status, reason, Connection: close).
@@ -574,6 +574,9 @@ cdef class Engine:
                 continue
             if conn.app == APP_DNS and conn.flags & CF_APP:
                 dns_idle(self, c, self.t_when[0])
+                continue
+            if conn.app == APP_DNS and conn.state != T_SYN_RECV and conn.state != T_TIME_WAIT:
+                dns_orphan_ended(self, c, self.t_when[0])
                 continue
             self.step_at = self.t_when[0]
             self.count(conn.key.host, C_SYN_RECV_EXPIRED if conn.state == T_SYN_RECV else C_TIME_WAIT_ENDED, 1)

@@ -409,7 +409,7 @@ cdef void app_close(Engine e, uint32_t c) noexcept:
     conn.handle = -1
     conn.flags = (conn.flags & ~CF_APP) | CF_FIN_PENDING
     if conn.app == APP_DNS:
-        set_deadline(e, c, 0)                   # its idle time no longer counts
+        dns_closing(e, c)                       # its idle time no longer counts; its close is bounded
 
 
 cdef bint flush(Engine e, uint32_t c) noexcept:
