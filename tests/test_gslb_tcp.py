@@ -255,3 +255,32 @@ def test_hostile_bytes_are_answered_or_closed_never_a_crash(data, cut):
         assert message.flags & dns.flags.QR
     tcp = summary["dns_tcp"]
     assert tcp["accepted"] == 1 and tcp.get("dns_queries", 0) <= len(data) // 14
+
+
+def test_over_ipv6_and_a_vlan_tag(tmp_path):
+    from scapy.all import IPv6, Dot1Q
+
+    config = tmp_path / "gslb.toml"
+    config.write_text(CONFIG.read_text() + '\n[[gslb]]\nlisten = "[2001:db8:53::1]:53"\ndomain = "www.example.com"\n'
+                      'policy = "topology"\nvips = { east = "10.10.0.100:80", west = "10.20.0.100:80" }\n')
+    head = E / Dot1Q(vlan=10) / IPv6(src="2001:db8:ff::10", dst="2001:db8:53::1")
+    frames = [(1.0, head / TCP(sport=4100, dport=53, flags="S", seq=10)),
+              (1.01, head / TCP(sport=4100, dport=53, flags="A", seq=11, ack=1)),
+              (1.02, head / TCP(sport=4100, dport=53, flags="PA", seq=11, ack=1) / framed(query(5))),
+              (1.03, head / TCP(sport=4100, dport=53, flags="FA", seq=11 + 35, ack=1))]
+    capture, out = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    writer = PcapWriter(str(capture), linktype=1, sync=True)
+    for t, frame in frames:
+        frame.time = t
+        writer.write(frame)
+    writer.close()
+    summary = replay(capture, gslbconfig.load(config, schedulers.catalog()), out, seed=1)
+    ours = [p for p in PcapReader(str(out)) if IPv6 in p and p[IPv6].src == "2001:db8:53::1"]
+    assert [str(p[TCP].flags) for p in ours] == ["SA", "PA", "FA"]
+    assert all(p[Dot1Q].vlan == 10 and p[Ether].dst == E.src for p in ours)
+    fresh = [IPv6(raw(p[IPv6])) for p in ours]
+    for p in fresh:
+        del p[TCP].chksum
+    assert [raw(IPv6(raw(p))) for p in fresh] == [raw(p[IPv6]) for p in ours]  # TCP checksums right
+    data = bytes(ours[1][TCP].payload)
+    assert dns.message.from_wire(data[2:]).id == 5 and summary["dns_tcp"]["dns_queries"] == 1
