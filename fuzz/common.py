@@ -4,12 +4,14 @@ switch, the input format of the datapath harness, and the invariants checked aft
 The datapath harness's input: byte 0 picks the link type (LINKTYPES[b % len]); then frames, each as
 [gap][len_hi][len_lo][bytes...]: `gap` is tenths of a second since the previous frame (so timers,
 expiry and eviction run), the length is cut to what is left. make_corpus.py writes seeds this way.
-The hosts harness takes the same input and sends it to emulated hosts through the emulate loop.
+The hosts harness takes the same input and sends it to emulated hosts through the emulate loop; the
+gslb harness through a GSLB replay of pcaps/gslb.toml (DNS over UDP and TCP answered, sites' switches).
 """
 from __future__ import annotations
 
 import socket
 import tomllib
+from pathlib import Path
 
 from l4emu import config as configmod
 from l4emu import schedulers
@@ -485,6 +487,48 @@ def run_hosts(data: bytes) -> Switch:
     return switch
 
 
+def run_gslb(data: bytes) -> Switch:
+    """The gslb harness's body: the datapath harness's frames, one Batch each, through a GSLB replay's
+    span (pcaps/gslb.toml: UDP queries answered, TCP conversations to 10.53.0.1:53 answered by the
+    emulated hosts' "dns" app, the rest through the sites' switches). Every frame the GSLB writes from
+    a listen address must parse and carry right IP, TCP and UDP checksums (a client's own packet is
+    written as it came, but for a re-stamped ACK)."""
+    from l4emu.gslb import config as gslbconfig
+    from l4emu.gslb import wire
+    from l4emu.gslb.replay import GslbReplay
+
+    global _GSLB_CONFIG
+    if _GSLB_CONFIG is None:
+        _GSLB_CONFIG = gslbconfig.load(ROOT / "pcaps" / "gslb.toml", schedulers.catalog())
+    linktype, frames, stamps = decode(data)
+    run = GslbReplay(_GSLB_CONFIG, seed=1)
+    for frame, stamp in zip(frames, stamps):
+        batch = Batch.from_frames([frame], linktype, [stamp])
+        out: list = []
+        run.span(batch, 0, 1, out)
+        run.replaced = set()
+        for _after, written, _ts, _iface, link in out:
+            dgram = wire.parse(written, link)
+            if dgram is not None and dgram.src not in run.listen_addresses:
+                continue
+            if dgram is None:
+                raise AssertionError(f"the GSLB wrote a frame the parse refuses: {written.hex()}")
+            if dgram.family == 4 and wire.checksum(written[dgram.l3 : dgram.l4]) != 0:
+                raise AssertionError(f"bad IPv4 header checksum: {written.hex()}")
+            if dgram.family == 4:
+                pseudo = dgram.src + dgram.dst + bytes([0, dgram.proto]) + (dgram.end - dgram.l4).to_bytes(2, "big")
+            else:
+                length = (dgram.end - dgram.l4).to_bytes(4, "big")
+                pseudo = dgram.src + dgram.dst + length + bytes([0, 0, 0, dgram.proto])
+            if wire.checksum(pseudo + written[dgram.l4 : dgram.end]) != 0:
+                raise AssertionError(f"bad L4 checksum: {written.hex()}")
+    return run.sites.switches[0]
+
+
+_GSLB_CONFIG = None
+ROOT = Path(__file__).resolve().parent.parent
+
+
 HARNESSES = {
     "datapath": run_frames,
     "pcap": run_capture,
@@ -492,4 +536,5 @@ HARNESSES = {
     "hosts": run_hosts,
     "forward": run_forward,
     "shard": run_shard,
+    "gslb": run_gslb,
 }

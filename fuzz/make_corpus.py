@@ -1,4 +1,5 @@
-"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun,hosts,forward,shard}/ (git-ignored; fuzz/run.sh calls this).
+"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun,hosts,forward,shard,gslb}/ (git-ignored;
+fuzz/run.sh calls this).
 
 datapath seeds: every frame of pcaps/*.pcap* alone, runs of consecutive frames (handshakes, data,
 replies and closes of interleaved flows, so that a seed walks the state machine), and every frame
@@ -74,6 +75,15 @@ def hosts_seeds():
             chunk = frames[start:start + RUN]
             seeds.append(encode(chunk[0][0], [f for lt, f in chunk if lt == chunk[0][0]], [1] * len(chunk)))
     return seeds
+
+
+def gslb_seeds():
+    """A GSLB's traffic (pcaps/gslb.pcap: UDP queries, HTTP to the sites, a DNS conversation over TCP),
+    in runs, and the TCP conversation alone, so the fuzzer starts inside the "dns" app's reassembly."""
+    frames = frames_of(ROOT / "pcaps" / "gslb.pcap")
+    seeds = [encode(1, [f for _, f in frames[start:start + RUN]], [1] * RUN) for start in range(0, len(frames), RUN)]
+    tcp = [f for _, f in frames if f[23] == 6 and b"\x00\x35" in (f[34:36], f[36:38])]
+    return seeds + [encode(1, tcp, [0] * len(tcp))]
 
 
 def icmp_seeds():
@@ -177,4 +187,5 @@ if __name__ == "__main__":
           f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds, "
           f"{write(base / 'hosts', hosts_seeds())} hosts seeds, "
           f"{write(base / 'forward', forward_seeds())} forward seeds, "
-          f"{write(base / 'shard', pcap_seeds())} shard seeds in {base}")
+          f"{write(base / 'shard', pcap_seeds())} shard seeds, "
+          f"{write(base / 'gslb', gslb_seeds())} gslb seeds in {base}")

@@ -492,7 +492,52 @@ def plan_gslb(sites, listen, domain):
     query(west[0], plan.start(4, 6), name="nosuch.example.com")   # NXDOMAIN
     query(west[1], plan.start(4, 6), qtype="AAAA")                # NOERROR, no answer: the record is A only
     query(west[2], plan.start(4, 6), payload=bytes.fromhex("beef01000001000000000000c00c00010001"))  # a pointer loop: FORMERR
+    # An east client asking over TCP (as dig +tcp, or a resolver after a TC answer): two queries on one
+    # connection, the second split over two segments; the recorded server's side is in the capture too.
+    client = "172.16.3.3"
+    tm, cport, qid = plan.timing(), plan.port(client), plan.rng.randrange(65536)
+    fwd = (link(None, client, listen[0]), cport, listen[1])
+    rev = (link(listen[0], listen[0], client), listen[1], cport)
+    vip = sites[("site", "east")][0]
+    exchanges = []
+    for k, qtype in enumerate(("A", "AAAA")):
+        ask = DNS(id=(qid + k) % 65536, rd=1, qd=DNSQR(qname=domain, qtype=qtype))
+        answer = DNS(id=ask.id, qr=1, aa=1, rd=1, qd=ask.qd,
+                     an=DNSRR(rrname=domain, ttl=20, rdata=vip) if qtype == "A" else None)
+        exchanges.append((bytes(ask), bytes(answer)))
+    start = plan.start(6, 7)
+    plan.fixed(start, dns_tcp_exchange(tm, start, fwd, rev, exchanges))
     return plan
+
+
+def dns_tcp_exchange(tm, t, fwd, rev, exchanges):
+    """DNS over TCP (RFC 7766): handshake, each query behind its 2-byte length and its answer (the
+    second query split over two segments), FIN/ACK from both sides."""
+    ci, si = tm.rng.getrandbits(32), tm.rng.getrandbits(32)
+
+    def seg(way, flags, seq, ack, data=b""):
+        head, sport, dport = way
+        tcp = TCP(sport=sport, dport=dport, flags=flags, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF,
+                  window=64240, options=[("MSS", 1460)] if "S" in flags else [])
+        return head / tcp / data if data else head / tcp
+    wan = lambda: tm.us(2000, 40000)
+    out = [(t, seg(fwd, "S", ci, 0))]
+    t += tm.us(100, 800); out.append((t, seg(rev, "SA", si, ci + 1)))
+    t += wan(); out.append((t, seg(fwd, "A", ci + 1, si + 1)))
+    c, s = ci + 1, si + 1
+    for k, (query, answer) in enumerate(exchanges):
+        query, answer = struct.pack("!H", len(query)) + query, struct.pack("!H", len(answer)) + answer
+        parts = [query] if k == 0 else [query[:7], query[7:]]
+        for part in parts:
+            t += tm.us(50, 5000); out.append((t, seg(fwd, "PA", c, s, part)))
+            c += len(part)
+        t += tm.us(100, 800); out.append((t, seg(rev, "PA", s, c, answer)))
+        s += len(answer)
+        t += wan(); out.append((t, seg(fwd, "A", c, s)))
+    t += tm.us(1000, 50000); out.append((t, seg(fwd, "FA", c, s)))
+    t += tm.us(100, 800); out.append((t, seg(rev, "FA", s, c + 1)))
+    t += wan(); out.append((t, seg(fwd, "A", c + 1, s + 1)))
+    return out
 
 
 def write_pcap(path, packets):

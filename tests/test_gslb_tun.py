@@ -38,8 +38,11 @@ def test_queries_the_switch_passed_are_answered_and_kept_from_the_tun():
         assert batch.append(raw(frame), 1000 * (k + 1), 0, LINKTYPE_RAW)
     switch.process(batch)
     answers = answerer.answer(batch)
-    assert [batch.result(i)[0] for i in range(3)] == ["drop", "pass", "pass"]  # only the UDP query is taken
-    assert answers is not None and len(answers) == 1 and answers.meta(0)[0] == 2000
+    # the UDP query and the TCP SYN to the listen address are taken (answered), the other address's passes
+    assert [batch.result(i)[0] for i in range(3)] == ["drop", "pass", "drop"]
+    assert answers is not None and len(answers) == 2 and answers.meta(0)[0] == 2000
+    syn_ack = IP(answers.packet(1))
+    assert (syn_ack.src, syn_ack[TCP].sport, syn_ack[TCP].flags) == ("10.53.0.1", 53, "SA")
     reply = IP(answers.packet(0))
     assert (reply.src, reply.dst, reply[UDP].sport, reply[UDP].dport) == ("10.53.0.1", "172.16.0.2", 53, 5000)
     assert checksums_ok(reply)
@@ -57,3 +60,53 @@ def test_live_refuses_gslb_flags_it_cannot_use(tmp_path):
     assert proc.returncode == 2 and "--gslb-down north: no site 'north'" in proc.stderr
     proc = run_cli("live", "--tun", "l4gnone0", "--gslb", PCAPS / "forwarding.toml", check=False)
     assert proc.returncode == 2 and "forwarding.toml: service: unknown key" in proc.stderr
+
+
+def test_dns_over_tcp_is_answered_on_the_tun_and_an_idle_connection_closed():
+    """A client's whole conversation as the TUN hands it over: the answerer's TCP side (gslb/tcp.py, no
+    re-stamping: the client talks to it) answers the handshake, the query behind its length and the FIN."""
+    import struct
+
+    gslb = gslbconfig.load(PCAPS / "gslb.toml", schedulers.catalog())
+    answerer = TunAnswerer(gslb, seed=1)
+    switch = Switch.from_config(None, 1)
+    client, ms = dict(src="172.16.0.2", dst="10.53.0.1"), 1_000_000
+
+    def step(frame, t):
+        batch = Batch(4)
+        assert batch.append(raw(frame), t, 0, LINKTYPE_RAW)
+        switch.process(batch)
+        answers = answerer.answer(batch)
+        assert batch.result(0)[0] == "drop"  # kept from the TUN: the client's own packet never goes back
+        return [IP(answers.packet(i)) for i in range(len(answers))] if answers is not None else []
+
+    (syn_ack,) = step(IP(**client) / TCP(sport=6000, dport=53, flags="S", seq=100), 1 * ms)
+    assert syn_ack[TCP].flags == "SA" and syn_ack[TCP].ack == 101
+    server = syn_ack[TCP].seq + 1
+    assert step(IP(**client) / TCP(sport=6000, dport=53, flags="A", seq=101, ack=server), 2 * ms) == []
+    message = bytes(DNS(id=77, rd=1, qd=DNSQR(qname="www.example.com")))
+    query = struct.pack("!H", len(message)) + message
+    (answer,) = step(IP(**client) / TCP(sport=6000, dport=53, flags="PA", seq=101, ack=server) / query, 3 * ms)
+    data = bytes(answer[TCP].payload)
+    response = dns.message.from_wire(data[2:])
+    assert struct.unpack("!H", data[:2])[0] == len(data) - 2 and response.id == 77
+    assert [r.address for r in response.answer[0]] == ["10.10.0.100"] and answer[TCP].ack == 101 + len(query)
+    server += len(data)
+    (fin,) = step(IP(**client) / TCP(sport=6000, dport=53, flags="FA", seq=101 + len(query), ack=server), 4 * ms)
+    assert "F" in str(fin[TCP].flags) and fin[TCP].ack == 102 + len(query)
+    assert answerer.tcp_counters()["dns_queries"] == 1
+    # a second connection left idle: closed by the answerer's clock, 30 s on
+    (syn_ack,) = step(IP(**client) / TCP(sport=6001, dport=53, flags="S", seq=500), 10 * ms)
+    assert step(IP(**client) / TCP(sport=6001, dport=53, flags="A", seq=501, ack=syn_ack[TCP].seq + 1), 11 * ms) == []
+    assert answerer.next_deadline() == 11 * ms + 30 * 1000 * ms
+    assert answerer.advance(11 * ms + 29 * 1000 * ms) is None
+    closed = answerer.advance(11 * ms + 31 * 1000 * ms)
+    assert closed is not None and len(closed) == 1 and IP(closed.packet(0))[TCP].flags == "FA"
+    assert answerer.tcp_counters()["dns_idle_closed"] == 1
+    # the client never answers that FIN: the connection is forgotten 60 s on (no loss, no retransmission
+    # timer to end it), so an abandoned close cannot hold one of the listener's 150 places for ever
+    # (the first connection's LAST-ACK, whose last ACK this client never sent, ends first: 4 ms + 60 s)
+    assert answerer.next_deadline() == 4 * ms + 60 * 1000 * ms
+    assert answerer.advance(11 * ms + 100 * 1000 * ms) is None
+    assert answerer.tcp_counters()["dns_orphans_ended"] == 2 and answerer.next_deadline() is None
+    assert answerer.tcp.engine.host_state(0)[5] == []  # no connection left

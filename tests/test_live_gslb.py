@@ -105,7 +105,8 @@ def test_a_site_down_is_not_answered_and_refused_when_none_is_left(lab):
 
 def test_live_answers_dig_for_the_gslb_address_on_its_tun():
     """`l4emu live --gslb` in the lab (namespaces l4g...t-*): the GSLB's listen address is routed into the
-    TUN like a VIP, and dig from the lab's client gets its site's VIP from the switch's own loop."""
+    TUN like a VIP, and dig from the lab's client gets its site's VIP from the switch's own loop, over UDP
+    and over TCP."""
     from ipaddress import ip_address
 
     from l4emu.live.lab import Lab
@@ -131,10 +132,12 @@ def test_live_answers_dig_for_the_gslb_address_on_its_tun():
         assert "www.example.com.\t20\tIN\tA\t10.10.0.100" in full
         assert ask("+short", "+subnet=192.168.7.0/24", "www.example.com").split() == ["10.20.0.100"]
         assert "status: NXDOMAIN" in ask("nosuch.example.com")
+        assert ask("+tcp", "+short", "www.example.com").split() == ["10.10.0.100"]  # the TUN's TCP side
         live.terminate()
         out, err = live.communicate(timeout=20)
         assert live.returncode == 0, err
-        assert "dns          NOERROR 2, NXDOMAIN 1" in out, out
+        assert "dns          NOERROR 3, NXDOMAIN 1" in out, out
+        assert "dns over tcp accepted 1" in out and "dns_queries 1" in out, out
     finally:
         if live is not None and live.poll() is None:
             live.kill()

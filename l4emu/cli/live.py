@@ -157,6 +157,11 @@ def live_summary_text(summary: dict) -> str:
             if "dns" in summary
             else ""
         )
+        + (
+            f"\ndns over tcp {', '.join(f'{k} {n:,}' for k, n in summary['dns_tcp'].items())}"
+            if "dns_tcp" in summary
+            else ""
+        )
     )
 
 

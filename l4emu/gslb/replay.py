@@ -1,6 +1,7 @@
 """Replay a capture through a GSLB and its sites: DNS queries to a listen address are answered by the
-emulated authoritative server (the answer written right after its query), every other packet goes
-through the switch of the site whose VIP or real it names, or passes untouched.
+emulated authoritative server (the answer written right after its query; over TCP the server's side of
+the connection, gslb/tcp.py, in place of what the capture holds), every other packet goes through the
+switch of the site whose VIP or real it names, or passes untouched.
 
 Each span of packets between events goes through every up site's switch in C, a batch at a time (a
 site passes what is not its own untouched); Python then looks only at the packets no site took and at
@@ -22,6 +23,7 @@ from l4emu.gslb.config import GslbConfig
 from l4emu.gslb.server import Authority
 from l4emu.gslb.sites import NO_SITE, Sites
 from l4emu.gslb.tally import Failure, Tally
+from l4emu.gslb.tcp import Frame, TcpResponder
 from l4emu.io import open_capture, open_writer
 from l4emu.simulate import MS, PERCENTILES, percentile
 
@@ -40,6 +42,9 @@ class GslbReplay:
         self.tally = Tally(len(config.sites))
         self.listens = {(listen[0].packed, listen[1]) for listen in self.authority.listens}
         self.listen_addresses = tuple({address for address, _ in self.listens})
+        self.tcp: TcpResponder | None = None  # made at the first DNS packet over TCP
+        self.tcp_due: int | None = None  # when its clocks next have something to do
+        self.replaced: set[int] = set()  # the batch's packets whose place the TCP responder's output takes
         # Answers that depend on what a span's packets do to the sites (a load, a real reaching its
         # threshold) are given with the sites as they were at the query: spans are cut after each query.
         self.state_moves = any(record.policy == "least_conn" for record in config.records) or any(
@@ -109,9 +114,16 @@ class GslbReplay:
         """A packet no site took: a DNS query is answered, a down site's packet dropped, the rest passes."""
         batch.set_result(i, VERDICT["pass"], 0)
         frame = batch.packet(i)
-        ts, _origlen, iface, linktype = batch.meta(i)
+        ts, origlen, iface, linktype = batch.meta(i)
+        if self.tcp_due is not None and ts >= self.tcp_due:
+            self._tcp_out(self.tcp.advance(ts) if self.tcp else [], i - 1, out)  # an idle close, before packet i
         dgram = wire.parse(frame, linktype)
         if dgram is None:
+            return
+        if dgram.proto == wire.TCP and (
+            (dgram.dst, dgram.dport) in self.listens or (dgram.src, dgram.sport) in self.listens
+        ):
+            self._tcp(frame, ts, origlen, iface, linktype, i, out)
             return
         if (dgram.dst, dgram.dport) in self.listens:
             self._query(frame, dgram, ts, iface, linktype, i, out)
@@ -127,10 +139,28 @@ class GslbReplay:
         if dgram is not None:
             self.tally.connection(dgram.src, site, batch.timestamp_ns(i))
 
-    def _query(self, frame: bytes, dgram: wire.Datagram, ts: int, iface: int, linktype: int, i: int, out: list) -> None:
-        if dgram.proto != wire.UDP:  # DNS over TCP needs a TCP peer: not emulated in replay (docs/gslb.md)
-            self.tally.dns["tcp_passed"] += 1
+    def _tcp(self, frame: bytes, ts: int, origlen: int, iface: int, linktype: int, i: int, out: list) -> None:
+        """A packet of a DNS conversation over TCP: the responder's output takes its place."""
+        if not wire.answerable_link(linktype):
+            self.tally.dns["link_not_answered"] += 1
             return
+        if self.tcp is None:
+            self.tcp = TcpResponder(self.authority.listens, self.seed, self._tcp_query, self.config.sites[0].config)
+        self.replaced.add(i)
+        self._tcp_out(self.tcp.client(frame, ts, origlen, iface, linktype), i, out)
+
+    def _tcp_out(self, frames: list[Frame], after: int, out: list) -> None:
+        out.extend((after, *frame) for frame in frames)
+        assert self.tcp is not None, "only the responder makes TCP output"
+        self.tcp_due = self.tcp.next_due()
+
+    def _tcp_query(self, query: bytes, client: bytes, address: bytes, port: int, ts: int) -> bytes | None:
+        """One whole message over TCP (the responder's callback): the authority's answer, tallied."""
+        response, outcome = self.authority.respond(query, ip_address(client), (ip_address(address), port), tcp=True)
+        self._tally(client, response, outcome, ts)
+        return response
+
+    def _query(self, frame: bytes, dgram: wire.Datagram, ts: int, iface: int, linktype: int, i: int, out: list) -> None:
         if not wire.answerable_link(linktype):
             self.tally.dns["link_not_answered"] += 1
             return
@@ -138,17 +168,21 @@ class GslbReplay:
         listen = (ip_address(dgram.dst), dgram.dport)
         response, outcome = self.authority.respond(dgram.payload(frame), client, listen)
         self.tally.dns["queries"] += 1
+        if response is not None:
+            answer = wire.answer_frame(frame, linktype, dgram, response)
+            out.append((i, answer, ts + ANSWER_DELAY_NS, iface, linktype))
+        self._tally(dgram.src, response, outcome, ts)
+
+    def _tally(self, client: bytes, response: bytes | None, outcome, ts: int) -> None:
+        """What a query got, for the sites' counts and the client's resolution time."""
         r = outcome.record
         sites: tuple[int, ...] = ()
         if r is not None and outcome.chosen:
             sites = tuple(self.site_of_answer[(r.listen, r.domain, r.rdtype)][i] for i in outcome.chosen)
             self.tally.answer(sites, ts)
-        if response is not None:
-            answer = wire.answer_frame(frame, linktype, dgram, response)
-            out.append((i, answer, ts + ANSWER_DELAY_NS, iface, linktype))
         if r is not None:
             resolved = response is not None and sites and not outcome.truncated
-            key = (dgram.src, r.listen, r.domain, r.rdtype)
+            key = (client, r.listen, r.domain, r.rdtype)
             self.tally.query(key, ts, ts + ANSWER_DELAY_NS if resolved else None, sites[0] if sites else NO_SITE)
 
 
@@ -191,7 +225,8 @@ def replay(
                         applied += 1
                     i = stop
                 if writer is not None:
-                    _write(writer, batch, answers)
+                    _write(writer, batch, answers, run.replaced)
+                run.replaced = set()
         finally:
             if writer is not None:
                 writer.close()
@@ -217,9 +252,10 @@ def _apply(run: GslbReplay, event: Event, moment_ns: int) -> None:
     run.tally.event(found, site, moment_ns, event.action == "site-down")
 
 
-def _write(writer, batch: Batch, answers: list[tuple]) -> None:
-    """The batch as it is, or with each answer right after its query (a copy of the batch, only then)."""
-    if not answers:
+def _write(writer, batch: Batch, answers: list[tuple], replaced: set[int]) -> None:
+    """The batch as it is, or with each answer right after its query and the replaced packets left out
+    (a copy of the batch, only then); an answer after packet -1 comes first."""
+    if not answers and not replaced:
         writer.write(batch)
         return
     out = Batch(len(batch) + len(answers))
@@ -233,9 +269,14 @@ def _write(writer, batch: Batch, answers: list[tuple]) -> None:
             out.append(frame, ts, iface, linktype, origlen)
         out.set_result(len(out) - 1, VERDICT[verdict], detail)
 
+    while upcoming is not None and upcoming[0] < 0:
+        frame, ats, aiface, alink = upcoming[1:]
+        put(frame, ats, aiface, alink, len(frame), "pass", 0)
+        upcoming = next(pending, None)
     for i in range(len(batch)):
         ts, origlen, iface, linktype = batch.meta(i)
-        put(batch.packet(i), ts, iface, linktype, origlen, *batch.result(i))
+        if i not in replaced:
+            put(batch.packet(i), ts, iface, linktype, origlen, *batch.result(i))
         while upcoming is not None and upcoming[0] == i:
             frame, ats, aiface, alink = upcoming[1:]
             put(frame, ats, aiface, alink, len(frame), "pass", 0)
@@ -269,6 +310,7 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
         "seed": run.seed,
         "written": written,
         "dns": dict(sorted(run.authority.counters.items())) | dict(run.tally.dns),
+        **({"dns_tcp": _tcp_counters(run.tcp)} if run.tcp is not None else {}),
         "records": [
             {"domain": r.domain, "type": r.rdtype, "listen": r.listen_text, "ttl": r.ttl, "policy": r.policy}
             for r in run.config.records
@@ -283,6 +325,12 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
         "warnings": warnings,
         "error": str(error) if error else None,
     }
+
+
+def _tcp_counters(tcp: TcpResponder) -> dict:
+    """DNS over TCP, when the capture had some: the hosts' counters (segments, connections accepted,
+    messages answered, closes by limit or bad input) and the recorded server segments superseded."""
+    return dict(sorted(tcp.counters().items())) | {"superseded": tcp.superseded}
 
 
 def resolution(times_ns: list[int]) -> dict:

@@ -2,8 +2,10 @@
 passed (they are for no service) are answered in a batch of their own and kept from the TUN, so
 `dig @GSLB domain` in the lab gets an answer from the switch's own loop.
 
-The sites' switches stand idle behind it, as behind `gslb serve`: every site is healthy but those named
-down. DNS over TCP is not answered here (`gslb serve` answers it on sockets).
+DNS over TCP is answered by the emulated hosts' TCP as in replay (gslb/tcp.py, without re-stamping: the
+clients talk to it); its segments go to the TUN with the answers, and its clocks (an idle connection's
+close, TIME-WAIT) follow the live packet clock through advance(). The sites' switches stand idle behind
+it, as behind `gslb serve`: every site is healthy but those named down.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from l4emu.gslb.config import GslbConfig
 from l4emu.gslb.serve import ServeError
 from l4emu.gslb.server import Authority
 from l4emu.gslb.sites import Sites
+from l4emu.gslb.tcp import Frame, TcpResponder
 
 PASS, DROP = VERDICT_NAMES.index("pass"), VERDICT_NAMES.index("drop")
 ANSWER_DELAY_NS = 1000  # as in replay: the answer's timestamp, 1 us after its query
@@ -34,7 +37,10 @@ class TunAnswerer:
         self.authority = Authority(config, self.sites.healthy, self.sites.load)
         self.counters = self.authority.counters
         self.listens = {(address.packed, port) for address, port in self.authority.listens}
+        self.addresses = {address for address, _ in self.listens}
         self.answers = Batch(256)
+        self.config, self.seed = config, seed
+        self.tcp: TcpResponder | None = None  # made at the first DNS segment over TCP
 
     def answer(self, batch: Batch) -> Batch | None:
         """The answers to the batch's queries (None: it had none); each query is then a drop, so the TUN
@@ -46,10 +52,15 @@ class TunAnswerer:
             frame = batch.packet(i)
             ts, _origlen, iface, linktype = batch.meta(i)
             dgram = wire.parse(frame, linktype)
-            if dgram is None or dgram.proto != wire.UDP or (dgram.dst, dgram.dport) not in self.listens:
+            if dgram is None or (dgram.dst, dgram.dport) not in self.listens:
                 continue
             batch.set_result(i, DROP, 0)
             if not wire.answerable_link(linktype):
+                continue
+            if dgram.proto == wire.TCP:
+                self._put(self._responder().client(frame, ts, len(frame), iface, linktype))
+                continue
+            if dgram.proto != wire.UDP:
                 continue
             listen = (ip_address(dgram.dst), dgram.dport)
             response, _ = self.authority.respond(dgram.payload(frame), ip_address(dgram.src), listen)
@@ -60,3 +71,38 @@ class TunAnswerer:
                 continue  # more answers than a batch holds in one read round: the client retries
             self.answers.set_result(len(self.answers) - 1, PASS, 0)
         return self.answers if len(self.answers) else None
+
+    def advance(self, now_ns: int) -> Batch | None:
+        """The TCP side's clocks up to `now_ns`: what they sent (an idle connection's FIN), or None."""
+        if self.tcp is None:
+            return None
+        self.answers.reset()
+        self._put(self.tcp.advance(now_ns))
+        return self.answers if len(self.answers) else None
+
+    def next_deadline(self) -> int | None:
+        """When the TCP side's clocks next have something to do (None: nothing)."""
+        return self.tcp.next_due() if self.tcp is not None else None
+
+    def tcp_counters(self) -> dict[str, int] | None:
+        """The TCP side's counters (None: no DNS over TCP yet)."""
+        return self.tcp.counters() if self.tcp is not None else None
+
+    def _responder(self) -> TcpResponder:
+        if self.tcp is None:
+            self.tcp = TcpResponder(
+                self.authority.listens, self.seed, self._tcp_query, self.config.sites[0].config, restamp=False
+            )
+        return self.tcp
+
+    def _tcp_query(self, query: bytes, client: bytes, address: bytes, port: int, _ts: int) -> bytes | None:
+        return self.authority.respond(query, ip_address(client), (ip_address(address), port), tcp=True)[0]
+
+    def _put(self, frames: list[Frame]) -> None:
+        """The server's segments among the responder's output (the client's own packet stays off the TUN)."""
+        for frame, ts, iface, linktype in frames:
+            dgram = wire.parse(frame, linktype)
+            if dgram is None or dgram.src not in self.addresses:
+                continue
+            if self.answers.append(frame, ts, iface, linktype, len(frame)):
+                self.answers.set_result(len(self.answers) - 1, PASS, 0)

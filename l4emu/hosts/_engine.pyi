@@ -1,4 +1,5 @@
 import random
+from collections.abc import Callable
 
 FIRST_HANDLE: int
 STATE_NAMES: tuple[str, ...]
@@ -16,6 +17,7 @@ def read_frame(
 class Engine:
     def __init__(self, secret: bytes) -> None: ...
     def add_host(self, address: bytes, rng: random.Random) -> int: ...
+    def set_dns(self, answer: Callable[[bytes, bytes, bytes, int], bytes | None] | None) -> None: ...
     def set_reals(self, hosts: list[int | None]) -> None: ...
     def listen(
         self,

@@ -363,14 +363,28 @@ class Live:
             self.stopping = True
 
     def _emulate_until_now(self) -> None:
-        """The hosts' clocks (accept pace, TIME-WAIT) follow the live packet clock between packets too."""
+        """The hosts' clocks (accept pace, TIME-WAIT) follow the live packet clock between packets too, as
+        do the GSLB's DNS-over-TCP connections' (an idle one's close)."""
         if self.emulator is not None:
             self._now()
             self.emulator.advance(self.switch.clock_ns)
             self.emulator.flush()
+        if self.dns is not None and self.dns.next_deadline() is not None:
+            self._now()
+            answers = self.dns.advance(self.switch.clock_ns)
+            if answers is not None:
+                self._answers(answers)
 
     def _poll_timeout(self) -> float:
-        deadline = self.emulator.hosts.next_deadline() if self.emulator is not None else None
+        deadlines = [
+            d
+            for d in (
+                self.emulator.hosts.next_deadline() if self.emulator is not None else None,
+                self.dns.next_deadline() if self.dns is not None else None,
+            )
+            if d is not None
+        ]
+        deadline = min(deadlines) if deadlines else None
         checks = self.health.timeout()
         wait = min(1.0, self.history.due_in_s(self._clock_ns()))
         wait = wait if checks is None else min(wait, checks)
@@ -427,6 +441,9 @@ class Live:
             summary["emulated"]["answers"] = self.emulator.answers  # counted in packets, as in replay
         if self.dns is not None:
             summary["dns"] = dict(sorted((name, n) for name, n in self.dns.counters.items() if n))
+            tcp = self.dns.tcp_counters()
+            if tcp is not None:
+                summary["dns_tcp"] = tcp
         summary["error"] = self.error
         return summary
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+TCP_SHOWN = ("dns_queries", "accepted", "segments_in", "segments_out", "superseded")
+
 
 def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.3f} s"
@@ -21,6 +23,14 @@ def gslb_text(summary: dict) -> str:
     dns = summary["dns"]
     outcomes = ", ".join(f"{name} {count:,}" for name, count in dns.items() if name != "queries" and count)
     lines.append(f"  DNS queries: {dns.get('queries', 0):,} ({outcomes or 'none'})")
+    if "dns_tcp" in summary:
+        tcp = summary["dns_tcp"]
+        rest = ", ".join(f"{name} {count:,}" for name, count in tcp.items() if name not in TCP_SHOWN and count)
+        lines.append(
+            f"  DNS over TCP: {tcp.get('dns_queries', 0):,} queries, {tcp.get('accepted', 0):,} connections accepted, "
+            f"{tcp.get('segments_in', 0):,} segments in, {tcp.get('segments_out', 0):,} out, "
+            f"{tcp['superseded']:,} recorded server segments superseded ({rest or 'no other count'})"
+        )
     res = summary["resolution"]
     lines.append(
         f"  resolution: {res['resolved']:,} resolved, p50 {res['p50_ms']:g} / p90 {res['p90_ms']:g} / "

@@ -124,6 +124,8 @@ cdef bint app_data(Engine e, uint32_t c, const uint8_t* data, uint32_t n) noexce
         return False
     if conn.app == APP_DISCARD:
         return False
+    if conn.app == APP_DNS:
+        return dns_data(e, c, data, n)
     return http_data(e, c, data, n)
 
 

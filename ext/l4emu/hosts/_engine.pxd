@@ -24,7 +24,8 @@ cdef enum AppKind:
     APP_HTTP = 0
     APP_ECHO = 1
     APP_DISCARD = 2
-    N_APPS = 3
+    APP_DNS = 3             # DNS over TCP (RFC 7766): messages behind a 2-byte length, answered by Engine.dns
+    N_APPS = 4
 
 # An HTTP listener's answers: each a template rendered once per listener (_engine.pyx RESPONSES).
 cdef enum Response:
@@ -54,7 +55,14 @@ cdef enum Counter:
     C_DATAGRAMS_OUT = 14
     C_UNREADABLE = 15
     C_UDP_RCVBUF_ERRORS = 16    # request datagrams a full wait queue dropped (Linux Udp RcvbufErrors)
-    N_COUNTERS = 17
+    C_DNS_QUERIES = 17          # dns: messages read whole and handed to the authority
+    C_DNS_BAD_LENGTH = 18       # dns: a length prefix shorter than a DNS header: the connection closed
+    C_DNS_UNANSWERED = 19       # dns: a message the authority would not answer: the connection closed
+    C_DNS_QUERY_LIMIT = 20      # dns: connections closed after DNS_MAX_QUERIES answers
+    C_DNS_IDLE_CLOSED = 21      # dns: connections closed after DNS_IDLE_NS without a message
+    C_DNS_CONN_LIMIT = 22       # dns: SYNs dropped while DNS_MAX_CONNS connections were open
+    C_DNS_ORPHANS_ENDED = 23    # dns: closed by us, the client silent DNS_ORPHAN_NS after: forgotten
+    N_COUNTERS = 24
 
 # Conn.flags
 cdef enum ConnFlag:
@@ -103,7 +111,7 @@ ctypedef struct Conn:
     uint32_t iss, irs, snd_una, snd_nxt, rcv_nxt
     uint32_t snd_wnd        # the peer's window in bytes
     uint32_t body_left      # http: request body bytes still to skip
-    uint32_t http_keep      # http: R_OK answers queued and not wholly sent
+    uint32_t http_keep      # http: R_OK answers queued and not wholly sent (dns: messages answered)
     uint32_t http_off       # http: bytes of the first queued answer already sent
     int32_t handle          # -1: none
     uint32_t aprev, anext   # accept queue (record + 1)
@@ -153,6 +161,7 @@ ctypedef struct Listener:
     # every worker busy, the longest wait queue, and the time integrals of queue length and busy workers.
     uint64_t served, waited, queue_max, last_ns
     double queue_area, busy_area
+    uint32_t dns_open       # dns: connections open (SYN-RECV to closed), at most DNS_MAX_CONNS
 
 ctypedef struct UdpSock:
     uint32_t host
@@ -267,6 +276,7 @@ cdef class Engine:
     cdef uint64_t* uj_when
     cdef uint32_t* uj_job
     cdef uint32_t n_uj, uj_cap
+    cdef object dns                 # app "dns": answer(query, client, family, host address, port) -> bytes | None
 
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept
     cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,

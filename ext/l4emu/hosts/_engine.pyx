@@ -29,6 +29,7 @@ include "_wire.pxi"
 include "_apps.pxi"
 include "_tcp.pxi"
 include "_udp.pxi"
+include "_dns.pxi"
 
 FIRST_HANDLE = FIRST_FD
 STATE_NAMES = name_table({
@@ -42,9 +43,11 @@ COUNTER_NAMES = name_table({
     C_LISTEN_DROPS: "listen_drops", C_LISTEN_OVERFLOWS: "listen_overflows", C_ACCEPTED: "accepted",
     C_OUT_OF_ORDER: "out_of_order", C_SYN_RECV_EXPIRED: "syn_recv_expired", C_TIME_WAIT_ENDED: "time_wait_ended",
     C_NOT_FOR_US: "not_for_us", C_UDP_CLOSED_PORT: "udp_closed_port", C_DATAGRAMS_OUT: "datagrams_out",
-    C_UNREADABLE: "unreadable", C_UDP_RCVBUF_ERRORS: "udp_rcvbuf_errors",
+    C_UNREADABLE: "unreadable", C_UDP_RCVBUF_ERRORS: "udp_rcvbuf_errors", C_DNS_QUERIES: "dns_queries",
+    C_DNS_BAD_LENGTH: "dns_bad_length", C_DNS_UNANSWERED: "dns_unanswered", C_DNS_QUERY_LIMIT: "dns_query_limit",
+    C_DNS_IDLE_CLOSED: "dns_idle_closed", C_DNS_CONN_LIMIT: "dns_conn_limit", C_DNS_ORPHANS_ENDED: "dns_orphans_ended",
 }, N_COUNTERS, "Counter")
-APPS = name_table({APP_HTTP: "http", APP_ECHO: "echo", APP_DISCARD: "discard"}, N_APPS, "AppKind")
+APPS = name_table({APP_HTTP: "http", APP_ECHO: "echo", APP_DISCARD: "discard", APP_DNS: "dns"}, N_APPS, "AppKind")
 # An HTTP listener's answers, each rendered once (status, reason, Connection: close).
 RESPONSES = {R_OK: (200, "OK", False), R_OK_CLOSE: (200, "OK", True), R_BAD: (400, "Bad Request", True),
              R_TOO_LARGE: (431, "Request Header Fields Too Large", True)}
@@ -234,6 +237,11 @@ cdef class Engine:
         self.addr_filter[last >> 3] |= 1 << (last & 7)
         self.n_hosts += 1
         return self.n_hosts - 1
+
+    def set_dns(self, answer):
+        """The "dns" listeners' answers: answer(query, client, host address, port) -> bytes, or None to
+        close the connection (packed addresses; _dns.pxi). Not set: every DNS message closes its connection."""
+        self.dns = answer
 
     def set_reals(self, hosts):
         """Per real of the switch (config order): its host's number, or None when it is not emulated."""
@@ -579,6 +587,12 @@ cdef class Engine:
             conn = self.conn(c)
             if conn.work == W_SERVING:
                 served(self, c, self.t_when[0])
+                continue
+            if conn.app == APP_DNS and conn.flags & CF_APP:
+                dns_idle(self, c, self.t_when[0])
+                continue
+            if conn.app == APP_DNS and conn.state != T_SYN_RECV and conn.state != T_TIME_WAIT:
+                dns_orphan_ended(self, c, self.t_when[0])
                 continue
             self.step_at = self.t_when[0]
             self.count(conn.key.host, C_SYN_RECV_EXPIRED if conn.state == T_SYN_RECV else C_TIME_WAIT_ENDED, 1)

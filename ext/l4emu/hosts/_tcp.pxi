@@ -191,6 +191,8 @@ cdef void no_connection(Engine e, uint32_t h, Seg* seg, uint64_t now) noexcept:
         reset_for(e, h, seg)                # an ACK (or SYN-ACK) to a listener: no such connection
         return
     e.count(h, C_SYNS, 1)
+    if dns_conn_limited(e, lst, h):
+        return
     if accept_queue_full(lst) or syn_queue_full(lst):
         e.count(h, C_LISTEN_DROPS, 1)
         e.count(h, C_LISTEN_OVERFLOWS, accept_queue_full(lst))
@@ -247,6 +249,7 @@ cdef void no_connection(Engine e, uint32_t h, Seg* seg, uint64_t now) noexcept:
         conn.rcv_shift = OUR_SHIFT
     conn.flags |= CF_SYN_QUEUE
     lst.syn_count += 1
+    lst.dns_open += lst.app == APP_DNS
     e.peer_ref(conn, 1)
     set_deadline(e, c, now + SYN_RECV_NS)
     syn_ack(e, c)
@@ -395,6 +398,8 @@ cdef void feed(Engine e, uint32_t c, const uint8_t* data, uint32_t n) noexcept:
         close = True                            # the peer closed: every app here closes too (no half-duplex servers)
     if close:                                   # (with requests in service: once they are answered, served())
         app_close(e, c)
+    elif conn.app == APP_DNS:
+        dns_idle_from(e, c, e.step_at)          # accepted, or a message came: the idle time starts again
 
 
 cdef void app_close(Engine e, uint32_t c) noexcept:
@@ -403,6 +408,8 @@ cdef void app_close(Engine e, uint32_t c) noexcept:
     release_handle(&e.hosts[conn.key.host], conn.handle)
     conn.handle = -1
     conn.flags = (conn.flags & ~CF_APP) | CF_FIN_PENDING
+    if conn.app == APP_DNS:
+        dns_closing(e, c)                       # its idle time no longer counts; its close is bounded
 
 
 cdef bint flush(Engine e, uint32_t c) noexcept:
@@ -504,6 +511,7 @@ cdef void remove_conn(Engine e, uint32_t c) noexcept:
     cdef Listener* lst = &e.listeners[conn.listener]
     if conn.flags & CF_SYN_QUEUE:
         lst.syn_count -= 1
+    lst.dns_open -= conn.app == APP_DNS
     if conn.flags & CF_ACCEPT_QUEUE:
         unlink_accept(e, c)                 # reset before accept(): never handed out
     if conn.work != W_NONE:
