@@ -57,9 +57,11 @@ def _same_counters(single, sharded):
 
 @pytest.fixture
 def small_windows(monkeypatch):
-    """Windows of a few packets, so that a sample crosses many (and ends in a partial one)."""
+    """Windows of a few packets, so that a sample crosses many (and ends in a partial one); the parent
+    gathers through a buffer smaller than most records (grown as they come)."""
     monkeypatch.setattr(shard, "WINDOW", 7)
     monkeypatch.setattr(shard, "STAGING_STEP", 64)
+    monkeypatch.setattr(shard, "GATHER_BYTES", 64)
 
 
 @pytest.mark.parametrize("scheduler", HASH_SCHEDULERS)
