@@ -5,10 +5,13 @@
 The capture is benchmarks/peers.py's (6 packets a flow: 1,000,000 flows are 6M packets), the config
 its VIP with 4 reals on `sh` (a hash scheduler: every worker count writes the same bytes, checked
 here with cmp-like digests). Each size times the whole command at every worker count, in turn
-(1 2 4 8 1 2 4 8 ...), and prints the medians, packets per second and the speed-up over one worker
-(the ratio's median, pair by pair, robust to a machine's drift). On a 2-core machine 4 and 8 workers
-share the two cores: the curve shows the cost of more processes than cores; on a bigger machine it
-keeps climbing.
+(1 2 4 8 1 2 4 8 ...), and prints the medians of wall and CPU seconds (user + system of every process
+of the command), packets per second, the speed-up over one worker (the ratio's median, pair by pair,
+robust to a machine's drift) and the CPU seconds over one worker's. On a machine shared with other
+work the wall clock says little; the CPU ratio says what the speed-up can be on idle cores: N workers
+on N cores can be at most N / (CPU ratio) times as fast (2 workers reach 1.7x only at a CPU ratio of
+1.18 or less). On a 2-core machine 4 and 8 workers share the two cores: the curve shows the cost of
+more processes than cores; on a bigger machine it keeps climbing.
 """
 
 from __future__ import annotations
@@ -72,12 +75,15 @@ def one_size(workdir: Path, flows: int, counts: list[int], runs: int, env: dict)
     capture.unlink()
     same = "identical" if len(set(digests.values())) == 1 else "DIFFERENT"
     print(f"{packets:,} packets ({flows:,} flows), sh, whole commands, median of {runs}; outputs {same}")
-    print(f"  {'workers':>8} {'seconds':>9} {'cpu s':>8} {'packets/s':>12} {'vs 1 worker':>12}")
-    base = times[counts[0]]
+    print(f"  {'workers':>8} {'seconds':>9} {'cpu s':>8} {'packets/s':>12} {'vs 1 worker':>12} {'cpu vs 1':>9}")
+    base, base_cpu = times[counts[0]], statistics.median(cpu[counts[0]])
     for n in counts:
         ratio = statistics.median(b / t for b, t in zip(base, times[n], strict=True))
-        median = statistics.median(times[n])
-        print(f"  {n:>8} {median:>9.3f} {statistics.median(cpu[n]):>8.3f} {packets / median:>12,.0f} {ratio:>11.2f}x")
+        median, median_cpu = statistics.median(times[n]), statistics.median(cpu[n])
+        print(
+            f"  {n:>8} {median:>9.3f} {median_cpu:>8.3f} {packets / median:>12,.0f} {ratio:>11.2f}x"
+            f" {median_cpu / base_cpu:>8.2f}x"
+        )
 
 
 def main() -> None:
@@ -91,7 +97,8 @@ def main() -> None:
     env["PYTHONPATH"] = root + os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else root
     counts = [int(n) for n in args.workers.split(",")]
     print(f"sharded replay on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
-    print("  (cpu s: every process of the command, user + system; the speed-up needs idle cores to show)")
+    print("  (cpu s: every process of the command, user + system; the speed-up needs idle cores to show,")
+    print("   the CPU ratio does not: N workers on N idle cores can reach N / (cpu vs 1) times one worker)")
     with tempfile.TemporaryDirectory(prefix="l4emu-shard-bench-") as tmp:
         for flows in (int(f) for f in args.flows.split(",")):
             one_size(Path(tmp), flows, counts, args.runs, env)

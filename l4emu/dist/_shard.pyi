@@ -1,5 +1,7 @@
 """Type stub of the extension module l4emu.dist._shard (ext/l4emu/dist/_shard.pyx)."""
 
+from array import array
+
 from l4emu.datapath._batch import Batch
 from l4emu.io.pcap._read import PacketFilter
 
@@ -19,19 +21,25 @@ class Dealer(PacketFilter):
         mask4: bytes = ...,
         mask6: bytes = ...,
     ) -> None: ...
-    def owner_of(self, frame: bytes, linktype: int = 1) -> int: ...
+    def owner_of(self, frame: bytes, linktype: int = 1, parsed: bool = False) -> int: ...
 
 def account(
-    batch: Batch, index: memoryview, first: int, records: memoryview | bytes, pcapng: bool, lengths: memoryview
-) -> None: ...
-def window_bytes(lengths: memoryview, count: int) -> int: ...
-def place(
-    lengths: memoryview,
-    count: int,
-    mine: memoryview,
+    batch: Batch,
+    index: memoryview,
     first: int,
-    records: memoryview | bytes | bytearray,
-    out: memoryview,
-    at: int,
-) -> int: ...
+    records: memoryview | bytes,
+    pcapng: bool,
+    lengths: memoryview,
+    owners: memoryview,
+    me: int,
+) -> None: ...
+def gather(
+    lengths: memoryview,
+    owners: memoryview,
+    start: int,
+    count: int,
+    sources: list[memoryview],
+    taken: array[int],
+    out: bytearray,
+) -> tuple[int, int]: ...
 def first_written(batch: Batch, index: memoryview) -> tuple[int, int, int] | None: ...

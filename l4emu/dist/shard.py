@@ -6,11 +6,13 @@ its fragments and the ICMP errors about it meet in one worker. A connection's fa
 on its own packets, as long as the scheduler's choice does too (sh, dh, mh, hrw; not rr, wlc, ...,
 where each worker schedules its own flows, as per-core IPVS/DPVS workers do).
 
-The output needs no merge pass: the capture is read in windows of WINDOW packets; after each window
-every worker has put the bytes each of its packets writes into a shared table (one entry per
-capture packet), the workers meet at a barrier, and each copies its records to their place in the
-one output file (mapped), after every earlier packet's. The file is byte for byte what one worker
-writes. Memory is flat in the capture's size: a window's table and records.
+The output needs no merge pass: the capture is read in windows of WINDOW packets. During a window
+each worker appends its records to its own staging file (in memory) and notes, per capture packet
+of the window, how many bytes it writes and that it owns them (two shared tables, one entry per
+capture packet). When every worker is through the window, the parent copies the records to the
+output in capture order, each from its owner's staging file (one pass, no second layout copy), while
+the workers go on with the next window. The file is byte for byte what one worker writes. Memory is
+flat in the capture's size: two windows' tables and records.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from threading import BrokenBarrierError
 from l4emu.config import Config
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._datapath import DROP_REASONS, PARSED_LINKTYPES, PASS_REASONS
-from l4emu.dist._shard import Dealer, account, first_written, place, window_bytes
+from l4emu.dist._shard import Dealer, account, first_written, gather
 from l4emu.errors import L4emuError
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
 
@@ -43,6 +45,7 @@ PROTOCOLS = {"tcp": 6, "udp": 17}
 # Counters that are not sums over workers: the run's, or the config's.
 STAGING_DIR = "/dev/shm"  # staging files in memory where there is a tmpfs for it
 STAGING_STEP = 16 << 20  # staging files grow in steps of this many bytes
+GATHER_BYTES = 1 << 20  # the parent writes the output in chunks of this many bytes
 NOT_SUMMED = {"capture", "output", "seed", "max_connections", "elapsed_s", "packets_per_s", "error"}
 
 
@@ -177,55 +180,66 @@ def merge(summaries: Sequence[dict], elapsed: float, orders: dict[str, list[str]
 
 
 class Meeting:
-    """What the workers and the parent share, made before the fork: the barriers, each capture packet's
-    bytes out (a window's table, double-buffered), and two staging files, where the workers lay out a
-    window's records in file order for the parent to append to the output while they go on.
+    """What the workers and the parent share, made before the fork: a barrier, each capture packet's
+    bytes out and owner (a window's tables, double-buffered), and per worker two staging files,
+    where it appends its records of a window for the parent to gather into the output.
 
-    Per window w (half h = w % 2): workers account and meet at `accounted`; each waits on its
-    `drained` semaphore until the parent has appended window w - 2 from staging half h; they place
-    their records, set the half's size and meet the parent at `placed`; the parent appends the half,
-    then releases every worker's semaphore once. The parent never waits for a worker but at `placed`."""
+    Per window w (half h = w % 2): each worker waits on its `drained` semaphore until the parent has
+    written window w - 2 from half h (its tables and staging files are then free), processes its
+    packets of the window, sets its records' size and meets the parent at `placed`; the parent
+    gathers the half into the output, then releases every worker's semaphore once. The parent never
+    waits for a worker but at `placed`; the workers never wait for each other."""
 
     def __init__(self, context, workers: int, output: bool):
-        self.accounted = context.Barrier(workers)
+        self.workers = workers
         self.placed = context.Barrier(workers + 1)
         self.drained = [context.Semaphore(0) for _ in range(workers)]
         self.lengths = mmap.mmap(-1, 2 * WINDOW * 4)  # anonymous and shared
-        self.sizes = mmap.mmap(-1, 2 * 16 + 1)  # per half: its bytes and whether it is the last; aborted
+        self.owners = mmap.mmap(-1, 2 * WINDOW)
+        # per half: per worker its records' bytes, then the window's packet count and whether it is the
+        # last; at the end, whether the run was aborted
+        self.sizes = mmap.mmap(-1, 2 * 8 * (workers + 2) + 1)
+        staging = STAGING_DIR if os.path.isdir(STAGING_DIR) else None
         self.staging = (
-            [tempfile.TemporaryFile(dir=STAGING_DIR if os.path.isdir(STAGING_DIR) else None) for _ in range(2)]
-            if output
-            else []
+            [[tempfile.TemporaryFile(dir=staging) for _ in range(2)] for _ in range(workers)] if output else []
         )
 
     def abort(self) -> None:
-        self.sizes[32] = 1
-        for barrier in (self.accounted, self.placed):
-            barrier.abort()
+        self.sizes[-1] = 1
+        self.placed.abort()
         for semaphore in self.drained:
             semaphore.release()
 
     def wait_drained(self, k: int) -> None:
         self.drained[k].acquire()
-        if self.sizes[32]:
+        if self.sizes[-1]:
             raise BrokenBarrierError
 
     def set_drained(self) -> None:
         for semaphore in self.drained:
             semaphore.release()
 
-    def set_size(self, half: int, size: int, last: bool) -> None:
-        self.sizes[16 * half : 16 * half + 16] = struct.pack("=QQ", size, last)
+    def _at(self, half: int, slot: int) -> int:
+        return 8 * ((self.workers + 2) * half + slot)
 
-    def size(self, half: int) -> tuple[int, bool]:
-        size, last = struct.unpack_from("=QQ", self.sizes, 16 * half)
-        return size, bool(last)
+    def set_size(self, half: int, k: int, size: int) -> None:
+        struct.pack_into("=Q", self.sizes, self._at(half, k), size)
+
+    def set_window(self, half: int, count: int, last: bool) -> None:
+        struct.pack_into("=QQ", self.sizes, self._at(half, self.workers), count, last)
+
+    def window(self, half: int) -> tuple[list[int], int, bool]:
+        """Each worker's records' bytes, the window's packets and whether it is the last."""
+        values = struct.unpack_from(f"={self.workers + 2}Q", self.sizes, self._at(half, 0))
+        return list(values[: self.workers]), values[-2], bool(values[-1])
 
     def close(self) -> None:
         self.lengths.close()
+        self.owners.close()
         self.sizes.close()
-        for file in self.staging:
-            file.close()
+        for files in self.staging:
+            for file in files:
+                file.close()
 
 
 def _run_workers(capture, config: Config, seed: int, workers: int, writer, start: int, shown=None) -> list[dict]:
@@ -282,19 +296,25 @@ def _run_workers(capture, config: Config, seed: int, workers: int, writer, start
 
 
 def _append_windows(meeting: Meeting, path: str, start: int, failures: list) -> None:
-    """The parent's thread: each window, once placed, from its staging half to the output's end
-    (copied by the kernel); `failures` gets the one line if writing fails."""
+    """The parent's thread: each window, once placed, gathered from the workers' staging halves to the
+    output's end in capture order; `failures` gets the one line if writing fails."""
+    lengths = memoryview(meeting.lengths).cast("I")
+    owners = memoryview(meeting.owners)
+    views = [_Staging(files, writable=False) for files in meeting.staging]
     try:
         with open(path, "r+b") as out:
             out.seek(start)
             window = 0
             while True:
                 meeting.placed.wait()
-                size, last = meeting.size(window % 2)
-                source = meeting.staging[window % 2].fileno()
-                done = 0
-                while done < size:
-                    done += os.sendfile(out.fileno(), source, done, size - done)
+                half = window % 2
+                sizes, count, last = meeting.window(half)
+                sources = [view.room(half, size) for view, size in zip(views, sizes, strict=True)]
+                try:
+                    _gather_window(out, lengths[half * WINDOW :], owners[half * WINDOW :], count, sources, sizes)
+                finally:
+                    for source in sources:
+                        source.release()
                 meeting.set_drained()
                 if last:
                     return
@@ -304,6 +324,26 @@ def _append_windows(meeting: Meeting, path: str, start: int, failures: list) -> 
     except OSError as exc:
         failures.append(f"{path}: cannot write: {exc.strerror or exc}")
         meeting.abort()
+    except ValueError as exc:
+        failures.append(f"{path}: {exc}")
+        meeting.abort()
+    finally:
+        for view in views:
+            view.close()
+
+
+def _gather_window(out, lengths, owners, count: int, sources: list, sizes: list[int]) -> None:
+    """Write a window's records to `out` in capture order, each from its owner's staging view."""
+    taken = array("Q", bytes(8 * len(sources)))
+    buffer = bytearray(GATHER_BYTES)
+    done = 0
+    while done < count:
+        done, filled = gather(lengths, owners, done, count, sources, taken, buffer)
+        if filled == 0 and done < count:
+            buffer = bytearray(2 * len(buffer))  # a record bigger than the buffer
+        out.write(memoryview(buffer)[:filled])
+    if list(taken) != sizes:
+        raise ValueError("the window's records and capture indices disagree")
 
 
 def _worker(k: int, plan, meeting: Meeting, send) -> None:
@@ -322,7 +362,7 @@ def _worker(k: int, plan, meeting: Meeting, send) -> None:
 
 
 def _replay_share(k: int, plan, meeting: Meeting) -> dict:
-    """One worker: its share of the capture through its own Switch, its records placed window by window."""
+    """One worker: its share of the capture through its own Switch, its records staged window by window."""
     from l4emu.replay import summarize
     from l4emu.switch import Switch
 
@@ -330,26 +370,26 @@ def _replay_share(k: int, plan, meeting: Meeting) -> dict:
     started = time.perf_counter()
     switch = Switch(config, seed)
     dealer = Dealer(workers, k, *dealing(config))
-    table = memoryview(meeting.lengths).cast("I")
-    halves = (table[:WINDOW], table[WINDOW:])
-    index_bytes = memoryview(array("Q", bytes(8 * BATCH))).cast("B")
-    index = index_bytes.cast("Q")
+    lengths = memoryview(meeting.lengths).cast("I")
+    owners = memoryview(meeting.owners)
+    tables = [(lengths[:WINDOW], owners[:WINDOW]), (lengths[WINDOW:], owners[WINDOW:])]
+    index = memoryview(array("Q", bytes(8 * BATCH))).cast("B").cast("Q")
     batch = Batch(BATCH)
     encoder = writer.offsets_encoder() if writer is not None else None
     pcapng = writer is not None and writer.format == "pcapng"
-    staging = _Staging(meeting.staging)
-    records = bytearray(1 << 20)
+    staging = _Staging(meeting.staging[k]) if encoder is not None else None
     written, first, linktype = 0, None, None
     with open_capture(capture) as reader:
         window = 0
         while True:
-            low = window * WINDOW
-            stop = low + WINDOW if encoder is not None else 1 << 62
-            mine, used = array("Q"), 0
+            low, half = window * WINDOW, window % 2
+            stop = low + WINDOW if staging is not None else 1 << 62
+            if window >= 2:
+                meeting.wait_drained(k)  # the parent has written window - 2 from this half
+            used = 0
             while n := reader.kept(batch, dealer, index, stop):
-                mine.frombytes(index_bytes[: 8 * n])
                 switch.process(batch)
-                if encoder is None:
+                if encoder is None or staging is None:
                     continue
                 if first is None and (first := first_written(batch, index)) is not None:
                     linktype = first[1]
@@ -357,23 +397,18 @@ def _replay_share(k: int, plan, meeting: Meeting) -> dict:
                     data, count = encoder.encode(batch, False, None, linktype or 0)
                 except ValueError as exc:
                     raise ShardError(f"{shown}: {exc}") from None
-                account(batch, index, low, data, pcapng, halves[window % 2])
-                if used + len(data) > len(records):
-                    records.extend(bytes(max(len(data), len(records))))
-                records[used : used + len(data)] = data
+                account(batch, index, low, data, pcapng, *tables[half], k)
+                with staging.room(half, used + len(data)) as room:
+                    room[used:] = data
                 used += len(data)
                 written += count
-            if encoder is None:
+            if staging is None:
                 break
             count = reader.seen - low
             last = count < WINDOW
-            meeting.accounted.wait()
-            if window >= 2:
-                meeting.wait_drained(k)  # the parent has appended window - 2 from this half
-            total = window_bytes(halves[window % 2], count)
-            with staging.room(window % 2, total) as out, memoryview(records) as laid:
-                place(halves[window % 2], count, memoryview(mine).cast("B").cast("Q"), low, laid[:used], out, 0)
-            meeting.set_size(window % 2, total, last)
+            meeting.set_size(half, k, used)
+            if k == 0:
+                meeting.set_window(half, count, last)
             meeting.placed.wait()
             if last:
                 break
@@ -381,32 +416,39 @@ def _replay_share(k: int, plan, meeting: Meeting) -> dict:
         switch.advance_clock(reader.latest_ns)  # the clock one worker would end on: expiries as it sees them
         error: CaptureError | None = reader.error
         warnings = reader.warnings
-    staging.close()
+    if staging is not None:
+        staging.close()
     summary = summarize(switch, capture, None, written, time.perf_counter() - started, error)
     return {"summary": summary, "written": written, "first": first, "warnings": warnings}
 
 
 class _Staging:
-    """A worker's maps of the two staging files, grown (never shrunk) to hold a window."""
+    """One worker's two staging files, mapped: written by the worker (grown, never shrunk, to hold its
+    records of a window), read by the parent's gather."""
 
-    def __init__(self, files):
+    def __init__(self, files, writable: bool = True):
         self.files = files
+        self.writable = writable
         self.maps: list[mmap.mmap | None] = [None, None]
 
-    def room(self, half: int, size: int):
-        """A writable view of the half's first `size` bytes (every worker grows it alike for a window:
-        to the same size, rounded up, and only while the parent is not reading it)."""
+    def room(self, half: int, size: int) -> memoryview:
+        """A view of the half's first `size` bytes (only while the other side keeps off it: the worker
+        until it meets the parent, the parent until it releases the workers)."""
         if size == 0:
             return memoryview(bytearray(0))
         current = self.maps[half]
         if current is None or len(current) < size:
             fd = self.files[half].fileno()
-            want = -(-size // STAGING_STEP) * STAGING_STEP
-            if os.fstat(fd).st_size < want:
-                os.ftruncate(fd, want)
+            if self.writable:
+                want = -(-size // STAGING_STEP) * STAGING_STEP
+                if os.fstat(fd).st_size < want:
+                    os.ftruncate(fd, want)
+            else:
+                want = os.fstat(fd).st_size
             if current is not None:
                 current.close()
-            current = self.maps[half] = mmap.mmap(fd, want)
+            access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
+            current = self.maps[half] = mmap.mmap(fd, want, access=access)
         return memoryview(current)[:size]
 
     def close(self) -> None:

@@ -1,12 +1,16 @@
-"""Sharded replay in C: which worker owns a packet (by its client's address), and where each worker's
-output records go in the one output file (the capture order, as one worker would have written it)."""
+"""Sharded replay in C: which worker owns a packet (by its client's address), and the workers' output
+records gathered in capture order into the one output file (as one worker would have written it)."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memcmp, memset
 
 from l4emu.datapath._batch cimport Batch, V_DROP
+from l4emu.datapath._checksum cimport load16
 from l4emu.datapath._headers cimport parse_packet, PARSED, PARSE_FRAGMENT
 from l4emu.datapath._types cimport PacketInfo
+from l4emu.datapath._wire cimport (ETHERTYPE_IPV4, IP4_DST, IP4_FRAG, IP4_HEADER_LEN, IP4_PROTO, IP4_SRC,
+                                   IP4_TOTAL_LEN, IPPROTO_TCP, IPPROTO_UDP, L4_SPORT, LINKTYPE_ETHERNET,
+                                   TCP_DATA_OFFSET, TCP_HEADER_LEN, UDP_HEADER_LEN, UDP_LEN)
 from l4emu.io.pcap._read cimport PacketFilter
 
 cdef struct Side:
@@ -25,6 +29,17 @@ cdef inline uint64_t mix(uint64_t x) noexcept nogil:
     x ^= x >> 27
     x *= 0x94D049BB133111EBULL
     return x ^ (x >> 31)
+
+
+cdef enum:
+    ETH_HEADER_LEN = 14                 # an untagged Ethernet frame's header: the fast path's IPv4 starts here
+    NOT_PLAIN = -1                      # plain_ipv4: the frame needs the whole parse to say who its client is
+    MAX_OWNERS = 256                    # gather: an owner is a byte
+
+
+cdef inline uint64_t v4_hash(uint32_t raw, uint16_t port, uint8_t proto) noexcept nogil:
+    """address_hash of an IPv4 address (its 4 bytes as loaded, zero-padded to 16), without the padding."""
+    return mix(<uint64_t>raw ^ ((<uint64_t>port << 48) | (<uint64_t>proto << 40) | (<uint64_t>4 << 32)))
 
 
 cdef inline uint64_t address_hash(const uint8_t* addr, uint16_t port, uint8_t proto, uint8_t family) noexcept nogil:
@@ -52,6 +67,7 @@ cdef class Dealer(PacketFilter):
     cdef uint32_t slots                 # of each table: a power of two, at least twice the entries
     cdef uint8_t mask4[16]
     cdef uint8_t mask6[16]
+    cdef uint32_t mask4_raw             # mask4's IPv4 part, as its 4 bytes load
     cdef bint masked                    # some persistence netmask is shorter than the address
 
     def __init__(self, int workers, int me, endpoints, addresses, bytes mask4=b"\xff" * 16, bytes mask6=b"\xff" * 16):
@@ -73,6 +89,7 @@ cdef class Dealer(PacketFilter):
             self._add(self.addresses, family, address, 0, 0)
         memcpy(self.mask4, <const char*>mask4, 16)
         memcpy(self.mask6, <const char*>mask6, 16)
+        memcpy(&self.mask4_raw, self.mask4, 4)
         self.masked = mask4 != b"\xff" * 16 or mask6 != b"\xff" * 16
 
     def __dealloc__(self):
@@ -85,6 +102,8 @@ cdef class Dealer(PacketFilter):
         memset(&probe, 0, sizeof(Side))
         memcpy(probe.addr, <const char*>address, min(len(address), 16))
         probe.port, probe.proto, probe.family, probe.used = port, proto, family, 1
+        if family == 4 and any(address[4:16]):
+            raise ValueError("an IPv4 address is 4 bytes, padded with zeros")
         k = address_hash(probe.addr, probe.port, probe.proto, probe.family) & (self.slots - 1)
         while table[k].used:
             if self._same(&table[k], probe.addr, probe.port, probe.proto, probe.family):
@@ -105,7 +124,65 @@ cdef class Dealer(PacketFilter):
             k = (k + 1) & (self.slots - 1)
         return False
 
+    cdef inline bint _has_v4(self, uint32_t raw, uint16_t port, uint8_t proto) noexcept nogil:
+        """_has(endpoints, ...) for an IPv4 endpoint (the table pads IPv4 addresses with zeros)."""
+        cdef uint32_t k = v4_hash(raw, port, proto) & (self.slots - 1), have
+        cdef const Side* s
+        while self.endpoints[k].used:
+            s = &self.endpoints[k]
+            memcpy(&have, s.addr, 4)
+            if have == raw and s.port == port and s.proto == proto and s.family == 4:
+                return True
+            k = (k + 1) & (self.slots - 1)
+        return False
+
+    cdef inline int plain_ipv4(self, const uint8_t* p, uint32_t caplen, uint32_t origlen,
+                               uint16_t linktype) noexcept nogil:
+        """The owner of an untagged Ethernet IPv4 TCP or UDP packet, not a fragment, whose headers the
+        whole parse accepts (the checks are parse_packet's, in its order): read from the few bytes
+        that say who its client is, with no PacketInfo filled. NOT_PLAIN for any other frame."""
+        cdef uint32_t ihl, total, l4, end, wire_end, src, dst, client
+        cdef uint16_t sport
+        cdef uint8_t proto
+        if linktype != LINKTYPE_ETHERNET or caplen < ETH_HEADER_LEN + IP4_HEADER_LEN:
+            return NOT_PLAIN
+        if load16(p + 12) != ETHERTYPE_IPV4 or (p[ETH_HEADER_LEN] >> 4) != 4:
+            return NOT_PLAIN
+        ihl = (p[ETH_HEADER_LEN] & 0x0F) * 4
+        total = load16(p + ETH_HEADER_LEN + IP4_TOTAL_LEN)
+        wire_end = origlen if origlen > caplen else caplen
+        if (total == 0 or ihl < IP4_HEADER_LEN or caplen < ETH_HEADER_LEN + ihl or total < ihl
+                or ETH_HEADER_LEN + total > wire_end or load16(p + ETH_HEADER_LEN + IP4_FRAG) & 0x3FFF):
+            return NOT_PLAIN
+        l4, end = ETH_HEADER_LEN + ihl, ETH_HEADER_LEN + total
+        proto = p[ETH_HEADER_LEN + IP4_PROTO]
+        if proto == IPPROTO_TCP:
+            if (l4 + TCP_HEADER_LEN > end or l4 + TCP_HEADER_LEN > caplen
+                    or (p[l4 + TCP_DATA_OFFSET] >> 4) * 4 < TCP_HEADER_LEN or l4 + (p[l4 + TCP_DATA_OFFSET] >> 4) * 4 > end):
+                return NOT_PLAIN
+        elif proto == IPPROTO_UDP:
+            if (l4 + UDP_HEADER_LEN > end or l4 + UDP_HEADER_LEN > caplen or load16(p + l4 + UDP_LEN) < UDP_HEADER_LEN
+                    or l4 + load16(p + l4 + UDP_LEN) > end):
+                return NOT_PLAIN
+        else:
+            return NOT_PLAIN
+        memcpy(&src, p + ETH_HEADER_LEN + IP4_SRC, 4)
+        memcpy(&dst, p + ETH_HEADER_LEN + IP4_DST, 4)
+        sport = <uint16_t>load16(p + l4 + L4_SPORT)
+        client = dst if self._has_v4(src, sport, proto) else src
+        if self.masked:
+            client &= self.mask4_raw
+        return <int>(((v4_hash(client, 0, 0) >> 32) * <uint64_t>self.workers) >> 32)
+
     cdef int owner(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint16_t linktype) noexcept nogil:
+        cdef int plain = self.plain_ipv4(frame, caplen, origlen, linktype)
+        if plain != NOT_PLAIN:
+            return plain
+        return self.parsed_owner(frame, caplen, origlen, linktype)
+
+    cdef int parsed_owner(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint16_t linktype) noexcept nogil:
+        """The owner by the whole parse: any link type, VLAN tags, IPv6, fragments, ICMP errors (keyed by
+        the packet they quote), packets the switch passes or drops."""
         cdef PacketInfo info
         cdef int r = parse_packet(frame, caplen, origlen, linktype, &info)
         cdef const uint8_t* client
@@ -131,24 +208,31 @@ cdef class Dealer(PacketFilter):
     cdef bint keep(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint16_t linktype) noexcept nogil:
         return self.workers == 1 or self.owner(frame, caplen, origlen, linktype) == self.me
 
-    def owner_of(self, frame, int linktype=1):
-        """The worker of one frame (tests)."""
+    def owner_of(self, frame, int linktype=1, bint parsed=False):
+        """The worker of one frame (tests); `parsed`: by the whole parse, never the IPv4 fast path."""
         cdef const uint8_t[::1] view = bytes(frame) + b"\0"
+        if parsed:
+            return self.parsed_owner(&view[0], len(frame), len(frame), linktype)
         return self.owner(&view[0], len(frame), len(frame), linktype)
 
 
 def account(Batch batch, const uint64_t[::1] index, uint64_t first, const uint8_t[::1] records, bint pcapng,
-            uint32_t[::1] lengths):
+            uint32_t[::1] lengths, uint8_t[::1] owners, uint8_t me):
     """After a batch was processed and encoded (`records`: its written packets, in order): the bytes
-    each of its capture packets puts into the file, at lengths[capture index - first]. A packet the
-    switch made more of (a fragment, a held fragment it released) counts them; a dropped one, 0."""
+    each of its capture packets puts into the file, at lengths[capture index - first], and whose
+    records hold them (owners[...] = me). A packet the switch made more of (a fragment, a held
+    fragment it released) counts them; a dropped one, 0."""
     cdef Py_ssize_t j
-    cdef uint64_t pos = 0, size
+    cdef uint64_t pos = 0, size, at
     cdef uint32_t word
     cdef uint64_t total = records.shape[0]
     cdef const uint8_t* data = &records[0] if total else NULL
     for j in range(batch.n):
-        lengths[index[batch.source[j]] - first] = 0
+        at = index[batch.source[j]] - first
+        if at >= <uint64_t>lengths.shape[0] or at >= <uint64_t>owners.shape[0]:
+            raise ValueError("a packet outside the window")
+        lengths[at] = 0
+        owners[at] = me
     for j in range(batch.n):
         if batch.verdict[j] == V_DROP:
             continue
@@ -166,41 +250,44 @@ def account(Batch batch, const uint64_t[::1] index, uint64_t first, const uint8_
         raise ValueError("the records do not match the written packets")
 
 
-def window_bytes(const uint32_t[::1] lengths, Py_ssize_t count):
-    """Bytes all workers write for a window's first `count` capture packets."""
-    cdef Py_ssize_t i
-    cdef uint64_t total = 0
-    with nogil:
-        for i in range(count):
-            total += lengths[i]
-    return total
-
-
-def place(const uint32_t[::1] lengths, Py_ssize_t count, const uint64_t[::1] mine, uint64_t first,
-          const uint8_t[::1] records, uint8_t[::1] out, uint64_t at):
-    """Copy this worker's records of a window into `out` (the file mapped from the window's start less
-    `at`): each capture packet's bytes go after every earlier packet's, whoever wrote those."""
-    cdef Py_ssize_t i, m = 0, n = mine.shape[0]
-    cdef uint64_t offset = at, taken = 0, want = records.shape[0]
-    cdef uint64_t room = out.shape[0]
+def gather(const uint32_t[::1] lengths, const uint8_t[::1] owners, Py_ssize_t start, Py_ssize_t count,
+           list sources, uint64_t[::1] taken, uint8_t[::1] out):
+    """Copy the records of a window's capture packets start, start+1, ... into `out`, in capture order,
+    each from its owner's records (sources[owner], read from taken[owner] on, which advances), until
+    `out` is full or `count` is reached. Returns (the next packet, bytes filled); a record that does
+    not fit an empty `out` stops at once: (start, 0), for a bigger `out`."""
+    cdef Py_ssize_t n = len(sources), i = start, k
+    cdef const uint8_t* base[MAX_OWNERS]
+    cdef uint64_t limit[MAX_OWNERS]
+    cdef const uint8_t[::1] view
+    cdef uint64_t filled = 0, room = out.shape[0]
     cdef uint32_t size
+    cdef uint8_t owner
     cdef uint8_t* dst = &out[0] if room else NULL
-    cdef const uint8_t* src = &records[0] if want else NULL
+    cdef bint bad = False
+    if n > MAX_OWNERS or taken.shape[0] < n or count > lengths.shape[0] or count > owners.shape[0] or start < 0:
+        raise ValueError("gather: more sources than owners can name, or a window past its tables")
+    for k in range(n):
+        view = sources[k]
+        base[k] = &view[0] if view.shape[0] else NULL
+        limit[k] = view.shape[0]
     with nogil:
-        for i in range(count):
+        while i < count:
             size = lengths[i]
-            if m < n and mine[m] - first == <uint64_t>i:
-                m += 1
-                if size:
-                    if offset + size > room or taken + size > want:
-                        with gil:
-                            raise ValueError("a record falls outside the window")
-                    memcpy(dst + offset, src + taken, size)
-                    taken += size
-            offset += size
-    if m != n or taken != want:
-        raise ValueError("the window's records and capture indices disagree")
-    return offset - at
+            if size:
+                owner = owners[i]
+                if owner >= n or taken[owner] + size > limit[owner]:
+                    bad = True
+                    break
+                if filled + size > room:
+                    break
+                memcpy(dst + filled, base[owner] + taken[owner], size)
+                taken[owner] += size
+                filled += size
+            i += 1
+    if bad:
+        raise ValueError("a record past the end of its worker's records")
+    return i, filled
 
 
 def first_written(Batch batch, const uint64_t[::1] index):
