@@ -102,10 +102,10 @@ def simulate(
     finally:
         if writer is not None:
             writer.close()
-    return _outcome(config, workload, switch, clients, samples, last, cpu, output)
+    return _outcome(config, workload, switch, clients, samples, last, cpu, output, emulator.direct)
 
 
-def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, output) -> dict:
+def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, output, direct: int) -> dict:
     first = clients.first_ns
     span_ns = max(1, last - first)
     times_by_real: dict[int, list[int]] = {}
@@ -163,7 +163,7 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
         "failures": clients.failures(),
         **late,
         "syn_retransmits": clients.syn_retransmits,
-        "packets": {"clients": clients.packets, "answers": switch_answers(switch, clients)},
+        "packets": {"clients": clients.packets, "answers": switch_answers(switch) + direct},
         "reals": reals,
         "queue_over_time": _queue_series(samples, first, series_reals, switch),
         "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
@@ -171,8 +171,9 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
     }
 
 
-def switch_answers(switch, clients) -> int:
-    """Packets the emulated reals sent (what the switch counted as their replies)."""
+def switch_answers(switch) -> int:
+    """Packets the emulated reals sent through the switch (what it counted as their replies; dr and tun
+    reals answer past it)."""
     return sum(r["out_pkts"] for r in switch.real_counters())
 
 
