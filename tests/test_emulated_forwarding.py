@@ -10,12 +10,15 @@ import json
 import subprocess
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scapy.all import GRE, IP, TCP, UDP, Ether, IPv6, raw, rdpcap, wrpcap
 
 from conftest import PCAPS, needs_tshark, run_cli
 from l4emu import config as configmod
 from l4emu import schedulers
 from l4emu.simulate import simulate
+from l4emu.testing._drivers import tunnel_inner
 from l4emu.workload import from_config
 
 VIP4, VIP6 = "10.0.0.100", "2001:db8::100"
@@ -241,3 +244,30 @@ def test_simulate_serves_through_dr_and_tun_as_through_masq(tmp_path, method):
     for key in ("requests", "answered", "failed_requests", "mean_ms", "p99_ms"):
         assert other[key] == masq[key], key
     assert other["packets"] == masq["packets"]         # the answers counted past the switch too
+
+
+INNER4 = raw(IP(src="172.16.0.1", dst=VIP4) / TCP(sport=1234, dport=80))
+INNER6 = raw(IPv6(src="2001:db8:ff::1", dst=VIP6) / TCP(sport=1234, dport=80))
+
+
+@pytest.mark.parametrize("outer, inner, at", [
+    (IP(src=SOURCE4, dst="10.1.0.1", proto=4), INNER4, 20),
+    (IPv6(src=SOURCE6, dst="2001:db8:1::1", nh=41), INNER6, 40),
+    (IP(src=SOURCE4, dst="10.1.0.1") / GRE(proto=0x0800), INNER4, 24),
+    (IP(src=SOURCE4, dst="10.1.0.1") / GRE(proto=0x0800, chksum_present=1, key_present=1, seqnum_present=1,
+                                            key=7, sequence_number=9), INNER4, 36),
+    (IP(src=SOURCE4, dst="10.1.0.1") / UDP(sport=40000, dport=GUE_PORT) / bytes([0, 4, 0, 0]), INNER4, 32),
+    (IP(src=SOURCE4, dst="10.1.0.1") / UDP(sport=40000, dport=GUE_PORT) / bytes([2, 4, 0, 0]) / bytes(8),
+     INNER4, 40),                                                   # GUE with two words of options
+    (IP(src=SOURCE4, dst="10.1.0.1") / UDP(sport=40000, dport=GUE_PORT), INNER6, 28),  # Katran: variant 1
+])
+def test_a_tun_real_finds_the_inner_packet(outer, inner, at):
+    packet = raw(outer / inner)
+    assert tunnel_inner(packet) == at and packet[at:] == inner
+    assert tunnel_inner(packet[:at + 19]) == 0                  # cut inside the inner header: not taken apart
+
+
+@given(st.binary(max_size=120))
+def test_any_bytes_give_an_offset_inside_them_or_none(data):
+    at = tunnel_inner(data)
+    assert at == 0 or (20 <= at and at + 20 <= len(data) and data[at] >> 4 in (4, 6))

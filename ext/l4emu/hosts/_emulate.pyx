@@ -420,8 +420,8 @@ cdef class Loop:
         self.last_ts = ts
         if v == V_DROP:
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
-        elif v == V_ICMP:                       # the switch answered the sender with an ICMP error
-            self.emit(1 if from_host else 0, self.cur, n, origlen, ts, iface, linktype, v, d)
+        elif v == V_ICMP:                       # dropped, and the switch answered the sender with an ICMP error
+            self.emit(1 if from_host else 0, self.cur, n, origlen, ts, iface, linktype, V_DROP, d)
             self.emit(1 if from_host else 0, after, m, morig, ts, iface, linktype, v, d)
             if not from_host and self.clients is not None:
                 self.clients.receive(after, m, linktype, ts)
