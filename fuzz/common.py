@@ -471,13 +471,63 @@ protocol = "udp"
 """), schedulers.catalog())
 
 
-def run_hosts(data: bytes) -> Switch:
+# The same hosts' kinds behind every forwarding method: dr and tun reals own the VIP (and take the
+# packet out of its tunnel) and answer past the switch, full-NAT ones answer the local address.
+METHODS_CONFIG = configmod.from_dict(tomllib.loads("""
+[[service]]
+vip = "10.0.0.100:80"
+source_address = "10.0.0.1"
+local_addresses = ["10.0.0.200"]
+  [[service.real]]
+  address = "10.1.0.1:80"
+  emulated = true
+  forward = "dr"
+  mac = "02:00:00:00:01:01"
+  [[service.real]]
+  address = "10.1.0.2:80"
+  emulated = true
+  app = "echo"
+  forward = "tun"
+  tun_type = "gue"
+  tun_port = 6080
+  [[service.real]]
+  address = "10.1.0.3:80"
+  emulated = true
+  forward = "tun"
+  tun_type = "gre"
+  tun_flags = "csum"
+  [[service.real]]
+  address = "10.1.0.4:8080"
+  emulated = true
+  backlog = 2
+  forward = "fullnat"
+[[service]]
+vip = "10.0.0.100:53"
+protocol = "udp"
+source_address = "10.0.0.1"
+  [[service.real]]
+  address = "10.1.0.11:53"
+  emulated = true
+  app = "echo"
+  forward = "tun"
+  encap = "katran"
+[[service]]
+vip = "[2001:db8::100]:80"
+source_address = "2001:db8::1"
+  [[service.real]]
+  address = "[2001:db8:1::1]:80"
+  emulated = true
+  forward = "tun"
+"""), schedulers.catalog())
+
+
+def run_hosts(data: bytes, config=HOSTS_CONFIG) -> Switch:
     """The hosts harness's body: the datapath harness's frames, each from its own exactly-sized Batch,
     through the emulate loop (re-stamping on) to emulated hosts, both views kept; the clocks then run
     past every timer. Then check_invariants, and the hosts' own: every numbered socket holds one
     distinct handle, and a host counts exactly those in use."""
     linktype, frames, stamps = decode(data)
-    switch = Switch(HOSTS_CONFIG, seed=1)
+    switch = Switch(config, seed=1)
     written = []
     emulator = Emulator(switch, BatchSink(lambda b: written.append(len(b))), BatchSink(lambda b: None))
     for frame, stamp in zip(frames, stamps):
@@ -540,6 +590,7 @@ HARNESSES = {
     "pcap": run_capture,
     "tun": run_tun,
     "hosts": run_hosts,
+    "methods": lambda data: run_hosts(data, METHODS_CONFIG),
     "forward": run_forward,
     "shard": run_shard,
     "gslb": run_gslb,

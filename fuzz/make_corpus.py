@@ -1,5 +1,5 @@
-"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun,hosts,forward,shard,gslb}/ (git-ignored;
-fuzz/run.sh calls this).
+"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun,hosts,methods,forward,shard,gslb}/
+(git-ignored; fuzz/run.sh calls this).
 
 datapath seeds: every frame of pcaps/*.pcap* alone, runs of consecutive frames (handshakes, data,
 replies and closes of interleaved flows, so that a seed walks the state machine), and every frame
@@ -186,6 +186,7 @@ if __name__ == "__main__":
     print(f"make_corpus: {write(base / 'datapath', datapath_seeds())} datapath seeds, "
           f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds, "
           f"{write(base / 'hosts', hosts_seeds())} hosts seeds, "
+          f"{write(base / 'methods', hosts_seeds())} methods seeds, "
           f"{write(base / 'forward', forward_seeds())} forward seeds, "
           f"{write(base / 'shard', pcap_seeds())} shard seeds, "
           f"{write(base / 'gslb', gslb_seeds())} gslb seeds in {base}")

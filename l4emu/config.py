@@ -380,8 +380,6 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
     if thresholds[1] and thresholds[1] > thresholds[0]:
         raise ConfigError(f"{key}.lower_threshold", f"{thresholds[1]} is above upper_threshold {thresholds[0]}")
     emulation = _emulation(raw, key, protocol)
-    if emulation["emulated"] and forwarding["forward"] != "masq":
-        raise ConfigError(f"{key}.forward", "an emulated real takes masq only, for now (docs/forwarding.md)")
     check = None
     if "check" in raw:
         check = checks.parse(raw["check"], f"{key}.check", protocol, ConfigError, _typed, _take)
@@ -511,14 +509,27 @@ def _emulation(raw: dict, key: str, protocol: str) -> dict:
 
 
 def _check_emulated_neighbours(services: Sequence[Service], reals: list[tuple[int, int, Real]]) -> None:
-    """With emulated reals the switch runs one packet at a time between their answers (the emulate loop),
-    where there is no batch to build extra packets in: tunnels, rewritten MACs, full-NAT and held or
-    rebuilt fragments need one. So, for now, such a config forwards every real by masq and drops fragments."""
+    """With emulated reals the switch runs one packet at a time between their answers (the emulate loop):
+    every forwarding method works there; held or rebuilt fragments do not yet, so services drop them.
+    A dr or tun host owns its service's VIP and answers from it: one socket, one VIP, one family."""
+    owner: dict[tuple, tuple[str, str]] = {}
     for i, k, real in reals:
-        if real.forward != "masq":
+        key, svc = f"service[{i}].real[{k}]", services[i]
+        if not real.emulated:
+            continue
+        if real.forward == "tun" and real.address.version != svc.vip.version:
             raise ConfigError(
-                f"service[{i}].real[{k}].forward",
-                f"{real.forward} runs without emulated reals in the config, for now (docs/forwarding.md)",
+                f"{key}.address",
+                f"an emulated tun real decapsulates IPv{svc.vip.version} in IPv{svc.vip.version} only: "
+                f"{real.address} is IPv{real.address.version}",
+            )
+        answers_from = str(svc.vip) if real.forward in ("dr", "tun") else real.address.compressed
+        first = owner.setdefault((svc.protocol, real.endpoint), (answers_from, key))
+        if first[0] != answers_from:
+            raise ConfigError(
+                f"{key}.forward",
+                f"{svc.protocol.upper()} {real.endpoint} answers from {first[0]} for {first[1]}: "
+                f"one emulated socket answers from one address ({real.forward} answers from {answers_from})",
             )
     for i, svc in enumerate(services):
         if svc.fragments != "drop":

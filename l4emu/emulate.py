@@ -91,6 +91,11 @@ class Emulator:
         return self.loop.answers
 
     @property
+    def direct(self) -> int:
+        """Answers of dr and tun reals: from the VIP straight to the client, past the switch."""
+        return self.loop.direct
+
+    @property
     def superseded(self) -> int:
         """Captured packets from an emulated host's address (or a superseded front): the host speaks for it."""
         return self.loop.superseded

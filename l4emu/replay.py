@@ -116,7 +116,9 @@ def replay(
     if emulator is not None:
         summary["emulated"] = emulated_summary(switch, writers[1])
         summary["emulated"]["superseded"] = emulator.superseded
-        summary["emulated"]["answers"] = emulator.answers  # they went through the switch too
+        summary["emulated"]["answers"] = emulator.answers  # those of masq and fullnat reals went through the switch too
+        if emulator.direct:  # ... those of dr and tun reals past it (named only then: masq summaries stay as they were)
+            summary["emulated"]["direct"] = emulator.direct
     if checks is not None:
         summary["health"] = checks.summary()
     return summary

@@ -115,15 +115,15 @@ def simulate(
         if writer is not None:
             writer.close()
     if len(parts) == 1:
-        result = _outcome(config, workload, switch, crowds[0], samples, last, cpu, output)
+        result = _outcome(config, workload, switch, crowds[0], samples, last, cpu, output, emulator.direct)
     else:
-        result = _mixed_outcome(config, workload, switch, crowds, samples, last, cpu, output)
+        result = _mixed_outcome(config, workload, switch, crowds, samples, last, cpu, output, emulator.direct)
     if checks:
         result["health"] = checks.summary()
     return result
 
 
-def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, output) -> dict:
+def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, output, direct: int) -> dict:
     first = clients.first_ns
     span_ns = max(1, last - first)
     udp = workload.protocol == "udp"
@@ -146,7 +146,7 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
         "failures": clients.failures(),
         **late,
         "syn_retransmits": clients.syn_retransmits,
-        "packets": {"clients": clients.packets, "answers": switch_answers(switch, clients)},
+        "packets": {"clients": clients.packets, "answers": switch_answers(switch) + direct},
         "reals": reals,
         "queue_over_time": _queue_series(samples, first, series_reals, switch),
         "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
@@ -154,7 +154,7 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
     }
 
 
-def _mixed_outcome(config, workload, switch, crowds, samples, last: int, cpu: float, output) -> dict:
+def _mixed_outcome(config, workload, switch, crowds, samples, last: int, cpu: float, output, direct: int) -> dict:
     """A mixed workload's outcome: the whole (every request of either protocol), each protocol's clients
     apart (by_protocol), and every real of either protocol's services."""
     first = min(c.first_ns for c in crowds if c.packets) if any(c.packets for c in crowds) else 0
@@ -192,7 +192,7 @@ def _mixed_outcome(config, workload, switch, crowds, samples, last: int, cpu: fl
         "failures": {**tcp["failures"], **udp["failures"]},
         "late_answers": udp["late_answers"],
         "syn_retransmits": crowds[0].syn_retransmits,
-        "packets": {"clients": tcp["packets"] + udp["packets"], "answers": switch_answers(switch, None)},
+        "packets": {"clients": tcp["packets"] + udp["packets"], "answers": switch_answers(switch) + direct},
         "by_protocol": by_protocol,
         "reals": reals,
         "queue_over_time": _queue_series(samples, first, [r["real"] for r in reals], switch),
@@ -244,8 +244,9 @@ def _reals(switch, protocol: str, response_times: list[tuple[int, int]], span_ns
     return reals
 
 
-def switch_answers(switch, clients) -> int:
-    """Packets the emulated reals sent (what the switch counted as their replies)."""
+def switch_answers(switch) -> int:
+    """Packets the emulated reals sent through the switch (what it counted as their replies; dr and tun
+    reals answer past it)."""
     return sum(r["out_pkts"] for r in switch.real_counters())
 
 

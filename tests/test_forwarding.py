@@ -567,19 +567,46 @@ def test_a_service_of_emulated_reals_keeps_dropping_fragments():
     assert caught.value.key == "service[0].fragments"
 
 
-@pytest.mark.parametrize("other", [{"forward": "tun"}, {"forward": "dr", "mac": "02:00:00:00:00:09"},
-                                   {"fragments": "track"}, {"fragments": "reassemble"}])
-def test_a_config_with_emulated_reals_keeps_its_other_services_on_masq_without_fragments(other):
-    """The emulate loop runs the switch one packet at a time, with no batch to build in: a tunnel or dr real,
-    or fragments held or rebuilt, in another service of such a config crashed it or lost packets."""
-    real = {"address": "10.1.0.11:53", **{k: v for k, v in other.items() if k != "fragments"}}
-    neighbour = {"vip": "10.0.0.100:53", "protocol": "udp", "real": [real],
-                 **({"fragments": other["fragments"]} if "fragments" in other else {})}
+@pytest.mark.parametrize("other", [{"fragments": "track"}, {"fragments": "reassemble"}])
+def test_a_config_with_emulated_reals_keeps_its_other_services_dropping_fragments(other):
+    """The emulate loop does not hold or rebuild fragments yet: a fragment policy in another service of
+    such a config lost packets."""
+    neighbour = {"vip": "10.0.0.100:53", "protocol": "udp", "real": [{"address": "10.1.0.11:53"}], **other}
     doc = {"service": [{"vip": "10.0.0.100:80", "real": [{"address": "10.1.0.1:8080", "emulated": True}]},
                        neighbour]}
     with pytest.raises(ConfigError, match="runs without emulated reals in the config") as caught:
         configmod.from_dict(doc, {"rr"})
-    assert caught.value.key == ("service[1].fragments" if "fragments" in other else "service[1].real[0].forward")
+    assert caught.value.key == "service[1].fragments"
+
+
+@pytest.mark.parametrize("other", [{"forward": "tun"}, {"forward": "dr", "mac": "02:00:00:00:00:09"},
+                                   {"forward": "fullnat"}])
+def test_a_config_with_emulated_reals_takes_every_forwarding_method_beside_them(other):
+    """The emulate loop gives the switch a batch to build in: tunnels, dr and full-NAT beside emulated reals."""
+    neighbour = {"vip": "10.0.0.100:53", "protocol": "udp", "source_address": "10.0.0.1",
+                 "real": [{"address": "10.1.0.11:53", **other}],
+                 **({"local_addresses": ["10.0.0.200"]} if other["forward"] == "fullnat" else {})}
+    doc = {"service": [{"vip": "10.0.0.100:80", "real": [{"address": "10.1.0.1:8080", "emulated": True}]},
+                       neighbour]}
+    configmod.from_dict(doc, {"rr"})
+
+
+def test_an_emulated_socket_answers_from_one_address():
+    """A dr real answers from its service's VIP: the same socket cannot also answer another VIP, or as masq."""
+    real = {"address": "10.1.0.1:80", "emulated": True}
+    doc = {"service": [{"vip": "10.0.0.100:80", "real": [{**real, "forward": "dr", "mac": "02:00:00:00:00:09"}]},
+                       {"vip": "10.0.0.101:80", "real": [real]}]}
+    with pytest.raises(ConfigError, match="one emulated socket answers from one address") as caught:
+        configmod.from_dict(doc, {"rr"})
+    assert caught.value.key == "service[1].real[0].forward"
+
+
+def test_an_emulated_tun_real_is_of_the_vips_family():
+    doc = {"service": [{"vip": "10.0.0.100:80", "source_address": ["10.0.0.1", "2001:db8::1"],
+                        "real": [{"address": "[2001:db8:1::1]:80", "emulated": True, "forward": "tun"}]}]}
+    with pytest.raises(ConfigError, match="decapsulates IPv4 in IPv4 only") as caught:
+        configmod.from_dict(doc, {"rr"})
+    assert caught.value.key == "service[0].real[0].address"
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -10,6 +10,7 @@ REPLY_GAP: int
 class Loop:
     last_ts: int
     answers: int
+    direct: int
     superseded: int
     def __init__(
         self,

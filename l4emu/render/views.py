@@ -125,10 +125,12 @@ def _service_flags(svc: dict) -> str:
 def summary_text(summary: dict) -> str:
     """The replay summary for people: what went in, what came out, where flows went, how fast."""
     dropped = summary["dropped"]
-    answers = (summary.get("emulated") or {}).get("answers", 0)  # they went through the switch too
+    emulated = summary.get("emulated") or {}
+    answers = emulated.get("answers", 0)
+    through = answers - emulated.get("direct", 0)  # dr and tun reals answer past the switch
     lines = [
         f"capture      {summary['capture']}" + (f" -> {summary['output']}" if summary["output"] else ""),
-        f"packets      {summary['packets'] - answers:,} read"
+        f"packets      {summary['packets'] - through:,} read"
         + (f" (+{answers:,} answers from emulated reals)" if summary.get("emulated") else "")
         + ", "
         + (f"{summary['written']:,} written" if summary["output"] else "no output file (-o)"),

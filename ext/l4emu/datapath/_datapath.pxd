@@ -45,12 +45,9 @@ cdef class Datapath:
     cdef uint64_t drops[N_DROP_REASONS]
     cdef uint64_t passes[N_PASS_REASONS]
 
-    cdef int process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype, uint64_t ts,
-                         PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef int hash_ahead(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
                         PacketInfo* info, uint64_t* h) noexcept nogil
-    cdef void process_parsed(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
-                             uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef int process_slot(self, Batch b, PacketInfo* info, int parsed, uint64_t h) noexcept
     cdef void prefetch_record(self, uint64_t h) noexcept nogil
     cdef int classify(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
                       PacketInfo* info) noexcept nogil

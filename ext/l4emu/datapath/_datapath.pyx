@@ -489,23 +489,10 @@ cdef class Datapath:
         self.cur = None                             # the batch is the caller's again
         return stop + self.inserted
 
-    cdef int process_one(self, uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype, uint64_t ts,
-                         PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil:
-        """One packet, as process() does it in a batch of one: the emulated hosts' loop, which must
-        interleave the hosts' answers with the clients' packets in their exact order. Returns the
-        parse's outcome (PARSED: `info` holds the offsets, valid after the rewrite too)."""
-        cdef uint64_t h = 0
-        cdef int parsed = self.classify(p, caplen, origlen, linktype, info)
-        if parsed == PARSED:
-            h = key_hash(self.table, &info.key)
-        self.started = True
-        self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
-        return parsed
-
     cdef int hash_ahead(self, const uint8_t* p, uint32_t caplen, uint32_t origlen, uint16_t linktype,
                         PacketInfo* info, uint64_t* h) noexcept nogil:
         """A packet coming soon (packet-at-a-time callers read ahead as process() does in its windows):
-        its parse and key hash, for process_parsed, with the index slot prefetched."""
+        its parse and key hash, for process_slot, with the index slot prefetched."""
         cdef int parsed = self.classify(p, caplen, origlen, linktype, info)
         h[0] = 0
         if parsed == PARSED:
@@ -513,11 +500,23 @@ cdef class Datapath:
             prefetch_slot(self.table, h[0])
         return parsed
 
-    cdef void process_parsed(self, uint8_t* p, PacketInfo* info, int parsed, uint64_t h, uint64_t ts,
-                             uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
-        """A packet hash_ahead read (its bytes may have changed since, never its headers' layout or key)."""
+    cdef int process_slot(self, Batch b, PacketInfo* info, int parsed, uint64_t h) noexcept:
+        """Packet 0 of a batch holding one (the emulated hosts' loop), as process() handles it: the
+        forwarding methods that build (tunnels, TOA, ICMP errors, fragments) build in that batch, which
+        then holds what the switch sent (packet 0 and any `more` after it). `info`/`parsed`/`h`: its
+        parse and hash (hash_ahead, or parsed = -1: parse it here). Returns the parse's outcome."""
+        if parsed < 0:
+            parsed = self.classify(b.data + b.offset[0], b.caplen[0], b.origlen[0], b.linktype[0], info)
+            h = key_hash(self.table, &info.key) if parsed == PARSED else 0
         self.started = True
-        self.handle(p, info, parsed, h, ts, origlen, verdict, detail)
+        self.cur = b
+        self.cur_i = 0
+        self.inserted = 0
+        self.handle(b.data + b.offset[0], info, parsed, h, b.ts_ns[0], b.origlen[0], &b.verdict[0], &b.detail[0])
+        if info.fragment and parsed == PARSED:     # track: a first fragment went through
+            self.first_fragment_done(info)
+        self.cur = None
+        return parsed
 
     cdef void prefetch_record(self, uint64_t h) noexcept nogil:
         """The flow record the slot of a hash from hash_ahead names (after the slot has arrived)."""
@@ -705,7 +704,7 @@ cdef class Datapath:
                     self.table.remove(idx, R_NODEST)
                     self.new_flow(p, info, -1, ev, h, origlen, verdict, detail)
                     # a batch's arrays may have moved (fragments inserted); one packet's verdict has not
-                    if (self.cur.verdict[self.cur_i] if self.cur is not None else verdict[0]) == V_NEW:
+                    if self.cur.verdict[self.cur_i] == V_NEW:
                         self.rescheduled += 1
                     else:
                         self.broken += 1
@@ -1117,9 +1116,6 @@ cdef class Datapath:
         cdef uint8_t* q
         cdef uint8_t v
         cdef Real* real
-        if self.cur is None:                        # one packet at a time (the emulated hosts): no room to build in
-            self.finish(verdict, detail, V_DROP, D_FRAGMENT)
-            return
         r = self.reasm.add(p, info, self.cur.linktype[i], self.clock_ns)
         if r == RQ_QUEUED:
             verdict[0] = V_DROP                     # nothing to write now: it leaves within its datagram
@@ -1455,7 +1451,7 @@ cdef class Datapath:
         if ttl_left(p, info.l3, info.key.family):
             decrement_ttl(p, info.l3, info.key.family)
             return True
-        if info.icmp_error or self.cur is None:     # never an error about an error; no batch to write one in
+        if info.icmp_error:                         # never an error about an error
             self.finish(verdict, detail, V_DROP, D_TTL_EXCEEDED)
         else:
             self.icmp_back(p, info, s, D_TTL_EXCEEDED, 0, verdict, detail)
@@ -1487,13 +1483,10 @@ cdef class Datapath:
         cdef bint split = False
         if ip_len > s.mtu and not info.len_from_capture:
             if fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)):
-                if info.end > info.caplen or (p[l3] & 0x0F) * 4 != IP4_HEADER_LEN or self.cur is None:
+                if info.end > info.caplen or (p[l3] & 0x0F) * 4 != IP4_HEADER_LEN:
                     self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)     # what l4emu does not fragment
                     return
                 split = True
-            elif self.cur is None:
-                self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)
-                return
             else:
                 self.icmp_back(p, info, s, D_TOO_BIG, max(s.mtu, <uint32_t>IPV6_MIN_MTU) if fam == 6 else s.mtu,
                                verdict, detail)
@@ -1511,11 +1504,8 @@ cdef class Datapath:
                 self.insert_toa(p, info, f, s)
         if split and self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False) < 0:
             v = V_DROP
-        if self.cur is not None:                    # the batch's arrays may have moved (fragments)
-            self.finish(&self.cur.verdict[self.cur_i], &self.cur.detail[self.cur_i], v,
-                        D_NO_MEMORY if v == V_DROP else real - self.t.reals)
-        else:
-            self.finish(verdict, detail, v, real - self.t.reals)
+        self.finish(&self.cur.verdict[self.cur_i], &self.cur.detail[self.cur_i], v,   # the arrays may have moved
+                    D_NO_MEMORY if v == V_DROP else real - self.t.reals)
 
     cdef bint insert_toa(self, uint8_t* p, PacketInfo* info, Flow* f, Service* s) noexcept nogil:
         """DPVS tcp_in_add_toa: TOA right after the fixed TCP header, the options and data moved down
@@ -1527,7 +1517,7 @@ cdef class Datapath:
         cdef uint32_t kept = info.end if info.end < info.caplen else info.caplen
         cdef uint64_t old
         cdef uint8_t* q
-        if ((p[info.l4 + TCP_DATA_OFFSET] >> 4) * 4 + n > TCP_MAX_HEADER_LEN or self.cur is None
+        if ((p[info.l4 + TCP_DATA_OFFSET] >> 4) * 4 + n > TCP_MAX_HEADER_LEN
                 or (info.key.family == 4 and info.end - info.l3 + n > 0xFFFF)):
             self.toa_no_room += 1                   # DPVS: EDPVS_NOROOM, sent on without it
             return False

@@ -7,28 +7,36 @@ datapath (reply path, SNAT) at the triggering packet's time plus 1 us per answer
 clock. Two views are appended to output Batches handed to sinks a batch at a time: `outside` is what
 the clients see (their packets as they arrive, re-stamped; answers after SNAT), `inside` what the
 real servers see (after DNAT; answers before SNAT). Verdict and detail stay with each packet.
+
+Each packet goes through the switch in a batch of its own (`step`), where the forwarding methods that
+build (tunnels, TOA, ICMP errors, fragments) have room. A real under `dr` or `tun` owns its service's
+VIP: it takes the packet (out of the tunnel) as addressed to itself, and its answers leave from the
+VIP straight to the client, past the switch (verdict `pass`: the switch never saw them).
 """
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, UINT64_MAX
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
-from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER
+from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP
 from l4emu.datapath._datapath cimport Datapath
-from l4emu.datapath._types cimport PacketInfo
+from l4emu.datapath._types cimport PacketInfo, Real, FWD_DR, FWD_TUN
 from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
-from l4emu.hosts._engine cimport Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE
+from l4emu.hosts._engine cimport (Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE, PROTO_KEY_TCP,
+                                  PROTO_KEY_UDP)
+from l4emu.hosts._decap cimport inner_offset, answer_from
 from l4emu.clients._clients cimport Clients
 from l4emu.clients._gen cimport MAX_FRAME
 from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_add_hashed, slab_remove, rec, key_hash32,
                                  slab_bytes, prefetch_slot, prefetch_record, slab_find_hashed)
-from l4emu.datapath._headers cimport PARSED
+from l4emu.datapath._headers cimport PARSED, parse_packet
 
 
 cdef enum:
     REPLY_GAP_NS = 1000         # between the answers to one packet (and after the accept that made them)
     SCRATCH_BYTES = 1 << 16
+    STEP_SLOTS = 4              # the step batch: a packet and the fragments the switch may cut it into
     TCPOPT_EOL = 0
     TCPOPT_NOP = 1
     TCPOPT_SACK = 5
@@ -98,13 +106,18 @@ cdef class Loop:
     cdef bint restamp
     cdef Slab stamps
     cdef uint8_t* cur               # the packet going through now, as it came
-    cdef uint8_t* after             # ... and as the datapath left it
+    cdef Batch step                 # ... and what the switch sent for it (packet 0, fragments after it)
+    cdef uint8_t* after             # a tunnel packet's inner packet, as the real takes it out
+    cdef int32_t* direct_tcp        # per listener / UDP socket: the dr or tun real whose VIP it answers
+    cdef int32_t* direct_udp        # from, past the switch (-1: none)
+    cdef bint any_direct
     cdef uint32_t scratch
     cdef Front* fronts
     cdef uint32_t n_fronts
     cdef int depth
     cdef readonly uint64_t last_ts
     cdef readonly uint64_t answers
+    cdef readonly uint64_t direct           # ... of them sent by dr and tun reals straight to the client
     cdef readonly uint64_t superseded
     cdef Clients clients            # simulate: the emulated clients the answers go to (None: replay)
     cdef uint32_t client_slot       # ... and the connection of the client packet going through now
@@ -133,11 +146,42 @@ cdef class Loop:
             self.fronts[k].port, self.fronts[k].proto = port, proto
             self.fronts[k].family = 4 if len(address) == 4 else 6
         self.n_fronts = len(fronts)
+        self.step = Batch(STEP_SLOTS, SCRATCH_BYTES)
+        self._direct_sockets()
+
+    cdef int _direct_sockets(self) except -1:
+        """Which sockets belong to reals under dr or tun: theirs answer from the VIP, past the switch."""
+        cdef uint32_t r
+        cdef int h, k
+        cdef Real* real
+        self.direct_tcp = <int32_t*>realloc(NULL, max(self.hosts.n_listeners, 1) * sizeof(int32_t))
+        self.direct_udp = <int32_t*>realloc(NULL, max(self.hosts.n_udps, 1) * sizeof(int32_t))
+        if self.direct_tcp == NULL or self.direct_udp == NULL:
+            raise MemoryError()
+        memset(self.direct_tcp, 0xFF, max(self.hosts.n_listeners, 1) * sizeof(int32_t))
+        memset(self.direct_udp, 0xFF, max(self.hosts.n_udps, 1) * sizeof(int32_t))
+        for r in range(self.hosts.n_reals):
+            h = self.real_host(r)
+            real = &self.dp.t.reals[r]
+            if h < 0 or not (real.forward == FWD_DR or real.forward == FWD_TUN):
+                continue
+            if self.dp.t.services[real.service].proto == IPPROTO_TCP:
+                k = self.hosts.socket_of(h, real.port, PROTO_KEY_TCP)
+                if k >= 0:
+                    self.direct_tcp[k] = r
+            else:
+                k = self.hosts.socket_of(h, real.port, PROTO_KEY_UDP)
+                if k >= 0:
+                    self.direct_udp[k] = r
+            self.any_direct = True
+        return 0
 
     def __dealloc__(self):
         free(self.cur)
         free(self.after)
         free(self.fronts)
+        free(self.direct_tcp)
+        free(self.direct_udp)
         slab_free(&self.stamps)
 
     cdef int _room(self, uint32_t n) noexcept:
@@ -218,16 +262,17 @@ cdef class Loop:
         packets are marked dropped, so they are not sent on) and let the hosts answer; returns how many."""
         cdef Py_ssize_t i
         cdef int h
+        cdef int32_t d
         cdef uint8_t v
         cdef uint8_t* p
         cdef PacketInfo info
         cdef Seg seg
         cdef int taken = 0
         for i in range(batch.n):
-            v = batch.verdict[i]
+            v, d = batch.verdict[i], batch.detail[i]
             p = batch.data + batch.offset[i]
             if v == V_NEW or v == V_FORWARD:
-                h = self.real_host(batch.detail[i])
+                h = self.real_host(d)
             elif v == V_PASS and read_segment(p, batch.caplen[i], batch.linktype[i], &info, &seg):
                 h = self.hosts.host_of(seg.dst, seg.family)
             else:
@@ -238,7 +283,14 @@ cdef class Loop:
             batch.detail[i] = 0
             if batch.ts_ns[i] > self.last_ts:
                 self.last_ts = batch.ts_ns[i]
-            self.deliver(h, p, batch.caplen[i], batch.ts_ns[i], batch.iface[i], batch.linktype[i], NULL, NULL, 0)
+            if v == V_NEW or v == V_FORWARD:        # as the method sent it (a tunnel, the VIP as its own)
+                parse_packet(p, batch.caplen[i], batch.caplen[i], batch.linktype[i], &info)    # its link header
+                if self._room(batch.caplen[i]) < 0:
+                    continue
+                self.to_real(h, d, p, batch.caplen[i], batch.caplen[i], batch.caplen[i], -1, &info, batch.ts_ns[i],
+                             batch.iface[i], batch.linktype[i], NULL)
+            else:
+                self.deliver(h, p, batch.caplen[i], batch.ts_ns[i], batch.iface[i], batch.linktype[i], NULL, NULL, 0)
             self.hosts.prune_peers()
             taken += 1
         return taken
@@ -363,39 +415,51 @@ cdef class Loop:
         (`ahead`: its parse, read ahead)."""
         cdef uint8_t v = 0
         cdef int32_t d = 0
-        cdef int h, parsed
+        cdef int h, parsed = -1
+        cdef uint64_t hash = 0
         cdef PacketInfo info
         cdef Seg seg
         cdef bint readable
-        memcpy(self.after, self.cur, n)
+        cdef Batch b = self.step
+        cdef uint8_t* after
+        cdef uint32_t m, morig
+        cdef Py_ssize_t k
+        b.clear()
+        if b.push(self.cur, n, origlen, ts, iface, linktype) != 0:
+            return 0
         if ahead != NULL:
-            info, parsed = ahead.info, ahead.parsed
-            self.dp.process_parsed(self.after, &info, parsed, ahead.h, ts, origlen, &v, &d)
-        else:
-            parsed = self.dp.process_one(self.after, n, origlen, linktype, ts, &info, &v, &d)
+            info, parsed, hash = ahead.info, ahead.parsed, ahead.h
+        parsed = self.dp.process_slot(b, &info, parsed, hash)
+        v, d = b.verdict[0], b.detail[0]
+        after, m, morig = b.data + b.offset[0], b.caplen[0], b.origlen[0]
         if ts < self.last_ts:
             ts = self.last_ts                   # what is written never goes back in time
         self.last_ts = ts
         if v == V_DROP:
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
-        elif v == V_NEW or v == V_FORWARD:      # client -> real, DNAT
+        elif v == V_ICMP:                       # dropped, and the switch answered the sender with an ICMP error
+            self.emit(1 if from_host else 0, self.cur, n, origlen, ts, iface, linktype, V_DROP, d)
+            self.emit(1 if from_host else 0, after, m, morig, ts, iface, linktype, v, d)
+            if not from_host and self.clients is not None:
+                self.clients.receive(after, m, linktype, ts)
+        elif v == V_NEW or v == V_FORWARD:      # client -> real: DNAT, a new MAC or a tunnel
             if v == V_NEW and self.clients is not None and not from_host:
                 self.clients.note_real(self.client_slot, d)
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
-            self.emit(1, self.after, n, origlen, ts, iface, linktype, v, d)
+            for k in range(b.n):
+                self.emit(1, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype, b.verdict[k], d)
             h = self.real_host(d)
             if h >= 0:
-                readable = segment_after(self.after, n, origlen, parsed, &info, &seg)
-                self.deliver(h, self.after, n, ts, iface, linktype, &seg if readable else NULL,
-                             &info if readable else NULL, same_client(ahead, &seg) if readable else 0)
+                self.to_real(h, d, after, m, morig, n, parsed, &info, ts, iface, linktype, ahead)
         elif v == V_REPLY or v == V_ANSWER:     # real -> client, SNAT
-            if self.clients is not None:
-                self.clients.receive(self.after, n, linktype, ts)
-            self.emit(0, self.after, n, origlen, ts, iface, linktype, v, d)
+            for k in range(b.n):
+                if self.clients is not None:
+                    self.clients.receive(b.data + b.offset[k], b.caplen[k], linktype, ts)
+                self.emit(0, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype, b.verdict[k], d)
             self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
             if from_host and self.restamp:
-                if not segment_after(self.after, n, origlen, parsed, &info, &seg):
-                    readable = read_segment(self.after, n, linktype, &info, &seg)
+                if m != n or not segment_after(after, m, morig, parsed, &info, &seg):
+                    readable = read_segment(after, m, linktype, &info, &seg)
                 else:
                     readable = True
                 if readable:
@@ -413,6 +477,36 @@ cdef class Loop:
                 self.stamp_server(&seg)
             if h >= 0 and not from_host:
                 self.deliver(h, self.cur, n, ts, iface, linktype, &seg, &info, same_client(ahead, &seg))
+        return 0
+
+    cdef int to_real(self, int h, int32_t d, uint8_t* frame, uint32_t m, uint32_t morig, uint32_t n, int parsed,
+                     PacketInfo* info, uint64_t ts, uint16_t iface, uint16_t linktype, Ahead* ahead) except -1:
+        """What the switch sent real d (m bytes; n as it came) to its host h: under tun the real takes the
+        inner packet out of the tunnel; under dr and tun it owns the VIP, so it takes the packet as
+        addressed to itself. `parsed`: the datapath's parse of it before the rewrite (-1: none to go by)."""
+        cdef Real* real = &self.dp.t.reals[d]
+        cdef Seg seg
+        cdef bint readable
+        cdef uint32_t l3 = info.l3, at
+        if real.forward == FWD_TUN:
+            at = inner_offset(frame + l3, m - l3) if l3 < m else 0
+            if at == 0:                         # not a tunnel packet it can take apart (e.g. a fragment)
+                self.hosts.count(h, C_UNREADABLE, 1)
+                return 0
+            memcpy(self.after, frame, l3)       # the link header (same family inside and out: config)
+            memcpy(self.after + l3, frame + l3 + at, m - l3 - at)
+            frame, m = self.after, m - at
+            readable = read_segment(frame, m, linktype, info, &seg)
+        elif m == n:
+            readable = (segment_after(frame, m, morig, parsed, info, &seg)
+                        or read_segment(frame, m, linktype, info, &seg))
+        else:                                   # it grew (TOA) or was cut: parsed afresh
+            readable = read_segment(frame, m, linktype, info, &seg)
+        if (readable and (real.forward == FWD_DR or real.forward == FWD_TUN)
+                and seg.family == self.hosts.hosts[h].family):
+            seg.dst = self.hosts.hosts[h].addr  # the VIP is the real's own (a loopback alias, arp hidden)
+        self.deliver(h, frame, m, ts, iface, linktype, &seg if readable else NULL, info if readable else NULL,
+                     same_client(ahead, &seg) if readable else 0)
         return 0
 
     cdef int deliver(self, int h, const uint8_t* frame, uint32_t n, uint64_t ts, uint16_t iface, uint16_t linktype,
@@ -472,8 +566,48 @@ cdef class Loop:
                 at = self.hosts.out_at[j] + REPLY_GAP_NS
             else:
                 at = ts + (j - first + 1) * REPLY_GAP_NS
+            if self.any_direct and self.answer_direct(self.cur + hlen, plen, hlen, iface, linktype, at):
+                continue
             self.through(hlen + plen, hlen + plen, iface, linktype, at, True)
         return 0
+
+    cdef bint answer_direct(self, uint8_t* ip, uint32_t plen, uint32_t hlen, uint16_t iface, uint16_t linktype,
+                            uint64_t at) except -1:
+        """A dr or tun real's answer (in `cur` after its hlen-byte link header): from the VIP, straight to
+        the client, past the switch; False when it is not one (the switch's reply path takes it)."""
+        cdef int h, k
+        cdef int32_t r
+        cdef uint32_t l4
+        cdef uint8_t proto
+        cdef PacketInfo info
+        cdef Seg seg
+        if plen < 20 or ip[0] >> 4 != 4 and (ip[0] >> 4 != 6 or plen < 48):
+            return False
+        l4, proto = (20, ip[9]) if ip[0] >> 4 == 4 else (40, ip[6])
+        if not (proto == IPPROTO_TCP or proto == 17) or plen < l4 + 8:
+            return False
+        h = self.hosts.host_of(ip + IP4_SRC if l4 == 20 else ip + IP6_SRC, 4 if l4 == 20 else 6)
+        if h < 0:
+            return False
+        k = self.hosts.socket_of(h, (ip[l4] << 8) | ip[l4 + 1],
+                                 PROTO_KEY_TCP if proto == IPPROTO_TCP else PROTO_KEY_UDP)
+        if k < 0:
+            return False
+        r = self.direct_tcp[k] if proto == IPPROTO_TCP else self.direct_udp[k]
+        if r < 0:
+            return False
+        answer_from(ip, self.dp.t.services[self.dp.t.reals[r].service].vip)
+        self.direct += 1
+        if at < self.last_ts:
+            at = self.last_ts
+        self.last_ts = at
+        if self.clients is not None:
+            self.clients.receive(self.cur, hlen + plen, linktype, at)
+        self.emit(0, self.cur, hlen + plen, hlen + plen, at, iface, linktype, V_PASS, 0)
+        self.emit(1, self.cur, hlen + plen, hlen + plen, at, iface, linktype, V_PASS, 0)
+        if self.restamp and read_segment(self.cur, hlen + plen, linktype, &info, &seg):
+            self.stamp_server(&seg)
+        return True
 
     cdef inline int emit(self, int k, const uint8_t* frame, uint32_t n, uint32_t origlen, uint64_t ts,
                          uint16_t iface, uint16_t linktype, uint8_t verdict, int32_t detail) except -1:

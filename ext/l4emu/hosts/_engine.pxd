@@ -217,6 +217,10 @@ ctypedef struct Seg:
     uint8_t family, proto, flags
 
 cdef enum:
+    PROTO_KEY_TCP = 1       # a socket's protocol in socket_of()
+    PROTO_KEY_UDP = 2
+
+cdef enum:
     MAX_LINK_HEADER = 40    # Ethernet with four VLAN tags is 30 bytes; SLL2 20
 
 # A client's link: how answers go back to it (link type, interface, link header of its last packet).

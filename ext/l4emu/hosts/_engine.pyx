@@ -54,8 +54,6 @@ RESPONSES = {R_OK: (200, "OK", False), R_OK_CLOSE: (200, "OK", True), R_BAD: (40
 
 cdef enum:
     FIRST_FD = 3
-    PROTO_KEY_TCP = 1
-    PROTO_KEY_UDP = 2
     OUT_SLOTS = 64
     OUT_BYTES = 1 << 16
     ETHER_ADDR_LEN = 6

@@ -10,6 +10,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from l4emu.datapath._checksum cimport fold, sum_bytes
+from l4emu.hosts._decap cimport inner_offset
 from l4emu.datapath._types cimport PacketKey, Real, RF_DOWN, RF_OVERLOADED
 from l4emu.datapath._wire cimport IPPROTO_TCP
 from l4emu.io.tun._io cimport TunIO, virtio_net_hdr
@@ -92,3 +93,9 @@ def partial_form(TunIO io, bytes packet):
 def ones_sum(bytes data, uint32_t acc=0):
     """fold(sum_bytes(acc, data)): the folded RFC 1071 sum of data (odd tail padded) added to acc."""
     return fold(sum_bytes(acc, <const uint8_t*><const char*>data, len(data)))
+
+
+def tunnel_inner(bytes packet):
+    """inner_offset: where an emulated tun real finds the inner IP packet in `packet` (from its outer IP
+    header), 0 when it cannot take it apart."""
+    return inner_offset(<const uint8_t*><const char*>packet, len(packet))
