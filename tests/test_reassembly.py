@@ -263,6 +263,31 @@ def test_the_same_fragments_and_seed_give_the_same_bytes():
     assert once() == once()
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_batch_cut_anywhere_writes_what_it_writes_whole(data):
+    """New slots (refragmented datagrams) are appended, linked and settled once per process call:
+    processing the batch in pieces, each call going on from the index the last returned, writes the
+    same packets in the same order as one call, and every datagram's pieces follow it."""
+    frames = []
+    for k in range(data.draw(st.integers(2, 6))):
+        v6 = data.draw(st.booleans())
+        pieces = pieces_of(datagram(v6, size=1500 + 300 * k, ident=k, src=None), 700)
+        frames += data.draw(st.permutations(pieces))
+        frames.append(bytes(LINK / IP(src="172.16.0.9", dst="10.0.0.100") / UDP(sport=9, dport=53) / b"q"))
+    whole = run(switch_for("dr"), frames)
+    switch = switch_for("dr")
+    batch = Batch.from_frames(frames, 1, [10**9] * len(frames))
+    position, consumed = 0, 0
+    for cut in sorted(data.draw(st.lists(st.integers(0, len(frames)), max_size=4))) + [len(frames)]:
+        if cut < consumed:
+            continue
+        position = switch.process(batch, position, 0, position + cut - consumed)
+        consumed = cut
+    assert [(batch.result(i), batch.packet(i)) for i in range(len(batch))] == whole
+    assert [row[0][0] for row in whole].count("more") > 0
+
+
 def test_reassemble_takes_masq_reals_but_not_emulated_ones_and_defrag_keys_are_checked():
     assert switch_for("masq").config.services[0].fragments == "reassemble"
     doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "reassemble",

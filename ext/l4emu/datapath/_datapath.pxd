@@ -120,4 +120,5 @@ cdef class Datapath:
     cdef bytes secret                     # the connection table's, which keys the reassembly hash too
     cdef uint32_t reasm_max
     cdef void reassemble(self, uint8_t* p, PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef void drop_pieces(self, Py_ssize_t i) noexcept nogil
     cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil

@@ -448,7 +448,9 @@ cdef class Datapath:
         read ahead, never changed ahead, so the result is that of one packet at a time.
 
         A packet the switch fragments gets new slots right after it (verdict `more`): the packets after
-        it move up, and the returned index counts them, so a caller goes on from it as before.
+        it move up, and the returned index counts them, so a caller goes on from it as before. (While
+        the window runs, new slots wait at the batch's end, linked after their packet; the batch is
+        settled once at the end: Batch.insert.)
         """
         cdef PacketInfo info[WINDOW]
         cdef int parsed[WINDOW]
@@ -458,13 +460,14 @@ cdef class Datapath:
         if start < 0 or start > stop or stop > batch.n:
             raise IndexError(f"packets {start}..{stop} are outside the batch of {batch.n}")
         self.started = True
+        batch.settle()
         self.cur = batch
         self.inserted = 0
         with nogil:
             while base < stop:
                 m = <int>min(<Py_ssize_t>WINDOW, stop - base)
                 for j in range(m):
-                    i = base + j + self.inserted
+                    i = base + j
                     parsed[j] = self.classify(batch.data + batch.offset[i], batch.caplen[i],
                                               batch.origlen[i], batch.linktype[i], &info[j])
                     if parsed[j] == PARSED:
@@ -474,7 +477,7 @@ cdef class Datapath:
                     if parsed[j] == PARSED:
                         prefetch_flow(self.table, h[j])
                 for j in range(m):
-                    i = base + j + self.inserted
+                    i = base + j
                     if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
                         stop = base + j
                         break
@@ -484,6 +487,7 @@ cdef class Datapath:
                     if info[j].fragment and parsed[j] == PARSED:     # track: a first fragment went through
                         self.first_fragment_done(&info[j])
                 base += m
+        batch.settle()
         self.cur = None                             # the batch is the caller's again
         return stop + self.inserted
 
@@ -960,8 +964,8 @@ cdef class Datapath:
             f = &self.held[k]
             if f.data == NULL or not same_datagram(f.src, f.dst, f.id, f.proto, f.family, info):
                 continue
-            while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:    # after what is already there
-                i += 1
+            while self.cur.after[i]:                # after what is already there
+                i = self.cur.after[i]
             j = self.cur.insert(i, f.size)
             if j < 0:
                 break                               # it waits on, until it expires
@@ -1149,6 +1153,13 @@ cdef class Datapath:
         if self.refragment(whole.l3, whole.key.family, mtu, self.cur.detail[i]) < 0:
             self.finish(&self.cur.verdict[i], &self.cur.detail[i], V_DROP, D_NO_MEMORY)
 
+    cdef void drop_pieces(self, Py_ssize_t i) noexcept nogil:
+        """The pieces made after slot i so far are dropped (the batch could not grow for the next)."""
+        while self.cur.after[i] and self.cur.verdict[self.cur.after[i]] == V_MORE:
+            i = self.cur.after[i]
+            self.cur.verdict[i] = V_DROP
+            self.cur.detail[i] = D_NO_MEMORY
+
     cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil:
         """The reassembled datagram in the current slot leaves as fragments, as Linux's ip_do_fragment and
         ip6_fragment send a defragmented packet: in the sizes it came in when they all fit (the fast path
@@ -1188,10 +1199,7 @@ cdef class Datapath:
         for k in range(1, n):
             j = self.cur.insert(j, l3 + hdr + extra + sizes[k])
             if j < 0:
-                while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:
-                    self.cur.verdict[i + 1] = V_DROP
-                    self.cur.detail[i + 1] = D_NO_MEMORY
-                    i += 1
+                self.drop_pieces(i)
                 return -1
             pkt = self.cur.data + old               # the buffer may have moved
             q = self.cur.data + self.cur.offset[j]
@@ -1392,10 +1400,7 @@ cdef class Datapath:
             length = min(per, payload - start)
             j = self.cur.insert(j, l3 + hlen + length)
             if j < 0:
-                while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:
-                    self.cur.verdict[i + 1] = V_DROP
-                    self.cur.detail[i + 1] = D_NO_MEMORY
-                    i += 1
+                self.drop_pieces(i)
                 return -1
             pkt = self.cur.data + self.cur.offset[i]    # the buffer may have moved
             q = self.cur.data + self.cur.offset[j]
@@ -1667,9 +1672,16 @@ cdef class Datapath:
         cdef Flow* f
         cdef uint8_t v
         cdef uint8_t* p
+        cdef Py_ssize_t last = -1, kept = 0
         for i in range(after.n):                    # the fragments the switch made: slots in the copy too
-            if after.verdict[i] == V_MORE and before.n < after.n and before.insert(i - 1, after.caplen[i]) < 0:
-                raise MemoryError()
+            if after.verdict[i] != V_MORE or before.n >= after.n:
+                last = kept                         # a packet the copy holds
+                kept += 1
+            else:
+                last = before.insert(last, after.caplen[i])     # chained after the one before it
+                if last < 0:
+                    raise MemoryError()
+        before.settle()
         if before.n != after.n:
             raise ValueError(f"the copy holds {before.n} packets, the batch {after.n}")
         for i in range(after.n):
