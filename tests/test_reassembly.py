@@ -288,6 +288,30 @@ def test_a_batch_cut_anywhere_writes_what_it_writes_whole(data):
     assert [row[0][0] for row in whole].count("more") > 0
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_datagram_to_no_service_port_passes_as_the_fragments_it_came_in(data):
+    """Untouched traffic passes byte for byte: a VIP's datagram for a port no service has is reassembled
+    (Linux defragments before it can tell), then written as its fragments were, in the order they came."""
+    frames = []
+    for k in range(data.draw(st.integers(1, 4))):
+        v6 = data.draw(st.booleans())
+        size = data.draw(st.integers(100, 4000))
+        piece = data.draw(st.integers(200, 1500)) // 8 * 8 + (48 if v6 else 20)
+        packet = datagram(v6, size=size, ident=k + 1)
+        packet[UDP].dport = 5353
+        if not v6:
+            packet[IP].tos = data.draw(st.sampled_from([0, 1, 2, 0x10]))
+        pieces = pieces_of(packet, piece)
+        frames += data.draw(st.permutations(pieces)) if len(pieces) > 1 else pieces
+    switch = switch_for("dr")
+    rows = run(switch, frames)
+    assert [frame for (verdict, _), frame in rows if verdict == "pass"] == frames
+    assert {verdict for (verdict, _), _ in rows} <= {"pass", "drop"}
+    stats = switch.stats()
+    assert stats["passed"] + stats["reasm_fragments_queued"] == len(frames)     # one verdict each
+
+
 def test_reassemble_takes_masq_reals_but_not_emulated_ones_and_defrag_keys_are_checked():
     assert switch_for("masq").config.services[0].fragments == "reassemble"
     doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "reassemble",
@@ -399,7 +423,8 @@ def test_which_datagrams_complete_is_what_linux_decides(v6, data):
 @given(data=st.data())
 def test_the_forward_fuzz_harness_holds_on_reassembled_fragments(data):
     """fuzz/common.py's run_forward (the atheris 'forward' harness) on fragments of datagrams to its
-    reassemble services, cut, repeated, shifted, mangled and shuffled: dropped frames unchanged, every
+    reassemble services (or their VIPs' ports no service has), cut, repeated, shifted, mangled and
+    shuffled: dropped frames unchanged, a datagram passed as its fragments came, byte for byte, every
     fragment accounted for (a verdict, or waiting within its datagram), the table in its bounds."""
     import sys
     from pathlib import Path
@@ -413,7 +438,8 @@ def test_the_forward_fuzz_harness_holds_on_reassembled_fragments(data):
         dst = "2001:db8::101" if v6 else "10.0.0.100"
         head = (IPv6(src="2001:db8::1", dst=dst) / IPv6ExtHdrFragment(id=k) if v6
                 else IP(src="172.16.0.1", dst=dst, id=k, ttl=data.draw(st.integers(1, 3))))
-        packet = head / UDP(sport=k + 1, dport=53) / bytes(data.draw(st.integers(0, 3000)))
+        port = data.draw(st.sampled_from([53, 5353]))  # 5353: no service, its fragments pass as they came
+        packet = head / UDP(sport=k + 1, dport=port) / bytes(data.draw(st.integers(0, 3000)))
         pieces = pieces_of(packet, data.draw(st.integers(1280, 1500)) if v6 else data.draw(st.integers(68, 1500)))
         for piece in pieces:
             frame = bytearray(piece)

@@ -121,4 +121,5 @@ cdef class Datapath:
     cdef uint32_t reasm_max
     cdef void reassemble(self, uint8_t* p, PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil
     cdef void drop_pieces(self, Py_ssize_t i) noexcept nogil
+    cdef void pass_originals(self, Py_ssize_t i) noexcept nogil
     cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil

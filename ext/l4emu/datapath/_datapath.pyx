@@ -1115,11 +1115,12 @@ cdef class Datapath:
         cdef uint32_t size, mtu
         cdef uint8_t* q
         cdef uint8_t v
+        cdef bint tunnelled
         cdef Real* real
         if self.cur is None:                        # one packet at a time (the emulated hosts): no room to build in
             self.finish(verdict, detail, V_DROP, D_FRAGMENT)
             return
-        r = self.reasm.add(p, info, self.cur.linktype[i], self.clock_ns)
+        r = self.reasm.add(p, info, self.cur.origlen[i], self.cur.linktype[i], self.clock_ns)
         if r == RQ_QUEUED:
             verdict[0] = V_DROP                     # nothing to write now: it leaves within its datagram
             detail[0] = D_FRAG_HELD
@@ -1144,14 +1145,53 @@ cdef class Datapath:
                     self.clock_ns, size, &self.cur.verdict[i], &self.cur.detail[i])
         self.reasm_max = 0
         v = self.cur.verdict[i]
-        if v != V_NEW and v != V_FORWARD and v != V_REPLY:
-            return
-        real = &self.t.reals[self.cur.detail[i]]
-        if v != V_REPLY and real.forward == FWD_TUN:
-            return                                  # whole inside its tunnel
-        mtu = 0xFFFF if v == V_REPLY else self.t.services[real.service].mtu
-        if self.refragment(whole.l3, whole.key.family, mtu, self.cur.detail[i]) < 0:
+        if v == V_PASS:
+            self.pass_originals(i)
+        elif v == V_NEW or v == V_FORWARD or v == V_REPLY:
+            real = &self.t.reals[self.cur.detail[i]]
+            mtu = 0xFFFF if v == V_REPLY else self.t.services[real.service].mtu
+            tunnelled = v != V_REPLY and real.forward == FWD_TUN    # whole inside its tunnel
+            if not tunnelled and self.refragment(whole.l3, whole.key.family, mtu, self.cur.detail[i]) < 0:
+                self.finish(&self.cur.verdict[i], &self.cur.detail[i], V_DROP, D_NO_MEMORY)
+        self.reasm.release()
+
+    cdef void pass_originals(self, Py_ssize_t i) noexcept nogil:
+        """A reassembled datagram no service takes is untouched traffic: it leaves as the fragments it
+        came in, byte for byte, in the order they came (the first in slot i, the others after it, each
+        a pass of the datagram's reason; the datagram counts one pass, its fragments one queued each),
+        at the time the last of them came."""
+        cdef Py_ssize_t j = i
+        cdef uint32_t k, n = self.reasm.originals(), caplen, origlen
+        cdef int32_t reason = self.cur.detail[i]
+        cdef const uint8_t* frame
+        cdef uint8_t* q
+        if n == 0:                                  # their copy could not be kept
             self.finish(&self.cur.verdict[i], &self.cur.detail[i], V_DROP, D_NO_MEMORY)
+            return
+        for k in range(n):
+            frame = self.reasm.original(k, &caplen, &origlen)
+            if k == 0:
+                q = self.cur.room(i, caplen)
+            else:
+                j = self.cur.insert(j, caplen)
+                q = NULL if j < 0 else self.cur.data + self.cur.offset[j]
+            if q == NULL:
+                self.cur.verdict[i] = V_DROP        # none of them, rather than some
+                self.cur.detail[i] = D_NO_MEMORY
+                while self.cur.after[i]:
+                    i = self.cur.after[i]
+                    self.cur.verdict[i] = V_DROP
+                    self.cur.detail[i] = D_NO_MEMORY
+                return
+            memcpy(q, frame, caplen)
+            if k == 0:
+                self.cur.caplen[i] = caplen
+                self.cur.origlen[i] = origlen
+            else:
+                self.cur.origlen[j] = origlen
+                self.cur.verdict[j] = V_PASS        # not counted: each was counted as it queued
+                self.cur.detail[j] = reason
+                self.inserted += 1
 
     cdef void drop_pieces(self, Py_ssize_t i) noexcept nogil:
         """The pieces made after slot i so far are dropped (the batch could not grow for the next)."""
@@ -1674,7 +1714,7 @@ cdef class Datapath:
         cdef uint8_t* p
         cdef Py_ssize_t last = -1, kept = 0
         for i in range(after.n):                    # the fragments the switch made: slots in the copy too
-            if after.verdict[i] != V_MORE or before.n >= after.n:
+            if i == 0 or after.source[i] != after.source[i - 1] or before.n >= after.n:
                 last = kept                         # a packet the copy holds
                 kept += 1
             else:
