@@ -465,3 +465,58 @@ def test_a_nat_reals_fragmented_answer_is_reassembled_and_sent_back_from_the_vip
     whole = defragment(out)
     assert (whole.src, whole.sport, whole.dst, whole.dport) == ("10.0.0.100", 53, "172.16.5.5", 4444)
     assert checksums_hold(whole)
+
+
+def tunnel6_switch(fragments="drop"):
+    """An IPv4 and an IPv6 service whose one real is reached through an IPv6 tunnel (ipip / ip6ip6)."""
+    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "mtu": 1500, "fragments": fragments,
+                        "source_address": ["10.0.0.2", "2001:db8::2"],
+                        "real": [{"address": "[2001:db8:1::7]:53", "forward": "tun"}]},
+                       {"vip": "[2001:db8::100]:53", "protocol": "udp", "mtu": 1500, "fragments": fragments,
+                        "source_address": ["10.0.0.2", "2001:db8::2"],
+                        "real": [{"address": "[2001:db8:1::8]:53", "forward": "tun"}]}]}
+    return Switch(configmod.from_dict(doc, {"rr"}), seed=1)
+
+
+def outer_fragments_hold(rows, inner):
+    """Every piece is an outer IPv6 fragment of at most 1500 bytes from the switch to the real, all with one
+    identification; scapy's defragment6 gives back one IPv6 packet whose payload is `inner`."""
+    from scapy.layers.inet6 import defragment6
+    pieces = written(rows)
+    assert len(pieces) >= 2 and all(IPv6ExtHdrFragment in p and len(p[IPv6]) <= 1500 for p in pieces)
+    assert len({p[IPv6ExtHdrFragment].id for p in pieces}) == 1
+    assert [p[IPv6ExtHdrFragment].offset for p in pieces] == sorted(p[IPv6ExtHdrFragment].offset for p in pieces)
+    whole = defragment6([p[IPv6] for p in pieces])
+    assert whole.src == "2001:db8::2" and bytes(whole.payload) == inner
+    return whole
+
+
+@pytest.mark.parametrize("size", [1461, 3000, 9000])
+def test_an_ipv4_packet_without_df_over_an_ipv6_tunnel_mtu_leaves_as_outer_fragments(size):
+    """IPVS sets ignore_df on its IPv6 tunnel packets: ip6_fragment splits the outer IPv6 packet."""
+    packet = IP(src="172.16.0.1", dst="10.0.0.100", ttl=9) / UDP(sport=4000, dport=53) / bytes(size - 28)
+    rows = run(tunnel6_switch(), [bytes(LINK / packet)])
+    inner = packet.copy()
+    inner.ttl = 8
+    inner.chksum = None
+    whole = outer_fragments_hold(rows, bytes(IP(bytes(inner))))
+    assert whole.nh == 4 and [v for (v, _), _ in rows] == ["new"] + ["more"] * (len(rows) - 1)
+
+
+def test_an_ipv4_packet_with_df_over_an_ipv6_tunnel_mtu_gets_fragmentation_needed():
+    packet = IP(src="172.16.0.1", dst="10.0.0.100", flags="DF") / UDP(sport=4000, dport=53) / bytes(1500 - 28)
+    rows = run(tunnel6_switch(), [bytes(LINK / packet)])
+    assert [v for (v, _), _ in rows] == ["icmp"]
+
+
+def test_a_reassembled_ipv6_datagram_over_an_ipv6_tunnel_leaves_as_outer_fragments_if_each_fragment_fit():
+    """__mtu_check_toobig_v6 goes by the largest fragment (frag_max_size): 1000-byte fragments fit the
+    tunnel's 1460, so the whole datagram goes in outer fragments; 1500-byte ones do not: packet too big."""
+    packet = (IPv6(src="2001:db8::1", dst="2001:db8::100", hlim=9) / IPv6ExtHdrFragment(id=5)
+              / UDP(sport=4000, dport=53) / (bytes(range(250)) * 12))
+    rows = run(tunnel6_switch("reassemble"), pieces_of(packet, 1000))
+    inner = IPv6(src="2001:db8::1", dst="2001:db8::100", hlim=8) / UDP(sport=4000, dport=53) / (bytes(range(250)) * 12)
+    whole = outer_fragments_hold(rows, bytes(inner))
+    assert whole.nh == 41
+    rows = run(tunnel6_switch("reassemble"), pieces_of(packet, 1500))
+    assert [v for (v, _), _ in rows if v != "drop"] == ["icmp"]

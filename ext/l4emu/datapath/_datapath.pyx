@@ -206,6 +206,17 @@ cdef inline void rewrite_both(uint8_t* p, const PacketInfo* info, const uint8_t*
     memcpy(p + info.l4 + L4_SPORT, ports, 4)
 
 
+cdef inline bint outer_fits(int fam, bint df, int outer, uint32_t reasm_max, uint32_t mtu) noexcept nogil:
+    """May a tunnel packet over the MTU be fragmented on the way out (its outer packet)? IPVS's
+    ensure_mtu_is_adequate lets through an IPv4 packet without DF (and, as l4emu always has for an
+    IPv4 outer header, a reassembled datagram); over IPv6 an IPv6 packet only when reassembled from
+    fragments that each fit (__mtu_check_toobig_v6: frag_max_size). ip6_fragment then splits the outer
+    IPv6 packet, as IPVS sets ignore_df."""
+    if outer == 4:
+        return True
+    return not df if fam == 4 else reasm_max != 0 and reasm_max <= mtu
+
+
 cdef class Datapath:
     def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
                   bint sloppy_tcp=False, bint expire_nodest_conn=False, bint grow_index=False):
@@ -1302,7 +1313,8 @@ cdef class Datapath:
             elif (ipvs and not (self.reasm_max and real.forward == FWD_DR)
                     and (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) or self.reasm_max)
                     and not info.icmp_error and info.end <= info.caplen
-                    and (real.family == 4 if real.forward == FWD_TUN else (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
+                    and (outer_fits(fam, p[l3 + IP4_FRAG] & (IP4_DF >> 8), real.family, self.reasm_max, mtu)
+                         if real.forward == FWD_TUN else (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
                 split = True                        # IPVS: no DF, so Linux fragments it on the way out
             elif (not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)))
                     or info.frag_offset):           # IPVS: packet too big only for a first fragment
@@ -1417,10 +1429,57 @@ cdef class Datapath:
             finish_l4_checksum(q, l3, u, outer, overhead - hdr + ip_len, IPPROTO_UDP, UDP_CSUM)
         real.in_pkts += 1
         real.in_bytes += self.cur.origlen[i]
-        if split and self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False) < 0:
+        if split and (self.fragment_out6(l3, s.mtu, real - self.t.reals) if outer == 6 else
+                      self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False)) < 0:
             v = V_DROP
         self.finish(&self.cur.verdict[i], &self.cur.detail[i], v,     # the arrays may have moved
                     D_NO_MEMORY if v == V_DROP else real - self.t.reals)
+
+    cdef int fragment_out6(self, uint32_t l3, uint32_t mtu, int32_t real) noexcept nogil:
+        """Fragment the outer IPv6 packet (a tunnel's: its header alone is unfragmentable) at l3 of the
+        current slot to `mtu`, as ip6_fragment does for IPVS's tunnel packets (ignore_df): a Fragment
+        header after the IPv6 header, payloads of (mtu - 48) & ~7 bytes, one identification for all
+        (the switch's counter); the first piece in the slot, the others after it (verdict more). 0, or -1
+        when memory runs out (the pieces made so far are marked dropped)."""
+        cdef Py_ssize_t i = self.cur_i, j = i
+        cdef uint64_t old = self.cur.offset[i]
+        cdef uint8_t* pkt = self.cur.data + old
+        cdef uint8_t* q
+        cdef uint32_t payload = load16(pkt + l3 + IP6_PAYLOAD_LEN), start, length, ident
+        cdef uint32_t per = (mtu - IP6_HEADER_LEN - REASM_FRAG_HEADER_LEN) & ~(<uint32_t>7)
+        cdef uint8_t upper = pkt[l3 + IP6_NEXT]
+        if mtu < IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + 8:
+            return -1
+        self.ip6_id += 1
+        ident = self.ip6_id
+        start = per
+        while start < payload:
+            length = min(per, payload - start)
+            j = self.cur.insert(j, l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + length)
+            if j < 0:
+                self.drop_pieces(i)
+                return -1
+            pkt = self.cur.data + old               # the buffer may have moved
+            q = self.cur.data + self.cur.offset[j]
+            memcpy(q, pkt, l3 + IP6_HEADER_LEN)
+            memcpy(q + l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN, pkt + l3 + IP6_HEADER_LEN + start, length)
+            write_ipv6_fragment(q, l3, IP6_HEADER_LEN, IP6_NEXT, upper, ident, start, length,
+                                start + length < payload)
+            self.cur.verdict[j] = V_MORE
+            self.cur.detail[j] = real
+            self.inserted += 1
+            self.fragments_made += 1
+            start += per
+        q = self.cur.room(i, l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + per)
+        if q == NULL:
+            self.drop_pieces(i)
+            return -1
+        pkt = self.cur.data + old
+        memcpy(q, pkt, l3 + IP6_HEADER_LEN)
+        memcpy(q + l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN, pkt + l3 + IP6_HEADER_LEN, per)
+        write_ipv6_fragment(q, l3, IP6_HEADER_LEN, IP6_NEXT, upper, ident, 0, per, True)
+        self.cur.caplen[i] = self.cur.origlen[i] = l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + per
+        return 0
 
     cdef int fragment_out(self, uint32_t l3, uint32_t mtu, int32_t real, uint32_t base_offset,
                           bint last_more) noexcept nogil:
