@@ -1,6 +1,6 @@
 """Each forwarding method's cost per packet beside masq (NAT), in one run, at three packet sizes.
 
-    python benchmarks/forward_bench.py [--flows 10000] [--rounds 101]
+    python benchmarks/forward_bench.py [--flows 10000] [--rounds 101] [--only methods|fragments]
 
 The in-memory datapath (one core, no file I/O) on a warm table of established flows: for each
 method, a switch whose one service reaches its reals by that method takes the clients' ACKs of
@@ -18,7 +18,8 @@ Then fragments (docs/forwarding.md#fragments-for-a-vip): ns per datagram of 3,00
 IPv4 fragments to a UDP service of dr reals, for `3tuple` and for `track` (fragments in order, and
 reversed so that two wait for their first) and for `reassemble` (Linux's defragmentation: the
 datagram rebuilt, scheduled whole and fragmented again as it came), beside the same datagram
-unfragmented.
+unfragmented; then the same at 256, 1,024 and 4,096 datagrams a batch, which must cost the same per
+datagram (a datagram written as several packets takes new batch slots in O(1): Batch.insert).
 
 Last, a fragment flood against `reassemble`: `--flood` fragments (default 1,000,000) of datagrams
 that never complete, ten each, 64 bytes, in batches of 100,000 with one established flow's packet
@@ -151,9 +152,9 @@ def fragment_frames(policy: str, reverse: bool, datagrams: int = FRAG_DATAGRAMS)
     return frames
 
 
-def fragment_case(policy: str, reverse: bool, rounds: int, datagrams: int = FRAG_DATAGRAMS) -> float:
-    """ns per datagram: a fresh switch each round (track remembers datagrams), the batch timed."""
-    document = {"table": {"max_connections": 4 * FRAG_DATAGRAMS},     # small: a fresh one is not page faults
+def fragment_setup(policy: str, reverse: bool, datagrams: int = FRAG_DATAGRAMS):
+    """The config, the filled template batch and a work batch for one fragment case."""
+    document = {"table": {"max_connections": 4 * max(datagrams, FRAG_DATAGRAMS)},   # small: not page faults
                 "service": [{"vip": f"{VIP}:53", "protocol": "udp", "mtu": JUMBO_MTU,
                              "fragments": "drop" if policy == "none" else policy,
                              "real": [{"address": f"10.1.0.{k}:53", "forward": "dr", "mac": "02:00:00:00:00:01"}
@@ -164,18 +165,49 @@ def fragment_case(policy: str, reverse: bool, rounds: int, datagrams: int = FRAG
     for frame in frames:
         if not template.append(frame, 2 * NS):
             raise RuntimeError("the template batch is full")
-    work = Batch(len(frames))
-    times = []
-    for _ in range(rounds):
-        switch = Switch(config, seed=1)
-        work.copy_from(template)
-        started = time.perf_counter()
-        switch.process(work)
-        times.append(time.perf_counter() - started)
+    return config, template, Batch(len(frames))
+
+
+def fragment_round(config, template: Batch, work: Batch, clock=time.perf_counter) -> float:
+    """One timed batch on a fresh switch (track remembers datagrams); its verdicts checked."""
+    switch = Switch(config, seed=1)
+    work.copy_from(template)
+    started = clock()
+    switch.process(work)
+    elapsed = clock() - started
     held = ("drop", DROP_REASONS.index("fragment_held"))      # reversed: waited, then written after the first
     verdicts = {work.result(i) if work.result(i) == held else work.result(i)[0] for i in range(len(work))}
-    assert verdicts <= {"new", "forward", "more", held}, (policy, verdicts, switch.stats()["dropped"])
+    assert verdicts <= {"new", "forward", "more", held}, (verdicts, switch.stats()["dropped"])
+    return elapsed
+
+
+def fragment_case(policy: str, reverse: bool, rounds: int, datagrams: int = FRAG_DATAGRAMS) -> float:
+    """ns per datagram, median of `rounds` batches."""
+    config, template, work = fragment_setup(policy, reverse, datagrams)
+    times = [fragment_round(config, template, work) for _ in range(rounds)]
     return statistics.median(times) / datagrams * 1e9
+
+
+BATCH_SIZES = (256, 1024, 4096)     # datagrams per batch: the cost per datagram must not grow with it
+
+
+def fragment_scaling(rounds: int) -> None:
+    """ns per datagram at three batch sizes, all cases in turn round by round (the machine's drift hits
+    them alike), each beside the unfragmented datagram at the same size. Timed in the thread's CPU
+    time: a shared machine's preemption would otherwise outweigh what is measured."""
+    cases = {(policy, reverse, n): fragment_setup(policy, reverse, n)
+             for policy, reverse in (("none", False), ("track", True), ("reassemble", False)) for n in BATCH_SIZES}
+    times: dict = {key: [] for key in cases}
+    for _ in range(rounds):
+        for key, case in cases.items():
+            times[key].append(fragment_round(*case, clock=time.thread_time))
+    ns = {key: statistics.median(row) / key[2] * 1e9 for key, row in times.items()}
+    print(f"  the same by datagrams per batch (median of {rounds} batches, thread CPU time), ratio to unfragmented at that size")
+    for policy, reverse in (("none", False), ("track", True), ("reassemble", False)):
+        label = {"none": "unfragmented"}.get(policy, policy) + (", reversed" if reverse else "")
+        print(f"  {label:<22}" + "".join(f"{n:>6} {ns[policy, reverse, n]:>8.1f} ns "
+                                         f"{ns[policy, reverse, n] / ns['none', False, n]:>5.2f}x"
+                                         for n in BATCH_SIZES))
 
 
 def main() -> None:
@@ -183,7 +215,11 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=101)
     parser.add_argument("--flood", type=int, default=1_000_000, help="fragments in the flood (default 1,000,000)")
+    parser.add_argument("--only", choices=("methods", "fragments"), help="run one part (and no flood)")
     args = parser.parse_args()
+    if args.only == "fragments":
+        fragment_scaling(args.rounds)
+        return
     print(f"forwarding methods, ns per packet (median of {args.rounds} batches of {BATCH:,}, "
           f"warm table of {args.flows:,} flows), ratio to masq")
     print(f"  {'method':<14}" + "".join(f"{f'{size} B':>20}" for size in SIZES))
@@ -198,6 +234,8 @@ def main() -> None:
     for name, row in results.items():
         cells = [f"{ns:>10.1f} ns {ns / masq:>5.2f}x" for ns, masq in zip(row, results["masq"], strict=True)]
         print(f"  {name:<14}" + "".join(f"{cell:>20}" for cell in cells))
+    if args.only == "methods":
+        return
     print(f"fragments, ns per 3,000-byte datagram (three IPv4 fragments; median of {args.rounds} batches of "
           f"{FRAG_DATAGRAMS:,} datagrams), ratio to the datagram unfragmented")
     whole = fragment_case("none", False, args.rounds)
@@ -207,12 +245,7 @@ def main() -> None:
         ns = fragment_case(policy, reverse, args.rounds)
         label = f"{policy}" + (", reversed" if reverse else "")
         print(f"  {label:<22}{ns:>10.1f} ns {ns / whole:>5.2f}x")
-    print("  the same by datagrams per batch (a datagram written as several packets moves the batch's later")
-    print("  slots up once per piece: Batch.insert)")
-    for policy, reverse in (("none", False), ("track", True), ("reassemble", False)):
-        cells = [fragment_case(policy, reverse, args.rounds, n) for n in (32, 256, FRAG_DATAGRAMS)]
-        label = {"none": "unfragmented"}.get(policy, policy) + (", reversed" if reverse else "")
-        print(f"  {label:<22}" + "".join(f"{n:>6} {ns:>9.1f} ns" for n, ns in zip((32, 256, FRAG_DATAGRAMS), cells)))
+    fragment_scaling(args.rounds)
     flood(args.flood)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from l4emu import config as configmod
 from l4emu import schedulers
 from l4emu.datapath._batch import NS, Batch
+from l4emu.datapath._datapath import DROP_REASONS
 from l4emu.emulate import BatchSink, Emulator
 from l4emu.io.pcap._read import Scanner
 from l4emu.io.pcap._write import Encoder
@@ -240,21 +241,43 @@ def run_frames(data: bytes, switch: Switch | None = None, resized=("icmp",)) -> 
     check_invariants."""
     linktype, frames, stamps = decode(data)
     switch = switch or small_switch()
+    held: list[bytes] = []          # fragments queued for reassembly, in the order they came
     for frame, stamp in zip(frames, stamps):
         batch = Batch.from_frames([frame], linktype, [stamp])
         completed = switch._datapath.reasm.oks
         switch.process(batch)
         verdict, detail = batch.result(0)
         out = batch.packet(0)
-        # A fragment that completes a datagram (fragments = reassemble) becomes it, and a drop or pass after
-        # that (its UDP length, no service on its port, ...) is the datagram's: the slot holds the datagram.
+        # A fragment that completes a datagram (fragments = reassemble) becomes it, and a drop after that
+        # (its UDP length, ...) is the datagram's: the slot holds the datagram. A pass (no service on its
+        # port) is untouched traffic: the fragments as they came, byte for byte, in their order.
         reassembled = switch._datapath.reasm.oks != completed
+        if reassembled and verdict == "pass":
+            check_passed_fragments(batch, held + [frame])
+            continue
+        if (verdict, detail) == ("drop", DROP_REASONS.index("fragment_held")):
+            held.append(frame)
         if verdict in ("pass", "drop") and out != frame and not reassembled:
             raise AssertionError(f"{verdict} ({detail}) but the frame changed: {frame.hex()} -> {out.hex()}")
         if len(out) != len(frame) and verdict not in resized and not reassembled:
             raise AssertionError(f"{verdict} changed the frame's length")
     check_invariants(switch)
     return switch
+
+
+def check_passed_fragments(batch: Batch, came: list[bytes]) -> None:
+    """A reassembled datagram that passed: every packet written is a pass, and they are the fragments that
+    came (a subsequence of `came`, in its order) ending with the one that completed it."""
+    outs = [batch.packet(i) for i in range(len(batch))]
+    if {batch.result(i)[0] for i in range(len(batch))} != {"pass"} or outs[-1] != came[-1]:
+        raise AssertionError(f"a passed datagram's fragments: {batch.results()}")
+    at = 0
+    for out in outs:
+        while at < len(came) and came[at] != out:
+            at += 1
+        if at == len(came):
+            raise AssertionError(f"a passed datagram's fragment that did not come so: {out.hex()}")
+        at += 1
 
 
 COMMENTS = small_switch().comment_table()

@@ -263,6 +263,55 @@ def test_the_same_fragments_and_seed_give_the_same_bytes():
     assert once() == once()
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_batch_cut_anywhere_writes_what_it_writes_whole(data):
+    """New slots (refragmented datagrams) are appended, linked and settled once per process call:
+    processing the batch in pieces, each call going on from the index the last returned, writes the
+    same packets in the same order as one call, and every datagram's pieces follow it."""
+    frames = []
+    for k in range(data.draw(st.integers(2, 6))):
+        v6 = data.draw(st.booleans())
+        pieces = pieces_of(datagram(v6, size=1500 + 300 * k, ident=k, src=None), 700)
+        frames += data.draw(st.permutations(pieces))
+        frames.append(bytes(LINK / IP(src="172.16.0.9", dst="10.0.0.100") / UDP(sport=9, dport=53) / b"q"))
+    whole = run(switch_for("dr"), frames)
+    switch = switch_for("dr")
+    batch = Batch.from_frames(frames, 1, [10**9] * len(frames))
+    position, consumed = 0, 0
+    for cut in sorted(data.draw(st.lists(st.integers(0, len(frames)), max_size=4))) + [len(frames)]:
+        if cut < consumed:
+            continue
+        position = switch.process(batch, position, 0, position + cut - consumed)
+        consumed = cut
+    assert [(batch.result(i), batch.packet(i)) for i in range(len(batch))] == whole
+    assert [row[0][0] for row in whole].count("more") > 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_datagram_to_no_service_port_passes_as_the_fragments_it_came_in(data):
+    """Untouched traffic passes byte for byte: a VIP's datagram for a port no service has is reassembled
+    (Linux defragments before it can tell), then written as its fragments were, in the order they came."""
+    frames = []
+    for k in range(data.draw(st.integers(1, 4))):
+        v6 = data.draw(st.booleans())
+        size = data.draw(st.integers(100, 4000))
+        piece = data.draw(st.integers(200, 1500)) // 8 * 8 + (48 if v6 else 20)
+        packet = datagram(v6, size=size, ident=k + 1)
+        packet[UDP].dport = 5353
+        if not v6:
+            packet[IP].tos = data.draw(st.sampled_from([0, 1, 2, 0x10]))
+        pieces = pieces_of(packet, piece)
+        frames += data.draw(st.permutations(pieces)) if len(pieces) > 1 else pieces
+    switch = switch_for("dr")
+    rows = run(switch, frames)
+    assert [frame for (verdict, _), frame in rows if verdict == "pass"] == frames
+    assert {verdict for (verdict, _), _ in rows} <= {"pass", "drop"}
+    stats = switch.stats()
+    assert stats["passed"] + stats["reasm_fragments_queued"] == len(frames)     # one verdict each
+
+
 def test_reassemble_takes_masq_reals_but_not_emulated_ones_and_defrag_keys_are_checked():
     assert switch_for("masq").config.services[0].fragments == "reassemble"
     doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "reassemble",
@@ -374,7 +423,8 @@ def test_which_datagrams_complete_is_what_linux_decides(v6, data):
 @given(data=st.data())
 def test_the_forward_fuzz_harness_holds_on_reassembled_fragments(data):
     """fuzz/common.py's run_forward (the atheris 'forward' harness) on fragments of datagrams to its
-    reassemble services, cut, repeated, shifted, mangled and shuffled: dropped frames unchanged, every
+    reassemble services (or their VIPs' ports no service has), cut, repeated, shifted, mangled and
+    shuffled: dropped frames unchanged, a datagram passed as its fragments came, byte for byte, every
     fragment accounted for (a verdict, or waiting within its datagram), the table in its bounds."""
     import sys
     from pathlib import Path
@@ -388,7 +438,8 @@ def test_the_forward_fuzz_harness_holds_on_reassembled_fragments(data):
         dst = "2001:db8::101" if v6 else "10.0.0.100"
         head = (IPv6(src="2001:db8::1", dst=dst) / IPv6ExtHdrFragment(id=k) if v6
                 else IP(src="172.16.0.1", dst=dst, id=k, ttl=data.draw(st.integers(1, 3))))
-        packet = head / UDP(sport=k + 1, dport=53) / bytes(data.draw(st.integers(0, 3000)))
+        port = data.draw(st.sampled_from([53, 5353]))  # 5353: no service, its fragments pass as they came
+        packet = head / UDP(sport=k + 1, dport=port) / bytes(data.draw(st.integers(0, 3000)))
         pieces = pieces_of(packet, data.draw(st.integers(1280, 1500)) if v6 else data.draw(st.integers(68, 1500)))
         for piece in pieces:
             frame = bytearray(piece)
@@ -414,3 +465,58 @@ def test_a_nat_reals_fragmented_answer_is_reassembled_and_sent_back_from_the_vip
     whole = defragment(out)
     assert (whole.src, whole.sport, whole.dst, whole.dport) == ("10.0.0.100", 53, "172.16.5.5", 4444)
     assert checksums_hold(whole)
+
+
+def tunnel6_switch(fragments="drop"):
+    """An IPv4 and an IPv6 service whose one real is reached through an IPv6 tunnel (ipip / ip6ip6)."""
+    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "mtu": 1500, "fragments": fragments,
+                        "source_address": ["10.0.0.2", "2001:db8::2"],
+                        "real": [{"address": "[2001:db8:1::7]:53", "forward": "tun"}]},
+                       {"vip": "[2001:db8::100]:53", "protocol": "udp", "mtu": 1500, "fragments": fragments,
+                        "source_address": ["10.0.0.2", "2001:db8::2"],
+                        "real": [{"address": "[2001:db8:1::8]:53", "forward": "tun"}]}]}
+    return Switch(configmod.from_dict(doc, {"rr"}), seed=1)
+
+
+def outer_fragments_hold(rows, inner):
+    """Every piece is an outer IPv6 fragment of at most 1500 bytes from the switch to the real, all with one
+    identification; scapy's defragment6 gives back one IPv6 packet whose payload is `inner`."""
+    from scapy.layers.inet6 import defragment6
+    pieces = written(rows)
+    assert len(pieces) >= 2 and all(IPv6ExtHdrFragment in p and len(p[IPv6]) <= 1500 for p in pieces)
+    assert len({p[IPv6ExtHdrFragment].id for p in pieces}) == 1
+    assert [p[IPv6ExtHdrFragment].offset for p in pieces] == sorted(p[IPv6ExtHdrFragment].offset for p in pieces)
+    whole = defragment6([p[IPv6] for p in pieces])
+    assert whole.src == "2001:db8::2" and bytes(whole.payload) == inner
+    return whole
+
+
+@pytest.mark.parametrize("size", [1461, 3000, 9000])
+def test_an_ipv4_packet_without_df_over_an_ipv6_tunnel_mtu_leaves_as_outer_fragments(size):
+    """IPVS sets ignore_df on its IPv6 tunnel packets: ip6_fragment splits the outer IPv6 packet."""
+    packet = IP(src="172.16.0.1", dst="10.0.0.100", ttl=9) / UDP(sport=4000, dport=53) / bytes(size - 28)
+    rows = run(tunnel6_switch(), [bytes(LINK / packet)])
+    inner = packet.copy()
+    inner.ttl = 8
+    inner.chksum = None
+    whole = outer_fragments_hold(rows, bytes(IP(bytes(inner))))
+    assert whole.nh == 4 and [v for (v, _), _ in rows] == ["new"] + ["more"] * (len(rows) - 1)
+
+
+def test_an_ipv4_packet_with_df_over_an_ipv6_tunnel_mtu_gets_fragmentation_needed():
+    packet = IP(src="172.16.0.1", dst="10.0.0.100", flags="DF") / UDP(sport=4000, dport=53) / bytes(1500 - 28)
+    rows = run(tunnel6_switch(), [bytes(LINK / packet)])
+    assert [v for (v, _), _ in rows] == ["icmp"]
+
+
+def test_a_reassembled_ipv6_datagram_over_an_ipv6_tunnel_leaves_as_outer_fragments_if_each_fragment_fit():
+    """__mtu_check_toobig_v6 goes by the largest fragment (frag_max_size): 1000-byte fragments fit the
+    tunnel's 1460, so the whole datagram goes in outer fragments; 1500-byte ones do not: packet too big."""
+    packet = (IPv6(src="2001:db8::1", dst="2001:db8::100", hlim=9) / IPv6ExtHdrFragment(id=5)
+              / UDP(sport=4000, dport=53) / (bytes(range(250)) * 12))
+    rows = run(tunnel6_switch("reassemble"), pieces_of(packet, 1000))
+    inner = IPv6(src="2001:db8::1", dst="2001:db8::100", hlim=8) / UDP(sport=4000, dport=53) / (bytes(range(250)) * 12)
+    whole = outer_fragments_hold(rows, bytes(inner))
+    assert whole.nh == 41
+    rows = run(tunnel6_switch("reassemble"), pieces_of(packet, 1500))
+    assert [v for (v, _), _ in rows if v != "drop"] == ["icmp"]

@@ -41,6 +41,13 @@ cdef class Batch:
     # sharded replay writes each capture packet's output in its place by it
     cdef uint32_t* source
     cdef uint16_t reserve                 # the headroom push leaves before each packet it copies
+    # insert() appends a slot at the end and links it after its packet (after[i]: the slot written right
+    # after slot i, 0 none: slot 0 is never inserted); settle() puts every slot in that order, once
+    cdef uint32_t* after
+    cdef Py_ssize_t first_inserted        # the first appended slot since the last settle(); -1: none
+    cdef Py_ssize_t first_linked          # the lowest slot with one after it since then
+    cdef uint32_t* order                  # settle()'s scratch: capacity slot numbers ...
+    cdef uint64_t* scratch                # ... and capacity words
 
     cdef void clear(self) noexcept nogil
     # frame may be data + data_len itself (read into place, not copied)
@@ -48,6 +55,7 @@ cdef class Batch:
                   uint16_t iface, uint16_t linktype) noexcept nogil
     # A packet that grows or is replaced gets fresh room at the end of the buffer (see room())
     cdef uint8_t* room(self, Py_ssize_t i, uint32_t size) noexcept nogil
-    # ... and a packet that becomes several gets new slots right after it (see insert())
+    # ... and a packet that becomes several gets new slots right after it (see insert(), settle())
     cdef Py_ssize_t insert(self, Py_ssize_t i, uint32_t size) noexcept nogil
+    cdef void settle(self) noexcept nogil
     cdef int grow_arrays(self, Py_ssize_t capacity) noexcept nogil

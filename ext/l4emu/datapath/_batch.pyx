@@ -1,6 +1,6 @@
 """Batch: packets as flat C arrays over one owned buffer, so no Python object exists per packet."""
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memset
 from l4emu.datapath cimport _types
 from l4emu.datapath._types cimport name_table
 
@@ -16,6 +16,25 @@ DEFAULT_DATA_BYTES = 1 << 20
 # the link header) instead of copying the packet: the largest outer headers the switch writes are
 # IPv6 + UDP + GUE, 52 bytes; 64 keeps packets 8-byte aligned as they were.
 DEFAULT_HEADROOM = 64
+
+
+cdef inline void permute(void* array, size_t item, Py_ssize_t lo, Py_ssize_t count, const uint32_t* order,
+                         uint64_t* scratch) noexcept nogil:
+    """array[lo + t] = the old array[order[t]] for t < count: one gather into scratch, one copy back."""
+    cdef Py_ssize_t t
+    if item == 8:
+        for t in range(count):
+            scratch[t] = (<uint64_t*>array)[order[t]]
+    elif item == 4:
+        for t in range(count):
+            (<uint32_t*>scratch)[t] = (<uint32_t*>array)[order[t]]
+    elif item == 2:
+        for t in range(count):
+            (<uint16_t*>scratch)[t] = (<uint16_t*>array)[order[t]]
+    else:
+        for t in range(count):
+            (<uint8_t*>scratch)[t] = (<uint8_t*>array)[order[t]]
+    memcpy(<uint8_t*>array + lo * item, scratch, count * item)
 
 
 cdef class Batch:
@@ -36,10 +55,15 @@ cdef class Batch:
         self.detail = <int32_t*>calloc(capacity, sizeof(int32_t))
         self.headroom = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.source = <uint32_t*>calloc(capacity, sizeof(uint32_t))
+        self.after = <uint32_t*>calloc(capacity, sizeof(uint32_t))
+        self.order = <uint32_t*>calloc(capacity, sizeof(uint32_t))
+        self.scratch = <uint64_t*>calloc(capacity, sizeof(uint64_t))
+        self.first_inserted = -1
         self.data_cap = data_bytes
         self.data = <uint8_t*>calloc(self.data_cap, 1)
         if not (self.offset and self.caplen and self.origlen and self.ts_ns and self.iface
-                and self.linktype and self.verdict and self.detail and self.headroom and self.source and self.data):
+                and self.linktype and self.verdict and self.detail and self.headroom and self.source
+                and self.after and self.order and self.scratch and self.data):
             raise MemoryError()
 
     def __dealloc__(self):
@@ -53,9 +77,17 @@ cdef class Batch:
         free(self.detail)
         free(self.headroom)
         free(self.source)
+        free(self.after)
+        free(self.order)
+        free(self.scratch)
         free(self.data)
 
     cdef void clear(self) noexcept nogil:
+        cdef Py_ssize_t k
+        if self.first_inserted >= 0:
+            for k in range(self.n):
+                self.after[k] = 0
+            self.first_inserted = -1
         self.n = 0
         self.data_len = 0
 
@@ -116,38 +148,66 @@ cdef class Batch:
         return self.data + self.offset[i]
 
     cdef Py_ssize_t insert(self, Py_ssize_t i, uint32_t size) noexcept nogil:
-        """A new packet slot right after packet i, holding `size` fresh bytes at the end of the buffer,
-        with packet i's time, interface and link type, verdict unseen; the packets after i move up
-        one. Returns its index (i + 1), or -1 when memory runs out. Every array and the buffer may
-        move: pointers into them are stale afterwards."""
-        cdef Py_ssize_t k, tail = self.n - i - 1
+        """A new packet slot to be written right after packet i (before any inserted after it earlier),
+        holding `size` fresh bytes at the end of the buffer, with packet i's time, interface and link
+        type, verdict unseen. Returns its index, or -1 when memory runs out. Every array and the
+        buffer may move: pointers into them are stale afterwards.
+
+        The slot is appended past the last packet and linked after i, so an insert costs the same
+        however many packets follow i; settle() then moves every slot into its place in one pass
+        (until then, slots below the first insert's keep their indices). Inserting after an
+        inserted slot chains: a packet's pieces are its chain."""
+        cdef Py_ssize_t k = self.n
         if self.n == self.capacity and self.grow_arrays(2 * self.capacity) < 0:
             return -1
-        if self.room(self.n, size) == NULL:      # fresh bytes, in the slot past the end for now
+        if self.room(k, size) == NULL:
             return -1
-        k = self.n
-        memmove(&self.offset[i + 2], &self.offset[i + 1], tail * sizeof(uint64_t))
-        memmove(&self.caplen[i + 2], &self.caplen[i + 1], tail * sizeof(uint32_t))
-        memmove(&self.origlen[i + 2], &self.origlen[i + 1], tail * sizeof(uint32_t))
-        memmove(&self.ts_ns[i + 2], &self.ts_ns[i + 1], tail * sizeof(uint64_t))
-        memmove(&self.iface[i + 2], &self.iface[i + 1], tail * sizeof(uint16_t))
-        memmove(&self.linktype[i + 2], &self.linktype[i + 1], tail * sizeof(uint16_t))
-        memmove(&self.verdict[i + 2], &self.verdict[i + 1], tail * sizeof(uint8_t))
-        memmove(&self.detail[i + 2], &self.detail[i + 1], tail * sizeof(int32_t))
-        memmove(&self.headroom[i + 2], &self.headroom[i + 1], tail * sizeof(uint16_t))
-        memmove(&self.source[i + 2], &self.source[i + 1], tail * sizeof(uint32_t))
-        self.offset[i + 1] = self.data_len - size
-        self.caplen[i + 1] = size
-        self.origlen[i + 1] = size
-        self.ts_ns[i + 1] = self.ts_ns[i]
-        self.iface[i + 1] = self.iface[i]
-        self.linktype[i + 1] = self.linktype[i]
-        self.verdict[i + 1] = V_UNSEEN
-        self.detail[i + 1] = 0
-        self.headroom[i + 1] = 0
-        self.source[i + 1] = self.source[i]
+        if self.first_inserted < 0:
+            self.first_inserted = k
+            self.first_linked = i
+        elif i < self.first_linked:
+            self.first_linked = i
+        self.after[k] = self.after[i]
+        self.after[i] = <uint32_t>k
+        self.origlen[k] = size
+        self.ts_ns[k] = self.ts_ns[i]
+        self.iface[k] = self.iface[i]
+        self.linktype[k] = self.linktype[i]
+        self.verdict[k] = V_UNSEEN
+        self.detail[k] = 0
+        self.source[k] = self.source[i]
         self.n = k + 1
-        return i + 1
+        return k
+
+    cdef void settle(self) noexcept nogil:
+        """Put the slots insert() appended in their places (each after the packet it was inserted
+        after), in one pass over the slots from the lowest that gained one: O(packets) per settle,
+        not per insert. Indices change: call it when processing is done."""
+        cdef Py_ssize_t lo = self.first_linked, s, count = 0
+        cdef uint32_t k, here
+        if self.first_inserted < 0:
+            return
+        for s in range(lo, self.first_inserted):
+            k = <uint32_t>s
+            while True:                             # the slot, then its chain
+                self.order[count] = k
+                count += 1
+                here = k
+                k = self.after[here]
+                self.after[here] = 0
+                if k == 0:
+                    break
+        permute(self.offset, sizeof(uint64_t), lo, count, self.order, self.scratch)
+        permute(self.caplen, sizeof(uint32_t), lo, count, self.order, self.scratch)
+        permute(self.origlen, sizeof(uint32_t), lo, count, self.order, self.scratch)
+        permute(self.ts_ns, sizeof(uint64_t), lo, count, self.order, self.scratch)
+        permute(self.iface, sizeof(uint16_t), lo, count, self.order, self.scratch)
+        permute(self.linktype, sizeof(uint16_t), lo, count, self.order, self.scratch)
+        permute(self.verdict, sizeof(uint8_t), lo, count, self.order, self.scratch)
+        permute(self.detail, sizeof(int32_t), lo, count, self.order, self.scratch)
+        permute(self.headroom, sizeof(uint16_t), lo, count, self.order, self.scratch)
+        permute(self.source, sizeof(uint32_t), lo, count, self.order, self.scratch)
+        self.first_inserted = -1
 
     cdef int grow_arrays(self, Py_ssize_t capacity) noexcept nogil:
         """Room for `capacity` packets in every array; 0, or -1 when memory runs out (nothing lost)."""
@@ -192,6 +252,19 @@ cdef class Batch:
         if q == NULL:
             return -1
         self.source = <uint32_t*>q
+        q = realloc(self.after, capacity * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        self.after = <uint32_t*>q
+        memset(self.after + self.capacity, 0, (capacity - self.capacity) * sizeof(uint32_t))
+        q = realloc(self.order, capacity * sizeof(uint32_t))
+        if q == NULL:
+            return -1
+        self.order = <uint32_t*>q
+        q = realloc(self.scratch, capacity * sizeof(uint64_t))
+        if q == NULL:
+            return -1
+        self.scratch = <uint64_t*>q
         self.capacity = capacity
         return 0
 
@@ -277,7 +350,9 @@ cdef class Batch:
     def copy_from(self, Batch source):
         """Become a copy of `source` (packets, metadata, verdicts): the bytes before the datapath
         rewrites them in place, for a view that needs them (--inside)."""
-        cdef Py_ssize_t n = source.n
+        cdef Py_ssize_t n
+        source.settle()
+        n = source.n
         if source.capacity > self.capacity:
             self._grow(source.capacity)
         if source.data_len > self.data_cap:
@@ -299,6 +374,7 @@ cdef class Batch:
         memcpy(self.detail, source.detail, n * sizeof(int32_t))
         memcpy(self.headroom, source.headroom, n * sizeof(uint16_t))
         memcpy(self.source, source.source, n * sizeof(uint32_t))
+        self.first_inserted = -1
         self.n = n
         self.data_len = source.data_len
 
@@ -316,4 +392,7 @@ cdef class Batch:
         self.detail, bigger.detail = bigger.detail, self.detail
         self.headroom, bigger.headroom = bigger.headroom, self.headroom
         self.source, bigger.source = bigger.source, self.source
+        self.after, bigger.after = bigger.after, self.after
+        self.order, bigger.order = bigger.order, self.order
+        self.scratch, bigger.scratch = bigger.scratch, self.scratch
         self.capacity = capacity

@@ -71,6 +71,7 @@ cdef class Datapath:
     cdef Batch cur
     cdef Py_ssize_t cur_i
     cdef uint16_t ip_id                   # the IP ID of the next header the switch writes itself
+    cdef uint32_t ip6_id                  # ... and of the next IPv6 Fragment header (tunnels' outer packets)
     cdef Py_ssize_t inserted              # packets the switch added to the batch in this process() call
     cdef readonly uint64_t fragments_made  # fragments written for packets that no longer fit (verdict more)
     cdef int fragment_out(self, uint32_t l3, uint32_t mtu, int32_t real, uint32_t base_offset,
@@ -119,4 +120,7 @@ cdef class Datapath:
     cdef bytes secret                     # the connection table's, which keys the reassembly hash too
     cdef uint32_t reasm_max
     cdef void reassemble(self, uint8_t* p, PacketInfo* info, uint8_t* verdict, int32_t* detail) noexcept nogil
+    cdef void drop_pieces(self, Py_ssize_t i) noexcept nogil
+    cdef int fragment_out6(self, uint32_t l3, uint32_t mtu, int32_t real) noexcept nogil
+    cdef void pass_originals(self, Py_ssize_t i) noexcept nogil
     cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil

@@ -207,6 +207,17 @@ cdef inline void rewrite_both(uint8_t* p, const PacketInfo* info, const uint8_t*
     memcpy(p + info.l4 + L4_SPORT, ports, 4)
 
 
+cdef inline bint outer_fits(int fam, bint df, int outer, uint32_t reasm_max, uint32_t mtu) noexcept nogil:
+    """May a tunnel packet over the MTU be fragmented on the way out (its outer packet)? IPVS's
+    ensure_mtu_is_adequate lets through an IPv4 packet without DF (and, as l4emu always has for an
+    IPv4 outer header, a reassembled datagram); over IPv6 an IPv6 packet only when reassembled from
+    fragments that each fit (__mtu_check_toobig_v6: frag_max_size). ip6_fragment then splits the outer
+    IPv6 packet, as IPVS sets ignore_df."""
+    if outer == 4:
+        return True
+    return not df if fam == 4 else reasm_max != 0 and reasm_max <= mtu
+
+
 cdef class Datapath:
     def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
                   bint sloppy_tcp=False, bint expire_nodest_conn=False, bint grow_index=False):
@@ -450,7 +461,9 @@ cdef class Datapath:
         read ahead, never changed ahead, so the result is that of one packet at a time.
 
         A packet the switch fragments gets new slots right after it (verdict `more`): the packets after
-        it move up, and the returned index counts them, so a caller goes on from it as before.
+        it move up, and the returned index counts them, so a caller goes on from it as before. (While
+        the window runs, new slots wait at the batch's end, linked after their packet; the batch is
+        settled once at the end: Batch.insert.)
         """
         cdef PacketInfo info[WINDOW]
         cdef int parsed[WINDOW]
@@ -460,13 +473,14 @@ cdef class Datapath:
         if start < 0 or start > stop or stop > batch.n:
             raise IndexError(f"packets {start}..{stop} are outside the batch of {batch.n}")
         self.started = True
+        batch.settle()
         self.cur = batch
         self.inserted = 0
         with nogil:
             while base < stop:
                 m = <int>min(<Py_ssize_t>WINDOW, stop - base)
                 for j in range(m):
-                    i = base + j + self.inserted
+                    i = base + j
                     parsed[j] = self.classify(batch.data + batch.offset[i], batch.caplen[i],
                                               batch.origlen[i], batch.linktype[i], &info[j])
                     if parsed[j] == PARSED:
@@ -476,7 +490,7 @@ cdef class Datapath:
                     if parsed[j] == PARSED:
                         prefetch_flow(self.table, h[j])
                 for j in range(m):
-                    i = base + j + self.inserted
+                    i = base + j
                     if until_ns and max(self.clock_ns, batch.ts_ns[i]) >= until_ns:
                         stop = base + j
                         break
@@ -486,6 +500,7 @@ cdef class Datapath:
                     if info[j].fragment and parsed[j] == PARSED:     # track: a first fragment went through
                         self.first_fragment_done(&info[j])
                 base += m
+        batch.settle()
         self.cur = None                             # the batch is the caller's again
         return stop + self.inserted
 
@@ -964,8 +979,8 @@ cdef class Datapath:
             f = &self.held[k]
             if f.data == NULL or not same_datagram(f.src, f.dst, f.id, f.proto, f.family, info):
                 continue
-            while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:    # after what is already there
-                i += 1
+            while self.cur.after[i]:                # after what is already there
+                i = self.cur.after[i]
             j = self.cur.insert(i, f.size)
             if j < 0:
                 break                               # it waits on, until it expires
@@ -1115,8 +1130,9 @@ cdef class Datapath:
         cdef uint32_t size, mtu
         cdef uint8_t* q
         cdef uint8_t v
+        cdef bint tunnelled
         cdef Real* real
-        r = self.reasm.add(p, info, self.cur.linktype[i], self.clock_ns)
+        r = self.reasm.add(p, info, self.cur.origlen[i], self.cur.linktype[i], self.clock_ns)
         if r == RQ_QUEUED:
             verdict[0] = V_DROP                     # nothing to write now: it leaves within its datagram
             detail[0] = D_FRAG_HELD
@@ -1141,14 +1157,60 @@ cdef class Datapath:
                     self.clock_ns, size, &self.cur.verdict[i], &self.cur.detail[i])
         self.reasm_max = 0
         v = self.cur.verdict[i]
-        if v != V_NEW and v != V_FORWARD and v != V_REPLY:
-            return
-        real = &self.t.reals[self.cur.detail[i]]
-        if v != V_REPLY and real.forward == FWD_TUN:
-            return                                  # whole inside its tunnel
-        mtu = 0xFFFF if v == V_REPLY else self.t.services[real.service].mtu
-        if self.refragment(whole.l3, whole.key.family, mtu, self.cur.detail[i]) < 0:
+        if v == V_PASS:
+            self.pass_originals(i)
+        elif v == V_NEW or v == V_FORWARD or v == V_REPLY:
+            real = &self.t.reals[self.cur.detail[i]]
+            mtu = 0xFFFF if v == V_REPLY else self.t.services[real.service].mtu
+            tunnelled = v != V_REPLY and real.forward == FWD_TUN    # whole inside its tunnel
+            if not tunnelled and self.refragment(whole.l3, whole.key.family, mtu, self.cur.detail[i]) < 0:
+                self.finish(&self.cur.verdict[i], &self.cur.detail[i], V_DROP, D_NO_MEMORY)
+        self.reasm.release()
+
+    cdef void pass_originals(self, Py_ssize_t i) noexcept nogil:
+        """A reassembled datagram no service takes is untouched traffic: it leaves as the fragments it
+        came in, byte for byte, in the order they came (the first in slot i, the others after it, each
+        a pass of the datagram's reason; the datagram counts one pass, its fragments one queued each),
+        at the time the last of them came."""
+        cdef Py_ssize_t j = i
+        cdef uint32_t k, n = self.reasm.originals(), caplen, origlen
+        cdef int32_t reason = self.cur.detail[i]
+        cdef const uint8_t* frame
+        cdef uint8_t* q
+        if n == 0:                                  # their copy could not be kept
             self.finish(&self.cur.verdict[i], &self.cur.detail[i], V_DROP, D_NO_MEMORY)
+            return
+        for k in range(n):
+            frame = self.reasm.original(k, &caplen, &origlen)
+            if k == 0:
+                q = self.cur.room(i, caplen)
+            else:
+                j = self.cur.insert(j, caplen)
+                q = NULL if j < 0 else self.cur.data + self.cur.offset[j]
+            if q == NULL:
+                self.cur.verdict[i] = V_DROP        # none of them, rather than some
+                self.cur.detail[i] = D_NO_MEMORY
+                while self.cur.after[i]:
+                    i = self.cur.after[i]
+                    self.cur.verdict[i] = V_DROP
+                    self.cur.detail[i] = D_NO_MEMORY
+                return
+            memcpy(q, frame, caplen)
+            if k == 0:
+                self.cur.caplen[i] = caplen
+                self.cur.origlen[i] = origlen
+            else:
+                self.cur.origlen[j] = origlen
+                self.cur.verdict[j] = V_PASS        # not counted: each was counted as it queued
+                self.cur.detail[j] = reason
+                self.inserted += 1
+
+    cdef void drop_pieces(self, Py_ssize_t i) noexcept nogil:
+        """The pieces made after slot i so far are dropped (the batch could not grow for the next)."""
+        while self.cur.after[i] and self.cur.verdict[self.cur.after[i]] == V_MORE:
+            i = self.cur.after[i]
+            self.cur.verdict[i] = V_DROP
+            self.cur.detail[i] = D_NO_MEMORY
 
     cdef int refragment(self, uint32_t l3, int family, uint32_t mtu, int32_t real) noexcept nogil:
         """The reassembled datagram in the current slot leaves as fragments, as Linux's ip_do_fragment and
@@ -1189,10 +1251,7 @@ cdef class Datapath:
         for k in range(1, n):
             j = self.cur.insert(j, l3 + hdr + extra + sizes[k])
             if j < 0:
-                while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:
-                    self.cur.verdict[i + 1] = V_DROP
-                    self.cur.detail[i + 1] = D_NO_MEMORY
-                    i += 1
+                self.drop_pieces(i)
                 return -1
             pkt = self.cur.data + old               # the buffer may have moved
             q = self.cur.data + self.cur.offset[j]
@@ -1255,7 +1314,8 @@ cdef class Datapath:
             elif (ipvs and not (self.reasm_max and real.forward == FWD_DR)
                     and (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) or self.reasm_max)
                     and not info.icmp_error and info.end <= info.caplen
-                    and (real.family == 4 if real.forward == FWD_TUN else (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
+                    and (outer_fits(fam, p[l3 + IP4_FRAG] & (IP4_DF >> 8), real.family, self.reasm_max, mtu)
+                         if real.forward == FWD_TUN else (p[l3] & 0x0F) * 4 == IP4_HEADER_LEN)):
                 split = True                        # IPVS: no DF, so Linux fragments it on the way out
             elif (not ipvs or info.icmp_error or (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)))
                     or info.frag_offset):           # IPVS: packet too big only for a first fragment
@@ -1370,10 +1430,57 @@ cdef class Datapath:
             finish_l4_checksum(q, l3, u, outer, overhead - hdr + ip_len, IPPROTO_UDP, UDP_CSUM)
         real.in_pkts += 1
         real.in_bytes += self.cur.origlen[i]
-        if split and self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False) < 0:
+        if split and (self.fragment_out6(l3, s.mtu, real - self.t.reals) if outer == 6 else
+                      self.fragment_out(l3, s.mtu, real - self.t.reals, 0, False)) < 0:
             v = V_DROP
         self.finish(&self.cur.verdict[i], &self.cur.detail[i], v,     # the arrays may have moved
                     D_NO_MEMORY if v == V_DROP else real - self.t.reals)
+
+    cdef int fragment_out6(self, uint32_t l3, uint32_t mtu, int32_t real) noexcept nogil:
+        """Fragment the outer IPv6 packet (a tunnel's: its header alone is unfragmentable) at l3 of the
+        current slot to `mtu`, as ip6_fragment does for IPVS's tunnel packets (ignore_df): a Fragment
+        header after the IPv6 header, payloads of (mtu - 48) & ~7 bytes, one identification for all
+        (the switch's counter); the first piece in the slot, the others after it (verdict more). 0, or -1
+        when memory runs out (the pieces made so far are marked dropped)."""
+        cdef Py_ssize_t i = self.cur_i, j = i
+        cdef uint64_t old = self.cur.offset[i]
+        cdef uint8_t* pkt = self.cur.data + old
+        cdef uint8_t* q
+        cdef uint32_t payload = load16(pkt + l3 + IP6_PAYLOAD_LEN), start, length, ident
+        cdef uint32_t per = (mtu - IP6_HEADER_LEN - REASM_FRAG_HEADER_LEN) & ~(<uint32_t>7)
+        cdef uint8_t upper = pkt[l3 + IP6_NEXT]
+        if mtu < IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + 8:
+            return -1
+        self.ip6_id += 1
+        ident = self.ip6_id
+        start = per
+        while start < payload:
+            length = min(per, payload - start)
+            j = self.cur.insert(j, l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + length)
+            if j < 0:
+                self.drop_pieces(i)
+                return -1
+            pkt = self.cur.data + old               # the buffer may have moved
+            q = self.cur.data + self.cur.offset[j]
+            memcpy(q, pkt, l3 + IP6_HEADER_LEN)
+            memcpy(q + l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN, pkt + l3 + IP6_HEADER_LEN + start, length)
+            write_ipv6_fragment(q, l3, IP6_HEADER_LEN, IP6_NEXT, upper, ident, start, length,
+                                start + length < payload)
+            self.cur.verdict[j] = V_MORE
+            self.cur.detail[j] = real
+            self.inserted += 1
+            self.fragments_made += 1
+            start += per
+        q = self.cur.room(i, l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + per)
+        if q == NULL:
+            self.drop_pieces(i)
+            return -1
+        pkt = self.cur.data + old
+        memcpy(q, pkt, l3 + IP6_HEADER_LEN)
+        memcpy(q + l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN, pkt + l3 + IP6_HEADER_LEN, per)
+        write_ipv6_fragment(q, l3, IP6_HEADER_LEN, IP6_NEXT, upper, ident, 0, per, True)
+        self.cur.caplen[i] = self.cur.origlen[i] = l3 + IP6_HEADER_LEN + REASM_FRAG_HEADER_LEN + per
+        return 0
 
     cdef int fragment_out(self, uint32_t l3, uint32_t mtu, int32_t real, uint32_t base_offset,
                           bint last_more) noexcept nogil:
@@ -1393,10 +1500,7 @@ cdef class Datapath:
             length = min(per, payload - start)
             j = self.cur.insert(j, l3 + hlen + length)
             if j < 0:
-                while i + 1 < self.cur.n and self.cur.verdict[i + 1] == V_MORE:
-                    self.cur.verdict[i + 1] = V_DROP
-                    self.cur.detail[i + 1] = D_NO_MEMORY
-                    i += 1
+                self.drop_pieces(i)
                 return -1
             pkt = self.cur.data + self.cur.offset[i]    # the buffer may have moved
             q = self.cur.data + self.cur.offset[j]
@@ -1662,9 +1766,16 @@ cdef class Datapath:
         cdef Flow* f
         cdef uint8_t v
         cdef uint8_t* p
+        cdef Py_ssize_t last = -1, kept = 0
         for i in range(after.n):                    # the fragments the switch made: slots in the copy too
-            if after.verdict[i] == V_MORE and before.n < after.n and before.insert(i - 1, after.caplen[i]) < 0:
-                raise MemoryError()
+            if i == 0 or after.source[i] != after.source[i - 1] or before.n >= after.n:
+                last = kept                         # a packet the copy holds
+                kept += 1
+            else:
+                last = before.insert(last, after.caplen[i])     # chained after the one before it
+                if last < 0:
+                    raise MemoryError()
+        before.settle()
         if before.n != after.n:
             raise ValueError(f"the copy holds {before.n} packets, the batch {after.n}")
         for i in range(after.n):

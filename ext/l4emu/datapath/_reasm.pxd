@@ -19,10 +19,14 @@ cdef enum ReasmStatus:
 cdef enum:
     REASM_MAX_PIECES = 8192     # a datagram of 65535 bytes in 8-byte pieces (and the sizes on the way out)
 
-ctypedef struct ReasmFrag:      # one fragment's payload, sorted by offset in its queue
+ctypedef struct ReasmFrag:      # one fragment, sorted by offset in its queue
     uint32_t offset
     uint32_t length
-    uint8_t* data
+    uint8_t* data               # its payload, in frame
+    uint8_t* frame              # the whole frame as it came (owned): passed on as it was if no service takes it
+    uint32_t caplen
+    uint32_t origlen
+    uint32_t seq                # its place in arrival order among the queue's fragments
 
 ctypedef struct ReasmRun:       # inet_fragment.c's "runs": fragments appended end to end at the tail
     uint32_t offset
@@ -75,10 +79,17 @@ cdef class Reassembler:
     cdef uint8_t upper                      # IPv6: the protocol after the fragment header
     cdef uint32_t id
     cdef ReasmQueue* done                   # the queue add() completed, for size() and build()
+    cdef ReasmQueue* built                  # the queue build() wrote, until release(): its original fragments
+    cdef uint32_t* arrival                  # built's fragments in arrival order (indices into its frags)
+    cdef uint32_t cap_arrival
 
-    cdef int add(self, const uint8_t* p, const PacketInfo* info, uint16_t linktype, uint64_t now) noexcept nogil
+    cdef int add(self, const uint8_t* p, const PacketInfo* info, uint32_t origlen, uint16_t linktype,
+                 uint64_t now) noexcept nogil
     cdef uint32_t size(self) noexcept nogil
     cdef void build(self, uint8_t* out) noexcept nogil
+    cdef uint32_t originals(self) noexcept nogil
+    cdef const uint8_t* original(self, uint32_t k, uint32_t* caplen, uint32_t* origlen) noexcept nogil
+    cdef void release(self) noexcept nogil
     cdef void expire(self, uint64_t now) noexcept nogil
     cdef ReasmQueue* find(self, const PacketInfo* info, uint64_t h) noexcept nogil
     cdef ReasmQueue* create(self, const PacketInfo* info, uint64_t h, uint64_t now) noexcept nogil
@@ -88,7 +99,8 @@ cdef class Reassembler:
     cdef int discard(self, ReasmQueue* q, int status) noexcept nogil
     cdef uint64_t hash(self, const uint8_t* src, const uint8_t* dst, uint32_t id, uint8_t proto,
                        uint8_t family) noexcept nogil
-    cdef int insert(self, ReasmQueue* q, const uint8_t* payload, uint32_t offset, uint32_t end) noexcept nogil
+    cdef int insert(self, ReasmQueue* q, const uint8_t* p, const PacketInfo* info, uint32_t origlen,
+                    uint32_t offset, uint32_t end) noexcept nogil
 
 
 cdef enum:

@@ -103,6 +103,8 @@ cdef class Reassembler:
     def __dealloc__(self):
         if self.done != NULL:
             self.build(NULL)
+        self.release()
+        free(self.arrival)
         while self.oldest != NULL:
             self.kill(self.oldest)
         free(self.buckets)
@@ -160,7 +162,7 @@ cdef class Reassembler:
         """Free a detached queue and give its memory back (inet_frag_destroy)."""
         cdef uint32_t k
         for k in range(q.n_frags):
-            free(q.frags[k].data)
+            free(q.frags[k].frame)
         free(q.frags)
         free(q.runs)
         free(q.head)
@@ -187,8 +189,11 @@ cdef class Reassembler:
             self.fails += 1
             self.kill(self.oldest)
 
-    cdef int insert(self, ReasmQueue* q, const uint8_t* payload, uint32_t offset, uint32_t end) noexcept nogil:
-        """inet_frag_queue_insert, on runs kept sorted in an array; then the fragment's bytes, sorted by offset."""
+    cdef int insert(self, ReasmQueue* q, const uint8_t* p, const PacketInfo* info, uint32_t origlen,
+                    uint32_t offset, uint32_t end) noexcept nogil:
+        """inet_frag_queue_insert, on runs kept sorted in an array; then the fragment's frame, sorted by
+        offset, its payload from info.l4 (the whole frame is kept: a datagram no service takes leaves
+        as the fragments it came in)."""
         cdef uint32_t n = q.n_runs, lo = 0, hi, mid, at
         cdef ReasmRun* r
         cdef uint8_t* data
@@ -212,12 +217,12 @@ cdef class Reassembler:
             at = lo
         else:
             at = 0
-        data = <uint8_t*>malloc(end - offset)
+        data = <uint8_t*>malloc(info.caplen)
         if data == NULL or grow(<void**>&q.runs, &q.cap_runs, n + 1, sizeof(ReasmRun)) < 0 or grow(
                 <void**>&q.frags, &q.cap_frags, q.n_frags + 1, sizeof(ReasmFrag)) < 0:
             free(data)
             return RQ_NO_ROOM
-        memcpy(data, payload, end - offset)
+        memcpy(data, p, info.caplen)
         if at == n - 1 and n and q.runs[n - 1].end == offset:
             q.runs[n - 1].end = end                         # appended to the tail's run
         else:
@@ -236,11 +241,16 @@ cdef class Reassembler:
         memmove(&q.frags[lo + 1], &q.frags[lo], (q.n_frags - lo) * sizeof(ReasmFrag))
         q.frags[lo].offset = offset
         q.frags[lo].length = end - offset
-        q.frags[lo].data = data
+        q.frags[lo].frame = data
+        q.frags[lo].data = data + info.l4
+        q.frags[lo].caplen = info.caplen
+        q.frags[lo].origlen = origlen
+        q.frags[lo].seq = q.n_frags
         q.n_frags += 1
         return RQ_QUEUED
 
-    cdef int add(self, const uint8_t* p, const PacketInfo* info, uint16_t linktype, uint64_t now) noexcept nogil:
+    cdef int add(self, const uint8_t* p, const PacketInfo* info, uint32_t origlen, uint16_t linktype,
+                 uint64_t now) noexcept nogil:
         """One fragment (the parser said PARSE_FRAGMENT): ip_defrag / ip6_frag_queue. RQ_COMPLETE leaves
         the datagram for size() and build(), which the caller calls next."""
         cdef uint32_t offset = info.frag_offset, end, flen = info.end - info.l3, charge, headers
@@ -286,7 +296,7 @@ cdef class Reassembler:
                 q.len = end
         if end <= offset:
             return self.discard(q, RQ_INVALID)
-        r = self.insert(q, p + info.l4, offset, end)
+        r = self.insert(q, p, info, origlen, offset, end)
         if r == RQ_DUPLICATE:
             self.duplicates += 1
             return r
@@ -339,7 +349,7 @@ cdef class Reassembler:
 
     cdef void build(self, uint8_t* out) noexcept nogil:
         """Write the datagram add() completed to out (size() bytes; NULL: just let it go), and keep how
-        it came in for the way out."""
+        it came in for the way out, and its fragments as they came (original()) until release()."""
         cdef ReasmQueue* q = self.done
         cdef uint32_t l3 = q.l3, unfrag = q.head_len - (FRAG_HEADER_LEN if q.family == 6 else 0)
         cdef uint32_t k, off, prev, hlen
@@ -375,7 +385,30 @@ cdef class Reassembler:
                 out[prev] = self.upper
                 store16(out + l3 + IP6_PAYLOAD_LEN, unfrag - l3 - IP6_HEADER_LEN + q.len)
                 out[l3 + 1] |= ECN_TABLE[q.ecn] << 4
+            if grow(<void**>&self.arrival, &self.cap_arrival, q.n_frags, sizeof(uint32_t)) == 0:
+                for k in range(q.n_frags):
+                    self.arrival[q.frags[k].seq] = k
+                self.release()
+                self.built = q
+                return
         self.destroy(q)
+
+    cdef uint32_t originals(self) noexcept nogil:
+        """How many fragments the datagram build() wrote came in (0: none kept, memory ran out)."""
+        return self.built.n_frags if self.built != NULL else 0
+
+    cdef const uint8_t* original(self, uint32_t k, uint32_t* caplen, uint32_t* origlen) noexcept nogil:
+        """The k-th fragment of the built datagram in the order they came, as it came (k < originals())."""
+        cdef ReasmFrag* f = &self.built.frags[self.arrival[k]]
+        caplen[0] = f.caplen
+        origlen[0] = f.origlen
+        return f.frame
+
+    cdef void release(self) noexcept nogil:
+        """Let the built datagram's fragments go."""
+        if self.built != NULL:
+            self.destroy(self.built)
+            self.built = NULL
 
     # ---- for tests and the control plane ----------------------------------------------------------
     def advance(self, uint64_t now_ns):
