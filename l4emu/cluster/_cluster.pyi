@@ -6,7 +6,6 @@ from l4emu.schedulers._core import Scheduler
 
 DESIGN_NAMES: tuple[str, ...]
 ECMP_MODES: tuple[str, ...]
-CONN_RECORD_BYTES: int
 
 class Steered(Scheduler):
     inner: Scheduler

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from l4emu import config as configmod
 from l4emu import schedulers
-from l4emu.cluster._cluster import CONN_RECORD_BYTES, ClusterPath, Steered
+from l4emu.cluster._cluster import ClusterPath, Steered
 from l4emu.cluster.designs import DESIGNS, DesignSpec
 from l4emu.datapath._batch import NS
 from l4emu.events import LB_ACTIONS, Event, EventError
@@ -30,6 +30,9 @@ BUCKET_DESIGNS = (
 BUCKET_ENTRY_BYTES = 8  # beamer: a bucket's owner and previous owner (two 32-bit server ids)
 ROW_ENTRY_BYTES = 8  # rendezvous-second-chance: a row's primary and secondary
 SLOT_BYTES = 4  # a stateless hash table's slot (one 32-bit real id)
+# maglev-global: a shared table's connection entry (the tuple's 64-bit hash, its last-seen time, a
+# design timestamp, the real, the design's field and flags), as counted since the design came in
+GLOBAL_ENTRY_BYTES = 40
 GLB_ROWS = 65536
 COUNTS = (
     "moved",
@@ -283,7 +286,7 @@ def run(
         },
         "events": log,
         "memory": cluster.memory(),
-        "global_table": {"entries": after["global_entries"], "bytes": after["global_entries"] * CONN_RECORD_BYTES}
+        "global_table": {"entries": after["global_entries"], "bytes": after["global_entries"] * GLOBAL_ENTRY_BYTES}
         if design == "maglev-global"
         else None,
         "load": {

@@ -8,7 +8,7 @@ VIP is then checked against the connection it belongs to: a connection whose pac
 is broken (a per-connection-consistency violation). The return path is direct (DSR, as in Maglev,
 Katran, Beamer, GLB and Cheetah): packets from the service side do not cross the cluster.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int32_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport munmap
@@ -57,7 +57,6 @@ cdef enum:
     TCPOPT_TIMESTAMP_LEN = 10
     MIN_CONN_SLOTS = 1024
     WINDOW = 16                 # packets parsed and prefetched ahead of their handling (as the datapath)
-    CACHE_LINE = 64
 
 # Conn.flags
 cdef enum:
@@ -70,23 +69,21 @@ cdef enum:
     C_MIDFLOW = 64          # first seen without a SYN (began before the capture)
     C_JET_STAYS = 128       # jet: its cached hash says the horizon would leave it where it is
 
-# One connection as the cluster's oracle sees it (40 bytes, one cache line at most: the oracle reads one
-# record a packet). It is found by the tuple's 64-bit keyed hash alone, also its fingerprint: two tuples
-# share one with odds of 2^-64 a pair.
+# One connection as the cluster's oracle sees it (32 bytes: in a table of them, mapped page-aligned, a
+# record never straddles two cache lines, and the oracle reads one record a packet). It is found by the
+# tuple's 64-bit keyed hash alone, also its fingerprint: two tuples share one with odds of 2^-64 a pair.
+# The stamp that only jet and silkroad-delay read lives beside the table (ClusterPath.stamps, same slot).
 ctypedef struct Conn:
     uint64_t fp             # the tuple's keyed hash (the instances' table hash)
     uint64_t last_ns
-    # silkroad-delay: when the pending insert was started; jet: the generation of its instance's reals
-    # its cached hash is of (ClusterPath.reals_same)
-    uint64_t stamp
     int32_t real            # the real that holds the connection (its first real), -1 none yet
     # The design's own memory of the connection, -1 none: cheetah, the real its timestamp cookie
     # names; maglev-global, the global table's entry; silkroad-delay, the real the pending insert holds;
     # jet, its cached hash (a service-local real).
     int32_t aux
-    uint16_t flags          # 0: a free slot
-    int16_t instance        # the instance of its last packet, -1 none
-    int16_t stamp_instance  # silkroad-delay: where the insert is pending; jet: whose reals; -1 none
+    uint8_t flags           # 0: a free slot
+    int8_t instance         # the instance of its last packet, -1 none (MAX_INSTANCES fits)
+    int8_t stamp_instance   # silkroad-delay: where the insert is pending; jet: whose reals; -1 none
     uint8_t proto
 
 
@@ -196,6 +193,10 @@ cdef class ClusterPath:
     cdef uint32_t n_services, n_reals
     # The oracle: open addressing on the tuple's hash, records in the slots.
     cdef Conn* conns
+    # Per slot of conns, NULL unless the design reads it (jet, silkroad-delay): silkroad-delay, when the
+    # pending insert was started; jet, the generation of its instance's reals its cached hash is of
+    # (ClusterPath.reals_same). Out of the record, so that the designs that never read it keep 32 bytes.
+    cdef uint64_t* stamps
     cdef readonly uint64_t conn_used
     cdef uint64_t omask
     # Design tables, per service (service s's rows start at s * size), global real indexes.
@@ -248,6 +249,8 @@ cdef class ClusterPath:
         self.bucket_size = bucket_size
         self.omask = MIN_CONN_SLOTS - 1
         self.conns = <Conn*>table_alloc(MIN_CONN_SLOTS * sizeof(Conn))
+        if design == DS_JET or design == DS_SILKROAD:
+            self.stamps = <uint64_t*>table_alloc(MIN_CONN_SLOTS * sizeof(uint64_t))
         self.real_conns = <uint64_t*>calloc(max(n_reals, 1), sizeof(uint64_t))
         self.scratch = <Real*>calloc(max(n_reals, 1), sizeof(Real))
         self.seen_weight = <int32_t*>calloc(max(n_reals, 1) * MAX_INSTANCES, sizeof(int32_t))
@@ -260,7 +263,8 @@ cdef class ClusterPath:
         if design == DS_SECOND_CHANCE:
             self.glb_primary = <int32_t*>malloc(n_services * GLB_ROWS * sizeof(int32_t))
             self.glb_secondary = <int32_t*>malloc(n_services * GLB_ROWS * sizeof(int32_t))
-        if (self.conns == NULL or self.real_conns == NULL or self.scratch == NULL
+        if (self.conns == NULL or self.real_conns == NULL
+                or ((design == DS_JET or design == DS_SILKROAD) and self.stamps == NULL) or self.scratch == NULL
                 or self.seen_weight == NULL or self.seen_flags == NULL
                 or self.avail == NULL
                 or self.n_avail == NULL or (bucket_size and (self.bucket_owner == NULL or self.bucket_prev == NULL))
@@ -277,6 +281,8 @@ cdef class ClusterPath:
             free(self.steers[k])
         if self.conns != NULL:
             munmap(self.conns, (self.omask + 1) * sizeof(Conn))
+        if self.stamps != NULL:
+            munmap(self.stamps, (self.omask + 1) * sizeof(uint64_t))
         free(self.real_conns)
         free(self.scratch)
         free(self.seen_weight)
@@ -523,12 +529,8 @@ cdef class ClusterPath:
         return self.up_list[<uint32_t>(h >> 40) % <uint32_t>self.n_up]
 
     cdef inline void prefetch_conn(self, uint64_t fp) noexcept nogil:
-        """Read ahead the oracle's record at the hash's home slot, and the next cache line when it
-        straddles two (a 40-byte record starts at any multiple of 8 in a line; half end in the next)."""
-        cdef const char* at = <const char*>&self.conns[fp & self.omask]
-        prefetch(at)
-        if (<size_t>at & (CACHE_LINE - 1)) + sizeof(Conn) > CACHE_LINE:
-            prefetch(at + sizeof(Conn) - 1)
+        """Read ahead the oracle's record at the hash's home slot (one cache line: 32-byte records)."""
+        prefetch(&self.conns[fp & self.omask])
 
     cdef inline void one(self, uint8_t* p, PacketInfo* info, int parsed, int32_t svc, int k, uint64_t h,
                          uint64_t ts, uint32_t origlen, uint8_t* verdict, int32_t* detail) noexcept nogil:
@@ -583,7 +585,8 @@ cdef class ClusterPath:
         c.real = c.aux = -1
         c.instance = c.stamp_instance = -1
         c.last_ns = ts
-        c.stamp = 0
+        if self.stamps != NULL:
+            self.stamps[c - self.conns] = 0
         c.flags = C_USED if opened else C_USED | C_MIDFLOW
         self.connections += 1
         if not opened:
@@ -640,9 +643,9 @@ cdef class ClusterPath:
             else:
                 if c.stamp_instance != k:       # SilkRoad: the switch CPU starts the insert
                     c.stamp_instance = k
-                    c.stamp = ts
+                    self.stamps[c - self.conns] = ts
                     c.aux = <int32_t>s.first_real + pick
-                if ts < c.stamp + self.insert_delay_ns:
+                if ts < self.stamps[c - self.conns] + self.insert_delay_ns:
                     return self.stateless(<int32_t>s.first_real + pick, starts, verdict, detail)
                 pick = c.aux - <int32_t>s.first_real      # the insert lands with its first choice
                 c.stamp_instance = -1
@@ -683,14 +686,14 @@ cdef class ClusterPath:
         them while those stay as they were: the answers of hashing every packet, as JET does, for the
         cost of comparing the reals."""
         cdef int32_t pick
-        if self.reals_same(dp, k, s) and c.stamp_instance == k and c.stamp == self.reals_gen[k]:
+        if self.reals_same(dp, k, s) and c.stamp_instance == k and self.stamps[c - self.conns] == self.reals_gen[k]:
             return c.aux
         pick = st.inner.pick(st.inner.state, &dp.t.reals[s.first_real], s.n_reals, key, ts)
         c.flags &= ~C_JET_STAYS
         if pick >= 0 and self.horizon_pick(dp, s, st, key, ts) == pick:
             c.flags |= C_JET_STAYS
         c.aux = pick
-        c.stamp = self.reals_gen[k]
+        self.stamps[c - self.conns] = self.reals_gen[k]
         c.stamp_instance = k
         return pick
 
@@ -794,19 +797,30 @@ cdef class ClusterPath:
         return &self.conns[i]
 
     cdef int grow(self) noexcept nogil:
-        """Twice the slots, every record placed again by its hash (load stays under a half)."""
+        """Twice the slots, every record (and its stamp) placed again by its hash (load stays under a half)."""
         cdef uint64_t i, j, new_mask = (self.omask + 1) * 2 - 1
         cdef Conn* bigger = <Conn*>table_alloc((new_mask + 1) * sizeof(Conn), 0, True)    # filled at once
+        cdef uint64_t* stamps = NULL
         if bigger == NULL:
             return -1
+        if self.stamps != NULL:
+            stamps = <uint64_t*>table_alloc((new_mask + 1) * sizeof(uint64_t), 0, True)
+            if stamps == NULL:
+                munmap(bigger, (new_mask + 1) * sizeof(Conn))
+                return -1
         for i in range(self.omask + 1):
             if self.conns[i].flags:
                 j = self.conns[i].fp & new_mask
                 while bigger[j].flags:
                     j = (j + 1) & new_mask
                 bigger[j] = self.conns[i]
+                if stamps != NULL:
+                    stamps[j] = self.stamps[i]
         munmap(self.conns, (self.omask + 1) * sizeof(Conn))
         self.conns = bigger
+        if stamps != NULL:
+            munmap(self.stamps, (self.omask + 1) * sizeof(uint64_t))
+            self.stamps = stamps
         self.omask = new_mask
         return 0
 
@@ -850,4 +864,3 @@ cdef class ClusterPath:
 
 
 ECMP_MODES = ("hash", "resilient")
-CONN_RECORD_BYTES = sizeof(Conn)
