@@ -1649,7 +1649,10 @@ cdef class Datapath:
             memcpy(q, p, head)
             memcpy(q + head + n, p + head, kept - head)
             self.cur.origlen[i] = end + n
-        write_toa(q, l3, l4, family, f.client, f.cport)
+        if family == 4:                             # a literal family each: the inline write_toa is
+            write_toa(q, l3, l4, 4, f.client, f.cport)  # compiled with constant sizes, its loops unrolled
+        else:
+            write_toa(q, l3, l4, 6, f.client, f.cport)
         self.toa_added += 1
         return True
 
