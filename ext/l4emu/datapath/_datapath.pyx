@@ -1614,25 +1614,33 @@ cdef class Datapath:
     cdef bint insert_toa(self, uint8_t* p, PacketInfo* info, Flow* f, Service* s) noexcept nogil:
         """DPVS tcp_in_add_toa: TOA right after the fixed TCP header, the options and data moved down
         (here the headers move up into the batch's headroom instead, or the packet moves to fresh room);
-        skipped and counted when the options have no room for it (Ethernet padding is left behind)."""
+        skipped and counted when the options have no room for it (Ethernet padding is left behind).
+        What it reads of `info` and the batch is read once into locals first: the packet's bytes are
+        written through a uint8_t*, which may alias anything, so the compiler would load them again."""
         cdef Py_ssize_t i = self.cur_i
-        cdef uint32_t n = toa_length(info.key.family)
-        cdef uint32_t head = info.l4 + TCP_HEADER_LEN
-        cdef uint32_t kept = info.end if info.end < info.caplen else info.caplen
+        cdef uint64_t* offset = self.cur.offset
+        cdef uint16_t* room = self.cur.headroom
+        cdef uint32_t l3 = info.l3, l4 = info.l4, end = info.end
+        cdef int family = info.key.family
+        cdef uint32_t n = toa_length(family)
+        cdef uint32_t head = l4 + TCP_HEADER_LEN
+        cdef uint32_t kept = end if end < info.caplen else info.caplen
+        cdef uint16_t headroom = room[i]
         cdef uint64_t old
         cdef uint8_t* q
-        if ((p[info.l4 + TCP_DATA_OFFSET] >> 4) * 4 + n > TCP_MAX_HEADER_LEN
-                or (info.key.family == 4 and info.end - info.l3 + n > 0xFFFF)):
+        if ((p[l4 + TCP_DATA_OFFSET] >> 4) * 4 + n > TCP_MAX_HEADER_LEN
+                or (family == 4 and end - l3 + n > 0xFFFF)):
             self.toa_no_room += 1                   # DPVS: EDPVS_NOROOM, sent on without it
             return False
-        if self.cur.headroom[i] >= n:               # in place: the headers move up into the headroom
+        if headroom >= n:                           # in place: the headers move up into the headroom
             q = p - n
-            memmove(q, p, head)
-            self.cur.offset[i] = self.cur.offset[i] - n
-            self.cur.headroom[i] = <uint16_t>(self.cur.headroom[i] - n)
+            offset[i] = offset[i] - n
+            room[i] = <uint16_t>(headroom - n)
             self.cur.caplen[i] = kept + n
+            self.cur.origlen[i] = end + n
+            memmove(q, p, head)
         else:                                       # no headroom: a copy at the end of the batch
-            old = self.cur.offset[i]
+            old = offset[i]
             q = self.cur.room(i, kept + n)
             if q == NULL:
                 self.toa_no_room += 1
@@ -1640,8 +1648,11 @@ cdef class Datapath:
             p = self.cur.data + old                 # the buffer may have moved
             memcpy(q, p, head)
             memcpy(q + head + n, p + head, kept - head)
-        self.cur.origlen[i] = info.end + n
-        write_toa(q, info.l3, info.l4, info.key.family, f.client, f.cport)
+            self.cur.origlen[i] = end + n
+        if family == 4:                             # a literal family each: the inline write_toa is
+            write_toa(q, l3, l4, 4, f.client, f.cport)  # compiled with constant sizes, its loops unrolled
+        else:
+            write_toa(q, l3, l4, 6, f.client, f.cport)
         self.toa_added += 1
         return True
 

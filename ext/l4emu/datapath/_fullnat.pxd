@@ -2,7 +2,7 @@
 # and the TOA TCP option that tells the real who the client was. Every helper takes the bytes it may
 # touch as a pointer whose length its caller checked.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 from l4emu.datapath._types cimport PacketInfo
 from l4emu.datapath._checksum cimport apply_diff, diff_words, load16, store16
 from l4emu.datapath._wire cimport *
@@ -75,38 +75,37 @@ cdef inline void write_toa(uint8_t* q, uint32_t l3, uint32_t l4, int family, con
                            uint16_t cport) noexcept nogil:
     """The TCP header at q + l4 has just been given `toa_length` bytes of room right after its 20 fixed
     bytes (DPVS inserts TOA there, before the options already present): write the option and make every
-    length and checksum agree. The checksum changes by the option's words, the data offset's word and
-    the pseudo-header's length, all at even offsets, so RFC 1624 updates it without a full sum."""
+    length and checksum agree. The checksum changes by the option's words (in place of zeros), the data
+    offset's word and the pseudo-header's length, all at even offsets: RFC 1624 sums of (~old + new)
+    taken from the values themselves (no scratch copies: this runs for every packet that gets TOA)."""
     cdef uint32_t n = toa_length(family)
-    cdef uint8_t* opt = q + l4 + TCP_HEADER_LEN
-    cdef uint8_t old_word[2]
-    cdef uint8_t old_len[4]
-    cdef uint8_t new_len[4]
-    cdef uint8_t zeros[TOA_LEN6]
-    cdef uint32_t d, length
-    memset(zeros, 0, TOA_LEN6)
+    cdef uint32_t client_len = n - 4
+    cdef uint8_t* tcp = q + l4
+    cdef uint8_t* opt = tcp + TCP_HEADER_LEN
+    cdef uint32_t old_doff = load16(tcp + TCP_DATA_OFFSET)
+    cdef uint32_t new_doff = old_doff + ((n >> 2) << 12)      # checked by the caller: stays below 60 bytes
+    cdef uint32_t d, length, old_total, k
     opt[0] = TCPOPT_TOA
     opt[1] = <uint8_t>n
     store16(opt + 2, cport)
-    memcpy(opt + 4, client, 4 if family == 4 else 16)
-    d = diff_words(0, zeros, opt, n)
-    memcpy(old_word, q + l4 + TCP_DATA_OFFSET, 2)
-    q[l4 + TCP_DATA_OFFSET] = <uint8_t>(q[l4 + TCP_DATA_OFFSET] + ((n >> 2) << 4))
-    d = diff_words(d, old_word, q + l4 + TCP_DATA_OFFSET, 2)
+    memcpy(opt + 4, client, 4 if family == 4 else 16)       # constant sizes: copied inline
+    d = (n >> 1) * 0xFFFF + ((<uint32_t>TCPOPT_TOA << 8) | n) + cport     # each zero word ~0 = 0xFFFF
+    for k in range(0, client_len, 2):
+        d += load16(client + k)
+    store16(tcp + TCP_DATA_OFFSET, new_doff)
+    d += (~old_doff & 0xFFFF) + new_doff
     if family == 4:
-        length = load16(q + l3 + IP4_TOTAL_LEN) - (q[l3] & 0x0F) * 4      # the TCP length before
-        memcpy(old_len, q + l3 + IP4_TOTAL_LEN, 2)
-        store16(q + l3 + IP4_TOTAL_LEN, load16(q + l3 + IP4_TOTAL_LEN) + n)
-        apply_diff(q + l3 + IP4_CSUM, diff_words(0, old_len, q + l3 + IP4_TOTAL_LEN, 2))
+        old_total = load16(q + l3 + IP4_TOTAL_LEN)
+        length = old_total - (q[l3] & 0x0F) * 4                 # the TCP length before
+        store16(q + l3 + IP4_TOTAL_LEN, old_total + n)
+        apply_diff(q + l3 + IP4_CSUM, (~old_total & 0xFFFF) + old_total + n)
     else:
-        length = load16(q + l3 + IP6_PAYLOAD_LEN) - (l4 - l3 - IP6_HEADER_LEN)
-        store16(q + l3 + IP6_PAYLOAD_LEN, load16(q + l3 + IP6_PAYLOAD_LEN) + n)
-    store16(old_len, length >> 16)
-    store16(old_len + 2, length & 0xFFFF)
-    store16(new_len, (length + n) >> 16)
-    store16(new_len + 2, (length + n) & 0xFFFF)
-    d = diff_words(d, old_len, new_len, 4)
-    apply_diff(q + l4 + TCP_CSUM, d)
+        old_total = load16(q + l3 + IP6_PAYLOAD_LEN)
+        length = old_total - (l4 - l3 - IP6_HEADER_LEN)
+        store16(q + l3 + IP6_PAYLOAD_LEN, old_total + n)
+    d += ((~(length >> 16) & 0xFFFF) + ((length + n) >> 16)                 # the pseudo-header's 32-bit length
+          + (~length & 0xFFFF) + ((length + n) & 0xFFFF))
+    apply_diff(tcp + TCP_CSUM, d)
 
 
 cdef inline void lower_mss(uint8_t* p, uint32_t l4, uint32_t limit, uint32_t by) noexcept nogil:
