@@ -96,9 +96,11 @@ def sharded_replay(capture: str | Path, config: Config, seed: int, workers: int,
         interfaces, nanosecond = list(reader.interfaces), reader.nanosecond
     target = output
     if output is not None and not _regular_target(output):  # a device or FIFO: assembled aside, then copied
-        target = Path(tempfile.mkdtemp(prefix="l4emu-shard-")) / ("out." + _format_of(output, fmt))
-    writer = open_writer(target, interfaces, nanosecond=nanosecond, fmt=fmt) if target is not None else None
+        suffix = _format_of(output, fmt)
+        target = Path(tempfile.mkdtemp(prefix="l4emu-shard-")) / ("out." + suffix)
+    writer = None
     try:
+        writer = open_writer(target, interfaces, nanosecond=nanosecond, fmt=fmt) if target is not None else None
         start = writer.start_at_offsets() if writer is not None else 0
         results = _run_workers(capture, config, seed, workers, writer, start, output)
         if writer is not None:
@@ -279,6 +281,9 @@ def _run_workers(capture, config: Config, seed: int, workers: int, writer, start
                     failure = value
                     meeting.abort()
                 results[k] = value
+    except BaseException:  # Ctrl-C or an unexpected error here: the appender and the workers must not wait on
+        meeting.abort()
+        raise
     finally:
         if writer is not None:
             if failure is not None:
@@ -349,7 +354,8 @@ def _gather_window(out, lengths, owners, count: int, sources: list, sizes: list[
 def _worker(k: int, plan, meeting: Meeting, send) -> None:
     try:
         send.send(("ok", _replay_share(k, plan, meeting)))
-    except BrokenBarrierError:  # another worker (or the output) failed: it reports why
+    except (BrokenBarrierError, KeyboardInterrupt):  # another process failed (it reports why), or Ctrl-C
+        meeting.abort()
         send.send(("stopped", None))
     except L4emuError as exc:
         meeting.abort()
@@ -422,6 +428,19 @@ def _replay_share(k: int, plan, meeting: Meeting) -> dict:
     return {"summary": summary, "written": written, "first": first, "warnings": warnings}
 
 
+def _reserve(fd: int, size: int) -> None:
+    """Grow a staging file with its pages allocated now: a sparse file on a full tmpfs would fail later,
+    as a SIGBUS on the first write through the map (Docker's /dev/shm is 64 MB)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        where = STAGING_DIR if os.path.isdir(STAGING_DIR) else tempfile.gettempdir()
+        raise ShardError(
+            f"{where}: no room to stage {size:,} bytes of a worker's output ({exc.strerror}): "
+            "free some, or use fewer workers"
+        ) from None
+
+
 class _Staging:
     """One worker's two staging files, mapped: written by the worker (grown, never shrunk, to hold its
     records of a window), read by the parent's gather."""
@@ -442,7 +461,7 @@ class _Staging:
             if self.writable:
                 want = -(-size // STAGING_STEP) * STAGING_STEP
                 if os.fstat(fd).st_size < want:
-                    os.ftruncate(fd, want)
+                    _reserve(fd, want)
             else:
                 want = os.fstat(fd).st_size
             if current is not None:
