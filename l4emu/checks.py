@@ -98,10 +98,16 @@ def parse(raw, key: str, protocol: str, error: type[L4emuError], typed, take) ->
 
 
 EMULATED_TYPES = ("tcp", "http")
-EMULATED_REFUSAL = (
-    f"{' or '.join(EMULATED_TYPES)}: an emulated real is checked from its host's state "
-    "(no TLS or command runs against it)"
-)
+
+
+def emulated_refusal(check: HealthCheck) -> tuple[str, str] | None:
+    """(the key, why) when an emulated real cannot take this check: it is judged from its host's state, so
+    no TLS, command or body digest runs against it; None when it can."""
+    if check.type not in EMULATED_TYPES:
+        return "type", f"{' or '.join(EMULATED_TYPES)}: an emulated real is checked from its host's state"
+    if check.digest:
+        return "digest", "an emulated real is checked from its host's state, not its answer's body"
+    return None
 
 
 def effective(svc, real) -> HealthCheck | None:

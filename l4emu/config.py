@@ -383,8 +383,9 @@ def _real(raw, key: str, family: int, protocol: str = "tcp") -> Real:
     check = None
     if "check" in raw:
         check = checks.parse(raw["check"], f"{key}.check", protocol, ConfigError, _typed, _take)
-        if emulation["emulated"] and check.type not in checks.EMULATED_TYPES:
-            raise ConfigError(f"{key}.check.type", checks.EMULATED_REFUSAL)
+        refusal = checks.emulated_refusal(check) if emulation["emulated"] else None
+        if refusal:
+            raise ConfigError(f"{key}.check.{refusal[0]}", refusal[1])
     return Real(address, port, weight, thresholds[0], thresholds[1], **emulation, **forwarding, check=check)
 
 
@@ -652,8 +653,9 @@ def _service(raw, key: str, schedulers) -> Service:
     check = None
     if "check" in raw:
         check = checks.parse(raw["check"], f"{key}.check", protocol, ConfigError, _typed, _take)
-        if check.type not in checks.EMULATED_TYPES and any(real.emulated and real.check is None for real in reals):
-            raise ConfigError(f"{key}.check.type", checks.EMULATED_REFUSAL)
+        refusal = checks.emulated_refusal(check)
+        if refusal and any(real.emulated and real.check is None for real in reals):
+            raise ConfigError(f"{key}.check.{refusal[0]}", refusal[1])
     service = Service(
         vip,
         port,

@@ -421,6 +421,8 @@ def test_a_real_may_be_checked_when_its_service_has_no_check(tmp_path):
     ('  [service.real.check]\n  misc_timeout = 1\n', 'service[0].real[0].check.misc_timeout: only type = "misc"'),
     ('  emulated = true\n  [service.real.check]\n  type = "misc"\n  misc_path = "true"\n',
      "service[0].real[0].check.type: tcp or http: an emulated real is checked from its host's state"),
+    ('  emulated = true\n  [service.real.check]\n  type = "http"\n  digest = "eff5bc1ef8ec9d03e640fc4370f5eacd"\n',
+     "service[0].real[0].check.digest: an emulated real is checked from its host's state"),
 ])
 def test_a_reals_check_errors_name_the_real(tmp_path, real, message):
     text = '[[service]]\nvip = "10.0.0.100:80"\n  [[service.real]]\n  address = "10.1.0.1:80"\n' + real
