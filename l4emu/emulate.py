@@ -96,6 +96,12 @@ class Emulator:
         return self.loop.direct
 
     @property
+    def fragmented(self) -> int:
+        """Packets the switch fragmented on their way to an emulated host (over the MTU without DF, often
+        by a tunnel's header): not delivered, since an emulated host does not reassemble."""
+        return self.loop.fragmented
+
+    @property
     def superseded(self) -> int:
         """Captured packets from an emulated host's address (or a superseded front): the host speaks for it."""
         return self.loop.superseded

@@ -119,6 +119,8 @@ def replay(
         summary["emulated"]["answers"] = emulator.answers  # those of masq and fullnat reals went through the switch too
         if emulator.direct:  # ... those of dr and tun reals past it (named only then: masq summaries stay as they were)
             summary["emulated"]["direct"] = emulator.direct
+        if emulator.fragmented:  # named only then, as direct
+            summary["emulated"]["fragmented_undelivered"] = emulator.fragmented
     if checks is not None:
         summary["health"] = checks.summary()
     return summary

@@ -12,6 +12,7 @@ class Loop:
     answers: int
     direct: int
     superseded: int
+    fragmented: int
     def __init__(
         self,
         datapath: Datapath,

@@ -530,6 +530,7 @@ cdef class Datapath:
         self.handle(b.data + b.offset[0], info, parsed, h, b.ts_ns[0], b.origlen[0], &b.verdict[0], &b.detail[0])
         if info.fragment and parsed == PARSED:     # track: a first fragment went through
             self.first_fragment_done(info)
+        b.settle()                                  # inserted slots into wire order, as process() leaves them
         self.cur = None
         return parsed
 

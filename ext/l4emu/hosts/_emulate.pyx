@@ -17,7 +17,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, UINT64_MAX
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
-from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP
+from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
 from l4emu.datapath._datapath cimport Datapath
 from l4emu.datapath._types cimport PacketInfo, Real, FWD_DR, FWD_TUN
 from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
@@ -119,6 +119,7 @@ cdef class Loop:
     cdef readonly uint64_t answers
     cdef readonly uint64_t direct           # ... of them sent by dr and tun reals straight to the client
     cdef readonly uint64_t superseded
+    cdef readonly uint64_t fragmented       # fragmented on the way to a host: not delivered (no reassembly)
     cdef Clients clients            # simulate: the emulated clients the answers go to (None: replay)
     cdef uint32_t client_slot       # ... and the connection of the client packet going through now
     cdef StampKey hashed_key        # the re-stamping key hashed last, and its hash (0: none yet): a host's
@@ -268,9 +269,15 @@ cdef class Loop:
         cdef PacketInfo info
         cdef Seg seg
         cdef int taken = 0
+        cdef bint taking = False                # the slot before was taken: its `more` fragments go too
         for i in range(batch.n):
             v, d = batch.verdict[i], batch.detail[i]
             p = batch.data + batch.offset[i]
+            if v == V_MORE:
+                if taking:
+                    batch.verdict[i] = V_DROP
+                continue
+            taking = False
             if v == V_NEW or v == V_FORWARD:
                 h = self.real_host(d)
             elif v == V_PASS and read_segment(p, batch.caplen[i], batch.linktype[i], &info, &seg):
@@ -281,8 +288,12 @@ cdef class Loop:
                 continue
             batch.verdict[i] = V_DROP
             batch.detail[i] = 0
+            taking = True
             if batch.ts_ns[i] > self.last_ts:
                 self.last_ts = batch.ts_ns[i]
+            if (v == V_NEW or v == V_FORWARD) and i + 1 < batch.n and batch.verdict[i + 1] == V_MORE:
+                self.fragmented += 1                # fragmented on its way: the host does not reassemble
+                continue
             if v == V_NEW or v == V_FORWARD:        # as the method sent it (a tunnel, the VIP as its own)
                 parse_packet(p, batch.caplen[i], batch.caplen[i], batch.linktype[i], &info)    # its link header
                 if self._room(batch.caplen[i]) < 0:
@@ -449,7 +460,9 @@ cdef class Loop:
             for k in range(b.n):
                 self.emit(1, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype, b.verdict[k], d)
             h = self.real_host(d)
-            if h >= 0:
+            if h >= 0 and b.n > 1:
+                self.fragmented += 1
+            elif h >= 0:
                 self.to_real(h, d, after, m, morig, n, parsed, &info, ts, iface, linktype, ahead)
         elif v == V_REPLY or v == V_ANSWER:     # real -> client, SNAT
             for k in range(b.n):
