@@ -228,7 +228,7 @@ class Service:
     # The switch's own addresses (tunnel outer source, ICMP errors' source); by default the VIP.
     source_addresses: tuple[IPAddress, ...] = ()
     fragments: str = "drop"  # FRAGMENT_POLICIES
-    check: checks.HealthCheck | None = None  # [service.check]: live mode's checks of its reals (but a real's own)
+    check: checks.HealthCheck | None = None  # [service.check]: its reals' checks (but a real's own): live, or emulated
     local_addresses: tuple[IPAddress, ...] = ()  # fullnat: the pool of its reals that name none of their own
 
     def source_address(self, family: int) -> IPAddress | None:

@@ -1,10 +1,12 @@
 """Simulate: emulated clients through the switch to emulated servers with finite capacity, closed loop.
 
-The clients (l4emu.clients._clients) open real TCP connections to the VIP, the datapath schedules
-and NATs them as in replay, the emulated reals (l4emu.hosts) serve each request with their workers
-for a drawn service time, and every answer goes back through the switch to its client, which waits
-for it before its next request. Response time is an outcome: what users would see from the switch's
-scheduler and the reals' capacity. Everything runs on the packet clock, so a seed fixes every byte.
+The clients (l4emu.clients._clients) open real TCP connections to the VIP or send UDP requests (or
+both: a mixed workload), the datapath schedules and forwards them as in replay, the emulated reals
+(l4emu.hosts) serve each request with their workers for a drawn service time, and every answer goes
+back to its client (through the switch, or past it from dr and tun reals), which waits for it before
+its next request. Response time is an outcome: what users would see from the switch's scheduler and
+the reals' capacity. Health checks of the reals run on the same clock (l4emu.emulated_checks).
+Everything runs on the packet clock, so a seed fixes every byte.
 """
 
 from __future__ import annotations

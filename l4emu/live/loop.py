@@ -144,7 +144,7 @@ class Live:
                 or "unchanged"
             )
             log.info("real %s: %s (control request)", request["endpoint"], what)
-            self.history.mark(self.switch.clock_ns, f"{request['endpoint']} {what}", str(request["endpoint"]))
+            self.history.mark(self._clock_ns(), f"{request['endpoint']} {what}", str(request["endpoint"]))
             return {"endpoint": request["endpoint"], "weight": weight, "down": down}
         if op == "apply":
             source = str(request.get("source") or "new config")
@@ -175,10 +175,7 @@ class Live:
     def apply(self, text: str, source: str, dry_run: bool = False) -> dict:
         """Reload from TOML text (l4emu apply, SIGHUP): the diff as plain data; ConfigError if it cannot be."""
         try:
-            config = configmod.loads(text, source, schedulers.catalog())
-            refusal = live_refusal(config.services)
-            if refusal:
-                raise OptionError(f"{source}: {refusal}")
+            config = configmod.loads(text, source, schedulers.catalog())  # emulated reals: refused by the plan
             diff = self.switch.plan(config, source) if dry_run else self.switch.apply(config, source)
         except L4emuError:
             self.reloads["refused"] += not dry_run
@@ -369,11 +366,13 @@ class Live:
             self._now()
             self.emulator.advance(self.switch.clock_ns)
             self.emulator.flush()
-        if self.dns is not None and self.dns.next_deadline() is not None:
+        deadline = self.dns.next_deadline() if self.dns is not None else None
+        if deadline is not None and self.dns is not None:
             self._now()
-            answers = self.dns.advance(self.switch.clock_ns)
-            if answers is not None:
-                self._answers(answers)
+            if deadline <= self.switch.clock_ns:  # only when one is due: advance() starts a new answers batch
+                answers = self.dns.advance(self.switch.clock_ns)
+                if answers is not None:
+                    self._answers(answers)
 
     def _poll_timeout(self) -> float:
         deadlines = [

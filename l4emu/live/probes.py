@@ -277,6 +277,7 @@ class Command(Probe):
         if self.process.poll() is not None:
             os.close(self.fd)
             return None
+        _signal_group(self.process.pid, signal.SIGTERM)  # again after expire(); first when a reload aborts it
         return Leftover(self.process, self.fd, now + KILL_GRACE)
 
 

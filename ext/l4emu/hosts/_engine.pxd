@@ -280,7 +280,7 @@ cdef class Engine:
     cdef uint64_t* uj_when
     cdef uint32_t* uj_job
     cdef uint32_t n_uj, uj_cap
-    cdef object dns                 # app "dns": answer(query, client, family, host address, port) -> bytes | None
+    cdef object dns                 # app "dns": answer(query, client, host address, port) -> bytes | None
 
     cdef int host_of(self, const uint8_t* addr, uint8_t family) noexcept
     cdef int receive(self, uint32_t h, Seg* seg, uint64_t now, uint16_t linktype, uint16_t iface,
