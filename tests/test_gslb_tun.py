@@ -110,3 +110,43 @@ def test_dns_over_tcp_is_answered_on_the_tun_and_an_idle_connection_closed():
     assert answerer.advance(11 * ms + 100 * 1000 * ms) is None
     assert answerer.tcp_counters()["dns_orphans_ended"] == 2 and answerer.next_deadline() is None
     assert answerer.tcp.engine.host_state(0)[5] == []  # no connection left
+
+
+def test_more_tcp_answers_than_one_batch_holds_all_reach_the_tun():
+    """120 clients' queries in one read round, three segments of one query each: more answer segments than
+    the answers batch first holds (256). The emulated TCP does not retransmit, so none may be dropped:
+    the batch grows."""
+    import struct
+
+    gslb = gslbconfig.load(PCAPS / "gslb.toml", schedulers.catalog())
+    answerer = TunAnswerer(gslb, seed=1)
+    switch = Switch.from_config(None, 1)
+    clients = range(6000, 6120)  # within the listener's SYN backlog (128)
+
+    def round_trip(frames, t):
+        batch = Batch(len(frames))
+        for frame in frames:
+            assert batch.append(raw(frame), t, 0, LINKTYPE_RAW)
+        switch.process(batch)
+        answers = answerer.answer(batch)
+        return [IP(answers.packet(i)) for i in range(len(answers))] if answers is not None else []
+
+    synacks = round_trip([IP(src="172.16.0.2", dst="10.53.0.1") / TCP(sport=p, dport=53, flags="S", seq=100)
+                          for p in clients], 1_000_000)
+    assert len(synacks) == len(clients)
+    server = {a[TCP].dport: a[TCP].seq + 1 for a in synacks}
+    message = bytes(DNS(id=7, rd=1, qd=DNSQR(qname="www.example.com")))
+    query = struct.pack("!H", len(message)) + message
+    answers = round_trip([IP(src="172.16.0.2", dst="10.53.0.1")
+                          / TCP(sport=p, dport=53, flags="PA", seq=101 + k * len(query), ack=server[p]) / query
+                          for k in range(3) for p in clients], 2_000_000)
+    assert len(answers) > 256  # more than the batch first held
+    assert answerer.tcp_counters()["dns_queries"] == 3 * len(clients)
+    for port in (clients[0], clients[-1]):  # every answer went out, the last client's too
+        stream = b"".join(bytes(a[TCP].payload) for a in answers if a[TCP].dport == port)
+        ids = []
+        while stream:
+            (length,) = struct.unpack("!H", stream[:2])
+            ids.append(dns.message.from_wire(stream[2 : 2 + length]).id)
+            stream = stream[2 + length :]
+        assert ids == [7, 7, 7]

@@ -23,6 +23,7 @@ from l4emu.gslb.tcp import Frame, TcpResponder
 
 PASS, DROP = VERDICT_NAMES.index("pass"), VERDICT_NAMES.index("drop")
 ANSWER_DELAY_NS = 1000  # as in replay: the answer's timestamp, 1 us after its query
+ANSWER_SLOTS, ANSWER_BYTES = 256, 1 << 20  # one read round's answers (UDP beyond it: the client retries)
 
 
 class TunAnswerer:
@@ -38,7 +39,8 @@ class TunAnswerer:
         self.counters = self.authority.counters
         self.listens = {(address.packed, port) for address, port in self.authority.listens}
         self.addresses = {address for address, _ in self.listens}
-        self.answers = Batch(256)
+        self.answer_room = (ANSWER_SLOTS, ANSWER_BYTES)  # the answers batch's slots and bytes (grown for TCP)
+        self.answers = Batch(*self.answer_room)
         self.config, self.seed = config, seed
         self.tcp: TcpResponder | None = None  # made at the first DNS segment over TCP
 
@@ -104,5 +106,16 @@ class TunAnswerer:
             dgram = wire.parse(frame, linktype)
             if dgram is None or dgram.src not in self.addresses:
                 continue
-            if self.answers.append(frame, ts, iface, linktype, len(frame)):
-                self.answers.set_result(len(self.answers) - 1, PASS, 0)
+            while not self.answers.append(frame, ts, iface, linktype, len(frame)):
+                self._grow()  # never dropped: the emulated TCP does not retransmit
+            self.answers.set_result(len(self.answers) - 1, PASS, 0)
+
+    def _grow(self) -> None:
+        """A bigger answers batch holding what the full one held."""
+        full = self.answers
+        self.answer_room = (2 * self.answer_room[0], 2 * self.answer_room[1])
+        self.answers = Batch(*self.answer_room)
+        for i in range(len(full)):
+            ts, origlen, iface, linktype = full.meta(i)
+            self.answers.append(full.packet(i), ts, iface, linktype, origlen)
+            self.answers.set_result(i, PASS, 0)
