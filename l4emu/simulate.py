@@ -99,7 +99,7 @@ def simulate(
         tables: dict[str, Callable[[], list]] = {"tcp": engine.capacity, "udp": engine.udp_capacity}
 
         def on_sample(now: int) -> None:
-            queues = [row for part in parts for row in tables[part.protocol]()]
+            queues = [(part.protocol, *row) for part in parts for row in tables[part.protocol]()]
             samples.append((now, queues, [r["active"] for r in switch.real_counters()]))
             if on_progress:
                 on_progress(now)
@@ -131,7 +131,6 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
     udp = workload.protocol == "udp"
     reals = _reals(switch, workload.protocol, clients.response_times(), span_ns)
     everything = sorted(ns for _, ns in clients.response_times())
-    series_reals = [r["real"] for r in reals]
     late = {"late_answers": clients.late} if udp else {}  # datagrams for a request the client gave up
     return {
         "workload": workload.describe(),
@@ -150,7 +149,7 @@ def _outcome(config, workload, switch, clients, samples, last: int, cpu: float, 
         "syn_retransmits": clients.syn_retransmits,
         "packets": {"clients": clients.packets, "answers": switch_answers(switch) + direct},
         "reals": reals,
-        "queue_over_time": _queue_series(samples, first, series_reals, switch),
+        "queue_over_time": _queue_series(samples, first, [workload.protocol], switch),
         "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
         "cpu_s": round(cpu, 3),
     }
@@ -197,7 +196,7 @@ def _mixed_outcome(config, workload, switch, crowds, samples, last: int, cpu: fl
         "packets": {"clients": tcp["packets"] + udp["packets"], "answers": switch_answers(switch) + direct},
         "by_protocol": by_protocol,
         "reals": reals,
-        "queue_over_time": _queue_series(samples, first, [r["real"] for r in reals], switch),
+        "queue_over_time": _queue_series(samples, first, [part.protocol for part in workload.parts()], switch),
         "cdf_ms": [round(percentile(everything, q / CDF_STEPS * 100) / MS, 3) for q in range(1, CDF_STEPS + 1)],
         "cpu_s": round(cpu, 3),
     }
@@ -260,21 +259,25 @@ def _times(sorted_ns: list[int]) -> dict:
     return out
 
 
-def _queue_series(samples, first: int, reals: list[str], switch) -> list:
-    """[(seconds, waiting per real, active connections per real)] at each sample: the plot's lines."""
+def _queue_series(samples, first: int, protocols: list[str], switch) -> list:
+    """[(seconds, waiting per real, active connections per real)] at each sample: the plot's lines, one per
+    emulated real of the protocols' services in the order the outcome lists them (_reals), keyed by the
+    real's index and its protocol, so a TCP and a UDP real on one address and port keep their own lines."""
     host_of = {address: h for h, address in enumerate(switch.hosts.addresses)}
-    order = {}
-    for index, (_, real) in enumerate(switch.reals):
-        if real.endpoint in reals:
-            order[real.endpoint] = (index, host_of[real.address.packed], real.port)
+    lines = [
+        (index, (svc.protocol, host_of[real.address.packed], real.port))
+        for protocol in protocols
+        for index, (svc, real) in enumerate(switch.reals)
+        if real.emulated and svc.protocol == protocol
+    ]
     series = []
     for now, capacity, active in samples:
-        waiting = {(host, port): row[4] for host, port, *row in capacity}
+        waiting = {(protocol, host, port): row[4] for protocol, host, port, *row in capacity}
         series.append(
             [
                 round((now - first) / NS, 6),
-                [waiting.get((order[r][1], order[r][2]), 0) for r in reals],
-                [active[order[r][0]] for r in reals],
+                [waiting.get(where, 0) for _, where in lines],
+                [active[index] for index, _ in lines],
             ]
         )
     return series

@@ -122,3 +122,19 @@ def test_a_mix_is_checked_in_one_line(tmp_path):
     capture = run_cli("gen", "-c", config(tmp_path), "--capture", "pcaps/clients.pcap", "-o", tmp_path / "y.pcap",
                       check=False)
     assert capture.returncode == 2 and "workload.protocol" in capture.stderr
+
+
+def test_a_tcp_and_a_udp_real_on_one_address_and_port_keep_their_own_queue_lines(tmp_path):
+    """DNS-like: the UDP service's first real is the TCP service's first real's address and port. The
+    queue-over-time lines are per real and protocol: the TCP real's line is its own, not the UDP one's."""
+    text = open(ROOT_CONFIG).read().replace('address = "10.1.0.11:9000"', 'address = "10.1.0.1:8080"')
+    path = tmp_path / "lb.toml"
+    path.write_text(text)
+    result = simulate(str(path), "--rate", "400", "--duration", "5", "--seed", "3")
+    names = [(r["service"].split()[0], r["real"]) for r in result["reals"]]
+    assert names[0] == ("TCP", "10.1.0.1:8080") and names[2] == ("UDP", "10.1.0.1:8080")
+    series = result["queue_over_time"]
+    assert all(len(waiting) == len(active) == len(names) for _, waiting, active in series)
+    tcp_active = [active[0] for _, _, active in series]
+    udp_active = [active[2] for _, _, active in series]
+    assert max(tcp_active) > 0 and tcp_active != udp_active
