@@ -150,3 +150,29 @@ def test_more_tcp_answers_than_one_batch_holds_all_reach_the_tun():
             ids.append(dns.message.from_wire(stream[2 : 2 + length]).id)
             stream = stream[2 + length :]
         assert ids == [7, 7, 7]
+
+
+def test_bytes_dripped_without_a_whole_query_do_not_hold_a_connection_open():
+    """The idle time (30 s) restarts at the accept and at each answered message, not at any byte: a client
+    sending one byte of a query every 10 s is closed 30 s after its connection opened."""
+    gslb = gslbconfig.load(PCAPS / "gslb.toml", schedulers.catalog())
+    answerer = TunAnswerer(gslb, seed=1)
+    switch = Switch.from_config(None, 1)
+    client, s = dict(src="172.16.0.2", dst="10.53.0.1"), 1_000_000_000
+
+    def step(frame, t):
+        batch = Batch(4)
+        assert batch.append(raw(frame), t, 0, LINKTYPE_RAW)
+        switch.process(batch)
+        answers = answerer.answer(batch)
+        return [IP(answers.packet(i)) for i in range(len(answers))] if answers is not None else []
+
+    (syn_ack,) = step(IP(**client) / TCP(sport=7000, dport=53, flags="S", seq=100), 1 * s)
+    server = syn_ack[TCP].seq + 1
+    step(IP(**client) / TCP(sport=7000, dport=53, flags="A", seq=101, ack=server), 1 * s)
+    for k, t in enumerate((10, 20, 29)):  # a length prefix of 0x4000 and one byte more: never a whole query
+        step(IP(**client) / TCP(sport=7000, dport=53, flags="PA", seq=101 + k, ack=server) / b"\x40", t * s)
+    assert 31 * s <= answerer.next_deadline() < 32 * s  # from the accept (not 29 s + 30 s)
+    closed = answerer.advance(32 * s)
+    assert closed is not None and IP(closed.packet(0))[TCP].flags == "FA"
+    assert answerer.tcp_counters()["dns_idle_closed"] == 1

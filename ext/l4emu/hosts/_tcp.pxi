@@ -387,6 +387,7 @@ cdef void feed(Engine e, uint32_t c, const uint8_t* data, uint32_t n) noexcept:
     """Data (and EOF) to the application, or into Recv-Q while nobody has accepted the connection."""
     cdef Conn* conn = e.conn(c)
     cdef bint close = False
+    cdef uint32_t answered = conn.http_keep    # dns: messages answered so far
     if not conn.flags & CF_APP:
         if conn.handle < 0 and not conn.flags & CF_FIN_PENDING and n:
             buf_append(conn, &conn_bufs(conn).recv, data, n)
@@ -398,8 +399,9 @@ cdef void feed(Engine e, uint32_t c, const uint8_t* data, uint32_t n) noexcept:
         close = True                            # the peer closed: every app here closes too (no half-duplex servers)
     if close:                                   # (with requests in service: once they are answered, served())
         app_close(e, c)
-    elif conn.app == APP_DNS:
-        dns_idle_from(e, c, e.step_at)          # accepted, or a message came: the idle time starts again
+    elif conn.app == APP_DNS and (n == 0 or conn.http_keep != answered):
+        dns_idle_from(e, c, e.step_at)          # accepted, or a whole message answered: idle from now (bytes
+        #                                         dripped without completing one do not hold the place)
 
 
 cdef void app_close(Engine e, uint32_t c) noexcept:
