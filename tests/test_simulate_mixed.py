@@ -13,9 +13,9 @@ import subprocess
 
 from scapy.all import IP, TCP, UDP, PcapReader
 
-from conftest import needs_tshark, run_cli
+from conftest import PCAPS, needs_tshark, run_cli
 
-ROOT_CONFIG = "pcaps/mixed.toml"
+ROOT_CONFIG = PCAPS / "mixed.toml"  # by its path, whatever the working directory (the debug suite runs elsewhere)
 SHARE_TOLERANCE = 0.02  # of all sessions: the UDP share's error (module docstring)
 
 
@@ -119,7 +119,7 @@ def test_a_mix_is_checked_in_one_line(tmp_path):
     target = run_cli("gen", "-c", config(tmp_path, 'target = "10.0.0.100:80"\n'), "-o", tmp_path / "x.pcap",
                      check=False)
     assert target.returncode == 2 and "workload.target" in target.stderr
-    capture = run_cli("gen", "-c", config(tmp_path), "--capture", "pcaps/clients.pcap", "-o", tmp_path / "y.pcap",
+    capture = run_cli("gen", "-c", config(tmp_path), "--capture", PCAPS / "clients.pcap", "-o", tmp_path / "y.pcap",
                       check=False)
     assert capture.returncode == 2 and "workload.protocol" in capture.stderr
 
