@@ -17,6 +17,24 @@ from l4emu.io.tun._io import LINKTYPE_RAW
 from l4emu.switch import Switch
 
 
+class TunSide:
+    """The live switch and the GSLB answerer as the TUN loop drives them: a round of frames in, the
+    answers out (each client frame kept from the TUN: the answerer marks it dropped)."""
+
+    def __init__(self):
+        self.answerer = TunAnswerer(gslbconfig.load(PCAPS / "gslb.toml", schedulers.catalog()), seed=1)
+        self.switch = Switch.from_config(None, 1)
+
+    def round(self, frames, t: int) -> list:
+        batch = Batch(len(frames))
+        for frame in frames:
+            assert batch.append(raw(frame), t, 0, LINKTYPE_RAW)
+        self.switch.process(batch)
+        answers = self.answerer.answer(batch)
+        assert {batch.result(i)[0] for i in range(len(frames))} == {"drop"}
+        return [IP(answers.packet(i)) for i in range(len(answers))] if answers is not None else []
+
+
 def checksums_ok(pkt) -> bool:
     fresh = IP(raw(pkt))
     del fresh[IP].chksum
@@ -67,18 +85,12 @@ def test_dns_over_tcp_is_answered_on_the_tun_and_an_idle_connection_closed():
     re-stamping: the client talks to it) answers the handshake, the query behind its length and the FIN."""
     import struct
 
-    gslb = gslbconfig.load(PCAPS / "gslb.toml", schedulers.catalog())
-    answerer = TunAnswerer(gslb, seed=1)
-    switch = Switch.from_config(None, 1)
+    side = TunSide()
+    answerer = side.answerer
     client, ms = dict(src="172.16.0.2", dst="10.53.0.1"), 1_000_000
 
     def step(frame, t):
-        batch = Batch(4)
-        assert batch.append(raw(frame), t, 0, LINKTYPE_RAW)
-        switch.process(batch)
-        answers = answerer.answer(batch)
-        assert batch.result(0)[0] == "drop"  # kept from the TUN: the client's own packet never goes back
-        return [IP(answers.packet(i)) for i in range(len(answers))] if answers is not None else []
+        return side.round([frame], t)
 
     (syn_ack,) = step(IP(**client) / TCP(sport=6000, dport=53, flags="S", seq=100), 1 * ms)
     assert syn_ack[TCP].flags == "SA" and syn_ack[TCP].ack == 101
@@ -118,18 +130,9 @@ def test_more_tcp_answers_than_one_batch_holds_all_reach_the_tun():
     the batch grows."""
     import struct
 
-    gslb = gslbconfig.load(PCAPS / "gslb.toml", schedulers.catalog())
-    answerer = TunAnswerer(gslb, seed=1)
-    switch = Switch.from_config(None, 1)
+    side = TunSide()
+    answerer, round_trip = side.answerer, side.round
     clients = range(6000, 6120)  # within the listener's SYN backlog (128)
-
-    def round_trip(frames, t):
-        batch = Batch(len(frames))
-        for frame in frames:
-            assert batch.append(raw(frame), t, 0, LINKTYPE_RAW)
-        switch.process(batch)
-        answers = answerer.answer(batch)
-        return [IP(answers.packet(i)) for i in range(len(answers))] if answers is not None else []
 
     synacks = round_trip([IP(src="172.16.0.2", dst="10.53.0.1") / TCP(sport=p, dport=53, flags="S", seq=100)
                           for p in clients], 1_000_000)
@@ -155,17 +158,12 @@ def test_more_tcp_answers_than_one_batch_holds_all_reach_the_tun():
 def test_bytes_dripped_without_a_whole_query_do_not_hold_a_connection_open():
     """The idle time (30 s) restarts at the accept and at each answered message, not at any byte: a client
     sending one byte of a query every 10 s is closed 30 s after its connection opened."""
-    gslb = gslbconfig.load(PCAPS / "gslb.toml", schedulers.catalog())
-    answerer = TunAnswerer(gslb, seed=1)
-    switch = Switch.from_config(None, 1)
+    side = TunSide()
+    answerer = side.answerer
     client, s = dict(src="172.16.0.2", dst="10.53.0.1"), 1_000_000_000
 
     def step(frame, t):
-        batch = Batch(4)
-        assert batch.append(raw(frame), t, 0, LINKTYPE_RAW)
-        switch.process(batch)
-        answers = answerer.answer(batch)
-        return [IP(answers.packet(i)) for i in range(len(answers))] if answers is not None else []
+        return side.round([frame], t)
 
     (syn_ack,) = step(IP(**client) / TCP(sport=7000, dport=53, flags="S", seq=100), 1 * s)
     server = syn_ack[TCP].seq + 1
