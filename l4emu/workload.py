@@ -124,14 +124,15 @@ class Workload:
         )
         return (tcp, udp)
 
-    def describe(self) -> str:
+    def describe(self, to: str | None = None) -> str:
+        """One line for people; `to` names where the clients go when the targets do not (a GSLB's domain)."""
         how = f"SYN times of {self.capture}" if self.arrival == "capture" else f"{self.arrival} {self.rate:g}/s"
         if self.protocol == "udp":
             how = f"UDP {how}"
         elif self.protocol == "mixed":
             how = f"TCP and UDP ({self.udp_share:.0%} UDP) {how}"
         ends = (self.target, self.target6, self.udp_target, self.udp_target6)
-        targets = ", ".join(format_endpoint(*t) for t in ends if t)
+        targets = to or ", ".join(format_endpoint(*t) for t in ends if t)
         return (
             f"{how}"
             + (f" for {self.duration:g} s" if math.isfinite(self.duration) else "")

@@ -1,5 +1,6 @@
-"""`l4emu gslb`: the DNS hop before the switch (replay a capture through a GSLB and its sites, check a
-GSLB config, model the clients' switch-over after a site failure)."""
+"""`l4emu gslb`: the DNS hop before the switch (replay a capture through a GSLB and its sites, emulated
+clients that resolve then connect, check a GSLB config, model the clients' switch-over after a site
+failure)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import click
 
 from l4emu.cli import fail
+from l4emu.cli.simulate import Rate
 from l4emu.errors import L4emuError
 
 DEFAULT_TTL_S = 20.0  # Flavel et al.'s TTL, whose figures the caching model's defaults reproduce
@@ -18,12 +20,13 @@ def gslb():
     """GSLB: DNS-based global load balancing across sites, before the L4 switch (docs/gslb.md)."""
 
 
-def load_config(config_path: Path):
-    """A GSLB config, checked against the scheduler names that exist (no plugin scan)."""
+def load_config(config_path: Path, emulated: bool = False):
+    """A GSLB config, checked against the scheduler names that exist (no plugin scan); `emulated`: its
+    sites' reals may be emulated hosts (simulate)."""
     from l4emu import schedulers
     from l4emu.gslb import config as gslbconfig
 
-    return gslbconfig.load(config_path, schedulers.catalog())
+    return gslbconfig.load(config_path, schedulers.catalog(), emulated)
 
 
 @gslb.command()
@@ -86,6 +89,70 @@ def replay(capture, config_path, output, fmt, events, seed, as_json):
         click.echo(f"l4emu: warning: {warning}", err=True)
     if summary["error"]:
         fail(summary["error"])
+
+
+@gslb.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The GSLB config: [[site]] switches with emulated reals, [[gslb]] records, [cache].",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every packet (DNS queries and answers, the TCP conversations) here (.pcap or .pcapng).",
+)
+@click.option("--format", "fmt", type=click.Choice(["pcap", "pcapng"]), help="Output format (default: the extension).")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    metavar="T:ACTION:TARGET",
+    help="T:site-down:NAME, T:site-up:NAME, or a real event (T:down:IP:PORT, ...) in its site.",
+)
+@click.option("--clients", type=int, help="Clients, 172.16.0.1 and up by default [100].")
+@click.option("--rate", type=Rate(), help="Sessions per second over all clients, e.g. 100/s [100].")
+@click.option("--duration", type=float, help="Seconds of arrivals [1].")
+@click.option("--arrival", type=click.Choice(["poisson", "fixed"]), help="Arrival process [poisson].")
+@click.option("--requests-per-conn", type=int, help="Requests per session [1].")
+@click.option("--think-time", type=float, help="Seconds between a session's requests [0].")
+@click.option("--response-size", type=float, help="Bytes of each answer the clients acknowledge [1000].")
+@click.option("--rtt", type=float, help="Round-trip time in seconds, to the sites and to the GSLB [0.001].")
+@click.option("--linktype", type=click.Choice(["ethernet", "raw"]), help="Link layer of the output [ethernet].")
+@click.option(
+    "--resolvers",
+    type=click.IntRange(1, 1_000_000),
+    help="Resolvers, each a cache of neighbouring clients [cache.resolvers].",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same bytes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def simulate(config_path, output, fmt, events, resolvers, as_json, **flags):
+    """Emulated clients resolve the first A record's name through the GSLB (their caches, their resolvers',
+    then a DNS query to the listen address), then connect to the answered VIP, through that site's switch
+    to its emulated reals (docs/gslb.md)."""
+    import dataclasses
+
+    from l4emu.events import parse_event
+    from l4emu.gslb.simulate import simulate as run_simulate
+    from l4emu.render import gslb as render
+    from l4emu.render import views
+    from l4emu.workload import from_config
+
+    try:
+        checked = load_config(config_path, emulated=True)
+        if resolvers is not None:
+            checked = dataclasses.replace(checked, cache=dataclasses.replace(checked.cache, resolvers=resolvers))
+        workload = from_config(checked.sites[0].config, str(config_path), flags)
+        parsed = [parse_event(e) for e in events]
+        summary = run_simulate(checked, workload, parsed, output, fmt)
+    except (L4emuError, OSError) as exc:
+        fail(str(exc))
+    summary["config"] = str(config_path)
+    click.echo(views.to_json(summary) if as_json else render.simulate_text(summary))
 
 
 @gslb.command()

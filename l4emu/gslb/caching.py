@@ -34,7 +34,7 @@ def switchover(model: CacheModel, ttl: float, seed: int, checkpoints: Sequence[f
     rng = random.Random(seed)
     horizon = max(checkpoints) + WINDOW_S / 2
     warmup = WARMUP_TTLS * max(ttl, model.linger_s, model.request_interval_s)
-    kinds = _kinds(rng, model, model.clients)
+    kinds = cache_kinds(rng, model, model.clients)
     resolver_of = [rng.randrange(model.resolvers) for _ in range(model.clients)]
     resolver_expires = [-math.inf] * model.resolvers
     resolver_old = [True] * model.resolvers  # the answer each resolver holds names the failed site
@@ -55,7 +55,7 @@ def switchover(model: CacheModel, ttl: float, seed: int, checkpoints: Sequence[f
                 resolver_expires[r], resolver_old[r] = t + ttl, t < 0
             client_old[c] = resolver_old[r]
             left = resolver_expires[r] - t
-            client_expires[c] = t + _hold(kinds[c], left, rng, model)
+            client_expires[c] = t + hold(kinds[c], left, rng, model)
         if t >= 0:
             if not client_old[c] and moved_at[c] is None:
                 moved_at[c] = t
@@ -82,7 +82,7 @@ def switchover(model: CacheModel, ttl: float, seed: int, checkpoints: Sequence[f
     }
 
 
-def _kinds(rng: random.Random, model: CacheModel, clients: int) -> list[int]:
+def cache_kinds(rng: random.Random, model: CacheModel, clients: int) -> list[int]:
     """Each share of the clients exactly (rounded), in a seeded order: the shares are the model's
     parameters, not something to draw around."""
     stale, linger = round(model.stale_share * clients), round(model.linger_share * clients)
@@ -91,7 +91,7 @@ def _kinds(rng: random.Random, model: CacheModel, clients: int) -> list[int]:
     return kinds
 
 
-def _hold(kind: int, left: float, rng: random.Random, model: CacheModel) -> float:
+def hold(kind: int, left: float, rng: random.Random, model: CacheModel) -> float:
     """How long a client keeps an answer that has `left` seconds of TTL."""
     if kind == STALE:
         return model.stale_cap_s

@@ -1,4 +1,4 @@
-"""Render a GSLB replay's summary and a switch-over model's curve as text (JSON: views.to_json)."""
+"""Render a GSLB replay's or simulate's summary and a switch-over model's curve as text (JSON: views.to_json)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,52 @@ def gslb_text(summary: dict) -> str:
             lines.append(
                 f"  event {event['event']}: " + ", ".join(f"{k} {v}" for k, v in event.items() if k != "event")
             )
+    return "\n".join(lines)
+
+
+def simulate_text(summary: dict) -> str:
+    """gslb simulate: how the sessions got their address, per site what it answered, served and lost, and
+    each failure's switch-over (clients moved, sessions still sent to the failed site)."""
+    record, dns, res = summary["record"], summary["dns"], summary["resolution"]
+    outcomes = ", ".join(f"{name} {dns[name]:,}" for name in ("NOERROR", "REFUSED", "SERVFAIL") if dns.get(name))
+    lines = [
+        f"{summary['config']}: GSLB simulate, seed {summary['seed']}",
+        f"  workload: {summary['workload']}",
+        f"  record: {record['type']} {record['domain']} at {record['listen']}, ttl {record['ttl']} s, "
+        f"policy {record['policy']}",
+        f"  sessions: {summary['sessions']:,}: {dns['client_cache_hits']:,} from the client's cache, "
+        f"{dns['resolver_cache_hits']:,} from its resolver's, {dns['queries']:,} after a query on the wire "
+        f"({outcomes or 'none'}; {dns['unresolved']:,} got no address)",
+        f"  resolution: {res['resolved']:,} queries, p50 {res['p50_ms']:g} / p90 {res['p90_ms']:g} / "
+        f"p99 {res['p99_ms']:g} ms (query to answer; cache hits take none and are counted above)",
+        "  site         answered  clients  sessions  p50 ms  p99 ms  broken (held / refused)",
+    ]
+    for site in summary["sites"]:
+        mark = " (down)" if site["down_at_end"] else ""
+        lines.append(
+            f"  {site['site'] + mark:<12} {site['queries_answered']:>8,}  {site['clients']:>7,}  "
+            f"{site['sessions']:>8,}  {site['p50_ms']:>6g}  {site['p99_ms']:>6g}  "
+            f"{site['connections_broken']:>6,} ({site['held_at_failure']:,} / {site['refused_while_down']:,})"
+        )
+    for event in summary["events"]:
+        if "moved_within_s" not in event:
+            lines.append(
+                f"  event {event['event']}: " + ", ".join(f"{k} {v}" for k, v in event.items() if k != "event")
+            )
+            continue
+        moved = ", ".join(f"{share} {_seconds(t)}" for share, t in event["moved_within_s"].items())
+        lines.append(
+            f"  event {event['event']}: {event['connections_broken']:,} connections held broken; "
+            f"{event['clients_moved']:,} of {event['clients_on_site']:,} clients moved "
+            f"(ttl {event['ttl_s']} s): {moved}"
+        )
+        stale = ", ".join(
+            f"{p['share']:.1%} at {p['after_s']:g} s" for p in event["stale_sessions"] if p["share"] is not None
+        )
+        if stale:
+            lines.append(f"    sessions of its clients still sent to {event['site']}: {stale}")
+    if summary["output"]:
+        lines.append(f"  written: {summary['written']:,} packets to {summary['output']}")
     return "\n".join(lines)
 
 

@@ -106,6 +106,8 @@ cdef class Generator:
     cdef uint64_t start_ns, rtt_ns, k, next_arrival, order
     cdef bint have_arrival
     cdef uint64_t* arrivals
+    cdef uint32_t* arrival_clients  # A_CAPTURE: which client starts each session (NULL: a drawn one)
+    cdef uint32_t next_client
     cdef Py_ssize_t n_arrivals, arrival_i
     cdef uint32_t clients, n6, requests, conns
     cdef uint8_t base4[4]

@@ -72,10 +72,12 @@ cdef class Generator:
     def __init__(self, *, uint64_t seed64, int arrival, double rate, double duration_s, uint64_t start_ns,
                  arrivals, uint32_t clients, uint32_t ipv6_clients, bytes base4, bytes base6, target4, target6,
                  uint32_t requests, uint32_t connections, think, request, response, uint64_t rtt_ns,
-                 bint raw_ip, bytes head, bytes tail4, bytes tail6, bint udp=False):
+                 bint raw_ip, bytes head, bytes tail4, bytes tail6, bint udp=False, arrival_clients=None):
         """targetN: (packed address, port) or None; think/request/response: (kind, mean, sigma, values);
         arrivals: sorted capture times in ns (A_CAPTURE); tailN: the request's bytes after the padding;
-        udp: each request is a datagram (its id, then padding) to a request-reply service instead."""
+        udp: each request is a datagram (its id, then padding) to a request-reply service instead;
+        arrival_clients: with arrivals, the client (0 .. clients-1) that starts each session (a GSLB's
+        simulate: the client that resolved to this site), instead of one drawn at random."""
         cdef Py_ssize_t i
         if not 1 <= clients or ipv6_clients > clients or requests < 1 or connections < 1 or rate <= 0:
             raise ValueError("clients, requests and connections must be at least 1, rate above 0")
@@ -114,6 +116,18 @@ cdef class Generator:
                 self.arrivals[i] = arrivals[i]
                 if i and self.arrivals[i] < self.arrivals[i - 1]:
                     raise ValueError("capture arrivals must be sorted")
+            if arrival_clients is not None:
+                if len(arrival_clients) != self.n_arrivals:
+                    raise ValueError("arrival_clients needs one client per arrival")
+                self.arrival_clients = <uint32_t*>malloc(max(1, self.n_arrivals) * sizeof(uint32_t))
+                if self.arrival_clients == NULL:
+                    raise MemoryError()
+                for i in range(self.n_arrivals):
+                    if not 0 <= arrival_clients[i] < clients:
+                        raise ValueError("an arrival's client is outside 0 .. clients-1")
+                    self.arrival_clients[i] = arrival_clients[i]
+        elif arrival_clients is not None:
+            raise ValueError("arrival_clients goes with arrivals (A_CAPTURE)")
         self._grow()
         self._draw_arrival()
 
@@ -136,6 +150,7 @@ cdef class Generator:
     def __dealloc__(self):
         free(self.next_port)
         free(self.arrivals)
+        free(self.arrival_clients)
         free(self.convs)
         free(self.free_slots)
         free(self.heap)
@@ -175,6 +190,8 @@ cdef class Generator:
         if self.arrival == A_CAPTURE:
             if self.arrival_i < self.n_arrivals:
                 self.next_arrival = self.arrivals[self.arrival_i]
+                if self.arrival_clients != NULL:
+                    self.next_client = self.arrival_clients[self.arrival_i]
                 self.arrival_i += 1
                 self.have_arrival = True
             return
@@ -220,7 +237,10 @@ cdef class Generator:
             slot = self.n_convs
             self.n_convs += 1
         cdef Conv* c = &self.convs[slot]
-        c.client = <uint32_t>rng_below(&self.rng, self.clients)
+        if self.arrival_clients != NULL:
+            c.client = self.next_client
+        else:
+            c.client = <uint32_t>rng_below(&self.rng, self.clients)
         c.family = 6 if c.client < self.n6 else 4
         c.conns_left = self.conns
         self._open(c, ts)
