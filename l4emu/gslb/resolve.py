@@ -73,8 +73,8 @@ class ClientCaches:
         self.rng = random.Random(workload.seed)
         n = workload.clients
         self.kinds = cache_kinds(self.rng, model, n)
-        resolvers = min(model.resolvers, n)
-        self.resolver_of = [c * resolvers // n for c in range(n)]
+        self.resolver_of = _resolvers(n, min(model.resolvers, n), [self._prefix(c) for c in range(n)])
+        resolvers = self.resolver_of[-1] + 1
         self.resolver_site = [NO_SITE] * resolvers
         self.resolver_expires = [-1] * resolvers
         self.client_site = [NO_SITE] * n
@@ -83,6 +83,12 @@ class ClientCaches:
         self.rtt_ns = round(workload.rtt * NS)
         self.ttl_ns = record.ttl * NS
         self.raw = workload.linktype == "raw"
+
+    def _prefix(self, client: int) -> object:
+        """The most specific site prefix that holds the client (None: no site claims it)."""
+        address = IPv4Address(self.address(client))
+        held = [p for site in self.sites.config.sites for p in site.prefixes if address in p]
+        return max(held, key=lambda p: p.prefixlen) if held else None
 
     def address(self, client: int) -> bytes:
         """Client k's IPv4 address: its range's base + k + 1, as the emulated clients number them."""
@@ -148,6 +154,19 @@ class ClientCaches:
 
     def _linktype(self) -> int:
         return wire.RAW_LINKS[2] if self.raw else wire.ETHERNET
+
+
+def _resolvers(clients: int, resolvers: int, prefixes: list) -> list[int]:
+    """Each client's resolver: neighbours share one, `clients / resolvers` of them, never across a site
+    prefix (an ISP's resolver serves its own prefix), so a shared answer suits all its clients."""
+    out, current, used = [], 0, 0
+    size = clients / resolvers
+    for c in range(clients):
+        if c and (used >= size or prefixes[c] != prefixes[c - 1]):
+            current, used = current + 1, 0
+        out.append(current)
+        used += 1
+    return out
 
 
 def _frame(link: bytes, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> bytes:
