@@ -158,3 +158,23 @@ def test_the_cli_prints_the_run_and_refuses_what_it_cannot_run(tmp_path):
     assert unknown.returncode == 2 and "no site 'north'" in unknown.stderr
     replayed = run_cli("gslb", "replay", PCAPS / "gslb.pcap", "-c", SAMPLE, check=False)
     assert replayed.returncode == 2 and "emulated" in replayed.stderr  # a replay's sites have no emulated reals
+
+
+def test_the_clients_take_the_client_given_per_arrival_and_refuse_a_bad_table():
+    """Generator(arrival_clients=...): a site's sessions come from the clients that resolved to it."""
+    from l4emu.clients._gen import ARRIVALS, Generator
+    from l4emu.clients.gen import model_arguments
+    from l4emu.datapath._batch import Batch
+
+    checked = gslbconfig.load(SAMPLE, schedulers.catalog(), emulated=True)
+    arguments = model_arguments(from_config(checked.sites[0].config, "t", {"clients": 50, "seed": 3}))
+    times = [START_NS + k * NS // 10 for k in range(5)]
+    arguments.update(arrival=ARRIVALS["capture"], arrivals=times, arrival_clients=[7, 0, 49, 7, 20])
+    batch = Batch(4096)
+    Generator(**arguments).fill(batch)
+    syns = [IP(batch.packet(i)[14:]) for i in range(len(batch))]
+    sources = [p.src for p in syns if p[TCP].flags == "S"]
+    assert sources == ["172.16.0.8", "172.16.0.1", "172.16.0.50", "172.16.0.8", "172.16.0.21"]
+    for bad, why in (([1, 2], "one client per arrival"), ([0, 1, 2, 3, 50], "outside")):
+        with pytest.raises(ValueError, match=why):
+            Generator(**{**arguments, "arrival_clients": bad})

@@ -166,7 +166,7 @@ def _site(raw, key: str, shared: dict, schedulers, emulated: bool) -> Site:
             if real.emulated and not emulated:
                 raise ConfigError(
                     f"{key}.service[{j}].real[{k}].emulated",
-                    "a replay's sites have no emulated reals (l4emu gslb simulate runs clients to them)",
+                    "a replay's sites' reals are not emulated (l4emu gslb simulate runs clients to emulated ones)",
                 )
             if real.forward != "masq":
                 raise ConfigError(f"{key}.service[{j}].real[{k}].forward", "a site's reals take masq only, for now")
