@@ -178,3 +178,17 @@ def test_the_clients_take_the_client_given_per_arrival_and_refuse_a_bad_table():
     for bad, why in (([1, 2], "one client per arrival"), ([0, 1, 2, 3, 50], "outside")):
         with pytest.raises(ValueError, match=why):
             Generator(**{**arguments, "arrival_clients": bad})
+
+
+def test_health_follows_real_events_and_a_site_without_reals_is_no_longer_answered(short_ttl, tmp_path):
+    out = tmp_path / "reals-down.pcap"
+    events = ("1:down:10.11.0.1:8080", "1:down:10.11.0.2:8080")  # east's every real
+    summary = run(short_ttl, events=events, output=out, duration=3.0)
+    down = START_NS / NS + 1
+    named = [(p.time, dns.message.from_wire(bytes(p[UDP].payload)).answer[0][0].address)
+             for p in rdpcap(str(out)) if UDP in p and p[UDP].sport == 53]
+    assert {vip for t, vip in named if t < down} == {VIP["east"], VIP["west"]}
+    assert {vip for t, vip in named if t > down} == {VIP["west"]}  # east's clients asking now get west
+    east = next(s for s in summary["sites"] if s["site"] == "east")
+    assert east["failures"]["timed_out"] > 0 and east["connections_broken"] == 0  # cached clients: SYNs unanswered
+    assert [e["event"] for e in summary["events"]] == list(events) and summary["events"][0]["site"] == "east"

@@ -234,11 +234,23 @@ def _write(output, fmt, workload: Workload, lookups: Lookups, runs: list[SiteRun
     return written
 
 
+def _failures(crowds: list) -> dict[str, int]:
+    """Connections of the site's up spans that failed (refused, reset, timed out, cut short), by reason:
+    a real that is down or full turns them away, as in `l4emu simulate`."""
+    total: dict[str, int] = {}
+    for crowd in crowds:
+        for reason, count in crowd.failures().items():
+            total[reason] = total.get(reason, 0) + count
+    return total
+
+
 def _event(tally: Tally, runs: list[SiteRun], sites: Sites, moment: int, event: Event, found: dict) -> None:
     """An event for the tally: a site failure with the connections its switch held at that moment."""
     k = sites.index(event.site) if event.site else -1
     if event.action == "site-down":
         found = {**found, "connections_broken": runs[k].held_at_down.get(moment, 0)}
+    else:  # what the health mirror held is not what the sites' switches held: only what the event named
+        found = {"event": found["event"], "site": found["site"]}
     tally.event(found, k, moment, event.action == "site-down")
 
 
@@ -272,6 +284,7 @@ def _summary(config, record, workload, lookups: Lookups, runs, caches: ClientCac
                 "requests": sum(crowd.requests_sent for crowd in run.crowds),
                 "answered": len(times),
                 **{f"p{p}_ms": round(percentile(times, p) / MS, 3) for p in PERCENTILES},
+                "failures": _failures(run.crowds),
                 "connections_broken": tally.broken[k] + run.refused,
                 "held_at_failure": tally.broken[k],
                 "refused_while_down": run.refused,

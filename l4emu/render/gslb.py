@@ -73,14 +73,15 @@ def simulate_text(summary: dict) -> str:
         f"({outcomes or 'none'}; {dns['unresolved']:,} got no address)",
         f"  resolution: {res['resolved']:,} queries, p50 {res['p50_ms']:g} / p90 {res['p90_ms']:g} / "
         f"p99 {res['p99_ms']:g} ms (query to answer; cache hits take none and are counted above)",
-        "  site         answered  clients  sessions  p50 ms  p99 ms  broken (held / refused)",
+        "  site         answered  clients  sessions  p50 ms  p99 ms  failed  broken (held / refused)",
     ]
     for site in summary["sites"]:
         mark = " (down)" if site["down_at_end"] else ""
         lines.append(
             f"  {site['site'] + mark:<12} {site['queries_answered']:>8,}  {site['clients']:>7,}  "
             f"{site['sessions']:>8,}  {site['p50_ms']:>6g}  {site['p99_ms']:>6g}  "
-            f"{site['connections_broken']:>6,} ({site['held_at_failure']:,} / {site['refused_while_down']:,})"
+            f"{sum(site['failures'].values()):>6,}  {site['connections_broken']:>6,} "
+            f"({site['held_at_failure']:,} / {site['refused_while_down']:,})"
         )
     for event in summary["events"]:
         if "moved_within_s" not in event:
