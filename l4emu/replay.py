@@ -114,13 +114,7 @@ def replay(
     summary["warnings"] += outcome_warnings(summary, capture, run_name)
     summary["inside_written"] = writers[1].packets_written if writers[1] is not None else 0
     if emulator is not None:
-        summary["emulated"] = emulated_summary(switch, writers[1])
-        summary["emulated"]["superseded"] = emulator.superseded
-        summary["emulated"]["answers"] = emulator.answers  # those of masq and fullnat reals went through the switch too
-        if emulator.direct:  # ... those of dr and tun reals past it (named only then: masq summaries stay as they were)
-            summary["emulated"]["direct"] = emulator.direct
-        if emulator.fragmented:  # named only then, as direct
-            summary["emulated"]["fragmented_undelivered"] = emulator.fragmented
+        summary["emulated"] = {**emulated_summary(switch, writers[1]), **emulator_counts(emulator)}
     if checks is not None:
         summary["health"] = checks.summary()
     return summary
@@ -193,6 +187,19 @@ def unattributed_warning(where, unattributed: dict[str, int]) -> str:
         f"to another real; to take a capture's servers' packets as the service's answers, name them "
         f"with --capture-servers"
     )
+
+
+def emulator_counts(emulator: Emulator) -> dict:
+    """The emulate loop's own counts, for replay's and live mode's summaries alike."""
+    counts = {
+        "superseded": emulator.superseded,
+        "answers": emulator.answers,  # those of masq and fullnat reals went through the switch too
+    }
+    if emulator.direct:  # ... those of dr and tun reals past it (named only then: masq summaries stay as they were)
+        counts["direct"] = emulator.direct
+    if emulator.fragmented:  # named only then, as direct
+        counts["fragmented_undelivered"] = emulator.fragmented
+    return counts
 
 
 def emulated_summary(switch: Switch, inside_writer) -> dict:

@@ -294,3 +294,12 @@ def test_a_packet_fragmented_on_its_way_to_an_emulated_real_is_counted_not_half_
     assert [p[UDP].dport for p in answers] == [4000]      # the small one is echoed; the big one is not
     tunnelled = [p for p in rdpcap(str(inside)) if IP in p and p[IP].dst == "10.1.0.11"]
     assert len(tunnelled) == 3 and all(len(p) - 14 <= 1400 for p in tunnelled)
+
+
+def test_the_summary_text_says_how_many_answers_went_past_the_switch():
+    """22 of clients.pcap's 23 answers under dr (the closed port's RST crosses the switch untouched): the text
+    counts them apart, so 'read' is the capture's 43 packets, not 43 less answers the switch never saw."""
+    text = run_cli("replay", PCAPS / "clients.pcap", "-c", PCAPS / "emulated-dr.toml").stdout
+    assert "packets      43 read (+23 answers from emulated reals, 22 of them past the switch: dr, tun)" in text
+    masq = run_cli("replay", PCAPS / "clients.pcap", "-c", PCAPS / "emulated.toml").stdout
+    assert "past the switch" not in masq

@@ -26,7 +26,7 @@ from l4emu.live.health import HealthChecks
 from l4emu.live.history import History
 from l4emu.live.metrics import MetricsServer
 from l4emu.render import ipvsadm
-from l4emu.replay import summarize
+from l4emu.replay import emulated_summary, emulator_counts, summarize
 from l4emu.switch import Switch
 
 BATCH = 256  # packets per read round; the datapath's windows prefetch within it
@@ -164,12 +164,15 @@ class Live:
             self._emulate_until_now()
             return {"clock_ns": self.switch.clock_ns, "sockets": self.switch.sockets()}
         if op == "stats":
-            return {
+            stats = {
                 "clock_ns": self.switch.clock_ns,
                 "services": self.switch.services(),
                 "stats": self.switch.stats(),
                 "tun": self.tun_counters(),
             }
+            if self.emulator is not None:
+                stats["emulated"] = self.emulated_counts()  # answers, and `direct`: past the switch (dr, tun)
+            return stats
         return {**self.switch.snapshot(), "tun": self.tun_counters()}
 
     def apply(self, text: str, source: str, dry_run: bool = False) -> dict:
@@ -233,6 +236,12 @@ class Live:
             "reloads": dict(self.reloads),
             "health": self.health.snapshot(),
         }
+
+    def emulated_counts(self) -> dict:
+        """The emulated hosts' totals and the emulate loop's counts (answers in packets, `direct` those
+        of dr and tun reals, which never crossed the switch), as a replay summary gives them."""
+        assert self.emulator is not None
+        return {**emulated_summary(self.switch, None), **emulator_counts(self.emulator)}
 
     def tun_counters(self) -> dict:
         io = self.io
@@ -434,10 +443,7 @@ class Live:
         summary = summarize(self.switch, f"tun {self.tun.name}", self.pcap_out, written, elapsed, None)
         summary["tun"] = self.tun_counters()
         if self.emulator is not None:
-            from l4emu.replay import emulated_summary
-
-            summary["emulated"] = emulated_summary(self.switch, None)
-            summary["emulated"]["answers"] = self.emulator.answers  # counted in packets, as in replay
+            summary["emulated"] = self.emulated_counts()
         if self.dns is not None:
             summary["dns"] = dict(sorted((name, n) for name, n in self.dns.counters.items() if n))
             tcp = self.dns.tcp_counters()

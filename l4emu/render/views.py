@@ -131,7 +131,13 @@ def summary_text(summary: dict) -> str:
     lines = [
         f"capture      {summary['capture']}" + (f" -> {summary['output']}" if summary["output"] else ""),
         f"packets      {summary['packets'] - through:,} read"
-        + (f" (+{answers:,} answers from emulated reals)" if summary.get("emulated") else "")
+        + (
+            f" (+{answers:,} answers from emulated reals"
+            + (f", {emulated['direct']:,} of them past the switch: dr, tun" if emulated.get("direct") else "")
+            + ")"
+            if summary.get("emulated")
+            else ""
+        )
         + ", "
         + (f"{summary['written']:,} written" if summary["output"] else "no output file (-o)"),
         f"             {summary['translated']:,} translated ({summary['new']:,} new flows, "

@@ -37,6 +37,9 @@ cdef class Batch:
     cdef uint8_t* verdict                 # Verdict, set by the datapath
     cdef int32_t* detail
     cdef uint16_t* headroom               # free bytes right before packet i: a tunnel's headers go there
+    # a GSO super-packet's segment payload size (a TUN's virtio gso_size; 0: one packet): it stands for
+    # segments of its headers plus that many bytes, and the route MTU applies to each segment
+    cdef uint16_t* gso_size
     # which pushed packet slot i came from (push numbers them 0, 1, ...; insert copies its neighbour's):
     # sharded replay writes each capture packet's output in its place by it
     cdef uint32_t* source

@@ -54,6 +54,7 @@ cdef class Batch:
         self.verdict = <uint8_t*>calloc(capacity, sizeof(uint8_t))
         self.detail = <int32_t*>calloc(capacity, sizeof(int32_t))
         self.headroom = <uint16_t*>calloc(capacity, sizeof(uint16_t))
+        self.gso_size = <uint16_t*>calloc(capacity, sizeof(uint16_t))
         self.source = <uint32_t*>calloc(capacity, sizeof(uint32_t))
         self.after = <uint32_t*>calloc(capacity, sizeof(uint32_t))
         self.order = <uint32_t*>calloc(capacity, sizeof(uint32_t))
@@ -62,7 +63,7 @@ cdef class Batch:
         self.data_cap = data_bytes
         self.data = <uint8_t*>calloc(self.data_cap, 1)
         if not (self.offset and self.caplen and self.origlen and self.ts_ns and self.iface
-                and self.linktype and self.verdict and self.detail and self.headroom and self.source
+                and self.linktype and self.verdict and self.detail and self.headroom and self.gso_size and self.source
                 and self.after and self.order and self.scratch and self.data):
             raise MemoryError()
 
@@ -76,6 +77,7 @@ cdef class Batch:
         free(self.verdict)
         free(self.detail)
         free(self.headroom)
+        free(self.gso_size)
         free(self.source)
         free(self.after)
         free(self.order)
@@ -112,6 +114,7 @@ cdef class Batch:
         if not in_place:
             memcpy(self.data + self.data_len, frame, caplen)
         self.headroom[i] = before
+        self.gso_size[i] = 0
         self.offset[i] = self.data_len
         self.caplen[i] = caplen
         self.origlen[i] = origlen
@@ -175,6 +178,7 @@ cdef class Batch:
         self.linktype[k] = self.linktype[i]
         self.verdict[k] = V_UNSEEN
         self.detail[k] = 0
+        self.gso_size[k] = 0                    # a fragment or an ICMP error: one packet
         self.source[k] = self.source[i]
         self.n = k + 1
         return k
@@ -206,6 +210,7 @@ cdef class Batch:
         permute(self.verdict, sizeof(uint8_t), lo, count, self.order, self.scratch)
         permute(self.detail, sizeof(int32_t), lo, count, self.order, self.scratch)
         permute(self.headroom, sizeof(uint16_t), lo, count, self.order, self.scratch)
+        permute(self.gso_size, sizeof(uint16_t), lo, count, self.order, self.scratch)
         permute(self.source, sizeof(uint32_t), lo, count, self.order, self.scratch)
         self.first_inserted = -1
 
@@ -248,6 +253,10 @@ cdef class Batch:
         if q == NULL:
             return -1
         self.headroom = <uint16_t*>q
+        q = realloc(self.gso_size, capacity * sizeof(uint16_t))
+        if q == NULL:
+            return -1
+        self.gso_size = <uint16_t*>q
         q = realloc(self.source, capacity * sizeof(uint32_t))
         if q == NULL:
             return -1
@@ -269,10 +278,11 @@ cdef class Batch:
         return 0
 
     @staticmethod
-    def from_frames(frames, int linktype, timestamps_ns=None, wire_lengths=None):
+    def from_frames(frames, int linktype, timestamps_ns=None, wire_lengths=None, gso_sizes=None):
         """Build a batch from Python bytes (tests, live mode).
 
-        wire_lengths gives each frame's length on the wire when the capture snapped it shorter.
+        wire_lengths gives each frame's length on the wire when the capture snapped it shorter;
+        gso_sizes each one's GSO segment payload size (0: not a super-packet), as a TUN read gives it.
         The buffer is sized exactly, so the last frame ends where the allocation ends: a sanitizer
         build then sees any read past it (the fuzzers and hostile-input tests rely on that).
         """
@@ -292,6 +302,8 @@ cdef class Batch:
             view = frame if frame else b"\0"
             batch.push(&view[0], len(frame), wire_lengths[i] if wire_lengths is not None else len(frame),
                        timestamps_ns[i] if timestamps_ns is not None else i * 1000, 0, linktype)
+            if gso_sizes is not None:
+                batch.gso_size[i] = gso_sizes[i]
         return batch
 
     def __len__(self):
@@ -373,6 +385,7 @@ cdef class Batch:
         memcpy(self.verdict, source.verdict, n * sizeof(uint8_t))
         memcpy(self.detail, source.detail, n * sizeof(int32_t))
         memcpy(self.headroom, source.headroom, n * sizeof(uint16_t))
+        memcpy(self.gso_size, source.gso_size, n * sizeof(uint16_t))
         memcpy(self.source, source.source, n * sizeof(uint32_t))
         self.first_inserted = -1
         self.n = n
@@ -391,6 +404,7 @@ cdef class Batch:
         self.verdict, bigger.verdict = bigger.verdict, self.verdict
         self.detail, bigger.detail = bigger.detail, self.detail
         self.headroom, bigger.headroom = bigger.headroom, self.headroom
+        self.gso_size, bigger.gso_size = bigger.gso_size, self.gso_size
         self.source, bigger.source = bigger.source, self.source
         self.after, bigger.after = bigger.after, self.after
         self.order, bigger.order = bigger.order, self.order

@@ -218,6 +218,25 @@ cdef inline bint outer_fits(int fam, bint df, int outer, uint32_t reasm_max, uin
     return not df if fam == 4 else reasm_max != 0 and reasm_max <= mtu
 
 
+cdef inline uint32_t segment_ip_len(const uint8_t* p, const PacketInfo* info, uint16_t gso_size) noexcept nogil:
+    """The IP length the route MTU is held against: the packet's own or, for a GSO super-packet (a TUN's
+    TSO/USO, gso_size > 0), one of the segments it stands for: its IP and L4 headers plus gso_size
+    bytes (Linux skb_gso_validate_network_len; IPVS's own check skips GSO packets, and the output
+    path checks each segment). Without it a 64 KiB super-packet would be refused as too big for ever,
+    however small the client's segments are."""
+    cdef uint32_t ip_len = info.end - info.l3, seg
+    if gso_size == 0 or info.icmp_error or info.fragment:
+        return ip_len
+    if info.key.proto == IPPROTO_TCP:
+        if info.l4 + TCP_DATA_OFFSET >= info.caplen:
+            return ip_len
+        seg = info.l4 + (p[info.l4 + TCP_DATA_OFFSET] >> 4) * 4u
+    else:
+        seg = info.l4 + UDP_HEADER_LEN
+    seg = seg - info.l3 + gso_size
+    return seg if seg < ip_len else ip_len
+
+
 cdef class Datapath:
     def __cinit__(self, uint32_t max_connections, bytes secret, timeouts, bint conn_reuse_mode=True,
                   bint sloppy_tcp=False, bint expire_nodest_conn=False, bint grow_index=False):
@@ -1292,7 +1311,8 @@ cdef class Datapath:
         fragmentation needed / packet too big quoting it), then DR's MAC or the tunnel's headers.
         Katran's encapsulation touches no TTL and sends no ICMP: what does not fit is dropped."""
         cdef Service* s = &self.t.services[real.service]
-        cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
+        cdef bint gso = self.cur.gso_size[self.cur_i] != 0     # not fragmented: segments that do not fit are refused
+        cdef uint32_t l3 = info.l3, ip_len = segment_ip_len(p, info, self.cur.gso_size[self.cur_i])
         cdef uint32_t overhead = tunnel_overhead(real) if real.forward == FWD_TUN else 0
         cdef uint32_t mtu
         cdef bint ipvs = not (real.forward == FWD_TUN and real.katran)
@@ -1312,7 +1332,7 @@ cdef class Datapath:
             if (ipvs and fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) and not info.icmp_error
                     and self.reasm_max and real.forward == FWD_DR):
                 later = True                        # reassembled: refragmented after this (reassemble)
-            elif (ipvs and not (self.reasm_max and real.forward == FWD_DR)
+            elif (ipvs and not gso and not (self.reasm_max and real.forward == FWD_DR)
                     and (fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)) or self.reasm_max)
                     and not info.icmp_error and info.end <= info.caplen
                     and (outer_fits(fam, p[l3 + IP4_FRAG] & (IP4_DF >> 8), real.family, self.reasm_max, mtu)
@@ -1547,6 +1567,7 @@ cdef class Datapath:
         else:
             write_icmp_error(q, p, l3, quote, self.cur.linktype[i], 6, ICMP6_PACKET_TOO_BIG, 0, mtu, s.source6, 0)
         self.cur.origlen[i] = size
+        self.cur.gso_size[i] = 0                    # one packet now, whatever it quotes
         self.finish(verdict, detail, V_ICMP, reason)
 
     cdef bint routed(self, uint8_t* p, PacketInfo* info, Service* s, uint8_t* verdict, int32_t* detail) noexcept nogil:
@@ -1583,12 +1604,13 @@ cdef class Datapath:
         client's address and port become the local ones), and TOA in the client's packets that
         acknowledge the real's SYN-ACK."""
         cdef Service* s = &self.t.services[real.service]
-        cdef uint32_t l3 = info.l3, ip_len = info.end - info.l3
+        cdef bint gso = self.cur.gso_size[self.cur_i] != 0
+        cdef uint32_t l3 = info.l3, ip_len = segment_ip_len(p, info, self.cur.gso_size[self.cur_i])
         cdef int fam = info.key.family
         cdef bint split = False
         if ip_len > s.mtu and not info.len_from_capture:
             if fam == 4 and not (p[l3 + IP4_FRAG] & (IP4_DF >> 8)):
-                if info.end > info.caplen or (p[l3] & 0x0F) * 4 != IP4_HEADER_LEN:
+                if gso or info.end > info.caplen or (p[l3] & 0x0F) * 4 != IP4_HEADER_LEN:
                     self.finish(verdict, detail, V_DROP, D_TOO_BIG_DROPPED)     # what l4emu does not fragment
                     return
                 split = True
@@ -1603,7 +1625,8 @@ cdef class Datapath:
         real.in_bytes += origlen
         if (info.key.proto == IPPROTO_TCP and real.toa and (f.flags & F_FDATA)
                 and acks_first_data(p, info, f.fdata_seq)):
-            if split or info.len_from_capture or ip_len + toa_length(fam) > s.mtu:
+            # (a super-packet: each of its segments would carry the option and outgrow the MTU)
+            if split or gso or info.len_from_capture or ip_len + toa_length(fam) > s.mtu:
                 self.toa_too_big += 1               # DPVS: EDPVS_FRAG, sent on without it
             else:
                 self.insert_toa(p, info, f, s)

@@ -31,11 +31,13 @@ cdef class TunIO:
     cdef uint8_t* partial           # per batch index: 1 if its checksum field was turned to ~P
     cdef uint8_t* ports             # per batch index: source and destination port as read
     cdef Py_ssize_t capacity
+    cdef Batch read_batch           # the batch hdrs belong to (the last read into); others' packets have none
     cdef uint64_t epoch_ns          # added to the monotonic clock so capture files show wall-clock time
     cdef readonly uint64_t packets_in, packets_out, bytes_in, bytes_out, write_errors, gso_in, gso_out
 
     cdef bint to_complete_form(self, uint8_t* pkt, uint32_t length, Py_ssize_t i) noexcept nogil
     cdef void to_partial_form(self, uint8_t* pkt, uint32_t length, Py_ssize_t i) noexcept nogil
+    cdef Py_ssize_t header_of(self, Batch batch, Py_ssize_t i) noexcept nogil
     cdef uint32_t udp_payload(self, Batch batch, Py_ssize_t i) noexcept nogil
     cdef bint same_flow(self, const uint8_t* a, const uint8_t* b, uint32_t start) noexcept nogil
     cdef Py_ssize_t udp_run(self, Batch batch, Py_ssize_t i) noexcept nogil

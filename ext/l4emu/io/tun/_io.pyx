@@ -4,7 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from l4emu.datapath._batch cimport Batch, V_DROP, V_UNSEEN
+from l4emu.datapath._batch cimport Batch, V_DROP, V_ICMP, V_MORE, V_UNSEEN
 from l4emu.datapath._checksum cimport fold, load16, store16, sum_bytes
 from l4emu.datapath._types cimport NS
 from l4emu.datapath cimport _wire
@@ -84,6 +84,7 @@ cdef class TunIO:
         cdef uint8_t* pkt
         if batch.capacity > self.capacity:
             raise ValueError("batch larger than the TunIO was made for")
+        self.read_batch = batch
         with nogil:
             while batch.n < batch.capacity and batch.data_len + MAX_FRAME <= batch.data_cap:
                 i = batch.n
@@ -107,6 +108,8 @@ cdef class TunIO:
                               monotonic_ns() + self.epoch_ns, 0, _wire.LINKTYPE_RAW) != 0:
                     err = ENOMEM    # push only fails here when memory runs out
                     break
+                if vnet and self.hdrs[i].gso_type != VIRTIO_NET_HDR_GSO_NONE:
+                    batch.gso_size[i] = self.hdrs[i].gso_size   # the datapath holds each segment to the MTU
                 self.packets_in += 1
                 self.bytes_in += got - skip
                 added += 1
@@ -135,15 +138,27 @@ cdef class TunIO:
             acc += load16(old + k) + (~load16(pkt + start + k) & 0xFFFF)
         store16(pkt + field, fold(acc))
 
+    cdef Py_ssize_t header_of(self, Batch batch, Py_ssize_t i) noexcept nogil:
+        """The slot of the virtio header read with batch packet i, or -1 when it has none of its own: a
+        packet of another batch (emulated hosts' and the GSLB's answers), an ICMP error written in its
+        place or a fragment inserted after it (each one plain packet, fully checksummed), or no header
+        kept. Indexed by the slot the packet was read into: the switch's inserted slots move the
+        packets after them."""
+        cdef Py_ssize_t k = batch.source[i]
+        if (not self.vnet or batch is not self.read_batch or k >= self.capacity
+                or batch.verdict[i] == V_ICMP or batch.verdict[i] == V_MORE):
+            return -1
+        return k
+
     cdef uint32_t udp_payload(self, Batch batch, Py_ssize_t i) noexcept nogil:
         """The UDP payload length of packet i if it may join a GSO run, else 0: a plain datagram
         (no GSO, not a fragment, no IPv6 extension headers) whose checksum the kernel left to us
         (VIRTIO_NET_HDR_F_NEEDS_CSUM), so that the kernel computing it per segment loses nothing."""
-        cdef const virtio_net_hdr* h = &self.hdrs[i]
+        cdef Py_ssize_t k = self.header_of(batch, i)
+        cdef const virtio_net_hdr* h = &self.hdrs[k if k >= 0 else 0]
         cdef const uint8_t* pkt = batch.data + batch.offset[i]
         cdef uint32_t start = h.csum_start, length = batch.caplen[i]
-        if (i >= self.capacity or not self.partial[i] or h.gso_type != VIRTIO_NET_HDR_GSO_NONE
-                or h.csum_offset != UDP_CSUM):
+        if k < 0 or not self.partial[k] or h.gso_type != VIRTIO_NET_HDR_GSO_NONE or h.csum_offset != UDP_CSUM:
             return 0
         if (start + UDP_HEADER_LEN >= length or start > MAX_L4_OFFSET
                 or load16(pkt + start + UDP_LEN) != length - start):
@@ -178,7 +193,7 @@ cdef class TunIO:
         """How many packets from i on one GSO UDP write can carry: consecutive datagrams of one flow
         with equal payloads (the last may be shorter), as GRO would merge them."""
         cdef uint32_t size = self.udp_payload(batch, i), more
-        cdef uint32_t start = self.hdrs[i].csum_start, total
+        cdef uint32_t start = self.hdrs[batch.source[i]].csum_start if size else 0, total
         cdef const uint8_t* first = batch.data + batch.offset[i]
         cdef Py_ssize_t j = i + 1
         if size == 0:
@@ -188,7 +203,7 @@ cdef class TunIO:
             if batch.verdict[j] == V_DROP or batch.verdict[j] == V_UNSEEN:
                 break
             more = self.udp_payload(batch, j)
-            if (more == 0 or more > size or total + more > 65535 or self.hdrs[j].csum_start != start
+            if (more == 0 or more > size or total + more > 65535 or self.hdrs[batch.source[j]].csum_start != start
                     or not self.same_flow(first, batch.data + batch.offset[j], start)):
                 break
             total += more
@@ -204,7 +219,7 @@ cdef class TunIO:
         cdef uint8_t head[MAX_L4_OFFSET + UDP_HEADER_LEN]
         cdef iovec iov[MAX_SEGMENTS + 2]
         cdef const uint8_t* first = batch.data + batch.offset[i]
-        cdef uint32_t start = self.hdrs[i].csum_start, total = start + UDP_HEADER_LEN
+        cdef uint32_t start = self.hdrs[batch.source[i]].csum_start, total = start + UDP_HEADER_LEN
         cdef uint32_t size = batch.caplen[i] - start - UDP_HEADER_LEN, pseudo
         cdef Py_ssize_t j
         cdef ssize_t put
@@ -243,7 +258,7 @@ cdef class TunIO:
         With offloads, consecutive datagrams of one UDP flow go in one GSO write (as GRO would merge
         them), so a burst of small datagrams costs one system call, not one each.
         """
-        cdef Py_ssize_t i = 0, run, k
+        cdef Py_ssize_t i = 0, run, k, h
         cdef int done = 0
         cdef uint8_t* pkt
         cdef iovec iov[2]
@@ -269,9 +284,10 @@ cdef class TunIO:
                     i += run
                     continue
                 pkt = batch.data + batch.offset[i]
-                if vnet and i < self.capacity and self.partial[i]:
-                    self.to_partial_form(pkt, batch.caplen[i], i)
-                iov[0].iov_base = &self.hdrs[i] if (vnet and i < self.capacity) else &plain
+                h = self.header_of(batch, i)
+                if h >= 0 and self.partial[h]:
+                    self.to_partial_form(pkt, batch.caplen[i], h)
+                iov[0].iov_base = &self.hdrs[h] if h >= 0 else &plain
                 iov[0].iov_len = sizeof(virtio_net_hdr)
                 iov[1].iov_base = pkt
                 iov[1].iov_len = batch.caplen[i]
