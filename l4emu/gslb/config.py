@@ -154,16 +154,12 @@ def _site(raw, key: str, shared: dict, schedulers) -> Site:
             raise
         raise ConfigError(f"{key}.{exc.key}", exc.problem) from None
     for j, svc in enumerate(config.services):
-        # The replay runs a packet past every site's switch (l4emu/gslb/replay.py): none may add packets.
+        # A site's switch does not hold fragments back for later packets (the replay hands each packet to
+        # one site, l4emu/gslb/replay.py): its reals may be emulated and forward by any method.
         if svc.fragments != "drop":
             raise ConfigError(
                 f"{key}.service[{j}].fragments", 'a site\'s service takes fragments = "drop" only, for now'
             )
-        for k, real in enumerate(svc.reals):
-            if real.emulated:
-                raise ConfigError(f"{key}.service[{j}].real[{k}].emulated", "a site's reals are not emulated, for now")
-            if real.forward != "masq":
-                raise ConfigError(f"{key}.service[{j}].real[{k}].forward", "a site's reals take masq only, for now")
     return Site(name, tuple(networks), config)
 
 
