@@ -224,3 +224,17 @@ def test_live_gslb_answers_with_a_config_whose_sites_have_emulated_reals():
         answer = answerer.answer(batch)
         vips.append(dns.message.from_wire(bytes(IP(answer.packet(0))[UDP].payload)).answer[0][0].address)
     assert vips == [EAST_VIP, WEST_VIP]
+
+
+def test_a_down_site_s_hosts_send_nothing_out(tmp_path):
+    """east down at 0.6 s, with requests queued behind its real: the answers its host makes later are
+    counted dropped while down, never written, and east's clients are answered west."""
+    out = tmp_path / "out.pcap"
+    summary = gslb_replay(CAPTURE, load(), out, [parse_event("0.6:site-down:east")], seed=1)
+    east = next(s for s in summary["sites"] if s["site"] == "east")
+    packets = list(PcapReader(str(out)))
+    start = float(packets[0].time)
+    late = [p for p in packets if IP in p and p[IP].src == EAST_VIP and float(p.time) - start >= 0.6]
+    assert late == [] and east["dropped_while_down"] > 0 and east["down_at_end"]
+    vips = {vip for i, client, vip in answers(packets) if float(packets[i].time) - start > 0.6}
+    assert vips == {WEST_VIP}
