@@ -10,13 +10,15 @@ goes to the one site it is for (its destination a VIP, or its source a real: Sit
 The packet clock also drives what happens between packets: the events, the emulated reals' health checks
 (l4emu/emulated_checks.py: a real whose host cannot answer in time is marked down, so its site turns
 unhealthy and the GSLB stops answering with it), and the hosts' own clocks (delayed answers). Per packet
-the cost is one dict lookup and one site's work, whatever the number of flows.
+the cost is one dict lookup, one site's work and a clock step per site with emulated reals, whatever
+the number of flows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 from l4emu.datapath._batch import NS, VERDICT_NAMES, Batch
 from l4emu.emulate import Emulator, Out
@@ -26,6 +28,9 @@ from l4emu.gslb import wire
 from l4emu.gslb.replay import apply_event
 from l4emu.gslb.sites import NO_SITE
 
+if TYPE_CHECKING:
+    from l4emu.gslb.replay import GslbReplay
+
 PASS, NEW, DROP = (VERDICT_NAMES.index(name) for name in ("pass", "new", "drop"))
 ONE_PACKET_SLOTS = 64  # a packet and what its switch makes of it (a tunnel's fragments)
 
@@ -33,14 +38,13 @@ ONE_PACKET_SLOTS = 64  # a packet and what its switch makes of it (a tunnel's fr
 class Stepper:
     """Drives a GslbReplay (`run`: its sites, authority and tally) one captured packet at a time."""
 
-    def __init__(self, run, events: Sequence[Event]):
+    def __init__(self, run: GslbReplay, events: Sequence[Event]):
         self.run, self.sites, self.tally = run, run.sites, run.tally
         self.events = sorted(events, key=lambda e: e.at_s)
         self.applied = 0
         self.start_ns: int | None = None
         self.out = Batch()
         self.writer = None
-        self.written = 0
         self.one = Batch(ONE_PACKET_SLOTS)
         self.emulators: list[Emulator | None] = []
         self.checks: list[EmulatedChecks | None] = []
