@@ -510,6 +510,41 @@ def plan_gslb(sites, listen, domain):
     return plan
 
 
+def plan_gslb_emulated(sites, listen, domain):
+    """gslb-emulated.pcap: only what clients send, for gslb-emulated.toml's emulated reals to answer. Each
+    client asks the GSLB, then connects to the VIP its answer names. East's four clients come at once in
+    the first 0.4 s, so requests queue behind east's one slow real and its check fails at 1 s: asking
+    again at 2-3 s they are answered west; east has drained by 5 s, so at 6-7 s they are answered east."""
+    plan = Plan(sites, 17, 1000)
+    link = ethernet()
+    east = ["172.16.0.1", "172.16.0.2", "172.16.1.7", "172.16.2.9"]
+    west = ["192.168.50.10", "192.168.50.11"]
+
+    def visit(client, site, start):
+        message = DNS(id=plan.rng.randrange(65536), rd=1, qd=DNSQR(qname=domain, qtype="A"))
+        query = link(None, client, listen[0]) / UDP(sport=plan.port(client), dport=listen[1]) / message
+        tm = plan.timing()
+        connect_at = start + tm.us(2000, 30000)
+        vip, vport, _ = sites[("site", site)]
+        request, _ = http(vip, "an emulated real")
+        plan.fixed(start, [(start, query)])
+        plan.fixed(connect_at, client_exchange(tm, connect_at, (link(None, client, vip), plan.port(client), vport),
+                                               request, 0))
+
+    def between(lo_ms, hi_ms):
+        return plan.rng.randrange(lo_ms * 10**6, hi_ms * 10**6) // plan.tick * plan.tick
+
+    for client in east:
+        visit(client, "east", between(0, 400))
+    for client in west:
+        visit(client, "west", between(0, 1000))
+    for client in east:  # east's real is down (its check failed at 1 s): answered west
+        visit(client, "west", between(2000, 3000))
+    for client in east:  # east has drained and passed its check at 5 s: answered east again
+        visit(client, "east", between(6000, 7000))
+    return plan
+
+
 def dns_tcp_exchange(tm, t, fwd, rev, exchanges):
     """DNS over TCP (RFC 7766): handshake, each query behind its 2-byte length and its answer (the
     second query split over two segments), FIN/ACK from both sides."""
@@ -586,6 +621,7 @@ def main():
     write_pcap(HERE / "forwarding.pcap", plan_forwarding(load_services(HERE / "forwarding.toml")).packets())
     write_pcap(HERE / "fragments.pcap", plan_fragments(load_services(HERE / "fragments.toml")).packets())
     write_pcap(HERE / "gslb.pcap", plan_gslb(*load_gslb(HERE / "gslb.toml")).packets())
+    write_pcap(HERE / "gslb-emulated.pcap", plan_gslb_emulated(*load_gslb(HERE / "gslb-emulated.toml")).packets())
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ BAD = [
     (sites_toml().replace("10.111.0.1:8080", "10.110.0.1:8080"), "site[1].service[0].real[0].address", "site 's0'"),
     (sites_toml().replace('address = "10.110.0.1:8080"', 'address = "10.110.0.1"') + record_toml(),
      "site[0].service[0].real[0].address", "not address:port"),
-    (sites_toml().replace('address = "10.110.0.1:8080"', 'address = "10.110.0.1:8080"\n    emulated = true')
-     + record_toml(), "site[0].service[0].real[0].emulated", "not emulated"),
-    (sites_toml().replace('address = "10.110.0.1:8080"', 'address = "10.110.0.1:80"\n    forward = "dr"\n'
-                          '    mac = "02:00:00:00:00:01"') + record_toml(), "site[0].service[0].real[0].forward", "masq only"),
+    (sites_toml().replace('address = "10.110.0.1:8080"', 'address = "10.110.0.1:8080"\n    emulated = "yes"')
+     + record_toml(), "site[0].service[0].real[0].emulated", "true or false"),
+    (sites_toml().replace('address = "10.110.0.1:8080"', 'address = "10.110.0.1:8080"\n    forward = "dr"\n'
+                          '    mac = "02:00:00:00:00:01"') + record_toml(), "site[0].service[0].real[0].address", "dr real owns the VIP"),
     (sites_toml().replace('vip = "10.10.0.100:80"', 'vip = "10.10.0.100:80"\n  fragments = "track"') + record_toml(),
      "site[0].service[0].fragments", "drop"),
     (sites_toml() + record_toml().replace(f'listen = "10.53.0.1:53"\n', ""), "gslb[0].listen", "missing"),

@@ -30,7 +30,7 @@ TOLERANCE = 0.02  # the issue's "within 2 points"
 
 
 def run(config=SAMPLE, events=(), output=None, **flags):
-    checked = gslbconfig.load(config, schedulers.catalog(), emulated=True)
+    checked = gslbconfig.load(config, schedulers.catalog())
     given = {"clients": 200, "rate": 100.0, "duration": 4.0, "seed": 1, **flags}
     workload = from_config(checked.sites[0].config, str(config), given)
     return simulate(checked, workload, [parse_event(e) for e in events], output)
@@ -156,8 +156,6 @@ def test_the_cli_prints_the_run_and_refuses_what_it_cannot_run(tmp_path):
     assert bad.returncode == 2 and "least_conn" in bad.stderr and "Traceback" not in bad.stderr
     unknown = run_cli(*args, "--event", "1:site-down:north", check=False)
     assert unknown.returncode == 2 and "no site 'north'" in unknown.stderr
-    replayed = run_cli("gslb", "replay", PCAPS / "gslb.pcap", "-c", SAMPLE, check=False)
-    assert replayed.returncode == 2 and "emulated" in replayed.stderr  # a replay's sites have no emulated reals
 
 
 def test_the_clients_take_the_client_given_per_arrival_and_refuse_a_bad_table():
@@ -166,7 +164,7 @@ def test_the_clients_take_the_client_given_per_arrival_and_refuse_a_bad_table():
     from l4emu.clients.gen import model_arguments
     from l4emu.datapath._batch import Batch
 
-    checked = gslbconfig.load(SAMPLE, schedulers.catalog(), emulated=True)
+    checked = gslbconfig.load(SAMPLE, schedulers.catalog())
     arguments = model_arguments(from_config(checked.sites[0].config, "t", {"clients": 50, "seed": 3}))
     times = [START_NS + k * NS // 10 for k in range(5)]
     arguments.update(arrival=ARRIVALS["capture"], arrivals=times, arrival_clients=[7, 0, 49, 7, 20])

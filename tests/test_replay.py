@@ -12,8 +12,9 @@ from conftest import PCAPS, needs_tshark, run_cli
 from l4emu import config as configmod
 from l4emu.io import open_capture
 
-# gslb.pcap is made for pcaps/gslb.toml's sites, not the default config (tests/test_gslb_replay.py)
-SAMPLES = sorted(p for p in PCAPS.glob("*.pcap*") if p.name != "gslb.pcap")
+# The gslb captures are made for their GSLB configs' sites, not the default config (tests/test_gslb_replay.py,
+# tests/test_gslb_sites_emulated.py)
+SAMPLES = sorted(p for p in PCAPS.glob("*.pcap*") if not p.name.startswith("gslb"))
 # behind.pcap was taken behind another load balancer: its two servers stand for the VIP.
 CAPTURE_SERVERS = {"behind.pcap": ["--capture-servers", "10.9.0.1:80,10.9.0.2:80"]}
 FORMER_SERVERS = {("10.9.0.1", 80), ("10.9.0.2", 80)}

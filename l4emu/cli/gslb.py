@@ -20,13 +20,12 @@ def gslb():
     """GSLB: DNS-based global load balancing across sites, before the L4 switch (docs/gslb.md)."""
 
 
-def load_config(config_path: Path, emulated: bool = False):
-    """A GSLB config, checked against the scheduler names that exist (no plugin scan); `emulated`: its
-    sites' reals may be emulated hosts (simulate)."""
+def load_config(config_path: Path):
+    """A GSLB config, checked against the scheduler names that exist (no plugin scan)."""
     from l4emu import schedulers
     from l4emu.gslb import config as gslbconfig
 
-    return gslbconfig.load(config_path, schedulers.catalog(), emulated)
+    return gslbconfig.load(config_path, schedulers.catalog())
 
 
 @gslb.command()
@@ -143,7 +142,7 @@ def simulate(config_path, output, fmt, events, resolvers, as_json, **flags):
     from l4emu.workload import from_config
 
     try:
-        checked = load_config(config_path, emulated=True)
+        checked = load_config(config_path)
         if resolvers is not None:
             checked = dataclasses.replace(checked, cache=dataclasses.replace(checked.cache, resolvers=resolvers))
         workload = from_config(checked.sites[0].config, str(config_path), flags)

@@ -101,15 +101,14 @@ class GslbConfig:
         return next(site for site in self.sites if site.name == name)
 
 
-def from_dict(raw: dict, schedulers, emulated: bool = False) -> GslbConfig:
-    """Validate a parsed TOML document (`schedulers` as for l4emu.config.from_dict). `emulated`: the sites'
-    reals may be emulated hosts (gslb simulate runs each site's clients to them; a replay cannot)."""
+def from_dict(raw: dict, schedulers) -> GslbConfig:
+    """Validate a parsed TOML document (`schedulers` as for l4emu.config.from_dict)."""
     raw = _take(raw, "", {"site", "gslb", "table", "timeouts", "cache"})
     sites_raw = raw.get("site", [])
     if not isinstance(sites_raw, list) or not sites_raw:
         raise ConfigError("site", "at least one [[site]] is needed")
     shared = {name: raw[name] for name in ("table", "timeouts") if name in raw}
-    sites = tuple(_site(s, f"site[{i}]", shared, schedulers, emulated) for i, s in enumerate(sites_raw))
+    sites = tuple(_site(s, f"site[{i}]", shared, schedulers) for i, s in enumerate(sites_raw))
     _check_sites(sites)
     records_raw = raw.get("gslb", [])
     if not isinstance(records_raw, list) or not records_raw:
@@ -125,14 +124,12 @@ def from_dict(raw: dict, schedulers, emulated: bool = False) -> GslbConfig:
     return GslbConfig(sites, records, _cache(raw.get("cache", {})))
 
 
-def load(
-    path: str | Path, schedulers: Collection[str] | Mapping[str, tuple[str, ...]], emulated: bool = False
-) -> GslbConfig:
+def load(path: str | Path, schedulers: Collection[str] | Mapping[str, tuple[str, ...]]) -> GslbConfig:
     """Read a GSLB TOML file; errors name the file and the key."""
-    return configmod.parse(configmod.read_text(path), str(path), lambda raw: from_dict(raw, schedulers, emulated))
+    return configmod.parse(configmod.read_text(path), str(path), lambda raw: from_dict(raw, schedulers))
 
 
-def _site(raw, key: str, shared: dict, schedulers, emulated: bool) -> Site:
+def _site(raw, key: str, shared: dict, schedulers) -> Site:
     raw = _take(raw, key, {"name", "prefixes", "service"})
     name = _typed(raw.get("name", ""), str, f"{key}.name")
     if not SITE_NAME.match(name):
@@ -157,19 +154,12 @@ def _site(raw, key: str, shared: dict, schedulers, emulated: bool) -> Site:
             raise
         raise ConfigError(f"{key}.{exc.key}", exc.problem) from None
     for j, svc in enumerate(config.services):
-        # The replay runs a packet past every site's switch (l4emu/gslb/replay.py): none may add packets.
+        # A site's switch does not hold fragments back for later packets (the replay hands each packet to
+        # one site, l4emu/gslb/replay.py): its reals may be emulated and forward by any method.
         if svc.fragments != "drop":
             raise ConfigError(
                 f"{key}.service[{j}].fragments", 'a site\'s service takes fragments = "drop" only, for now'
             )
-        for k, real in enumerate(svc.reals):
-            if real.emulated and not emulated:
-                raise ConfigError(
-                    f"{key}.service[{j}].real[{k}].emulated",
-                    "a replay's sites' reals are not emulated (l4emu gslb simulate runs clients to emulated ones)",
-                )
-            if real.forward != "masq":
-                raise ConfigError(f"{key}.service[{j}].real[{k}].forward", "a site's reals take masq only, for now")
     return Site(name, tuple(networks), config)
 
 

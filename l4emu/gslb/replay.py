@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from ipaddress import ip_address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from l4emu.datapath._batch import NS, VERDICT_NAMES, Batch
 from l4emu.datapath._datapath import DROP_REASONS
@@ -26,6 +27,9 @@ from l4emu.gslb.tally import Failure, Tally
 from l4emu.gslb.tcp import Frame, TcpResponder
 from l4emu.io import open_capture, open_writer
 from l4emu.simulate import MS, PERCENTILES, percentile
+
+if TYPE_CHECKING:
+    from l4emu.gslb.stepped import Stepper
 
 VERDICT = {name: number for number, name in enumerate(VERDICT_NAMES)}
 DROP_NO_REAL = DROP_REASONS.index("no_real")  # a down site has no real to give
@@ -45,6 +49,7 @@ class GslbReplay:
         self.tcp: TcpResponder | None = None  # made at the first DNS packet over TCP
         self.tcp_due: int | None = None  # when its clocks next have something to do
         self.replaced: set[int] = set()  # the batch's packets whose place the TCP responder's output takes
+        self.stepper: Stepper | None = None  # a packet at a time (sites with emulated or non-masq reals)
         # Answers that depend on what a span's packets do to the sites (a load, a real reaching its
         # threshold) are given with the sites as they were at the query: spans are cut after each query.
         self.state_moves = any(record.policy == "least_conn" for record in config.records) or any(
@@ -92,7 +97,7 @@ class GslbReplay:
                 continue
             before = _results(batch, start, end)
             stopped = switch.process(batch, start, 0, end)
-            assert stopped == end, "a site's switch makes no fragment slots (config: masq, fragments = drop)"
+            assert stopped == end, "masq sites' switches make no fragment slots (others go a packet at a time)"
             after = _results(batch, start, end)
             for j, (verdict, detail) in enumerate(before):
                 if owner[j] != NO_SITE:
@@ -202,31 +207,14 @@ def replay(
     run.tally.timeline = timeline
     run.sites.check(events)
     ordered = sorted(events, key=lambda e: e.at_s)
-    applied = 0
     started = time.perf_counter()
-    start_ns: int | None = None
     with open_capture(capture) as reader:
         writer = open_writer(output, reader.interfaces, nanosecond=reader.nanosecond, fmt=fmt) if output else None
         try:
-            for batch in reader.batches():
-                answers: list[tuple] = []  # (after packet i, frame, ts, iface, linktype)
-                if start_ns is None and len(batch):
-                    start_ns = batch.timestamp_ns(0)
-                i = 0
-                while i < len(batch):
-                    assert start_ns is not None, "a batch with packets set it"
-                    moment = start_ns + int(ordered[applied].at_s * NS) if applied < len(ordered) else None
-                    stop = _first_at(batch, i, moment) if moment is not None else len(batch)
-                    if stop > i:
-                        run.span(batch, i, stop, answers)
-                    if stop < len(batch):  # the packet clock reached the next event
-                        assert moment is not None
-                        _apply(run, ordered[applied], moment)
-                        applied += 1
-                    i = stop
-                if writer is not None:
-                    _write(writer, batch, answers, run.replaced)
-                run.replaced = set()
+            if needs_steps(run.sites):
+                applied = _stepped(run, reader, ordered, writer)
+            else:
+                applied = _batched(run, reader, ordered, writer)
         finally:
             if writer is not None:
                 writer.close()
@@ -238,6 +226,53 @@ def replay(
     )
 
 
+def needs_steps(sites: Sites) -> bool:
+    """Whether any site has an emulated real or one that forwards by other than masq: then the replay goes
+    a packet at a time (gslb/stepped.py), since such a switch answers, or makes packets, or hides the client."""
+    return any(
+        real.emulated or real.forward != "masq"
+        for site in sites.config.sites
+        for svc in site.config.services
+        for real in svc.reals
+    )
+
+
+def _stepped(run: GslbReplay, reader, ordered: list[Event], writer) -> int:
+    """The capture a packet at a time through the sites (gslb/stepped.py); returns the events applied."""
+    from l4emu.gslb.stepped import Stepper  # emulated hosts' modules, only then (start-up time)
+
+    run.stepper = Stepper(run, ordered)
+    for batch in reader.batches():
+        run.stepper.batch(batch, writer)
+    return run.stepper.finish()
+
+
+def _batched(run: GslbReplay, reader, ordered: list[Event], writer) -> int:
+    """The capture a span at a time through every site's switch in C; returns the events applied."""
+    applied = 0
+    start_ns: int | None = None
+    for batch in reader.batches():
+        answers: list[tuple] = []  # (after packet i, frame, ts, iface, linktype)
+        if start_ns is None and len(batch):
+            start_ns = batch.timestamp_ns(0)
+        i = 0
+        while i < len(batch):
+            assert start_ns is not None, "a batch with packets set it"
+            moment = start_ns + int(ordered[applied].at_s * NS) if applied < len(ordered) else None
+            stop = _first_at(batch, i, moment) if moment is not None else len(batch)
+            if stop > i:
+                run.span(batch, i, stop, answers)
+            if stop < len(batch):  # the packet clock reached the next event
+                assert moment is not None
+                apply_event(run, ordered[applied], moment)
+                applied += 1
+            i = stop
+        if writer is not None:
+            _write(writer, batch, answers, run.replaced)
+        run.replaced = set()
+    return applied
+
+
 def _first_at(batch: Batch, start: int, moment: int) -> int:
     """The first packet from `start` at or past `moment` (len(batch): none), as the plain replay stops."""
     for i in range(start, len(batch)):
@@ -246,7 +281,8 @@ def _first_at(batch: Batch, start: int, moment: int) -> int:
     return len(batch)
 
 
-def _apply(run: GslbReplay, event: Event, moment_ns: int) -> None:
+def apply_event(run: GslbReplay, event: Event, moment_ns: int) -> None:
+    """A site or real event at its moment, and what it found for the tally."""
     found = run.sites.apply(event, moment_ns)
     site = run.sites.index(event.site) if event.site else -1
     run.tally.event(found, site, moment_ns, event.action == "site-down")
@@ -302,6 +338,7 @@ def summary(run: GslbReplay, capture, output, written: int, elapsed: float, erro
                 "packets": run.tally.packets[k],  # the site's own: its switch passes the others' untouched
                 "dropped": run.tally.dropped[k],  # by its switch (no real, table full, ...)
                 "resolution": resolution(run.tally.resolution_ns[k]),
+                **(run.stepper.site_summary(k) if run.stepper is not None else {}),  # emulated hosts, checks
             }
         )
     return {

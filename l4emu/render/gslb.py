@@ -43,6 +43,8 @@ def gslb_text(summary: dict) -> str:
             f"  {site['site'] + mark:<12} {site['queries_answered']:>8,}  {site['clients']:>7,}  "
             f"{site['connections']:>11,}  {site['connections_broken']:>6,}  {site['dropped_while_down']:>18,}"
         )
+    for site in summary["sites"]:
+        lines += _hosted(site)
     for event in summary["events"]:
         if "moved_within_s" in event:
             moved = ", ".join(f"{share} {_seconds(t)}" for share, t in event["moved_within_s"].items())
@@ -103,6 +105,22 @@ def simulate_text(summary: dict) -> str:
     if summary["output"]:
         lines.append(f"  written: {summary['written']:,} packets to {summary['output']}")
     return "\n".join(lines)
+
+
+def _hosted(site: dict) -> list[str]:
+    """A site with emulated reals: what its hosts answered, and its checks' transitions (which made the
+    site unhealthy, or healthy again, for the GSLB's answers)."""
+    if "emulated" not in site:
+        return []
+    hosts = site["emulated"]
+    direct = f" ({hosts['direct']:,} straight to the clients)" if "direct" in hosts else ""
+    lines = [
+        f"  {site['site']}: {hosts['hosts']:,} emulated hosts, {hosts['accepted']:,} connections accepted, "
+        f"{hosts['answers']:,} packets answered{direct}, {hosts['superseded']:,} recorded packets superseded"
+    ]
+    for change in site.get("health", {}).get("transitions", []):
+        lines.append(f"    {change['at_s']:>9.3f} s  {change['real']} {change['state']}: {change['why']}")
+    return lines
 
 
 def switchover_text(result: dict) -> str:
