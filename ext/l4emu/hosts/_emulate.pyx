@@ -19,7 +19,8 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy, memset
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
 from l4emu.datapath._datapath cimport Datapath
-from l4emu.datapath._types cimport PacketInfo, Real, FWD_DR, FWD_TUN
+from l4emu.datapath._types cimport PacketInfo, PacketKey, Real, FWD_DR, FWD_TUN
+from l4emu.datapath._flowtable cimport key_hash
 from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
 from l4emu.datapath._checksum cimport store16, sum_bytes, fold
@@ -28,7 +29,7 @@ from l4emu.hosts._engine cimport (Engine, Seg, Peer, read_segment, segment_after
 from l4emu.hosts._decap cimport inner_offset, answer_from
 from l4emu.clients._clients cimport Clients
 from l4emu.clients._gen cimport MAX_FRAME
-from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_add_hashed, slab_remove, rec, key_hash32,
+from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_add_hashed, slab_remove, rec,
                                  slab_bytes, prefetch_slot, prefetch_record, slab_find_hashed)
 from l4emu.datapath._headers cimport PARSED, parse_packet
 
@@ -50,7 +51,9 @@ cdef enum:
 REPLY_GAP = REPLY_GAP_NS
 
 
-# What the emulated server sent a client so far, keyed as the client sees the connection.
+# What the emulated server sent a client so far, keyed as the client sees the connection. The table
+# hashes a key as the switch's connection table hashes the client's packets (stamp_hash): the hash
+# the datapath made of a client packet read ahead is the re-stamping's too, with no second SipHash.
 cdef struct StampKey:
     uint8_t client[16]
     uint8_t server[16]
@@ -238,7 +241,7 @@ cdef class Loop:
             memcpy(key.client, ahead.info.key.src, 16)
             memcpy(key.server, ahead.info.key.dst, 16)
             key.cport, key.sport, key.family = ahead.info.key.sport, ahead.info.key.dport, ahead.info.key.family
-            ahead.stamp_hash = key_hash32(&self.stamps, key)
+            ahead.stamp_hash = <uint32_t>ahead.h       # the flow's hash is the key's (stamp_hash)
             prefetch_slot(&self.stamps, ahead.stamp_hash)
         else:
             ahead.stamp_hash = 0
@@ -413,7 +416,11 @@ cdef class Loop:
         return False
 
     cdef int advance_to(self, uint64_t now) except -1:
+        """The hosts' clocks to `now` and their answers through the switch (nothing to do, most packets)."""
         cdef uint32_t first = self.hosts.n_out
+        if self.hosts.next_due() > now:
+            self.hosts.prune_peers()
+            return 0
         self.hosts.advance(now)
         self.send_answers(first, 0, True, -1)
         self.hosts.truncate(first)
@@ -684,10 +691,15 @@ cdef class Loop:
             rewrite_ack(self.cur, info, seg, nxt)
 
     cdef uint32_t stamp_hash(self, StampKey* key) noexcept:
-        """The key's hash in the re-stamping table, computed once for a run of packets of one connection."""
+        """The key's hash in the re-stamping table, computed once for a run of packets of one connection:
+        the switch's hash of the client's packets of that connection (read_ahead takes theirs)."""
+        cdef PacketKey flow
         if not self.hashed or memcmp(key, &self.hashed_key, sizeof(StampKey)) != 0:
             self.hashed_key = key[0]
-            self.hashed = key_hash32(&self.stamps, key)
+            memcpy(flow.src, key.client, 16)
+            memcpy(flow.dst, key.server, 16)
+            flow.sport, flow.dport, flow.proto, flow.family = key.cport, key.sport, IPPROTO_TCP, key.family
+            self.hashed = <uint32_t>key_hash(self.dp.table, &flow)
         return self.hashed
 
     cdef void stamp_server(self, Seg* seg) noexcept:

@@ -64,6 +64,14 @@ cdef enum Counter:
     C_DNS_ORPHANS_ENDED = 23    # dns: closed by us, the client silent DNS_ORPHAN_NS after: forgotten
     N_COUNTERS = 24
 
+# The deadlines that are always the same delay after the packet clock (SYN-RECV's, TIME-WAIT's) wait
+# in a queue each, in order of (deadline, record) like the heap, so that setting and clearing one is
+# O(1) and touches only its neighbours; every other deadline is in the heap.
+cdef enum:  # TimerQueue
+    Q_SYN_RECV = 0
+    Q_TIME_WAIT = 1
+    N_QUEUES = 2
+
 # Conn.flags
 cdef enum ConnFlag:
     CF_SCALING = 1          # both sides agreed on window scaling
@@ -115,7 +123,8 @@ ctypedef struct Conn:
     uint32_t http_off       # http: bytes of the first queued answer already sent
     int32_t handle          # -1: none
     uint32_t aprev, anext   # accept queue (record + 1)
-    uint32_t timer          # position in the timer heap + 1 (0: no deadline)
+    uint32_t timer          # position in the timer heap + 1 (0: not in the heap)
+    uint32_t tprev, tnext   # in a deadline queue (tqueue): its neighbours (record + 1)
     uint32_t peer           # the client's Peer record (its link, its count of connections)
     uint16_t mss            # the peer's MSS
     uint8_t state           # TcpState
@@ -131,6 +140,7 @@ ctypedef struct Conn:
     uint16_t pending
     uint8_t work
     uint8_t owed            # Response to queue once nothing is pending (R_NONE: none)
+    uint8_t tqueue          # the deadline queue (TimerQueue) holding its deadline + 1 (0: none)
 
 ctypedef struct Listener:
     uint32_t host
@@ -258,6 +268,10 @@ cdef class Engine:
     cdef uint64_t* t_when           # the timer heap: (deadline, connection), earliest first
     cdef uint32_t* t_conn
     cdef uint32_t n_timers, timer_cap
+    cdef uint32_t q_head[N_QUEUES]  # the deadline queues: oldest and newest (record + 1; 0: empty), the
+    cdef uint32_t q_tail[N_QUEUES]  # oldest's deadline, and how many
+    cdef uint64_t q_when[N_QUEUES]
+    cdef uint32_t q_len[N_QUEUES]
     cdef uint32_t waiting           # listeners with a non-empty accept queue
     cdef uint64_t created
     cdef MT* isn                    # per host: its random.Random in C (one ISN per new connection)

@@ -565,34 +565,35 @@ cdef class Engine:
         """Run the clocks to `now`, one event at a time in time order: accepts now due (each answer
         stamped with its accept's time; listeners in config order on ties, accepts before timers),
         services ending, TIME-WAIT and stale half-open requests ending (the timer heap)."""
-        cdef uint32_t k, first = self.n_out, c
+        cdef uint32_t k, first = self.n_out, c = 0
         cdef int acc
-        cdef uint64_t t_acc
+        cdef uint64_t t_acc, when = 0
+        cdef bint timed
         cdef Conn* conn
         while True:
+            timed = timer_first(self, &when, &c)
             acc = -1
             t_acc = 0
             if self.waiting:
                 for k in range(self.n_listeners):
                     if self.listeners[k].accept_count and (acc < 0 or self.listeners[k].ready_ns < t_acc):
                         acc, t_acc = k, self.listeners[k].ready_ns
-            if acc >= 0 and t_acc <= now and (not self.n_timers or t_acc <= self.t_when[0]):
+            if acc >= 0 and t_acc <= now and (not timed or t_acc <= when):
                 accept_due(self, acc, t_acc, True)
                 continue
-            if not self.n_timers or self.t_when[0] > now:
+            if not timed or when > now:
                 break
-            c = self.t_conn[0]
             conn = self.conn(c)
             if conn.work == W_SERVING:
-                served(self, c, self.t_when[0])
+                served(self, c, when)
                 continue
             if conn.app == APP_DNS and conn.flags & CF_APP:
-                dns_idle(self, c, self.t_when[0])
+                dns_idle(self, c, when)
                 continue
             if conn.app == APP_DNS and conn.state != T_SYN_RECV and conn.state != T_TIME_WAIT:
-                dns_orphan_ended(self, c, self.t_when[0])
+                dns_orphan_ended(self, c, when)
                 continue
-            self.step_at = self.t_when[0]
+            self.step_at = when
             self.count(conn.key.host, C_SYN_RECV_EXPIRED if conn.state == T_SYN_RECV else C_TIME_WAIT_ENDED, 1)
             remove_conn(self, c)
         if self.n_uj:
@@ -602,28 +603,28 @@ cdef class Engine:
 
     cdef uint64_t next_due(self) noexcept:
         """The earliest moment a clock of some host has something to do (UINT64_MAX: none)."""
-        cdef uint64_t best = UINT64_MAX
-        cdef uint32_t k
+        cdef uint64_t best = UINT64_MAX, when = 0
+        cdef uint32_t k, c
         if self.waiting:
             for k in range(self.n_listeners):
                 if self.listeners[k].accept_count and self.listeners[k].ready_ns < best:
                     best = self.listeners[k].ready_ns
-        if self.n_timers and self.t_when[0] < best:
-            best = self.t_when[0]
+        if timer_first(self, &when, &c) and when < best:
+            best = when
         if self.n_uj and self.uj_when[0] < best:
             best = self.uj_when[0]
         return best
 
     def next_deadline(self):
         """The earliest moment a clock of some host has something to do, or None."""
-        cdef uint64_t best = 0
+        cdef uint64_t best = 0, when = 0
         cdef bint any_ = False
-        cdef uint32_t k
+        cdef uint32_t k, c
         for k in range(self.n_listeners):
             if self.listeners[k].accept_count and (not any_ or self.listeners[k].ready_ns < best):
                 best, any_ = self.listeners[k].ready_ns, True
-        if self.n_timers and (not any_ or self.t_when[0] < best):
-            best, any_ = self.t_when[0], True
+        if timer_first(self, &when, &c) and (not any_ or when < best):
+            best, any_ = when, True
         if self.n_uj and (not any_ or self.uj_when[0] < best):
             best, any_ = self.uj_when[0], True
         return best if any_ else None
@@ -678,7 +679,7 @@ cdef class Engine:
             "table_bytes": slab_bytes(&self.conns) + slab_bytes(&self.peers) + slab_bytes(&self.by_address),
             "timer_bytes": <uint64_t>self.timer_cap * (sizeof(uint64_t) + sizeof(uint32_t)),
             "peers": self.peers.used,
-            "timers": self.n_timers,
+            "timers": self.n_timers + self.q_len[Q_SYN_RECV] + self.q_len[Q_TIME_WAIT],
         }
 
 
@@ -779,6 +780,8 @@ cdef void set_deadline(Engine e, uint32_t c, uint64_t when) noexcept:
     """The connection's deadline (0: none), in the heap."""
     cdef Conn* conn = e.conn(c)
     cdef uint32_t k
+    if conn.tqueue:
+        q_unlink(e, c)
     conn.deadline_ns = when
     if conn.timer:
         k = conn.timer - 1
@@ -812,6 +815,70 @@ cdef void set_deadline(Engine e, uint32_t c, uint64_t when) noexcept:
     e.t_conn[k] = c
     conn.timer = k + 1
     t_fix(e, k)
+
+
+# ---- the deadline queues (TimerQueue): doubly linked through the connections, in heap order --------
+cdef inline bint t_before(uint64_t wa, uint32_t ca, uint64_t wb, uint32_t cb) noexcept:
+    return wa < wb or (wa == wb and ca < cb)
+
+
+cdef bint timer_first(Engine e, uint64_t* when, uint32_t* c) noexcept:
+    """The earliest deadline of all (heap and queues, by deadline then record) and its connection;
+    False when there is none."""
+    cdef bint found = False
+    cdef uint32_t q
+    if e.n_timers:
+        when[0], c[0], found = e.t_when[0], e.t_conn[0], True
+    for q in range(N_QUEUES):
+        if e.q_head[q] and (not found or t_before(e.q_when[q], e.q_head[q] - 1, when[0], c[0])):
+            when[0], c[0], found = e.q_when[q], e.q_head[q] - 1, True
+    return found
+
+
+cdef void set_queued_deadline(Engine e, uint32_t c, uint64_t when, uint32_t q) noexcept:
+    """The connection's deadline (not 0) in queue q: after the last one not later, found from the tail
+    (at once, as the clock only moves forward)."""
+    cdef Conn* conn
+    cdef uint32_t after
+    set_deadline(e, c, 0)
+    conn = e.conn(c)
+    conn.deadline_ns = when
+    conn.tqueue = q + 1
+    after = e.q_tail[q]
+    while after and t_before(when, c, e.conn(after - 1).deadline_ns, after - 1):
+        after = e.conn(after - 1).tprev
+    conn.tprev = after
+    if after:
+        conn.tnext = e.conn(after - 1).tnext
+        e.conn(after - 1).tnext = c + 1
+    else:
+        conn.tnext = e.q_head[q]
+        e.q_head[q] = c + 1
+        e.q_when[q] = when
+    if conn.tnext:
+        e.conn(conn.tnext - 1).tprev = c + 1
+    else:
+        e.q_tail[q] = c + 1
+    e.q_len[q] += 1
+
+
+cdef void q_unlink(Engine e, uint32_t c) noexcept:
+    """Take the connection out of its deadline queue."""
+    cdef Conn* conn = e.conn(c)
+    cdef uint32_t q = conn.tqueue - 1
+    if conn.tprev:
+        e.conn(conn.tprev - 1).tnext = conn.tnext
+    else:
+        e.q_head[q] = conn.tnext
+        if conn.tnext:
+            e.q_when[q] = e.conn(conn.tnext - 1).deadline_ns
+    if conn.tnext:
+        e.conn(conn.tnext - 1).tprev = conn.tprev
+    else:
+        e.q_tail[q] = conn.tprev
+    conn.tprev = conn.tnext = 0
+    conn.tqueue = 0
+    e.q_len[q] -= 1
 
 
 cdef void sort_by_time(Engine e, uint32_t first) noexcept:

@@ -251,7 +251,7 @@ cdef void no_connection(Engine e, uint32_t h, Seg* seg, uint64_t now) noexcept:
     lst.syn_count += 1
     lst.dns_open += lst.app == APP_DNS
     e.peer_ref(conn, 1)
-    set_deadline(e, c, now + SYN_RECV_NS)
+    set_queued_deadline(e, c, now + SYN_RECV_NS, Q_SYN_RECV)
     syn_ack(e, c)
 
 
@@ -339,7 +339,7 @@ cdef void synchronized(Engine e, uint32_t c, Seg* seg, uint64_t now) noexcept:
             conn.state = T_FIN_WAIT_2
         elif conn.state == T_CLOSING:
             conn.state = T_TIME_WAIT
-            set_deadline(e, c, now + TIME_WAIT_NS)
+            set_queued_deadline(e, c, now + TIME_WAIT_NS, Q_TIME_WAIT)
     if not receive_data(e, c, seg, now) and not flush(e, c) and (seg.plen or flags & TCP_FIN):
         send_flags(e, c, TCP_ACK, NULL, 0)
 
@@ -377,7 +377,7 @@ cdef bint receive_data(Engine e, uint32_t c, Seg* seg, uint64_t now) noexcept:
             conn.state = T_CLOSING
         else:
             conn.state = T_TIME_WAIT
-            set_deadline(e, c, now + TIME_WAIT_NS)
+            set_queued_deadline(e, c, now + TIME_WAIT_NS, Q_TIME_WAIT)
     feed(e, c, data, n)
     return flush(e, c)
 
