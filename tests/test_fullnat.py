@@ -177,6 +177,39 @@ def test_conversation_matches_dpvs(family, headroom):
     assert "FullNat" in services_text(snapshot, 4096)
 
 
+def _ones_diff(a, b):
+    """a - b in one's complement arithmetic (modulo 0xFFFF)."""
+    return (a - b) % 0xFFFF
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("error", [1, 0x100, 0x7FFF, 0xFFFE])
+def test_a_wrong_checksum_stays_wrong_by_as_much(family, error):
+    """RFC 1624: the rewrites (both ends and TOA on the way in, both ends on the way out) carry a
+    checksum's error over as it came, neither mending nor adding to it (the sums are taken in the
+    machine's byte order: a byte-order slip would change the error)."""
+    switch = make_switch(family)
+    syn, _, data, _ = conversation(family)
+    [(out, _)] = run(switch, [syn])
+    laddr, lport = l3(out).src, Ether(out)[TCP].sport
+    synack, body = answers(family, laddr, lport)
+    wrong = []
+    for frame in (data, body):
+        frame = bytearray(bytes(frame))
+        at = len(frame) - len(Ether(bytes(frame))[TCP]) + 16
+        good = int.from_bytes(frame[at:at + 2], "big")
+        frame[at:at + 2] = ((good + error) % 0xFFFF or 0xFFFF).to_bytes(2, "big")
+        wrong.append((bytes(frame), good))
+    outs = run(switch, [synack, wrong[0][0], wrong[1][0]], t0=10)
+    assert switch.stats()["toa_added"] == 1
+    for (frame, (verdict, _)), (sent, good) in zip(outs[1:], wrong, strict=True):
+        assert verdict in ("forward", "reply")
+        came = int.from_bytes(sent[len(sent) - len(Ether(sent)[TCP]) + 16:][:2], "big")
+        written = Ether(frame)[TCP].chksum
+        right = Ether(rebuilt(frame))[TCP].chksum
+        assert _ones_diff(came, good) == _ones_diff(written, right) == error % 0xFFFF
+
+
 def test_toa_false_and_udp_translate_only():
     """toa = false: the addresses and ports change, no option, the MSS stays; UDP: both ends too."""
     switch = make_switch(4, toa=False)

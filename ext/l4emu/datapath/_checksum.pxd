@@ -31,6 +31,37 @@ cdef inline void apply_diff(uint8_t* field, uint32_t diff) noexcept nogil:
     store16(field, ~fold((~load16(field) & 0xFFFF) + diff) & 0xFFFF)
 
 
+cdef inline uint64_t diff_native(uint64_t acc, const uint8_t* old, const uint8_t* new, int nbytes) noexcept nogil:
+    """diff_words four bytes at a time, read in the machine's byte order (RFC 1071 2(B)): ~old + new
+    summed as 32-bit words, for apply_diff_native to fold into a checksum field read the same way.
+    No byte is turned round: a sum taken in either order, folded and stored in that order, gives the
+    same bytes. nbytes: a multiple of 4; give a constant and the loop unrolls into plain loads."""
+    cdef uint32_t o, n
+    cdef int k
+    for k in range(0, nbytes, 4):
+        memcpy(&o, old + k, 4)
+        memcpy(&n, new + k, 4)
+        acc += <uint32_t>~o + <uint64_t>n
+    return acc
+
+
+cdef inline void apply_diff_native(uint8_t* field, uint64_t diff) noexcept nogil:
+    """apply_diff for a diff_native sum: the field is read and written in the machine's order too. The
+    bytes written are apply_diff's: the sums agree modulo 0xFFFF, and both are zero only when every
+    old word was 0xFFFF, every new one 0 and the checksum 0xFFFF, so the fold picks the same of 0 and
+    0xFFFF. diff: below 2**63."""
+    cdef uint16_t hc
+    cdef uint64_t s
+    memcpy(&hc, field, 2)
+    s = <uint64_t>(~hc & 0xFFFF) + diff
+    s = (s & 0xFFFFFFFFULL) + (s >> 32)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    hc = <uint16_t>~s
+    memcpy(field, &hc, 2)
+
+
 cdef extern from *:
     """
     #define L4EMU_LITTLE_ENDIAN (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)

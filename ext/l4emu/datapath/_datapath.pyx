@@ -8,7 +8,7 @@ move by IPVS's table; timeouts run on the packet clock.
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.string cimport memcmp, memcpy, memmove, memset
 from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_DROP, V_ANSWER, V_ICMP, V_MORE
-from l4emu.datapath._checksum cimport diff_words, apply_diff, load16
+from l4emu.datapath._checksum cimport diff_words, apply_diff, apply_diff_native, diff_native, load16
 from l4emu.datapath._flowtable cimport (FlowTable, R_EXPIRED, R_NODEST, R_REUSED, key_hash, key_lookup,
                                         make_ref, prefetch_flow, prefetch_slot, ref_index, ref_is_reply, slot_room)
 from l4emu.datapath._wire cimport *
@@ -182,29 +182,50 @@ cdef inline void rewrite(uint8_t* p, const PacketInfo* info, bint dst_side, cons
     memcpy(pt, newport, 2)
 
 
+cdef inline void apply_l4_diff_native(uint8_t* csum, uint8_t proto, uint64_t d) noexcept nogil:
+    """apply_l4_diff for a diff_native sum."""
+    if proto == IPPROTO_TCP:
+        apply_diff_native(csum, d)
+    elif load16(csum) != 0:
+        apply_diff_native(csum, d)
+        if load16(csum) == 0:
+            csum[0] = csum[1] = 0xFF
+
+
 cdef inline void rewrite_both(uint8_t* p, const PacketInfo* info, const uint8_t* src, uint16_t sport,
                               const uint8_t* dst, uint16_t dport) noexcept nogil:
-    """Full-NAT: both addresses and both ports at once, one RFC 1624 update per checksum."""
-    cdef int fam = info.key.family
-    cdef uint32_t alen = 4 if fam == 4 else 16
+    """Full-NAT: both addresses and both ports at once, one RFC 1624 update per checksum. A literal
+    address size each: the inline rewrite_both_sized is compiled with constant sizes, its loops and
+    copies plain loads and stores (every full-NAT packet comes through here, both ways)."""
+    if info.key.family == 4:
+        rewrite_both_sized(p, info, 4, src, sport, dst, dport)
+    else:
+        rewrite_both_sized(p, info, 16, src, sport, dst, dport)
+
+
+cdef inline void rewrite_both_sized(uint8_t* p, const PacketInfo* info, uint32_t alen, const uint8_t* src,
+                                    uint16_t sport, const uint8_t* dst, uint16_t dport) noexcept nogil:
+    """rewrite_both for addresses of `alen` bytes, the sums taken four bytes at a time in the machine's
+    byte order (diff_native): the same bytes as diff_words and apply_diff would write."""
+    cdef int fam = 4 if alen == 4 else 6
     cdef uint8_t* s_at = p + info.l3 + addr_offset(fam, False)
     cdef uint8_t* d_at = p + info.l3 + addr_offset(fam, True)
+    cdef uint8_t* ports_at = p + info.l4 + L4_SPORT
     cdef uint8_t ports[4]
-    cdef uint32_t ds, dd, d
-    cdef uint8_t* csum = p + info.l4 + l4_csum_offset(info.key.proto)
+    cdef uint64_t ds, dd
     ports[0] = <uint8_t>(sport >> 8)
     ports[1] = <uint8_t>sport
     ports[2] = <uint8_t>(dport >> 8)
     ports[3] = <uint8_t>dport
-    ds = diff_words(0, s_at, src, alen)
-    dd = diff_words(0, d_at, dst, alen)
+    ds = diff_native(0, s_at, src, alen)
+    dd = diff_native(0, d_at, dst, alen)
     if fam == 4:
-        apply_diff(p + info.l3 + IP4_CSUM, ds + dd)
-    d = diff_words(ds + (0 if info.dst_in_rthdr else dd), p + info.l4 + L4_SPORT, ports, 4)
-    apply_l4_diff(csum, info.key.proto, d)
+        apply_diff_native(p + info.l3 + IP4_CSUM, ds + dd)
+    apply_l4_diff_native(p + info.l4 + l4_csum_offset(info.key.proto), info.key.proto,
+                         diff_native(ds + (0 if info.dst_in_rthdr else dd), ports_at, ports, 4))
     memcpy(s_at, src, alen)
     memcpy(d_at, dst, alen)
-    memcpy(p + info.l4 + L4_SPORT, ports, 4)
+    memcpy(ports_at, ports, 4)
 
 
 cdef inline bint outer_fits(int fam, bint df, int outer, uint32_t reasm_max, uint32_t mtu) noexcept nogil:

@@ -75,36 +75,27 @@ cdef inline void write_toa(uint8_t* q, uint32_t l3, uint32_t l4, int family, con
                            uint16_t cport) noexcept nogil:
     """The TCP header at q + l4 has just been given `toa_length` bytes of room right after its 20 fixed
     bytes (DPVS inserts TOA there, before the options already present): write the option and make every
-    length and checksum agree. The checksum changes by the option's words (in place of zeros), the data
-    offset's word and the pseudo-header's length, all at even offsets: RFC 1624 sums of (~old + new)
-    taken from the values themselves (no scratch copies: this runs for every packet that gets TOA)."""
+    length and checksum agree. RFC 1624's ~m + m' is m' - m modulo 0xFFFF, so each change is added as
+    what grew: the TCP sum by the option's words (where there was nothing), the data offset's n / 4
+    words and the pseudo-header's length's n; the IPv4 header's by its total length's n. Neither sum
+    can be zero, so apply_diff folds it to the bytes ~m + m' would give (no old value is read for it)."""
     cdef uint32_t n = toa_length(family)
-    cdef uint32_t client_len = n - 4
     cdef uint8_t* tcp = q + l4
     cdef uint8_t* opt = tcp + TCP_HEADER_LEN
-    cdef uint32_t old_doff = load16(tcp + TCP_DATA_OFFSET)
-    cdef uint32_t new_doff = old_doff + ((n >> 2) << 12)      # checked by the caller: stays below 60 bytes
-    cdef uint32_t d, length, old_total, k
+    cdef uint32_t d = ((<uint32_t>TCPOPT_TOA << 8) | n) + cport + ((n >> 2) << 12) + n
+    cdef uint32_t k
     opt[0] = TCPOPT_TOA
     opt[1] = <uint8_t>n
     store16(opt + 2, cport)
-    memcpy(opt + 4, client, 4 if family == 4 else 16)       # constant sizes: copied inline
-    d = (n >> 1) * 0xFFFF + ((<uint32_t>TCPOPT_TOA << 8) | n) + cport     # each zero word ~0 = 0xFFFF
-    for k in range(0, client_len, 2):
+    memcpy(opt + 4, client, n - 4)                          # constant sizes: copied inline
+    for k in range(0, n - 4, 2):
         d += load16(client + k)
-    store16(tcp + TCP_DATA_OFFSET, new_doff)
-    d += (~old_doff & 0xFFFF) + new_doff
+    tcp[TCP_DATA_OFFSET] += <uint8_t>((n >> 2) << 4)      # checked by the caller: stays within 60 bytes
     if family == 4:
-        old_total = load16(q + l3 + IP4_TOTAL_LEN)
-        length = old_total - (q[l3] & 0x0F) * 4                 # the TCP length before
-        store16(q + l3 + IP4_TOTAL_LEN, old_total + n)
-        apply_diff(q + l3 + IP4_CSUM, (~old_total & 0xFFFF) + old_total + n)
+        store16(q + l3 + IP4_TOTAL_LEN, load16(q + l3 + IP4_TOTAL_LEN) + n)
+        apply_diff(q + l3 + IP4_CSUM, n)
     else:
-        old_total = load16(q + l3 + IP6_PAYLOAD_LEN)
-        length = old_total - (l4 - l3 - IP6_HEADER_LEN)
-        store16(q + l3 + IP6_PAYLOAD_LEN, old_total + n)
-    d += ((~(length >> 16) & 0xFFFF) + ((length + n) >> 16)                 # the pseudo-header's 32-bit length
-          + (~length & 0xFFFF) + ((length + n) & 0xFFFF))
+        store16(q + l3 + IP6_PAYLOAD_LEN, load16(q + l3 + IP6_PAYLOAD_LEN) + n)
     apply_diff(tcp + TCP_CSUM, d)
 
 
