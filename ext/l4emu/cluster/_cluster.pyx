@@ -572,9 +572,19 @@ cdef class ClusterPath:
             self.start_conn(c, info.key.proto, ts, is_syn or info.key.proto != IPPROTO_TCP)
         if is_syn:
             self.syns += 1
-        final = self.route(<Datapath>self.dps[k], k, svc, c, p, info, parsed, h, ts, origlen, is_syn, starts,
-                           verdict, detail)
+        if self.table_only(c, is_syn, starts):
+            (<Datapath>self.dps[k]).handle(p, info, parsed, h, ts, origlen, verdict, detail)
+            final = self.took(verdict, detail)
+        else:
+            final = self.route(<Datapath>self.dps[k], k, svc, c, p, info, parsed, h, ts, origlen, is_syn, starts,
+                               verdict, detail)
         self.account(<Datapath>self.dps[0], c, k, final, ts, info.tcp_flags if info.key.proto == IPPROTO_TCP else 0)
+
+    cdef inline bint table_only(self, const Conn* c, bint is_syn, bint starts) noexcept nogil:
+        """Does the packet go to its instance's handle() with no design work around it (one() then calls
+        handle() itself, not route(): the common case of the table designs, at the cost of a compare)?
+        maglev's always do; cheetah's without a cookie, but for a connection's SYN (it may get one)."""
+        return self.design == DS_MAGLEV or (self.design == DS_CHEETAH and c.aux < 0 and not (starts and is_syn))
 
     cdef bint service_side(self, Datapath dp, const PacketKey* key) noexcept nogil:
         return dp.front_of_source(key) >= 0 or dp.real_of_source(key) >= 0
@@ -595,7 +605,8 @@ cdef class ClusterPath:
     cdef inline int32_t route(self, Datapath dp, int k, int32_t svc, Conn* c, uint8_t* p, PacketInfo* info,
                               int parsed, uint64_t h, uint64_t ts, uint32_t origlen, bint is_syn, bint starts,
                               uint8_t* verdict, int32_t* detail) noexcept nogil:
-        """The design's way for one packet toward a VIP: returns the real it finally reaches (-1: none)."""
+        """The design's way for one packet toward a VIP (but those table_only() sends straight to the
+        instance): returns the real it finally reaches (-1: none)."""
         cdef Service* s = &dp.t.services[svc]
         cdef Steer* st = self.steers[k][svc]
         cdef int32_t pick, owner, prev
@@ -605,9 +616,9 @@ cdef class ClusterPath:
             dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)
             st.forced = -1
             return self.took(verdict, detail)
-        if self.design == DS_MAGLEV or self.design == DS_MAGLEV_GLOBAL:
+        if self.design == DS_MAGLEV_GLOBAL:
             dp.handle(p, info, parsed, h, ts, origlen, verdict, detail)
-            if self.design == DS_MAGLEV_GLOBAL and verdict[0] == V_NEW:
+            if verdict[0] == V_NEW:
                 if c.aux < 0:
                     self.global_entries += 1
                 c.aux = detail[0]       # every new entry is written to the global table too
@@ -752,12 +763,12 @@ cdef class ClusterPath:
                              uint8_t tcp_flags) noexcept nogil:
         """The oracle: which real and which instance each packet of a connection reached (dp: any
         instance, for the reals' down marks, which every instance shares)."""
-        if c.instance >= 0 and c.instance != k and not (c.flags & C_MOVED):
-            c.flags |= C_MOVED
-            self.moved += 1
         if c.instance != k:
+            if c.instance >= 0 and not (c.flags & C_MOVED):
+                c.flags |= C_MOVED
+                self.moved += 1
             self.inst_conns[k] += 1
-        c.instance = k
+            c.instance = k
         c.last_ns = ts
         if tcp_flags & (TCP_FIN | TCP_RST):
             c.flags |= C_CLOSED
