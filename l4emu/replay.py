@@ -119,7 +119,10 @@ def replay(
         summary["emulated"]["answers"] = emulator.answers  # those of masq and fullnat reals went through the switch too
         if emulator.direct:  # ... those of dr and tun reals past it (named only then: masq summaries stay as they were)
             summary["emulated"]["direct"] = emulator.direct
-        if emulator.fragmented:  # named only then, as direct
+        reassembly = emulator.host_reassembly()
+        if reassembly["reasm_reqds"]:  # named only when a fragment reached a host, as direct
+            summary["emulated"]["host_reassembly"] = reassembly
+        if emulator.fragmented:
             summary["emulated"]["fragmented_undelivered"] = emulator.fragmented
     if checks is not None:
         summary["health"] = checks.summary()
