@@ -409,20 +409,24 @@ cdef class Loop:
         cdef PacketInfo info
         cdef Seg seg
         cdef bint ok
+        cdef int r
         self.advance_to(ts)
         if ahead != NULL and segment_after(p, caplen, origlen, ahead.parsed, &ahead.info, &seg):
             ok = True
             info = ahead.info                   # the parse read ahead: no second one
         else:
             ok = read_segment(p, caplen, linktype, &info, &seg)
+        if ok and info.fragment:                # track's first fragment, parsed as a packet: its header whole?
+            ok = first_fragment_segment(p, caplen, &info, &seg)
         if ok and (self.hosts.host_of(seg.src, seg.family) >= 0 or self.is_front(&seg)):
             self.superseded += 1    # e.g. a recorded server's replies: answering twice would fork the stream
             return 0
         if self._room(caplen) < 0:
             return 0
         memcpy(self.cur, p, caplen)
-        if self.restamp and not ok and self.dp.classify(p, caplen, origlen, linktype, &info) >= 0:
-            ok = first_fragment_segment(p, caplen, &info, &seg)    # a datagram's TCP header, for a fragment policy
+        if self.restamp and not ok:             # a first fragment a fragment policy takes: its TCP header
+            r = self.dp.classify(p, caplen, origlen, linktype, &info)
+            ok = (r == PARSE_FRAGMENT or r == PARSED) and first_fragment_segment(p, caplen, &info, &seg)
         if self.restamp and ok and seg.proto == IPPROTO_TCP:
             self.stamp_client(&info, &seg, ahead)
         self.through(caplen, origlen, iface, linktype, ts, False, ahead)
@@ -463,12 +467,15 @@ cdef class Loop:
         cdef uint8_t* after
         cdef uint32_t m, morig
         cdef Py_ssize_t k
+        cdef uint64_t rebuilt
         b.clear()
         if b.push(self.cur, n, origlen, ts, iface, linktype) != 0:
             return 0
         if ahead != NULL:
             info, parsed, hash = ahead.info, ahead.parsed, ahead.h
+        rebuilt = self.dp.reasm.oks + self.dp.fragments_released
         parsed = self.dp.process_slot(b, &info, parsed, hash)
+        rebuilt = rebuilt != self.dp.reasm.oks + self.dp.fragments_released
         v, d = b.verdict[0], b.detail[0]
         after, m, morig = b.data + b.offset[0], b.caplen[0], b.origlen[0]
         if ts < self.last_ts:
@@ -484,7 +491,12 @@ cdef class Loop:
         elif v == V_NEW or v == V_FORWARD:      # client -> real: DNAT, a new MAC or a tunnel
             if v == V_NEW and self.clients is not None and not from_host:
                 self.clients.note_real(self.client_slot, d)
-            self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+            if rebuilt:                         # a datagram the switch reassembled, or fragments that waited for
+                for k in range(b.n):            # their first: as the switch writes them (as replay without hosts)
+                    self.emit(0, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype,
+                              b.verdict[k], d)
+            else:
+                self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
             for k in range(b.n):
                 self.emit(1, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype, b.verdict[k], d)
             h = self.real_host(d)
