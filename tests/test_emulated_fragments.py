@@ -8,19 +8,22 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import subprocess
+import sys
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.all import (IP, TCP, UDP, Ether, IPv6, IPv6ExtHdrFragment, Raw, defragment, fragment, fragment6, raw,
-                       rdpcap, wrpcap)
+from scapy.all import IP, TCP, UDP, Ether, IPv6, IPv6ExtHdrFragment, fragment, fragment6, raw, rdpcap, wrpcap
 
-from conftest import run_cli
-from l4emu import config as configmod
-from l4emu import schedulers
-from l4emu.datapath._batch import Batch
+from conftest import ROOT, needs_tshark, run_cli
+from l4emu.datapath._batch import NS, Batch
 from l4emu.emulate import Emulator
 from l4emu.switch import Switch
+
+sys.path.insert(0, str(ROOT / "fuzz"))
+from common import (FRAGMENTS_CONFIG, HOST_REASSEMBLY_LIMIT, MAX_FRAGMENT_CHARGE, check_host_reassembly,  # noqa: E402
+                    encode, run_hosts)
 
 VIP = {4: "10.0.0.100", 6: "2001:db8::100"}
 REAL_UDP = {4: "10.1.0.11", 6: "2001:db8:1::11"}
@@ -31,13 +34,14 @@ CLIENT_MAC, SWITCH_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fe"
 REQUEST_ID = {4: 0x0A0B0C04, 6: 0x0A0B0C06}
 REQUEST_BYTES = 3000                    # two or three fragments at a 1500-byte MTU
 MS = 1_000_000
+UDP_PORT = 9000                         # not 53: tshark would read the requests as DNS
 # (policy, forward): 3tuple sends fragments on with no connection, so only dr and tun reals take it
 CASES = [("reassemble", "masq"), ("reassemble", "tun"), ("track", "masq"), ("track", "dr"), ("3tuple", "dr"),
          ("3tuple", "tun")]
 
 
 def real_keys(forward: str, family: int, last: int) -> str:
-    mac = f"02:00:00:00:01:{last:02x}"
+    mac = f"02:00:00:00:{family:02x}:{last % 256:02x}"
     if forward == "dr":
         return f'  forward = "dr"\n  mac = "{mac}"\n'
     if forward == "tun":
@@ -50,7 +54,7 @@ def config_text(policy: str, forward: str) -> str:
     text = ""
     for family in (4, 6):
         vip = VIP[family] if family == 4 else f"[{VIP[family]}]"
-        for proto, real, port, extra in (("udp", REAL_UDP, 53, "  workers = 1\n  response_bytes = 300\n"),
+        for proto, real, port, extra in (("udp", REAL_UDP, UDP_PORT, "  workers = 1\n  response_bytes = 300\n"),
                                          ("tcp", REAL_TCP, 80, "")):
             address = real[family] if family == 4 else f"[{real[family]}]"
             text += (f'[[service]]\nvip = "{vip}:{port}"\nprotocol = "{proto}"\nfragments = "{policy}"\n'
@@ -89,7 +93,7 @@ def capture_frames(reverse: bool) -> list:
     eth = Ether(src=CLIENT_MAC, dst=SWITCH_MAC)
     frames, t = [], 1_000 * MS
     for family in (4, 6):
-        datagram = ip(family, VIP[family], id=0x1600 + family) / UDP(sport=40000 + family, dport=53) / request_payload(family)
+        datagram = ip(family, VIP[family], id=0x1600 + family) / UDP(sport=40000 + family, dport=UDP_PORT) / request_payload(family)
         cut = pieces(datagram, family, 1200, 0x1600 + family)
         for piece in (cut[::-1] if reverse else cut):
             frames.append((t, eth / piece))
@@ -222,7 +226,7 @@ def test_a_fragmented_request_is_reassembled_and_answered(tmp_path, policy, forw
     run = replay(tmp_path, policy, forward, reverse=(policy == "track"))
     outside, inside = Datagrams(rdpcap(str(run["out"]))), Datagrams(rdpcap(str(run["inside"])))
     got = answers(outside.whole, family)
-    udp = [p for p in got if UDP in p and p[UDP].sport == 53]
+    udp = [p for p in got if UDP in p and p[UDP].sport == UDP_PORT]
     tcp = [p for p in got if TCP in p and p[TCP].sport == 80 and len(p[TCP].payload)]
     assert udp and all(raw(p[UDP].payload)[:8] == b"L4RA" + struct.pack("!I", REQUEST_ID[family]) for p in udp)
     assert tcp and raw(tcp[0][TCP].payload).startswith(b"HTTP/1.1 200 OK")
@@ -239,9 +243,84 @@ def test_a_fragmented_request_is_reassembled_and_answered(tmp_path, policy, forw
     assert fragments
 
 
+@needs_tshark
+@pytest.mark.parametrize("policy,forward", [("reassemble", "masq"), ("3tuple", "tun")])
+def test_tshark_reassembles_both_views_and_finds_no_error(tmp_path, policy, forward):
+    """tshark puts the fragments together (its own reassembly), follows HTTP through, and every IP, TCP
+    and UDP checksum it checks is good."""
+    run = replay(tmp_path, policy, forward)
+    for view in ("out", "inside"):
+        expert = subprocess.run(["tshark", "-r", str(run[view]), "-q", "-z", "expert"], capture_output=True,
+                                text=True, check=True).stdout
+        assert "Errors" not in expert, (view, expert)
+        fields = subprocess.run(["tshark", "-r", str(run[view]), "-o", "ip.check_checksum:TRUE",
+                                 "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE",
+                                 "-T", "fields", "-e", "ip.checksum.status", "-e", "tcp.checksum.status",
+                                 "-e", "udp.checksum.status", "-e", "http.response.code"],
+                                capture_output=True, text=True, check=True).stdout
+        statuses = set(fields.replace(",", " ").split()) - {"200"}
+        assert statuses == {"1"}, (view, statuses)             # 1 = Good
+        if view == "out":
+            assert "200" in fields.split()                     # the answer to the fragmented request
+
+
 @pytest.mark.parametrize("policy,forward", [("reassemble", "masq"), ("track", "dr")])
 def test_same_seed_same_bytes(tmp_path, policy, forward):
     first = replay(tmp_path / "a", policy, forward, seed=9)
     second = replay(tmp_path / "b", policy, forward, seed=9)
     for view in ("out", "inside"):
         assert hashlib.sha256(first[view].read_bytes()).digest() == hashlib.sha256(second[view].read_bytes()).digest()
+
+
+FUZZ_VIPS = [(IP, "10.0.0.100", "172.16.0.1", 17, 53), (IP, "10.0.0.100", "172.16.0.1", 6, 80),
+             (IPv6, "2001:db8::100", "2001:db8:ff::10", 17, 53), (IPv6, "2001:db8::100", "2001:db8:ff::10", 6, 80)]
+hostile_fragment = st.tuples(st.sampled_from(range(len(FUZZ_VIPS))), st.integers(0, 3), st.integers(0, 400),
+                             st.booleans(), st.binary(min_size=0, max_size=300))
+
+
+def hostile_frame(vip: int, ident: int, offset: int, more: bool, data: bytes) -> bytes:
+    """A fragment for one of common.FRAGMENTS_CONFIG's VIPs: any offset (8-byte units), length and MF bit."""
+    layer, dst, src, proto, port = FUZZ_VIPS[vip]
+    eth = Ether(src=CLIENT_MAC, dst=SWITCH_MAC)
+    if offset == 0:                                 # a first fragment: the ports where a host looks for them
+        data = (UDP(sport=40000, dport=port) if proto == 17 else TCP(sport=40000, dport=port, flags="PA")).build() + data
+    if layer is IP:
+        return raw(eth / IP(src=src, dst=dst, id=ident, proto=proto, flags="MF" if more else 0, frag=offset) / data)
+    return raw(eth / IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(nh=proto, id=ident, offset=offset, m=int(more))
+               / data)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(hostile_fragment, min_size=1, max_size=24), st.lists(st.integers(0, 255), min_size=24, max_size=24))
+def test_hostile_fragments_never_crash_a_host_or_outlive_ipfrag_time(fragments, gaps):
+    """Fragments of any offset, size, MF bit and overlap, through every policy to emulated hosts (the
+    fuzz harness's body): the invariants hold, the hosts' reassembly stays within its limit and holds
+    nothing once every datagram's ipfrag_time is over (common.check_host_reassembly)."""
+    frames = [hostile_frame(*f) for f in fragments]
+    run_hosts(encode(1, frames, gaps[:len(frames)]), FRAGMENTS_CONFIG, check_host_reassembly)
+
+
+def test_a_fragment_flood_to_an_emulated_host_stays_within_its_limit_and_is_counted():
+    """12,000 never-completed IPv6 datagrams (a middle fragment each, 1,200 bytes) hashed (3tuple) to an
+    emulated tun real: its reassembly holds at most ipfrag_high_thresh, refuses the rest (counted), and
+    lets every datagram go ipfrag_time (30 s) after it came, counted as timed out; a datagram sent after
+    the flood is reassembled and answered."""
+    template = bytearray(hostile_frame(2, 0, 100, True, bytes(1200)))
+    id_at = 14 + 40 + 4
+    frames = []
+    for k in range(12_000):
+        template[id_at:id_at + 4] = k.to_bytes(4, "big")
+        frames.append(bytes(template))
+    switch = Switch(FRAGMENTS_CONFIG, seed=1)
+    emulator = Emulator(switch)
+    emulator.run(Batch.from_frames(frames, 1, [NS + k * 1000 for k in range(len(frames))]))
+    counts = emulator.host_reassembly()
+    assert counts["reasm_over_memory"] > 0 and counts["reasm_memory"] <= HOST_REASSEMBLY_LIMIT + MAX_FRAGMENT_CHARGE
+    assert counts["reasm_peak_memory"] <= HOST_REASSEMBLY_LIMIT + MAX_FRAGMENT_CHARGE
+    request = [raw(Ether(src=CLIENT_MAC, dst=SWITCH_MAC) / piece) for piece in pieces(
+        IPv6(src="2001:db8:ff::10", dst="2001:db8::100") / UDP(sport=40000, dport=53) / bytes(2000), 6, 1200, 99_999)]
+    emulator.run(Batch.from_frames(request, 1, [32 * NS, 32 * NS + 1000]))   # the flood's queues timed out first
+    counts = emulator.host_reassembly()
+    assert counts["reasm_timeout"] == counts["reasm_reqds"] - counts["reasm_over_memory"] - 2
+    assert counts["reasm_oks"] == 1 and counts["reasm_memory"] == 0 and emulator.fragmented > 0
+    assert emulator.answers == 1
