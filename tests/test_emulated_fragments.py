@@ -324,3 +324,26 @@ def test_a_fragment_flood_to_an_emulated_host_stays_within_its_limit_and_is_coun
     assert counts["reasm_timeout"] == counts["reasm_reqds"] - counts["reasm_over_memory"] - 2
     assert counts["reasm_oks"] == 1 and counts["reasm_memory"] == 0 and emulator.fragmented > 0
     assert emulator.answers == 1
+
+
+@pytest.mark.parametrize("policy,forward", [("reassemble", "masq"), ("track", "dr"), ("3tuple", "tun")])
+def test_live_intercept_hands_the_hosts_fragments_they_reassemble(tmp_path, policy, forward):
+    """Live mode's path (switch.process over a batch, then Emulator.intercept): the fragments the switch
+    sent to an emulated real (a reassembled datagram's pieces, tracked or hashed ones) are taken from the
+    batch (not sent on) and the host answers the whole request once."""
+    config = tmp_path / "lb.toml"
+    config.write_text(config_text(policy, forward))
+    switch = Switch.from_config(config, seed=1)
+    written: list = []
+    emulator = Emulator(switch, outside=lambda out: written.append(out), restamp=False)
+    frames = [raw(frame) for _, frame in capture_frames(reverse=policy == "track")][:3]    # the IPv4 UDP request
+    batch = Batch.from_frames(frames, 1, [NS + k * MS for k in range(len(frames))])
+    switch.process(batch)
+    emulator.intercept(batch)
+    emulator.advance(2 * NS)                   # the request-reply app serves it
+    emulator.flush()
+    got = [IP(out.frame[14:]) for out in written if out.frame[14] >> 4 == 4]
+    udp = [p for p in got if UDP in p and p[UDP].sport == UDP_PORT and p[IP].dst == CLIENT[4]]
+    assert [raw(p[UDP].payload)[:8] for p in udp] == [b"L4RA" + struct.pack("!I", REQUEST_ID[4])]
+    assert not {batch.result(k)[0] for k in range(len(batch))} & {"new", "forward", "more"}     # none sent on
+    assert emulator.host_reassembly()["reasm_oks"] == 1
