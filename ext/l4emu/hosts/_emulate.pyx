@@ -122,7 +122,8 @@ cdef class Loop:
     cdef Slab stamps
     cdef uint8_t* cur               # the packet going through now, as it came
     cdef Batch step                 # ... and what the switch sent for it (packet 0, fragments after it)
-    cdef list deeper                # the same for an answer going through while a step is being delivered
+    cdef Batch answer_step          # the same for an answer going through while a step is being delivered
+    cdef list deeper                # ... and deeper (an answer that reaches a host again)
     cdef Reassembler defrag         # the hosts' IP reassembly (Linux's ip_defrag before TCP/UDP)
     cdef uint8_t* whole             # a datagram it completed, as the host takes it
     cdef uint32_t whole_cap
@@ -167,6 +168,7 @@ cdef class Loop:
             self.fronts[k].family = 4 if len(address) == 4 else 6
         self.n_fronts = len(fronts)
         self.step = Batch(STEP_SLOTS, SCRATCH_BYTES)
+        self.answer_step = Batch(STEP_SLOTS, SCRATCH_BYTES)
         self.deeper = []
         self.defrag = Reassembler(bytes(secret[:16]).ljust(16, b"\0"), HOST_IPFRAG_HIGH_THRESH, 0, HOST_IPFRAG_TIME_S)
         self._direct_sockets()
@@ -463,7 +465,7 @@ cdef class Loop:
         cdef PacketInfo info
         cdef Seg seg
         cdef bint readable
-        cdef Batch b = self.step if self.depth == 0 else self.deeper_step()
+        cdef Batch b = self.step if self.depth == 0 else self.answer_step if self.depth == 1 else self.deeper_step()
         cdef uint8_t* after
         cdef uint32_t m, morig
         cdef Py_ssize_t k
@@ -537,9 +539,9 @@ cdef class Loop:
 
     cdef Batch deeper_step(self):
         """The step batch of this depth (an answer through the switch while a shallower step is delivered)."""
-        while len(self.deeper) < self.depth:
+        while len(self.deeper) < self.depth - 1:
             self.deeper.append(Batch(STEP_SLOTS, SCRATCH_BYTES))
-        return <Batch>self.deeper[self.depth - 1]
+        return <Batch>self.deeper[self.depth - 2]
 
     cdef int to_real(self, int h, int32_t d, uint8_t* frame, uint32_t m, uint32_t morig, uint32_t n, int parsed,
                      PacketInfo* info, uint64_t ts, uint16_t iface, uint16_t linktype, Ahead* ahead) except -1:
