@@ -23,11 +23,10 @@ sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 from common import MAX_FRAMES, encode, encode_records, fullnat_conversation  # noqa: E402
 from malformed import CATALOGUE, well_formed_variants  # noqa: E402
 from pcapio_build import epb, idb, pb, pcap, shb, spb  # noqa: E402
-
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror, fragment  # noqa: E402
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6, IPv6, IPv6ExtHdrFragment, fragment6  # noqa: E402
-from scapy.utils import checksum  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
+from scapy.utils import checksum  # noqa: E402
 
 from l4emu.io import open_capture  # noqa: E402
 
@@ -82,7 +81,8 @@ def fragment_seeds():
     reversed, overlapping and missing one, so the fuzzer starts inside both reassemblies."""
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
     seeds = []
-    for k, (layer, vip, client) in enumerate([(IP, "10.0.0.100", "172.16.0.1"), (IPv6, "2001:db8::100", "2001:db8:ff::10")]):
+    ends = [(IP, "10.0.0.100", "172.16.0.1"), (IPv6, "2001:db8::100", "2001:db8:ff::10")]
+    for k, (layer, vip, client) in enumerate(ends):
         for proto in (UDP(sport=40000 + k, dport=53), TCP(sport=40100 + k, dport=80, flags="S")):
             if layer is IP:
                 pieces = fragment(IP(src=client, dst=vip, id=0x4400 + k) / proto / bytes(1800), fragsize=600)

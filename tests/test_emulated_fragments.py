@@ -12,18 +12,24 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, needs_tshark, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, Ether, IPv6, IPv6ExtHdrFragment, fragment, fragment6, raw, rdpcap, wrpcap
 
-from conftest import ROOT, needs_tshark, run_cli
 from l4emu.datapath._batch import NS, Batch
 from l4emu.emulate import Emulator
 from l4emu.switch import Switch
 
 sys.path.insert(0, str(ROOT / "fuzz"))
-from common import (FRAGMENTS_CONFIG, HOST_REASSEMBLY_LIMIT, MAX_FRAGMENT_CHARGE, check_host_reassembly,  # noqa: E402
-                    encode, run_hosts)
+from common import (  # noqa: E402
+    FRAGMENTS_CONFIG,
+    HOST_REASSEMBLY_LIMIT,
+    MAX_FRAGMENT_CHARGE,
+    check_host_reassembly,
+    encode,
+    run_hosts,
+)
 
 VIP = {4: "10.0.0.100", 6: "2001:db8::100"}
 REAL_UDP = {4: "10.1.0.11", 6: "2001:db8:1::11"}
@@ -93,14 +99,16 @@ def capture_frames(reverse: bool) -> list:
     eth = Ether(src=CLIENT_MAC, dst=SWITCH_MAC)
     frames, t = [], 1_000 * MS
     for family in (4, 6):
-        datagram = ip(family, VIP[family], id=0x1600 + family) / UDP(sport=40000 + family, dport=UDP_PORT) / request_payload(family)
+        udp = UDP(sport=40000 + family, dport=UDP_PORT)
+        datagram = ip(family, VIP[family], id=0x1600 + family) / udp / request_payload(family)
         cut = pieces(datagram, family, 1200, 0x1600 + family)
         for piece in (cut[::-1] if reverse else cut):
             frames.append((t, eth / piece))
             t += MS
         sport = 41000 + family
         frames.append((t, eth / ip(family, VIP[family]) / TCP(sport=sport, dport=80, flags="S", seq=1000)))
-        frames.append((t + 2 * MS, eth / ip(family, VIP[family]) / TCP(sport=sport, dport=80, flags="A", seq=1001, ack=1)))
+        ack = TCP(sport=sport, dport=80, flags="A", seq=1001, ack=1)
+        frames.append((t + 2 * MS, eth / ip(family, VIP[family]) / ack))
         segment = ip(family, VIP[family], id=0x1700 + family) / TCP(sport=sport, dport=80, flags="PA", seq=1001,
                                                                       ack=1) / HTTP_REQUEST
         cut = pieces(segment, family, 1200, 0x1700 + family)
@@ -283,7 +291,8 @@ def hostile_frame(vip: int, ident: int, offset: int, more: bool, data: bytes) ->
     layer, dst, src, proto, port = FUZZ_VIPS[vip]
     eth = Ether(src=CLIENT_MAC, dst=SWITCH_MAC)
     if offset == 0:                                 # a first fragment: the ports where a host looks for them
-        data = (UDP(sport=40000, dport=port) if proto == 17 else TCP(sport=40000, dport=port, flags="PA")).build() + data
+        header = UDP(sport=40000, dport=port) if proto == 17 else TCP(sport=40000, dport=port, flags="PA")
+        data = header.build() + data
     if layer is IP:
         return raw(eth / IP(src=src, dst=dst, id=ident, proto=proto, flags="MF" if more else 0, frag=offset) / data)
     return raw(eth / IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(nh=proto, id=ident, offset=offset, m=int(more))
