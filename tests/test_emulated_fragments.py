@@ -356,3 +356,25 @@ def test_live_intercept_hands_the_hosts_fragments_they_reassemble(tmp_path, poli
     assert [raw(p[UDP].payload)[:8] for p in udp] == [b"L4RA" + struct.pack("!I", REQUEST_ID[4])]
     assert not {batch.result(k)[0] for k in range(len(batch))} & {"new", "forward", "more"}     # none sent on
     assert emulator.host_reassembly()["reasm_oks"] == 1
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_fragments_straight_to_an_emulated_hosts_address_are_reassembled_and_answered(tmp_path, family):
+    """Not for a VIP (the switch passes them untouched): a client's fragmented request to the real's own
+    address reaches its host, which puts it together and answers from that address."""
+    config = tmp_path / "lb.toml"
+    config.write_text(config_text("drop", "masq"))
+    switch = Switch.from_config(config, seed=1)
+    written: list = []
+    emulator = Emulator(switch, outside=lambda out: written.append(out), inside=lambda out: None)
+    datagram = ip(family, REAL_UDP[family], id=0x1900) / UDP(sport=40000, dport=UDP_PORT) / request_payload(family)
+    frames = [raw(Ether(src=CLIENT_MAC, dst=SWITCH_MAC) / piece)
+              for piece in pieces(datagram, family, 1200, 0x1900)[::-1]]
+    emulator.run(Batch.from_frames(frames, 1, [NS + k * MS for k in range(len(frames))]))
+    emulator.advance(2 * NS)
+    emulator.flush()
+    got = Datagrams([Ether(out.frame) for out in written]).whole
+    layer = IP if family == 4 else IPv6
+    answers = [p for p in got if UDP in p and p[layer].src == REAL_UDP[family] and p[layer].dst == CLIENT[family]]
+    assert [raw(p[UDP].payload)[:8] for p in answers] == [b"L4RA" + struct.pack("!I", REQUEST_ID[family])]
+    assert emulator.host_reassembly()["reasm_oks"] == 1

@@ -526,6 +526,8 @@ cdef class Loop:
             readable = (segment_after(self.cur, n, origlen, parsed, &info, &seg)
                         or read_segment(self.cur, n, linktype, &info, &seg))
             h = self.hosts.host_of(seg.dst, seg.family) if readable else -1
+            if not readable and not from_host and n and info.fragment:     # a fragment straight to a host
+                h = self.hosts.host_of(info.key.dst, info.key.family)
             if from_host and self.clients is not None:
                 self.clients.receive(self.cur, n, linktype, ts)     # e.g. a RST no flow owns
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
@@ -533,8 +535,13 @@ cdef class Loop:
                 self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
             if from_host and self.restamp and readable:
                 self.stamp_server(&seg)
-            if h >= 0 and not from_host:
+            if h >= 0 and not from_host and readable:
                 self.deliver(h, self.cur, n, ts, iface, linktype, &seg, &info, same_client(ahead, &seg))
+            elif h >= 0 and not from_host:      # it waits for its datagram, which the host then reads
+                m = n
+                after = self.reassembled(h, self.cur, &m, info.l3, linktype, ts)
+                if after != NULL:
+                    self.deliver(h, after, m, ts, iface, linktype, NULL, NULL, 0)
         return 0
 
     cdef Batch deeper_step(self):
