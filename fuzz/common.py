@@ -544,11 +544,65 @@ source_address = "2001:db8::1"
 """), schedulers.catalog())
 
 
-def run_hosts(data: bytes, config=HOSTS_CONFIG) -> Switch:
+# Fragments for VIPs of emulated reals, one policy per service: the switch reassembles (masq), tracks
+# (masq, dr) or hashes them (tun) on to the hosts, which reassemble them themselves before TCP/UDP.
+FRAGMENTS_CONFIG = configmod.from_dict(tomllib.loads("""
+[[service]]
+vip = "10.0.0.100:53"
+protocol = "udp"
+fragments = "reassemble"
+  [[service.real]]
+  address = "10.1.0.11:53"
+  emulated = true
+  app = "echo"
+[[service]]
+vip = "10.0.0.100:80"
+fragments = "track"
+  [[service.real]]
+  address = "10.1.0.1:80"
+  emulated = true
+  forward = "dr"
+  mac = "02:00:00:00:01:01"
+  [[service.real]]
+  address = "10.1.0.2:80"
+  emulated = true
+  app = "echo"
+[[service]]
+vip = "[2001:db8::100]:53"
+protocol = "udp"
+fragments = "3tuple"
+source_address = "2001:db8::1"
+  [[service.real]]
+  address = "[2001:db8:1::11]:53"
+  emulated = true
+  app = "echo"
+  forward = "tun"
+[[service]]
+vip = "[2001:db8::100]:80"
+fragments = "track"
+  [[service.real]]
+  address = "[2001:db8:1::1]:80"
+  emulated = true
+"""), schedulers.catalog())
+HOST_REASSEMBLY_LIMIT = 4 << 20         # the hosts' ipfrag_high_thresh (hosts/_emulate.pyx)
+MAX_FRAGMENT_CHARGE = 65535 + 40 + 576 + 256    # a fragment's bytes, its sk_buff and its queue, past the limit
+
+
+def check_host_reassembly(emulator: Emulator) -> None:
+    """The hosts' reassembly holds at most its limit (plus the fragment that crossed it), and nothing once
+    every datagram's ipfrag_time is over."""
+    counts = emulator.host_reassembly()
+    if counts["reasm_peak_memory"] > HOST_REASSEMBLY_LIMIT + MAX_FRAGMENT_CHARGE:
+        raise AssertionError(f"the hosts' reassembly held {counts['reasm_peak_memory']} bytes")
+    if counts["reasm_memory"] or counts["reasm_queues"]:
+        raise AssertionError(f"datagrams left after ipfrag_time: {counts}")
+
+
+def run_hosts(data: bytes, config=HOSTS_CONFIG, check=None) -> Switch:
     """The hosts harness's body: the datapath harness's frames, each from its own exactly-sized Batch,
     through the emulate loop (re-stamping on) to emulated hosts, both views kept; the clocks then run
     past every timer. Then check_invariants, and the hosts' own: every numbered socket holds one
-    distinct handle, and a host counts exactly those in use."""
+    distinct handle, and a host counts exactly those in use; then `check(emulator)`, if given."""
     linktype, frames, stamps = decode(data)
     switch = Switch(config, seed=1)
     written = []
@@ -559,6 +613,8 @@ def run_hosts(data: bytes, config=HOSTS_CONFIG) -> Switch:
         emulator.advance(stamps[-1] + 120 * NS)
     emulator.flush()
     check_invariants(switch)
+    if check is not None:
+        check(emulator)
     for host in switch.sockets():
         numbered = [row["handle"] for row in host["sockets"] if row["handle"] is not None]
         if len(set(numbered)) != len(numbered) or host["handles_in_use"] != len(numbered):
@@ -614,6 +670,7 @@ HARNESSES = {
     "tun": run_tun,
     "hosts": run_hosts,
     "methods": lambda data: run_hosts(data, METHODS_CONFIG),
+    "fragments": lambda data: run_hosts(data, FRAGMENTS_CONFIG, check_host_reassembly),
     "forward": run_forward,
     "shard": run_shard,
     "gslb": run_gslb,

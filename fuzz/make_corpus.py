@@ -1,4 +1,4 @@
-"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun,hosts,methods,forward,shard,gslb}/
+"""Write the fuzzers' seed corpora: fuzz/corpus/{datapath,pcap,tun,hosts,methods,fragments,forward,shard,gslb}/
 (git-ignored; fuzz/run.sh calls this).
 
 datapath seeds: every frame of pcaps/*.pcap* alone, runs of consecutive frames (handshakes, data,
@@ -23,11 +23,10 @@ sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 from common import MAX_FRAMES, encode, encode_records, fullnat_conversation  # noqa: E402
 from malformed import CATALOGUE, well_formed_variants  # noqa: E402
 from pcapio_build import epb, idb, pb, pcap, shb, spb  # noqa: E402
-
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror  # noqa: E402
-from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6, IPv6  # noqa: E402
-from scapy.utils import checksum  # noqa: E402
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror, fragment  # noqa: E402
+from scapy.layers.inet6 import ICMPv6PacketTooBig, IPerror6, IPv6, IPv6ExtHdrFragment, fragment6  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
+from scapy.utils import checksum  # noqa: E402
 
 from l4emu.io import open_capture  # noqa: E402
 
@@ -74,6 +73,26 @@ def hosts_seeds():
         for start in range(0, len(frames), RUN // 2):
             chunk = frames[start:start + RUN]
             seeds.append(encode(chunk[0][0], [f for lt, f in chunk if lt == chunk[0][0]], [1] * len(chunk)))
+    return seeds
+
+
+def fragment_seeds():
+    """Datagrams in fragments for common.FRAGMENTS_CONFIG's VIPs (UDP and TCP, IPv4 and IPv6), in order,
+    reversed, overlapping and missing one, so the fuzzer starts inside both reassemblies."""
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    seeds = []
+    ends = [(IP, "10.0.0.100", "172.16.0.1"), (IPv6, "2001:db8::100", "2001:db8:ff::10")]
+    for k, (layer, vip, client) in enumerate(ends):
+        for proto in (UDP(sport=40000 + k, dport=53), TCP(sport=40100 + k, dport=80, flags="S")):
+            if layer is IP:
+                pieces = fragment(IP(src=client, dst=vip, id=0x4400 + k) / proto / bytes(1800), fragsize=600)
+            else:
+                pieces = fragment6(IPv6(src=client, dst=vip) / IPv6ExtHdrFragment(id=0x4400 + k) / proto
+                                   / bytes(1800), 648)
+            frames = [eth / piece for piece in pieces]
+            seeds += [encode(1, frames, [0] * len(frames)), encode(1, frames[::-1], [1] * len(frames)),
+                      encode(1, frames[:1] + frames[:-1] + frames[1:2], [0] * (len(frames) + 1)),
+                      encode(1, frames[1:], [100] * (len(frames) - 1))]
     return seeds
 
 
@@ -187,6 +206,7 @@ if __name__ == "__main__":
           f"{write(base / 'pcap', pcap_seeds())} pcap seeds, {write(base / 'tun', tun_seeds())} tun seeds, "
           f"{write(base / 'hosts', hosts_seeds())} hosts seeds, "
           f"{write(base / 'methods', hosts_seeds())} methods seeds, "
+          f"{write(base / 'fragments', fragment_seeds())} fragments seeds, "
           f"{write(base / 'forward', forward_seeds())} forward seeds, "
           f"{write(base / 'shard', pcap_seeds())} shard seeds, "
           f"{write(base / 'gslb', gslb_seeds())} gslb seeds in {base}")

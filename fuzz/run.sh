@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run each atheris harness for a bounded time against the AddressSanitizer build of the extension.
-# Usage: fuzz/run.sh [seconds per harness, default 60] [harness ...]    (harnesses: datapath pcap tun hosts methods forward shard gslb)
+# Usage: fuzz/run.sh [seconds per harness, default 60] [harness ...]    (harnesses: datapath pcap tun hosts methods fragments forward shard gslb)
 # Builds fuzz/build/asan/ first when it is missing or older than ext/. New inputs accumulate in
 # fuzz/corpus/<harness>/ (seeds are regenerated in fuzz/seeds/; tests/fuzz_cases/<harness>/, the
 # regression inputs, run under ASan every time); a crash, a hang (> 5 s) or a failed invariant
@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
 [ $# -gt 0 ] && shift
-if [ $# -gt 0 ]; then HARNESSES=("$@"); else HARNESSES=(datapath pcap tun hosts methods forward shard gslb); fi
+if [ $# -gt 0 ]; then HARNESSES=("$@"); else HARNESSES=(datapath pcap tun hosts methods fragments forward shard gslb); fi
 
 ASAN=fuzz/build/asan
 newest_src=$(find ext setup.py -newer "$ASAN/build.log" 2>/dev/null | head -1)

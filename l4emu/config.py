@@ -511,7 +511,7 @@ def _emulation(raw: dict, key: str, protocol: str) -> dict:
 
 def _check_emulated_neighbours(services: Sequence[Service], reals: list[tuple[int, int, Real]]) -> None:
     """With emulated reals the switch runs one packet at a time between their answers (the emulate loop):
-    every forwarding method works there; held or rebuilt fragments do not yet, so services drop them.
+    every forwarding method and fragment policy works there (the hosts reassemble what reaches them).
     A dr or tun host owns its service's VIP and answers from it: one socket, one VIP, one family."""
     owner: dict[tuple, tuple[str, str]] = {}
     for i, k, real in reals:
@@ -531,12 +531,6 @@ def _check_emulated_neighbours(services: Sequence[Service], reals: list[tuple[in
                 f"{key}.forward",
                 f"{svc.protocol.upper()} {real.endpoint} answers from {first[0]} for {first[1]}: "
                 f"one emulated socket answers from one address ({real.forward} answers from {answers_from})",
-            )
-    for i, svc in enumerate(services):
-        if svc.fragments != "drop":
-            raise ConfigError(
-                f"service[{i}].fragments",
-                f"{svc.fragments} runs without emulated reals in the config, for now (docs/forwarding.md)",
             )
 
 
@@ -627,8 +621,6 @@ def _service(raw, key: str, schedulers) -> Service:
     fragments = _typed(raw.get("fragments", "drop"), str, f"{key}.fragments")
     if fragments not in FRAGMENT_POLICIES:
         raise ConfigError(f"{key}.fragments", f"{fragments!r} is not one of {', '.join(FRAGMENT_POLICIES)}")
-    if fragments != "drop" and any(real.emulated for real in reals):
-        raise ConfigError(f"{key}.fragments", 'a service of emulated reals takes fragments = "drop" only, for now')
     local = _local_addresses(raw.get("local_addresses", []), vip.version, f"{key}.local_addresses")
     fullnat = [i for i, real in enumerate(reals) if real.forward == "fullnat"]
     if local and not fullnat:

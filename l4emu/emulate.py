@@ -97,9 +97,15 @@ class Emulator:
 
     @property
     def fragmented(self) -> int:
-        """Packets the switch fragmented on their way to an emulated host (over the MTU without DF, often
-        by a tunnel's header): not delivered, since an emulated host does not reassemble."""
-        return self.loop.fragmented
+        """What reached an emulated host in fragments and never became a datagram it could read: fragments
+        its reassembly refused (overlapping, malformed, over ipfrag_high_thresh), datagrams it gave up on
+        (timed out after ipfrag_time, evicted)."""
+        counts = self.loop.host_reassembly()
+        return counts["fragments_dropped"] + counts["reasm_timeout"] + counts["reasm_evicted"]
+
+    def host_reassembly(self) -> dict[str, int]:
+        """The emulated hosts' IP reassembly (one pool, Linux's limits): its Reasm* counters and memory."""
+        return self.loop.host_reassembly()
 
     @property
     def superseded(self) -> int:

@@ -197,7 +197,10 @@ def emulator_counts(emulator: Emulator) -> dict:
     }
     if emulator.direct:  # ... those of dr and tun reals past it (named only then: masq summaries stay as they were)
         counts["direct"] = emulator.direct
-    if emulator.fragmented:  # named only then, as direct
+    reassembly = emulator.host_reassembly()
+    if reassembly["reasm_reqds"]:  # named only when a fragment reached a host, as direct
+        counts["host_reassembly"] = reassembly
+    if emulator.fragmented:
         counts["fragmented_undelivered"] = emulator.fragmented
     return counts
 

@@ -273,10 +273,10 @@ def test_any_bytes_give_an_offset_inside_them_or_none(data):
     assert at == 0 or (20 <= at and at + 20 <= len(data) and data[at] >> 4 in (4, 6))
 
 
-def test_a_packet_fragmented_on_its_way_to_an_emulated_real_is_counted_not_half_delivered(tmp_path):
+def test_a_packet_fragmented_on_its_way_to_an_emulated_real_is_reassembled_by_its_host(tmp_path):
     """An ipip real under a 1400-byte MTU: the client's 1,400-byte UDP datagram (no DF) leaves the switch
-    in two fragments, as IPVS sends it; an emulated host does not reassemble, so it is not delivered (no
-    answer from the first fragment alone) and the summary counts it."""
+    with its tunnel in two fragments, as IPVS sends it; the emulated host reassembles the outer packet,
+    takes the inner one out of the tunnel and echoes it whole."""
     mac = REALS["10.1.0.11"]
     config = tmp_path / "lb.toml"
     config.write_text(f'[[service]]\nvip = "{VIP4}:53"\nprotocol = "udp"\nmtu = 1400\nsource_address = "{SOURCE4}"\n'
@@ -284,14 +284,17 @@ def test_a_packet_fragmented_on_its_way_to_an_emulated_real_is_counted_not_half_
                       f'  forward = "tun"\n  mac = "{mac}"\n')
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe")
     small = eth / IP(src="172.16.0.9", dst=VIP4) / UDP(sport=4000, dport=53) / (b"q" * 20)
-    big = eth / IP(src="172.16.0.9", dst=VIP4) / UDP(sport=4001, dport=53) / (b"q" * 1372)
+    big = eth / IP(src="172.16.0.9", dst=VIP4) / UDP(sport=4001, dport=53) / (bytes(range(256)) * 5 + b"z" * 92)
     capture = tmp_path / "in.pcap"
     wrpcap(str(capture), [small, big])
     out, inside = tmp_path / "out.pcap", tmp_path / "inside.pcap"
     summary = json.loads(run_cli("replay", capture, "-c", config, "-o", out, "--inside", inside, "--json").stdout)
-    assert summary["emulated"]["fragmented_undelivered"] == 1
+    assert "fragmented_undelivered" not in summary["emulated"]
+    assert summary["emulated"]["host_reassembly"]["reasm_oks"] == 1
+    assert summary["emulated"]["host_reassembly"]["reasm_memory"] == 0     # nothing left waiting
     answers = [p for p in rdpcap(str(out)) if IP in p and p[IP].src == VIP4 and UDP in p]
-    assert [p[UDP].dport for p in answers] == [4000]      # the small one is echoed; the big one is not
+    assert [p[UDP].dport for p in answers] == [4000, 4001]
+    assert raw(answers[1][UDP].payload) == raw(big[UDP].payload)
     tunnelled = [p for p in rdpcap(str(inside)) if IP in p and p[IP].dst == "10.1.0.11"]
     assert len(tunnelled) == 3 and all(len(p) - 14 <= 1400 for p in tunnelled)
 

@@ -565,24 +565,20 @@ def test_a_fragment_flood_keeps_the_waiting_room_bounded_and_established_flows_g
     assert stats["forward"] + stats["new"] == 100
 
 
-def test_a_service_of_emulated_reals_keeps_dropping_fragments():
-    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "track",
+@pytest.mark.parametrize("policy", ["track", "reassemble"])
+def test_a_service_of_emulated_reals_takes_a_fragment_policy(policy):
+    """The emulated hosts reassemble what reaches them (tests/test_emulated_fragments.py)."""
+    doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": policy,
                         "real": [{"address": "10.1.0.1:53", "emulated": True, "app": "echo"}]}]}
-    with pytest.raises(ConfigError, match="emulated reals") as caught:
-        configmod.from_dict(doc, {"rr"})
-    assert caught.value.key == "service[0].fragments"
+    assert configmod.from_dict(doc, {"rr"}).services[0].fragments == policy
 
 
 @pytest.mark.parametrize("other", [{"fragments": "track"}, {"fragments": "reassemble"}])
-def test_a_config_with_emulated_reals_keeps_its_other_services_dropping_fragments(other):
-    """The emulate loop does not hold or rebuild fragments yet: a fragment policy in another service of
-    such a config lost packets."""
+def test_a_config_with_emulated_reals_takes_fragment_policies_beside_them(other):
     neighbour = {"vip": "10.0.0.100:53", "protocol": "udp", "real": [{"address": "10.1.0.11:53"}], **other}
     doc = {"service": [{"vip": "10.0.0.100:80", "real": [{"address": "10.1.0.1:8080", "emulated": True}]},
                        neighbour]}
-    with pytest.raises(ConfigError, match="runs without emulated reals in the config") as caught:
-        configmod.from_dict(doc, {"rr"})
-    assert caught.value.key == "service[1].fragments"
+    assert configmod.from_dict(doc, {"rr"}).services[1].fragments == other["fragments"]
 
 
 @pytest.mark.parametrize("other", [{"forward": "tun"}, {"forward": "dr", "mac": "02:00:00:00:00:09"},

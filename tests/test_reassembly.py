@@ -312,12 +312,11 @@ def test_a_datagram_to_no_service_port_passes_as_the_fragments_it_came_in(data):
     assert stats["passed"] + stats["reasm_fragments_queued"] == len(frames)     # one verdict each
 
 
-def test_reassemble_takes_masq_reals_but_not_emulated_ones_and_defrag_keys_are_checked():
+def test_reassemble_takes_masq_and_emulated_reals_and_defrag_keys_are_checked():
     assert switch_for("masq").config.services[0].fragments == "reassemble"
     doc = {"service": [{"vip": "10.0.0.100:53", "protocol": "udp", "fragments": "reassemble",
                         "real": [{"address": "10.1.0.1:53", "emulated": True, "app": "echo"}]}]}
-    with pytest.raises(ConfigError, match="emulated reals"):
-        configmod.from_dict(doc, {"rr"})
+    assert configmod.from_dict(doc, {"rr"}).services[0].fragments == "reassemble"    # tests/test_emulated_fragments.py
     for key, value in [("ipfrag_high_thresh", 10), ("ipfrag_low_thresh", 8 << 20), ("ipfrag_time", 0),
                        ("ipfrag_max_dist", 64)]:
         doc = {"defrag": {key: value}, "service": [{"vip": "10.0.0.100:53", "real": [{"address": "10.1.0.1:53"}]}]}

@@ -12,7 +12,7 @@ class Loop:
     answers: int
     direct: int
     superseded: int
-    fragmented: int
+    fragments_dropped: int
     def __init__(
         self,
         datapath: Datapath,
@@ -31,6 +31,7 @@ class Loop:
     def flush(self) -> None: ...
     def memory(self) -> int: ...
     def restamp_entries(self) -> int: ...
+    def host_reassembly(self) -> dict[str, int]: ...
     def simulate(
         self,
         clients: Clients,

@@ -12,6 +12,12 @@ Each packet goes through the switch in a batch of its own (`step`), where the fo
 build (tunnels, TOA, ICMP errors, fragments) have room. A real under `dr` or `tun` owns its service's
 VIP: it takes the packet (out of the tunnel) as addressed to itself, and its answers leave from the
 VIP straight to the client, past the switch (verdict `pass`: the switch never saw them).
+
+The hosts reassemble IP fragments as Linux's ip_defrag does before their TCP/UDP stacks see a datagram
+(the datapath's Reassembler: ipfrag_time 30 s, ipfrag_high_thresh 4 MiB, one pool for all hosts, keyed
+per host): fragments the switch made (over the MTU, or a reassembled datagram written out as it came)
+and fragments a policy sent on (track, 3tuple) wait for their datagram; a tunnel's outer packet is
+reassembled before it is taken apart, its inner packet after.
 """
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, UINT64_MAX
@@ -21,17 +27,18 @@ from l4emu.datapath._batch cimport Batch, V_PASS, V_NEW, V_FORWARD, V_REPLY, V_D
 from l4emu.datapath._datapath cimport Datapath
 from l4emu.datapath._types cimport PacketInfo, PacketKey, Real, FWD_DR, FWD_TUN
 from l4emu.datapath._flowtable cimport key_hash
-from l4emu.datapath._wire cimport (IPPROTO_TCP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
+from l4emu.datapath._wire cimport (IPPROTO_TCP, IPPROTO_UDP, LINKTYPE_RAW, TCP_SYN, TCP_ACK, TCP_FIN,
                                    TCP_RST, TCP_CSUM, IP4_SRC, IP6_SRC)
-from l4emu.datapath._checksum cimport store16, sum_bytes, fold
-from l4emu.hosts._engine cimport (Engine, Seg, Peer, read_segment, segment_after, C_UNREADABLE, PROTO_KEY_TCP,
+from l4emu.datapath._checksum cimport store16, sum_bytes, fold, load16, diff_words, apply_diff
+from l4emu.datapath._reasm cimport Reassembler, RQ_QUEUED, RQ_COMPLETE
+from l4emu.hosts._engine cimport (Engine, Seg, Peer, Host, read_segment, segment_after, C_UNREADABLE, PROTO_KEY_TCP,
                                   PROTO_KEY_UDP)
 from l4emu.hosts._decap cimport inner_offset, answer_from
 from l4emu.clients._clients cimport Clients
 from l4emu.clients._gen cimport MAX_FRAME
 from l4emu.hosts._table cimport (Slab, slab_init, slab_free, slab_add_hashed, slab_remove, rec,
                                  slab_bytes, prefetch_slot, prefetch_record, slab_find_hashed)
-from l4emu.datapath._headers cimport PARSED, parse_packet
+from l4emu.datapath._headers cimport PARSED, PARSE_FRAGMENT, parse_packet
 
 
 cdef enum:
@@ -47,6 +54,14 @@ cdef enum:
     MAX_DEPTH = 8               # an answer that reaches a host again (it never should) goes no deeper
     AHEAD = 8                   # run(): a packet's index slot is prefetched this many packets ahead,
     #                             its flow record half as many
+    TCP_MAX_HEADER = 60
+    IP4_FRAG_AT = 6             # flags and fragment offset
+    IP4_FRAG_BITS = 0x3FFF      # MF or an offset: a fragment
+    IP6_NEXT_AT = 6
+
+# The hosts' reassembly: Linux's defaults (net.ipv4.ipfrag_high_thresh, ipfrag_time), not the switch's [defrag]
+HOST_IPFRAG_HIGH_THRESH = 4 << 20
+HOST_IPFRAG_TIME_S = 30.0
 
 REPLY_GAP = REPLY_GAP_NS
 
@@ -110,6 +125,12 @@ cdef class Loop:
     cdef Slab stamps
     cdef uint8_t* cur               # the packet going through now, as it came
     cdef Batch step                 # ... and what the switch sent for it (packet 0, fragments after it)
+    cdef Batch answer_step          # the same for an answer going through while a step is being delivered
+    cdef list deeper                # ... and deeper (an answer that reaches a host again)
+    cdef Reassembler defrag         # the hosts' IP reassembly (Linux's ip_defrag before TCP/UDP)
+    cdef uint8_t* whole             # a datagram it completed, as the host takes it
+    cdef uint32_t whole_cap
+    cdef readonly uint64_t fragments_dropped    # fragments the hosts' reassembly refused (overlap, over memory, ...)
     cdef uint8_t* after             # a tunnel packet's inner packet, as the real takes it out
     cdef int32_t* direct_tcp        # per listener / UDP socket: the dr or tun real whose VIP it answers
     cdef int32_t* direct_udp        # from, past the switch (-1: none)
@@ -122,7 +143,6 @@ cdef class Loop:
     cdef readonly uint64_t answers
     cdef readonly uint64_t direct           # ... of them sent by dr and tun reals straight to the client
     cdef readonly uint64_t superseded
-    cdef readonly uint64_t fragmented       # fragmented on the way to a host: not delivered (no reassembly)
     cdef Clients clients            # simulate: the emulated clients the answers go to (None: replay)
     cdef uint32_t client_slot       # ... and the connection of the client packet going through now
     cdef StampKey hashed_key        # the re-stamping key hashed last, and its hash (0: none yet): a host's
@@ -151,6 +171,9 @@ cdef class Loop:
             self.fronts[k].family = 4 if len(address) == 4 else 6
         self.n_fronts = len(fronts)
         self.step = Batch(STEP_SLOTS, SCRATCH_BYTES)
+        self.answer_step = Batch(STEP_SLOTS, SCRATCH_BYTES)
+        self.deeper = []
+        self.defrag = Reassembler(bytes(secret[:16]).ljust(16, b"\0"), HOST_IPFRAG_HIGH_THRESH, 0, HOST_IPFRAG_TIME_S)
         self._direct_sockets()
 
     cdef int _direct_sockets(self) except -1:
@@ -183,6 +206,7 @@ cdef class Loop:
     def __dealloc__(self):
         free(self.cur)
         free(self.after)
+        free(self.whole)
         free(self.fronts)
         free(self.direct_tcp)
         free(self.direct_udp)
@@ -272,15 +296,21 @@ cdef class Loop:
         cdef PacketInfo info
         cdef Seg seg
         cdef int taken = 0
-        cdef bint taking = False                # the slot before was taken: its `more` fragments go too
+        cdef int taking = -1                    # the host the slot before went to: its `more` fragments go too
+        cdef int32_t taking_real = -1
         for i in range(batch.n):
             v, d = batch.verdict[i], batch.detail[i]
             p = batch.data + batch.offset[i]
             if v == V_MORE:
-                if taking:
+                if taking >= 0:
                     batch.verdict[i] = V_DROP
+                    batch.detail[i] = 0
+                    if taking_real >= 0 and self._room(batch.caplen[i]) == 0:
+                        parse_packet(p, batch.caplen[i], batch.caplen[i], batch.linktype[i], &info)
+                        self.to_real(taking, taking_real, p, batch.caplen[i], batch.caplen[i], 0, -1, &info,
+                                     batch.ts_ns[i], batch.iface[i], batch.linktype[i], NULL)
                 continue
-            taking = False
+            taking = -1
             if v == V_NEW or v == V_FORWARD:
                 h = self.real_host(d)
             elif v == V_PASS and read_segment(p, batch.caplen[i], batch.linktype[i], &info, &seg):
@@ -291,12 +321,9 @@ cdef class Loop:
                 continue
             batch.verdict[i] = V_DROP
             batch.detail[i] = 0
-            taking = True
+            taking, taking_real = h, (d if v == V_NEW or v == V_FORWARD else -1)
             if batch.ts_ns[i] > self.last_ts:
                 self.last_ts = batch.ts_ns[i]
-            if (v == V_NEW or v == V_FORWARD) and i + 1 < batch.n and batch.verdict[i + 1] == V_MORE:
-                self.fragmented += 1                # fragmented on its way: the host does not reassemble
-                continue
             if v == V_NEW or v == V_FORWARD:        # as the method sent it (a tunnel, the VIP as its own)
                 parse_packet(p, batch.caplen[i], batch.caplen[i], batch.linktype[i], &info)    # its link header
                 if self._room(batch.caplen[i]) < 0:
@@ -387,18 +414,24 @@ cdef class Loop:
         cdef PacketInfo info
         cdef Seg seg
         cdef bint ok
+        cdef int r
         self.advance_to(ts)
         if ahead != NULL and segment_after(p, caplen, origlen, ahead.parsed, &ahead.info, &seg):
             ok = True
             info = ahead.info                   # the parse read ahead: no second one
         else:
             ok = read_segment(p, caplen, linktype, &info, &seg)
+        if ok and info.fragment:                # track's first fragment, parsed as a packet: its header whole?
+            ok = first_fragment_segment(p, caplen, &info, &seg)
         if ok and (self.hosts.host_of(seg.src, seg.family) >= 0 or self.is_front(&seg)):
             self.superseded += 1    # e.g. a recorded server's replies: answering twice would fork the stream
             return 0
         if self._room(caplen) < 0:
             return 0
         memcpy(self.cur, p, caplen)
+        if self.restamp and not ok:             # a first fragment a fragment policy takes: its TCP header
+            r = self.dp.classify(p, caplen, origlen, linktype, &info)
+            ok = (r == PARSE_FRAGMENT or r == PARSED) and first_fragment_segment(p, caplen, &info, &seg)
         if self.restamp and ok and seg.proto == IPPROTO_TCP:
             self.stamp_client(&info, &seg, ahead)
         self.through(caplen, origlen, iface, linktype, ts, False, ahead)
@@ -418,6 +451,7 @@ cdef class Loop:
     cdef int advance_to(self, uint64_t now) except -1:
         """The hosts' clocks to `now` and their answers through the switch (nothing to do, most packets)."""
         cdef uint32_t first = self.hosts.n_out
+        self.defrag.expire(now)
         if self.hosts.next_due() > now:
             self.hosts.prune_peers()
             return 0
@@ -438,16 +472,19 @@ cdef class Loop:
         cdef PacketInfo info
         cdef Seg seg
         cdef bint readable
-        cdef Batch b = self.step
+        cdef Batch b = self.step if self.depth == 0 else self.answer_step if self.depth == 1 else self.deeper_step()
         cdef uint8_t* after
         cdef uint32_t m, morig
         cdef Py_ssize_t k
+        cdef uint64_t rebuilt
         b.clear()
         if b.push(self.cur, n, origlen, ts, iface, linktype) != 0:
             return 0
         if ahead != NULL:
             info, parsed, hash = ahead.info, ahead.parsed, ahead.h
+        rebuilt = self.dp.reasm.oks + self.dp.fragments_released
         parsed = self.dp.process_slot(b, &info, parsed, hash)
+        rebuilt = rebuilt != self.dp.reasm.oks + self.dp.fragments_released
         v, d = b.verdict[0], b.detail[0]
         after, m, morig = b.data + b.offset[0], b.caplen[0], b.origlen[0]
         if ts < self.last_ts:
@@ -463,14 +500,22 @@ cdef class Loop:
         elif v == V_NEW or v == V_FORWARD:      # client -> real: DNAT, a new MAC or a tunnel
             if v == V_NEW and self.clients is not None and not from_host:
                 self.clients.note_real(self.client_slot, d)
-            self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+            if rebuilt:                         # a datagram the switch reassembled, or fragments that waited for
+                for k in range(b.n):            # their first: as the switch writes them (as replay without hosts)
+                    self.emit(0, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype,
+                              b.verdict[k], d)
+            else:
+                self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
             for k in range(b.n):
                 self.emit(1, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype, b.verdict[k], d)
             h = self.real_host(d)
-            if h >= 0 and b.n > 1:
-                self.fragmented += 1
-            elif h >= 0:
+            if h >= 0:
                 self.to_real(h, d, after, m, morig, n, parsed, &info, ts, iface, linktype, ahead)
+                for k in range(1, b.n):             # the pieces the switch cut it into, or fragments released
+                    if b.verdict[k] == V_MORE:      # after it: the host reassembles them (b is this depth's own)
+                        parse_packet(b.data + b.offset[k], b.caplen[k], b.caplen[k], linktype, &info)
+                        self.to_real(h, d, b.data + b.offset[k], b.caplen[k], b.caplen[k], 0, -1, &info, ts, iface,
+                                     linktype, NULL)
         elif v == V_REPLY or v == V_ANSWER:     # real -> client, SNAT
             for k in range(b.n):
                 if self.clients is not None:
@@ -488,6 +533,8 @@ cdef class Loop:
             readable = (segment_after(self.cur, n, origlen, parsed, &info, &seg)
                         or read_segment(self.cur, n, linktype, &info, &seg))
             h = self.hosts.host_of(seg.dst, seg.family) if readable else -1
+            if not readable and not from_host and n and info.fragment:     # a fragment straight to a host
+                h = self.hosts.host_of(info.key.dst, info.key.family)
             if from_host and self.clients is not None:
                 self.clients.receive(self.cur, n, linktype, ts)     # e.g. a RST no flow owns
             self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
@@ -495,27 +542,47 @@ cdef class Loop:
                 self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
             if from_host and self.restamp and readable:
                 self.stamp_server(&seg)
-            if h >= 0 and not from_host:
+            if h >= 0 and not from_host and readable:
                 self.deliver(h, self.cur, n, ts, iface, linktype, &seg, &info, same_client(ahead, &seg))
+            elif h >= 0 and not from_host:      # it waits for its datagram, which the host then reads
+                m = n
+                after = self.reassembled(h, self.cur, &m, info.l3, linktype, ts)
+                if after != NULL:
+                    self.deliver(h, after, m, ts, iface, linktype, NULL, NULL, 0)
         return 0
+
+    cdef Batch deeper_step(self):
+        """The step batch of this depth (an answer through the switch while a shallower step is delivered)."""
+        while len(self.deeper) < self.depth - 1:
+            self.deeper.append(Batch(STEP_SLOTS, SCRATCH_BYTES))
+        return <Batch>self.deeper[self.depth - 2]
 
     cdef int to_real(self, int h, int32_t d, uint8_t* frame, uint32_t m, uint32_t morig, uint32_t n, int parsed,
                      PacketInfo* info, uint64_t ts, uint16_t iface, uint16_t linktype, Ahead* ahead) except -1:
-        """What the switch sent real d (m bytes; n as it came) to its host h: under tun the real takes the
-        inner packet out of the tunnel; under dr and tun it owns the VIP, so it takes the packet as
-        addressed to itself. `parsed`: the datapath's parse of it before the rewrite (-1: none to go by)."""
+        """What the switch sent real d (m bytes; n as it came) to its host h: a fragment waits for its
+        datagram; under tun the real takes the inner packet out of the tunnel; under dr and tun it owns
+        the VIP, so it takes the packet as addressed to itself. `parsed`: the datapath's parse of it
+        before the rewrite (-1: none to go by)."""
         cdef Real* real = &self.dp.t.reals[d]
         cdef Seg seg
         cdef bint readable
         cdef uint32_t l3 = info.l3, at
+        cdef uint8_t* got = self.reassembled(h, frame, &m, l3, linktype, ts)
+        if got == NULL:
+            return 0                            # its datagram is not whole yet (or was given up, counted)
+        if got != frame:
+            frame, parsed, n = got, -1, 0       # the whole datagram: parsed afresh
         if real.forward == FWD_TUN:
             at = inner_offset(frame + l3, m - l3) if l3 < m else 0
-            if at == 0:                         # not a tunnel packet it can take apart (e.g. a fragment)
+            if at == 0:                         # not a tunnel packet it can take apart
                 self.hosts.count(h, C_UNREADABLE, 1)
                 return 0
             memcpy(self.after, frame, l3)       # the link header (same family inside and out: config)
             memcpy(self.after + l3, frame + l3 + at, m - l3 - at)
             frame, m = self.after, m - at
+            frame = self.reassembled(h, frame, &m, l3, linktype, ts)     # a fragment inside the tunnel
+            if frame == NULL:
+                return 0
             readable = read_segment(frame, m, linktype, info, &seg)
         elif m == n:
             readable = (segment_after(frame, m, morig, parsed, info, &seg)
@@ -528,6 +595,47 @@ cdef class Loop:
         self.deliver(h, frame, m, ts, iface, linktype, &seg if readable else NULL, info if readable else NULL,
                      same_client(ahead, &seg) if readable else 0)
         return 0
+
+    cdef uint8_t* reassembled(self, int h, uint8_t* frame, uint32_t* m, uint32_t l3, uint16_t linktype,
+                              uint64_t ts) except? NULL:
+        """What host h's TCP/UDP stack gets of a packet (m[0] bytes, its IP header at l3): the packet
+        itself; NULL for a fragment whose datagram is not whole yet, or was given up (counted); the whole
+        datagram (in `whole`, m[0] set) when this fragment completes it (Linux's ip_defrag)."""
+        cdef PacketInfo info
+        cdef int r
+        cdef uint32_t size
+        cdef uint8_t* grown
+        cdef Host* host = &self.hosts.hosts[h]
+        if m[0] < l3 + 20 or not (frame[l3] >> 4 == 4 and load16(frame + l3 + IP4_FRAG_AT) & IP4_FRAG_BITS
+                                  or frame[l3] >> 4 == 6 and frame[l3 + IP6_NEXT_AT] != IPPROTO_TCP
+                                  and frame[l3 + IP6_NEXT_AT] != IPPROTO_UDP):
+            return frame                        # the common case, decided without a parse
+        if parse_packet(frame, m[0], m[0], linktype, &info) != PARSE_FRAGMENT:
+            return frame
+        if info.key.family == host.family:      # the host's own datagrams: a dr or tun real takes the VIP's
+            memcpy(info.key.dst, host.addr, 16)
+        r = self.defrag.add(frame, &info, m[0], linktype, ts)
+        if r != RQ_COMPLETE:
+            if r != RQ_QUEUED:
+                self.fragments_dropped += 1
+            return NULL
+        size = self.defrag.size()
+        if size > self.whole_cap:
+            grown = <uint8_t*>realloc(self.whole, size)
+            if grown == NULL or self._room(size) < 0:     # `after` takes a tunnel's inner packet out of it
+                if grown != NULL:
+                    self.whole = grown
+                self.defrag.build(NULL)
+                raise MemoryError()
+            self.whole, self.whole_cap = grown, size
+        self.defrag.build(self.whole)
+        self.defrag.release()
+        m[0] = size
+        return self.whole
+
+    def host_reassembly(self):
+        """The hosts' reassembly: Linux's Reasm* counters and the memory held, and fragments refused."""
+        return {**self.defrag.counters(), "fragments_dropped": self.fragments_dropped}
 
     cdef int deliver(self, int h, const uint8_t* frame, uint32_t n, uint64_t ts, uint16_t iface, uint16_t linktype,
                      Seg* read, PacketInfo* read_info, uint32_t conn_hash) except -1:
@@ -739,13 +847,39 @@ cdef inline uint32_t same_client(Ahead* ahead, Seg* seg) noexcept:
     return ahead.conn_hash
 
 
+cdef bint first_fragment_segment(const uint8_t* p, uint32_t caplen, PacketInfo* info, Seg* seg) noexcept:
+    """The TCP header of a first fragment a fragment policy takes (classify: PARSE_FRAGMENT, or PARSED for
+    track's), whole within the fragment; False for anything else."""
+    cdef uint32_t l4 = info.l4, stop = min(info.end, caplen), doff
+    if not info.fragment or info.frag_offset or info.key.proto != IPPROTO_TCP or l4 + 20 > stop:
+        return False
+    doff = (p[l4 + 12] >> 4) * 4
+    if doff < 20 or l4 + doff > stop:
+        return False
+    seg.src, seg.dst = info.key.src, info.key.dst
+    seg.sport, seg.dport = load16(p + l4), load16(p + l4 + 2)
+    seg.family, seg.proto, seg.ip = info.key.family, IPPROTO_TCP, p + info.l3
+    seg.flags = p[l4 + 13]
+    seg.seq = (<uint32_t>p[l4 + 4] << 24) | (<uint32_t>p[l4 + 5] << 16) | (<uint32_t>p[l4 + 6] << 8) | p[l4 + 7]
+    seg.ack = (<uint32_t>p[l4 + 8] << 24) | (<uint32_t>p[l4 + 9] << 16) | (<uint32_t>p[l4 + 10] << 8) | p[l4 + 11]
+    seg.window = load16(p + l4 + 14)
+    seg.options, seg.olen = p + l4 + 20, doff - 20
+    seg.payload, seg.plen = p + l4 + doff, stop - l4 - doff
+    seg.ip_len = info.end - info.l3
+    return True
+
+
 cdef void rewrite_ack(uint8_t* p, PacketInfo* info, Seg* seg, uint32_t ack) noexcept:
     """A new acknowledgement number, SACK blocks and timestamps turned into NOPs (they count in the
-    other side's sequence space, which is not mapped), and the TCP checksum computed afresh."""
+    other side's sequence space, which is not mapped), and the TCP checksum computed afresh; in a
+    first fragment (the rest of the segment elsewhere), updated by RFC 1624 instead."""
     cdef uint32_t l4 = info.l4, i = 0, length, alen = 4 if seg.family == 4 else 16
     cdef uint32_t olen = seg.olen, tlen = info.end - info.l4, acc
     cdef uint8_t* opts = p + l4 + 20
     cdef uint8_t kind
+    cdef uint8_t old[TCP_MAX_HEADER]
+    if info.fragment:
+        memcpy(old, p + l4, 20 + olen)
     p[l4 + 8] = <uint8_t>(ack >> 24)
     p[l4 + 9] = <uint8_t>(ack >> 16)
     p[l4 + 10] = <uint8_t>(ack >> 8)
@@ -763,6 +897,9 @@ cdef void rewrite_ack(uint8_t* p, PacketInfo* info, Seg* seg, uint32_t ack) noex
         if kind == TCPOPT_SACK or kind == TCPOPT_TIMESTAMP:
             memset(opts + i, TCPOPT_NOP, length)
         i += length
+    if info.fragment:
+        apply_diff(p + l4 + TCP_CSUM, diff_words(0, old, p + l4, 20 + olen))
+        return
     store16(p + l4 + TCP_CSUM, 0)
     acc = sum_bytes(sum_bytes(0, seg.src, alen), seg.dst, alen) + IPPROTO_TCP + (tlen >> 16) + (tlen & 0xFFFF)
     store16(p + l4 + TCP_CSUM, ~fold(sum_bytes(acc, p + l4, tlen)) & 0xFFFF)
