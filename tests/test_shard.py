@@ -150,7 +150,7 @@ def test_generated_capture_with_replies_and_icmp_errors(tmp_path, scheduler):
 def test_dealer_keeps_a_flow_its_replies_and_errors_together():
     """Each client's packets, both ways, and the ICMP errors about them: one owner, whatever the port."""
     config = _config(None, "sh")
-    dealer = Dealer(4, 0, *shard.dealing(config))
+    dealer = Dealer(4, *shard.dealing(config))
     owners = set()
     for k in range(64):
         client = f"172.16.0.{k + 1}"
@@ -251,7 +251,7 @@ def test_a_failing_worker_stops_the_run_in_one_line(tmp_path):
 @settings(max_examples=300, deadline=None)
 def test_dealing_any_client_and_any_bytes(client, port, workers, junk):
     """A client's packets both ways go to one worker in range; any bytes at all get a worker in range."""
-    dealer = Dealer(workers, 0, *shard.dealing(_config(None, "sh")))
+    dealer = Dealer(workers, *shard.dealing(_config(None, "sh")))
     address = str(ipaddress.IPv4Address(client))
     there = dealer.owner_of(bytes(ETH / IP(src=address, dst=VIP) / TCP(sport=port, dport=80)))
     back = dealer.owner_of(bytes(ETH / IP(src=REALS[1], dst=address) / TCP(sport=8080, dport=port)))
@@ -318,13 +318,13 @@ def test_the_ipv4_fast_path_deals_as_the_whole_parse(
         frame[offset % len(frame)] = value
     frame = bytes(frame[: len(frame) - cut])
     mask4 = (b"\xff\xff\xf0\x00" if masked else b"\xff" * 4) + b"\xff" * 12
-    dealer = Dealer(workers, 0, *shard.dealing(_config(None, "sh"))[:2], mask4)
+    dealer = Dealer(workers, *shard.dealing(_config(None, "sh"))[:2], mask4)
     assert dealer.owner_of(frame) == dealer.owner_of(frame, parsed=True)
 
 
 @pytest.mark.parametrize("sample", sorted(PCAPS.glob("*.pcap")), ids=lambda p: p.name)
 def test_the_ipv4_fast_path_deals_the_samples_as_the_whole_parse(sample):
-    dealer = Dealer(64, 0, *shard.dealing(_config(None, "sh")))
+    dealer = Dealer(64, *shard.dealing(_config(None, "sh")))
     frames = [bytes(packet) for packet in rdpcap(str(sample))]
     frames += [  # from the service side, to a port that is not the service's: by address alone, if a fragment
         bytes(ETH / IP(src=VIP, dst=f"172.16.5.{k}", flags=flags) / TCP(sport=1234, dport=5) / (b"d" * 12))
