@@ -483,14 +483,13 @@ def _replay_windows(k: int, switch, packets: memoryview, meeting: Meeting, write
                 if first is None and (first := first_written(batch, index)) is not None:
                     first, linktype = (window * WINDOW + first[0], *first[1:]), first[1]
                 try:
-                    data, written_now = encoder.encode(batch, False, None, linktype or 0)
+                    size, _ = encoder.measure(batch, False, None, linktype or 0)
                 except ValueError as exc:
                     raise ShardError(f"{shown}: {exc}") from None
-                account(batch, mine - pushed, data, pcapng, lengths)
-                with staging.room(half, used + len(data)) as room:
-                    room[used:] = data
-                used += len(data)
-                written += written_now
+                with staging.room(half, used + size) as room, room[used:] as records:
+                    written += encoder.encode_into(batch, False, None, linktype or 0, records)[1]
+                    account(batch, mine - pushed, records, pcapng, lengths)
+                used += size
         meeting.set_size(half, k, used)
         meeting.placed.wait()
         if last:
