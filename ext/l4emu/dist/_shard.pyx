@@ -1,6 +1,7 @@
 """Sharded replay in C: which worker owns a packet (by its client's address), dealt by the parent in one
 walk of the capture; each worker's packets copied from where the deal says they lie; and the workers'
 output records gathered in capture order into the one output file (as one worker would have written it)."""
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memcmp, memset
@@ -64,6 +65,7 @@ cdef inline uint64_t address_hash(const uint8_t* addr, uint16_t port, uint8_t pr
                                                    | (<uint64_t>family << 32)))
 
 
+@cython.final                           # its own calls (owner, the lookups) are direct, inlined in put
 cdef class Dealer(PacketSink):
     """Deals the packets of a capture to workers by their client's address, as Scanner.feed reads them:
     a window's packets each get a Dealt (where it lies) and an owner byte, in capture order.
