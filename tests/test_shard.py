@@ -4,6 +4,7 @@ ICMP errors; dealing keeps a flow's packets together; --check-sharding; bad --wo
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 
@@ -240,6 +241,19 @@ def test_a_failing_worker_stops_the_run_in_one_line(tmp_path):
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert "several link types: write .pcapng" in run.stderr and str(out) in run.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_full_staging_area_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """The workers' staging files are allocated before they are written (a full /dev/shm would
+    otherwise be a SIGBUS through the map): no room is one ShardError naming it, and no output is left."""
+
+    def no_room(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shard.os, "posix_fallocate", no_room)  # the forked workers inherit it
+    with pytest.raises(shard.ShardError, match="no room to stage .* bytes of a worker's output"):
+        shard.sharded_replay(PCAPS / "sample.pcap", _config(None, "sh"), 7, 2, tmp_path / "out.pcap")
+    assert not list(tmp_path.iterdir())
 
 
 @given(
