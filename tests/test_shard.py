@@ -256,6 +256,19 @@ def test_a_full_staging_area_is_one_error_and_leaves_nothing(tmp_path, monkeypat
     assert not list(tmp_path.iterdir())
 
 
+def test_an_unexpected_failure_of_the_dealer_stops_the_run(tmp_path, monkeypatch):
+    """The parent's dealing thread failing unexpectedly stops the waiting workers (no hang): one
+    ShardError naming it, and no output left."""
+
+    def broken(*args):
+        raise RuntimeError("no deal")
+
+    monkeypatch.setattr(shard, "_deal", broken)
+    with pytest.raises(shard.ShardError, match="dealing .*sample.pcap: RuntimeError: no deal"):
+        shard.sharded_replay(PCAPS / "sample.pcap", _config(None, "sh"), 7, 2, tmp_path / "out.pcap")
+    assert not list(tmp_path.iterdir())
+
+
 @given(
     client=st.integers(0x0B000000, 0xDFFFFFFF),
     port=st.integers(1, 65535),

@@ -370,6 +370,9 @@ def _deal_and_gather(meeting: Meeting, reader, dealer: Dealer, path: str | None,
     except ValueError as exc:
         failures.append(f"{path}: {exc}")
         meeting.abort()
+    except Exception as exc:  # noqa: BLE001 (the workers wait on this thread: they must hear, not hang)
+        failures.append(f"dealing {reader.path}: {type(exc).__name__}: {exc}")
+        meeting.abort()
     finally:
         for view in views:
             view.close()
