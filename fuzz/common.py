@@ -317,40 +317,53 @@ def run_capture(data: bytes) -> Switch:
     return switch
 
 
+SHARD_WINDOW = 5  # run_shard deals in windows this small, so a file crosses several
+
+
 def run_shard(data: bytes) -> None:
-    """The shard harness's body: the pcap harness's input dealt to 3 workers by sharded replay's
-    Dealer (each scanning the bytes itself, as the workers do): every packet goes to exactly one
-    worker, with its capture index, whatever the bytes; the dealt packets are the ones fill reads; the
-    cheap IPv4 dealing gives each frame (as Ethernet) the owner the whole parse gives it."""
+    """The shard harness's body: the pcap harness's input dealt to 3 workers by sharded replay's Dealer,
+    fed by one Scanner window by window, as the parent deals: every packet the reader reads is dealt
+    once, and the workers' copies (fill_dealt, from where the deal says each lies) are together the
+    packets fill reads, each once, bytes and metadata alike, whatever the bytes; the cheap IPv4 dealing
+    gives each frame (as Ethernet) the owner the whole parse gives it."""
     from array import array
 
-    from l4emu.dist._shard import Dealer
+    from l4emu.dist._shard import DEALT_BYTES, Dealer, fill_dealt
     from l4emu.dist.shard import dealing
 
     tables = dealing(small_switch().config)
     plain = Scanner(data)
     batch = Batch(4)
-    total = 0
-    judge = Dealer(64, 0, *tables)
+    read = []
+    judge = Dealer(64, *tables)
     while plain.fill(batch):
-        total += batch.n
         for j in range(batch.n):  # the IPv4 fast path deals as the whole parse does
             frame = batch.packet(j)
+            read.append((frame, batch.meta(j)))
             if judge.owner_of(frame) != judge.owner_of(frame, parsed=True):
-                raise AssertionError(f"packet {total - batch.n + j}: the fast path and the parse deal it apart")
-    owners: dict[int, int] = {}
-    for k in range(3):
-        scanner, dealer = Scanner(data), Dealer(3, k, *tables)
-        index = memoryview(array("Q", bytes(8 * 4))).cast("B").cast("Q")
-        while n := scanner.fill_kept(batch, dealer, index, 1 << 62):
-            for j in range(n):
-                if index[j] in owners or index[j] >= total:
-                    raise AssertionError(f"packet {index[j]} dealt twice or past the {total} read")
-                owners[index[j]] = k
-        if scanner.seen != total:
-            raise AssertionError(f"worker {k} read {scanner.seen} packets, the reader {total}")
-    if len(owners) != total:
-        raise AssertionError(f"{total - len(owners)} packets dealt to no worker")
+                raise AssertionError(f"packet {len(read) - 1}: the fast path and the parse deal it apart")
+    scanner, dealer = Scanner(data), Dealer(3, *tables)
+    dealt, owners = bytearray(SHARD_WINDOW * DEALT_BYTES), bytearray(SHARD_WINDOW)
+    index = memoryview(array("I", bytes(4 * 4))).cast("B").cast("I")
+    copied: list = []
+    while True:
+        low = scanner.seen
+        dealer.begin(dealt, owners)
+        count = scanner.feed(dealer, low + SHARD_WINDOW)
+        dealer.end()
+        if dealer.filled != count or sum(dealer.counts) != count or max(owners[:count], default=0) >= 3:
+            raise AssertionError(f"window at {low}: {count} read, {dealer.filled} dealt, {dealer.counts}")
+        for k in range(3):
+            at = 0
+            while (at := fill_dealt(batch, data, dealt, owners, k, at, count, index)) and batch.n:
+                for j in range(batch.n):
+                    if owners[index[j]] != k:
+                        raise AssertionError(f"packet {low + index[j]}: owner {owners[index[j]]} copied by {k}")
+                    copied.append((low + index[j], batch.packet(j), batch.meta(j)))
+        if count < SHARD_WINDOW:
+            break
+    if scanner.seen != len(read) or sorted(copied) != [(i, *packet) for i, packet in enumerate(read)]:
+        raise AssertionError(f"{len(copied)} packets copied by the workers, {len(read)} read")
 
 
 # The tun harness's input: records [len_hi][len_lo][bytes...], each a virtio-net header (10 bytes) and the

@@ -4,6 +4,7 @@ ICMP errors; dealing keeps a flow's packets together; --check-sharding; bad --wo
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 
@@ -150,7 +151,7 @@ def test_generated_capture_with_replies_and_icmp_errors(tmp_path, scheduler):
 def test_dealer_keeps_a_flow_its_replies_and_errors_together():
     """Each client's packets, both ways, and the ICMP errors about them: one owner, whatever the port."""
     config = _config(None, "sh")
-    dealer = Dealer(4, 0, *shard.dealing(config))
+    dealer = Dealer(4, *shard.dealing(config))
     owners = set()
     for k in range(64):
         client = f"172.16.0.{k + 1}"
@@ -242,6 +243,32 @@ def test_a_failing_worker_stops_the_run_in_one_line(tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_a_full_staging_area_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """The workers' staging files are allocated before they are written (a full /dev/shm would
+    otherwise be a SIGBUS through the map): no room is one ShardError naming it, and no output is left."""
+
+    def no_room(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shard.os, "posix_fallocate", no_room)  # the forked workers inherit it
+    with pytest.raises(shard.ShardError, match="no room to stage .* bytes of a worker's output"):
+        shard.sharded_replay(PCAPS / "sample.pcap", _config(None, "sh"), 7, 2, tmp_path / "out.pcap")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unexpected_failure_of_the_dealer_stops_the_run(tmp_path, monkeypatch):
+    """The parent's dealing thread failing unexpectedly stops the waiting workers (no hang): one
+    ShardError naming it, and no output left."""
+
+    def broken(*args):
+        raise RuntimeError("no deal")
+
+    monkeypatch.setattr(shard, "_deal", broken)
+    with pytest.raises(shard.ShardError, match="dealing .*sample.pcap: RuntimeError: no deal"):
+        shard.sharded_replay(PCAPS / "sample.pcap", _config(None, "sh"), 7, 2, tmp_path / "out.pcap")
+    assert not list(tmp_path.iterdir())
+
+
 @given(
     client=st.integers(0x0B000000, 0xDFFFFFFF),
     port=st.integers(1, 65535),
@@ -251,7 +278,7 @@ def test_a_failing_worker_stops_the_run_in_one_line(tmp_path):
 @settings(max_examples=300, deadline=None)
 def test_dealing_any_client_and_any_bytes(client, port, workers, junk):
     """A client's packets both ways go to one worker in range; any bytes at all get a worker in range."""
-    dealer = Dealer(workers, 0, *shard.dealing(_config(None, "sh")))
+    dealer = Dealer(workers, *shard.dealing(_config(None, "sh")))
     address = str(ipaddress.IPv4Address(client))
     there = dealer.owner_of(bytes(ETH / IP(src=address, dst=VIP) / TCP(sport=port, dport=80)))
     back = dealer.owner_of(bytes(ETH / IP(src=REALS[1], dst=address) / TCP(sport=8080, dport=port)))
@@ -318,13 +345,13 @@ def test_the_ipv4_fast_path_deals_as_the_whole_parse(
         frame[offset % len(frame)] = value
     frame = bytes(frame[: len(frame) - cut])
     mask4 = (b"\xff\xff\xf0\x00" if masked else b"\xff" * 4) + b"\xff" * 12
-    dealer = Dealer(workers, 0, *shard.dealing(_config(None, "sh"))[:2], mask4)
+    dealer = Dealer(workers, *shard.dealing(_config(None, "sh"))[:2], mask4)
     assert dealer.owner_of(frame) == dealer.owner_of(frame, parsed=True)
 
 
 @pytest.mark.parametrize("sample", sorted(PCAPS.glob("*.pcap")), ids=lambda p: p.name)
 def test_the_ipv4_fast_path_deals_the_samples_as_the_whole_parse(sample):
-    dealer = Dealer(64, 0, *shard.dealing(_config(None, "sh")))
+    dealer = Dealer(64, *shard.dealing(_config(None, "sh")))
     frames = [bytes(packet) for packet in rdpcap(str(sample))]
     frames += [  # from the service side, to a port that is not the service's: by address alone, if a fragment
         bytes(ETH / IP(src=VIP, dst=f"172.16.5.{k}", flags=flags) / TCP(sport=1234, dport=5) / (b"d" * 12))

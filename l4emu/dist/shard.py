@@ -1,22 +1,22 @@
 """Sharded replay: one capture through N worker processes, each a whole Switch over its share of flows.
 
-Each worker maps the capture itself and keeps the packets whose client address hashes to it (the
-dealing runs in C while the file is scanned: there is no central dealer), so a flow, its replies,
-its fragments and the ICMP errors about it meet in one worker. A connection's fate then depends only
-on its own packets, as long as the scheduler's choice does too (sh, dh, mh, hrw; not rr, wlc, ...,
-where each worker schedules its own flows, as per-core IPVS/DPVS workers do).
+The parent walks the capture once and deals each packet to the worker its client address hashes to,
+so a flow, its replies, its fragments and the ICMP errors about it meet in one worker. A connection's
+fate then depends only on its own packets, as long as the scheduler's choice does too (sh, dh, mh,
+hrw; not rr, wlc, ..., where each worker schedules its own flows, as per-core IPVS/DPVS workers do).
 
-The output needs no merge pass: the capture is read in windows of WINDOW packets. During a window
-each worker appends its records to its own staging file (in memory) and notes, per capture packet
-of the window, how many bytes it writes and that it owns them (two shared tables, one entry per
-capture packet). When every worker is through the window, the parent copies the records to the
-output in capture order, each from its owner's staging file (one pass, no second layout copy), while
-the workers go on with the next window. The file is byte for byte what one worker writes. Memory is
-flat in the capture's size: two windows' tables and records.
+The capture is dealt in windows of WINDOW packets: per packet of a window, where it lies in the file
+and its owner (two shared tables). Each worker copies only its own packets from the mapped file (it
+never reads another's), runs them through its switch, appends its records to its own staging file (in
+memory) and notes each packet's bytes in its own list. When every worker is through the window, the
+parent copies the records to the output in capture order, each from its owner's staging file, deals
+the window after next into the tables just freed, and the workers go on meanwhile. The file is byte
+for byte what one worker writes. Memory is flat in the capture's size: two windows' tables and records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -34,7 +34,7 @@ from threading import BrokenBarrierError
 from l4emu.config import Config
 from l4emu.datapath._batch import Batch
 from l4emu.datapath._datapath import DROP_REASONS, PARSED_LINKTYPES, PASS_REASONS
-from l4emu.dist._shard import Dealer, account, first_written, gather
+from l4emu.dist._shard import DEALT_BYTES, Dealer, account, fill_dealt, first_written, gather
 from l4emu.errors import L4emuError
 from l4emu.io import CaptureError, open_capture, open_writer, unknown_link_types
 
@@ -102,7 +102,7 @@ def sharded_replay(capture: str | Path, config: Config, seed: int, workers: int,
     try:
         writer = open_writer(target, interfaces, nanosecond=nanosecond, fmt=fmt) if target is not None else None
         start = writer.start_at_offsets() if writer is not None else 0
-        results = _run_workers(capture, config, seed, workers, writer, start, output)
+        results, (error, warnings) = _run_workers(capture, config, seed, workers, writer, start, output)
         if writer is not None:
             firsts = [r["first"] for r in results if r["first"] is not None]
             if len({first[1] for first in firsts}) > 1:
@@ -119,11 +119,12 @@ def sharded_replay(capture: str | Path, config: Config, seed: int, workers: int,
         if target != output and target is not None:
             shutil.rmtree(Path(target).parent, ignore_errors=True)
     summary = merge([r["summary"] for r in results], time.perf_counter() - started, key_orders(config))
+    summary["error"] = str(error) if error else None
     summary["output"] = str(output) if output else None
     summary["workers"] = workers
     summary["events"], summary["inside_written"] = [], 0  # as replay() gives them without --event, --inside
     summary["warnings"] = [
-        *results[0]["warnings"],
+        *warnings,
         *unknown_link_types(capture, interfaces, PARSED_LINKTYPES),
         *outcome_warnings(summary, capture),
     ]
@@ -183,42 +184,56 @@ def merge(summaries: Sequence[dict], elapsed: float, orders: dict[str, list[str]
 
 class Meeting:
     """What the workers and the parent share, made before the fork: a barrier, each capture packet's
-    bytes out and owner (a window's tables, double-buffered), and per worker two staging files,
-    where it appends its records of a window for the parent to gather into the output.
+    place in the file and owner (a window's tables, double-buffered), and per worker its packets'
+    bytes out and two staging files, where it appends its records of a window for the parent to gather.
 
-    Per window w (half h = w % 2): each worker waits on its `drained` semaphore until the parent has
-    written window w - 2 from half h (its tables and staging files are then free), processes its
-    packets of the window, sets its records' size and meets the parent at `placed`; the parent
-    gathers the half into the output, then releases every worker's semaphore once. The parent never
-    waits for a worker but at `placed`; the workers never wait for each other."""
+    Per window w (half h = w % 2): the parent deals it into half h and releases each worker's `ready`
+    semaphore; each worker processes its packets of the window, sets its records' size and meets the
+    parent at `placed`; the parent gathers the half into the output, deals window w + 2 into it and
+    releases the workers once more. The parent never waits for a worker but at `placed`; the workers
+    never wait for each other."""
 
     def __init__(self, context, workers: int, output: bool):
         self.workers = workers
         self.placed = context.Barrier(workers + 1)
-        self.drained = [context.Semaphore(0) for _ in range(workers)]
-        self.lengths = mmap.mmap(-1, 2 * WINDOW * 4)  # anonymous and shared
+        self.ready = [context.Semaphore(0) for _ in range(workers)]
+        self.dealt = mmap.mmap(-1, 2 * WINDOW * DEALT_BYTES)  # anonymous and shared
         self.owners = mmap.mmap(-1, 2 * WINDOW)
+        self.lengths = mmap.mmap(-1, workers * 2 * WINDOW * 4)  # per worker and half: its packets' bytes out
         # per half: per worker its records' bytes, then the window's packet count and whether it is the
-        # last; at the end, whether the run was aborted
-        self.sizes = mmap.mmap(-1, 2 * 8 * (workers + 2) + 1)
+        # last; then the latest packet time of the capture; at the end, whether the run was aborted
+        self.sizes = mmap.mmap(-1, 2 * 8 * (workers + 2) + 8 + 1)
         staging = STAGING_DIR if os.path.isdir(STAGING_DIR) else None
         self.staging = (
             [[tempfile.TemporaryFile(dir=staging) for _ in range(2)] for _ in range(workers)] if output else []
         )
 
+    def dealt_of(self, half: int) -> memoryview:
+        """The half's Dealt table, in bytes: where each packet of the window lies."""
+        return memoryview(self.dealt)[half * WINDOW * DEALT_BYTES : (half + 1) * WINDOW * DEALT_BYTES]
+
+    def owners_of(self, half: int) -> memoryview:
+        """The half's owner of each packet of the window."""
+        return memoryview(self.owners)[half * WINDOW : (half + 1) * WINDOW]
+
+    def lengths_of(self, k: int, half: int) -> memoryview:
+        """Worker k's list of its packets' bytes out in the half, in capture order."""
+        at = (2 * k + half) * WINDOW
+        return memoryview(self.lengths).cast("I")[at : at + WINDOW]
+
     def abort(self) -> None:
         self.sizes[-1] = 1
         self.placed.abort()
-        for semaphore in self.drained:
+        for semaphore in self.ready:
             semaphore.release()
 
-    def wait_drained(self, k: int) -> None:
-        self.drained[k].acquire()
+    def wait_ready(self, k: int) -> None:
+        self.ready[k].acquire()
         if self.sizes[-1]:
             raise BrokenBarrierError
 
-    def set_drained(self) -> None:
-        for semaphore in self.drained:
+    def set_ready(self) -> None:
+        for semaphore in self.ready:
             semaphore.release()
 
     def _at(self, half: int, slot: int) -> int:
@@ -235,18 +250,30 @@ class Meeting:
         values = struct.unpack_from(f"={self.workers + 2}Q", self.sizes, self._at(half, 0))
         return list(values[: self.workers]), values[-2], bool(values[-1])
 
+    @property
+    def latest_ns(self) -> int:
+        """The latest packet time of the capture (set with the last window)."""
+        return struct.unpack_from("=Q", self.sizes, self._at(2, 0))[0]
+
+    @latest_ns.setter
+    def latest_ns(self, value: int) -> None:
+        struct.pack_into("=Q", self.sizes, self._at(2, 0), value)
+
     def close(self) -> None:
-        self.lengths.close()
+        self.dealt.close()
         self.owners.close()
+        self.lengths.close()
         self.sizes.close()
         for files in self.staging:
             for file in files:
                 file.close()
 
 
-def _run_workers(capture, config: Config, seed: int, workers: int, writer, start: int, shown=None) -> list[dict]:
-    """Fork the workers, append their windows to the output, wait for each one's result; a worker that
-    fails stops the others. `shown`: the output as errors name it (a device's output is assembled aside)."""
+def _run_workers(capture, config: Config, seed: int, workers: int, writer, start: int, shown=None):
+    """Fork the workers, deal them the capture and append their windows to the output, wait for each
+    one's result; a worker that fails stops the others. `shown`: the output as errors name it (a
+    device's output is assembled aside). Returns the workers' results and the dealing reader's
+    (error, warnings)."""
     from l4emu.replay import summarize  # noqa: F401  (imported once here, not in every worker after the fork)
     from l4emu.switch import Switch  # noqa: F401
 
@@ -254,75 +281,86 @@ def _run_workers(capture, config: Config, seed: int, workers: int, writer, start
     meeting = Meeting(context, workers, writer is not None)
     plan = (capture, config, seed, workers, writer, shown)
     pipes, processes = [], []
-    for k in range(workers):
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, args=(k, plan, meeting, send), daemon=True)
-        process.start()
-        send.close()
-        pipes.append(receive)
-        processes.append(process)
-    appending: list = []
-    if writer is not None:
-        appender = threading.Thread(target=_append_windows, args=(meeting, writer.part_path, start, appending))
-        appender.start()
     results: list = [None] * workers
     failure = None
-    waiting = dict(zip(pipes, range(workers), strict=True))
-    try:
-        while waiting:  # a worker that dies closes its pipe: heard here, not left hanging at a barrier
-            for ready in wait(list(waiting)):
-                k = waiting.pop(ready)  # type: ignore[call-overload]  # wait() returns what it was given
-                try:
-                    status, value = pipes[k].recv()
-                except EOFError:
-                    processes[k].join()
-                    status, value = "error", f"worker {k} ended without a result (exit code {processes[k].exitcode})"
-                if status == "error" and failure is None:
-                    failure = value
-                    meeting.abort()
-                results[k] = value
-    except BaseException:  # Ctrl-C or an unexpected error here: the appender and the workers must not wait on
-        meeting.abort()
-        raise
-    finally:
-        if writer is not None:
+    dealing_failures: list = []
+    with open_capture(capture) as reader:
+        for k in range(workers):
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_worker, args=(k, plan, meeting, send), daemon=True)
+            process.start()
+            send.close()
+            pipes.append(receive)
+            processes.append(process)
+        dealer = Dealer(workers, *dealing(config))
+        part = writer.part_path if writer is not None else None
+        parent = threading.Thread(target=_deal_and_gather, args=(meeting, reader, dealer, part, start, dealing_failures))
+        parent.start()
+        waiting = dict(zip(pipes, range(workers), strict=True))
+        try:
+            while waiting:  # a worker that dies closes its pipe: heard here, not left hanging at a barrier
+                for ready in wait(list(waiting)):
+                    k = waiting.pop(ready)  # type: ignore[call-overload]  # wait() returns what it was given
+                    try:
+                        status, value = pipes[k].recv()
+                    except EOFError:
+                        processes[k].join()
+                        status = "error"
+                        value = f"worker {k} ended without a result (exit code {processes[k].exitcode})"
+                    if status == "error" and failure is None:
+                        failure = value
+                        meeting.abort()
+                    results[k] = value
+        except BaseException:  # Ctrl-C or an unexpected error here: the dealer and the workers must not wait on
+            meeting.abort()
+            raise
+        finally:
             if failure is not None:
                 meeting.abort()
-            appender.join()
-        for process in processes:
-            process.join()
-        meeting.close()
-    failure = failure or next(iter(appending), None)
+            parent.join()
+            for process in processes:
+                process.join()
+            meeting.close()
+        outcome = (reader.error, reader.warnings)
+    failure = failure or next(iter(dealing_failures), None)
     if failure is not None:
         raise ShardError(failure)
     if any(result is None for result in results):
         raise ShardError("a worker stopped when another failed")
-    return results
+    return results, outcome
 
 
-def _append_windows(meeting: Meeting, path: str, start: int, failures: list) -> None:
-    """The parent's thread: each window, once placed, gathered from the workers' staging halves to the
-    output's end in capture order; `failures` gets the one line if writing fails."""
-    lengths = memoryview(meeting.lengths).cast("I")
-    owners = memoryview(meeting.owners)
+def _deal_and_gather(meeting: Meeting, reader, dealer: Dealer, path: str | None, start: int, failures: list) -> None:
+    """The parent's thread: deals each window into its half of the tables (two ahead), and once the
+    workers are through it, gathers its records from their staging halves to the output's end in
+    capture order (`path`; None: no output); `failures` gets the one line if writing fails."""
     views = [_Staging(files, writable=False) for files in meeting.staging]
+    counts: list[list[int]] = [[], []]
     try:
-        with open(path, "r+b") as out:
-            out.seek(start)
+        with open(path, "r+b") if path is not None else contextlib.nullcontext() as out:
+            if out is not None:
+                out.seek(start)
+            last = -1  # the last window, once dealt
+            for ahead in (0, 1):
+                counts[ahead], ended = _deal(meeting, reader, dealer, ahead)
+                meeting.set_ready()
+                if ended:
+                    last = ahead
+                    break
             window = 0
             while True:
                 meeting.placed.wait()
                 half = window % 2
-                sizes, count, last = meeting.window(half)
-                sources = [view.room(half, size) for view, size in zip(views, sizes, strict=True)]
-                try:
-                    _gather_window(out, lengths[half * WINDOW :], owners[half * WINDOW :], count, sources, sizes)
-                finally:
-                    for source in sources:
-                        source.release()
-                meeting.set_drained()
-                if last:
+                sizes, count, _ = meeting.window(half)
+                if out is not None:
+                    _gather_window(out, meeting, half, count, counts[half], views, sizes)
+                if window == last:
                     return
+                if last < 0:
+                    counts[half], ended = _deal(meeting, reader, dealer, window + 2)
+                    if ended:
+                        last = window + 2
+                    meeting.set_ready()
                 window += 1
     except BrokenBarrierError:  # a worker failed: it reports why
         return
@@ -332,22 +370,51 @@ def _append_windows(meeting: Meeting, path: str, start: int, failures: list) -> 
     except ValueError as exc:
         failures.append(f"{path}: {exc}")
         meeting.abort()
+    except Exception as exc:  # noqa: BLE001 (the workers wait on this thread: they must hear, not hang)
+        failures.append(f"dealing {reader.path}: {type(exc).__name__}: {exc}")
+        meeting.abort()
     finally:
         for view in views:
             view.close()
 
 
-def _gather_window(out, lengths, owners, count: int, sources: list, sizes: list[int]) -> None:
-    """Write a window's records to `out` in capture order, each from its owner's staging view."""
+def _deal(meeting: Meeting, reader, dealer: Dealer, window: int) -> tuple[list[int], bool]:
+    """Deal window `window` into its half: each worker's packets of it, and whether it is the last."""
+    half = window % 2
+    dealer.begin(meeting.dealt_of(half), meeting.owners_of(half))
+    try:
+        count = reader.feed(dealer, (window + 1) * WINDOW)
+    finally:
+        dealer.end()
+    if dealer.filled != count:
+        raise ValueError(f"window {window}: {dealer.filled} packets dealt of {count} read")
+    ended = count < WINDOW
+    if ended:
+        meeting.latest_ns = reader.latest_ns
+    meeting.set_window(half, count, ended)
+    return dealer.counts, ended
+
+
+def _gather_window(out, meeting: Meeting, half: int, count: int, dealt: list[int], views: list, sizes: list[int]):
+    """Write a window's records to `out` in capture order, each from its owner's staging half."""
+    sources = [view.room(half, size) for view, size in zip(views, sizes, strict=True)]
+    lengths = [meeting.lengths_of(k, half)[:n] for k, n in enumerate(dealt)]
     taken = array("Q", bytes(8 * len(sources)))
+    told = array("Q", bytes(8 * len(sources)))
     buffer = bytearray(GATHER_BYTES)
     done = 0
-    while done < count:
-        done, filled = gather(lengths, owners, done, count, sources, taken, buffer)
-        if filled == 0 and done < count:
-            buffer = bytearray(2 * len(buffer))  # a record bigger than the buffer
-        out.write(memoryview(buffer)[:filled])
-    if list(taken) != sizes:
+    try:
+        while done < count:
+            done, filled = gather(meeting.owners_of(half), done, count, lengths, told, sources, taken, buffer)
+            if filled == 0 and done < count:
+                buffer = bytearray(2 * len(buffer))  # a record bigger than the buffer
+            out.write(memoryview(buffer)[:filled])
+    finally:
+        for source in sources:
+            source.release()
+        for each in lengths:
+            each.release()
+    if list(taken) != sizes or list(told) != dealt:
         raise ValueError("the window's records and capture indices disagree")
 
 
@@ -368,64 +435,69 @@ def _worker(k: int, plan, meeting: Meeting, send) -> None:
 
 
 def _replay_share(k: int, plan, meeting: Meeting) -> dict:
-    """One worker: its share of the capture through its own Switch, its records staged window by window."""
+    """One worker: its share of the capture, window by window as dealt, through its own Switch, its
+    records staged."""
     from l4emu.replay import summarize
     from l4emu.switch import Switch
 
     capture, config, seed, workers, writer, shown = plan
     started = time.perf_counter()
     switch = Switch(config, seed)
-    dealer = Dealer(workers, k, *dealing(config))
-    lengths = memoryview(meeting.lengths).cast("I")
-    owners = memoryview(meeting.owners)
-    tables = [(lengths[:WINDOW], owners[:WINDOW]), (lengths[WINDOW:], owners[WINDOW:])]
-    index = memoryview(array("Q", bytes(8 * BATCH))).cast("B").cast("Q")
+    staging = _Staging(meeting.staging[k]) if writer is not None else None
+    with open(capture, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        with memoryview(mapped) as packets:
+            written, first = _replay_windows(k, switch, packets, meeting, writer, staging, shown)
+    finally:
+        mapped.close()
+        if staging is not None:
+            staging.close()
+    switch.advance_clock(meeting.latest_ns)  # the clock one worker would end on: expiries as it sees them
+    summary = summarize(switch, capture, None, written, time.perf_counter() - started, None)
+    return {"summary": summary, "written": written, "first": first}
+
+
+def _replay_windows(k: int, switch, packets: memoryview, meeting: Meeting, writer, staging, shown):
+    """Worker k's packets of each window (copied from the mapped capture, `packets`) through `switch`,
+    their records staged; returns the packets written and the first one's (capture index, link type,
+    interface), or None."""
+    index = memoryview(array("I", bytes(4 * BATCH))).cast("B").cast("I")
     batch = Batch(BATCH)
     encoder = writer.offsets_encoder() if writer is not None else None
     pcapng = writer is not None and writer.format == "pcapng"
-    staging = _Staging(meeting.staging[k]) if encoder is not None else None
     written, first, linktype = 0, None, None
-    with open_capture(capture) as reader:
-        window = 0
-        while True:
-            low, half = window * WINDOW, window % 2
-            stop = low + WINDOW if staging is not None else 1 << 62
-            if window >= 2:
-                meeting.wait_drained(k)  # the parent has written window - 2 from this half
-            used = 0
-            while n := reader.kept(batch, dealer, index, stop):
+    window = 0
+    while True:
+        half = window % 2
+        meeting.wait_ready(k)  # the parent has dealt the window into this half
+        _, count, last = meeting.window(half)
+        at = used = mine = 0
+        with meeting.dealt_of(half) as dealt, meeting.owners_of(half) as owners, meeting.lengths_of(k, half) as lengths:
+            while at < count:
+                at = fill_dealt(batch, packets, dealt, owners, k, at, count, index)
+                pushed = batch.n
+                if pushed == 0:
+                    break
                 switch.process(batch)
+                mine += pushed
                 if encoder is None or staging is None:
                     continue
                 if first is None and (first := first_written(batch, index)) is not None:
-                    linktype = first[1]
+                    first, linktype = (window * WINDOW + first[0], *first[1:]), first[1]
                 try:
-                    data, count = encoder.encode(batch, False, None, linktype or 0)
+                    size, _ = encoder.measure(batch, False, None, linktype or 0)
                 except ValueError as exc:
                     raise ShardError(f"{shown}: {exc}") from None
-                account(batch, index, low, data, pcapng, *tables[half], k)
-                with staging.room(half, used + len(data)) as room:
-                    room[used:] = data
-                used += len(data)
-                written += count
-            if staging is None:
-                break
-            count = reader.seen - low
-            last = count < WINDOW
-            meeting.set_size(half, k, used)
-            if k == 0:
-                meeting.set_window(half, count, last)
-            meeting.placed.wait()
-            if last:
-                break
-            window += 1
-        switch.advance_clock(reader.latest_ns)  # the clock one worker would end on: expiries as it sees them
-        error: CaptureError | None = reader.error
-        warnings = reader.warnings
-    if staging is not None:
-        staging.close()
-    summary = summarize(switch, capture, None, written, time.perf_counter() - started, error)
-    return {"summary": summary, "written": written, "first": first, "warnings": warnings}
+                with staging.room(half, used + size) as room, room[used:] as records:
+                    written += encoder.encode_into(batch, False, None, linktype or 0, records)[1]
+                    account(batch, mine - pushed, records, pcapng, lengths)
+                used += size
+        meeting.set_size(half, k, used)
+        meeting.placed.wait()
+        if last:
+            return written, first
+        window += 1
 
 
 def _reserve(fd: int, size: int) -> None:

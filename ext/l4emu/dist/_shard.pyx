@@ -1,5 +1,7 @@
-"""Sharded replay in C: which worker owns a packet (by its client's address), and the workers' output
-records gathered in capture order into the one output file (as one worker would have written it)."""
+"""Sharded replay in C: which worker owns a packet (by its client's address), dealt by the parent in one
+walk of the capture; each worker's packets copied from where the deal says they lie; and the workers'
+output records gathered in capture order into the one output file (as one worker would have written it)."""
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memcmp, memset
@@ -11,7 +13,7 @@ from l4emu.datapath._types cimport PacketInfo
 from l4emu.datapath._wire cimport (ETHERTYPE_IPV4, IP4_DST, IP4_FRAG, IP4_HEADER_LEN, IP4_PROTO, IP4_SRC,
                                    IP4_TOTAL_LEN, IPPROTO_TCP, IPPROTO_UDP, L4_SPORT, LINKTYPE_ETHERNET,
                                    TCP_DATA_OFFSET, TCP_HEADER_LEN, UDP_HEADER_LEN, UDP_LEN)
-from l4emu.io.pcap._read cimport PacketFilter
+from l4emu.io.pcap._read cimport PacketSink
 
 cdef struct Side:
     # An address (and port and protocol, for an endpoint) of the service side: VIPs, capture servers, reals.
@@ -20,6 +22,19 @@ cdef struct Side:
     uint8_t proto
     uint8_t family
     uint8_t used
+
+
+cdef struct Dealt:
+    # Where a packet of the window lies in the capture, and what its record says: all a worker needs to
+    # copy it into a batch without reading the capture's other records (the parent's one walk did).
+    uint64_t offset                     # of the packet's bytes in the capture file
+    uint64_t ts_ns
+    uint32_t caplen
+    uint32_t origlen
+    uint16_t iface
+    uint16_t linktype
+
+DEALT_BYTES = sizeof(Dealt)             # a window's table of Dealt, one per capture packet, is a shared map
 
 
 cdef inline uint64_t mix(uint64_t x) noexcept nogil:
@@ -50,8 +65,10 @@ cdef inline uint64_t address_hash(const uint8_t* addr, uint16_t port, uint8_t pr
                                                    | (<uint64_t>family << 32)))
 
 
-cdef class Dealer(PacketFilter):
-    """Keeps the packets of one worker's share: those whose client address hashes to it.
+@cython.final                           # its own calls (owner, the lookups) are direct, inlined in put
+cdef class Dealer(PacketSink):
+    """Deals the packets of a capture to workers by their client's address, as Scanner.feed reads them:
+    a window's packets each get a Dealt (where it lies) and an owner byte, in capture order.
 
     The client is the side that is not the service's: a packet from a VIP, a capture server or a real
     (by address, port and protocol; a fragment has no port, so by address) is for its destination,
@@ -61,7 +78,6 @@ cdef class Dealer(PacketFilter):
     With persistence, the address is cut to the coarsest persistence netmask first, so that a client
     network's connections share their template."""
     cdef readonly int workers
-    cdef readonly int me
     cdef Side* endpoints
     cdef Side* addresses
     cdef uint32_t slots                 # of each table: a power of two, at least twice the entries
@@ -69,19 +85,27 @@ cdef class Dealer(PacketFilter):
     cdef uint8_t mask6[16]
     cdef uint32_t mask4_raw             # mask4's IPv4 part, as its 4 bytes load
     cdef bint masked                    # some persistence netmask is shorter than the address
+    # the window being dealt (begin): its tables, their room in packets, and how many were put
+    cdef object _tables
+    cdef Dealt* dealt
+    cdef uint8_t* owners
+    cdef uint64_t room
+    cdef readonly uint64_t filled
+    cdef uint64_t* dealt_to            # per worker, its packets of the window so far
 
-    def __init__(self, int workers, int me, endpoints, addresses, bytes mask4=b"\xff" * 16, bytes mask6=b"\xff" * 16):
+    def __init__(self, int workers, endpoints, addresses, bytes mask4=b"\xff" * 16, bytes mask6=b"\xff" * 16):
         """`endpoints`: (family, address bytes, port, protocol) of the service side; `addresses`:
         (family, address bytes) of the same, for fragments."""
-        if not 0 <= me < workers:
-            raise ValueError(f"worker {me} of {workers}")
-        self.workers, self.me = workers, me
+        if not 1 <= workers <= MAX_OWNERS:
+            raise ValueError(f"{workers} workers: an owner is a byte")
+        self.workers = workers
         self.slots = 16
         while self.slots < 2 * (len(endpoints) + len(addresses)):
             self.slots *= 2
         self.endpoints = <Side*>calloc(self.slots, sizeof(Side))
         self.addresses = <Side*>calloc(self.slots, sizeof(Side))
-        if self.endpoints == NULL or self.addresses == NULL:
+        self.dealt_to = <uint64_t*>calloc(workers, sizeof(uint64_t))
+        if self.endpoints == NULL or self.addresses == NULL or self.dealt_to == NULL:
             raise MemoryError()
         for family, address, port, proto in endpoints:
             self._add(self.endpoints, family, address, port, proto)
@@ -95,6 +119,7 @@ cdef class Dealer(PacketFilter):
     def __dealloc__(self):
         free(self.endpoints)
         free(self.addresses)
+        free(self.dealt_to)
 
     cdef _add(self, Side* table, int family, bytes address, int port, int proto):
         cdef Side probe
@@ -205,8 +230,37 @@ cdef class Dealer(PacketFilter):
         # the hash's top 32 bits scaled to [0, workers): no division per packet
         return <int>(((address_hash(client, 0, 0, info.key.family) >> 32) * <uint64_t>self.workers) >> 32)
 
-    cdef bint keep(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint16_t linktype) noexcept nogil:
-        return self.workers == 1 or self.owner(frame, caplen, origlen, linktype) == self.me
+    def begin(self, uint8_t[::1] dealt, uint8_t[::1] owners):
+        """Deal the next packets fed into these tables: packet i of the window gets dealt[i] (a Dealt, in
+        bytes) and owners[i]; `filled` counts them (past the tables' room, feed asked too much)."""
+        self._tables = (dealt, owners)
+        self.room = min(<uint64_t>dealt.shape[0] // sizeof(Dealt), <uint64_t>owners.shape[0])
+        self.dealt = <Dealt*>&dealt[0] if self.room else NULL
+        self.owners = &owners[0] if self.room else NULL
+        self.filled = 0
+        memset(self.dealt_to, 0, self.workers * sizeof(uint64_t))
+
+    def end(self):
+        """Let go of the window's tables (their maps can close)."""
+        self._tables = None
+        self.dealt, self.owners, self.room = NULL, NULL, 0
+
+    @property
+    def counts(self):
+        """Each worker's packets of the window."""
+        return [self.dealt_to[k] for k in range(self.workers)]
+
+    cdef void put(self, const uint8_t* frame, uint64_t offset, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
+                  uint16_t iface, uint16_t linktype) noexcept nogil:
+        cdef Dealt* d
+        cdef int k
+        if self.filled < self.room:
+            d = &self.dealt[self.filled]
+            d.offset, d.ts_ns, d.caplen, d.origlen, d.iface, d.linktype = offset, ts_ns, caplen, origlen, iface, linktype
+            k = 0 if self.workers == 1 else self.owner(frame, caplen, origlen, linktype)
+            self.owners[self.filled] = <uint8_t>k
+            self.dealt_to[k] += 1
+        self.filled += 1
 
     def owner_of(self, frame, int linktype=1, bint parsed=False):
         """The worker of one frame (tests); `parsed`: by the whole parse, never the IPv4 fast path."""
@@ -216,23 +270,58 @@ cdef class Dealer(PacketFilter):
         return self.owner(&view[0], len(frame), len(frame), linktype)
 
 
-def account(Batch batch, const uint64_t[::1] index, uint64_t first, const uint8_t[::1] records, bint pcapng,
-            uint32_t[::1] lengths, uint8_t[::1] owners, uint8_t me):
-    """After a batch was processed and encoded (`records`: its written packets, in order): the bytes
-    each of its capture packets puts into the file, at lengths[capture index - first], and whose
-    records hold them (owners[...] = me). A packet the switch made more of (a fragment, a held
-    fragment it released) counts them; a dropped one, 0."""
+def fill_dealt(Batch batch, const uint8_t[::1] capture, const uint8_t[::1] dealt, const uint8_t[::1] owners,
+               uint8_t me, Py_ssize_t start, Py_ssize_t count, uint32_t[::1] index):
+    """Clear `batch` and copy into it worker `me`'s next packets of the window (owners[i] == me), from
+    window position `start` on, up to `count`, from the mapped `capture` where dealt[i] says each lies;
+    index[k] gets packet k's window position. Returns the position to go on from (`count`: done)."""
+    cdef Py_ssize_t i = start
+    cdef uint64_t size = capture.shape[0]
+    cdef const Dealt* table = <const Dealt*>&dealt[0] if dealt.shape[0] else NULL
+    cdef const uint8_t* base = &capture[0] if size else NULL
+    cdef const Dealt* d
+    cdef int r = 0
+    cdef bint outside = False
+    if (start < 0 or count > owners.shape[0] or <uint64_t>count > <uint64_t>dealt.shape[0] // sizeof(Dealt)
+            or index.shape[0] < batch.capacity):
+        raise ValueError("fill_dealt: a window past its tables, or an index with less room than the batch")
+    batch.clear()
+    with nogil:
+        while i < count:
+            if owners[i] != me:
+                i += 1
+                continue
+            d = &table[i]
+            if d.offset > size or d.caplen > size - d.offset:
+                outside = True
+                break
+            r = batch.push(base + d.offset, d.caplen, d.origlen, d.ts_ns, d.iface, d.linktype)
+            if r:
+                break
+            index[batch.n - 1] = <uint32_t>i
+            i += 1
+    if outside:
+        raise ValueError(f"packet {i} of the window lies past the capture's end ({size} bytes)")
+    if r < 0:
+        raise MemoryError("no memory for a packet of the capture")
+    return i
+
+
+def account(Batch batch, Py_ssize_t first, const uint8_t[::1] records, bint pcapng, uint32_t[::1] lengths):
+    """After a batch of a worker's packets was processed and encoded (`records`: its written packets,
+    in order): the bytes each of its packets puts into the file, at lengths[first + k] for the batch's
+    packet k (the worker's first + k-th packet of the window, in capture order). A packet the switch
+    made more of (a fragment, a held fragment it released) counts them; a dropped one, 0."""
     cdef Py_ssize_t j
     cdef uint64_t pos = 0, size, at
     cdef uint32_t word
     cdef uint64_t total = records.shape[0]
     cdef const uint8_t* data = &records[0] if total else NULL
     for j in range(batch.n):
-        at = index[batch.source[j]] - first
-        if at >= <uint64_t>lengths.shape[0] or at >= <uint64_t>owners.shape[0]:
+        at = first + batch.source[j]
+        if first < 0 or at >= <uint64_t>lengths.shape[0]:
             raise ValueError("a packet outside the window")
         lengths[at] = 0
-        owners[at] = me
     for j in range(batch.n):
         if batch.verdict[j] == V_DROP:
             continue
@@ -244,39 +333,50 @@ def account(Batch batch, const uint64_t[::1] index, uint64_t first, const uint8_
         else:
             memcpy(&word, data + pos + 8, 4)    # the bytes captured, after the 16-byte record header
             size = 16 + <uint64_t>word
-        lengths[index[batch.source[j]] - first] += <uint32_t>size
+        lengths[first + batch.source[j]] += <uint32_t>size
         pos += size
     if pos != total:
         raise ValueError("the records do not match the written packets")
 
 
-def gather(const uint32_t[::1] lengths, const uint8_t[::1] owners, Py_ssize_t start, Py_ssize_t count,
+def gather(const uint8_t[::1] owners, Py_ssize_t start, Py_ssize_t count, list lengths, uint64_t[::1] told,
            list sources, uint64_t[::1] taken, uint8_t[::1] out):
     """Copy the records of a window's capture packets start, start+1, ... into `out`, in capture order,
-    each from its owner's records (sources[owner], read from taken[owner] on, which advances), until
-    `out` is full or `count` is reached. Returns (the next packet, bytes filled); a record that does
-    not fit an empty `out` stops at once: (start, 0), for a bigger `out`."""
+    each from its owner's records (sources[owner], read from taken[owner] on, which advances) by its
+    size (lengths[owner], the owner's packets in capture order, read from told[owner] on, which
+    advances), until `out` is full or `count` is reached. Returns (the next packet, bytes filled); a
+    record that does not fit an empty `out` stops at once: (start, 0), for a bigger `out`."""
     cdef Py_ssize_t n = len(sources), i = start, k
     cdef const uint8_t* base[MAX_OWNERS]
     cdef uint64_t limit[MAX_OWNERS]
+    cdef const uint32_t* sizes[MAX_OWNERS]
+    cdef uint64_t told_limit[MAX_OWNERS]
     cdef const uint8_t[::1] view
+    cdef const uint32_t[::1] words
     cdef uint64_t filled = 0, room = out.shape[0]
     cdef uint32_t size
     cdef uint8_t owner
     cdef uint8_t* dst = &out[0] if room else NULL
     cdef bint bad = False
-    if n > MAX_OWNERS or taken.shape[0] < n or count > lengths.shape[0] or count > owners.shape[0] or start < 0:
+    if (n > MAX_OWNERS or len(lengths) != n or taken.shape[0] < n or told.shape[0] < n or count > owners.shape[0]
+            or start < 0):
         raise ValueError("gather: more sources than owners can name, or a window past its tables")
     for k in range(n):
         view = sources[k]
         base[k] = &view[0] if view.shape[0] else NULL
         limit[k] = view.shape[0]
+        words = lengths[k]
+        sizes[k] = &words[0] if words.shape[0] else NULL
+        told_limit[k] = words.shape[0]
     with nogil:
         while i < count:
-            size = lengths[i]
+            owner = owners[i]
+            if owner >= n or told[owner] >= told_limit[owner]:
+                bad = True
+                break
+            size = sizes[owner][told[owner]]
             if size:
-                owner = owners[i]
-                if owner >= n or taken[owner] + size > limit[owner]:
+                if taken[owner] + size > limit[owner]:
                     bad = True
                     break
                 if filled + size > room:
@@ -284,17 +384,20 @@ def gather(const uint32_t[::1] lengths, const uint8_t[::1] owners, Py_ssize_t st
                 memcpy(dst + filled, base[owner] + taken[owner], size)
                 taken[owner] += size
                 filled += size
+            told[owner] += 1
             i += 1
     if bad:
         raise ValueError("a record past the end of its worker's records")
     return i, filled
 
 
-def first_written(Batch batch, const uint64_t[::1] index):
-    """(capture index, link type, interface) of the batch's first packet that is written, or None:
+def first_written(Batch batch, const uint32_t[::1] index):
+    """(window position, link type, interface) of the batch's first packet that is written, or None:
     a .pcap file's header names the link type of the first packet of all workers."""
     cdef Py_ssize_t j
     for j in range(batch.n):
         if batch.verdict[j] != V_DROP:
+            if batch.source[j] >= <uint32_t>index.shape[0]:
+                raise ValueError("a packet outside the batch's index")
             return index[batch.source[j]], batch.linktype[j], batch.iface[j]
     return None

@@ -22,3 +22,14 @@ class Encoder:
     def encode(
         self, batch: Batch, include_dropped: bool, comments: Sequence[Sequence[bytes]] | None, linktype: int
     ) -> tuple[memoryview | bytes, int]: ...
+    def measure(
+        self, batch: Batch, include_dropped: bool, comments: Sequence[Sequence[bytes]] | None, linktype: int
+    ) -> tuple[int, int]: ...
+    def encode_into(
+        self,
+        batch: Batch,
+        include_dropped: bool,
+        comments: Sequence[Sequence[bytes]] | None,
+        linktype: int,
+        out: memoryview | bytearray,
+    ) -> tuple[int, int]: ...

@@ -108,24 +108,24 @@ class CaptureReader:
         if scanner.failed and self.error is None:
             self.error = self._fault()
 
-    def kept(self, batch, keeper, index, stop: int) -> int:
-        """Fill `batch` with the next packets `keeper` (a _read.PacketFilter) keeps, up to the packet
-        numbered `stop`; index[k] gets packet k's number in the capture. 0 at `stop`, the end or a fault."""
-        count = self._scanner.fill_kept(batch, keeper, index, stop)
+    def feed(self, sink, stop: int) -> int:
+        """Tell `sink` (a _read.PacketSink) where each next packet lies, up to the packet numbered `stop`;
+        returns how many (fewer than asked at the end or after a fault, then in `error`)."""
+        count = self._scanner.feed(sink, stop)
         self._sync_interfaces()
         self.packets_read += count
-        if count == 0 and self._scanner.failed and self.error is None:
+        if self._scanner.failed and self.error is None:
             self.error = self._fault()
         return count
 
     @property
     def seen(self) -> int:
-        """Packets `kept` has read, kept or not."""
+        """Packets `feed` has read."""
         return self._scanner.seen
 
     @property
     def latest_ns(self) -> int:
-        """The latest timestamp of the packets `kept` has read."""
+        """The latest timestamp of the packets `feed` has read."""
         return self._scanner.seen_ns
 
     def skim(self) -> None:

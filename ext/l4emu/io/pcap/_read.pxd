@@ -1,7 +1,8 @@
-# What another module may plug into the reader: a filter that says which packets a caller keeps
-# (sharded replay deals packets to workers by it, in C, while the file is scanned).
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+# What another module may plug into the reader: a sink told where each packet lies in the mapped file
+# (sharded replay's dealer notes each packet's place and worker, in C, while the file is scanned once).
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
-cdef class PacketFilter:
-    cdef bint keep(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint16_t linktype) noexcept nogil
+cdef class PacketSink:
+    cdef void put(self, const uint8_t* frame, uint64_t offset, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
+                  uint16_t iface, uint16_t linktype) noexcept nogil

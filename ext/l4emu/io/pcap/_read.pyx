@@ -114,10 +114,12 @@ cdef void parse_idb_options(Iface* f, const uint8_t* p, uint64_t left, bint swap
         left -= 4 + room
 
 
-cdef class PacketFilter:
-    """Keeps every packet; a subclass (l4emu.dist._deal.Dealer) keeps a worker's share."""
-    cdef bint keep(self, const uint8_t* frame, uint32_t caplen, uint32_t origlen, uint16_t linktype) noexcept nogil:
-        return True
+cdef class PacketSink:
+    """Told of each packet Scanner.feed reads, where it lies in the file; this one ignores them (a subclass,
+    l4emu.dist._shard.Dealer, deals them to workers)."""
+    cdef void put(self, const uint8_t* frame, uint64_t offset, uint32_t caplen, uint32_t origlen, uint64_t ts_ns,
+                  uint16_t iface, uint16_t linktype) noexcept nogil:
+        pass
 
 
 cdef class Scanner:
@@ -143,8 +145,8 @@ cdef class Scanner:
     cdef uint32_t cur_incl, cur_orig
     cdef uint16_t cur_iface
     cdef bint pending                # cur_* holds a packet the last batch had no room for
-    cdef readonly uint64_t seen      # packets fill_kept has read, kept or not (the next one's capture index)
-    cdef readonly uint64_t seen_ns   # the latest timestamp of the packets fill_kept read
+    cdef readonly uint64_t seen      # packets feed has read (the next one's capture index)
+    cdef readonly uint64_t seen_ns   # the latest timestamp of the packets feed read
     cdef Note note[N_LAST]
 
     def __init__(self, buffer):
@@ -378,40 +380,25 @@ cdef class Scanner:
             raise MemoryError("no memory for a packet of the capture")
         return batch.n
 
-    def fill_kept(self, Batch batch, PacketFilter keeper, uint64_t[::1] index, uint64_t stop):
-        """As fill, but only the packets `keeper` keeps, reading no further than the packet numbered
-        `stop` (from 0, in capture order); index[k] gets the capture index of the batch's packet k."""
-        cdef int r = 0
-        cdef Py_ssize_t k
-        if index.shape[0] < batch.capacity:
-            raise ValueError("the index has less room than the batch")
-        batch.clear()
+    def feed(self, PacketSink sink, uint64_t stop):
+        """Tell `sink` of the next packets (where each lies in the buffer, its lengths, time, interface and
+        link type), up to the packet numbered `stop` (from 0, in capture order); returns how many were
+        read (fewer than asked at the end or after a fault). The packets are not copied."""
+        cdef uint64_t first = self.seen
+        cdef int r
         with nogil:
-            while True:
-                if not self.pending:
-                    if self.seen >= stop:
-                        break
-                    r = self._next()
-                    if r < 0:
-                        break
-                    if r == 0:
-                        continue
-                    self.seen += 1
-                    if self.cur_ts > self.seen_ns:
-                        self.seen_ns = self.cur_ts
-                    if not keeper.keep(self.base + self.cur_off, self.cur_incl, self.cur_orig,
-                                       self.ifaces[self.cur_iface].linktype):
-                        continue
-                k = batch.n
-                r = batch.push(self.base + self.cur_off, self.cur_incl, self.cur_orig, self.cur_ts,
-                               self.cur_iface, self.ifaces[self.cur_iface].linktype)
-                self.pending = r != 0
-                if r:
+            while self.seen < stop:
+                r = self._next()
+                if r < 0:
                     break
-                index[k] = self.seen - 1
-        if r < 0 and self.pending:
-            raise MemoryError("no memory for a packet of the capture")
-        return batch.n
+                if r == 0:
+                    continue
+                self.seen += 1
+                if self.cur_ts > self.seen_ns:
+                    self.seen_ns = self.cur_ts
+                sink.put(self.base + self.cur_off, self.cur_off, self.cur_incl, self.cur_orig, self.cur_ts,
+                         self.cur_iface, self.ifaces[self.cur_iface].linktype)
+        return self.seen - first
 
     def skim(self):
         """Read to the end without keeping a packet: every interface the file declares (and its fault)."""

@@ -18,6 +18,12 @@ PCAPNG_IDB = _format.NG_IDB
 LINKTYPE_ETHERNET = _LINKTYPE_ETHERNET
 
 
+# A .pcap record's seconds are 32 bits. A C constant: the bare literal made Cython compare every
+# packet's seconds as Python ints.
+cdef enum:
+    PCAP_SECONDS_MAX = 0xFFFFFFFF
+
+
 cdef inline uint64_t pad4(uint64_t n) noexcept nogil:
     return (n + 3) & ~(<uint64_t>3)
 
@@ -105,17 +111,12 @@ cdef class Encoder:
                 return batch.linktype[i], batch.iface[i]
         return None
 
-    def encode(self, Batch batch, bint include_dropped, comments, uint32_t linktype):
-        """Bytes of the packets to write and their count; ValueError if one cannot go into this file."""
+    cdef tuple _measure(self, Batch batch, bint include_dropped, comments, uint32_t linktype):
+        """(bytes, packets) that encoding the batch writes; ValueError if one cannot go into this file."""
         cdef Py_ssize_t i, count = 0
-        cdef uint64_t size = 0, units
+        cdef uint64_t size = 0
         cdef uint32_t incl, e
-        cdef uint8_t* out
-        cdef const uint8_t* blob
-        cdef const uint8_t* ns_ifaces = <const uint8_t*>(<char*>self._ns_ifaces)
         cdef Py_ssize_t n_ifaces = len(self._ns_ifaces)
-        cdef uint32_t head[4]
-        cdef uint8_t[::1] view
         cdef bint comment_on = self.pcapng and comments is not None
         if comment_on and comments is not self._comments_key:
             self._build_comments(comments)
@@ -137,35 +138,70 @@ cdef class Encoder:
                 if batch.linktype[i] != linktype:
                     raise ValueError(f"packet {i} has link type {batch.linktype[i]}, the file has {linktype}:"
                                      " several link types: write .pcapng")
-                if batch.ts_ns[i] // NS > 0xFFFFFFFF:       # .pcap seconds are 32 bits: they would wrap to 1970
+                if batch.ts_ns[i] // NS > <uint64_t>PCAP_SECONDS_MAX:     # they would wrap to 1970
                     raise ValueError(f"a packet at {batch.ts_ns[i] // NS} s after 1970 is past 2106-02-07 06:28:15 UTC,"
                                      " the last second a .pcap record can hold: write .pcapng")
                 size += 16 + incl
             count += 1
+        return size, count
+
+    cdef void _write(self, Batch batch, bint include_dropped, const uint8_t* blob, const uint8_t* ns_ifaces,
+                     uint8_t* out) noexcept nogil:
+        """The records _measure sized (it checked every packet), from `out` on; `blob`: the comments' text
+        (NULL: none), `ns_ifaces`: per interface, whether its timestamps are in nanoseconds."""
+        cdef Py_ssize_t i
+        cdef uint64_t units
+        cdef uint32_t incl
+        cdef uint32_t head[4]
+        for i in range(batch.n):
+            if not include_dropped and batch.verdict[i] == V_DROP:
+                continue
+            incl = self._kept(batch, i)
+            if self.pcapng:
+                out = self._epb(out, batch, i, ns_ifaces[batch.iface[i]], blob)
+            else:
+                units = batch.ts_ns[i] % NS
+                head[0] = <uint32_t>(batch.ts_ns[i] // NS)
+                head[1] = <uint32_t>(units if self.nanosecond else units // 1000)
+                head[2], head[3] = incl, self._wire(batch, i)
+                memcpy(out, head, 16)               # records are not 4-aligned: no typed stores
+                if incl:                            # an empty batch buffer has data == NULL
+                    memcpy(out + 16, batch.data + batch.offset[i], incl)
+                out += 16 + incl
+
+    def encode(self, Batch batch, bint include_dropped, comments, uint32_t linktype):
+        """Bytes of the packets to write and their count; ValueError if one cannot go into this file."""
+        cdef uint64_t size
+        cdef uint8_t[::1] view
+        size, count = self._measure(batch, include_dropped, comments, linktype)
         if size == 0:
             return b"", 0
         if <uint64_t>len(self._buf) < size:
             self._buf = bytearray(size + size // 4)
         view = self._buf
-        out = &view[0]
-        blob = <const uint8_t*>(<char*>self._blob) if comment_on else NULL
-        with nogil:
-            for i in range(batch.n):
-                if not include_dropped and batch.verdict[i] == V_DROP:
-                    continue
-                incl = self._kept(batch, i)
-                if self.pcapng:
-                    out = self._epb(out, batch, i, ns_ifaces[batch.iface[i]], blob)
-                else:
-                    units = batch.ts_ns[i] % NS
-                    head[0] = <uint32_t>(batch.ts_ns[i] // NS)
-                    head[1] = <uint32_t>(units if self.nanosecond else units // 1000)
-                    head[2], head[3] = incl, self._wire(batch, i)
-                    memcpy(out, head, 16)               # records are not 4-aligned: no typed stores
-                    if incl:                            # an empty batch buffer has data == NULL
-                        memcpy(out + 16, batch.data + batch.offset[i], incl)
-                    out += 16 + incl
+        self._write_from(batch, include_dropped, comments, &view[0])
         return memoryview(self._buf)[:size], count
+
+    def measure(self, Batch batch, bint include_dropped, comments, uint32_t linktype):
+        """(bytes, packets) that encode writes for the batch; ValueError as encode."""
+        return self._measure(batch, include_dropped, comments, linktype)
+
+    def encode_into(self, Batch batch, bint include_dropped, comments, uint32_t linktype, uint8_t[::1] out):
+        """As encode, but into `out` (sized by measure: a sink's own buffer, no copy after); returns
+        (bytes, packets) written."""
+        cdef uint64_t size
+        size, count = self._measure(batch, include_dropped, comments, linktype)
+        if size > <uint64_t>out.shape[0]:
+            raise ValueError(f"{size} bytes of records, room for {out.shape[0]}")
+        if size:
+            self._write_from(batch, include_dropped, comments, &out[0])
+        return size, count
+
+    cdef _write_from(self, Batch batch, bint include_dropped, comments, uint8_t* out):
+        cdef const uint8_t* ns_ifaces = <const uint8_t*>(<char*>self._ns_ifaces)
+        cdef const uint8_t* blob = <const uint8_t*>(<char*>self._blob) if self.pcapng and comments is not None else NULL
+        with nogil:
+            self._write(batch, include_dropped, blob, ns_ifaces, out)
 
     cdef uint8_t* _epb(self, uint8_t* out, Batch batch, Py_ssize_t i, bint ns, const uint8_t* blob) noexcept nogil:
         cdef uint32_t incl = self._kept(batch, i), e = 0, clen = 0, blen
