@@ -191,7 +191,7 @@ def unattributed_warning(where, unattributed: dict[str, int]) -> str:
 
 def emulator_counts(emulator: Emulator) -> dict:
     """The emulate loop's own counts, for replay's and live mode's summaries alike."""
-    counts = {
+    counts: dict[str, object] = {
         "superseded": emulator.superseded,
         "answers": emulator.answers,  # those of masq and fullnat reals went through the switch too
     }
