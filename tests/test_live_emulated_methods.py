@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from l4emu.live import control
-from l4emu.live.lab import CLIENT4, CLIENT6, Lab
+from l4emu.live.lab import CLIENT4, CLIENT6, LB_CLIENT4, Lab
 from test_emulated_forwarding import config_text
 from test_live_emulated import curl, pytestmark  # noqa: F401  (root, /dev/net/tun, curl and iproute2)
 from test_live_lab import _workdir, live_in_lab, wait_for
@@ -88,6 +88,17 @@ def seen(pcap, display_filter: str) -> bool:
                                text=True).stdout.strip())
 
 
+PROBE_PORT = 9               # discard: nothing listens on the switch's namespace, the kernel says unreachable
+
+
+def probe(lab: Lab) -> bool:
+    """One datagram from the client to the switch's namespace's own address (not through the TUN)."""
+    subprocess.run(["ip", "netns", "exec", lab.client, sys.executable, "-c",
+                    f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'probe', "
+                    f"('{LB_CLIENT4}', {PROBE_PORT}))"], check=True, timeout=30)
+    return True
+
+
 def test_a_capture_on_the_client_shows_every_answer_from_the_vip_with_good_checksums(lab):
     method, lab, sock, workdir = lab
     if shutil.which("dumpcap") is None or shutil.which("tshark") is None:
@@ -97,6 +108,9 @@ def test_a_capture_on_the_client_shows_every_answer_from_the_vip_with_good_check
                                 "-f", "tcp or udp"], stderr=subprocess.PIPE, text=True)
     try:
         assert "Capturing on" in capture.stderr.readline()
+        # dumpcap says so before its filter takes packets: the first exchange can be missed. Probe (a
+        # datagram to the switch's own address on c1, past the TUN) until the capture shows one.
+        wait_for(lambda: probe(lab) and seen(pcap, f"udp.dstport == {PROBE_PORT}"), what="the capture to start")
         assert curl(lab, f"http://{VIP4}/").startswith(b"served by ")
         assert curl(lab, f"http://[{VIP6}]/").startswith(b"served by ")
         assert udp_ask(lab, VIP4).startswith("ping over udp")
