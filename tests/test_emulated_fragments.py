@@ -378,3 +378,27 @@ def test_fragments_straight_to_an_emulated_hosts_address_are_reassembled_and_ans
     answers = [p for p in got if UDP in p and p[layer].src == REAL_UDP[family] and p[layer].dst == CLIENT[family]]
     assert [raw(p[UDP].payload)[:8] for p in answers] == [b"L4RA" + struct.pack("!I", REQUEST_ID[family])]
     assert emulator.host_reassembly()["reasm_oks"] == 1
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_datagram_reassembled_for_no_service_passes_as_every_fragment_it_came_in(tmp_path, family):
+    """Under `reassemble` a datagram to a VIP port no service serves is rebuilt, then passes as the fragments
+    it came in: beside emulated reals, `-o` holds every one of them, as a replay without hosts writes them
+    (the loop once wrote only the last: the others, held when they came, were lost)."""
+    config = tmp_path / "lb.toml"
+    config.write_text(config_text("reassemble", "masq"))
+    plain = tmp_path / "plain.toml"
+    plain.write_text(config.read_text().replace("  emulated = true\n", "").replace("  workers = 1\n  response_bytes = 300\n", ""))
+    eth = Ether(src=CLIENT_MAC, dst=SWITCH_MAC)
+    datagram = ip(family, VIP[family], id=0x1900 + family) / UDP(sport=42000, dport=UDP_PORT + 1) / (b"x" * 3000)
+    frames = [eth / piece for piece in pieces(datagram, family, 1200, 0x1900 + family)]
+    for k, frame in enumerate(frames):
+        frame.time = 1 + k / 1000
+    capture = tmp_path / "in.pcap"
+    wrpcap(str(capture), frames)
+    written = {}
+    for name, cfg in (("emulated", config), ("plain", plain)):
+        out = tmp_path / f"{name}.pcap"
+        run_cli("replay", capture, "-c", cfg, "-o", out, "--seed", 1)
+        written[name] = [raw(p) for p in rdpcap(str(out))]
+    assert len(frames) == 3 and written["emulated"] == written["plain"] == [raw(f) for f in frames]

@@ -537,7 +537,12 @@ cdef class Loop:
                 h = self.hosts.host_of(info.key.dst, info.key.family)
             if from_host and self.clients is not None:
                 self.clients.receive(self.cur, n, linktype, ts)     # e.g. a RST no flow owns
-            self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+            if rebuilt:                         # a datagram reassembled for no service: all its fragments pass,
+                for k in range(b.n):            # as they came (as replay without hosts), not only the last
+                    self.emit(0, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype,
+                              b.verdict[k], d)
+            else:
+                self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
             if h >= 0 or from_host:
                 self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
             if from_host and self.restamp and readable:
