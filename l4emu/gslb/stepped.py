@@ -255,13 +255,10 @@ class Stepper:
         emulator, checks = self.emulators[k], self.checks[k]
         if emulator is None:
             return {}
-        from l4emu.replay import emulated_summary
+        from l4emu.replay import emulated_summary, emulator_counts
 
-        found = {"emulated": emulated_summary(self.sites.switches[k], None)}
+        found = {"emulated": {**emulated_summary(self.sites.switches[k], None), **emulator_counts(emulator)}}
         found["emulated"].pop("inside_written")
-        found["emulated"] |= {"answers": emulator.answers, "superseded": emulator.superseded}
-        if emulator.direct:
-            found["emulated"]["direct"] = emulator.direct
         if checks is not None:
             found["health"] = checks.summary()
         return found
