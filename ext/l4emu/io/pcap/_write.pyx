@@ -18,10 +18,13 @@ PCAPNG_IDB = _format.NG_IDB
 LINKTYPE_ETHERNET = _LINKTYPE_ETHERNET
 
 
-# A .pcap record's seconds are 32 bits. A C constant: the bare literal made Cython compare every
-# packet's seconds as Python ints.
-cdef enum:
-    PCAP_SECONDS_MAX = 0xFFFFFFFF
+# A .pcap record's seconds are 32 bits. A C constant (the bare literal made Cython compare every
+# packet's seconds as Python ints), typed: an enum's value must fit a C int, and 0xFFFFFFFF does not.
+cdef extern from *:
+    """
+    #define L4EMU_PCAP_SECONDS_MAX 0xFFFFFFFFULL
+    """
+    const uint64_t PCAP_SECONDS_MAX "L4EMU_PCAP_SECONDS_MAX"
 
 
 cdef inline uint64_t pad4(uint64_t n) noexcept nogil:
@@ -138,7 +141,7 @@ cdef class Encoder:
                 if batch.linktype[i] != linktype:
                     raise ValueError(f"packet {i} has link type {batch.linktype[i]}, the file has {linktype}:"
                                      " several link types: write .pcapng")
-                if batch.ts_ns[i] // NS > <uint64_t>PCAP_SECONDS_MAX:     # they would wrap to 1970
+                if batch.ts_ns[i] // NS > PCAP_SECONDS_MAX:     # they would wrap to 1970
                     raise ValueError(f"a packet at {batch.ts_ns[i] // NS} s after 1970 is past 2106-02-07 06:28:15 UTC,"
                                      " the last second a .pcap record can hold: write .pcapng")
                 size += 16 + incl
