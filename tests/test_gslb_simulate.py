@@ -190,3 +190,16 @@ def test_health_follows_real_events_and_a_site_without_reals_is_no_longer_answer
     east = next(s for s in summary["sites"] if s["site"] == "east")
     assert east["failures"]["timed_out"] > 0 and east["connections_broken"] == 0  # cached clients: SYNs unanswered
     assert [e["event"] for e in summary["events"]] == list(events) and summary["events"][0]["site"] == "east"
+
+
+def test_a_session_waits_for_the_answer_whose_query_is_still_on_the_wire(tmp_path):
+    """One client asking again (or a neighbour behind its resolver) while its first query is on the wire
+    does not connect before that answer arrives: with a 0.5 s round trip and sessions every 50 ms, no SYN
+    precedes the first answer (they did: the cache was filled when the query left)."""
+    out = tmp_path / "one.pcap"
+    run(clients=1, rate=20.0, duration=2.0, rtt=0.5, output=out)
+    packets = rdpcap(str(out))
+    answers = [p.time for p in packets if UDP in p and p[UDP].sport == 53]
+    syns = [p.time for p in packets if TCP in p and p[TCP].flags == "S"]
+    assert answers and len(syns) > 10
+    assert min(syns) >= min(answers)

@@ -77,8 +77,12 @@ class ClientCaches:
         resolvers = self.resolver_of[-1] + 1
         self.resolver_site = [NO_SITE] * resolvers
         self.resolver_expires = [-1] * resolvers
+        # When the last answer arrived: a session that finds an answer whose query is still on the wire
+        # (the same client again, or a neighbour behind the same resolver) starts once it is there.
+        self.resolver_ready = [-1] * resolvers
         self.client_site = [NO_SITE] * n
         self.client_expires = [-1] * n
+        self.client_ready = [-1] * n
         self.site_of = {answer.address.packed: sites.index(answer.site) for answer in record.answers}
         self.rtt_ns = round(workload.rtt * NS)
         self.ttl_ns = record.ttl * NS
@@ -119,13 +123,17 @@ class ClientCaches:
                     out.sessions.append((start, c, NO_SITE))  # no address: the session cannot connect
                     return
                 self.resolver_site[r], self.resolver_expires[r] = query.site, start + self.ttl_ns
+                self.resolver_ready[r] = start
             else:
                 out.resolver_hits += 1
+                start = max(t, self.resolver_ready[r])
             left_s = (self.resolver_expires[r] - start) / NS
             self.client_site[c] = self.resolver_site[r]
             self.client_expires[c] = start + round(hold(self.kinds[c], left_s, self.rng, self.model) * NS)
+            self.client_ready[c] = start
         else:
             out.client_hits += 1
+            start = max(t, self.client_ready[c])
         out.sessions.append((start, c, self.client_site[c]))
 
     def _ask(self, t: int, c: int) -> Query:
