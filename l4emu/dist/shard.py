@@ -285,6 +285,7 @@ def _run_workers(capture, config: Config, seed: int, workers: int, writer, start
     failure = None
     dealing_failures: list = []
     with open_capture(capture) as reader:
+        dealer = Dealer(workers, *dealing(config))  # before the fork: a failure here leaves no worker waiting
         for k in range(workers):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(target=_worker, args=(k, plan, meeting, send), daemon=True)
@@ -292,7 +293,6 @@ def _run_workers(capture, config: Config, seed: int, workers: int, writer, start
             send.close()
             pipes.append(receive)
             processes.append(process)
-        dealer = Dealer(workers, *dealing(config))
         part = writer.part_path if writer is not None else None
         parent = threading.Thread(target=_deal_and_gather, args=(meeting, reader, dealer, part, start, dealing_failures))
         parent.start()
