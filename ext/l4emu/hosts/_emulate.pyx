@@ -500,12 +500,7 @@ cdef class Loop:
         elif v == V_NEW or v == V_FORWARD:      # client -> real: DNAT, a new MAC or a tunnel
             if v == V_NEW and self.clients is not None and not from_host:
                 self.clients.note_real(self.client_slot, d)
-            if rebuilt:                         # a datagram the switch reassembled, or fragments that waited for
-                for k in range(b.n):            # their first: as the switch writes them (as replay without hosts)
-                    self.emit(0, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype,
-                              b.verdict[k], d)
-            else:
-                self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+            self.emit_outside(b, rebuilt, n, origlen, ts, iface, linktype, v, d)
             for k in range(b.n):
                 self.emit(1, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype, b.verdict[k], d)
             h = self.real_host(d)
@@ -537,12 +532,7 @@ cdef class Loop:
                 h = self.hosts.host_of(info.key.dst, info.key.family)
             if from_host and self.clients is not None:
                 self.clients.receive(self.cur, n, linktype, ts)     # e.g. a RST no flow owns
-            if rebuilt:                         # a datagram reassembled for no service: all its fragments pass,
-                for k in range(b.n):            # as they came (as replay without hosts), not only the last
-                    self.emit(0, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype,
-                              b.verdict[k], d)
-            else:
-                self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+            self.emit_outside(b, rebuilt, n, origlen, ts, iface, linktype, v, d)
             if h >= 0 or from_host:
                 self.emit(1, self.cur, n, origlen, ts, iface, linktype, v, d)
             if from_host and self.restamp and readable:
@@ -741,6 +731,18 @@ cdef class Loop:
         if self.restamp and read_segment(self.cur, hlen + plen, linktype, &info, &seg):
             self.stamp_server(&seg)
         return True
+
+    cdef int emit_outside(self, Batch b, bint rebuilt, uint32_t n, uint32_t origlen, uint64_t ts, uint16_t iface,
+                          uint16_t linktype, uint8_t v, int32_t d) except -1:
+        """The whole conversation's view of a step: the packet in `cur` as it came or, when the switch
+        rebuilt a datagram or released fragments that waited for their first (`rebuilt`), every slot of
+        `b` as the switch writes them, as a replay without hosts does (the earlier fragments were held)."""
+        cdef Py_ssize_t k
+        if not rebuilt:
+            return self.emit(0, self.cur, n, origlen, ts, iface, linktype, v, d)
+        for k in range(b.n):
+            self.emit(0, b.data + b.offset[k], b.caplen[k], b.origlen[k], ts, iface, linktype, b.verdict[k], d)
+        return 0
 
     cdef inline int emit(self, int k, const uint8_t* frame, uint32_t n, uint32_t origlen, uint64_t ts,
                          uint16_t iface, uint16_t linktype, uint8_t verdict, int32_t detail) except -1:
